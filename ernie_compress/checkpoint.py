@@ -1,0 +1,294 @@
+"""Checkpoint directories: read, write atomically, and record lineage.
+
+Layout (compatible with PaddleNLP's ERNIE 3.0 checkpoints)::
+
+    config.json          model config (PaddleNLP keys) + task info under "ernie_compress"
+    model.safetensors    weights, by PaddleNLP parameter name (loading runs no code)
+    model_state.pdparams PaddleNLP's pickle format: read (through a restricted unpickler), not written
+    vocab.txt, tokenizer_config.json
+    compression.json     lineage: every stage applied, with its config, parent and metrics, and
+                         the sha256 of the weights it wrote
+
+A stage never modifies its input. It writes into a temporary sibling of the output directory and
+renames it into place at the end, so an interrupted run leaves no half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+from .models.config import ErnieConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PADDLE_WEIGHTS_FILE = "model_state.pdparams"
+LINEAGE_FILE = "compression.json"
+LINEAGE_VERSION = 1
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_record(config: Any, version: int = 1) -> dict[str, Any]:
+    """A stage config as ``{type, version, data}`` (torchao's ``config_to_dict`` convention)."""
+    import dataclasses
+
+    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return {"type": type(config).__name__, "version": version, "data": _jsonable(data)}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    return value
+
+
+# --- weights files ---------------------------------------------------------------------------
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles the numpy arrays of a ``paddle.save`` state dict and nothing else.
+
+    ``paddle.save`` writes a dict of name -> ``numpy.ndarray``; rebuilding those needs only the
+    numpy reconstructors below. Any other global (os.system, builtins.eval, ...) is refused, so
+    loading an untrusted ``.pdparams`` cannot run code.
+    """
+
+    ALLOWED = {
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+        ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_pdparams(path: Path, trust_pickle: bool = False) -> dict[str, np.ndarray]:
+    """Read a PaddleNLP ``model_state.pdparams``; only numpy arrays unless ``trust_pickle``."""
+    try:
+        with open(path, "rb") as f:
+            if trust_pickle:
+                state = pickle.load(f)  # noqa: S301 - the user vouched for this file
+            else:
+                state = _NumpyOnlyUnpickler(f).load()
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"{path}: {exc}; if you trust this file, pass --trust-pickle") from None
+    except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as exc:
+        raise UserError(f"{path}: not a readable Paddle state dict ({exc.__class__.__name__}); "
+                        f"the file is truncated or corrupt") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a dict of parameters, got {type(state).__name__}")
+    out = {}
+    for name, value in state.items():
+        if not isinstance(value, np.ndarray):
+            value = getattr(value, "numpy", lambda: value)()
+        if not isinstance(value, np.ndarray):
+            continue  # e.g. StructuredToParameterName@@ bookkeeping
+        out[str(name)] = value
+    return out
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read the weights ({exc}); the file is truncated or "
+                        f"corrupt") from None
+
+
+def write_safetensors(path: Path, state: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path),
+              metadata={"format": "np"})
+
+
+# --- the checkpoint --------------------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    """A checkpoint in memory: config, weights (numpy), tokenizer directory, task and lineage."""
+
+    path: Path | None
+    config: ErnieConfig
+    state: dict[str, np.ndarray]
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> dict[str, Any] | None:
+        return self.config.extra.get("ernie_compress", {}).get("task")
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.config.extra.get("ernie_compress", {}).get("max_seq_length", 128))
+
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        return self.lineage.get("stages", [])
+
+    @property
+    def weights_sha256(self) -> str | None:
+        return self.lineage.get("weights_sha256")
+
+    def tokenizer(self):
+        from .data.tokenizer import ErnieTokenizer
+
+        if self.path is None:
+            raise UserError("this checkpoint has no directory to read a vocabulary from")
+        return ErnieTokenizer.from_dir(self.path)
+
+
+def load_checkpoint(path: str | Path, trust_pickle: bool = False,
+                    ignore_integrity: bool = False) -> Checkpoint:
+    """Load a checkpoint directory, checking the weights against the recorded sha256."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist")
+    if not path.is_dir():
+        raise UserError(f"checkpoint {path} is not a directory")
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise UserError(f"{path}: no {CONFIG_FILE}; not a checkpoint directory")
+    try:
+        config = ErnieConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{config_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+    lineage: dict[str, Any] = {}
+    lineage_path = path / LINEAGE_FILE
+    if lineage_path.is_file():
+        try:
+            lineage = json.loads(lineage_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{lineage_path}: invalid JSON ({exc.msg})") from None
+
+    weights = path / WEIGHTS_FILE
+    if weights.is_file():
+        expected = lineage.get("weights_sha256")
+        if expected and not ignore_integrity:
+            actual = sha256_file(weights)
+            if actual != expected:
+                raise UserError(
+                    f"{weights}: sha256 {actual[:12]}… does not match {expected[:12]}… recorded "
+                    f"in {LINEAGE_FILE}; the weights were changed or corrupted "
+                    f"(pass --ignore-integrity to load anyway)")
+        state = read_safetensors(weights)
+    elif (path / PADDLE_WEIGHTS_FILE).is_file():
+        state = read_pdparams(path / PADDLE_WEIGHTS_FILE, trust_pickle=trust_pickle)
+    else:
+        raise UserError(f"{path}: no weights ({WEIGHTS_FILE} or {PADDLE_WEIGHTS_FILE})")
+    return Checkpoint(path=path, config=config, state=state, lineage=lineage)
+
+
+def check_state_matches(config: ErnieConfig, state: dict[str, np.ndarray],
+                        expected_shapes: dict[str, list[int]], where: str) -> None:
+    """Refuse weights whose names or shapes disagree with the model the config describes."""
+    missing = sorted(set(expected_shapes) - set(state))
+    if missing:
+        raise UserError(f"{where}: the weights lack {len(missing)} parameter(s) the config needs, "
+                        f"e.g. {missing[0]}")
+    for name, shape in expected_shapes.items():
+        if list(state[name].shape) != list(shape):
+            raise UserError(f"{where}: {name} has shape {list(state[name].shape)} but config.json "
+                            f"implies {list(shape)}; config and weights do not match")
+    if "ernie.embeddings.word_embeddings.weight" in state:
+        rows = state["ernie.embeddings.word_embeddings.weight"].shape[0]
+        if rows != config.vocab_size:
+            raise UserError(f"{where}: the embedding has {rows} rows but vocab_size is "
+                            f"{config.vocab_size}")
+
+
+# --- writing ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out``; on success rename it to ``out``, else remove it."""
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not overwrite:
+        raise UserError(f"output {out} already exists; choose another --out or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} exists and is not a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise UserError(f"cannot create output {out}: {exc.strerror}") from None
+    try:
+        yield tmp
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def save_checkpoint(out: str | Path, config: ErnieConfig, state: dict[str, np.ndarray],
+                    tokenizer, stage: dict[str, Any], parent: Checkpoint | None = None,
+                    overwrite: bool = False, extra_files: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint directory atomically and append ``stage`` to the parent's lineage.
+
+    ``stage`` holds at least ``name``; ``config`` (a :func:`config_record`), ``metrics`` and
+    ``seconds`` are recorded as given. ``extra_files`` maps file names to JSON-able content.
+    """
+    with atomic_output_dir(out, overwrite) as tmp:
+        try:
+            (tmp / CONFIG_FILE).write_text(json.dumps(_jsonable(config.to_dict()), indent=2,
+                                                      ensure_ascii=False) + "\n", encoding="utf-8")
+            write_safetensors(tmp / WEIGHTS_FILE, state)
+            tokenizer.save(tmp)
+            for name, content in (extra_files or {}).items():
+                (tmp / name).write_text(json.dumps(_jsonable(content), indent=2) + "\n")
+            stages = list(parent.stages) if parent is not None else []
+            record = dict(stage)
+            record.setdefault("time", now_iso())
+            if parent is not None:
+                record["parent"] = {"path": str(parent.path) if parent.path else None,
+                                    "weights_sha256": parent.weights_sha256}
+            stages.append(_jsonable(record))
+            lineage = {"format_version": LINEAGE_VERSION, "weights_sha256": sha256_file(tmp / WEIGHTS_FILE),
+                       "stages": stages}
+            (tmp / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, ensure_ascii=False) + "\n",
+                                            encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot write checkpoint {out}: {exc.strerror}") from None
+    return Path(out).expanduser().resolve()

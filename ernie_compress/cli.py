@@ -1,0 +1,258 @@
+"""The ``ernie-compress`` command line: parse options, build a config, call one library function.
+
+Paddle, paddleslim and onnxruntime are imported inside the command bodies, so ``--help`` answers
+at once. Errors the user can fix are one line on stderr with exit code 2 (``--debug`` shows the
+traceback); ``--json`` prints one JSON object with the result on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from . import __version__
+from .errors import UserError
+
+app = typer.Typer(
+    name="ernie-compress",
+    help="Make ERNIE models small and fast: train, distill, prune, quantize, export, evaluate.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class _Settings:
+    debug = False
+    json = False
+    quiet = False
+
+
+settings = _Settings()
+
+# --- shared options --------------------------------------------------------------------------
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists (default: refuse).")]
+TaskOpt = Annotated[Optional[str], typer.Option(
+    "--task", "-t", help="Task: demo:sentiment (built in), or with --data: tnews, afqmc, text, "
+                         "text-pair. Default: the task the checkpoint was trained on.")]
+DataOpt = Annotated[Optional[Path], typer.Option(
+    "--data", help="Folder with train/dev[/test] files (.json, .jsonl, .tsv, .txt) for --task.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ernie-compress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON (any command).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Every stage reads a checkpoint directory and writes a new one; `export` turns one into
+    deployable files and `evaluate` checks them on a runtime."""
+    settings.debug, settings.json, settings.quiet = debug, json_out, quiet
+
+
+def run_command(body: Callable[[], dict[str, Any]], json_out: bool,
+                render: Callable[[dict[str, Any]], None] | None = None,
+                threads: int | None = None) -> None:
+    """Run a command body: configure output, map errors to exit code 2, print the result."""
+    from . import progress
+
+    as_json = json_out or settings.json
+    progress.set_enabled(not settings.quiet)
+    if threads is not None:
+        if threads < 1:
+            _fail("--threads must be >= 1")
+        from .paddle_env import set_default_threads
+
+        set_default_threads(threads)
+    try:
+        result = body()
+    except UserError as exc:
+        if settings.debug:
+            raise
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        if settings.debug:
+            raise
+        typer.echo("error: interrupted; no output was written", err=True)
+        raise typer.Exit(130) from None
+    if as_json:
+        typer.echo(json.dumps(result, ensure_ascii=False, default=str))
+    elif render is not None:
+        render(result)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+# --- train -----------------------------------------------------------------------------------
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output checkpoint directory.")],
+    task: TaskOpt = None,
+    data: DataOpt = None,
+    preset: Annotated[Optional[str], typer.Option(
+        help="Train a fresh model of this size: xbase (alias xxl), base, medium, mini, micro, nano, "
+             "demo-teacher, demo-mini, tiny.")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(
+        "--from", help="Fine-tune this checkpoint instead of a fresh model.")] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the training data.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 32,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, linear warm-up/decay).")] = 5e-4,
+    warmup: Annotated[float, typer.Option(help="Fraction of steps spent warming up.")] = 0.1,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    max_seq_len: Annotated[int, typer.Option(help="Truncate inputs to this many tokens.")] = 128,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(
+        help="Also evaluate on dev every N steps (default: each epoch).")] = None,
+    seed: SeedOpt = 42,
+    threads: ThreadsOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a model from a preset (or fine-tune a checkpoint) on a task; keep the best epoch."""
+
+    def body():
+        from .finetune import FinetuneConfig, finetune, resolve_task
+        from .train import TrainConfig
+
+        train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr,
+                                warmup_ratio=warmup, weight_decay=weight_decay, seed=seed,
+                                max_steps=max_steps, eval_every=eval_every)
+        return finetune(FinetuneConfig(task=resolve_task(task, _str(data), None), out=out,
+                                       preset=preset, init_from=init_from,
+                                       max_seq_length=max_seq_len, train=train_cfg,
+                                       overwrite=overwrite))
+
+    run_command(body, json_out, _render_stage, threads)
+
+
+# --- evaluate --------------------------------------------------------------------------------
+@app.command()
+def evaluate(
+    path: Annotated[Path, typer.Argument(help="A checkpoint directory (runs in Paddle dygraph).")],
+    task: TaskOpt = None,
+    data: DataOpt = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="Which split: train, dev or test (default: the task's held-out split).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 64,
+    threads: ThreadsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Measure a model's task metric on held-out data."""
+
+    def body():
+        from .evaluate import evaluate_checkpoint
+
+        return evaluate_checkpoint(path, task, _str(data), split, batch_size)
+
+    run_command(body, json_out, _render_evaluation, threads)
+
+
+# --- info ------------------------------------------------------------------------------------
+@app.command()
+def info(
+    path: Annotated[Path, typer.Argument(help="A checkpoint directory.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Architecture, parameters, heads per layer, size on disk and lineage of a checkpoint."""
+
+    def body():
+        from .inspect_checkpoint import describe_checkpoint
+
+        return describe_checkpoint(path)
+
+    run_command(body, json_out, _render_info)
+
+
+# --- rendering -------------------------------------------------------------------------------
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _metrics_table(metrics: dict[str, dict[str, float]], title: str):
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("split")
+    names = sorted({k for m in metrics.values() for k in m if k != "examples"})
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column("examples", justify="right")
+    for split, values in metrics.items():
+        table.add_row(split, *(f"{values[n]:.4f}" if n in values else "" for n in names),
+                      str(values.get("examples", "")))
+    return table
+
+
+def _render_stage(result: dict[str, Any]) -> None:
+    console = _console()
+    console.print(_metrics_table(result["metrics"], f"{result['stage']}: {result['task']}"))
+    p = result["parameters"]
+    console.print(f"parameters: {p['total']:,} total, {p['non_embedding']:,} non-embedding")
+    console.print(f"trained {result['steps']} steps in {result['train_seconds']:.0f} s; "
+                  f"wrote [bold]{result['out']}[/bold]")
+
+
+def _render_evaluation(result: dict[str, Any]) -> None:
+    console = _console()
+    console.print(_metrics_table({result["split"]: result["metrics"]},
+                                 f"{result['task']} on {result['backend']}"))
+
+
+def _render_info(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    p = result["parameters"]
+    console.print(f"[bold]{result['path']}[/bold]: {result['architecture']} "
+                  f"({result['model_type']}), {result['layers']} layers, hidden {result['hidden_size']}, "
+                  f"vocab {result['vocab_size']}")
+    console.print(f"parameters: {p['total']:,} total, {p['non_embedding']:,} non-embedding; "
+                  f"{result['size_bytes'] / 1e6:.2f} MB on disk")
+    if result.get("task"):
+        console.print(f"task: {result['task']['name']}  labels: {', '.join(result['labels'])}")
+    layers = Table(title="layers")
+    for col in ("layer", "heads", "ffn"):
+        layers.add_column(col, justify="right")
+    for i, (h, f) in enumerate(zip(result["heads_per_layer"], result["ffn_per_layer"])):
+        layers.add_row(str(i), str(h), str(f))
+    console.print(layers)
+    lineage = Table(title="lineage")
+    for col in ("#", "stage", "time", "metrics"):
+        lineage.add_column(col)
+    for i, stage in enumerate(result["lineage"]):
+        shown = "  ".join(f"{s}: {m.get('accuracy', 0):.4f}" for s, m in stage.get("metrics", {}).items()
+                          if isinstance(m, dict) and "accuracy" in m)
+        lineage.add_row(str(i), stage.get("name", "?"), stage.get("time", ""), shown)
+    console.print(lineage)
+
+
+def entry() -> None:  # pragma: no cover - console script shim
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,99 @@
+"""Tasks: what a model is trained and judged on, and where its data comes from.
+
+A task is named by ``--task``: a built-in corpus (``demo:sentiment``) or a file format for the
+user's own data (``tnews``, ``afqmc``, ``text``, ``text-pair``) read from ``--data DIR``, which
+holds ``train``, ``dev`` and optionally ``test`` files (``.json``/``.jsonl``/``.tsv``/``.txt``).
+The held-out split is ``test`` when it carries labels, otherwise ``dev`` (CLUE's public test sets
+are unlabeled). The spec is stored in each checkpoint so later stages can default to it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Example:
+    text_a: str
+    text_b: str | None
+    label: str | None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Which task and where its data lives (``data`` is None for built-in corpora)."""
+
+    name: str
+    data: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "data": self.data}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TaskSpec":
+        return cls(name=d["name"], data=d.get("data"))
+
+
+@dataclass
+class TaskData:
+    """Loaded examples of one task, split into ``train``, ``dev`` and ``test``."""
+
+    spec: TaskSpec
+    kind: str  # "classification" (single sentence) or "pair_classification"
+    labels: list[str]
+    splits: dict[str, list[Example]] = field(default_factory=dict)
+    held_out: str = "test"  # the split metrics are reported on
+    notes: list[str] = field(default_factory=list)
+
+    def split(self, name: str) -> list[Example]:
+        examples = self.splits.get(name)
+        if not examples:
+            raise UserError(f"task '{self.spec.name}' has no {name} examples")
+        return examples
+
+    def check_labels(self, model_labels: Sequence[str]) -> None:
+        """Refuse to pair a model with a task whose labels it does not know."""
+        unknown = sorted(set(self.labels) - set(model_labels))
+        if unknown:
+            raise UserError(
+                f"task '{self.spec.name}' has labels the model does not know: {unknown[:5]} "
+                f"(model labels: {list(model_labels)[:10]}); train a model on this task first")
+
+
+def seeded_split(items: list, fractions: Sequence[float], seed: int) -> list[list]:
+    """Shuffle ``items`` with ``seed`` and cut them into consecutive parts of the given sizes."""
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    parts, start = [], 0
+    for i, frac in enumerate(fractions):
+        end = len(order) if i == len(fractions) - 1 else start + round(frac * len(order))
+        parts.append(order[start:end])
+        start = end
+    return parts
+
+
+def load_task(spec: TaskSpec) -> TaskData:
+    """Load the examples of ``spec`` (raises :class:`UserError` naming the problem)."""
+    from . import clue, corpora
+
+    if spec.name in corpora.BUILTIN:
+        if spec.data:
+            raise UserError(f"task '{spec.name}' is built in; do not pass --data")
+        return corpora.BUILTIN[spec.name](spec)
+    if spec.name in clue.FORMATS:
+        if not spec.data:
+            raise UserError(f"task '{spec.name}' reads your files: pass --data DIR "
+                            f"(a folder with train/dev[/test] files)")
+        return clue.load_dir(spec)
+    known = ", ".join(sorted(corpora.BUILTIN) + sorted(clue.FORMATS))
+    raise UserError(f"unknown task '{spec.name}' (known: {known})")
+
+
+TASK_NAMES_HELP = ("demo:sentiment (built in), or your data with --data: tnews, afqmc, "
+                   "text (text,label), text-pair (text_a,text_b,label)")

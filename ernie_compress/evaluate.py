@@ -1,0 +1,41 @@
+"""Evaluate a checkpoint in Paddle dygraph on a task's held-out split.
+
+This is the reference every other number is compared with: exported models, quantized models and
+compressed models report their metric difference against the parent run here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import load_checkpoint
+from .data.batching import EncodedSplit
+from .data.tasks import load_task
+from .errors import UserError
+from .finetune import resolve_task
+from .models import model_from_state
+from .train import evaluate_split
+
+SPLITS = ("train", "dev", "test")
+
+
+def evaluate_checkpoint(path: str | Path, task_name: str | None = None, data: str | None = None,
+                        split: str | None = None, batch_size: int = 64) -> dict[str, Any]:
+    if split is not None and split not in SPLITS:
+        raise UserError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    ckpt = load_checkpoint(path)
+    spec = resolve_task(task_name, data, ckpt)
+    task = load_task(spec)
+    task.check_labels(ckpt.config.labels)
+    split = split or task.held_out
+    tokenizer = ckpt.tokenizer()
+    model = model_from_state(ckpt.config, ckpt.state, str(ckpt.path))
+    encoded = EncodedSplit(task.split(split), tokenizer, ckpt.config.labels, ckpt.max_seq_length)
+    start = time.perf_counter()
+    metrics = evaluate_split(model, encoded, task.kind, batch_size)
+    return {"path": str(ckpt.path), "task": spec.name, "split": split, "backend": "paddle-dygraph",
+            "device": "cpu", "metrics": metrics, "seconds": round(time.perf_counter() - start, 2)}

@@ -1,0 +1,121 @@
+"""The ``train`` stage: train a model from a preset, or fine-tune a checkpoint, on a task.
+
+From a preset with no vocabulary, the vocabulary is built from the training texts (see
+``data/tokenizer.py``). From a checkpoint, its vocabulary and encoder are kept; the classifier is
+re-initialised when the task's labels differ from the checkpoint's (fine-tuning a pre-trained
+encoder on a new task). The best epoch on dev is saved; the held-out split is evaluated at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import Checkpoint, config_record, load_checkpoint, save_checkpoint
+from .data.batching import encode_splits
+from .data.tasks import TaskData, TaskSpec, load_task
+from .data.tokenizer import ErnieTokenizer, build_vocab
+from .errors import UserError
+from .models import build_model, count_parameters, load_state_
+from .models.config import ErnieConfig
+from .models.presets import resolve_preset
+from .paddle_env import seed_everything
+from .progress import note
+from .train import TrainConfig, evaluate_split, train_model
+
+ARCHITECTURE_FOR_KIND = {"classification": "ErnieForSequenceClassification",
+                         "pair_classification": "ErnieForSequenceClassification"}
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    task: TaskSpec
+    out: Path
+    preset: str | None = None  # build a fresh model of this size ...
+    init_from: Path | None = None  # ... or start from this checkpoint
+    max_seq_length: int = 128  # longer inputs are truncated
+    min_vocab_frequency: int = 2  # characters rarer than this map to [UNK] in a built vocabulary
+    train: TrainConfig = field(default_factory=TrainConfig)
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.preset is None) == (self.init_from is None):
+            raise UserError("pass exactly one of --preset (a fresh model) and --from (a checkpoint)")
+        if not 8 <= self.max_seq_length <= 4096:
+            raise UserError(f"--max-seq-len must be in [8, 4096], got {self.max_seq_length}")
+
+
+def resolve_task(name: str | None, data: str | None, checkpoint: Checkpoint | None) -> TaskSpec:
+    """The task named on the command line, else the one the checkpoint was trained on."""
+    if name:
+        return TaskSpec(name=name, data=str(Path(data).expanduser().resolve()) if data else None)
+    if data:
+        raise UserError("--data needs --task to say the file format")
+    if checkpoint is not None and checkpoint.task:
+        return TaskSpec.from_dict(checkpoint.task)
+    raise UserError("pass --task (the checkpoint does not record one)")
+
+
+def task_metadata(task: TaskData, max_seq_length: int) -> dict[str, Any]:
+    """What a checkpoint records about its task (under config.json's ``ernie_compress`` key)."""
+    return {"task": task.spec.to_dict(), "task_kind": task.kind, "max_seq_length": max_seq_length}
+
+
+def _fresh_model_config(cfg: FinetuneConfig, task: TaskData, vocab_size: int) -> ErnieConfig:
+    keys = resolve_preset(cfg.preset)
+    keys.update(vocab_size=vocab_size, architectures=[ARCHITECTURE_FOR_KIND[task.kind]],
+                id2label=dict(enumerate(task.labels)))
+    if cfg.max_seq_length > keys["max_position_embeddings"]:
+        raise UserError(f"--max-seq-len {cfg.max_seq_length} exceeds the preset's "
+                        f"{keys['max_position_embeddings']} positions")
+    return ErnieConfig.from_dict(keys)
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Run the train stage; returns its result (metrics, parameters, output path)."""
+    parent = load_checkpoint(cfg.init_from) if cfg.init_from else None
+    task = load_task(cfg.task)
+    for line in task.notes:
+        note(f"[dim]{task.spec.name}: {line}[/dim]")
+    seed_everything(cfg.train.seed)
+    if parent is None:
+        tokenizer = ErnieTokenizer(build_vocab((e.text_a for e in task.split("train")),
+                                               cfg.min_vocab_frequency)
+                                   if task.kind == "classification" else
+                                   build_vocab([t for e in task.split("train") for t in (e.text_a, e.text_b)],
+                                               cfg.min_vocab_frequency))
+        config = _fresh_model_config(cfg, task, tokenizer.vocab_size)
+        model = build_model(config)
+    else:
+        tokenizer = parent.tokenizer()
+        if tokenizer.vocab_size != parent.config.vocab_size:
+            raise UserError(f"{parent.path}: vocab.txt has {tokenizer.vocab_size} tokens but the "
+                            f"model's vocab_size is {parent.config.vocab_size}")
+        same_labels = parent.config.labels == task.labels
+        config = parent.config.replace(
+            architectures=[ARCHITECTURE_FOR_KIND[task.kind]],
+            id2label=parent.config.id2label if same_labels else dict(enumerate(task.labels)))
+        model = build_model(config)
+        load_state_(model, parent.state, str(parent.path), allow_new_head=not same_labels)
+        if not same_labels:
+            note("[yellow]the task's labels differ from the checkpoint's: new classifier[/yellow]")
+    config.extra["ernie_compress"] = task_metadata(task, cfg.max_seq_length)
+
+    splits = encode_splits(task, tokenizer, config.labels, cfg.max_seq_length)
+    result = train_model(model, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
+                         description="train")
+    model.set_state_dict(result.best_state)
+    held_out = evaluate_split(model, splits[task.held_out], task.kind)
+    metrics = {"dev": result.best_metrics, task.held_out: held_out} if task.held_out != "dev" \
+        else {"dev": held_out}
+    state = {k: v for k, v in result.best_state.items()}
+    stage = {"name": "train", "config": config_record(cfg), "metrics": metrics,
+             "seconds": round(result.seconds, 1), "steps": result.steps,
+             "best_step": result.best_step, "history": result.history}
+    out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent,
+                          overwrite=cfg.overwrite)
+    params = count_parameters({k: v.shape for k, v in state.items()})
+    return {"stage": "train", "out": str(out), "task": task.spec.name, "held_out_split": task.held_out,
+            "metrics": metrics, "parameters": params, "train_seconds": round(result.seconds, 1),
+            "steps": result.steps}

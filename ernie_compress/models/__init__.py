@@ -1,0 +1,72 @@
+"""Model families, found by ``config.json``'s ``model_type`` and ``architectures``.
+
+Importing this package does not import Paddle; :func:`build_model` does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from ..errors import UserError
+from .config import ErnieConfig
+
+
+def build_model(config: ErnieConfig):
+    """A freshly initialised Paddle model for ``config`` (its architecture and head)."""
+    if config.model_type != "ernie":
+        raise UserError(f"model_type '{config.model_type}' is not supported (supported: ernie)")
+    from .ernie import ARCHITECTURES
+
+    cls = ARCHITECTURES.get(config.architecture)
+    if cls is None:
+        raise UserError(f"architecture '{config.architecture}' is not supported "
+                        f"(supported: {', '.join(ARCHITECTURES)})")
+    return cls(config)
+
+
+def count_parameters(shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """Total parameters and those outside the embeddings (the part that compression shrinks)."""
+    total = embeddings = 0
+    for name, shape in shapes.items():
+        n = int(math.prod(shape))
+        total += n
+        if ".embeddings." in f".{name}":
+            embeddings += n
+    return {"total": total, "embeddings": embeddings, "non_embedding": total - embeddings}
+
+
+HEAD_PREFIXES = ("classifier.",)  # task-specific parameters, re-initialised for a new label set
+
+
+def model_state(model) -> dict:
+    """A model's parameters and buffers as numpy arrays, by PaddleNLP name."""
+    return {name: value.numpy() for name, value in model.state_dict().items()}
+
+
+def load_state_(model, state: dict, where: str, allow_new_head: bool = False) -> list[str]:
+    """Copy ``state`` into ``model`` after checking names and shapes; return the names skipped.
+
+    With ``allow_new_head`` the task head may be missing or shaped for other labels: it keeps its
+    fresh initialisation (fine-tuning a pre-trained encoder on a new task).
+    """
+    from ..checkpoint import check_state_matches
+
+    expected = {name: list(p.shape) for name, p in model.state_dict().items()}
+    config = model.config
+    if allow_new_head:
+        head = {n for n in expected if n.startswith(HEAD_PREFIXES)}
+        reuse = {n for n in head if n in state and list(state[n].shape) == expected[n]}
+        if reuse != head:
+            expected = {n: s for n, s in expected.items() if n not in head}
+    check_state_matches(config, state, expected, where)
+    model.set_state_dict({name: state[name] for name in expected})
+    return sorted(set(state) - set(expected))
+
+
+def model_from_state(config: ErnieConfig, state: dict, where: str):
+    """Build the model ``config`` describes and load ``state`` into it (names/shapes checked)."""
+    model = build_model(config)
+    load_state_(model, state, where)
+    model.eval()
+    return model

@@ -1,0 +1,51 @@
+"""Model presets: the published ERNIE 3.0 sizes and small ones that train on 2 CPU cores.
+
+Real sizes from PaddleNLP's ERNIE 3.0 configurations (vocab 40000, gelu, 2048 positions).
+The ``demo-*`` presets exist for the embedded demo and tests; their vocabulary size is set
+from the tokenizer built on the training data, so it is left out here.
+"""
+
+from __future__ import annotations
+
+from ..errors import UserError
+
+_ERNIE3 = dict(vocab_size=40000, hidden_act="gelu", max_position_embeddings=2048,
+               type_vocab_size=4, task_type_vocab_size=3, use_task_id=True)
+_DEMO = dict(hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2,
+             use_task_id=False, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+
+
+def _size(layers: int, hidden: int, heads: int, ffn: int, base: dict) -> dict:
+    return dict(base, num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                intermediate_size=ffn)
+
+
+PRESETS: dict[str, dict] = {
+    # name: (layers, hidden, heads, ffn)  -- ERNIE 3.0 family
+    "xbase": _size(20, 1024, 16, 4096, _ERNIE3),
+    "base": _size(12, 768, 12, 3072, _ERNIE3),
+    "medium": _size(6, 768, 12, 3072, _ERNIE3),
+    "mini": _size(6, 384, 12, 1536, _ERNIE3),
+    "micro": _size(4, 384, 12, 1536, _ERNIE3),
+    "nano": _size(4, 312, 12, 1248, _ERNIE3),
+    # small presets for the demo (teacher plays the "xxl" role) and the tests
+    "demo-teacher": _size(4, 256, 8, 1024, _DEMO),
+    "demo-mini": _size(2, 128, 4, 512, _DEMO),
+    "tiny": _size(2, 32, 4, 64, _DEMO),
+}
+ALIASES = {"xxl": "xbase", "ernie-3.0-xbase-zh": "xbase", "ernie-3.0-base-zh": "base",
+           "ernie-3.0-medium-zh": "medium", "ernie-3.0-mini-zh": "mini",
+           "ernie-3.0-micro-zh": "micro", "ernie-3.0-nano-zh": "nano"}
+
+
+def resolve_preset(name: str) -> dict:
+    """The config keys of preset ``name`` (or an alias such as ``xxl``); a copy the caller owns."""
+    key = ALIASES.get(name, name)
+    if key not in PRESETS:
+        names = ", ".join(sorted(PRESETS) + sorted(ALIASES))
+        raise UserError(f"unknown preset '{name}' (known: {names})")
+    return dict(PRESETS[key])
+
+
+def is_preset(name: str) -> bool:
+    return ALIASES.get(name, name) in PRESETS

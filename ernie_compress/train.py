@@ -1,0 +1,207 @@
+"""The one training loop: fine-tuning, pruning recovery, QAT and distillation all run through it.
+
+AdamW (Loshchilov & Hutter 2019) with linear warm-up and linear decay, global-norm gradient
+clipping, evaluation on dev after every epoch (or every ``eval_every`` steps) and the best
+weights kept. What differs between stages is the loss: :data:`LossFn` takes the model and a batch
+and returns the loss plus named parts for the progress bar (e.g. ``kd``, ``hidden``); the default
+is cross-entropy on the labels. ``hooks`` see every step and every evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .data.batching import Batch, EncodedSplit
+from .errors import UserError
+from .metrics import PRIMARY_METRIC, classification_metrics
+from .paddle_env import import_paddle, seed_everything
+from .progress import progress_bar
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 5e-4  # peak rate after warm-up; small models trained from scratch like it high
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1  # fraction of all steps spent warming up
+    grad_clip: float = 1.0  # global-norm clip; 0 disables
+    seed: int = 42
+    max_steps: int | None = None  # stop after this many optimizer steps (quick runs, tests)
+    eval_every: int | None = None  # evaluate every N steps as well as at each epoch end
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise UserError(f"--epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.learning_rate > 0:
+            raise UserError(f"--lr must be > 0, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UserError(f"--warmup must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError(f"--max-steps must be >= 1, got {self.max_steps}")
+
+
+@dataclass
+class TensorBatch:
+    """A batch as Paddle tensors: ids [batch, seq], labels [batch]; ``index`` into the split."""
+
+    input_ids: Any
+    token_type_ids: Any
+    labels: Any
+    index: np.ndarray
+
+
+class LossFn(Protocol):
+    def __call__(self, model, batch: TensorBatch) -> tuple[Any, dict[str, Any]]: ...
+
+
+def cross_entropy_loss(model, batch: TensorBatch):
+    """Hard-label cross-entropy: the fine-tuning loss."""
+    F = import_paddle().nn.functional
+    loss = F.cross_entropy(model(batch.input_ids, batch.token_type_ids), batch.labels)
+    return loss, {"ce": loss}
+
+
+@dataclass
+class TrainHooks:
+    on_step: Callable[[int, dict[str, float]], None] | None = None
+    on_eval: Callable[[int, dict[str, float]], None] | None = None
+
+
+@dataclass
+class TrainResult:
+    best_state: dict[str, np.ndarray]
+    best_metrics: dict[str, float]
+    best_step: int
+    steps: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def to_tensors(batch: Batch) -> TensorBatch:
+    paddle = import_paddle()
+    return TensorBatch(paddle.to_tensor(batch.input_ids), paddle.to_tensor(batch.token_type_ids),
+                       paddle.to_tensor(batch.labels), batch.index)
+
+
+def predict_logits(model, split: EncodedSplit, batch_size: int = 64) -> np.ndarray:
+    """Logits for every example of ``split``, in the split's order: [n, num_labels]."""
+    paddle = import_paddle()
+    was_training = model.training
+    model.eval()
+    out: np.ndarray | None = None
+    with paddle.no_grad():
+        for batch in split.eval_batches(batch_size):
+            logits = model(paddle.to_tensor(batch.input_ids),
+                           paddle.to_tensor(batch.token_type_ids)).numpy()
+            if out is None:
+                out = np.zeros((len(split), logits.shape[-1]), dtype=np.float32)
+            out[batch.index] = logits
+    if was_training:
+        model.train()
+    return out
+
+
+def evaluate_split(model, split: EncodedSplit, kind: str, batch_size: int = 64) -> dict[str, float]:
+    """The task metrics of ``model`` on a labeled split (Paddle dygraph)."""
+    logits = predict_logits(model, split, batch_size)
+    return classification_metrics(logits.argmax(-1), split.labels)
+
+
+def _no_decay(name: str) -> bool:
+    return name.endswith(".bias") or ".norm" in name or "layer_norm" in name
+
+
+def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: TrainConfig,
+                kind: str = "classification", loss_fn: LossFn = cross_entropy_loss,
+                hooks: TrainHooks | None = None,
+                parameters: Sequence | None = None, description: str = "train") -> TrainResult:
+    """Train ``model`` in place and return the best weights by the dev metric.
+
+    ``parameters`` restricts what the optimizer updates (default: every trainable parameter).
+    Without ``dev`` the final weights are the result.
+    """
+    paddle = import_paddle()
+    seed_everything(config.seed)
+    hooks = hooks or TrainHooks()
+    rng = np.random.default_rng(config.seed)
+    per_epoch = train.num_train_batches(config.batch_size)
+    total = per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    metric = PRIMARY_METRIC[kind]
+
+    params = [p for p in (parameters or model.parameters()) if not p.stop_gradient]
+    names = {id(p): n for n, p in model.named_parameters()}
+    warmup = int(total * config.warmup_ratio)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    schedule = paddle.optimizer.lr.LambdaDecay(config.learning_rate, lr_factor)
+    decay_names = {p.name for p in params if not _no_decay(names.get(id(p), ""))}
+    optimizer = paddle.optimizer.AdamW(
+        learning_rate=schedule, parameters=params, weight_decay=config.weight_decay,
+        apply_decay_param_fun=lambda n: n in decay_names,
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(config.grad_clip) if config.grad_clip > 0 else None)
+
+    def state_copy() -> dict[str, np.ndarray]:
+        return {k: v.numpy().copy() for k, v in model.state_dict().items()}
+
+    best_state, best_metrics, best_step = state_copy(), {}, 0
+    history: list[dict[str, Any]] = []
+    start = time.perf_counter()
+
+    def evaluate(step: int, epoch: float) -> None:
+        nonlocal best_state, best_metrics, best_step
+        if dev is None:
+            return
+        metrics = evaluate_split(model, dev, kind, config.eval_batch_size)
+        history.append({"step": step, "epoch": round(epoch, 3), **{f"dev_{k}": v for k, v in metrics.items()}})
+        if hooks.on_eval:
+            hooks.on_eval(step, metrics)
+        if not best_metrics or metrics[metric] > best_metrics[metric]:
+            best_state, best_metrics, best_step = state_copy(), metrics, step
+
+    model.train()
+    step = last_eval = 0
+    with progress_bar(total, description) as bar:
+        for epoch in range(config.epochs):
+            if step >= total:
+                break
+            for batch in train.train_batches(config.batch_size, rng):
+                if step >= total:
+                    break
+                loss, parts = loss_fn(model, to_tensors(batch))
+                loss.backward()
+                optimizer.step()
+                optimizer.clear_grad()
+                schedule.step()
+                step += 1
+                values = {k: float(v) for k, v in parts.items()}
+                if not all(math.isfinite(v) for v in values.values()):
+                    raise UserError(f"the loss became {values} at step {step}; lower --lr")
+                bar.advance(values)
+                if hooks.on_step:
+                    hooks.on_step(step, values)
+                if config.eval_every and step % config.eval_every == 0:
+                    evaluate(step, step / per_epoch)
+                    last_eval = step
+            if last_eval != step:
+                evaluate(step, step / per_epoch)
+                last_eval = step
+    model.eval()
+    if dev is None:
+        best_state, best_step = state_copy(), step
+    return TrainResult(best_state, best_metrics, best_step, step, time.perf_counter() - start, history)

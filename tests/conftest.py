@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny models and small task files, built on the fly (nothing downloaded)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+
+POSITIVE = ["这个东西很好用，推荐购买", "质量不错，物流很快", "非常满意，好评", "好书，值得一读",
+            "服务态度很好，下次还来", "包装精美，很喜欢", "性价比高，很好", "不错不错，满意"]
+NEGATIVE = ["质量太差了，很失望", "物流很慢，不推荐", "差评，再也不买了", "东西坏了，退货",
+            "服务态度很差", "不好用，浪费钱", "太失望了，很差", "包装破损，差"]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def text_task_dir(tmp_path: Path) -> Path:
+    """A tiny sentiment task in the plain ``text`` format (JSON lines)."""
+    d = tmp_path / "text_task"
+    d.mkdir()
+    rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
+    write_jsonl(d / "train.jsonl", rows * 3)
+    write_jsonl(d / "dev.jsonl", rows)
+    write_jsonl(d / "test.jsonl", rows)
+    return d
+
+
+@pytest.fixture
+def tiny_config():
+    """A 2-layer, hidden-32 ERNIE classifier config (the test suite's model)."""
+    from ernie_compress.models.config import ErnieConfig
+    from ernie_compress.models.presets import resolve_preset
+
+    return ErnieConfig.from_dict(dict(resolve_preset("tiny"), vocab_size=60,
+                                      id2label={0: "neg", 1: "pos"}))
+
+
+@pytest.fixture
+def tiny_vocab() -> list[str]:
+    from ernie_compress.data.tokenizer import build_vocab
+
+    return build_vocab(POSITIVE + NEGATIVE, min_frequency=1)
+
+
+def random_ids(batch: int, seq: int, vocab: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab, size=(batch, seq)).astype("int64")
+    ids[:, 0] = 1
+    ids[1:, seq - 2:] = 0  # padding on some rows
+    return ids
