@@ -143,26 +143,153 @@ def train(
     run_command(body, json_out, _render_stage, threads)
 
 
+# --- pretrain --------------------------------------------------------------------------------
+@app.command()
+def pretrain(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output checkpoint directory.")],
+    corpus: Annotated[list[str], typer.Option(
+        help="Unlabeled text to learn from (repeatable): demo:sentiment (its train split), "
+             "demo:peoples-daily, or a UTF-8 file with one text per line.")],
+    preset: Annotated[str, typer.Option(help="Model size to pre-train (see `train --help`).")] = "demo-teacher",
+    steps: Annotated[int, typer.Option(help="Optimizer steps of masked-LM training.")] = 600,
+    batch_size: Annotated[int, typer.Option(help="Texts per step.")] = 32,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 1e-3,
+    max_seq_len: Annotated[int, typer.Option(help="Truncate texts to this many tokens.")] = 64,
+    mask_prob: Annotated[float, typer.Option(help="Fraction of tokens to mask and predict.")] = 0.15,
+    seed: SeedOpt = 42,
+    threads: ThreadsOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Masked-LM pre-training of a fresh encoder on unlabeled text (then `train --from` it)."""
+
+    def body():
+        from .pretrain import PretrainConfig, pretrain as run_pretrain
+        from .train import TrainConfig
+
+        return run_pretrain(PretrainConfig(
+            corpora=tuple(corpus), out=out, preset=preset, max_seq_length=max_seq_len,
+            mask_probability=mask_prob, overwrite=overwrite,
+            train=TrainConfig(epochs=10**6, batch_size=batch_size, learning_rate=lr, seed=seed,
+                              max_steps=steps)))
+
+    run_command(body, json_out, _render_pretrain, threads)
+
+
+# --- export ----------------------------------------------------------------------------------
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="The checkpoint directory to export.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output export directory.")],
+    format: Annotated[str, typer.Option(
+        "--format", "-f", help="paddle (static graph for Paddle Inference), onnx, or all.")] = "all",
+    opset: Annotated[int, typer.Option(help="ONNX opset (17 emits LayerNormalization).")] = 17,
+    tolerance: Annotated[float, typer.Option(
+        help="Largest logit difference against the dygraph model that verification accepts.")] = 1e-3,
+    threads: ThreadsOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export a checkpoint to a Paddle static graph and/or ONNX, verified against dygraph."""
+
+    def body():
+        from .export import ExportConfig, export_checkpoint
+
+        return export_checkpoint(ExportConfig(checkpoint=checkpoint, out=out, format=format,
+                                              opset=opset, tolerance=tolerance, overwrite=overwrite))
+
+    run_command(body, json_out, _render_export, threads)
+
+
 # --- evaluate --------------------------------------------------------------------------------
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"--batch-sizes takes comma-separated integers, got '{text}'") from None
+
+
 @app.command()
 def evaluate(
-    path: Annotated[Path, typer.Argument(help="A checkpoint directory (runs in Paddle dygraph).")],
+    path: Annotated[Path, typer.Argument(
+        help="A checkpoint directory (runs in Paddle dygraph) or an export directory (runs on a "
+             "runtime, with latency and throughput).")],
     task: TaskOpt = None,
     data: DataOpt = None,
     split: Annotated[Optional[str], typer.Option(
         help="Which split: train, dev or test (default: the task's held-out split).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 64,
+    device: Annotated[str, typer.Option(help="Export only: cpu, gpu or npu.")] = "cpu",
+    backend: Annotated[Optional[str], typer.Option(
+        help="Export only: paddle (Paddle Inference) or onnxruntime. Default: onnxruntime on "
+             "cpu, paddle on gpu/npu.")] = None,
+    batch_sizes: Annotated[str, typer.Option(
+        help="Export only: batch sizes to time, comma-separated.")] = "1,32",
+    seq_len: Annotated[int, typer.Option(help="Export only: sequence length for timing.")] = 128,
+    iterations: Annotated[int, typer.Option(help="Export only: timed runs per batch size.")] = 30,
+    warmup: Annotated[int, typer.Option(help="Export only: untimed runs first.")] = 5,
+    tensorrt: Annotated[bool, typer.Option(help="Export only, gpu: use TensorRT (FP16).")] = False,
+    no_mkldnn: Annotated[bool, typer.Option(
+        "--no-mkldnn", help="Export only, paddle on cpu: plain kernels instead of oneDNN.")] = False,
+    profile: Annotated[bool, typer.Option(help="Export only: show where the time goes, per operator.")] = False,
+    top: Annotated[int, typer.Option(help="With --profile: how many operators to list.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Examples per forward pass for the metric.")] = 32,
     threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Measure a model's task metric on held-out data."""
+    """Measure the task metric on held-out data; for an export also latency p50/p95/p99 and QPS."""
 
     def body():
+        from .export import MANIFEST_FILE
+
+        if (path / MANIFEST_FILE).is_file():
+            from .runtime.backends import RuntimeConfig
+            from .runtime.evaluate_export import EvaluateExportConfig, evaluate_export
+            from .runtime.latency import LatencyConfig
+
+            return evaluate_export(EvaluateExportConfig(
+                export_dir=path, task=task, data=_str(data), split=split, eval_batch_size=batch_size,
+                runtime=RuntimeConfig(device=device, backend=backend, threads=threads,
+                                      tensorrt=tensorrt, mkldnn=not no_mkldnn, profile=profile),
+                latency=LatencyConfig(batch_sizes=_batch_sizes(batch_sizes), seq_len=seq_len,
+                                      iterations=iterations, warmup=warmup),
+                top_ops=top))
+        if device != "cpu" or backend:
+            raise UserError(f"{path} is a checkpoint (runs in Paddle dygraph on cpu); export it "
+                            f"first to evaluate on --device/--backend")
         from .evaluate import evaluate_checkpoint
 
         return evaluate_checkpoint(path, task, _str(data), split, batch_size)
 
     run_command(body, json_out, _render_evaluation, threads)
+
+
+# --- bench -----------------------------------------------------------------------------------
+@app.command()
+def bench(
+    export_dir: Annotated[Path, typer.Argument(help="An export directory.")],
+    concurrency: Annotated[int, typer.Option(help="Client threads sending single requests.")] = 8,
+    requests: Annotated[int, typer.Option(help="Requests in total (held-out texts).")] = 400,
+    max_batch: Annotated[int, typer.Option(help="Largest batch the batcher forms.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(
+        help="Longest a request waits for others to join its batch.")] = 5.0,
+    device: Annotated[str, typer.Option(help="cpu, gpu or npu.")] = "cpu",
+    backend: Annotated[Optional[str], typer.Option(help="paddle or onnxruntime.")] = None,
+    threads: ThreadsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Serving-like load: dynamic batching vs one request per run (QPS, latency percentiles)."""
+
+    def body():
+        from .runtime.backends import RuntimeConfig
+        from .runtime.bench import BenchConfig, bench_export
+        from .runtime.dynamic_batching import BatcherConfig
+
+        return bench_export(BenchConfig(
+            export_dir=export_dir, concurrency=concurrency, requests=requests,
+            batcher=BatcherConfig(max_batch=max_batch, max_wait_ms=max_wait_ms),
+            runtime=RuntimeConfig(device=device, backend=backend, threads=threads)))
+
+    run_command(body, json_out, _render_bench, threads)
 
 
 # --- info ------------------------------------------------------------------------------------
@@ -216,10 +343,64 @@ def _render_stage(result: dict[str, Any]) -> None:
                   f"wrote [bold]{result['out']}[/bold]")
 
 
+def _render_pretrain(result: dict[str, Any]) -> None:
+    p = result["parameters"]
+    _console().print(f"pre-trained on {result['texts']:,} texts for {result['steps']} steps in "
+                     f"{result['train_seconds']:.0f} s (final masked-LM loss {result['final_loss']:.3f}); "
+                     f"{p['non_embedding']:,} non-embedding parameters; wrote [bold]{result['out']}[/bold]")
+
+
 def _render_evaluation(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
     console = _console()
-    console.print(_metrics_table({result["split"]: result["metrics"]},
-                                 f"{result['task']} on {result['backend']}"))
+    where = f"{result['backend']} on {result['device']}"
+    console.print(_metrics_table({result["split"]: result["metrics"]}, f"{result['task']}: {where}"))
+    if result.get("delta_points") is not None:
+        ref = result["reference_metrics"][result["primary_metric"]]
+        console.print(f"{result['primary_metric']} vs the source checkpoint in Paddle dygraph "
+                      f"({ref:.4f}): {result['delta_points']:+.2f} points")
+    if result.get("latency"):
+        table = Table(title=f"latency ({where}, seq {result['latency'][0]['seq_len']})")
+        for col in ("batch", "p50 ms", "p95 ms", "p99 ms", "QPS"):
+            table.add_column(col, justify="right")
+        for row in result["latency"]:
+            table.add_row(str(row["batch_size"]), f"{row['p50_ms']:.2f}", f"{row['p95_ms']:.2f}",
+                          f"{row['p99_ms']:.2f}", f"{row['qps']:.1f}")
+        console.print(table)
+    if result.get("profile"):
+        table = Table(title="where the time goes (per operator type)")
+        for col in ("op", "total ms", "calls", "share"):
+            table.add_column(col, justify="right")
+        for row in result["profile"]:
+            table.add_row(row["op"], f"{row['total_ms']:.2f}", str(row["calls"]), f"{row['share']:.1%}")
+        console.print(table)
+
+
+def _render_export(result: dict[str, Any]) -> None:
+    console = _console()
+    for name, v in result["verification"].items():
+        console.print(f"{name}: verified, max logit difference {v['max_abs_diff']:.2e}, "
+                      f"predictions agree {v['prediction_agreement']:.1%} on {v['samples']} samples")
+    console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.1f} s")
+
+
+def _render_bench(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result['requests']} requests from {result['concurrency']} clients "
+                        f"({result['backend']} on {result['device']})")
+    for col in ("mode", "QPS", "p50 ms", "p95 ms", "p99 ms", "mean batch"):
+        table.add_column(col, justify="right")
+    for mode in ("no_batching", "dynamic_batching"):
+        r = result[mode]
+        table.add_row(mode.replace("_", " "), f"{r['qps']:.1f}", f"{r['p50_ms']:.2f}",
+                      f"{r['p95_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['mean_batch']:.1f}")
+    console = _console()
+    console.print(table)
+    console.print(f"dynamic batching: {result['speedup_qps']:.2f}x QPS; predictions agree "
+                  f"{result['predictions_agree']:.1%}, max output difference "
+                  f"{result['outputs_max_abs_diff']:.2e}")
 
 
 def _render_info(result: dict[str, Any]) -> None:

@@ -10,15 +10,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint
 from .data.batching import EncodedSplit
-from .data.tasks import load_task
+from .data.tasks import TaskData, TaskSpec, load_task
 from .errors import UserError
 from .finetune import resolve_task
 from .models import model_from_state
 from .train import evaluate_split
 
 SPLITS = ("train", "dev", "test")
+
+
+def evaluate_loaded(ckpt: Checkpoint, model, tokenizer, task: TaskData | None = None,
+                    split: str | None = None, batch_size: int = 64) -> dict[str, float]:
+    """Metrics of an already-built ``model`` on ``split`` (default: held-out) of its task."""
+    task = task or load_task(TaskSpec.from_dict(ckpt.task))
+    task.check_labels(ckpt.config.labels)
+    encoded = EncodedSplit(task.split(split or task.held_out), tokenizer, ckpt.config.labels,
+                           ckpt.max_seq_length)
+    return evaluate_split(model, encoded, task.kind, batch_size)
 
 
 def evaluate_checkpoint(path: str | Path, task_name: str | None = None, data: str | None = None,
@@ -28,14 +38,12 @@ def evaluate_checkpoint(path: str | Path, task_name: str | None = None, data: st
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     ckpt = load_checkpoint(path)
-    spec = resolve_task(task_name, data, ckpt)
-    task = load_task(spec)
+    task = load_task(resolve_task(task_name, data, ckpt))
     task.check_labels(ckpt.config.labels)
     split = split or task.held_out
-    tokenizer = ckpt.tokenizer()
     model = model_from_state(ckpt.config, ckpt.state, str(ckpt.path))
-    encoded = EncodedSplit(task.split(split), tokenizer, ckpt.config.labels, ckpt.max_seq_length)
     start = time.perf_counter()
-    metrics = evaluate_split(model, encoded, task.kind, batch_size)
-    return {"path": str(ckpt.path), "task": spec.name, "split": split, "backend": "paddle-dygraph",
-            "device": "cpu", "metrics": metrics, "seconds": round(time.perf_counter() - start, 2)}
+    metrics = evaluate_loaded(ckpt, model, ckpt.tokenizer(), task, split, batch_size)
+    return {"path": str(ckpt.path), "task": task.spec.name, "split": split,
+            "backend": "paddle-dygraph", "device": "cpu", "metrics": metrics,
+            "seconds": round(time.perf_counter() - start, 2)}

@@ -44,6 +44,13 @@ _ACTIVATIONS = {
 }
 
 
+@paddle.jit.not_to_static
+def _record(record: dict | None, key: str, value) -> None:
+    """Append ``value`` to ``record[key]`` (kept out of loops so dy2static leaves it alone)."""
+    if record is not None:
+        record.setdefault(key, []).append(value)
+
+
 def _linear(config: ErnieConfig, in_features: int, out_features: int):
     init = nn.initializer.TruncatedNormal(std=config.initializer_range)
     return nn.Linear(in_features, out_features, weight_attr=paddle.ParamAttr(initializer=init))
@@ -109,9 +116,8 @@ class ErnieSelfAttention(nn.Layer):
         probs = F.softmax(scores + attn_bias, axis=-1)
         if head_mask is not None:
             probs = probs * paddle.reshape(head_mask, [1, -1, 1, 1])  # [1, heads, 1, 1]
-        if record is not None:
-            record.setdefault("attentions", []).append(probs)
-            record.setdefault("qkv", []).append((q, k, v))
+        _record(record, "attentions", probs)
+        _record(record, "qkv", (q, k, v))
         context = paddle.matmul(self.dropout(probs), v)  # [batch, heads, seq, head_dim]
         context = paddle.transpose(context, [0, 2, 1, 3])
         context = paddle.reshape(context, [0, 0, self.num_heads * self.head_dim])
@@ -146,9 +152,8 @@ class ErnieEncoderLayer(nn.Layer):
             x = self.norm1(x + self.dropout1(self.self_attn(x, attn_bias, head_mask, record)))
         else:
             x = self.norm1(x)
-            if record is not None:
-                record.setdefault("attentions", []).append(None)
-                record.setdefault("qkv", []).append(None)
+            _record(record, "attentions", None)
+            _record(record, "qkv", None)
         if self.linear1 is not None:
             ffn = self.linear2(self.dropout(self.activation(self.linear1(x))))  # [b, s, hidden]
             x = x + self.dropout2(ffn)
@@ -166,8 +171,7 @@ class ErnieEncoder(nn.Layer):
     def forward(self, x, attn_bias, head_mask=None, record: dict | None = None):
         for i, layer in enumerate(self.layers):
             x = layer(x, attn_bias, None if head_mask is None else head_mask[i], record)
-            if record is not None:
-                record.setdefault("hidden_states", []).append(x)
+            _record(record, "hidden_states", x)
         return x
 
 
@@ -196,8 +200,7 @@ class ErnieModel(nn.Layer):
         is_pad = paddle.cast(input_ids == self.pad_token_id, "float32")
         attn_bias = paddle.unsqueeze(is_pad * -1e4, axis=[1, 2])  # [batch, 1, 1, seq]
         x = self.embeddings(input_ids, token_type_ids)
-        if record is not None:
-            record["embeddings"] = x
+        _record(record, "embeddings", x)
         x = self.encoder(x, attn_bias, head_mask, record)
         return x, self.pooler(x)
 
@@ -222,7 +225,54 @@ class ErnieForSequenceClassification(nn.Layer):
         return self.classifier(self.dropout(pooled))  # [batch, num_labels]
 
 
+class ErnieLMPredictionHead(nn.Layer):
+    """PaddleNLP's MLM head: dense + activation + LayerNorm, decoder tied to the word embeddings."""
+
+    def __init__(self, config: ErnieConfig, embedding_weight):
+        super().__init__()
+        self.transform = _linear(config, config.hidden_size, config.hidden_size)
+        self.activation = _ACTIVATIONS[config.hidden_act]
+        self.layer_norm = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps)
+        self.decoder_weight = embedding_weight  # [vocab, hidden], shared
+        self.decoder_bias = self.create_parameter([config.vocab_size], is_bias=True)
+
+    def forward(self, hidden):
+        # hidden: [n, hidden] -> [n, vocab]
+        hidden = self.layer_norm(self.activation(self.transform(hidden)))
+        return paddle.matmul(hidden, self.decoder_weight, transpose_y=True) + self.decoder_bias
+
+
+class ErnieOnlyMLMHead(nn.Layer):
+    def __init__(self, config: ErnieConfig, embedding_weight):
+        super().__init__()
+        self.predictions = ErnieLMPredictionHead(config, embedding_weight)
+
+    def forward(self, hidden):
+        return self.predictions(hidden)
+
+
+class ErnieForMaskedLM(nn.Layer):
+    """ERNIE with the masked-LM head, for pre-training an encoder on unlabeled text."""
+
+    task_kind = "masked_lm"
+
+    def __init__(self, config: ErnieConfig):
+        super().__init__()
+        self.config = config
+        self.ernie = ErnieModel(config)
+        self.cls = ErnieOnlyMLMHead(config, self.ernie.embeddings.word_embeddings.weight)
+
+    def forward(self, input_ids, token_type_ids=None, masked_positions=None):
+        # masked_positions: int64 [n] flat indices into [batch * seq]; logits: [n, vocab]
+        sequence, _ = self.ernie(input_ids, token_type_ids)
+        hidden = paddle.reshape(sequence, [-1, self.config.hidden_size])
+        if masked_positions is not None:
+            hidden = paddle.gather(hidden, masked_positions)
+        return self.cls(hidden)
+
+
 ARCHITECTURES: dict[str, Any] = {
     "ErnieForSequenceClassification": ErnieForSequenceClassification,
+    "ErnieForMaskedLM": ErnieForMaskedLM,
 }
 

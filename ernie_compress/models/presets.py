@@ -29,8 +29,8 @@ PRESETS: dict[str, dict] = {
     "micro": _size(4, 384, 12, 1536, _ERNIE3),
     "nano": _size(4, 312, 12, 1248, _ERNIE3),
     # small presets for the demo (teacher plays the "xxl" role) and the tests
-    "demo-teacher": _size(4, 256, 8, 1024, _DEMO),
-    "demo-mini": _size(2, 128, 4, 512, _DEMO),
+    "demo-teacher": _size(4, 128, 4, 512, _DEMO),
+    "demo-mini": _size(2, 64, 2, 256, _DEMO),
     "tiny": _size(2, 32, 4, 64, _DEMO),
 }
 ALIASES = {"xxl": "xbase", "ernie-3.0-xbase-zh": "xbase", "ernie-3.0-base-zh": "base",

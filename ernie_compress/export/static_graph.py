@@ -1,0 +1,50 @@
+"""Export a dygraph model to a Paddle static graph (PIR): ``model.json`` + ``model.pdiparams``.
+
+``paddle.jit.to_static`` traces ``forward(input_ids, token_type_ids)`` with both dimensions
+dynamic (``InputSpec([None, None], "int64")``) and ``full_graph=True``; ``paddle.jit.save`` then
+writes the program. On Paddle 3.3.1 only the PIR format (``.json``) exists; Paddle Inference and
+paddle2onnx both read it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..paddle_env import import_paddle
+
+MODEL_PREFIX = "model"
+INPUT_NAMES = ("input_ids", "token_type_ids")
+
+
+def _inference_wrapper(model):
+    """A layer whose forward takes exactly the exported inputs and returns logits."""
+    paddle = import_paddle()
+
+    class InferenceModel(paddle.nn.Layer):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, token_type_ids):
+            return self.inner(input_ids, token_type_ids)
+
+    return InferenceModel(model)
+
+
+def export_static_graph(model, out_dir: Path) -> dict[str, str]:
+    """Write ``out_dir/model.json`` and ``model.pdiparams``; returns the file names."""
+    paddle = import_paddle()
+    from paddle.static import InputSpec
+
+    model.eval()
+    wrapper = _inference_wrapper(model)
+    wrapper.eval()
+    specs = [InputSpec([None, None], "int64", name=name) for name in INPUT_NAMES]
+    static = paddle.jit.to_static(wrapper, input_spec=specs, full_graph=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paddle.jit.save(static, str(out_dir / MODEL_PREFIX))
+    files = {"program": f"{MODEL_PREFIX}.json", "params": f"{MODEL_PREFIX}.pdiparams"}
+    for name in files.values():
+        if not (out_dir / name).is_file():
+            raise RuntimeError(f"paddle.jit.save did not write {name}")
+    return files

@@ -1,0 +1,154 @@
+"""``evaluate EXPORT_DIR``: the task metric through a runtime, its difference against the source
+checkpoint (measured in Paddle dygraph at export time), latency percentiles and throughput, and
+optionally a per-operator time breakdown.
+
+Nothing here imports Paddle unless the Paddle backend is chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.batching import EncodedSplit
+from ..data.tasks import TaskSpec, load_task
+from ..data.tokenizer import ErnieTokenizer
+from ..errors import UserError
+from ..metrics import PRIMARY_METRIC, classification_metrics
+from .backends import RuntimeConfig, open_session
+from .latency import LatencyConfig, measure_latency
+
+
+@dataclass(frozen=True)
+class EvaluateExportConfig:
+    export_dir: Path
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    task: str | None = None  # default: the task recorded in the manifest
+    data: str | None = None
+    split: str | None = None  # default: the task's held-out split
+    eval_batch_size: int = 32
+    top_ops: int = 10  # with runtime.profile: how many operators to list
+
+
+def predict_with_session(session, split: EncodedSplit, batch_size: int) -> np.ndarray:
+    """Logits for every example of ``split`` in its order, run through ``session``."""
+    out = None
+    for batch in split.eval_batches(batch_size):
+        logits = session.run(batch.input_ids, batch.token_type_ids)
+        if out is None:
+            out = np.zeros((len(split), logits.shape[-1]), dtype=np.float32)
+        out[batch.index] = logits
+    return out
+
+
+def onnxruntime_op_profile(profile_file: str, top_n: int) -> list[dict[str, Any]]:
+    """Sum ONNX Runtime's per-node kernel times by operator type, largest first."""
+    events = json.loads(Path(profile_file).read_text())
+    totals: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            op = event.get("args", {}).get("op_name", "?")
+            totals[op] += event.get("dur", 0) / 1000.0
+            calls[op] += 1
+    grand = sum(totals.values()) or 1.0
+    rows = [{"op": op, "total_ms": ms, "calls": calls[op], "share": ms / grand}
+            for op, ms in totals.items()]
+    return sorted(rows, key=lambda r: -r["total_ms"])[:top_n]
+
+
+def paddle_op_profile(run, ids, types, top_n: int) -> list[dict[str, Any]]:
+    """Per-operator CPU time of a Paddle Inference run, via ``paddle.profiler``."""
+    from ..paddle_env import import_paddle
+
+    import_paddle()
+    import paddle.profiler as profiler
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prof = profiler.Profiler(targets=[profiler.ProfilerTarget.CPU],
+                                 on_trace_ready=profiler.export_chrome_tracing(tmp))
+        prof.start()
+        for _ in range(5):
+            run(ids, types)
+            prof.step()
+        prof.stop()
+        traces = list(Path(tmp).glob("*.json"))
+        if not traces:
+            return []
+        events = json.loads(traces[0].read_text()).get("traceEvents", [])
+    totals: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    for event in events:
+        if event.get("cat") in ("Operator", "OperatorInner") and event.get("ph") == "X":
+            name = event.get("name", "?").split("::")[-1]
+            totals[name] += event.get("dur", 0) / 1000.0
+            calls[name] += 1
+    grand = sum(totals.values()) or 1.0
+    rows = [{"op": op, "total_ms": ms, "calls": calls[op], "share": ms / grand}
+            for op, ms in totals.items()]
+    return sorted(rows, key=lambda r: -r["total_ms"])[:top_n]
+
+
+def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
+    from ..export import load_manifest
+
+    manifest = load_manifest(cfg.export_dir)
+    export_dir = Path(cfg.export_dir).expanduser().resolve()
+    labels = manifest.get("labels") or []
+    tokenizer = ErnieTokenizer.from_dir(export_dir)
+    if cfg.task:
+        spec = TaskSpec(cfg.task, str(Path(cfg.data).expanduser().resolve()) if cfg.data else None)
+    elif manifest.get("task"):
+        spec = TaskSpec.from_dict(manifest["task"])
+    else:
+        raise UserError("pass --task (the export does not record one)")
+    task = load_task(spec)
+    task.check_labels(labels)
+    split_name = cfg.split or task.held_out
+    split = EncodedSplit(task.split(split_name), tokenizer, labels, manifest.get("max_seq_length", 128))
+
+    profile_dir = Path(tempfile.mkdtemp(prefix="ernie-compress-profile-")) if cfg.runtime.profile else None
+    session = open_session(export_dir, manifest, cfg.runtime, profile_dir)
+    start = time.perf_counter()
+    logits = predict_with_session(session, split, cfg.eval_batch_size)
+    metrics = classification_metrics(logits.argmax(-1), split.labels)
+    eval_seconds = time.perf_counter() - start
+
+    primary = PRIMARY_METRIC[task.kind]
+    reference = (manifest.get("reference") or {}).get("metrics")
+    same_data = manifest.get("task") == spec.to_dict() and split_name == task.held_out
+    delta = (metrics[primary] - reference[primary]) * 100 if reference and same_data else None
+
+    # latency inputs: held-out texts padded/truncated to seq_len
+    examples = task.split(split_name)[:64]
+    pairs = None if examples[0].text_b is None else [e.text_b for e in examples]
+    enc = tokenizer.encode_batch([e.text_a for e in examples], pairs,
+                                 max_length=cfg.latency.seq_len, pad_to=cfg.latency.seq_len)
+    latency = [measure_latency(session.run, enc.input_ids, enc.token_type_ids, b, cfg.latency)
+               for b in cfg.latency.batch_sizes]
+
+    profile = None
+    if cfg.runtime.profile:
+        if session.backend == "onnxruntime":
+            profile = onnxruntime_op_profile(session.end_profiling(), cfg.top_ops)
+        else:
+            b = max(cfg.latency.batch_sizes)
+            profile = paddle_op_profile(session.run, np.tile(enc.input_ids, (-(-b // 64), 1))[:b],
+                                        np.tile(enc.token_type_ids, (-(-b // 64), 1))[:b], cfg.top_ops)
+    return {
+        "export": str(export_dir), "task": spec.name, "split": split_name,
+        "backend": session.backend, "device": session.device,
+        "providers": getattr(session, "providers", None), "precision": manifest.get("precision"),
+        "metrics": metrics, "primary_metric": primary,
+        "reference_metrics": reference, "delta_points": delta,
+        "eval_seconds": round(eval_seconds, 2), "latency": latency, "profile": profile,
+        "threads": cfg.runtime.threads,
+    }

@@ -1,0 +1,149 @@
+"""The command line: --help for every command, one real run per command, bad input -> exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from ernie_compress.cli import app
+
+runner = CliRunner()
+COMMANDS = ["train", "evaluate", "info"]
+
+
+@pytest.mark.parametrize("command", [None] + COMMANDS)
+def test_help(command):
+    args = ["--help"] if command is None else [command, "--help"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_help_does_not_import_paddle():
+    code = ("import sys; from typer.testing import CliRunner; from ernie_compress.cli import app; "
+            "r = CliRunner().invoke(app, ['train', '--help']); assert r.exit_code == 0; "
+            "assert 'paddle' not in sys.modules and 'onnxruntime' not in sys.modules, 'imported'")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert time.perf_counter() - start < 10  # the real target (< 0.5 s) is measured in benchmarks/
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One real `train` run on a tiny task; later tests evaluate and inspect its checkpoint."""
+    from tests.conftest import NEGATIVE, POSITIVE, write_jsonl
+
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "data"
+    data.mkdir()
+    rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
+    write_jsonl(data / "train.jsonl", rows * 4)
+    write_jsonl(data / "dev.jsonl", rows)
+    write_jsonl(data / "test.jsonl", rows)
+    out = root / "ckpt"
+    result = runner.invoke(app, ["--quiet", "train", "--task", "text", "--data", str(data),
+                                 "--preset", "tiny", "--out", str(out), "--epochs", "8",
+                                 "--lr", "3e-3", "--batch-size", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    return out, data, json.loads(result.stdout)
+
+
+def test_train_writes_a_checkpoint_that_learned(trained):
+    out, _, result = trained
+    assert result["out"] == str(out)
+    assert {"config.json", "model.safetensors", "vocab.txt", "compression.json"} <= {p.name for p in out.iterdir()}
+    assert result["metrics"]["test"]["accuracy"] >= 0.75  # 16 easy sentences, seen in training
+    lineage = json.loads((out / "compression.json").read_text())
+    assert lineage["stages"][0]["name"] == "train" and lineage["stages"][0]["config"]["type"] == "FinetuneConfig"
+
+
+def test_evaluate_reproduces_the_training_metric(trained):
+    out, _, result = trained
+    ev = runner.invoke(app, ["--quiet", "evaluate", str(out), "--json"])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["metrics"]["accuracy"] == result["metrics"]["test"]["accuracy"]
+    table = runner.invoke(app, ["evaluate", str(out)])
+    assert table.exit_code == 0 and "accuracy" in table.stdout
+
+
+def test_info_reports_parameters_and_lineage(trained):
+    out, _, result = trained
+    res = runner.invoke(app, ["info", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["heads_per_layer"] == [4, 4] and info["parameters"] == result["parameters"]
+    assert info["lineage"][0]["name"] == "train"
+    assert runner.invoke(app, ["info", str(out)]).exit_code == 0
+
+
+def test_fine_tune_from_checkpoint_keeps_lineage(trained, tmp_path):
+    out, data, _ = trained
+    res = runner.invoke(app, ["--quiet", "--json", "train", "--from", str(out), "--out", str(tmp_path / "ft"),
+                              "--max-steps", "2", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    lineage = json.loads((tmp_path / "ft" / "compression.json").read_text())
+    assert [s["name"] for s in lineage["stages"]] == ["train", "train"]
+    assert lineage["stages"][1]["parent"]["path"] == str(out)
+
+
+def _corrupt_weights(ckpt, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    return bad
+
+
+def _wrong_config(ckpt, tmp_path):
+    import shutil
+
+    bad = tmp_path / "badcfg"
+    shutil.copytree(ckpt, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["hidden_size"] = 64
+    (bad / "config.json").write_text(json.dumps(cfg))
+    return bad
+
+
+@pytest.mark.parametrize("case", [
+    "missing_path", "corrupt_weights", "wrong_config", "empty_data", "unknown_label", "existing_out",
+    "unknown_preset", "unknown_task", "bad_epochs",
+])
+def test_bad_input_gives_one_line_and_exit_2(trained, tmp_path, case):
+    out, data, _ = trained
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "train.jsonl").write_text("")
+    (empty / "dev.jsonl").write_text("")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "train.jsonl").write_text('{"text": "好", "label": "pos"}\n{"text": "差", "label": "neg"}\n')
+    (odd / "dev.jsonl").write_text('{"text": "好", "label": "weird"}\n')
+    new = str(tmp_path / "new")
+    args = {
+        "missing_path": ["evaluate", str(tmp_path / "nope")],
+        "corrupt_weights": ["evaluate", str(_corrupt_weights(out, tmp_path)), "--ignore-integrity"]
+        if False else ["info", str(_corrupt_weights(out, tmp_path))],
+        "wrong_config": ["evaluate", str(_wrong_config(out, tmp_path))],
+        "empty_data": ["train", "--task", "text", "--data", str(empty), "--preset", "tiny", "--out", new],
+        "unknown_label": ["train", "--task", "text", "--data", str(odd), "--preset", "tiny", "--out", new],
+        "existing_out": ["train", "--task", "text", "--data", str(data), "--preset", "tiny", "--out", str(out)],
+        "unknown_preset": ["train", "--task", "text", "--data", str(data), "--preset", "huge", "--out", new],
+        "unknown_task": ["evaluate", str(out), "--task", "nosuch"],
+        "bad_epochs": ["train", "--task", "text", "--data", str(data), "--preset", "tiny", "--out", new,
+                       "--epochs", "-1"],
+    }[case]
+    result = runner.invoke(app, ["--quiet"] + args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "new").exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
