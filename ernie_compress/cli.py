@@ -41,7 +41,7 @@ TaskOpt = Annotated[Optional[str], typer.Option(
     "--task", "-t", help="Task: demo:sentiment (built in), or with --data: tnews, afqmc, text, "
                          "text-pair. Default: the task the checkpoint was trained on.")]
 DataOpt = Annotated[Optional[Path], typer.Option(
-    "--data", help="Folder with train/dev[/test] files (.json, .jsonl, .tsv, .txt) for --task.")]
+    "--data", help="Folder with train, dev and (optional) test files (.json, .jsonl, .tsv, .txt) for --task.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
 
@@ -135,7 +135,8 @@ def train(
         train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr,
                                 warmup_ratio=warmup, weight_decay=weight_decay, seed=seed,
                                 max_steps=max_steps, eval_every=eval_every)
-        return finetune(FinetuneConfig(task=resolve_task(task, _str(data), None), out=out,
+        spec = resolve_task(task, _str(data), None) if task or data else None
+        return finetune(FinetuneConfig(task=spec, out=out,
                                        preset=preset, init_from=init_from,
                                        max_seq_length=max_seq_len, train=train_cfg,
                                        overwrite=overwrite))

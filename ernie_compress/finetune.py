@@ -30,7 +30,7 @@ ARCHITECTURE_FOR_KIND = {"classification": "ErnieForSequenceClassification",
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    task: TaskSpec
+    task: TaskSpec | None  # None: the task the --from checkpoint was trained on
     out: Path
     preset: str | None = None  # build a fresh model of this size ...
     init_from: Path | None = None  # ... or start from this checkpoint
@@ -75,7 +75,7 @@ def _fresh_model_config(cfg: FinetuneConfig, task: TaskData, vocab_size: int) ->
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Run the train stage; returns its result (metrics, parameters, output path)."""
     parent = load_checkpoint(cfg.init_from) if cfg.init_from else None
-    task = load_task(cfg.task)
+    task = load_task(cfg.task or resolve_task(None, None, parent))
     for line in task.notes:
         note(f"[dim]{task.spec.name}: {line}[/dim]")
     seed_everything(cfg.train.seed)
