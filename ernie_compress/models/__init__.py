@@ -60,7 +60,11 @@ def load_state_(model, state: dict, where: str, allow_new_head: bool = False) ->
         if reuse != head:
             expected = {n: s for n, s in expected.items() if n not in head}
     check_state_matches(config, state, expected, where)
-    model.set_state_dict({name: state[name] for name in expected})
+    import warnings
+
+    with warnings.catch_warnings():  # a new head is "skipped" on purpose
+        warnings.simplefilter("ignore")
+        model.set_state_dict({name: state[name] for name in expected})
     return sorted(set(state) - set(expected))
 
 
