@@ -73,6 +73,10 @@ def run_command(body: Callable[[], dict[str, Any]], json_out: bool,
 
     as_json = json_out or settings.json
     progress.set_enabled(not settings.quiet)
+    if not settings.debug:
+        import warnings
+
+        warnings.filterwarnings("ignore")  # library chatter (paddle, setuptools) is not for users
     if threads is not None:
         if threads < 1:
             _fail("--threads must be >= 1")
@@ -175,6 +179,56 @@ def pretrain(
                               max_steps=steps)))
 
     run_command(body, json_out, _render_pretrain, threads)
+
+
+# --- quantize --------------------------------------------------------------------------------
+@app.command()
+def quantize(
+    checkpoint: Annotated[Path, typer.Argument(help="The FP32 checkpoint to quantize.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output checkpoint directory.")],
+    qat: Annotated[Optional[str], typer.Option(
+        help="Quantization-aware training to this type (int8): fake-quantized weights (per channel) "
+             "and activations, fine-tuned on the task.")] = None,
+    ptq: Annotated[Optional[str], typer.Option(
+        help="Post-training quantization to this type (int8) from calibration samples; no training.")] = None,
+    task: TaskOpt = None,
+    data: DataOpt = None,
+    epochs: Annotated[int, typer.Option(help="QAT: passes over the training data.")] = 1,
+    lr: Annotated[float, typer.Option("--lr", help="QAT: peak learning rate.")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="QAT: examples per step.")] = 32,
+    max_steps: Annotated[Optional[int], typer.Option(help="QAT: stop after this many steps.")] = None,
+    distill_from_parent: Annotated[bool, typer.Option(
+        help="QAT: add logit distillation from the FP32 parent to the loss.")] = False,
+    kd_alpha: Annotated[float, typer.Option(help="QAT with distillation: weight of the KD term.")] = 0.5,
+    kd_temperature: Annotated[float, typer.Option(help="QAT with distillation: softmax temperature.")] = 2.0,
+    calib_samples: Annotated[int, typer.Option(help="PTQ: training examples to calibrate on.")] = 512,
+    observer: Annotated[str, typer.Option(
+        help="PTQ activation observer: abs_max, percentile, mse or kl.")] = "abs_max",
+    percentile: Annotated[float, typer.Option(help="PTQ with --observer percentile: which percentile.")] = 99.99,
+    reduce_range: Annotated[Optional[bool], typer.Option(
+        "--reduce-range/--full-range",
+        help="7-bit weights (needed on CPUs without VNNI) or 8-bit. Default: by this CPU.")] = None,
+    seed: SeedOpt = 42,
+    threads: ThreadsOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """INT8 quantization (QAT or PTQ); ends with the held-out metric against the FP32 parent."""
+
+    def body():
+        from .finetune import resolve_task
+        from .quantize import QuantizeConfig, quantize_checkpoint
+        from .train import TrainConfig
+
+        spec = resolve_task(task, _str(data), None) if task or data else None
+        return quantize_checkpoint(QuantizeConfig(
+            checkpoint=checkpoint, out=out, qat=qat, ptq=ptq, task=spec, reduce_range=reduce_range,
+            distill_from_parent=distill_from_parent, kd_alpha=kd_alpha, kd_temperature=kd_temperature,
+            calib_samples=calib_samples, observer=observer, percentile=percentile, overwrite=overwrite,
+            train=TrainConfig(epochs=epochs, learning_rate=lr, batch_size=batch_size,
+                              max_steps=max_steps, seed=seed)))
+
+    run_command(body, json_out, _render_quantize, threads)
 
 
 # --- export ----------------------------------------------------------------------------------
@@ -376,6 +430,18 @@ def _render_evaluation(result: dict[str, Any]) -> None:
         for row in result["profile"]:
             table.add_row(row["op"], f"{row['total_ms']:.2f}", str(row["calls"]), f"{row['share']:.1%}")
         console.print(table)
+
+
+def _render_quantize(result: dict[str, Any]) -> None:
+    console = _console()
+    tables = {f"{split} (int8, fake-quant)": m for split, m in result["metrics"].items()}
+    tables.update({f"{split} (FP32 parent)": m for split, m in result["parent_metrics"].items()})
+    console.print(_metrics_table(tables, f"{result['stage']}: {result['task']}"))
+    s = result["scheme"]
+    console.print(f"{result['quantized_layers']} Linear layers quantized: {s['weight_bits']}-bit weights per "
+                  f"channel{' (reduce_range)' if s['reduce_range'] else ''}, {s['activation_bits']}-bit "
+                  f"activations ({s['activation_observer']}); {result['delta_points']:+.2f} points vs FP32")
+    console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
 
 
 def _render_export(result: dict[str, Any]) -> None:

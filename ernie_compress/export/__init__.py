@@ -39,6 +39,7 @@ class ExportConfig:
     opset: int = 17
     tolerance: float = 1e-3  # max |logit difference| allowed against the dygraph model
     verify_samples: int = 64  # held-out examples the exported files are checked on
+    int8_min_agreement: float = 0.95  # INT8: least share of predictions equal to fake-quant Paddle
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -85,61 +86,131 @@ def verify(name: str, session, reference: np.ndarray, ids: np.ndarray, types: np
             "passed": True}
 
 
+PADDLE_INT8_REFUSAL = (
+    "Paddle cannot deploy this INT8 checkpoint correctly on Paddle 3.3.1: jit.save of a quantized "
+    "model gives wrong outputs on CPU (dequantize_linear re-quantizes) and Paddle Inference INT8 "
+    "is broken; use --format onnx (INT8 runs in ONNX Runtime with the checkpoint's scales)")
+
+
+def _reference_model(ckpt: Checkpoint):
+    """The model the exported files must reproduce: FP32, or fake-quant with the stored scales."""
+    from ..models import model_from_state
+    from ..quantize.scheme import Int8Scheme, quantization_info, read_scales
+
+    model = model_from_state(ckpt.config, ckpt.state, str(ckpt.path))
+    quant = quantization_info(ckpt.config)
+    if not quant:
+        return model, model, None
+    from ..quantize.fake_quant import fake_quant_model, set_activation_scales_
+
+    scheme = Int8Scheme.from_dict(quant)
+    scales = read_scales(ckpt.path)
+    qmodel = fake_quant_model(model, scheme)
+    set_activation_scales_(qmodel, scales)
+    qmodel.eval()
+    return model, qmodel, (scheme, scales)
+
+
+def _logits(model, ids: np.ndarray, types: np.ndarray) -> np.ndarray:
+    from ..paddle_env import import_paddle
+
+    paddle = import_paddle()
+    with paddle.no_grad():
+        return np.concatenate([model(paddle.to_tensor(ids[i:i + 16]), paddle.to_tensor(types[i:i + 16])).numpy()
+                               for i in range(0, len(ids), 16)])
+
+
 def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
     from ..evaluate import evaluate_loaded
-    from ..models import model_from_state
-    from ..paddle_env import import_paddle
+    from ..quantize.scheme import quantization_info
     from ..runtime.backends import OnnxRuntimeSession, PaddleInferenceSession, RuntimeConfig
     from .onnx_export import OnnxExportError, convert_to_onnx
     from .static_graph import export_static_graph
 
     start = time.perf_counter()
     ckpt = load_checkpoint(cfg.checkpoint)
+    quant = quantization_info(ckpt.config)
+    if quant and cfg.format != "onnx":
+        raise UserError(PADDLE_INT8_REFUSAL)
     tokenizer = ckpt.tokenizer()
-    model = model_from_state(ckpt.config, ckpt.state, str(ckpt.path))
-    paddle = import_paddle()
+    model, reference_model, int8 = _reference_model(ckpt)
     ids, types, sample_source = sample_inputs(ckpt, tokenizer, cfg.verify_samples)
-    with paddle.no_grad():
-        reference = np.concatenate([model(paddle.to_tensor(ids[i:i + 16]),
-                                          paddle.to_tensor(types[i:i + 16])).numpy()
-                                    for i in range(0, len(ids), 16)])
-    reference_metrics = evaluate_loaded(ckpt, model, tokenizer) if ckpt.task else None
+    reference = _logits(reference_model, ids, types)
+    reference_metrics = evaluate_loaded(ckpt, reference_model, tokenizer) if ckpt.task else None
 
     files: dict[str, Any] = {}
     verification: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     cpu = RuntimeConfig(device="cpu")
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
         tokenizer.save(tmp)
         with tempfile.TemporaryDirectory() as scratch:
-            graph_dir = tmp / "paddle" if cfg.format in ("paddle", "all") else Path(scratch) / "paddle"
+            scratch = Path(scratch)
+            graph_dir = tmp / "paddle" if cfg.format in ("paddle", "all") else scratch / "paddle"
             graph = export_static_graph(model, graph_dir)
             if cfg.format in ("paddle", "all"):
                 files["paddle"] = {"dir": "paddle", **graph}
                 session = PaddleInferenceSession(graph_dir, cpu, graph["program"], graph["params"])
                 verification["paddle"] = verify("paddle", session, reference, ids, types, cfg.tolerance)
             if cfg.format in ("onnx", "all"):
+                onnx_path = tmp / "onnx" / "model.onnx"
+                fp32_path = scratch / "model_fp32.onnx" if int8 else onnx_path
                 try:
                     convert_to_onnx(graph_dir / graph["program"], graph_dir / graph["params"],
-                                    tmp / "onnx" / "model.onnx", cfg.opset)
+                                    fp32_path, cfg.opset)
                 except OnnxExportError as exc:
                     raise UserError(str(exc)) from None
+                if int8:
+                    from .onnx_int8 import INTEGER_KERNELS, integer_ops, quantize_onnx_int8
+
+                    scheme, scales = int8
+                    feeds = [{"input_ids": ids[i:i + 8], "token_type_ids": types[i:i + 8]}
+                             for i in range(0, min(len(ids), 32), 8)]
+                    param_names = {p.name: n for n, p in model.named_parameters()}
+                    extra["int8"] = quantize_onnx_int8(fp32_path, onnx_path, scales, scheme.weight_bits,
+                                                       feeds, param_names)
+                    ops = integer_ops(onnx_path)
+                    extra["int8"]["runtime_ops"] = {k: v for k, v in ops.items() if k in INTEGER_KERNELS}
+                    if not extra["int8"]["runtime_ops"]:
+                        raise UserError("ONNX Runtime did not fuse the QDQ model into integer kernels; "
+                                        "nothing was written")
                 files["onnx"] = {"model": "onnx/model.onnx", "opset": cfg.opset}
-                session = OnnxRuntimeSession(tmp / "onnx" / "model.onnx", cpu)
-                verification["onnx"] = verify("onnx", session, reference, ids, types, cfg.tolerance)
+                session = OnnxRuntimeSession(onnx_path, cpu)
+                if int8:
+                    verification["onnx"] = verify_int8(session, reference, ids, types, cfg.int8_min_agreement)
+                else:
+                    verification["onnx"] = verify("onnx", session, reference, ids, types, cfg.tolerance)
         manifest = {
             "format_version": MANIFEST_VERSION, "created": now_iso(),
             "source": {"path": str(ckpt.path), "weights_sha256": ckpt.weights_sha256},
             "task": ckpt.task, "task_kind": ckpt.config.extra.get("ernie_compress", {}).get("task_kind"),
             "labels": ckpt.config.labels, "max_seq_length": ckpt.max_seq_length,
-            "architecture": ckpt.config.architecture, "precision": "fp32",
+            "architecture": ckpt.config.architecture, "precision": quant["dtype"] if quant else "fp32",
+            "quantization": quant, **extra,
             "inputs": ["input_ids", "token_type_ids"], "outputs": ["logits"],
             "files": files, "verification": {"samples_from": sample_source, **verification},
-            "reference": {"backend": "paddle-dygraph", "metrics": reference_metrics},
+            "reference": {"backend": "paddle-dygraph" + (" (fake-quant)" if quant else ""),
+                          "metrics": reference_metrics},
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return {"stage": "export", "out": str(Path(cfg.out).expanduser().resolve()), "format": cfg.format,
-            "files": files, "verification": verification, "reference_metrics": reference_metrics,
+            "precision": manifest["precision"], "files": files, "verification": verification,
+            "reference_metrics": reference_metrics, **extra,
             "seconds": round(time.perf_counter() - start, 1)}
+
+
+def verify_int8(session, reference: np.ndarray, ids: np.ndarray, types: np.ndarray,
+                min_agreement: float) -> dict[str, Any]:
+    """INT8 kernels round differently from fake-quant float math: check predictions agree."""
+    outputs = np.concatenate([session.run(ids[i:i + 16], types[i:i + 16]) for i in range(0, len(ids), 16)])
+    agree = float(np.mean(outputs.argmax(-1) == reference.argmax(-1)))
+    diff = float(np.abs(outputs - reference).max())
+    if agree < min_agreement:
+        raise UserError(f"int8 onnx export failed verification: predictions agree with the fake-quant "
+                        f"Paddle model on {agree:.1%} of samples (< {min_agreement:.0%}), max logit "
+                        f"difference {diff:.3f}; nothing was written")
+    return {"max_abs_diff": diff, "prediction_agreement": agree, "samples": int(len(ids)),
+            "passed": True, "against": "fake-quant paddle model"}
 
 
 def load_manifest(export_dir: Path) -> dict[str, Any]:

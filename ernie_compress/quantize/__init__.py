@@ -1,0 +1,128 @@
+"""The ``quantize`` stage: INT8 by quantization-aware training (``--qat int8``) or post-training
+calibration (``--ptq int8``).
+
+Both write a checkpoint holding FP32 weights (QAT-trained, or the parent's for PTQ) plus the
+learned scales (``quantization_scales.json``, see ``scheme.py``); ``export --format onnx`` turns it
+into an INT8 QDQ model for ONNX Runtime that uses exactly those scales. Every run ends by
+evaluating the fake-quantized model on held-out data against its parent.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import config_record, load_checkpoint, save_checkpoint
+from ..data.batching import encode_splits
+from ..data.tasks import TaskSpec, load_task
+from ..errors import UserError
+from ..metrics import PRIMARY_METRIC
+from ..models import model_from_state
+from ..paddle_env import import_paddle
+from ..progress import note
+from ..train import TrainConfig, evaluate_split, train_model
+from .scheme import SCALES_FILE, Int8Scheme, cpu_has_vnni, quantization_info
+
+PTQ_OBSERVERS = ("abs_max", "percentile", "mse", "kl")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    checkpoint: Path
+    out: Path
+    qat: str | None = None  # "int8"
+    ptq: str | None = None  # "int8"
+    task: TaskSpec | None = None  # default: the checkpoint's task
+    reduce_range: bool | None = None  # None: on unless the CPU has VNNI
+    distill_from_parent: bool = False  # QAT: add logit KD from the FP32 parent
+    kd_alpha: float = 0.5
+    kd_temperature: float = 2.0
+    calib_samples: int = 512  # PTQ: training examples run through the observers
+    observer: str = "abs_max"  # PTQ activation observer
+    percentile: float = 99.99  # with observer=percentile
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=5e-5))
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        modes = [m for m in (self.qat, self.ptq) if m is not None]
+        if len(modes) != 1:
+            raise UserError("pass exactly one of --qat int8 and --ptq int8")
+        if modes[0] != "int8":
+            flag = "--qat" if self.qat is not None else "--ptq"
+            raise UserError(f"{flag} {modes[0]} is not supported: only int8 "
+                            f"(ONNX Runtime's CPU integer kernels are 8-bit)")
+        if self.observer not in PTQ_OBSERVERS:
+            raise UserError(f"--observer must be one of {', '.join(PTQ_OBSERVERS)}, got '{self.observer}'")
+        if self.calib_samples < 1:
+            raise UserError(f"--calib-samples must be >= 1, got {self.calib_samples}")
+        if not 0 <= self.kd_alpha <= 1:
+            raise UserError(f"--kd-alpha must be in [0, 1], got {self.kd_alpha}")
+        if not 50 < self.percentile <= 100:
+            raise UserError(f"--percentile must be in (50, 100], got {self.percentile}")
+
+    @property
+    def method(self) -> str:
+        return "qat" if self.qat else "ptq"
+
+
+def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
+    from .fake_quant import collect_scales, fake_quant_model, float_state
+
+    start = time.perf_counter()
+    parent = load_checkpoint(cfg.checkpoint)
+    if quantization_info(parent.config):
+        raise UserError(f"{parent.path} is already quantized "
+                        f"({quantization_info(parent.config).get('method')}); quantize its FP32 parent instead")
+    if not parent.task and cfg.task is None:
+        raise UserError("pass --task (the checkpoint does not record one)")
+    task = load_task(cfg.task or TaskSpec.from_dict(parent.task))
+    task.check_labels(parent.config.labels)
+    reduce_range = (not cpu_has_vnni()) if cfg.reduce_range is None else cfg.reduce_range
+    scheme = Int8Scheme(method=cfg.method, weight_bits=7 if reduce_range else 8,
+                        reduce_range=reduce_range,
+                        activation_observer="moving_average_abs_max" if cfg.qat else cfg.observer)
+    tokenizer = parent.tokenizer()
+    splits = encode_splits(task, tokenizer, parent.config.labels, parent.max_seq_length)
+    held_out = splits[task.held_out]
+    metric = PRIMARY_METRIC[task.kind]
+
+    fp32 = model_from_state(parent.config, parent.state, str(parent.path))
+    parent_metrics = evaluate_split(fp32, held_out, task.kind)
+    qmodel = fake_quant_model(model_from_state(parent.config, parent.state, str(parent.path)), scheme)
+
+    if cfg.qat:
+        from ..losses import logit_kd_loss
+        from ..train import cross_entropy_loss
+
+        loss = (logit_kd_loss(fp32, cfg.kd_alpha, cfg.kd_temperature) if cfg.distill_from_parent
+                else cross_entropy_loss)
+        result = train_model(qmodel, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
+                             loss_fn=loss, description="qat int8")
+        qmodel.set_state_dict(result.best_state)
+        steps, train_seconds = result.steps, result.seconds
+    else:
+        from .ptq import calibrate_
+
+        calibrate_(qmodel, splits["train"], cfg.calib_samples, cfg.observer, cfg.percentile)
+        steps, train_seconds = 0, 0.0
+    qmodel.eval()
+    metrics = evaluate_split(qmodel, held_out, task.kind)
+    scales = collect_scales(qmodel)
+    delta = (metrics[metric] - parent_metrics[metric]) * 100
+
+    config = parent.config.replace(extra=dict(parent.config.extra))
+    config.extra["quantization"] = scheme.to_dict()
+    stage = {"name": f"quantize-{cfg.method}", "config": config_record(cfg),
+             "metrics": {task.held_out: metrics, f"parent_{task.held_out}": parent_metrics},
+             "delta_points": delta, "steps": steps, "seconds": round(time.perf_counter() - start, 1)}
+    out = save_checkpoint(cfg.out, config, float_state(qmodel), tokenizer, stage, parent=parent,
+                          overwrite=cfg.overwrite, extra_files={SCALES_FILE: scales})
+    note(f"{cfg.method} int8 (fake-quant, Paddle): {metric} {metrics[metric]:.4f} vs FP32 parent "
+         f"{parent_metrics[metric]:.4f} ({delta:+.2f} points)")
+    return {"stage": f"quantize-{cfg.method}", "out": str(out), "task": task.spec.name,
+            "scheme": scheme.to_dict(), "metrics": {task.held_out: metrics},
+            "parent_metrics": {task.held_out: parent_metrics}, "delta_points": delta,
+            "quantized_layers": len(scales), "steps": steps, "train_seconds": round(train_seconds, 1),
+            "seconds": round(time.perf_counter() - start, 1)}

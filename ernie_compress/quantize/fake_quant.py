@@ -1,0 +1,91 @@
+"""Fake-quantized (quantize-dequantize) Paddle models for QAT, PTQ and verification.
+
+Quantization-aware training (Jacob et al. 2018, "Quantization and Training of Neural Networks for
+Efficient Integer-Arithmetic-Only Inference"): each quantized Linear rounds its weight and its
+input to the int grid in the forward pass and passes gradients straight through (the
+straight-through estimator, Bengio et al. 2013). Built from ``paddle.quantization.QAT`` with:
+
+- activations: Paddle's ``FakeQuanterWithAbsMaxObserver`` — moving-average abs-max scale,
+  symmetric, per tensor;
+- weights: paddleslim's ``FakeQuanterChannelWiseAbsMaxObserver`` — abs-max per output channel
+  (Paddle Linear weights are [in, out]: axis 1), symmetric.
+
+Only these two pieces are used: Paddle 3.3.1's ``QAT.convert`` / ``jit.save`` of quantized models
+and paddleslim's ``save_quantized_model`` give wrong outputs on CPU (DESIGN.md), so the learned
+scales are read from the quanters and carried to ONNX Runtime instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UserError
+from ..paddle_env import import_paddle
+from .scheme import Int8Scheme, quantized_linear_names
+
+
+def _require_paddleslim():
+    try:
+        from paddleslim.quant.quanters import FakeQuanterChannelWiseAbsMaxObserver
+    except ImportError as exc:
+        raise UserError(f"INT8 quantization needs paddleslim ({exc}); install it with: "
+                        f"pip install --no-deps paddleslim==2.6.0") from None
+    return FakeQuanterChannelWiseAbsMaxObserver
+
+
+def fake_quant_model(model, scheme: Int8Scheme, moving_rate: float = 0.9):
+    """A copy of ``model`` whose encoder Linears fake-quantize weights and inputs."""
+    paddle = import_paddle()
+    from paddle.quantization import QAT, QuantConfig
+    from paddle.quantization.quanters import FakeQuanterWithAbsMaxObserver
+
+    channel_wise = _require_paddleslim()
+    names = set(quantized_linear_names(model))
+    layers = [layer for name, layer in model.named_sublayers() if name in names]
+    config = QuantConfig(activation=None, weight=None)
+    config.add_layer_config(
+        layers,
+        activation=FakeQuanterWithAbsMaxObserver(moving_rate=moving_rate,
+                                                 bit_length=scheme.activation_bits),
+        weight=channel_wise(bit_length=scheme.weight_bits))
+    model.train()  # QAT.quantize insists on a model in training mode
+    quantized = QAT(config).quantize(model, inplace=False)
+    quantized.config = model.config
+    _ = paddle  # imported for its side effects (threads, MKL settings)
+    return quantized
+
+
+def quanted_layers(qmodel) -> dict[str, object]:
+    """Name -> QuantedLinear sublayer."""
+    return {name: layer for name, layer in qmodel.named_sublayers()
+            if hasattr(layer, "activation_quanter") and hasattr(layer, "weight_quanter")}
+
+
+def collect_scales(qmodel) -> dict[str, dict[str, list[float] | float]]:
+    """The learned abs-max of each quantized Linear's input and weight channels."""
+    scales = {}
+    for name, layer in quanted_layers(qmodel).items():
+        act = float(np.asarray(layer.activation_quanter.scales().numpy()).reshape(-1)[0])
+        weight = np.abs(layer.weight.numpy()).max(axis=0)  # [out]: what the quanter observes
+        if not (np.isfinite(act) and act > 0):
+            raise UserError(f"{name}: the activation scale is {act}; calibrate on more data")
+        scales[name] = {"input_absmax": act, "weight_absmax": weight.astype(float).tolist()}
+    return scales
+
+
+def set_activation_scales_(qmodel, scales: dict[str, dict]) -> None:
+    """Load stored activation abs-max values into a fake-quant model (for verification)."""
+    paddle = import_paddle()
+    layers = quanted_layers(qmodel)
+    missing = sorted(set(layers) - set(scales))
+    if missing:
+        raise UserError(f"the scales file lacks {len(missing)} quantized layer(s), e.g. {missing[0]}")
+    for name, layer in layers.items():
+        value = paddle.to_tensor([float(scales[name]["input_absmax"])], dtype="float32")
+        layer.activation_quanter._scale.set_value(value)
+
+
+def float_state(qmodel) -> dict[str, np.ndarray]:
+    """The float weights of a fake-quant model under the plain model's parameter names."""
+    return {k: v.numpy() for k, v in qmodel.state_dict().items()
+            if "_quanter." not in k}
