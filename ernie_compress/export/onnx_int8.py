@@ -59,6 +59,8 @@ def int8_overrides(model, scales: dict[str, dict[str, Any]], weight_bits: int,
         found.add(layer)
         nodes.append(node.name)
         act = float(scales[layer]["input_absmax"])
+        if node.input[0] in overrides:  # q/k/v read one tensor: one grid, wide enough for all
+            act = max(act, float(overrides[node.input[0]][0]["rmax"]))
         overrides[node.input[0]] = [{"rmin": np.float32(-act), "rmax": np.float32(act),
                                      "quant_type": QuantType.QUInt8}]
         channel = np.maximum(np.asarray(scales[layer]["weight_absmax"], dtype=np.float64), 1e-8)

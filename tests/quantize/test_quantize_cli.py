@@ -1,0 +1,144 @@
+"""quantize --qat/--ptq from the CLI, INT8 ONNX export (scales carried, integer kernels), refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from ernie_compress.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    from tests.conftest import NEGATIVE, POSITIVE, write_jsonl
+
+    root = tmp_path_factory.mktemp("quant")
+    data = root / "data"
+    data.mkdir()
+    rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
+    write_jsonl(data / "train.jsonl", rows * 3)
+    for split in ("dev", "test"):
+        write_jsonl(data / f"{split}.jsonl", rows)
+    out = root / "fp32"
+    res = runner.invoke(app, ["--quiet", "train", "--task", "text", "--data", str(data), "--preset", "tiny",
+                              "--out", str(out), "--epochs", "6", "--lr", "3e-3", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def qat(fp32, tmp_path_factory):
+    out = tmp_path_factory.mktemp("qat") / "qat"
+    res = runner.invoke(app, ["--quiet", "--json", "quantize", str(fp32), "--qat", "int8", "--out", str(out),
+                              "--max-steps", "12", "--batch-size", "8", "--distill-from-parent"])
+    assert res.exit_code == 0, res.output
+    return out, json.loads(res.stdout)
+
+
+def test_qat_keeps_accuracy_on_a_tiny_model(qat):
+    _, result = qat
+    assert result["quantized_layers"] == 12
+    assert result["metrics"]["test"]["accuracy"] >= result["parent_metrics"]["test"]["accuracy"] - 0.13
+
+
+def test_qat_checkpoint_holds_float_weights_and_scales(qat):
+    out, result = qat
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"]["method"] == "qat" and config["quantization"]["dtype"] == "int8"
+    scales = json.loads((out / "quantization_scales.json").read_text())
+    assert len(scales) == 12 and all(v["input_absmax"] > 0 for v in scales.values())
+    info = runner.invoke(app, ["info", str(out), "--json"])
+    assert [s["name"] for s in json.loads(info.stdout)["lineage"]] == ["train", "quantize-qat"]
+
+
+@pytest.fixture(scope="module")
+def int8_export(qat, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "onnx"
+    res = runner.invoke(app, ["--quiet", "--json", "export", str(qat[0]), "--format", "onnx", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out, json.loads(res.stdout)
+
+
+def test_int8_onnx_runs_integer_kernels(int8_export):
+    out, result = int8_export
+    assert result["precision"] == "int8"
+    assert sum(result["int8"]["runtime_ops"].values()) == 12  # one integer MatMul per quantized Linear
+    assert result["verification"]["onnx"]["prediction_agreement"] >= 0.95
+
+
+def test_scales_in_the_onnx_are_the_checkpoints(qat, int8_export):
+    """Each integer MatMul's activation and weight scales are the QAT checkpoint's numbers."""
+    ckpt, _ = qat
+    out, _ = int8_export
+    scales = json.loads((ckpt / "quantization_scales.json").read_text())
+    bits = json.loads((ckpt / "config.json").read_text())["quantization"]["weight_bits"]
+    qmax = (1 << (bits - 1)) - 1
+    model = onnx.load(str(out / "onnx" / "model.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    weight_scales = sorted(np.sort(np.asarray(v["weight_absmax"]) / qmax).tolist() for v in scales.values())
+    act_absmax = {round(v["input_absmax"], 5) for v in scales.values()}
+    found_w, found_a = [], set()
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        a, b = (producer.get(x) for x in node.input)
+        if not (a is not None and b is not None and a.op_type == b.op_type == "DequantizeLinear"):
+            continue
+        found_w.append(np.sort(inits[b.input[1]].ravel()).tolist())
+        assert inits[b.input[0]].dtype == np.int8  # weights stored as int8
+        found_a.add(round(float(inits[a.input[1]]) * 255 / 2, 5))  # u8 grid over [-absmax, absmax]
+    assert len(found_w) == 12
+    for got, want in zip(sorted(found_w), weight_scales):
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert found_a <= act_absmax | {max(act_absmax)} and len(found_a) >= 4
+
+
+def test_evaluate_int8_export(int8_export):
+    out, result = int8_export
+    res = runner.invoke(app, ["--quiet", "--json", "evaluate", str(out), "--batch-sizes", "1",
+                              "--seq-len", "16", "--iterations", "2"])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.stdout)
+    assert ev["precision"] == "int8" and abs(ev["delta_points"]) <= 13
+
+
+def test_ptq(fp32, tmp_path):
+    res = runner.invoke(app, ["--quiet", "--json", "quantize", str(fp32), "--ptq", "int8", "--observer", "kl",
+                              "--calib-samples", "16", "--out", str(tmp_path / "ptq")])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert result["scheme"]["method"] == "ptq" and result["scheme"]["activation_observer"] == "kl"
+    assert result["steps"] == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--qat", "int4"], "only int8"),
+    (["--ptq", "int8", "--qat", "int8"], "exactly one"),
+    ([], "exactly one"),
+    (["--ptq", "int8", "--observer", "median"], "--observer"),
+    (["--ptq", "int8", "--calib-samples", "0"], "--calib-samples"),
+])
+def test_bad_quantize_options(fp32, tmp_path, args, message):
+    res = runner.invoke(app, ["--quiet", "quantize", str(fp32), "--out", str(tmp_path / "o")] + args)
+    assert res.exit_code == 2, res.output
+    assert message in res.stderr and not (tmp_path / "o").exists()
+
+
+def test_quantizing_a_quantized_checkpoint_is_refused(qat, tmp_path):
+    res = runner.invoke(app, ["--quiet", "quantize", str(qat[0]), "--ptq", "int8", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "already quantized" in res.stderr
+
+
+@pytest.mark.parametrize("fmt", ["paddle", "all"])
+def test_paddle_export_of_int8_is_refused_naming_the_bug(qat, tmp_path, fmt):
+    res = runner.invoke(app, ["--quiet", "export", str(qat[0]), "--format", fmt, "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "dequantize_linear" in res.stderr
+    assert not (tmp_path / "o").exists()
