@@ -191,6 +191,8 @@ def quantize(
              "and activations, fine-tuned on the task.")] = None,
     ptq: Annotated[Optional[str], typer.Option(
         help="Post-training quantization to this type (int8) from calibration samples; no training.")] = None,
+    fp16: Annotated[bool, typer.Option(
+        "--fp16", help="Half-precision weights, for GPU/NPU deployment (ONNX FP16, TensorRT FP16).")] = False,
     task: TaskOpt = None,
     data: DataOpt = None,
     epochs: Annotated[int, typer.Option(help="QAT: passes over the training data.")] = 1,
@@ -222,7 +224,7 @@ def quantize(
 
         spec = resolve_task(task, _str(data), None) if task or data else None
         return quantize_checkpoint(QuantizeConfig(
-            checkpoint=checkpoint, out=out, qat=qat, ptq=ptq, task=spec, reduce_range=reduce_range,
+            checkpoint=checkpoint, out=out, qat=qat, ptq=ptq, fp16=fp16, task=spec, reduce_range=reduce_range,
             distill_from_parent=distill_from_parent, kd_alpha=kd_alpha, kd_temperature=kd_temperature,
             calib_samples=calib_samples, observer=observer, percentile=percentile, overwrite=overwrite,
             train=TrainConfig(epochs=epochs, learning_rate=lr, batch_size=batch_size,
@@ -434,13 +436,17 @@ def _render_evaluation(result: dict[str, Any]) -> None:
 
 def _render_quantize(result: dict[str, Any]) -> None:
     console = _console()
-    tables = {f"{split} (int8, fake-quant)": m for split, m in result["metrics"].items()}
+    kind = "fp16" if result["scheme"].get("dtype") == "fp16" else "int8, fake-quant"
+    tables = {f"{split} ({kind})": m for split, m in result["metrics"].items()}
     tables.update({f"{split} (FP32 parent)": m for split, m in result["parent_metrics"].items()})
     console.print(_metrics_table(tables, f"{result['stage']}: {result['task']}"))
     s = result["scheme"]
-    console.print(f"{result['quantized_layers']} Linear layers quantized: {s['weight_bits']}-bit weights per "
-                  f"channel{' (reduce_range)' if s['reduce_range'] else ''}, {s['activation_bits']}-bit "
-                  f"activations ({s['activation_observer']}); {result['delta_points']:+.2f} points vs FP32")
+    if s.get("dtype") == "fp16":
+        console.print(f"{result['quantized_layers']} tensors in FP16; {result['delta_points']:+.2f} points vs FP32")
+    else:
+        console.print(f"{result['quantized_layers']} Linear layers quantized: {s['weight_bits']}-bit weights per "
+                      f"channel{' (reduce_range)' if s['reduce_range'] else ''}, {s['activation_bits']}-bit "
+                      f"activations ({s['activation_observer']}); {result['delta_points']:+.2f} points vs FP32")
     console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
 
 

@@ -40,6 +40,7 @@ class ExportConfig:
     tolerance: float = 1e-3  # max |logit difference| allowed against the dygraph model
     verify_samples: int = 64  # held-out examples the exported files are checked on
     int8_min_agreement: float = 0.95  # INT8: least share of predictions equal to fake-quant Paddle
+    fp16_tolerance: float = 5e-2  # FP16 ONNX: max |logit difference| (half-precision arithmetic)
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -99,7 +100,7 @@ def _reference_model(ckpt: Checkpoint):
 
     model = model_from_state(ckpt.config, ckpt.state, str(ckpt.path))
     quant = quantization_info(ckpt.config)
-    if not quant:
+    if not quant or quant.get("dtype") == "fp16":
         return model, model, None
     from ..quantize.fake_quant import fake_quant_model, set_activation_scales_
 
@@ -130,7 +131,8 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
     start = time.perf_counter()
     ckpt = load_checkpoint(cfg.checkpoint)
     quant = quantization_info(ckpt.config)
-    if quant and cfg.format != "onnx":
+    fp16 = bool(quant) and quant.get("dtype") == "fp16"
+    if quant and not fp16 and cfg.format != "onnx":
         raise UserError(PADDLE_INT8_REFUSAL)
     tokenizer = ckpt.tokenizer()
     model, reference_model, int8 = _reference_model(ckpt)
@@ -154,7 +156,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
                 verification["paddle"] = verify("paddle", session, reference, ids, types, cfg.tolerance)
             if cfg.format in ("onnx", "all"):
                 onnx_path = tmp / "onnx" / "model.onnx"
-                fp32_path = scratch / "model_fp32.onnx" if int8 else onnx_path
+                fp32_path = scratch / "model_fp32.onnx" if (int8 or fp16) else onnx_path
                 try:
                     convert_to_onnx(graph_dir / graph["program"], graph_dir / graph["params"],
                                     fp32_path, cfg.opset)
@@ -174,9 +176,16 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
                     if not extra["int8"]["runtime_ops"]:
                         raise UserError("ONNX Runtime did not fuse the QDQ model into integer kernels; "
                                         "nothing was written")
+                if fp16:
+                    from .onnx_fp16 import convert_onnx_fp16
+
+                    extra["fp16"] = convert_onnx_fp16(fp32_path, onnx_path)
                 files["onnx"] = {"model": "onnx/model.onnx", "opset": cfg.opset}
                 session = OnnxRuntimeSession(onnx_path, cpu)
-                if int8:
+                if fp16:
+                    verification["onnx"] = verify("onnx fp16", session, reference, ids, types,
+                                                  max(cfg.tolerance, cfg.fp16_tolerance))
+                elif int8:
                     verification["onnx"] = verify_int8(session, reference, ids, types, cfg.int8_min_agreement)
                 else:
                     verification["onnx"] = verify("onnx", session, reference, ids, types, cfg.tolerance)

@@ -64,8 +64,15 @@ def load_state_(model, state: dict, where: str, allow_new_head: bool = False) ->
 
     with warnings.catch_warnings():  # a new head is "skipped" on purpose
         warnings.simplefilter("ignore")
-        model.set_state_dict({name: state[name] for name in expected})
+        model.set_state_dict({name: _as_param_dtype(state[name]) for name in expected})
     return sorted(set(state) - set(expected))
+
+
+def _as_param_dtype(value):
+    """FP16-stored weights compute in FP32 on the CPU (Paddle has no CPU FP16 kernels)."""
+    import numpy as np
+
+    return value.astype(np.float32) if value.dtype == np.float16 else value
 
 
 def model_from_state(config: ErnieConfig, state: dict, where: str):

@@ -1,10 +1,12 @@
 """The ``quantize`` stage: INT8 by quantization-aware training (``--qat int8``) or post-training
-calibration (``--ptq int8``).
+calibration (``--ptq int8``), or FP16 weights (``--fp16``).
 
-Both write a checkpoint holding FP32 weights (QAT-trained, or the parent's for PTQ) plus the
+INT8 writes a checkpoint holding FP32 weights (QAT-trained, or the parent's for PTQ) plus the
 learned scales (``quantization_scales.json``, see ``scheme.py``); ``export --format onnx`` turns it
-into an INT8 QDQ model for ONNX Runtime that uses exactly those scales. Every run ends by
-evaluating the fake-quantized model on held-out data against its parent.
+into an INT8 QDQ model for ONNX Runtime that uses exactly those scales. FP16 stores the weights in
+half precision; its export is an ONNX model with FP16 weights and FP32 inputs/outputs (GPU/NPU
+deployment; also runs, for the accuracy check, in ONNX Runtime on CPU). Every run ends by
+evaluating the result on held-out data against its parent.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class QuantizeConfig:
     out: Path
     qat: str | None = None  # "int8"
     ptq: str | None = None  # "int8"
+    fp16: bool = False  # half-precision weights
     task: TaskSpec | None = None  # default: the checkpoint's task
     reduce_range: bool | None = None  # None: on unless the CPU has VNNI
     distill_from_parent: bool = False  # QAT: add logit KD from the FP32 parent
@@ -46,10 +49,10 @@ class QuantizeConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        modes = [m for m in (self.qat, self.ptq) if m is not None]
+        modes = [m for m in (self.qat, self.ptq, "fp16" if self.fp16 else None) if m is not None]
         if len(modes) != 1:
-            raise UserError("pass exactly one of --qat int8 and --ptq int8")
-        if modes[0] != "int8":
+            raise UserError("pass exactly one of --qat int8, --ptq int8 and --fp16")
+        if modes[0] not in ("int8", "fp16"):
             flag = "--qat" if self.qat is not None else "--ptq"
             raise UserError(f"{flag} {modes[0]} is not supported: only int8 "
                             f"(ONNX Runtime's CPU integer kernels are 8-bit)")
@@ -64,7 +67,7 @@ class QuantizeConfig:
 
     @property
     def method(self) -> str:
-        return "qat" if self.qat else "ptq"
+        return "qat" if self.qat else "ptq" if self.ptq else "fp16"
 
 
 def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
@@ -77,6 +80,8 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
                         f"({quantization_info(parent.config).get('method')}); quantize its FP32 parent instead")
     if not parent.task and cfg.task is None:
         raise UserError("pass --task (the checkpoint does not record one)")
+    if cfg.fp16:
+        return _quantize_fp16(cfg, parent, start)
     task = load_task(cfg.task or TaskSpec.from_dict(parent.task))
     task.check_labels(parent.config.labels)
     reduce_range = (not cpu_has_vnni()) if cfg.reduce_range is None else cfg.reduce_range
@@ -126,3 +131,33 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
             "parent_metrics": {task.held_out: parent_metrics}, "delta_points": delta,
             "quantized_layers": len(scales), "steps": steps, "train_seconds": round(train_seconds, 1),
             "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _quantize_fp16(cfg: QuantizeConfig, parent, start: float) -> dict[str, Any]:
+    """Round every floating-point weight to FP16 and measure what that costs on held-out data."""
+    import numpy as np
+
+    task = load_task(cfg.task or TaskSpec.from_dict(parent.task))
+    task.check_labels(parent.config.labels)
+    tokenizer = parent.tokenizer()
+    held_out = encode_splits(task, tokenizer, parent.config.labels, parent.max_seq_length,
+                             names=(task.held_out,))[task.held_out]
+    metric = PRIMARY_METRIC[task.kind]
+    parent_metrics = evaluate_split(model_from_state(parent.config, parent.state, str(parent.path)),
+                                    held_out, task.kind)
+    state = {k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in parent.state.items()}
+    metrics = evaluate_split(model_from_state(parent.config, state, str(parent.path)), held_out, task.kind)
+    delta = (metrics[metric] - parent_metrics[metric]) * 100
+    config = parent.config.replace(extra=dict(parent.config.extra))
+    config.extra["quantization"] = {"method": "fp16", "dtype": "fp16"}
+    stage = {"name": "quantize-fp16", "config": config_record(cfg),
+             "metrics": {task.held_out: metrics, f"parent_{task.held_out}": parent_metrics},
+             "delta_points": delta, "seconds": round(time.perf_counter() - start, 1)}
+    out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent, overwrite=cfg.overwrite)
+    note(f"fp16 weights (Paddle, FP32 compute): {metric} {metrics[metric]:.4f} vs FP32 parent "
+         f"{parent_metrics[metric]:.4f} ({delta:+.2f} points)")
+    return {"stage": "quantize-fp16", "out": str(out), "task": task.spec.name,
+            "scheme": config.extra["quantization"], "metrics": {task.held_out: metrics},
+            "parent_metrics": {task.held_out: parent_metrics}, "delta_points": delta,
+            "quantized_layers": sum(1 for v in state.values() if v.dtype == np.float16), "steps": 0,
+            "train_seconds": 0.0, "seconds": round(time.perf_counter() - start, 1)}

@@ -123,6 +123,7 @@ def test_ptq(fp32, tmp_path):
     (["--qat", "int4"], "only int8"),
     (["--ptq", "int8", "--qat", "int8"], "exactly one"),
     ([], "exactly one"),
+    (["--fp16", "--qat", "int8"], "exactly one"),
     (["--ptq", "int8", "--observer", "median"], "--observer"),
     (["--ptq", "int8", "--calib-samples", "0"], "--calib-samples"),
 ])
@@ -142,3 +143,20 @@ def test_paddle_export_of_int8_is_refused_naming_the_bug(qat, tmp_path, fmt):
     res = runner.invoke(app, ["--quiet", "export", str(qat[0]), "--format", fmt, "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "dequantize_linear" in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_fp16_checkpoint_and_onnx(fp32, tmp_path):
+    res = runner.invoke(app, ["--quiet", "--json", "quantize", str(fp32), "--fp16", "--out", str(tmp_path / "h")])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert abs(result["delta_points"]) < 7  # rounding weights to FP16 changes almost nothing
+    from ernie_compress.checkpoint import load_checkpoint
+
+    assert {v.dtype for v in load_checkpoint(tmp_path / "h").state.values()} == {np.dtype("float16")}
+    res = runner.invoke(app, ["--quiet", "--json", "export", str(tmp_path / "h"), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 0, res.output
+    exported = json.loads(res.stdout)
+    assert exported["precision"] == "fp16" and exported["fp16"]["fp16_initializers"] > 10
+    model = onnx.load(str(tmp_path / "x" / "onnx" / "model.onnx"))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # FP32 I/O
