@@ -1,0 +1,115 @@
+"""FP32 vs FP16 vs our PTQ/QAT INT8 vs onnxruntime's own dynamic INT8, on one checkpoint, in one run.
+
+For each variant: held-out accuracy (through ONNX Runtime on CPU), its difference against FP32 in
+points, latency p50 at batch 1 and 32 (seq 128 by default), throughput at batch 32, model size.
+``quantize_dynamic`` (QInt8 weights, reduce_range, dynamic activation ranges) runs on the same FP32
+ONNX and is the baseline our static INT8 must match or beat. Prints Markdown and JSON.
+
+    python benchmarks/quantization.py CKPT [--qat-epochs 1] [--threads 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--qat-epochs", type=int, default=1)
+    parser.add_argument("--qat-max-steps", type=int, default=None)
+    parser.add_argument("--qat-lr", type=float, default=5e-5)
+    parser.add_argument("--calib-samples", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--keep", type=Path, default=None, help="keep the variants in this folder")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from ernie_compress import progress
+    from ernie_compress.export import ExportConfig, export_checkpoint
+    from ernie_compress.paddle_env import set_default_threads
+    from ernie_compress.quantize import QuantizeConfig, quantize_checkpoint
+    from ernie_compress.runtime.backends import RuntimeConfig
+    from ernie_compress.runtime.evaluate_export import EvaluateExportConfig, evaluate_export
+    from ernie_compress.runtime.latency import LatencyConfig
+    from ernie_compress.train import TrainConfig
+
+    progress.set_enabled(False)
+    set_default_threads(args.threads)
+    work = Path(args.keep or tempfile.mkdtemp(prefix="quant-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = args.checkpoint
+
+    variants = {}
+    variants["fp32"] = export_checkpoint(ExportConfig(ckpt, work / "fp32", format="onnx", overwrite=True))["out"]
+    quantize_checkpoint(QuantizeConfig(ckpt, work / "fp16-ckpt", fp16=True, overwrite=True))
+    variants["fp16"] = export_checkpoint(ExportConfig(work / "fp16-ckpt", work / "fp16", format="onnx",
+                                                      overwrite=True))["out"]
+    ptq = quantize_checkpoint(QuantizeConfig(ckpt, work / "ptq-ckpt", ptq="int8", overwrite=True,
+                                             calib_samples=args.calib_samples))
+    variants["ptq int8 (ours)"] = export_checkpoint(ExportConfig(work / "ptq-ckpt", work / "ptq", format="onnx",
+                                                                 overwrite=True))["out"]
+    qat = quantize_checkpoint(QuantizeConfig(
+        ckpt, work / "qat-ckpt", qat="int8", overwrite=True, distill_from_parent=True,
+        train=TrainConfig(epochs=args.qat_epochs, learning_rate=args.qat_lr, max_steps=args.qat_max_steps)))
+    variants["qat int8 (ours)"] = export_checkpoint(ExportConfig(work / "qat-ckpt", work / "qat", format="onnx",
+                                                                 overwrite=True))["out"]
+    # onnxruntime's own dynamic quantization of the same FP32 ONNX, same manifest otherwise
+    dyn = work / "ort-dynamic"
+    if dyn.exists():
+        import shutil
+
+        shutil.rmtree(dyn)
+    import shutil
+
+    shutil.copytree(work / "fp32", dyn)
+    quantize_dynamic(str(work / "fp32" / "onnx" / "model.onnx"), str(dyn / "onnx" / "model.onnx"),
+                     weight_type=QuantType.QInt8, reduce_range=True, per_channel=True)
+    manifest = json.loads((dyn / "manifest.json").read_text())
+    manifest["precision"] = "int8 (ort dynamic)"
+    (dyn / "manifest.json").write_text(json.dumps(manifest))
+    variants["ort quantize_dynamic int8"] = str(dyn)
+
+    latency = LatencyConfig(batch_sizes=(1, 32), seq_len=args.seq_len, iterations=args.iterations, warmup=3)
+    rows = []
+    fp32_acc = None
+    for name, path in variants.items():
+        ev = evaluate_export(EvaluateExportConfig(Path(path), runtime=RuntimeConfig("cpu", "onnxruntime",
+                                                                                    args.threads),
+                                                  latency=latency))
+        acc = ev["metrics"]["accuracy"]
+        fp32_acc = acc if fp32_acc is None else fp32_acc
+        b1, b32 = ev["latency"]
+        rows.append({"variant": name, "accuracy": acc, "delta_points": (acc - fp32_acc) * 100,
+                     "b1_p50_ms": b1["p50_ms"], "b32_p50_ms": b32["p50_ms"], "b32_qps": b32["qps"],
+                     "size_mb": (Path(path) / "onnx" / "model.onnx").stat().st_size / 1e6})
+    base = rows[0]
+    for row in rows:
+        row["speedup_b32"] = base["b32_p50_ms"] / row["b32_p50_ms"]
+        row["speedup_b1"] = base["b1_p50_ms"] / row["b1_p50_ms"]
+    cols = ["variant", "accuracy", "delta_points", "b1_p50_ms", "b32_p50_ms", "b32_qps", "speedup_b1",
+            "speedup_b32", "size_mb"]
+    print(f"\n{ckpt} — ONNX Runtime CPU, seq {args.seq_len}, threads {args.threads or 'all'}; "
+          f"PTQ fake-quant delta {ptq['delta_points']:+.2f}, QAT fake-quant delta {qat['delta_points']:+.2f}\n")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for row in rows:
+        print("| " + " | ".join(row[c] if isinstance(row[c], str) else f"{row[c]:.3f}" for c in cols) + " |")
+    result = {"checkpoint": str(ckpt), "seq_len": args.seq_len, "threads": args.threads, "rows": rows,
+              "qat_fake_quant_delta": qat["delta_points"], "ptq_fake_quant_delta": ptq["delta_points"]}
+    print("\n" + json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
