@@ -22,7 +22,7 @@ from .models.config import ErnieConfig
 from .models.presets import resolve_preset
 from .paddle_env import seed_everything
 from .progress import note
-from .train import TrainConfig, evaluate_split, train_model
+from .train import TrainConfig, TrainHooks, evaluate_split, train_model
 
 ARCHITECTURE_FOR_KIND = {"classification": "ErnieForSequenceClassification",
                          "pair_classification": "ErnieForSequenceClassification"}
@@ -103,8 +103,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     config.extra["ernie_compress"] = task_metadata(task, cfg.max_seq_length)
 
     splits = encode_splits(task, tokenizer, config.labels, cfg.max_seq_length)
+    hooks = TrainHooks(on_eval=lambda step, m: note(
+        f"step {step}: dev accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}"))
     result = train_model(model, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
-                         description="train")
+                         hooks=hooks, description="train")
     model.set_state_dict(result.best_state)
     held_out = evaluate_split(model, splits[task.held_out], task.kind)
     metrics = {"dev": result.best_metrics, task.held_out: held_out} if task.held_out != "dev" \
