@@ -233,6 +233,54 @@ def quantize(
     run_command(body, json_out, _render_quantize, threads)
 
 
+# --- prune -----------------------------------------------------------------------------------
+@app.command()
+def prune(
+    checkpoint: Annotated[Path, typer.Argument(help="The FP32 task checkpoint to prune.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output checkpoint directory.")],
+    heads: Annotated[Optional[float], typer.Option(
+        help="Fraction of all attention heads to remove (attention is ~1/3 of a layer's parameters, "
+             "so 0.15 removes ~5% of them; see --params).")] = None,
+    ffn: Annotated[Optional[float], typer.Option(
+        help="Fraction of every layer's FFN neurons to remove.")] = None,
+    params: Annotated[Optional[float], typer.Option(
+        help="Fraction of non-embedding parameters to remove, choosing heads and FFN neurons.")] = None,
+    importance: Annotated[str, typer.Option(
+        help="Head scores: gradient (Michel et al. 2019, on task data) or magnitude.")] = "gradient",
+    importance_samples: Annotated[int, typer.Option(help="Training examples for gradient scores.")] = 512,
+    task: TaskOpt = None,
+    data: DataOpt = None,
+    recover_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning (0 = none).")] = 1,
+    no_distill: Annotated[bool, typer.Option(
+        "--no-distill", help="Recover with hard labels only (default: + logit KD from the parent).")] = False,
+    lr: Annotated[float, typer.Option("--lr", help="Recovery learning rate.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(help="Recovery batch size.")] = 32,
+    max_steps: Annotated[Optional[int], typer.Option(help="Recovery: stop after this many steps.")] = None,
+    latency: Annotated[bool, typer.Option(
+        "--latency/--no-latency", help="Time parent and pruned model on CPU (ONNX Runtime).")] = True,
+    seed: SeedOpt = 42,
+    threads: ThreadsOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove the least important attention heads (and FFN neurons), then recover by fine-tuning."""
+
+    def body():
+        from .finetune import resolve_task
+        from .prune import PruneConfig, prune_checkpoint
+        from .train import TrainConfig
+
+        spec = resolve_task(task, _str(data), None) if task or data else None
+        return prune_checkpoint(PruneConfig(
+            checkpoint=checkpoint, out=out, heads=heads, ffn=ffn, params=params, importance=importance,
+            importance_samples=importance_samples, task=spec, recover_epochs=recover_epochs,
+            distill_from_parent=not no_distill, measure_latency=latency, overwrite=overwrite,
+            train=TrainConfig(epochs=recover_epochs, learning_rate=lr, batch_size=batch_size,
+                              max_steps=max_steps, seed=seed)))
+
+    run_command(body, json_out, _render_prune, threads)
+
+
 # --- export ----------------------------------------------------------------------------------
 @app.command()
 def export(
@@ -450,6 +498,33 @@ def _render_quantize(result: dict[str, Any]) -> None:
     console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
 
 
+def _render_prune(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title=f"prune: {result['task']}")
+    for col in ("layer", "heads before", "heads after", "ffn before", "ffn after"):
+        table.add_column(col, justify="right")
+    for i, row in enumerate(zip(result["heads_before"], result["heads_after"], result["ffn_before"],
+                                result["ffn_after"])):
+        table.add_row(str(i), *(str(v) for v in row))
+    console.print(table)
+    b, a = result["parameters_before"], result["parameters_after"]
+    console.print(f"parameters: {b['total']:,} -> {a['total']:,} total "
+                  f"({result['removed_fraction_total']:.1%} fewer); {b['non_embedding']:,} -> "
+                  f"{a['non_embedding']:,} non-embedding ({result['removed_fraction_non_embedding']:.1%} "
+                  f"fewer); {result['removed_fraction_heads']:.1%} of heads removed")
+    acc, m = result["accuracy"], result["metric"]
+    console.print(f"{m}: parent {acc['parent'][m]:.4f}, pruned {acc['before_recovery'][m]:.4f} "
+                  f"({result['delta_points_before_recovery']:+.2f}), after recovery "
+                  f"{acc['after_recovery'][m]:.4f} ({result['delta_points']:+.2f} points)")
+    if result.get("latency"):
+        for p, q in zip(result["latency"]["parent"], result["latency"]["pruned"]):
+            console.print(f"batch {p['batch_size']}: parent {p['p50_ms']:.2f} ms -> pruned {q['p50_ms']:.2f} ms "
+                          f"({p['p50_ms'] / q['p50_ms']:.2f}x)")
+    console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
+
+
 def _render_export(result: dict[str, Any]) -> None:
     console = _console()
     for name, v in result["verification"].items():
@@ -494,6 +569,15 @@ def _render_info(result: dict[str, Any]) -> None:
     for i, (h, f) in enumerate(zip(result["heads_per_layer"], result["ffn_per_layer"])):
         layers.add_row(str(i), str(h), str(f))
     console.print(layers)
+    if result.get("head_importance"):
+        scores = result["head_importance"]
+        table = Table(title="head importance at the last pruning (layer x head, normalised per layer)")
+        table.add_column("layer", justify="right")
+        for h in range(max(len(s) for s in scores)):
+            table.add_column(str(h), justify="right")
+        for i, s in enumerate(scores):
+            table.add_row(str(i), *(f"{v:.3f}" for v in s))
+        console.print(table)
     lineage = Table(title="lineage")
     for col in ("#", "stage", "time", "metrics"):
         lineage.add_column(col)

@@ -24,4 +24,6 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "parameters": count_parameters({k: v.shape for k, v in ckpt.state.items()}),
         "size_bytes": directory_size(ckpt.path), "weights_sha256": ckpt.weights_sha256,
         "lineage": ckpt.stages,
+        "head_importance": next((s["report"]["head_importance"] for s in reversed(ckpt.stages)
+                                 if s.get("name") == "prune" and "report" in s), None),
     }

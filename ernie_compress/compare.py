@@ -1,0 +1,32 @@
+"""Side-by-side CPU latency of checkpoints through ONNX Runtime (used by stage reports).
+
+Each checkpoint is exported to a temporary ONNX model (verified as usual) and timed at the same
+batch sizes and sequence length in the same process, so the ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .runtime.latency import LatencyConfig
+
+
+def onnx_cpu_latency(checkpoints: dict[str, Path], latency: LatencyConfig | None = None,
+                     threads: int | None = None) -> dict[str, Any]:
+    """``{name: [{batch_size, p50_ms, ...}, ...]}`` for each checkpoint."""
+    from .export import ExportConfig, export_checkpoint
+    from .runtime.backends import RuntimeConfig
+    from .runtime.evaluate_export import EvaluateExportConfig, evaluate_export
+
+    latency = latency or LatencyConfig(batch_sizes=(1, 32), seq_len=128, iterations=20, warmup=3)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="ernie-compress-latency-") as tmp:
+        for name, path in checkpoints.items():
+            out = Path(tmp) / name
+            export_checkpoint(ExportConfig(checkpoint=path, out=out, format="onnx"))
+            ev = evaluate_export(EvaluateExportConfig(out, runtime=RuntimeConfig("cpu", "onnxruntime", threads),
+                                                      latency=latency))
+            results[name] = {"latency": ev["latency"], "metrics": ev["metrics"]}
+    return results

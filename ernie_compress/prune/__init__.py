@@ -1,0 +1,143 @@
+"""The ``prune`` stage: score heads (and FFN neurons), remove the least important physically, and
+recover accuracy by fine-tuning with logit distillation from the unpruned parent.
+
+See ``importance.py`` (Michel et al. 2019), ``selection.py`` (what ``--heads``/``--ffn``/``--params``
+mean) and ``physical.py`` (slicing the weights). The report gives heads removed per layer,
+parameters before/after, accuracy before and after recovery against the parent, and CPU latency
+of parent and pruned model through ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import config_record, load_checkpoint, save_checkpoint
+from ..data.batching import encode_splits
+from ..data.tasks import TaskSpec, load_task
+from ..errors import UserError
+from ..metrics import PRIMARY_METRIC
+from ..models import count_parameters, model_from_state
+from ..progress import note
+from ..train import TrainConfig, evaluate_split, train_model
+from .importance import HEAD_METHODS, ffn_importance, head_importance
+from .physical import prune_state
+from .selection import (heads_to_keep_by_fraction, neurons_to_keep_by_fraction,
+                        select_for_parameter_target)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    checkpoint: Path
+    out: Path
+    heads: float | None = None  # fraction of all attention heads to remove
+    ffn: float | None = None  # fraction of each layer's FFN neurons to remove
+    params: float | None = None  # fraction of non-embedding parameters to remove (heads + FFN)
+    importance: str = "gradient"  # head scores: gradient (Michel et al.) or magnitude
+    importance_samples: int = 512  # training examples for gradient importance
+    task: TaskSpec | None = None
+    recover_epochs: int = 1  # fine-tuning after pruning; 0 = none
+    distill_from_parent: bool = True  # recovery loss: CE + logit KD from the unpruned parent
+    kd_alpha: float = 0.5
+    kd_temperature: float = 2.0
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=1e-4))
+    measure_latency: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.params is None and self.heads is None and self.ffn is None:
+            raise UserError("say what to remove: --heads R, --ffn R and/or --params R")
+        if self.params is not None and (self.heads is not None or self.ffn is not None):
+            raise UserError("--params chooses heads and FFN neurons itself; do not combine it with "
+                            "--heads or --ffn")
+        for name in ("heads", "ffn", "params"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1:
+                raise UserError(f"--{name} is a fraction in (0, 1), got {value}")
+        if self.importance not in HEAD_METHODS:
+            raise UserError(f"--importance must be one of {', '.join(HEAD_METHODS)}, got '{self.importance}'")
+        if self.recover_epochs < 0:
+            raise UserError(f"--recover-epochs must be >= 0, got {self.recover_epochs}")
+
+
+def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    parent = load_checkpoint(cfg.checkpoint)
+    if parent.config.extra.get("quantization"):
+        raise UserError(f"{parent.path} is quantized ({parent.config.extra['quantization'].get('method')}); "
+                        f"prune its FP32 parent, then quantize the pruned model")
+    if parent.config.architecture != "ErnieForSequenceClassification":
+        raise UserError(f"pruning needs a task model; {parent.path} is {parent.config.architecture}")
+    if not parent.task and cfg.task is None:
+        raise UserError("pass --task (the checkpoint does not record one)")
+    task = load_task(cfg.task or TaskSpec.from_dict(parent.task))
+    task.check_labels(parent.config.labels)
+    metric = PRIMARY_METRIC[task.kind]
+    tokenizer = parent.tokenizer()
+    splits = encode_splits(task, tokenizer, parent.config.labels, parent.max_seq_length)
+    held_out = splits[task.held_out]
+
+    model = model_from_state(parent.config, parent.state, str(parent.path))
+    parent_metrics = evaluate_split(model, held_out, task.kind)
+    head_scores = head_importance(cfg.importance, model, parent.state, splits["train"], cfg.importance_samples)
+    neuron_scores = ffn_importance(parent.state, parent.config)
+    before = count_parameters({k: v.shape for k, v in parent.state.items()})
+
+    if cfg.params is not None:
+        heads, neurons, ratio = select_for_parameter_target(head_scores, neuron_scores, parent.config,
+                                                            cfg.params, before["non_embedding"])
+    else:
+        heads = heads_to_keep_by_fraction(head_scores, cfg.heads) if cfg.heads else \
+            [list(range(len(s))) for s in head_scores]
+        neurons = neurons_to_keep_by_fraction(neuron_scores, cfg.ffn) if cfg.ffn else None
+        ratio = None
+    state, config = prune_state(parent.state, parent.config, heads, neurons)
+    after = count_parameters({k: v.shape for k, v in state.items()})
+
+    pruned = model_from_state(config, state, "pruned model")
+    before_recovery = evaluate_split(pruned, held_out, task.kind)
+    recovered, steps = before_recovery, 0
+    if cfg.recover_epochs > 0:
+        from ..losses import logit_kd_loss
+        from ..train import cross_entropy_loss
+
+        loss = logit_kd_loss(model, cfg.kd_alpha, cfg.kd_temperature) if cfg.distill_from_parent \
+            else cross_entropy_loss
+        train_cfg = TrainConfig(**{**cfg.train.__dict__, "epochs": cfg.recover_epochs})
+        result = train_model(pruned, splits["train"], splits.get("dev"), train_cfg, kind=task.kind,
+                             loss_fn=loss, description="recover")
+        pruned.set_state_dict(result.best_state)
+        state = {k: v for k, v in result.best_state.items()}
+        recovered = evaluate_split(pruned, held_out, task.kind)
+        steps = result.steps
+
+    removed_per_layer = [parent.config.heads_in_layer(i) - len(k) for i, k in enumerate(heads)]
+    report = {
+        "heads_before": parent.config.heads_per_layer, "heads_after": config.heads_per_layer,
+        "heads_removed_per_layer": removed_per_layer,
+        "ffn_before": parent.config.ffn_per_layer, "ffn_after": config.ffn_per_layer,
+        "parameters_before": before, "parameters_after": after,
+        "removed_fraction_total": 1 - after["total"] / before["total"],
+        "removed_fraction_non_embedding": 1 - after["non_embedding"] / before["non_embedding"],
+        "removed_fraction_heads": sum(removed_per_layer) / max(1, sum(parent.config.heads_per_layer)),
+        "params_ratio_used": ratio,
+        "accuracy": {"parent": parent_metrics, "before_recovery": before_recovery, "after_recovery": recovered},
+        "delta_points_before_recovery": (before_recovery[metric] - parent_metrics[metric]) * 100,
+        "delta_points": (recovered[metric] - parent_metrics[metric]) * 100,
+        "head_importance": [s.round(6).tolist() for s in head_scores],
+    }
+    stage = {"name": "prune", "config": config_record(cfg), "metrics": {task.held_out: recovered},
+             "report": report, "steps": steps, "seconds": round(time.perf_counter() - start, 1)}
+    out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent, overwrite=cfg.overwrite)
+    if cfg.measure_latency:
+        from ..compare import onnx_cpu_latency
+
+        note("measuring CPU latency of parent and pruned model (ONNX Runtime)")
+        timing = onnx_cpu_latency({"parent": parent.path, "pruned": out})
+        report["latency"] = {name: t["latency"] for name, t in timing.items()}
+        report["speedup"] = {f"b{p['batch_size']}": p["p50_ms"] / q["p50_ms"]
+                             for p, q in zip(timing["parent"]["latency"], timing["pruned"]["latency"])}
+    return {"stage": "prune", "out": str(out), "task": task.spec.name, "metric": metric, **report,
+            "steps": steps, "seconds": round(time.perf_counter() - start, 1)}

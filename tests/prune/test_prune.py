@@ -1,0 +1,146 @@
+"""Head importance, physical pruning (exactly the masked model), selection, and the CLI stage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ernie_compress.cli import app
+from ernie_compress.data.batching import EncodedSplit
+from ernie_compress.data.tasks import Example
+from ernie_compress.data.tokenizer import ErnieTokenizer
+from ernie_compress.errors import UserError
+from ernie_compress.models import build_model, count_parameters, model_from_state, model_state
+from ernie_compress.paddle_env import import_paddle
+from ernie_compress.prune.importance import gradient_head_importance, magnitude_head_importance
+from ernie_compress.prune.physical import prune_state
+from ernie_compress.prune.selection import heads_to_keep_by_fraction, select_for_parameter_target
+from tests.conftest import NEGATIVE, POSITIVE, random_ids, write_jsonl
+
+paddle = import_paddle()
+runner = CliRunner()
+
+
+def _zero_head(state, layer, head, d):
+    prefix = f"ernie.encoder.layers.{layer}.self_attn."
+    cols = slice(head * d, (head + 1) * d)
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        state[prefix + proj + ".weight"][:, cols] = 0
+        state[prefix + proj + ".bias"][cols] = 0
+    state[prefix + "out_proj.weight"][cols, :] = 0
+
+
+@pytest.fixture
+def split_and_model(tiny_config, tiny_vocab):
+    config = tiny_config.replace(vocab_size=len(tiny_vocab))
+    tok = ErnieTokenizer(tiny_vocab)
+    examples = [Example(t, None, "pos") for t in POSITIVE] + [Example(t, None, "neg") for t in NEGATIVE]
+    split = EncodedSplit(examples, tok, ["neg", "pos"], 32)
+    state = model_state(build_model(config))
+    _zero_head(state, layer=1, head=2, d=config.head_dim)
+    return split, config, state
+
+
+@pytest.mark.parametrize("method", ["gradient", "magnitude"])
+def test_importance_is_finite_and_ranks_a_useless_head_last(split_and_model, method):
+    split, config, state = split_and_model
+    model = model_from_state(config, state, "x")
+    scores = (gradient_head_importance(model, split, samples=16) if method == "gradient"
+              else magnitude_head_importance(state, config))
+    assert [len(s) for s in scores] == [4, 4]
+    assert all(np.isfinite(s).all() for s in scores)
+    flat = [(float(s[h]), layer, h) for layer, s in enumerate(scores) for h in range(len(s))]
+    assert min(flat)[1:] == (1, 2)
+
+
+def test_pruning_reproduces_the_masked_model_exactly(split_and_model):
+    _, config, state = split_and_model
+    model = model_from_state(config, state, "x")
+    keep = [[0, 2, 3], [1]]
+    mask = [paddle.to_tensor([1.0 if h in k else 0.0 for h in range(4)]) for k in keep]
+    ids = paddle.to_tensor(random_ids(3, 9, config.vocab_size))
+    with paddle.no_grad():
+        masked = model(ids, head_mask=mask).numpy()
+    pruned_state, pruned_config = prune_state(state, config, keep)
+    pruned = model_from_state(pruned_config, pruned_state, "pruned")
+    with paddle.no_grad():
+        np.testing.assert_allclose(pruned(ids).numpy(), masked, atol=1e-5)
+    assert pruned_config.heads_per_layer == [3, 1]
+    before = count_parameters({k: v.shape for k, v in state.items()})["total"]
+    after = count_parameters({k: v.shape for k, v in pruned_state.items()})["total"]
+    assert before - after == 4 * (4 * 32 * 8 + 3 * 8)  # 4 heads of width 8: q/k/v/out weights, q/k/v biases
+
+
+def test_selection_keeps_a_head_per_layer_and_hits_parameter_targets(tiny_config):
+    scores = [np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.05, 0.9, 0.8, 0.7])]
+    keep = heads_to_keep_by_fraction(scores, 0.25)
+    assert keep == [[1, 2, 3], [1, 2, 3]]
+    assert all(heads_to_keep_by_fraction(scores, 0.75))
+    with pytest.raises(UserError, match="no heads"):
+        heads_to_keep_by_fraction(scores, 0.9)
+    ffn = [np.linspace(0, 1, 64), np.linspace(1, 0, 64)]
+    heads, neurons, r = select_for_parameter_target(scores, ffn, tiny_config, 0.3, 18210)
+    from ernie_compress.prune.selection import removed_fraction
+
+    assert removed_fraction(tiny_config, heads, neurons, 18210) >= 0.3 and 0 < r < 1
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune")
+    data = root / "data"
+    data.mkdir()
+    rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
+    write_jsonl(data / "train.jsonl", rows * 3)
+    for split in ("dev", "test"):
+        write_jsonl(data / f"{split}.jsonl", rows)
+    res = runner.invoke(app, ["--quiet", "train", "--task", "text", "--data", str(data), "--preset", "tiny",
+                              "--out", str(root / "ckpt"), "--epochs", "6", "--lr", "3e-3", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    return root / "ckpt"
+
+
+def test_prune_cli_params_target_and_round_trip_to_runtime(trained, tmp_path):
+    res = runner.invoke(app, ["--quiet", "--json", "prune", str(trained), "--params", "0.15", "--out",
+                              str(tmp_path / "p"), "--max-steps", "4", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert result["removed_fraction_non_embedding"] >= 0.15
+    assert result["parameters_after"]["total"] < result["parameters_before"]["total"]
+    assert set(result["latency"]) == {"parent", "pruned"}
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert config["num_attention_heads_per_layer"] == result["heads_after"]
+    res = runner.invoke(app, ["--quiet", "--json", "export", str(tmp_path / "p"), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 0, res.output
+    for backend in ("onnxruntime", "paddle"):
+        ev = runner.invoke(app, ["--quiet", "--json", "evaluate", str(tmp_path / "x"), "--backend", backend,
+                                 "--batch-sizes", "1", "--iterations", "2", "--seq-len", "16"])
+        assert ev.exit_code == 0, ev.output
+        assert json.loads(ev.stdout)["delta_points"] == pytest.approx(0, abs=0.1)
+    info = json.loads(runner.invoke(app, ["info", str(tmp_path / "p"), "--json"]).stdout)
+    assert info["heads_per_layer"] == result["heads_after"] and info["head_importance"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--heads", "1.5"], "fraction in (0, 1)"),
+    (["--heads", "-0.1"], "fraction in (0, 1)"),
+    (["--heads", "0.9"], "no heads"),
+    ([], "say what to remove"),
+    (["--params", "0.2", "--heads", "0.1"], "do not combine"),
+    (["--heads", "0.2", "--importance", "random"], "--importance"),
+])
+def test_bad_prune_options(trained, tmp_path, args, message):
+    res = runner.invoke(app, ["--quiet", "prune", str(trained), "--out", str(tmp_path / "o"), "--no-latency"] + args)
+    assert res.exit_code == 2, res.output
+    assert message in res.stderr and not (tmp_path / "o").exists()
+
+
+def test_pruning_a_quantized_checkpoint_is_refused(trained, tmp_path):
+    res = runner.invoke(app, ["--quiet", "quantize", str(trained), "--ptq", "int8", "--calib-samples", "8",
+                              "--out", str(tmp_path / "q")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["--quiet", "prune", str(tmp_path / "q"), "--heads", "0.2", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "is quantized" in res.stderr
