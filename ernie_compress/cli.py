@@ -233,6 +233,65 @@ def quantize(
     run_command(body, json_out, _render_quantize, threads)
 
 
+# --- distill ---------------------------------------------------------------------------------
+@app.command()
+def distill(
+    teacher: Annotated[str, typer.Option(
+        help="Teacher checkpoint directory, or a name (e.g. xxl) in --models-dir / $ERNIE_COMPRESS_MODELS.")],
+    student: Annotated[str, typer.Option(
+        help="Student: a preset (mini, micro, nano, demo-mini, tiny, ...) or a checkpoint directory "
+             "sharing the teacher's vocabulary.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output checkpoint directory.")],
+    task: TaskOpt = None,
+    data: DataOpt = None,
+    models_dir: Annotated[Optional[Path], typer.Option(help="Where teacher names resolve.")] = None,
+    init_from_teacher: Annotated[bool, typer.Option(
+        help="Initialise the student from the teacher's embeddings and every k-th layer (equal widths).")] = False,
+    ce_weight: Annotated[float, typer.Option(help="Weight of the hard-label cross-entropy.")] = 0.5,
+    kd_weight: Annotated[float, typer.Option(help="Weight of soft-label KD on logits.")] = 0.5,
+    temperature: Annotated[float, typer.Option(help="KD softmax temperature.")] = 2.0,
+    hidden_weight: Annotated[float, typer.Option(help="Weight of hidden-state MSE (learned projection).")] = 0.0,
+    attention_weight: Annotated[float, typer.Option(
+        help="Weight of MiniLM attention + value-relation KL (teacher layer -> student's last).")] = 0.0,
+    attention_teacher_layer: Annotated[int, typer.Option(
+        help="Teacher layer for the attention loss (negative counts from the end).")] = -1,
+    relation_heads: Annotated[Optional[int], typer.Option(
+        help="Relation heads for the attention loss (default: gcd of the head counts).")] = None,
+    layer_map: Annotated[Optional[str], typer.Option(
+        help="Hidden-loss layer pairs student:teacher, e.g. 0:1,1:3 (default: uniform).")] = None,
+    baseline: Annotated[bool, typer.Option(
+        help="Also train the student on hard labels alone for the same steps, for comparison.")] = False,
+    epochs: Annotated[int, typer.Option(help="Passes over the training data.")] = 3,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 5e-4,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 32,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
+    latency: Annotated[bool, typer.Option(
+        "--latency/--no-latency", help="Time teacher and student on CPU (ONNX Runtime).")] = True,
+    seed: SeedOpt = 42,
+    threads: ThreadsOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Distill a large teacher into a small student (logits, hidden states, MiniLM relations)."""
+
+    def body():
+        from .distill import DistillConfig, distill as run_distill
+        from .finetune import resolve_task
+        from .train import TrainConfig
+
+        spec = resolve_task(task, _str(data), None) if task or data else None
+        return run_distill(DistillConfig(
+            teacher=teacher, student=student, out=out, task=spec, models_dir=models_dir,
+            init_from_teacher=init_from_teacher, ce_weight=ce_weight, kd_weight=kd_weight,
+            temperature=temperature, hidden_weight=hidden_weight, attention_weight=attention_weight,
+            attention_teacher_layer=attention_teacher_layer, relation_heads=relation_heads,
+            layer_map=layer_map, baseline=baseline, measure_latency=latency, overwrite=overwrite,
+            train=TrainConfig(epochs=epochs, learning_rate=lr, batch_size=batch_size, max_steps=max_steps,
+                              seed=seed)))
+
+    run_command(body, json_out, _render_distill, threads)
+
+
 # --- prune -----------------------------------------------------------------------------------
 @app.command()
 def prune(
@@ -495,6 +554,22 @@ def _render_quantize(result: dict[str, Any]) -> None:
         console.print(f"{result['quantized_layers']} Linear layers quantized: {s['weight_bits']}-bit weights per "
                       f"channel{' (reduce_range)' if s['reduce_range'] else ''}, {s['activation_bits']}-bit "
                       f"activations ({s['activation_observer']}); {result['delta_points']:+.2f} points vs FP32")
+    console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
+
+
+def _render_distill(result: dict[str, Any]) -> None:
+    console = _console()
+    m = result["metric"]
+    p = result["parameters"]
+    console.print(f"teacher {result['teacher_metrics'][m]:.4f}  student {result['student_metrics'][m]:.4f} "
+                  f"({result['percent_of_teacher']:.1f}% of the teacher)"
+                  + (f"  no-distillation baseline {result['baseline']['metrics'][m]:.4f}" if result["baseline"] else ""))
+    console.print(f"non-embedding parameters: teacher {p['teacher']['non_embedding']:,}, student "
+                  f"{p['student']['non_embedding']:,} ({p['non_embedding_ratio']:.1%})")
+    if result.get("latency"):
+        for t, s in zip(result["latency"]["teacher"], result["latency"]["student"]):
+            console.print(f"batch {t['batch_size']}: teacher {t['p50_ms']:.2f} ms -> student {s['p50_ms']:.2f} ms "
+                          f"({t['p50_ms'] / s['p50_ms']:.2f}x)")
     console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
 
 

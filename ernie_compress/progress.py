@@ -46,4 +46,4 @@ def progress_bar(total: int, description: str) -> Iterator[_Bar]:
 def note(message: str) -> None:
     """A status line on stderr (hidden with --quiet)."""
     if _enabled:
-        stderr_console.print(message, highlight=False)
+        stderr_console.print(message, highlight=False, soft_wrap=True)

@@ -1,0 +1,261 @@
+"""The ``distill`` stage: teach a small student to imitate a large teacher on a task.
+
+The loss mixes, with weights from the options: hard-label cross-entropy, soft-label KD on logits
+(Hinton et al. 2015), hidden-state MSE through a learned projection (TinyBERT-style, uniform or
+explicit layer mapping) and MiniLM attention/value relations from one teacher layer to the
+student's last layer (see ``losses.py``). The teacher runs in eval mode without gradients. The
+student uses the teacher's vocabulary; it is a preset (fresh, optionally initialised from every
+k-th teacher layer) or a checkpoint. ``--baseline`` trains the same student with hard labels only
+for the same number of steps, to show what distillation adds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..checkpoint import Checkpoint, config_record, load_checkpoint, save_checkpoint
+from ..data.batching import encode_splits
+from ..data.tasks import TaskSpec, load_task
+from ..errors import UserError
+from ..metrics import PRIMARY_METRIC
+from ..models import build_model, count_parameters, load_state_, model_from_state
+from ..models.config import ErnieConfig
+from ..models.presets import is_preset, resolve_preset
+from ..paddle_env import import_paddle, seed_everything
+from ..progress import note
+from ..train import TrainConfig, TrainHooks, cross_entropy_loss, evaluate_split, train_model
+from .losses import (hidden_mse, parse_layer_map, relation_kl, relation_log_probs,
+                     uniform_layer_map)
+
+MODELS_DIR_ENV = "ERNIE_COMPRESS_MODELS"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    teacher: str  # checkpoint dir, or a name under models_dir (e.g. "xxl")
+    student: str  # preset name or checkpoint dir
+    out: Path
+    task: TaskSpec | None = None  # default: the teacher's task
+    models_dir: Path | None = None  # where teacher names resolve (default: $ERNIE_COMPRESS_MODELS)
+    init_from_teacher: bool = False  # copy embeddings and every k-th layer (needs equal widths)
+    ce_weight: float = 0.5  # hard-label cross-entropy
+    kd_weight: float = 0.5  # soft-label KD on logits
+    temperature: float = 2.0
+    hidden_weight: float = 0.0  # hidden-state MSE (through a learned projection)
+    attention_weight: float = 0.0  # MiniLM attention + value relations
+    attention_teacher_layer: int = -1  # which teacher layer the student's last layer imitates
+    relation_heads: int | None = None  # default: gcd of the two layers' head counts
+    layer_map: str | None = None  # "s:t,s:t" for the hidden loss; default uniform
+    baseline: bool = False  # also train the student on hard labels alone, same steps
+    measure_latency: bool = True  # time teacher and student on CPU through ONNX Runtime
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, learning_rate=5e-4))
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("ce_weight", "kd_weight", "hidden_weight", "attention_weight"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.ce_weight + self.kd_weight + self.hidden_weight + self.attention_weight == 0:
+            raise UserError("every loss weight is 0: nothing to train on")
+        if not self.temperature > 0:
+            raise UserError(f"--temperature must be > 0, got {self.temperature}")
+
+
+def resolve_teacher(name: str, models_dir: Path | None) -> Path:
+    """A teacher checkpoint directory from a path or a name in the models directory."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    root = models_dir or (Path(os.environ[MODELS_DIR_ENV]) if os.environ.get(MODELS_DIR_ENV) else None)
+    if root is not None and (Path(root) / name).is_dir():
+        return Path(root) / name
+    where = f" or {root / name}" if root is not None else f" (set --models-dir or ${MODELS_DIR_ENV})"
+    raise UserError(f"teacher '{name}' not found: no directory {path}{where}")
+
+
+def _student(cfg: DistillConfig, teacher: Checkpoint) -> tuple[ErnieConfig, dict | None, str]:
+    """(student config, initial state or None, description)."""
+    if is_preset(cfg.student):
+        keys = resolve_preset(cfg.student)
+        keys.update(vocab_size=teacher.config.vocab_size, architectures=teacher.config.architectures,
+                    id2label=teacher.config.id2label, pad_token_id=teacher.config.pad_token_id,
+                    max_position_embeddings=max(keys["max_position_embeddings"], teacher.max_seq_length))
+        if keys.get("type_vocab_size", 2) < teacher.config.type_vocab_size:
+            keys["type_vocab_size"] = teacher.config.type_vocab_size
+        config = ErnieConfig.from_dict(keys)
+        config.extra["ernie_compress"] = dict(teacher.config.extra.get("ernie_compress", {}))
+        return config, None, f"preset {cfg.student}"
+    path = Path(cfg.student).expanduser()
+    if not path.exists():
+        raise UserError(f"student '{cfg.student}' is neither a preset nor a checkpoint directory")
+    student = load_checkpoint(path)
+    if student.tokenizer().vocab != teacher.tokenizer().vocab:
+        raise UserError(f"the student {path} and the teacher {teacher.path} have different vocabularies; "
+                        f"a student must use its teacher's vocabulary (start from a preset instead)")
+    config = student.config.replace(id2label=teacher.config.id2label, extra=dict(student.config.extra))
+    config.extra["ernie_compress"] = dict(teacher.config.extra.get("ernie_compress", {}))
+    return config, student.state, f"checkpoint {path}"
+
+
+def init_from_teacher(student_config: ErnieConfig, teacher: Checkpoint) -> dict[str, np.ndarray]:
+    """Embeddings, pooler, classifier and every k-th teacher layer, for a student of equal width."""
+    t = teacher.config
+    if student_config.hidden_size != t.hidden_size:
+        raise UserError(f"--init-from-teacher needs equal widths: student hidden {student_config.hidden_size} "
+                        f"vs teacher {t.hidden_size}")
+    if student_config.heads_per_layer[0] != t.heads_per_layer[0] or student_config.intermediate_size != t.ffn_per_layer[0]:
+        raise UserError("--init-from-teacher needs the same heads and FFN width per layer as the teacher")
+    k = max(1, t.num_hidden_layers // student_config.num_hidden_layers)
+    state = {}
+    for name, value in teacher.state.items():
+        if ".encoder.layers." not in name:
+            state[name] = value
+    for i in range(student_config.num_hidden_layers):
+        src = min(t.num_hidden_layers - 1, (i + 1) * k - 1)
+        for name, value in teacher.state.items():
+            prefix = f"ernie.encoder.layers.{src}."
+            if name.startswith(prefix):
+                state[f"ernie.encoder.layers.{i}." + name[len(prefix):]] = value
+    return state
+
+
+def distill(cfg: DistillConfig) -> dict[str, Any]:
+    paddle = import_paddle()
+    F = paddle.nn.functional
+    start = time.perf_counter()
+    teacher_ckpt = load_checkpoint(resolve_teacher(cfg.teacher, cfg.models_dir))
+    if teacher_ckpt.config.extra.get("quantization"):
+        raise UserError(f"the teacher {teacher_ckpt.path} is quantized; distill from an FP32 model")
+    if not teacher_ckpt.task and cfg.task is None:
+        raise UserError("pass --task (the teacher does not record one)")
+    task = load_task(cfg.task or TaskSpec.from_dict(teacher_ckpt.task))
+    task.check_labels(teacher_ckpt.config.labels)
+    metric = PRIMARY_METRIC[task.kind]
+    tokenizer = teacher_ckpt.tokenizer()
+    student_config, student_state, student_source = _student(cfg, teacher_ckpt)
+    if cfg.init_from_teacher:
+        student_state = init_from_teacher(student_config, teacher_ckpt)
+
+    t_params = count_parameters({k: v.shape for k, v in teacher_ckpt.state.items()})
+    seed_everything(cfg.train.seed)
+    student = build_model(student_config)
+    if student_state is not None:
+        load_state_(student, student_state, "student", allow_new_head=True)
+    s_params = count_parameters({k: list(v.shape) for k, v in student.state_dict().items()})
+    if s_params["non_embedding"] >= t_params["non_embedding"]:
+        note(f"[yellow]warning: the student ({s_params['non_embedding']:,} non-embedding parameters) is "
+             f"not smaller than its teacher ({t_params['non_embedding']:,})[/yellow]")
+
+    splits = encode_splits(task, tokenizer, teacher_ckpt.config.labels, teacher_ckpt.max_seq_length)
+    held_out = splits[task.held_out]
+    teacher = model_from_state(teacher_ckpt.config, teacher_ckpt.state, str(teacher_ckpt.path))
+    for p in teacher.parameters():
+        p.stop_gradient = True
+    teacher_metrics = evaluate_split(teacher, held_out, task.kind)
+
+    mapping = (parse_layer_map(cfg.layer_map, student_config.num_hidden_layers, teacher_ckpt.config.num_hidden_layers)
+               if cfg.layer_map else uniform_layer_map(student_config.num_hidden_layers,
+                                                       teacher_ckpt.config.num_hidden_layers))
+    t_layer = cfg.attention_teacher_layer % teacher_ckpt.config.num_hidden_layers
+    s_layer = student_config.num_hidden_layers - 1
+    t_heads, s_heads = teacher_ckpt.config.heads_in_layer(t_layer), student_config.heads_in_layer(s_layer)
+    relation_heads = cfg.relation_heads or math.gcd(t_heads, s_heads)
+    if cfg.attention_weight > 0:
+        widths = (t_heads * teacher_ckpt.config.head_dim, s_heads * student_config.head_dim)
+        if min(t_heads, s_heads) == 0 or any(w % relation_heads for w in widths):
+            raise UserError(f"--relation-heads {relation_heads} must divide both attention widths {widths}")
+    projection = paddle.nn.Linear(student_config.hidden_size, teacher_ckpt.config.hidden_size)
+    needs_internals = cfg.hidden_weight > 0 or cfg.attention_weight > 0
+    cache: dict[int, np.ndarray] = {}
+
+    def loss_fn(model, batch):
+        record = {} if needs_internals else None
+        logits = model(batch.input_ids, batch.token_type_ids, record=record)
+        parts = {}
+        total = 0.0
+        if cfg.ce_weight:
+            parts["ce"] = F.cross_entropy(logits, batch.labels)
+            total = total + cfg.ce_weight * parts["ce"]
+        t_record = {} if needs_internals else None
+        if needs_internals or any(int(i) not in cache for i in batch.index):
+            with paddle.no_grad():
+                t_logits = teacher(batch.input_ids, batch.token_type_ids, record=t_record)
+            if not needs_internals:
+                cache.update(zip(batch.index.tolist(), t_logits.numpy()))
+        if not needs_internals:
+            t_logits = paddle.to_tensor(np.stack([cache[int(i)] for i in batch.index]))
+        if cfg.kd_weight:
+            from ..losses import soft_label_kd
+
+            parts["kd"] = soft_label_kd(logits, t_logits, cfg.temperature)
+            total = total + cfg.kd_weight * parts["kd"]
+        if needs_internals:
+            valid = paddle.cast(batch.input_ids != tokenizer.pad_id, "float32")  # [b, s]
+            if cfg.hidden_weight:
+                h = sum(hidden_mse(record["hidden_states"][s], t_record["hidden_states"][t], projection, valid)
+                        for s, t in mapping) / len(mapping)
+                parts["hidden"] = h
+                total = total + cfg.hidden_weight * h
+            if cfg.attention_weight:
+                bias = paddle.unsqueeze((1.0 - valid) * -1e4, axis=[1, 2])  # [b, 1, 1, s]
+                tq, tk, tv = t_record["qkv"][t_layer]
+                sq, sk, sv = record["qkv"][s_layer]
+                att = relation_kl(relation_log_probs(tq, tk, relation_heads, bias),
+                                  relation_log_probs(sq, sk, relation_heads, bias), valid)
+                val = relation_kl(relation_log_probs(tv, tv, relation_heads, bias),
+                                  relation_log_probs(sv, sv, relation_heads, bias), valid)
+                parts["attn"], parts["value"] = att, val
+                total = total + cfg.attention_weight * (att + val)
+        return total, parts
+
+    params = list(student.parameters()) + (list(projection.parameters()) if cfg.hidden_weight else [])
+    result = train_model(student, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
+                         loss_fn=loss_fn, parameters=params, description="distill")
+    student.set_state_dict(result.best_state)
+    student_metrics = evaluate_split(student, held_out, task.kind)
+
+    baseline = None
+    if cfg.baseline:
+        seed_everything(cfg.train.seed)
+        plain = build_model(student_config)
+        if student_state is not None:
+            load_state_(plain, student_state, "student", allow_new_head=True)
+        base_cfg = TrainConfig(**{**cfg.train.__dict__, "max_steps": result.steps})
+        base = train_model(plain, splits["train"], splits.get("dev"), base_cfg, kind=task.kind,
+                           loss_fn=cross_entropy_loss, description="baseline")
+        plain.set_state_dict(base.best_state)
+        baseline = {"metrics": evaluate_split(plain, held_out, task.kind), "steps": base.steps}
+
+    report = {
+        "teacher": str(teacher_ckpt.path), "student_source": student_source,
+        "teacher_metrics": teacher_metrics, "student_metrics": student_metrics,
+        "percent_of_teacher": 100 * student_metrics[metric] / max(teacher_metrics[metric], 1e-12),
+        "baseline": baseline,
+        "parameters": {"teacher": t_params, "student": s_params,
+                       "non_embedding_ratio": s_params["non_embedding"] / t_params["non_embedding"]},
+        "losses": {"ce": cfg.ce_weight, "kd": cfg.kd_weight, "hidden": cfg.hidden_weight,
+                   "attention": cfg.attention_weight},
+        "layer_map": mapping if cfg.hidden_weight else None,
+        "relation_heads": relation_heads if cfg.attention_weight else None,
+    }
+    stage = {"name": "distill", "config": config_record(cfg), "metrics": {task.held_out: student_metrics},
+             "report": report, "steps": result.steps, "seconds": round(time.perf_counter() - start, 1)}
+    out = save_checkpoint(cfg.out, student_config, result.best_state, tokenizer, stage, parent=teacher_ckpt,
+                          overwrite=cfg.overwrite)
+    if cfg.measure_latency:
+        from ..compare import onnx_cpu_latency
+
+        note("measuring CPU latency of teacher and student (ONNX Runtime)")
+        timing = onnx_cpu_latency({"teacher": teacher_ckpt.path, "student": out})
+        report["latency"] = {name: t["latency"] for name, t in timing.items()}
+        report["speedup"] = {f"b{p['batch_size']}": p["p50_ms"] / q["p50_ms"]
+                             for p, q in zip(timing["teacher"]["latency"], timing["student"]["latency"])}
+    return {"stage": "distill", "out": str(out), "task": task.spec.name, "metric": metric, **report,
+            "steps": result.steps, "seconds": round(time.perf_counter() - start, 1)}
