@@ -456,6 +456,57 @@ def bench(
     run_command(body, json_out, _render_bench, threads)
 
 
+# --- run / demo / report ----------------------------------------------------------------------
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="A recipe YAML (see recipes/).")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default: runs/NAME).")] = None,
+    force: Annotated[bool, typer.Option(help="Run finished stages again instead of resuming.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run a recipe: each stage writes its checkpoint under the run directory; re-running resumes."""
+
+    def body():
+        from .pipeline import run_recipe
+
+        return run_recipe(recipe, out, force)
+
+    run_command(body, json_out, _render_run)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/demo"),
+    force: Annotated[bool, typer.Option(help="Run finished stages again instead of resuming.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The embedded demo: teacher -> Mini student -> pruned -> QAT int8 -> ONNX, on demo:sentiment."""
+
+    def body():
+        from .pipeline import run_recipe
+
+        return run_recipe(Path(__file__).parent / "recipes" / "demo.yaml", out, force)
+
+    run_command(body, json_out, _render_run)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (from `run` or `demo`).")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a run's report: params, size, accuracy and its loss, latency, QPS per variant."""
+
+    def body():
+        from .report import load_report, write_report
+
+        result = load_report(run_dir)
+        write_report(run_dir, result)  # regenerate report.md and report.png
+        return result
+
+    run_command(body, json_out, _render_report)
+
+
 # --- info ------------------------------------------------------------------------------------
 @app.command()
 def info(
@@ -598,6 +649,23 @@ def _render_prune(result: dict[str, Any]) -> None:
             console.print(f"batch {p['batch_size']}: parent {p['p50_ms']:.2f} ms -> pruned {q['p50_ms']:.2f} ms "
                           f"({p['p50_ms'] / q['p50_ms']:.2f}x)")
     console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
+
+
+def _render_report(result: dict[str, Any]) -> None:
+    from .report import rich_table
+
+    console = _console()
+    console.print(rich_table(result))
+    console.print(f"report.md, report.json and report.png in {result['run_dir']}")
+
+
+def _render_run(result: dict[str, Any]) -> None:
+    console = _console()
+    for name, r in result["stages"].items():
+        console.print(f"{name}: {r.get('stage', 'evaluate')} in {r.get('stage_seconds', 0):.0f} s")
+    if result.get("report"):
+        _render_report(result["report"])
+    console.print(f"run finished in {result['seconds']:.0f} s: {result['run_dir']}")
 
 
 def _render_export(result: dict[str, Any]) -> None:

@@ -1,0 +1,211 @@
+"""Recipes: a strict YAML description of a compression run, validated before any work starts.
+
+    name: demo
+    task: demo:sentiment          # or tnews/afqmc/text/text-pair with `data: DIR`
+    seed: 42
+    stages:
+      - train:    {preset: demo-teacher, epochs: 2}
+      - distill:  {student: demo-mini, epochs: 2}          # teacher: the previous checkpoint
+      - prune:    {params: 0.15, recover_epochs: 1}
+      - quantize: {qat: int8, epochs: 1}
+      - export:   {format: onnx}
+      - evaluate: {batch_sizes: [1, 32]}
+
+Each stage is a one-key mapping ``{kind: options}``; the options are the stage's CLI options
+(``ernie-compress KIND --help``) in snake_case. A stage reads the checkpoint written by the stage
+before it unless it names another with ``from`` (distill: ``teacher``); ``name`` sets its output
+folder (default: its kind, numbered if repeated). Unknown keys, wrong types and impossible orders
+(pruning or distilling a quantized model, exporting before any checkpoint) are refused with the
+key and line, in the manner of nanoGPT's configurator.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+CHECKPOINT_STAGES = ("pretrain", "train", "distill", "prune", "quantize")
+STAGE_KINDS = CHECKPOINT_STAGES + ("export", "evaluate")
+TOP_LEVEL = {"name": str, "task": str, "data": str, "seed": int, "threads": int, "stages": list,
+             "description": str}
+
+
+@dataclass
+class StageSpec:
+    kind: str
+    name: str
+    options: dict[str, Any]
+    line: int
+    source: str | None = None  # the stage whose output it reads
+
+
+@dataclass
+class Recipe:
+    name: str
+    task: str | None
+    data: str | None
+    seed: int
+    threads: int | None
+    stages: list[StageSpec] = field(default_factory=list)
+    text: str = ""
+
+
+# --- option schemas: the keyword parameters of the stage builders ----------------------------
+def stage_options(kind: str) -> dict[str, Any]:
+    """Option name -> annotation, for the recipe keys a stage accepts."""
+    from . import pipeline
+
+    builder = pipeline.BUILDERS[kind]
+    hints = typing.get_type_hints(builder)
+    return {name: hints.get(name, Any) for name, p in inspect.signature(builder).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and not name.startswith("_")}
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin in (list, tuple):
+        inner = typing.get_args(annotation)
+        return isinstance(value, list) and all(_type_ok(v, inner[0]) for v in value) if inner else isinstance(value, list)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is Path:
+        return isinstance(value, str)
+    return isinstance(value, annotation)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _load_yaml_with_lines(text: str, where: str):
+    import yaml
+
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{where}:{line} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    return node, data
+
+
+def _key_lines(mapping_node) -> dict[str, int]:
+    import yaml
+
+    if not isinstance(mapping_node, yaml.MappingNode):
+        return {}
+    return {k.value: k.start_mark.line + 1 for k, _ in mapping_node.value}
+
+
+def parse_recipe(text: str, where: str = "recipe") -> Recipe:
+    """Parse and validate a recipe (raises :class:`UserError` naming the key and line)."""
+    import yaml
+
+    node, data = _load_yaml_with_lines(text, where)
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: a recipe is a YAML mapping with 'task' and 'stages'")
+    lines = _key_lines(node)
+    for key, value in data.items():
+        if key not in TOP_LEVEL:
+            raise UserError(f"{where}:{lines.get(key, '?')}: unknown key '{key}' "
+                            f"(known: {', '.join(TOP_LEVEL)})")
+        if value is not None and not isinstance(value, TOP_LEVEL[key]):
+            raise UserError(f"{where}:{lines.get(key, '?')}: '{key}' must be a {TOP_LEVEL[key].__name__}, "
+                            f"got {type(value).__name__}")
+    stages_raw = data.get("stages")
+    if not stages_raw:
+        raise UserError(f"{where}: 'stages' must list at least one stage")
+    stage_nodes = next(v for k, v in node.value if k.value == "stages").value
+    recipe = Recipe(name=str(data.get("name") or Path(where).stem), task=data.get("task"),
+                    data=data.get("data"), seed=int(data.get("seed", 42)), threads=data.get("threads"),
+                    text=text)
+    used_names: set[str] = set()
+    last_checkpoint: StageSpec | None = None
+    produced: dict[str, StageSpec] = {}
+    quantized: set[str] = set()
+    exported = False
+    for raw, snode in zip(stages_raw, stage_nodes):
+        line = snode.start_mark.line + 1
+        if not isinstance(raw, dict) or len(raw) != 1:
+            raise UserError(f"{where}:{line}: a stage is a one-key mapping like '- train: {{...}}'")
+        kind, options = next(iter(raw.items()))
+        if kind not in STAGE_KINDS:
+            raise UserError(f"{where}:{line}: unknown stage '{kind}' (known: {', '.join(STAGE_KINDS)})")
+        options = dict(options or {})
+        if not isinstance(options, dict):
+            raise UserError(f"{where}:{line}: the options of '{kind}' must be a mapping")
+        option_lines = _key_lines(snode.value[0][1]) if isinstance(snode, yaml.MappingNode) else {}
+        schema = stage_options(kind)
+        name = options.pop("name", None)
+        source_key = "teacher" if kind == "distill" else "from"
+        source = options.pop(source_key, None) if kind != "evaluate" else None
+        for key, value in options.items():
+            key_line = option_lines.get(key, line)
+            if key not in schema:
+                raise UserError(f"{where}:{key_line}: unknown option '{key}' for stage '{kind}' "
+                                f"(known: {', '.join(sorted(schema) + ['name', source_key])})")
+            if not _type_ok(value, schema[key]):
+                raise UserError(f"{where}:{key_line}: '{key}' of stage '{kind}' must be "
+                                f"{_type_name(schema[key])}, got {value!r}")
+        base = name or kind
+        name = base
+        n = 2
+        while name in used_names:
+            name, n = f"{base}-{n}", n + 1
+        if not isinstance(name, str) or "/" in name:
+            raise UserError(f"{where}:{line}: stage name must be a plain folder name")
+        used_names.add(name)
+        if source is not None and source not in produced and kind != "distill":
+            raise UserError(f"{where}:{line}: stage '{name}' reads from '{source}', which no earlier "
+                            f"checkpoint stage produces")
+        reads = produced.get(source) if source else last_checkpoint
+        if kind == "distill" and source is not None and source not in produced:
+            reads = None  # an external teacher path or name
+        if kind in ("train",) and options.get("preset"):
+            reads = None
+        if kind == "pretrain":
+            reads = None
+        if kind not in ("pretrain", "train") and reads is None and not (kind == "distill" and source):
+            raise UserError(f"{where}:{line}: stage '{name}' ({kind}) needs a checkpoint before it")
+        if reads is not None and reads.name in quantized and kind in ("prune", "distill", "quantize", "train"):
+            raise UserError(f"{where}:{line}: '{kind}' after quantization ('{reads.name}') is not possible: "
+                            f"prune, distill and train FP32 models, then quantize")
+        spec = StageSpec(kind=kind, name=name, options=options, line=line,
+                         source=reads.name if reads is not None else (source if kind == "distill" else None))
+        if kind == "evaluate" and not exported and last_checkpoint is None:
+            raise UserError(f"{where}:{line}: 'evaluate' needs a checkpoint or export before it")
+        if kind in CHECKPOINT_STAGES:
+            last_checkpoint = spec
+            produced[name] = spec
+            if kind == "quantize":
+                quantized.add(name)
+        elif kind == "export":
+            exported = True
+        recipe.stages.append(spec)
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"recipe {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    return parse_recipe(text, str(path))

@@ -1,0 +1,136 @@
+"""The run report: one row per variant, as a table, ``report.md``, ``report.json`` and a PNG of
+accuracy against batch-1 latency (the Pareto view).
+
+Variants are the checkpoints a recipe produced (teacher, student, pruned, quantized ...). Each is
+measured through the same runtime: the recipe's own export if it made one, otherwise an ONNX
+export made here under ``exports/``. Accuracy is on the task's held-out split; "loss" is in points
+against the first trained model (the teacher).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
+ROLE = {"train": "teacher FP32", "distill": "student", "prune": "pruned", "quantize": "quantized"}
+
+
+def _variant_label(stage, checkpoint_dir: Path) -> str:
+    if stage.kind == "quantize":
+        quant = json.loads((checkpoint_dir / "config.json").read_text()).get("quantization", {})
+        return f"{stage.name} ({quant.get('method', '?')} {quant.get('dtype', '')})".strip()
+    return f"{stage.name} ({ROLE.get(stage.kind, stage.kind)})"
+
+
+def evaluate_run(run_dir: Path, recipe, runtime, latency) -> dict[str, Any]:
+    from .checkpoint import load_checkpoint
+    from .export import ExportConfig, export_checkpoint
+    from .inspect_checkpoint import directory_size
+    from .models import count_parameters
+    from .pipeline import checkpoint_stages
+    from .runtime.evaluate_export import EvaluateExportConfig, evaluate_export
+
+    exports = {s.source: run_dir / s.name for s in recipe.stages
+               if s.kind == "export" and (run_dir / s.name / "onnx").exists()}
+    rows = []
+    for stage in checkpoint_stages(recipe):
+        ckpt_dir = run_dir / stage.name
+        if not ckpt_dir.exists():
+            raise UserError(f"{ckpt_dir} is missing; run the stages before 'evaluate'")
+        export_dir = exports.get(stage.name)
+        if export_dir is None:
+            export_dir = run_dir / "exports" / stage.name
+            if not (export_dir / "manifest.json").exists():
+                export_checkpoint(ExportConfig(checkpoint=ckpt_dir, out=export_dir, format="onnx"))
+        ev = evaluate_export(EvaluateExportConfig(export_dir, runtime=runtime, latency=latency))
+        ckpt = load_checkpoint(ckpt_dir)
+        params = count_parameters({k: v.shape for k, v in ckpt.state.items()})
+        by_batch = {r["batch_size"]: r for r in ev["latency"]}
+        b1 = by_batch.get(1) or ev["latency"][0]
+        big = by_batch.get(max(by_batch))
+        onnx_file = export_dir / "onnx" / "model.onnx"
+        rows.append({
+            "variant": _variant_label(stage, ckpt_dir), "stage": stage.name, "kind": stage.kind,
+            "parameters": params["total"], "non_embedding_parameters": params["non_embedding"],
+            "size_mb": (onnx_file.stat().st_size if onnx_file.exists() else directory_size(ckpt_dir)) / 1e6,
+            "accuracy": ev["metrics"][ev["primary_metric"]], "metric": ev["primary_metric"],
+            "p50_b1_ms": b1["p50_ms"], "qps_large_batch": big["qps"], "large_batch": big["batch_size"],
+            "runtime": f"{ev['backend']}/{ev['device']}/{ev['precision']}", "export": str(export_dir),
+            "latency": ev["latency"],
+        })
+    if not rows:
+        raise UserError("the recipe produced no checkpoints to evaluate")
+    base = rows[0]
+    for row in rows:
+        row["loss_points"] = (base["accuracy"] - row["accuracy"]) * 100
+        row["speedup_b1"] = base["p50_b1_ms"] / row["p50_b1_ms"]
+    report = {"run_dir": str(run_dir), "task": recipe.task, "seq_len": latency.seq_len,
+              "threads": runtime.threads, "rows": rows}
+    write_report(run_dir, report)
+    return report
+
+
+def load_report(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir).expanduser() / REPORT_JSON
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no {REPORT_JSON}; run a recipe with an 'evaluate' stage first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: invalid JSON ({exc.msg})") from None
+
+
+COLUMNS = [("variant", "variant", "{}"), ("params", "parameters", "{:,}"), ("size MB", "size_mb", "{:.2f}"),
+           ("accuracy", "accuracy", "{:.4f}"), ("loss (pt)", "loss_points", "{:+.2f}"),
+           ("p50 b1 ms", "p50_b1_ms", "{:.2f}"), ("speedup b1", "speedup_b1", "{:.2f}x"),
+           ("QPS (large batch)", "qps_large_batch", "{:.1f}"), ("runtime", "runtime", "{}")]
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in report["rows"]:
+        lines.append("| " + " | ".join(fmt.format(row[key]) for _, key, fmt in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def rich_table(report: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title=f"{report.get('task')}: held-out accuracy and CPU latency (seq {report.get('seq_len')})")
+    for title, _, _ in COLUMNS:
+        table.add_column(title, justify="left" if title in ("variant", "runtime") else "right")
+    for row in report["rows"]:
+        table.add_row(*(fmt.format(row[key]) for _, key, fmt in COLUMNS))
+    return table
+
+
+def write_report(run_dir: Path, report: dict[str, Any]) -> None:
+    run_dir = Path(run_dir)
+    (run_dir / REPORT_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    (run_dir / REPORT_MD).write_text(f"# {Path(run_dir).name}\n\nTask: {report.get('task')}\n\n"
+                                     + markdown_table(report) + "\n")
+    plot_pareto(report, run_dir / REPORT_PNG)
+
+
+def plot_pareto(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for row in report["rows"]:
+        ax.scatter(row["p50_b1_ms"], row["accuracy"], s=40)
+        ax.annotate(row["variant"], (row["p50_b1_ms"], row["accuracy"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("latency p50, batch 1 (ms)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title("accuracy vs latency (up and left is better)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,77 @@
+"""A short recipe with tiny presets runs end to end; re-running resumes; the report is consistent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ernie_compress.cli import app
+from tests.conftest import NEGATIVE, POSITIVE, write_jsonl
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    data = root / "data"
+    data.mkdir()
+    rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
+    write_jsonl(data / "train.jsonl", rows * 3)
+    for split in ("dev", "test"):
+        write_jsonl(data / f"{split}.jsonl", rows)
+    recipe = root / "tiny.yaml"
+    recipe.write_text(f"""\
+name: tiny
+task: text
+data: {data}
+stages:
+  - train: {{name: teacher, preset: tiny, epochs: 4, lr: 0.003, batch_size: 8}}
+  - distill: {{name: student, student: tiny, epochs: 1, batch_size: 8}}
+  - prune: {{name: pruned, params: 0.15, recover_epochs: 1, batch_size: 8, max_steps: 3}}
+  - quantize: {{name: int8, qat: int8, max_steps: 3, batch_size: 8}}
+  - export: {{name: int8-onnx, format: onnx}}
+  - evaluate: {{batch_sizes: [1, 4], seq_len: 16, iterations: 2, warmup: 1}}
+""")
+    out = root / "run"
+    res = runner.invoke(app, ["--quiet", "--json", "run", str(recipe), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return recipe, out, json.loads(res.stdout)
+
+
+def test_every_stage_wrote_its_output(finished_run):
+    _, out, result = finished_run
+    for name in ("teacher", "student", "pruned", "int8", "int8-onnx"):
+        assert (out / name).is_dir(), name
+    assert (out / "recipe.yaml").is_file()
+    assert list(result["stages"]) == ["teacher", "student", "pruned", "int8", "int8-onnx", "evaluate"]
+
+
+def test_report_files_and_json_match_the_table(finished_run):
+    _, out, result = finished_run
+    for name in ("report.json", "report.md", "report.png"):
+        assert (out / name).is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert [r["stage"] for r in report["rows"]] == ["teacher", "student", "pruned", "int8"]
+    md = (out / "report.md").read_text()
+    for row in report["rows"]:
+        assert f"{row['accuracy']:.4f}" in md and row["variant"] in md
+    assert report["rows"][-1]["runtime"].endswith("int8")
+    shown = runner.invoke(app, ["report", str(out)])
+    assert shown.exit_code == 0 and "int8" in shown.stdout
+
+
+def test_rerun_skips_finished_stages(finished_run):
+    recipe, out, _ = finished_run
+    before = (out / "teacher" / "model.safetensors").stat().st_mtime_ns
+    res = runner.invoke(app, ["run", str(recipe), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "done earlier, skipped" in res.stderr
+    assert (out / "teacher" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_report_of_a_missing_run(tmp_path):
+    res = runner.invoke(app, ["report", str(tmp_path)])
+    assert res.exit_code == 2 and "no report.json" in res.stderr

@@ -1,0 +1,55 @@
+"""Recipe validation: strict keys and types with line numbers, stage order, shipped recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ernie_compress.errors import UserError
+from ernie_compress.recipe import load_recipe, parse_recipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "ernie_compress" / "recipes"
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_are_valid(path):
+    recipe = load_recipe(path)
+    assert recipe.stages and recipe.task
+
+
+GOOD = """\
+task: demo:sentiment
+stages:
+  - train: {preset: tiny, epochs: 1}
+  - prune: {params: 0.15}
+  - quantize: {qat: int8}
+  - export: {format: onnx}
+  - evaluate: {batch_sizes: [1, 2]}
+"""
+
+
+def test_sources_default_to_the_previous_checkpoint():
+    recipe = parse_recipe(GOOD)
+    assert [(s.kind, s.source) for s in recipe.stages] == [
+        ("train", None), ("prune", "train"), ("quantize", "prune"), ("export", "quantize"),
+        ("evaluate", "quantize")]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("task: demo:sentiment\nstages:\n  - train: {preset: tiny, epochz: 1}\n", "3: unknown option 'epochz'"),
+    ("task: demo:sentiment\nstages:\n  - train: {preset: tiny, epochs: many}\n", "'epochs' of stage 'train' must be int"),
+    ("task: demo:sentiment\nstagez: []\n", "2: unknown key 'stagez'"),
+    ("task: demo:sentiment\nstages:\n  - shrink: {}\n", "unknown stage 'shrink'"),
+    ("task: demo:sentiment\nstages:\n  - train: {preset: tiny}\n  - quantize: {qat: int8}\n  - prune: {heads: 0.1}\n",
+     "5: 'prune' after quantization"),
+    ("task: demo:sentiment\nstages:\n  - export: {format: onnx}\n", "needs a checkpoint before it"),
+    ("task: demo:sentiment\nstages:\n  - train: {preset: tiny}\n  - prune: {from: nowhere, heads: 0.1}\n",
+     "which no earlier checkpoint stage produces"),
+    ("task: [1\n", "invalid YAML"),
+    ("- just a list\n", "a recipe is a YAML mapping"),
+    ("task: demo:sentiment\nseed: abc\nstages:\n  - train: {preset: tiny}\n", "'seed' must be a int"),
+])
+def test_bad_recipes_name_the_key_and_line(text, message):
+    with pytest.raises(UserError, match=message):
+        parse_recipe(text, "r.yaml")
