@@ -139,7 +139,7 @@ def train(
         train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr,
                                 warmup_ratio=warmup, weight_decay=weight_decay, seed=seed,
                                 max_steps=max_steps, eval_every=eval_every)
-        spec = resolve_task(task, _str(data), None) if task or data else None
+        spec = _task_spec(task, data)
         return finetune(FinetuneConfig(task=spec, out=out,
                                        preset=preset, init_from=init_from,
                                        max_seq_length=max_seq_len, train=train_cfg,
@@ -218,11 +218,10 @@ def quantize(
     """INT8 quantization (QAT or PTQ); ends with the held-out metric against the FP32 parent."""
 
     def body():
-        from .finetune import resolve_task
         from .quantize import QuantizeConfig, quantize_checkpoint
         from .train import TrainConfig
 
-        spec = resolve_task(task, _str(data), None) if task or data else None
+        spec = _task_spec(task, data)
         return quantize_checkpoint(QuantizeConfig(
             checkpoint=checkpoint, out=out, qat=qat, ptq=ptq, fp16=fp16, task=spec, reduce_range=reduce_range,
             distill_from_parent=distill_from_parent, kd_alpha=kd_alpha, kd_temperature=kd_temperature,
@@ -276,10 +275,9 @@ def distill(
 
     def body():
         from .distill import DistillConfig, distill as run_distill
-        from .finetune import resolve_task
         from .train import TrainConfig
 
-        spec = resolve_task(task, _str(data), None) if task or data else None
+        spec = _task_spec(task, data)
         return run_distill(DistillConfig(
             teacher=teacher, student=student, out=out, task=spec, models_dir=models_dir,
             init_from_teacher=init_from_teacher, ce_weight=ce_weight, kd_weight=kd_weight,
@@ -325,11 +323,10 @@ def prune(
     """Remove the least important attention heads (and FFN neurons), then recover by fine-tuning."""
 
     def body():
-        from .finetune import resolve_task
         from .prune import PruneConfig, prune_checkpoint
         from .train import TrainConfig
 
-        spec = resolve_task(task, _str(data), None) if task or data else None
+        spec = _task_spec(task, data)
         return prune_checkpoint(PruneConfig(
             checkpoint=checkpoint, out=out, heads=heads, ffn=ffn, params=params, importance=importance,
             importance_samples=importance_samples, task=spec, recover_epochs=recover_epochs,
@@ -526,6 +523,13 @@ def info(
 # --- rendering -------------------------------------------------------------------------------
 def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
+
+
+def _task_spec(task: str | None, data: Path | None):
+    """The task named by --task/--data, or None to use the checkpoint's own."""
+    from .finetune import resolve_task
+
+    return resolve_task(task, _str(data), None) if task or data else None
 
 
 def _console():

@@ -30,3 +30,11 @@ def onnx_cpu_latency(checkpoints: dict[str, Path], latency: LatencyConfig | None
                                                       latency=latency))
             results[name] = {"latency": ev["latency"], "metrics": ev["metrics"]}
     return results
+
+
+def latency_comparison(before: tuple[str, Path], after: tuple[str, Path]) -> dict[str, Any]:
+    """Latency of two checkpoints and the speed-up of the second, by batch size."""
+    timing = onnx_cpu_latency(dict([before, after]))
+    a, b = timing[before[0]]["latency"], timing[after[0]]["latency"]
+    return {"latency": {before[0]: a, after[0]: b},
+            "speedup": {f"b{p['batch_size']}": p["p50_ms"] / q["p50_ms"] for p, q in zip(a, b)}}

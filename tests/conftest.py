@@ -22,16 +22,33 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def write_text_task(directory: Path, train_repeats: int = 3) -> Path:
+    """A tiny sentiment task in the plain ``text`` format (JSON lines): train/dev/test."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
+    write_jsonl(directory / "train.jsonl", rows * train_repeats)
+    write_jsonl(directory / "dev.jsonl", rows)
+    write_jsonl(directory / "test.jsonl", rows)
+    return directory
+
+
+def train_tiny_checkpoint(root: Path, name: str = "ckpt", epochs: int = 6) -> tuple[Path, Path]:
+    """Train the `tiny` preset on the tiny text task through the CLI; (checkpoint, data dir)."""
+    from typer.testing import CliRunner
+
+    from ernie_compress.cli import app
+
+    data = write_text_task(root / "data")
+    out = root / name
+    res = CliRunner().invoke(app, ["--quiet", "train", "--task", "text", "--data", str(data), "--preset", "tiny",
+                                   "--out", str(out), "--epochs", str(epochs), "--lr", "3e-3", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    return out, data
+
+
 @pytest.fixture
 def text_task_dir(tmp_path: Path) -> Path:
-    """A tiny sentiment task in the plain ``text`` format (JSON lines)."""
-    d = tmp_path / "text_task"
-    d.mkdir()
-    rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
-    write_jsonl(d / "train.jsonl", rows * 3)
-    write_jsonl(d / "dev.jsonl", rows)
-    write_jsonl(d / "test.jsonl", rows)
-    return d
+    return write_text_task(tmp_path / "text_task")
 
 
 @pytest.fixture

@@ -36,15 +36,10 @@ def test_help_does_not_import_paddle():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One real `train` run on a tiny task; later tests evaluate and inspect its checkpoint."""
-    from tests.conftest import NEGATIVE, POSITIVE, write_jsonl
+    from tests.conftest import write_text_task
 
     root = tmp_path_factory.mktemp("cli")
-    data = root / "data"
-    data.mkdir()
-    rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
-    write_jsonl(data / "train.jsonl", rows * 4)
-    write_jsonl(data / "dev.jsonl", rows)
-    write_jsonl(data / "test.jsonl", rows)
+    data = write_text_task(root / "data", train_repeats=4)
     out = root / "ckpt"
     result = runner.invoke(app, ["--quiet", "train", "--task", "text", "--data", str(data),
                                  "--preset", "tiny", "--out", str(out), "--epochs", "8",

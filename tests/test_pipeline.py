@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ernie_compress.cli import app
-from tests.conftest import NEGATIVE, POSITIVE, write_jsonl
+from tests.conftest import write_text_task
 
 runner = CliRunner()
 
@@ -16,12 +16,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    data = root / "data"
-    data.mkdir()
-    rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
-    write_jsonl(data / "train.jsonl", rows * 3)
-    for split in ("dev", "test"):
-        write_jsonl(data / f"{split}.jsonl", rows)
+    data = write_text_task(root / "data")
     recipe = root / "tiny.yaml"
     recipe.write_text(f"""\
 name: tiny

@@ -250,12 +250,9 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     out = save_checkpoint(cfg.out, student_config, result.best_state, tokenizer, stage, parent=teacher_ckpt,
                           overwrite=cfg.overwrite)
     if cfg.measure_latency:
-        from ..compare import onnx_cpu_latency
+        from ..compare import latency_comparison
 
         note("measuring CPU latency of teacher and student (ONNX Runtime)")
-        timing = onnx_cpu_latency({"teacher": teacher_ckpt.path, "student": out})
-        report["latency"] = {name: t["latency"] for name, t in timing.items()}
-        report["speedup"] = {f"b{p['batch_size']}": p["p50_ms"] / q["p50_ms"]
-                             for p, q in zip(timing["teacher"]["latency"], timing["student"]["latency"])}
+        report.update(latency_comparison(("teacher", teacher_ckpt.path), ("student", out)))
     return {"stage": "distill", "out": str(out), "task": task.spec.name, "metric": metric, **report,
             "steps": result.steps, "seconds": round(time.perf_counter() - start, 1)}

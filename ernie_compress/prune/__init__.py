@@ -132,12 +132,9 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
              "report": report, "steps": steps, "seconds": round(time.perf_counter() - start, 1)}
     out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent, overwrite=cfg.overwrite)
     if cfg.measure_latency:
-        from ..compare import onnx_cpu_latency
+        from ..compare import latency_comparison
 
         note("measuring CPU latency of parent and pruned model (ONNX Runtime)")
-        timing = onnx_cpu_latency({"parent": parent.path, "pruned": out})
-        report["latency"] = {name: t["latency"] for name, t in timing.items()}
-        report["speedup"] = {f"b{p['batch_size']}": p["p50_ms"] / q["p50_ms"]
-                             for p, q in zip(timing["parent"]["latency"], timing["pruned"]["latency"])}
+        report.update(latency_comparison(("parent", parent.path), ("pruned", out)))
     return {"stage": "prune", "out": str(out), "task": task.spec.name, "metric": metric, **report,
             "steps": steps, "seconds": round(time.perf_counter() - start, 1)}

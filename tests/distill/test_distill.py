@@ -16,7 +16,7 @@ from ernie_compress.errors import UserError
 from ernie_compress.losses import soft_label_kd
 from ernie_compress.models import build_model
 from ernie_compress.paddle_env import import_paddle
-from tests.conftest import NEGATIVE, POSITIVE, random_ids, write_jsonl
+from tests.conftest import NEGATIVE, POSITIVE, random_ids, write_jsonl, train_tiny_checkpoint
 
 paddle = import_paddle()
 runner = CliRunner()
@@ -88,17 +88,7 @@ def test_layer_maps():
 
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distill")
-    data = root / "data"
-    data.mkdir()
-    rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
-    write_jsonl(data / "train.jsonl", rows * 3)
-    for split in ("dev", "test"):
-        write_jsonl(data / f"{split}.jsonl", rows)
-    res = runner.invoke(app, ["--quiet", "train", "--task", "text", "--data", str(data), "--preset", "tiny",
-                              "--out", str(root / "xxl"), "--epochs", "6", "--lr", "3e-3", "--batch-size", "8"])
-    assert res.exit_code == 0, res.output
-    return root / "xxl", data
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("distill"), name="xxl")
 
 
 def test_distill_cli_with_all_losses_and_baseline(teacher_ckpt, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ernie_compress.cli import app
+from tests.conftest import train_tiny_checkpoint
 from ernie_compress.errors import UserError
 
 runner = CliRunner()
@@ -16,19 +17,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from tests.conftest import NEGATIVE, POSITIVE, write_jsonl
-
-    root = tmp_path_factory.mktemp("export")
-    data = root / "data"
-    data.mkdir()
-    rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
-    for split in ("train", "dev", "test"):
-        write_jsonl(data / f"{split}.jsonl", rows)
-    out = root / "ckpt"
-    res = runner.invoke(app, ["--quiet", "train", "--task", "text", "--data", str(data), "--preset", "tiny",
-                              "--out", str(out), "--epochs", "2", "--batch-size", "8"])
-    assert res.exit_code == 0, res.output
-    return out
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("export"), epochs=2)[0]
 
 
 @pytest.fixture(scope="module")

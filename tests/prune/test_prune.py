@@ -18,7 +18,7 @@ from ernie_compress.paddle_env import import_paddle
 from ernie_compress.prune.importance import gradient_head_importance, magnitude_head_importance
 from ernie_compress.prune.physical import prune_state
 from ernie_compress.prune.selection import heads_to_keep_by_fraction, select_for_parameter_target
-from tests.conftest import NEGATIVE, POSITIVE, random_ids, write_jsonl
+from tests.conftest import NEGATIVE, POSITIVE, random_ids, write_jsonl, train_tiny_checkpoint
 
 paddle = import_paddle()
 runner = CliRunner()
@@ -90,17 +90,7 @@ def test_selection_keeps_a_head_per_layer_and_hits_parameter_targets(tiny_config
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prune")
-    data = root / "data"
-    data.mkdir()
-    rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
-    write_jsonl(data / "train.jsonl", rows * 3)
-    for split in ("dev", "test"):
-        write_jsonl(data / f"{split}.jsonl", rows)
-    res = runner.invoke(app, ["--quiet", "train", "--task", "text", "--data", str(data), "--preset", "tiny",
-                              "--out", str(root / "ckpt"), "--epochs", "6", "--lr", "3e-3", "--batch-size", "8"])
-    assert res.exit_code == 0, res.output
-    return root / "ckpt"
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("prune"))[0]
 
 
 def test_prune_cli_params_target_and_round_trip_to_runtime(trained, tmp_path):

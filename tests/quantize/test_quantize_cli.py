@@ -11,26 +11,14 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from ernie_compress.cli import app
+from tests.conftest import train_tiny_checkpoint
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory):
-    from tests.conftest import NEGATIVE, POSITIVE, write_jsonl
-
-    root = tmp_path_factory.mktemp("quant")
-    data = root / "data"
-    data.mkdir()
-    rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
-    write_jsonl(data / "train.jsonl", rows * 3)
-    for split in ("dev", "test"):
-        write_jsonl(data / f"{split}.jsonl", rows)
-    out = root / "fp32"
-    res = runner.invoke(app, ["--quiet", "train", "--task", "text", "--data", str(data), "--preset", "tiny",
-                              "--out", str(out), "--epochs", "6", "--lr", "3e-3", "--batch-size", "8"])
-    assert res.exit_code == 0, res.output
-    return out
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("quant"), name="fp32")[0]
 
 
 @pytest.fixture(scope="module")
