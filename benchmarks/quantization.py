@@ -17,6 +17,12 @@ import tempfile
 from pathlib import Path
 
 
+def _lineage_result(checkpoint_dir: Path) -> dict:
+    """The quantize result recorded in a kept checkpoint's lineage (for --reuse)."""
+    stage = json.loads((checkpoint_dir / "compression.json").read_text())["stages"][-1]
+    return {"delta_points": stage["delta_points"]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -28,6 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--calib-samples", type=int, default=512)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="keep the variants in this folder")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --keep: reuse quantized checkpoints already there (re-export only)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -50,14 +58,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     variants = {}
     variants["fp32"] = export_checkpoint(ExportConfig(ckpt, work / "fp32", format="onnx", overwrite=True))["out"]
-    quantize_checkpoint(QuantizeConfig(ckpt, work / "fp16-ckpt", fp16=True, overwrite=True))
+    def reusable(name: str) -> bool:
+        return args.reuse and (work / name / "config.json").exists()
+
+    if not reusable("fp16-ckpt"):
+        quantize_checkpoint(QuantizeConfig(ckpt, work / "fp16-ckpt", fp16=True, overwrite=True))
     variants["fp16"] = export_checkpoint(ExportConfig(work / "fp16-ckpt", work / "fp16", format="onnx",
                                                       overwrite=True))["out"]
-    ptq = quantize_checkpoint(QuantizeConfig(ckpt, work / "ptq-ckpt", ptq="int8", overwrite=True,
-                                             calib_samples=args.calib_samples))
+    ptq = _lineage_result(work / "ptq-ckpt") if reusable("ptq-ckpt") else quantize_checkpoint(
+        QuantizeConfig(ckpt, work / "ptq-ckpt", ptq="int8", overwrite=True, calib_samples=args.calib_samples))
     variants["ptq int8 (ours)"] = export_checkpoint(ExportConfig(work / "ptq-ckpt", work / "ptq", format="onnx",
                                                                  overwrite=True))["out"]
-    qat = quantize_checkpoint(QuantizeConfig(
+    qat = _lineage_result(work / "qat-ckpt") if reusable("qat-ckpt") else quantize_checkpoint(QuantizeConfig(
         ckpt, work / "qat-ckpt", qat="int8", overwrite=True, distill_from_parent=True,
         train=TrainConfig(epochs=args.qat_epochs, learning_rate=args.qat_lr, max_steps=args.qat_max_steps)))
     variants["qat int8 (ours)"] = export_checkpoint(ExportConfig(work / "qat-ckpt", work / "qat", format="onnx",

@@ -533,9 +533,12 @@ def _task_spec(task: str | None, data: Path | None):
 
 
 def _console():
+    """Tables on stdout; wide enough to stay readable when piped to a file or a CI log."""
+    import sys
+
     from rich.console import Console
 
-    return Console()
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _metrics_table(metrics: dict[str, dict[str, float]], title: str):

@@ -16,7 +16,7 @@ from typing import Any
 from .errors import UserError
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
-ROLE = {"train": "teacher FP32", "distill": "student", "prune": "pruned", "quantize": "quantized"}
+ROLE = {"train": "FP32", "distill": "distilled FP32", "prune": "pruned FP32"}
 
 
 def _variant_label(stage, checkpoint_dir: Path) -> str:
@@ -84,7 +84,8 @@ def load_report(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"{path}: invalid JSON ({exc.msg})") from None
 
 
-COLUMNS = [("variant", "variant", "{}"), ("params", "parameters", "{:,}"), ("size MB", "size_mb", "{:.2f}"),
+COLUMNS = [("variant", "variant", "{}"), ("params", "parameters", "{:,}"),
+           ("non-emb params", "non_embedding_parameters", "{:,}"), ("size MB", "size_mb", "{:.2f}"),
            ("accuracy", "accuracy", "{:.4f}"), ("loss (pt)", "loss_points", "{:+.2f}"),
            ("p50 b1 ms", "p50_b1_ms", "{:.2f}"), ("speedup b1", "speedup_b1", "{:.2f}x"),
            ("QPS (large batch)", "qps_large_batch", "{:.1f}"), ("runtime", "runtime", "{}")]

@@ -88,7 +88,10 @@ def quantize_onnx_int8(fp32_path: Path, out_path: Path, scales: dict[str, dict[s
         op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, per_channel=True,
         reduce_range=weight_bits == 7, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         extra_options={"TensorQuantOverrides": overrides, "ActivationSymmetric": False,
-                       "WeightSymmetric": True})
+                       "WeightSymmetric": True,
+                       # keep MatMul outputs in float: no re-quantization (and no scale that the
+                       # checkpoint does not carry); ORT then fuses to MatMulIntegerToFloat
+                       "OpTypesToExcludeOutputQuantization": ["MatMul"]})
     return {"quantized_matmuls": len(nodes), "weight_bits": weight_bits}
 
 
