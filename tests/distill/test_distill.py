@@ -34,7 +34,10 @@ def test_losses_are_zero_for_identical_models_and_positive_otherwise(tiny_config
     bias = paddle.unsqueeze((1.0 - valid) * -1e4, axis=[1, 2])
     a, b = build_model(tiny_config), build_model(tiny_config)
     b.set_state_dict(a.state_dict())
-    c = build_model(tiny_config)
+    c = build_model(tiny_config)  # clearly different: a's weights plus large noise
+    rng = np.random.default_rng(0)
+    c.set_state_dict({k: v.numpy() + rng.normal(0, 0.3, v.shape).astype("float32")
+                      for k, v in a.state_dict().items()})
     for m in (a, b, c):
         m.eval()
     la, ra = _record(a, ids)
