@@ -168,9 +168,22 @@ class Checkpoint:
         return ErnieTokenizer.from_dir(self.path)
 
 
-def load_checkpoint(path: str | Path, trust_pickle: bool = False,
-                    ignore_integrity: bool = False) -> Checkpoint:
+@dataclass
+class LoadPolicy:
+    """Process-wide defaults set by the CLI's --trust-pickle / --ignore-integrity."""
+
+    trust_pickle: bool = False
+    ignore_integrity: bool = False
+
+
+load_policy = LoadPolicy()
+
+
+def load_checkpoint(path: str | Path, trust_pickle: bool | None = None,
+                    ignore_integrity: bool | None = None) -> Checkpoint:
     """Load a checkpoint directory, checking the weights against the recorded sha256."""
+    trust_pickle = load_policy.trust_pickle if trust_pickle is None else trust_pickle
+    ignore_integrity = load_policy.ignore_integrity if ignore_integrity is None else ignore_integrity
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")

@@ -57,12 +57,20 @@ def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON (any command).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")] = False,
+    trust_pickle: Annotated[bool, typer.Option(
+        "--trust-pickle", help="Load model_state.pdparams with full pickle (can run code: only for files "
+                               "you trust). By default only numpy arrays are unpickled.")] = False,
+    ignore_integrity: Annotated[bool, typer.Option(
+        "--ignore-integrity", help="Load weights whose sha256 differs from compression.json.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
 ) -> None:
     """Every stage reads a checkpoint directory and writes a new one; `export` turns one into
     deployable files and `evaluate` checks them on a runtime."""
     settings.debug, settings.json, settings.quiet = debug, json_out, quiet
+    from .checkpoint import load_policy
+
+    load_policy.trust_pickle, load_policy.ignore_integrity = trust_pickle, ignore_integrity
 
 
 def run_command(body: Callable[[], dict[str, Any]], json_out: bool,

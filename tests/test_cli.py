@@ -142,3 +142,40 @@ def test_bad_input_gives_one_line_and_exit_2(trained, tmp_path, case):
     assert "Traceback" not in result.output
     assert not (tmp_path / "new").exists()
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_integrity_mismatch_is_refused_unless_ignored(trained, tmp_path):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    out, _, _ = trained
+    changed = tmp_path / "changed"
+    shutil.copytree(out, changed)
+    state = load_file(str(changed / "model.safetensors"))
+    state["classifier.bias"] = state["classifier.bias"] + 1.0
+    save_file(state, str(changed / "model.safetensors"))
+    res = runner.invoke(app, ["--quiet", "info", str(changed)])
+    assert res.exit_code == 2 and "does not match" in res.stderr and "--ignore-integrity" in res.stderr
+    res = runner.invoke(app, ["--quiet", "--ignore-integrity", "info", str(changed)])
+    assert res.exit_code == 0, res.output
+
+
+def test_trust_pickle_loads_a_pickle_with_other_globals(trained, tmp_path):
+    import fractions
+    import pickle
+
+    from safetensors.numpy import load_file
+
+    out, _, _ = trained
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    for name in ("config.json", "vocab.txt"):
+        (legacy / name).write_bytes((out / name).read_bytes())
+    state = dict(load_file(str(out / "model.safetensors")))
+    state["note"] = fractions.Fraction(1, 3)  # a harmless non-numpy global
+    (legacy / "model_state.pdparams").write_bytes(pickle.dumps(state))
+    res = runner.invoke(app, ["--quiet", "info", str(legacy)])
+    assert res.exit_code == 2 and "--trust-pickle" in res.stderr
+    res = runner.invoke(app, ["--quiet", "--trust-pickle", "evaluate", str(legacy), "--json"])
+    assert res.exit_code == 0, res.output
