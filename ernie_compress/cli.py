@@ -141,7 +141,7 @@ def train(
     """Train a model from a preset (or fine-tune a checkpoint) on a task; keep the best epoch."""
 
     def body():
-        from .finetune import FinetuneConfig, finetune, resolve_task
+        from .finetune import FinetuneConfig, finetune
         from .train import TrainConfig
 
         train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr,

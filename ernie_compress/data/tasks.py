@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
@@ -93,6 +92,17 @@ def load_task(spec: TaskSpec) -> TaskData:
         return clue.load_dir(spec)
     known = ", ".join(sorted(corpora.BUILTIN) + sorted(clue.FORMATS))
     raise UserError(f"unknown task '{spec.name}' (known: {known})")
+
+
+def load_task_for_model(spec: TaskSpec | None, recorded: dict[str, Any] | None,
+                        model_labels: Sequence[str]) -> TaskData:
+    """The task to run a model on: ``spec`` if given, else the one its checkpoint recorded;
+    refused if its labels are not the model's."""
+    if spec is None and not recorded:
+        raise UserError("pass --task (the checkpoint does not record one)")
+    task = load_task(spec or TaskSpec.from_dict(recorded))
+    task.check_labels(model_labels)
+    return task
 
 
 TASK_NAMES_HELP = ("demo:sentiment (built in), or your data with --data: tnews, afqmc, "

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..checkpoint import Checkpoint, config_record, load_checkpoint, save_checkpoint
 from ..data.batching import encode_splits
-from ..data.tasks import TaskSpec, load_task
+from ..data.tasks import TaskSpec, load_task_for_model
 from ..errors import UserError
 from ..metrics import PRIMARY_METRIC
 from ..models import build_model, count_parameters, load_state_, model_from_state
@@ -30,7 +30,7 @@ from ..models.config import ErnieConfig
 from ..models.presets import is_preset, resolve_preset
 from ..paddle_env import import_paddle, seed_everything
 from ..progress import note
-from ..train import TrainConfig, TrainHooks, cross_entropy_loss, evaluate_split, train_model
+from ..train import TrainConfig, cross_entropy_loss, evaluate_split, train_model
 from .losses import (hidden_mse, parse_layer_map, relation_kl, relation_log_probs,
                      uniform_layer_map)
 
@@ -133,10 +133,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     teacher_ckpt = load_checkpoint(resolve_teacher(cfg.teacher, cfg.models_dir))
     if teacher_ckpt.config.extra.get("quantization"):
         raise UserError(f"the teacher {teacher_ckpt.path} is quantized; distill from an FP32 model")
-    if not teacher_ckpt.task and cfg.task is None:
-        raise UserError("pass --task (the teacher does not record one)")
-    task = load_task(cfg.task or TaskSpec.from_dict(teacher_ckpt.task))
-    task.check_labels(teacher_ckpt.config.labels)
+    task = load_task_for_model(cfg.task, teacher_ckpt.task, teacher_ckpt.config.labels)
     metric = PRIMARY_METRIC[task.kind]
     tokenizer = teacher_ckpt.tokenizer()
     student_config, student_state, student_source = _student(cfg, teacher_ckpt)

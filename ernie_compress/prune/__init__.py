@@ -16,7 +16,7 @@ from typing import Any
 
 from ..checkpoint import config_record, load_checkpoint, save_checkpoint
 from ..data.batching import encode_splits
-from ..data.tasks import TaskSpec, load_task
+from ..data.tasks import TaskSpec, load_task_for_model
 from ..errors import UserError
 from ..metrics import PRIMARY_METRIC
 from ..models import count_parameters, model_from_state
@@ -70,10 +70,7 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
                         f"prune its FP32 parent, then quantize the pruned model")
     if parent.config.architecture != "ErnieForSequenceClassification":
         raise UserError(f"pruning needs a task model; {parent.path} is {parent.config.architecture}")
-    if not parent.task and cfg.task is None:
-        raise UserError("pass --task (the checkpoint does not record one)")
-    task = load_task(cfg.task or TaskSpec.from_dict(parent.task))
-    task.check_labels(parent.config.labels)
+    task = load_task_for_model(cfg.task, parent.task, parent.config.labels)
     metric = PRIMARY_METRIC[task.kind]
     tokenizer = parent.tokenizer()
     splits = encode_splits(task, tokenizer, parent.config.labels, parent.max_seq_length)

@@ -18,11 +18,10 @@ from typing import Any
 
 from ..checkpoint import config_record, load_checkpoint, save_checkpoint
 from ..data.batching import encode_splits
-from ..data.tasks import TaskSpec, load_task
+from ..data.tasks import TaskSpec, load_task_for_model
 from ..errors import UserError
 from ..metrics import PRIMARY_METRIC
 from ..models import model_from_state
-from ..paddle_env import import_paddle
 from ..progress import note
 from ..train import TrainConfig, evaluate_split, train_model
 from .scheme import SCALES_FILE, Int8Scheme, cpu_has_vnni, quantization_info
@@ -78,12 +77,9 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
     if quantization_info(parent.config):
         raise UserError(f"{parent.path} is already quantized "
                         f"({quantization_info(parent.config).get('method')}); quantize its FP32 parent instead")
-    if not parent.task and cfg.task is None:
-        raise UserError("pass --task (the checkpoint does not record one)")
+    task = load_task_for_model(cfg.task, parent.task, parent.config.labels)
     if cfg.fp16:
-        return _quantize_fp16(cfg, parent, start)
-    task = load_task(cfg.task or TaskSpec.from_dict(parent.task))
-    task.check_labels(parent.config.labels)
+        return _quantize_fp16(cfg, parent, task, start)
     reduce_range = (not cpu_has_vnni()) if cfg.reduce_range is None else cfg.reduce_range
     scheme = Int8Scheme(method=cfg.method, weight_bits=7 if reduce_range else 8,
                         reduce_range=reduce_range,
@@ -133,12 +129,10 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-def _quantize_fp16(cfg: QuantizeConfig, parent, start: float) -> dict[str, Any]:
+def _quantize_fp16(cfg: QuantizeConfig, parent, task, start: float) -> dict[str, Any]:
     """Round every floating-point weight to FP16 and measure what that costs on held-out data."""
     import numpy as np
 
-    task = load_task(cfg.task or TaskSpec.from_dict(parent.task))
-    task.check_labels(parent.config.labels)
     tokenizer = parent.tokenizer()
     held_out = encode_splits(task, tokenizer, parent.config.labels, parent.max_seq_length,
                              names=(task.held_out,))[task.held_out]

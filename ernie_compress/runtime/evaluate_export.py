@@ -49,6 +49,14 @@ def predict_with_session(session, split: EncodedSplit, batch_size: int) -> np.nd
     return out
 
 
+def _rank_ops(totals: dict[str, float], calls: dict[str, int], top_n: int) -> list[dict[str, Any]]:
+    """Operators by total time, with their share of all operator time, largest first."""
+    grand = sum(totals.values()) or 1.0
+    rows = [{"op": op, "total_ms": ms, "calls": calls[op], "share": ms / grand}
+            for op, ms in totals.items()]
+    return sorted(rows, key=lambda r: -r["total_ms"])[:top_n]
+
+
 def onnxruntime_op_profile(profile_file: str, top_n: int) -> list[dict[str, Any]]:
     """Sum ONNX Runtime's per-node kernel times by operator type, largest first."""
     events = json.loads(Path(profile_file).read_text())
@@ -59,10 +67,7 @@ def onnxruntime_op_profile(profile_file: str, top_n: int) -> list[dict[str, Any]
             op = event.get("args", {}).get("op_name", "?")
             totals[op] += event.get("dur", 0) / 1000.0
             calls[op] += 1
-    grand = sum(totals.values()) or 1.0
-    rows = [{"op": op, "total_ms": ms, "calls": calls[op], "share": ms / grand}
-            for op, ms in totals.items()]
-    return sorted(rows, key=lambda r: -r["total_ms"])[:top_n]
+    return _rank_ops(totals, calls, top_n)
 
 
 def paddle_op_profile(run, ids, types, top_n: int) -> list[dict[str, Any]]:
@@ -91,10 +96,7 @@ def paddle_op_profile(run, ids, types, top_n: int) -> list[dict[str, Any]]:
             name = event.get("name", "?").split("::")[-1]
             totals[name] += event.get("dur", 0) / 1000.0
             calls[name] += 1
-    grand = sum(totals.values()) or 1.0
-    rows = [{"op": op, "total_ms": ms, "calls": calls[op], "share": ms / grand}
-            for op, ms in totals.items()]
-    return sorted(rows, key=lambda r: -r["total_ms"])[:top_n]
+    return _rank_ops(totals, calls, top_n)
 
 
 def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:

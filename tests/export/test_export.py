@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from ernie_compress.cli import app
 from tests.conftest import train_tiny_checkpoint
-from ernie_compress.errors import UserError
 
 runner = CliRunner()
 

@@ -18,7 +18,7 @@ from ernie_compress.paddle_env import import_paddle
 from ernie_compress.prune.importance import gradient_head_importance, magnitude_head_importance
 from ernie_compress.prune.physical import prune_state
 from ernie_compress.prune.selection import heads_to_keep_by_fraction, select_for_parameter_target
-from tests.conftest import NEGATIVE, POSITIVE, random_ids, write_jsonl, train_tiny_checkpoint
+from tests.conftest import NEGATIVE, POSITIVE, random_ids, train_tiny_checkpoint
 
 paddle = import_paddle()
 runner = CliRunner()
