@@ -81,6 +81,9 @@ def run_command(body: Callable[[], dict[str, Any]], json_out: bool,
 
     as_json = json_out or settings.json
     progress.set_enabled(not settings.quiet)
+    from .paddle_env import sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # SIGTERM unwinds like Ctrl-C: temporary outputs are removed
     if not settings.debug:
         import warnings
 
@@ -97,10 +100,11 @@ def run_command(body: Callable[[], dict[str, Any]], json_out: bool,
         if settings.debug:
             raise
         _fail(str(exc))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if settings.debug:
             raise
-        typer.echo("error: interrupted; no output was written", err=True)
+        hint = f" ({exc.args[0]})" if exc.args else ""
+        typer.echo(f"error: interrupted; no output was written{hint}", err=True)
         raise typer.Exit(130) from None
     if as_json:
         typer.echo(json.dumps(result, ensure_ascii=False, default=str))
@@ -133,6 +137,10 @@ def train(
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
     eval_every: Annotated[Optional[int], typer.Option(
         help="Also evaluate on dev every N steps (default: each epoch).")] = None,
+    save_every: Annotated[int, typer.Option(
+        help="Save a resumable training state every N steps (beside --out; removed on success).")] = 200,
+    resume: Annotated[bool, typer.Option(
+        help="Continue an interrupted run from its saved state (same options and seed).")] = False,
     seed: SeedOpt = 42,
     threads: ThreadsOpt = None,
     overwrite: OverwriteOpt = False,
@@ -146,12 +154,12 @@ def train(
 
         train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr,
                                 warmup_ratio=warmup, weight_decay=weight_decay, seed=seed,
-                                max_steps=max_steps, eval_every=eval_every)
+                                max_steps=max_steps, eval_every=eval_every, save_every=save_every)
         spec = _task_spec(task, data)
         return finetune(FinetuneConfig(task=spec, out=out,
                                        preset=preset, init_from=init_from,
                                        max_seq_length=max_seq_len, train=train_cfg,
-                                       overwrite=overwrite))
+                                       overwrite=overwrite, resume=resume))
 
     run_command(body, json_out, _render_stage, threads)
 

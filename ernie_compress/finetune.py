@@ -38,6 +38,7 @@ class FinetuneConfig:
     min_vocab_frequency: int = 2  # characters rarer than this map to [UNK] in a built vocabulary
     train: TrainConfig = field(default_factory=TrainConfig)
     overwrite: bool = False
+    resume: bool = False  # continue from the state an interrupted run saved beside --out
 
     def __post_init__(self) -> None:
         if (self.preset is None) == (self.init_from is None):
@@ -72,8 +73,19 @@ def _fresh_model_config(cfg: FinetuneConfig, task: TaskData, vocab_size: int) ->
     return ErnieConfig.from_dict(keys)
 
 
+def train_state_dir(out: Path) -> Path:
+    """Where an interrupted ``train`` keeps its resumable state: a hidden sibling of --out."""
+    out = Path(out).expanduser().resolve()
+    return out.parent / f".{out.name}.train-state"
+
+
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Run the train stage; returns its result (metrics, parameters, output path)."""
+    import shutil
+
+    if Path(cfg.out).expanduser().exists() and not cfg.overwrite:
+        raise UserError(f"output {Path(cfg.out).expanduser().resolve()} already exists; choose another "
+                        f"--out or pass --overwrite")
     parent = load_checkpoint(cfg.init_from) if cfg.init_from else None
     task = load_task(cfg.task or resolve_task(None, None, parent))
     for line in task.notes:
@@ -105,8 +117,16 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     splits = encode_splits(task, tokenizer, config.labels, cfg.max_seq_length)
     hooks = TrainHooks(on_eval=lambda step, m: note(
         f"step {step}: dev accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}"))
-    result = train_model(model, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
-                         hooks=hooks, description="train")
+    state_dir = train_state_dir(cfg.out)
+    if not cfg.resume and state_dir.exists():
+        shutil.rmtree(state_dir)
+    try:
+        result = train_model(model, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
+                             hooks=hooks, description="train", state_dir=state_dir, resume=cfg.resume)
+    except KeyboardInterrupt:
+        if (state_dir / "train_state.pdstate").exists():
+            raise KeyboardInterrupt(f"training state saved in {state_dir}; continue with --resume") from None
+        raise
     model.set_state_dict(result.best_state)
     held_out = evaluate_split(model, splits[task.held_out], task.kind)
     metrics = {"dev": result.best_metrics, task.held_out: held_out} if task.held_out != "dev" \
@@ -117,6 +137,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
              "best_step": result.best_step, "history": result.history}
     out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent,
                           overwrite=cfg.overwrite)
+    shutil.rmtree(state_dir, ignore_errors=True)
     params = count_parameters({k: v.shape for k, v in state.items()})
     return {"stage": "train", "out": str(out), "task": task.spec.name, "held_out_split": task.held_out,
             "metrics": metrics, "parameters": params, "train_seconds": round(result.seconds, 1),

@@ -14,6 +14,26 @@ import warnings
 
 _configured_threads: int | None = None
 _default_threads: int | None = None
+_sigterm_as_interrupt = False
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def sigterm_as_interrupt() -> None:
+    """Make SIGTERM unwind like Ctrl-C (so temporary outputs are cleaned up).
+
+    Importing Paddle installs its own C++ handler that aborts the process on SIGTERM, so the
+    Python handler is installed again after every Paddle import (:func:`import_paddle`).
+    """
+    import signal
+    import threading
+
+    global _sigterm_as_interrupt
+    _sigterm_as_interrupt = True
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def set_default_threads(threads: int | None) -> None:
@@ -42,6 +62,8 @@ def import_paddle(threads: int | None = None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "No ccache found" on every import
         import paddle
+    if _sigterm_as_interrupt:
+        sigterm_as_interrupt()
     n = cpu_threads(threads)
     if _configured_threads != n:
         paddle.core.set_num_threads(n)

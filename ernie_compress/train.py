@@ -10,9 +10,11 @@ is cross-entropy on the labels. ``hooks`` see every step and every evaluation.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,6 +38,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (quick runs, tests)
     eval_every: int | None = None  # evaluate every N steps as well as at each epoch end
     eval_batch_size: int = 64
+    save_every: int | None = None  # steps between resumable training states (with a state dir)
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -48,6 +51,8 @@ class TrainConfig:
             raise UserError(f"--warmup must be in [0, 1), got {self.warmup_ratio}")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.save_every is not None and self.save_every < 1:
+            raise UserError(f"--save-every must be >= 1, got {self.save_every}")
 
 
 @dataclass
@@ -121,14 +126,42 @@ def _no_decay(name: str) -> bool:
     return name.endswith(".bias") or ".norm" in name or "layer_norm" in name
 
 
+STATE_FILE = "train_state.pdstate"
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write the resumable state atomically (a kill mid-write leaves the previous one)."""
+    paddle = import_paddle()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    paddle.save(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_train_state(state_dir: Path) -> dict[str, Any] | None:
+    """The saved training state in ``state_dir`` (our own file, written by :func:`train_model`)."""
+    path = Path(state_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return import_paddle().load(str(path))
+    except Exception as exc:  # paddle.load raises assorted errors for damaged files
+        raise UserError(f"{path}: cannot read the saved training state ({exc.__class__.__name__}); "
+                        f"delete {state_dir} and start again") from None
+
+
 def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: TrainConfig,
                 kind: str = "classification", loss_fn: LossFn = cross_entropy_loss,
                 hooks: TrainHooks | None = None,
-                parameters: Sequence | None = None, description: str = "train") -> TrainResult:
+                parameters: Sequence | None = None, description: str = "train",
+                state_dir: Path | None = None, resume: bool = False) -> TrainResult:
     """Train ``model`` in place and return the best weights by the dev metric.
 
     ``parameters`` restricts what the optimizer updates (default: every trainable parameter).
-    Without ``dev`` the final weights are the result.
+    Without ``dev`` the final weights are the result. With ``state_dir`` and
+    ``config.save_every``, a resumable state (weights, optimizer, schedule, data order, random
+    generators, best so far) is saved every ``save_every`` steps; ``resume`` continues from it and
+    reaches the same result as an uninterrupted run with the same seed.
     """
     paddle = import_paddle()
     seed_everything(config.seed)
@@ -162,6 +195,33 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Tr
     best_state, best_metrics, best_step = state_copy(), {}, 0
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
+    step = last_eval = start_epoch = skip_batches = 0
+    epoch_rng_state = rng.bit_generator.state
+    saved = load_train_state(state_dir) if (resume and state_dir is not None) else None
+    if resume and saved is None:
+        raise UserError(f"nothing to resume: no saved training state in {state_dir}")
+    if saved is not None:
+        if saved["total"] != total or saved["seed"] != config.seed:
+            raise UserError(f"the saved state in {state_dir} is from a run with other settings "
+                            f"(steps {saved['total']}, seed {saved['seed']}); start again without --resume")
+        model.set_state_dict(saved["model"])
+        optimizer.set_state_dict(saved["optimizer"])
+        schedule.set_state_dict(saved["schedule"])
+        paddle.set_rng_state(saved["paddle_rng"])
+        step, last_eval = saved["step"], saved["last_eval"]
+        start_epoch, skip_batches = saved["epoch"], saved["batch_in_epoch"]
+        epoch_rng_state = saved["epoch_rng_state"]
+        best_state, best_metrics, best_step = saved["best_state"], saved["best_metrics"], saved["best_step"]
+        history = saved["history"]
+
+    def save_state(epoch: int, batch_in_epoch: int) -> None:
+        _save_state(Path(state_dir) / STATE_FILE, {
+            "total": total, "seed": config.seed, "step": step, "last_eval": last_eval,
+            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "epoch_rng_state": epoch_rng_state,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "paddle_rng": paddle.get_rng_state(),
+            "best_state": best_state, "best_metrics": best_metrics, "best_step": best_step,
+            "history": history})
 
     def evaluate(step: int, epoch: float) -> None:
         nonlocal best_state, best_metrics, best_step
@@ -175,12 +235,16 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Tr
             best_state, best_metrics, best_step = state_copy(), metrics, step
 
     model.train()
-    step = last_eval = 0
     with progress_bar(total, description) as bar:
-        for epoch in range(config.epochs):
+        bar.advance(steps=step)
+        for epoch in range(start_epoch, config.epochs):
             if step >= total:
                 break
-            for batch in train.train_batches(config.batch_size, rng):
+            rng.bit_generator.state = epoch_rng_state  # the data order of this epoch
+            batches = train.train_batches(config.batch_size, rng)
+            for _ in range(skip_batches if epoch == start_epoch else 0):
+                next(batches)
+            for batch_in_epoch, batch in enumerate(batches, start=skip_batches if epoch == start_epoch else 0):
                 if step >= total:
                     break
                 loss, parts = loss_fn(model, to_tensors(batch))
@@ -198,9 +262,12 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Tr
                 if config.eval_every and step % config.eval_every == 0:
                     evaluate(step, step / per_epoch)
                     last_eval = step
+                if state_dir is not None and config.save_every and step % config.save_every == 0:
+                    save_state(epoch, batch_in_epoch + 1)
             if last_eval != step:
                 evaluate(step, step / per_epoch)
                 last_eval = step
+            epoch_rng_state = rng.bit_generator.state
     model.eval()
     if dev is None:
         best_state, best_step = state_copy(), step
