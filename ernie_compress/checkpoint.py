@@ -165,7 +165,12 @@ class Checkpoint:
 
         if self.path is None:
             raise UserError("this checkpoint has no directory to read a vocabulary from")
-        return ErnieTokenizer.from_dir(self.path)
+        tokenizer = ErnieTokenizer.from_dir(self.path)
+        if tokenizer.vocab_size != self.config.vocab_size:
+            raise UserError(f"{self.path}: vocab.txt has {tokenizer.vocab_size} tokens but the model's "
+                            f"vocab_size is {self.config.vocab_size}; the vocabulary does not belong to "
+                            f"these weights")
+        return tokenizer
 
 
 @dataclass

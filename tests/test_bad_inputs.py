@@ -1,0 +1,157 @@
+"""The bad-input corpus: every case gives one `error:` line on stderr, exit code 2, no traceback,
+and leaves no output (nor temporary directory) behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ernie_compress.cli import app
+from tests.conftest import train_tiny_checkpoint
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    ckpt, data = train_tiny_checkpoint(root, epochs=2)
+    export = root / "export"
+    assert runner.invoke(app, ["--quiet", "export", str(ckpt), "--out", str(export), "--format", "onnx"]).exit_code == 0
+    int8 = root / "int8"
+    assert runner.invoke(app, ["--quiet", "quantize", str(ckpt), "--ptq", "int8", "--calib-samples", "8",
+                               "--out", str(int8)]).exit_code == 0
+    return {"root": root, "ckpt": ckpt, "data": data, "export": export, "int8": int8}
+
+
+def _broken_copy(world, tmp: Path, name: str, mutate) -> Path:
+    target = tmp / name
+    shutil.copytree(world["ckpt"], target)
+    mutate(target)
+    return target
+
+
+def _truncate(d):
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 3])
+    (d / "compression.json").unlink()  # integrity check out of the way: the reader must catch it
+
+
+def _json_config(d, **changes):
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(changes)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def _files(world, tmp):
+    """Inputs that the cases build in their own temporary folder."""
+    empty = tmp / "empty"
+    empty.mkdir()
+    (empty / "train.jsonl").write_text("")
+    (empty / "dev.jsonl").write_text("")
+    badjson = tmp / "badjson"
+    badjson.mkdir()
+    (badjson / "train.jsonl").write_text('{"text": "好", "label": "a"}\n{"text": oops}\n')
+    (badjson / "dev.jsonl").write_text('{"text": "好", "label": "a"}\n')
+    odd = tmp / "odd"
+    odd.mkdir()
+    (odd / "train.jsonl").write_text('{"text": "好", "label": "a"}\n{"text": "差", "label": "b"}\n')
+    (odd / "dev.jsonl").write_text('{"text": "好", "label": "c"}\n')
+    recipe_unknown = tmp / "unknown.yaml"
+    recipe_unknown.write_text("task: demo:sentiment\nstages:\n  - train: {preset: tiny, epoch: 1}\n")
+    recipe_yaml = tmp / "broken.yaml"
+    recipe_yaml.write_text("task: [demo\n")
+    a_file = tmp / "a_file.txt"
+    a_file.write_text("not a folder")
+    return {"empty": empty, "badjson": badjson, "odd": odd, "recipe_unknown": recipe_unknown,
+            "recipe_yaml": recipe_yaml, "a_file": a_file}
+
+
+CASES = {
+    # train
+    "train: data folder missing": ["train", "--task", "text", "--data", "{tmp}/nope", "--preset", "tiny", "--out", "{new}"],
+    "train: --data is a file": ["train", "--task", "text", "--data", "{a_file}", "--preset", "tiny", "--out", "{new}"],
+    "train: empty data files": ["train", "--task", "text", "--data", "{empty}", "--preset", "tiny", "--out", "{new}"],
+    "train: invalid JSON line": ["train", "--task", "text", "--data", "{badjson}", "--preset", "tiny", "--out", "{new}"],
+    "train: label not in train": ["train", "--task", "text", "--data", "{odd}", "--preset", "tiny", "--out", "{new}"],
+    "train: unknown preset": ["train", "--task", "text", "--data", "{data}", "--preset", "giant", "--out", "{new}"],
+    "train: unknown task": ["train", "--task", "squad", "--data", "{data}", "--preset", "tiny", "--out", "{new}"],
+    "train: negative epochs": ["train", "--task", "text", "--data", "{data}", "--preset", "tiny", "--out", "{new}", "--epochs", "-1"],
+    "train: zero learning rate": ["train", "--task", "text", "--data", "{data}", "--preset", "tiny", "--out", "{new}", "--lr", "0"],
+    "train: tiny max length": ["train", "--task", "text", "--data", "{data}", "--preset", "tiny", "--out", "{new}", "--max-seq-len", "4"],
+    "train: output exists": ["train", "--task", "text", "--data", "{data}", "--preset", "tiny", "--out", "{ckpt}"],
+    "train: preset and --from": ["train", "--preset", "tiny", "--from", "{ckpt}", "--out", "{new}"],
+    "train: no task": ["train", "--preset", "tiny", "--out", "{new}"],
+    # evaluate / info
+    "evaluate: missing checkpoint": ["evaluate", "{tmp}/nope"],
+    "evaluate: a file, not a folder": ["evaluate", "{a_file}"],
+    "evaluate: truncated weights": ["evaluate", "{truncated}"],
+    "evaluate: config.json invalid JSON": ["evaluate", "{badconfig}"],
+    "evaluate: config does not match weights": ["evaluate", "{mismatch}"],
+    "evaluate: vocab does not match embeddings": ["evaluate", "{badvocab}"],
+    "evaluate: changed weights (integrity)": ["evaluate", "{tampered}"],
+    "evaluate: unknown split": ["evaluate", "{ckpt}", "--split", "holdout"],
+    "evaluate: labels not in the model": ["evaluate", "{ckpt}", "--task", "demo:sentiment"],
+    "evaluate: checkpoint on gpu": ["evaluate", "{ckpt}", "--device", "gpu"],
+    "evaluate: unknown device": ["evaluate", "{export}", "--device", "tpu"],
+    "evaluate: unknown backend": ["evaluate", "{export}", "--backend", "tvm"],
+    "evaluate: gpu provider missing": ["evaluate", "{export}", "--device", "gpu", "--backend", "onnxruntime"],
+    "evaluate: bad batch sizes": ["evaluate", "{export}", "--batch-sizes", "0"],
+    "info: not a checkpoint": ["info", "{empty}"],
+    "info: compression.json invalid": ["info", "{badlineage}"],
+    # export / bench
+    "export: unknown format": ["export", "{ckpt}", "--out", "{new}", "--format", "tflite"],
+    "export: opset out of range": ["export", "{ckpt}", "--out", "{new}", "--opset", "5"],
+    "export: int8 to paddle": ["export", "{int8}", "--out", "{new}", "--format", "paddle"],
+    "bench: zero clients": ["bench", "{export}", "--concurrency", "0"],
+    "bench: not an export": ["bench", "{ckpt}"],
+    # quantize / prune / distill / pretrain
+    "quantize: int4": ["quantize", "{ckpt}", "--qat", "int4", "--out", "{new}"],
+    "quantize: already quantized": ["quantize", "{int8}", "--ptq", "int8", "--out", "{new}"],
+    "quantize: no calibration samples": ["quantize", "{ckpt}", "--ptq", "int8", "--calib-samples", "0", "--out", "{new}"],
+    "prune: ratio above 1": ["prune", "{ckpt}", "--heads", "1.5", "--out", "{new}"],
+    "prune: negative ratio": ["prune", "{ckpt}", "--heads", "-0.1", "--out", "{new}"],
+    "prune: every head": ["prune", "{ckpt}", "--heads", "0.99", "--out", "{new}", "--no-latency"],
+    "prune: quantized checkpoint": ["prune", "{int8}", "--heads", "0.2", "--out", "{new}"],
+    "distill: unknown student": ["distill", "--teacher", "{ckpt}", "--student", "colossal", "--out", "{new}"],
+    "distill: missing teacher": ["distill", "--teacher", "{tmp}/nope", "--student", "tiny", "--out", "{new}"],
+    "pretrain: unknown corpus": ["pretrain", "--corpus", "{tmp}/none.txt", "--out", "{new}"],
+    # recipes / report
+    "run: missing recipe": ["run", "{tmp}/none.yaml", "--out", "{new}"],
+    "run: unknown key": ["run", "{recipe_unknown}", "--out", "{new}"],
+    "run: invalid YAML": ["run", "{recipe_yaml}", "--out", "{new}"],
+    "report: no report": ["report", "{empty}"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input(world, tmp_path, case):
+    files = _files(world, tmp_path)
+    paths = dict(
+        world, **files, tmp=tmp_path, new=tmp_path / "new",
+        truncated=_broken_copy(world, tmp_path, "truncated", _truncate),
+        badconfig=_broken_copy(world, tmp_path, "badconfig", lambda d: (d / "config.json").write_text("{nope")),
+        mismatch=_broken_copy(world, tmp_path, "mismatch", lambda d: _json_config(d, intermediate_size=48)),
+        badvocab=_broken_copy(world, tmp_path, "badvocab", lambda d: (d / "vocab.txt").write_text(
+            (d / "vocab.txt").read_text() + "额外\n")),
+        tampered=_broken_copy(world, tmp_path, "tampered", lambda d: (d / "model.safetensors").write_bytes(
+            (d / "model.safetensors").read_bytes()[:-4] + b"    ")),
+        badlineage=_broken_copy(world, tmp_path, "badlineage", lambda d: (d / "compression.json").write_text("[")),
+    )
+    before = set(tmp_path.iterdir())
+    args = [a.format(**paths) for a in CASES[case]]
+    result = runner.invoke(app, ["--quiet"] + args)
+    assert result.exit_code == 2, (case, result.output)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), (case, result.stderr)
+    assert "Traceback" not in result.output
+    assert set(tmp_path.iterdir()) == before, case  # nothing written, no temporary folder left
+    assert not [p for p in world["root"].iterdir() if ".tmp-" in p.name]
+
+
+def test_the_corpus_is_large():
+    assert len(CASES) >= 30
