@@ -26,3 +26,35 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[
 
 
 PRIMARY_METRIC = {"classification": "accuracy", "pair_classification": "accuracy"}
+
+
+def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:
+    """BIO tags -> {(type, start, end_exclusive)}, conlleval style: an ``I-X`` that does not
+    continue an ``X`` entity starts a new one."""
+    spans = set()
+    start = kind = None
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, _, label = tag.partition("-")
+        continues = prefix == "I" and kind == label
+        if kind is not None and not continues:
+            spans.add((kind, start, i))
+            start = kind = None
+        if prefix in ("B", "I") and not continues:
+            start, kind = i, label
+    return spans
+
+
+def entity_f1(predicted: list[list[str]], gold: list[list[str]]) -> dict[str, float]:
+    """Entity-level precision, recall and F1 by exact span and type match (micro over sentences)."""
+    if len(predicted) != len(gold):
+        raise ValueError("predicted and gold must have the same number of sentences")
+    tp = n_pred = n_gold = 0
+    for p, g in zip(predicted, gold):
+        ps, gs = entity_spans(p), entity_spans(g)
+        tp += len(ps & gs)
+        n_pred += len(ps)
+        n_gold += len(gs)
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "entities": n_gold}
