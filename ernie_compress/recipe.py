@@ -138,7 +138,6 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
     last_checkpoint: StageSpec | None = None
     produced: dict[str, StageSpec] = {}
     quantized: set[str] = set()
-    exported = False
     for raw, snode in zip(stages_raw, stage_nodes):
         line = snode.start_mark.line + 1
         if not isinstance(raw, dict) or len(raw) != 1:
@@ -170,32 +169,31 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
         if not isinstance(name, str) or "/" in name:
             raise UserError(f"{where}:{line}: stage name must be a plain folder name")
         used_names.add(name)
-        if source is not None and source not in produced and kind != "distill":
+        fresh = kind == "pretrain" or (kind == "train" and bool(options.get("preset")))
+        external = None  # a teacher path or model name outside the run
+        if fresh:
+            reads = None
+        elif source is None:
+            reads = last_checkpoint
+        elif source in produced:
+            reads = produced[source]
+        elif kind == "distill":
+            reads, external = None, source
+        else:
             raise UserError(f"{where}:{line}: stage '{name}' reads from '{source}', which no earlier "
                             f"checkpoint stage produces")
-        reads = produced.get(source) if source else last_checkpoint
-        if kind == "distill" and source is not None and source not in produced:
-            reads = None  # an external teacher path or name
-        if kind in ("train",) and options.get("preset"):
-            reads = None
-        if kind == "pretrain":
-            reads = None
-        if kind not in ("pretrain", "train") and reads is None and not (kind == "distill" and source):
+        if not fresh and reads is None and external is None:
             raise UserError(f"{where}:{line}: stage '{name}' ({kind}) needs a checkpoint before it")
         if reads is not None and reads.name in quantized and kind in ("prune", "distill", "quantize", "train"):
             raise UserError(f"{where}:{line}: '{kind}' after quantization ('{reads.name}') is not possible: "
                             f"prune, distill and train FP32 models, then quantize")
         spec = StageSpec(kind=kind, name=name, options=options, line=line,
-                         source=reads.name if reads is not None else (source if kind == "distill" else None))
-        if kind == "evaluate" and not exported and last_checkpoint is None:
-            raise UserError(f"{where}:{line}: 'evaluate' needs a checkpoint or export before it")
+                         source=reads.name if reads is not None else external)
         if kind in CHECKPOINT_STAGES:
             last_checkpoint = spec
             produced[name] = spec
             if kind == "quantize":
                 quantized.add(name)
-        elif kind == "export":
-            exported = True
         recipe.stages.append(spec)
     return recipe
 
