@@ -125,7 +125,7 @@ def train(
     data: DataOpt = None,
     preset: Annotated[Optional[str], typer.Option(
         help="Train a fresh model of this size: xbase (alias xxl), base, medium, mini, micro, nano, "
-             "demo-teacher, demo-mini, tiny.")] = None,
+             "demo-teacher, demo-base, demo-mini, tiny.")] = None,
     init_from: Annotated[Optional[Path], typer.Option(
         "--from", help="Fine-tune this checkpoint instead of a fresh model.")] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the training data.")] = 3,

@@ -225,6 +225,44 @@ class ErnieForSequenceClassification(nn.Layer):
         return self.classifier(self.dropout(pooled))  # [batch, num_labels]
 
 
+class ErnieForTokenClassification(nn.Layer):
+    """ERNIE + a linear classifier on every position (NER with BIO tags), as PaddleNLP's."""
+
+    task_kind = "token_classification"
+
+    def __init__(self, config: ErnieConfig):
+        super().__init__()
+        if config.num_labels < 2:
+            raise ValueError("a token classifier needs at least 2 labels in id2label")
+        self.config = config
+        self.ernie = ErnieModel(config)
+        dropout = config.classifier_dropout
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.classifier = _linear(config, config.hidden_size, config.num_labels)
+
+    def forward(self, input_ids, token_type_ids=None, head_mask=None, record: dict | None = None):
+        sequence, _ = self.ernie(input_ids, token_type_ids, head_mask, record)
+        return self.classifier(self.dropout(sequence))  # [batch, seq, num_labels]
+
+
+class ErnieForQuestionAnswering(nn.Layer):
+    """ERNIE + a span head: start and end logits per position (extractive QA), as PaddleNLP's
+    (``classifier`` maps hidden -> 2; its outputs are split into start and end)."""
+
+    task_kind = "question_answering"
+
+    def __init__(self, config: ErnieConfig):
+        super().__init__()
+        self.config = config
+        self.ernie = ErnieModel(config)
+        self.classifier = _linear(config, config.hidden_size, 2)
+
+    def forward(self, input_ids, token_type_ids=None, head_mask=None, record: dict | None = None):
+        sequence, _ = self.ernie(input_ids, token_type_ids, head_mask, record)
+        logits = self.classifier(sequence)  # [batch, seq, 2]
+        return paddle.transpose(logits, [2, 0, 1])  # [2, batch, seq]: start, end
+
+
 class ErnieLMPredictionHead(nn.Layer):
     """PaddleNLP's MLM head: dense + activation + LayerNorm, decoder tied to the word embeddings."""
 
@@ -274,5 +312,7 @@ class ErnieForMaskedLM(nn.Layer):
 ARCHITECTURES: dict[str, Any] = {
     "ErnieForSequenceClassification": ErnieForSequenceClassification,
     "ErnieForMaskedLM": ErnieForMaskedLM,
+    "ErnieForTokenClassification": ErnieForTokenClassification,
+    "ErnieForQuestionAnswering": ErnieForQuestionAnswering,
 }
 

@@ -30,6 +30,7 @@ PRESETS: dict[str, dict] = {
     "nano": _size(4, 312, 12, 1248, _ERNIE3),
     # small presets for the demo (teacher plays the "xxl" role) and the tests
     "demo-teacher": _size(4, 128, 4, 512, _DEMO),
+    "demo-base": _size(4, 256, 8, 1024, _DEMO),  # a wider teacher (~4x the matmul work)
     "demo-mini": _size(2, 64, 2, 256, _DEMO),
     "tiny": _size(2, 32, 4, 64, _DEMO),
 }

@@ -156,3 +156,16 @@ def test_count_parameters_splits_embeddings(tiny_config):
     counts = count_parameters({k: v.shape for k, v in model.state_dict().items()})
     assert counts["total"] == sum(int(np.prod(p.shape)) for p in model.parameters())
     assert counts["embeddings"] == 60 * 32 + 512 * 32 + 2 * 32 + 2 * 32
+
+
+def test_token_classification_and_span_heads(tiny_config):
+    ids = paddle.to_tensor(random_ids(3, 7, tiny_config.vocab_size))
+    tagger = build_model(tiny_config.replace(architectures=["ErnieForTokenClassification"],
+                                             id2label={0: "O", 1: "B-PER", 2: "I-PER"}))
+    tagger.eval()
+    assert tagger(ids).shape == [3, 7, 3]
+    assert "classifier.weight" in tagger.state_dict()
+    reader = build_model(tiny_config.replace(architectures=["ErnieForQuestionAnswering"], id2label={}))
+    reader.eval()
+    start, end = reader(ids)
+    assert start.shape == [3, 7] and end.shape == [3, 7]
