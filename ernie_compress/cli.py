@@ -38,8 +38,8 @@ settings = _Settings()
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists (default: refuse).")]
 TaskOpt = Annotated[Optional[str], typer.Option(
-    "--task", "-t", help="Task: demo:sentiment (built in), or with --data: tnews, afqmc, text, "
-                         "text-pair. Default: the task the checkpoint was trained on.")]
+    "--task", "-t", help="Task: demo:sentiment, demo:ner (built in), or with --data: tnews, afqmc, "
+                         "text, text-pair, msra-ner. Default: the task the checkpoint was trained on.")]
 DataOpt = Annotated[Optional[Path], typer.Option(
     "--data", help="Folder with train, dev and (optional) test files (.json, .jsonl, .tsv, .txt) for --task.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")]

@@ -25,7 +25,8 @@ from .progress import note
 from .train import TrainConfig, TrainHooks, evaluate_split, train_model
 
 ARCHITECTURE_FOR_KIND = {"classification": "ErnieForSequenceClassification",
-                         "pair_classification": "ErnieForSequenceClassification"}
+                         "pair_classification": "ErnieForSequenceClassification",
+                         "token_classification": "ErnieForTokenClassification"}
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         note(f"[dim]{task.spec.name}: {line}[/dim]")
     seed_everything(cfg.train.seed)
     if parent is None:
-        tokenizer = ErnieTokenizer(build_vocab((e.text_a for e in task.split("train")),
-                                               cfg.min_vocab_frequency)
-                                   if task.kind == "classification" else
-                                   build_vocab([t for e in task.split("train") for t in (e.text_a, e.text_b)],
-                                               cfg.min_vocab_frequency))
+        texts = [t for e in task.split("train") for t in (e.text_a, e.text_b) if t]
+        tokenizer = ErnieTokenizer(build_vocab(texts, cfg.min_vocab_frequency))
         config = _fresh_model_config(cfg, task, tokenizer.vocab_size)
         model = build_model(config)
     else:
@@ -116,7 +114,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     splits = encode_splits(task, tokenizer, config.labels, cfg.max_seq_length)
     hooks = TrainHooks(on_eval=lambda step, m: note(
-        f"step {step}: dev accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}"))
+        f"step {step}: dev " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))))
     state_dir = train_state_dir(cfg.out)
     if not cfg.resume and state_dir.exists():
         shutil.rmtree(state_dir)

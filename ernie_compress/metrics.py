@@ -25,7 +25,27 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[
             "examples": int(labels.size)}
 
 
-PRIMARY_METRIC = {"classification": "accuracy", "pair_classification": "accuracy"}
+PRIMARY_METRIC = {"classification": "accuracy", "pair_classification": "accuracy",
+                  "token_classification": "f1"}
+
+
+def score_split(run, split, batch_size: int = 64) -> dict[str, float]:
+    """The task metrics of ``run(input_ids, token_type_ids) -> logits`` (numpy) on a labeled
+    :class:`~ernie_compress.data.batching.EncodedSplit` — the same code for dygraph and runtimes."""
+    if split.token_level:
+        predicted: list = [None] * len(split)
+        for batch in split.eval_batches(batch_size):
+            logits = run(batch.input_ids, batch.token_type_ids)  # [b, s, labels]
+            for row, i in enumerate(batch.index):
+                predicted[i] = split.tags_from_logits(int(i), logits[row])
+        return {**entity_f1(predicted, split.gold_tags), "examples": len(split)}
+    out = None
+    for batch in split.eval_batches(batch_size):
+        logits = run(batch.input_ids, batch.token_type_ids)  # [b, labels]
+        if out is None:
+            out = np.zeros((len(split), logits.shape[-1]), dtype=np.float32)
+        out[batch.index] = logits
+    return classification_metrics(out.argmax(-1), split.labels)
 
 
 def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:

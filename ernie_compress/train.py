@@ -21,7 +21,7 @@ import numpy as np
 
 from .data.batching import Batch, EncodedSplit
 from .errors import UserError
-from .metrics import PRIMARY_METRIC, classification_metrics
+from .metrics import PRIMARY_METRIC, score_split
 from .paddle_env import import_paddle, seed_everything
 from .progress import progress_bar
 
@@ -98,28 +98,20 @@ def to_tensors(batch: Batch) -> TensorBatch:
                        paddle.to_tensor(batch.labels), batch.index)
 
 
-def predict_logits(model, split: EncodedSplit, batch_size: int = 64) -> np.ndarray:
-    """Logits for every example of ``split``, in the split's order: [n, num_labels]."""
+def evaluate_split(model, split: EncodedSplit, kind: str, batch_size: int = 64) -> dict[str, float]:
+    """The task metrics of ``model`` on a labeled split (Paddle dygraph)."""
     paddle = import_paddle()
     was_training = model.training
     model.eval()
-    out: np.ndarray | None = None
+
+    def run(ids, types):
+        return model(paddle.to_tensor(ids), paddle.to_tensor(types)).numpy()
+
     with paddle.no_grad():
-        for batch in split.eval_batches(batch_size):
-            logits = model(paddle.to_tensor(batch.input_ids),
-                           paddle.to_tensor(batch.token_type_ids)).numpy()
-            if out is None:
-                out = np.zeros((len(split), logits.shape[-1]), dtype=np.float32)
-            out[batch.index] = logits
+        metrics = score_split(run, split, batch_size)
     if was_training:
         model.train()
-    return out
-
-
-def evaluate_split(model, split: EncodedSplit, kind: str, batch_size: int = 64) -> dict[str, float]:
-    """The task metrics of ``model`` on a labeled split (Paddle dygraph)."""
-    logits = predict_logits(model, split, batch_size)
-    return classification_metrics(logits.argmax(-1), split.labels)
+    return metrics
 
 
 def _no_decay(name: str) -> bool:

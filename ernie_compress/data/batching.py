@@ -30,14 +30,27 @@ class Batch:
     index: np.ndarray
 
 
+IGNORE_INDEX = -100  # token positions without a label ([CLS], [SEP], padding, extra word pieces)
+
+
 class EncodedSplit:
-    """A split tokenized once: variable-length id rows plus integer labels (-1 = unlabeled)."""
+    """A split tokenized once: variable-length id rows plus integer labels (-1 = unlabeled).
+
+    Sequence labels (NER) are per character (``Example.label`` is a tuple of tags, one per
+    character of ``text_a``): ``labels`` is then [n, seq] with each character's tag on its first
+    token and :data:`IGNORE_INDEX` elsewhere, and ``char_index`` maps tokens back to characters.
+    """
 
     def __init__(self, examples: Sequence[Example], tokenizer: ErnieTokenizer, labels: Sequence[str],
                  max_length: int):
         if not examples:
             raise UserError("no examples to encode")
         label_id = {label: i for i, label in enumerate(labels)}
+        self.label_names = list(labels)
+        self.token_level = isinstance(examples[0].label, tuple)
+        if self.token_level:
+            self._encode_tags(examples, tokenizer, label_id, max_length)
+            return
         pairs = None if examples[0].text_b is None else [e.text_b or "" for e in examples]
         enc = tokenizer.encode_batch([e.text_a for e in examples], pairs, max_length=max_length)
         self.pad_id = tokenizer.pad_id
@@ -51,13 +64,42 @@ class EncodedSplit:
             raise UserError(f"label {exc.args[0]!r} is not one of the model's labels "
                             f"{list(labels)[:10]}") from None
 
+    def _encode_tags(self, examples, tokenizer, label_id, max_length) -> None:
+        enc, word_ids = tokenizer.encode_characters([e.text_a for e in examples], max_length)
+        self.pad_id = tokenizer.pad_id
+        self.input_ids, self.token_type_ids = enc.input_ids, enc.token_type_ids
+        self.lengths = (enc.input_ids != tokenizer.pad_id).sum(axis=1)
+        self.labels = np.full(enc.input_ids.shape, IGNORE_INDEX, dtype=np.int64)  # [n, seq]
+        self.char_index = np.full(enc.input_ids.shape, -1, dtype=np.int64)
+        self.gold_tags = [list(e.label) for e in examples]
+        for row, (example, wids) in enumerate(zip(examples, word_ids)):
+            seen = set()
+            for pos, w in enumerate(wids):
+                if w is None or w in seen:
+                    continue
+                seen.add(w)
+                tag = example.label[w]
+                if tag not in label_id:
+                    raise UserError(f"tag {tag!r} is not one of the model's labels {self.label_names[:10]}")
+                self.labels[row, pos] = label_id[tag]
+                self.char_index[row, pos] = w
+
+    def tags_from_logits(self, example: int, logits: np.ndarray) -> list[str]:
+        """Character-level tags of one example from its token logits [seq, labels]; characters
+        without a token (truncated) are tagged O."""
+        tags = ["O"] * len(self.gold_tags[example])
+        best = logits.argmax(-1)
+        for pos in np.flatnonzero(self.char_index[example, :len(best)] >= 0):
+            tags[self.char_index[example, pos]] = self.label_names[best[pos]]
+        return tags
+
     def __len__(self) -> int:
         return len(self.labels)
 
     def _batch(self, index: np.ndarray) -> Batch:
         seq = int(self.lengths[index].max())
-        return Batch(self.input_ids[index, :seq], self.token_type_ids[index, :seq],
-                     self.labels[index], index)
+        labels = self.labels[index, :seq] if self.token_level else self.labels[index]
+        return Batch(self.input_ids[index, :seq], self.token_type_ids[index, :seq], labels, index)
 
     def train_batches(self, batch_size: int, rng: np.random.Generator,
                       pool_batches: int = 50) -> Iterator[Batch]:

@@ -44,7 +44,7 @@ class TaskData:
     """Loaded examples of one task, split into ``train``, ``dev`` and ``test``."""
 
     spec: TaskSpec
-    kind: str  # "classification" (single sentence) or "pair_classification"
+    kind: str  # "classification" (single sentence), "pair_classification", "token_classification"
     labels: list[str]
     splits: dict[str, list[Example]] = field(default_factory=dict)
     held_out: str = "test"  # the split metrics are reported on
@@ -85,12 +85,18 @@ def load_task(spec: TaskSpec) -> TaskData:
         if spec.data:
             raise UserError(f"task '{spec.name}' is built in; do not pass --data")
         return corpora.BUILTIN[spec.name](spec)
+    if spec.name == "msra-ner":
+        from .ner import load_bio_dir
+
+        if not spec.data:
+            raise UserError("task 'msra-ner' reads your files: pass --data DIR")
+        return load_bio_dir(spec)
     if spec.name in clue.FORMATS:
         if not spec.data:
             raise UserError(f"task '{spec.name}' reads your files: pass --data DIR "
                             f"(a folder with train/dev[/test] files)")
         return clue.load_dir(spec)
-    known = ", ".join(sorted(corpora.BUILTIN) + sorted(clue.FORMATS))
+    known = ", ".join(sorted(corpora.BUILTIN) + sorted(clue.FORMATS) + ["msra-ner"])
     raise UserError(f"unknown task '{spec.name}' (known: {known})")
 
 
@@ -105,5 +111,5 @@ def load_task_for_model(spec: TaskSpec | None, recorded: dict[str, Any] | None,
     return task
 
 
-TASK_NAMES_HELP = ("demo:sentiment (built in), or your data with --data: tnews, afqmc, "
-                   "text (text,label), text-pair (text_a,text_b,label)")
+TASK_NAMES_HELP = ("demo:sentiment, demo:ner (built in), or your data with --data: tnews, afqmc, "
+                   "text (text,label), text-pair (text_a,text_b,label), msra-ner (BIO files)")

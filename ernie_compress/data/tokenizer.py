@@ -133,3 +133,18 @@ class ErnieTokenizer:
             input_ids[row, :n] = enc.ids[:n]
             token_type_ids[row, :n] = enc.type_ids[:n]
         return Encoded(input_ids, token_type_ids)
+
+    def encode_characters(self, sentences: Sequence[Sequence[str]],
+                          max_length: int = 128) -> tuple[Encoded, list[list[int | None]]]:
+        """Encode character lists (one pre-token per character, for tagging); also return, per
+        row, which character each token came from (None for [CLS]/[SEP]/padding)."""
+        self._tok.enable_truncation(max_length=max_length, strategy="longest_first")
+        encodings = self._tok.encode_batch([list(s) for s in sentences], is_pretokenized=True)
+        seq = max(len(e.ids) for e in encodings)
+        input_ids = np.full((len(encodings), seq), self.pad_id, dtype=np.int64)
+        token_type_ids = np.zeros((len(encodings), seq), dtype=np.int64)
+        word_ids = []
+        for row, enc in enumerate(encodings):
+            input_ids[row, :len(enc.ids)] = enc.ids
+            word_ids.append(list(enc.word_ids))
+        return Encoded(input_ids, token_type_ids), word_ids

@@ -21,7 +21,7 @@ from ..data.batching import EncodedSplit
 from ..data.tasks import TaskSpec, load_task
 from ..data.tokenizer import ErnieTokenizer
 from ..errors import UserError
-from ..metrics import PRIMARY_METRIC, classification_metrics
+from ..metrics import PRIMARY_METRIC, score_split
 from .backends import RuntimeConfig, open_session
 from .latency import LatencyConfig, measure_latency
 
@@ -36,17 +36,6 @@ class EvaluateExportConfig:
     split: str | None = None  # default: the task's held-out split
     eval_batch_size: int = 32
     top_ops: int = 10  # with runtime.profile: how many operators to list
-
-
-def predict_with_session(session, split: EncodedSplit, batch_size: int) -> np.ndarray:
-    """Logits for every example of ``split`` in its order, run through ``session``."""
-    out = None
-    for batch in split.eval_batches(batch_size):
-        logits = session.run(batch.input_ids, batch.token_type_ids)
-        if out is None:
-            out = np.zeros((len(split), logits.shape[-1]), dtype=np.float32)
-        out[batch.index] = logits
-    return out
 
 
 def _rank_ops(totals: dict[str, float], calls: dict[str, int], top_n: int) -> list[dict[str, Any]]:
@@ -120,8 +109,7 @@ def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
     profile_dir = Path(tempfile.mkdtemp(prefix="ernie-compress-profile-")) if cfg.runtime.profile else None
     session = open_session(export_dir, manifest, cfg.runtime, profile_dir)
     start = time.perf_counter()
-    logits = predict_with_session(session, split, cfg.eval_batch_size)
-    metrics = classification_metrics(logits.argmax(-1), split.labels)
+    metrics = score_split(session.run, split, cfg.eval_batch_size)
     eval_seconds = time.perf_counter() - start
 
     primary = PRIMARY_METRIC[task.kind]
