@@ -57,3 +57,23 @@ def test_ner_export_matches_dygraph(ner_ckpt):
         out = json.loads(ev.stdout)
         assert out["primary_metric"] == "f1"
         assert out["metrics"]["f1"] == pytest.approx(result["metrics"]["test"]["f1"])
+
+
+def test_ner_unsupported_stages_say_so(ner_ckpt, tmp_path):
+    root, _ = ner_ckpt
+    for args, message in ((["distill", "--teacher", str(root / "ckpt"), "--student", "tiny"], "not supported yet"),
+                          (["prune", str(root / "ckpt"), "--heads", "0.2"], "sequence-classification models so far"),
+                          (["quantize", str(root / "ckpt"), "--qat", "int8", "--distill-from-parent"], "not supported")):
+        res = runner.invoke(app, ["--quiet", *args, "--out", str(tmp_path / "o")])
+        assert res.exit_code == 2 and message in res.stderr, (args, res.stderr)
+
+
+def test_ner_ptq_int8_export(ner_ckpt, tmp_path):
+    root, _ = ner_ckpt
+    res = runner.invoke(app, ["--quiet", "quantize", str(root / "ckpt"), "--ptq", "int8", "--calib-samples", "8",
+                              "--out", str(tmp_path / "q")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["--quiet", "--json", "export", str(tmp_path / "q"), "--format", "onnx",
+                              "--out", str(tmp_path / "x")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["int8"]["runtime_ops"]

@@ -134,6 +134,8 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     if teacher_ckpt.config.extra.get("quantization"):
         raise UserError(f"the teacher {teacher_ckpt.path} is quantized; distill from an FP32 model")
     task = load_task_for_model(cfg.task, teacher_ckpt.task, teacher_ckpt.config.labels)
+    if task.kind == "token_classification":
+        raise UserError("distillation of token-classification (NER) models is not supported yet")
     metric = PRIMARY_METRIC[task.kind]
     tokenizer = teacher_ckpt.tokenizer()
     student_config, student_state, student_source = _student(cfg, teacher_ckpt)

@@ -69,7 +69,8 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
         raise UserError(f"{parent.path} is quantized ({parent.config.extra['quantization'].get('method')}); "
                         f"prune its FP32 parent, then quantize the pruned model")
     if parent.config.architecture != "ErnieForSequenceClassification":
-        raise UserError(f"pruning needs a task model; {parent.path} is {parent.config.architecture}")
+        raise UserError(f"pruning supports sequence-classification models so far; {parent.path} is "
+                        f"{parent.config.architecture}")
     task = load_task_for_model(cfg.task, parent.task, parent.config.labels)
     metric = PRIMARY_METRIC[task.kind]
     tokenizer = parent.tokenizer()

@@ -93,6 +93,9 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
     parent_metrics = evaluate_split(fp32, held_out, task.kind)
     qmodel = fake_quant_model(model_from_state(parent.config, parent.state, str(parent.path)), scheme)
 
+    if cfg.qat and cfg.distill_from_parent and task.kind == "token_classification":
+        raise UserError("--distill-from-parent is not supported for token classification yet; "
+                        "run QAT without it")
     if cfg.qat:
         from ..losses import logit_kd_loss
         from ..train import cross_entropy_loss
