@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from _tables import emit
 
 
 def _lineage_result(checkpoint_dir: Path) -> dict:
@@ -76,12 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                  overwrite=True))["out"]
     # onnxruntime's own dynamic quantization of the same FP32 ONNX, same manifest otherwise
     dyn = work / "ort-dynamic"
-    if dyn.exists():
-        import shutil
-
-        shutil.rmtree(dyn)
-    import shutil
-
+    shutil.rmtree(dyn, ignore_errors=True)
     shutil.copytree(work / "fp32", dyn)
     quantize_dynamic(str(work / "fp32" / "onnx" / "model.onnx"), str(dyn / "onnx" / "model.onnx"),
                      weight_type=QuantType.QInt8, reduce_range=True, per_channel=True)
@@ -109,17 +107,11 @@ def main(argv: list[str] | None = None) -> dict:
         row["speedup_b1"] = base["b1_p50_ms"] / row["b1_p50_ms"]
     cols = ["variant", "accuracy", "delta_points", "b1_p50_ms", "b32_p50_ms", "b32_qps", "speedup_b1",
             "speedup_b32", "size_mb"]
-    print(f"\n{ckpt} — ONNX Runtime CPU, seq {args.seq_len}, threads {args.threads or 'all'}; "
-          f"PTQ fake-quant delta {ptq['delta_points']:+.2f}, QAT fake-quant delta {qat['delta_points']:+.2f}\n")
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for row in rows:
-        print("| " + " | ".join(row[c] if isinstance(row[c], str) else f"{row[c]:.3f}" for c in cols) + " |")
     result = {"checkpoint": str(ckpt), "seq_len": args.seq_len, "threads": args.threads, "rows": rows,
               "qat_fake_quant_delta": qat["delta_points"], "ptq_fake_quant_delta": ptq["delta_points"]}
-    print("\n" + json.dumps(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(f"{ckpt} — ONNX Runtime CPU, seq {args.seq_len}, threads {args.threads or 'all'}; "
+         f"PTQ fake-quant delta {ptq['delta_points']:+.2f}, QAT fake-quant delta {qat['delta_points']:+.2f}",
+         rows, cols, result, args.json, digits=3)
     return result
 
 

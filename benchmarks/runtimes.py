@@ -10,12 +10,13 @@ Prints a Markdown table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from _tables import emit
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -82,15 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(row)
 
     cols = ["runtime"] + [f"b{b}_{k}" for b in latency_cfg.batch_sizes for k in ("p50_ms", "p95_ms", "qps")] + ["agreement"]
-    print(f"\n{ckpt.path} — seq {args.seq_len}, threads {args.threads or 'all'}\n")
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for row in rows:
-        print("| " + " | ".join(row[c] if isinstance(row[c], str) else f"{row[c]:.2f}" for c in cols) + " |")
     result = {"checkpoint": str(ckpt.path), "seq_len": args.seq_len, "threads": args.threads, "rows": rows}
-    print("\n" + json.dumps(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(f"{ckpt.path} — seq {args.seq_len}, threads {args.threads or 'all'}", rows, cols, result, args.json)
     return result
 
 

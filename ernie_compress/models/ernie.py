@@ -213,7 +213,7 @@ class ErnieForSequenceClassification(nn.Layer):
     def __init__(self, config: ErnieConfig):
         super().__init__()
         if config.num_labels < 2:
-            raise ValueError("a classification model needs at least 2 labels in id2label")
+            raise ValueError(f"a {self.task_kind} model needs at least 2 labels in id2label")
         self.config = config
         self.ernie = ErnieModel(config)
         dropout = config.classifier_dropout
@@ -225,20 +225,10 @@ class ErnieForSequenceClassification(nn.Layer):
         return self.classifier(self.dropout(pooled))  # [batch, num_labels]
 
 
-class ErnieForTokenClassification(nn.Layer):
-    """ERNIE + a linear classifier on every position (NER with BIO tags), as PaddleNLP's."""
+class ErnieForTokenClassification(ErnieForSequenceClassification):
+    """ERNIE + the same linear classifier on every position (NER with BIO tags), as PaddleNLP's."""
 
     task_kind = "token_classification"
-
-    def __init__(self, config: ErnieConfig):
-        super().__init__()
-        if config.num_labels < 2:
-            raise ValueError("a token classifier needs at least 2 labels in id2label")
-        self.config = config
-        self.ernie = ErnieModel(config)
-        dropout = config.classifier_dropout
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
-        self.classifier = _linear(config, config.hidden_size, config.num_labels)
 
     def forward(self, input_ids, token_type_ids=None, head_mask=None, record: dict | None = None):
         sequence, _ = self.ernie(input_ids, token_type_ids, head_mask, record)
