@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .data.batching import EncodedSplit
+from .data.batching import encode_split
 from .data.tasks import TaskData, TaskSpec, load_task
 from .errors import UserError
 from .finetune import resolve_task
@@ -26,7 +26,7 @@ def evaluate_loaded(ckpt: Checkpoint, model, tokenizer, task: TaskData | None = 
     """Metrics of an already-built ``model`` on ``split`` (default: held-out) of its task."""
     task = task or load_task(TaskSpec.from_dict(ckpt.task))
     task.check_labels(ckpt.config.labels)
-    encoded = EncodedSplit(task.split(split or task.held_out), tokenizer, ckpt.config.labels,
+    encoded = encode_split(task.kind, task.split(split or task.held_out), tokenizer, ckpt.config.labels,
                            ckpt.max_seq_length)
     return evaluate_split(model, encoded, task.kind, batch_size)
 

@@ -26,7 +26,8 @@ from .train import TrainConfig, TrainHooks, evaluate_split, train_model
 
 ARCHITECTURE_FOR_KIND = {"classification": "ErnieForSequenceClassification",
                          "pair_classification": "ErnieForSequenceClassification",
-                         "token_classification": "ErnieForTokenClassification"}
+                         "token_classification": "ErnieForTokenClassification",
+                         "question_answering": "ErnieForQuestionAnswering"}
 
 
 @dataclass(frozen=True)
@@ -102,14 +103,15 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         if tokenizer.vocab_size != parent.config.vocab_size:
             raise UserError(f"{parent.path}: vocab.txt has {tokenizer.vocab_size} tokens but the "
                             f"model's vocab_size is {parent.config.vocab_size}")
-        same_labels = parent.config.labels == task.labels
+        same_head = (parent.config.labels == task.labels
+                     and parent.config.architecture == ARCHITECTURE_FOR_KIND[task.kind])
         config = parent.config.replace(
             architectures=[ARCHITECTURE_FOR_KIND[task.kind]],
-            id2label=parent.config.id2label if same_labels else dict(enumerate(task.labels)))
+            id2label=parent.config.id2label if same_head else dict(enumerate(task.labels)))
         model = build_model(config)
-        load_state_(model, parent.state, str(parent.path), allow_new_head=not same_labels)
-        if not same_labels:
-            note("[yellow]the task's labels differ from the checkpoint's: new classifier[/yellow]")
+        load_state_(model, parent.state, str(parent.path), allow_new_head=not same_head)
+        if not same_head:
+            note("[yellow]the task's head or labels differ from the checkpoint's: new task head[/yellow]")
     config.extra["ernie_compress"] = task_metadata(task, cfg.max_seq_length)
 
     splits = encode_splits(task, tokenizer, config.labels, cfg.max_seq_length)

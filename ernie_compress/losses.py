@@ -1,9 +1,20 @@
-"""Training losses shared by stages: soft-label knowledge distillation on logits.
+"""Training losses shared by stages, for each kind of task head.
 
-Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network": the student matches
-the teacher's temperature-softened distribution, ``KL(softmax(t/T) || softmax(s/T)) * T^2``
-(the T^2 keeps gradient magnitudes comparable across temperatures), mixed with the hard-label
-cross-entropy. Pruning recovery and QAT use it with the parent model as teacher.
+Shapes by head (``model.task_kind``):
+
+- ``classification``: logits [b, labels], labels [b];
+- ``token_classification``: logits [b, s, labels], labels [b, s] with ``IGNORE_INDEX`` (-100) where
+  a position carries no tag ([CLS], [SEP], padding, continuation word pieces);
+- ``question_answering``: logits [b, s, 2] (start, end; padding already at -1e4 by the model),
+  labels [b, 2] token positions, 0 (= [CLS]) when the answer is not in the window. The span loss is
+  the mean of the start and end cross-entropies over sequence positions (Devlin et al. 2019, §4.2).
+
+Knowledge distillation (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural
+Network"): the student matches the teacher's temperature-softened distribution,
+``KL(softmax(t/T) || softmax(s/T)) * T^2`` (the T^2 keeps gradient magnitudes comparable across
+temperatures), mixed with the hard-label loss. The distributions are over the labels for
+classification and tagging (tagged positions only) and over the sequence positions for span
+starts and ends. Pruning recovery, QAT and distillation all use these.
 """
 
 from __future__ import annotations
@@ -12,37 +23,112 @@ import numpy as np
 
 from .paddle_env import import_paddle
 
+IGNORE_INDEX = -100
+PAD_LOGIT = -1e4  # what the span head puts on padding; cached teacher rows are padded with it
 
-def soft_label_kd(student_logits, teacher_logits, temperature: float):
-    """KL divergence between temperature-softened teacher and student, times T^2."""
+
+def task_kind(model) -> str:
+    return getattr(model, "task_kind", "classification")
+
+
+def _span_major(logits):
+    """[b, s, 2] -> [b, 2, s]: a distribution over positions for the start and for the end."""
+    return import_paddle().transpose(logits, [0, 2, 1])
+
+
+def task_loss(kind: str, logits, labels):
+    """The hard-label loss of one batch (mean over examples, or over tagged positions)."""
     F = import_paddle().nn.functional
-    t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, axis=-1), F.softmax(teacher_logits / t, axis=-1),
-                    reduction="batchmean") * (t * t)
+    if kind == "question_answering":
+        return F.cross_entropy(_span_major(logits), labels)  # labels [b, 2]
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
 
 
-def logit_kd_loss(teacher, alpha: float = 0.5, temperature: float = 2.0):
-    """A :class:`~ernie_compress.train.LossFn`: ``(1-alpha) * CE + alpha * KD`` against ``teacher``.
-
-    The teacher runs in eval mode without gradients; its logits are cached per example (padding
-    does not change them) so later epochs do not run it again.
-    """
+def _masked_kl(student_logits, teacher_logits, mask, temperature: float):
+    """Mean over rows where ``mask`` is 1 of KL over the last axis, times T^2."""
     paddle = import_paddle()
     F = paddle.nn.functional
+    t = temperature
+    log_p_student = F.log_softmax(student_logits / t, axis=-1)
+    p_teacher = F.softmax(teacher_logits / t, axis=-1)
+    kl = paddle.sum(p_teacher * (paddle.log(p_teacher + 1e-12) - log_p_student), axis=-1)  # mask's shape
+    return paddle.sum(kl * mask) / paddle.clip(paddle.sum(mask), min=1.0) * (t * t)
+
+
+def soft_label_kd(student_logits, teacher_logits, temperature: float, kind: str = "classification",
+                  labels=None):
+    """The KD term for ``kind`` (``labels`` tells which positions are tagged for token tasks)."""
+    paddle = import_paddle()
+    if kind == "question_answering":
+        s, t = _span_major(student_logits), _span_major(teacher_logits)  # [b, 2, s]
+        return _masked_kl(s, t, paddle.ones(s.shape[:2], dtype="float32"), temperature)
+    if kind == "token_classification":
+        mask = paddle.cast(labels != IGNORE_INDEX, "float32")  # [b, s]
+        return _masked_kl(student_logits, teacher_logits, mask, temperature)
+    return _masked_kl(student_logits, teacher_logits,
+                      paddle.ones(student_logits.shape[:1], dtype="float32"), temperature)
+
+
+def hard_label_loss(model, batch):
+    """The fine-tuning loss (a :class:`~ernie_compress.train.LossFn`)."""
+    loss = task_loss(task_kind(model), model(batch.input_ids, batch.token_type_ids), batch.labels)
+    return loss, {"ce": loss}
+
+
+class TeacherLogitCache:
+    """Teacher outputs per training row, computed once (dropout off, padding does not change them).
+
+    Rows of token and span heads are stored cut to the example's length and padded back to the
+    batch's length with :data:`PAD_LOGIT` (ignored by the tag mask; zero probability for spans).
+    """
+
+    def __init__(self, teacher, pad_id: int):
+        self.teacher = teacher
+        self.pad_id = pad_id
+        self.rows: dict[int, np.ndarray] = {}
+
+    def __call__(self, batch):
+        paddle = import_paddle()
+        missing = [int(i) for i in batch.index if int(i) not in self.rows]
+        if missing:
+            with paddle.no_grad():
+                out = self.teacher(batch.input_ids, batch.token_type_ids).numpy()
+            lengths = (batch.input_ids.numpy() != self.pad_id).sum(axis=1)
+            for row, i in enumerate(batch.index.tolist()):
+                self.rows[i] = out[row] if out.ndim == 2 else out[row, :lengths[row]]
+        rows = [self.rows[int(i)] for i in batch.index]
+        if rows[0].ndim == 1:
+            return paddle.to_tensor(np.stack(rows))
+        seq = int(batch.input_ids.shape[1])
+        padded = np.full((len(rows), seq, rows[0].shape[-1]), PAD_LOGIT, dtype=np.float32)
+        for r, row in enumerate(rows):
+            padded[r, :len(row)] = row
+        return paddle.to_tensor(padded)
+
+
+def logit_kd_loss(teacher, alpha: float = 0.5, temperature: float = 2.0, pad_id: int = 0):
+    """A :class:`~ernie_compress.train.LossFn`: ``(1-alpha) * hard + alpha * KD`` against ``teacher``.
+
+    The teacher runs in eval mode without gradients; its logits are cached per example so later
+    epochs do not run it again.
+    """
     teacher.eval()
     for p in teacher.parameters():
         p.stop_gradient = True
-    cache: dict[int, object] = {}
+    cached = TeacherLogitCache(teacher, pad_id)
+    kind = task_kind(teacher)
 
     def loss_fn(model, batch):
-        if any(int(i) not in cache for i in batch.index):
-            with paddle.no_grad():
-                rows = teacher(batch.input_ids, batch.token_type_ids).numpy()
-            cache.update(zip(batch.index.tolist(), rows))
-        teacher_logits = paddle.to_tensor(np.stack([cache[int(i)] for i in batch.index]))
+        teacher_logits = cached(batch)
         logits = model(batch.input_ids, batch.token_type_ids)
-        ce = F.cross_entropy(logits, batch.labels)
-        kd = soft_label_kd(logits, teacher_logits, temperature)
+        ce = task_loss(kind, logits, batch.labels)
+        kd = soft_label_kd(logits, teacher_logits, temperature, kind, batch.labels)
         return (1 - alpha) * ce + alpha * kd, {"ce": ce, "kd": kd}
 
     return loss_fn
+
+
+def predicted_classes(kind: str, logits: np.ndarray) -> np.ndarray:
+    """What a head predicts, for agreement checks: the label (per example or position), or the
+    start and end positions of a span head ([b, 2])."""
+    return logits.argmax(1) if kind == "question_answering" else logits.argmax(-1)

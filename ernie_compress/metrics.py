@@ -26,12 +26,19 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[
 
 
 PRIMARY_METRIC = {"classification": "accuracy", "pair_classification": "accuracy",
-                  "token_classification": "f1"}
+                  "token_classification": "f1", "question_answering": "f1"}
 
 
 def score_split(run, split, batch_size: int = 64) -> dict[str, float]:
     """The task metrics of ``run(input_ids, token_type_ids) -> logits`` (numpy) on a labeled
     :class:`~ernie_compress.data.batching.EncodedSplit` — the same code for dygraph and runtimes."""
+    if hasattr(split, "answers_from_logits"):  # extractive QA: windows -> one answer per question
+        logits_by_row = [None] * len(split)
+        for batch in split.eval_batches(batch_size):
+            logits = run(batch.input_ids, batch.token_type_ids)  # [b, s, 2]
+            for row, i in enumerate(batch.index):
+                logits_by_row[i] = logits[row]
+        return span_metrics(split.answers_from_logits(logits_by_row), split.gold_answers)
     if split.token_level:
         predicted: list = [None] * len(split)
         for batch in split.eval_batches(batch_size):
@@ -78,3 +85,76 @@ def entity_f1(predicted: list[list[str]], gold: list[list[str]]) -> dict[str, fl
     recall = tp / n_gold if n_gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1, "entities": n_gold}
+
+
+# --- extractive QA: CMRC2018's EM and F1 ------------------------------------------------------
+_CMRC_PUNCTUATION = set("-:_*^/\\~`+=，。：？！“”；’《》……·、「」（）－～『』")
+
+
+def _is_punctuation(ch: str) -> bool:
+    import unicodedata
+
+    return ch in _CMRC_PUNCTUATION or unicodedata.category(ch).startswith("P")
+
+
+def _is_cjk(ch: str) -> bool:
+    return "\u4e00" <= ch <= "\u9fa5"
+
+
+def cmrc_segments(text: str) -> list[str]:
+    """CMRC2018's mixed segmentation without punctuation: each Chinese character is a token, runs
+    of other characters split on whitespace are tokens (lowercased)."""
+    tokens: list[str] = []
+    word = ""
+    for ch in text.lower().strip():
+        if _is_cjk(ch) or _is_punctuation(ch) or ch.isspace():
+            tokens += word.split()
+            word = ""
+            if _is_cjk(ch):
+                tokens.append(ch)
+        else:
+            word += ch
+    return tokens + word.split()
+
+
+def _longest_common_substring(a: list[str], b: list[str]) -> int:
+    best = 0
+    row = [0] * (len(b) + 1)
+    for x in a:
+        prev_diag = 0
+        for j, y in enumerate(b, start=1):
+            cur = row[j]
+            row[j] = prev_diag + 1 if x == y else 0
+            best = max(best, row[j])
+            prev_diag = cur
+    return best
+
+
+def cmrc_exact_match(prediction: str, answers: list[str]) -> float:
+    """1.0 when the prediction equals an answer after removing punctuation and lowercasing."""
+    def clean(s: str) -> str:
+        return "".join(ch for ch in s.lower().strip() if not _is_punctuation(ch) and not ch.isspace())
+    return float(any(clean(prediction) == clean(a) for a in answers))
+
+
+def cmrc_f1(prediction: str, answers: list[str]) -> float:
+    """CMRC2018's F1: precision and recall of the longest common token substring between the
+    prediction and an answer (mixed segmentation), the best over the answers."""
+    pred = cmrc_segments(prediction)
+    best = 0.0
+    for answer in answers:
+        gold = cmrc_segments(answer)
+        common = _longest_common_substring(gold, pred)
+        if common:
+            p, r = common / len(pred), common / len(gold)
+            best = max(best, 2 * p * r / (p + r))
+    return best
+
+
+def span_metrics(predictions: list[str], answers: list[list[str]]) -> dict[str, float]:
+    """Mean EM and F1 over questions (fractions; CMRC2018 reports them x100)."""
+    if len(predictions) != len(answers) or not answers:
+        raise ValueError("predictions and answers must be non-empty and of the same length")
+    em = [cmrc_exact_match(p, a) for p, a in zip(predictions, answers)]
+    f1 = [cmrc_f1(p, a) for p, a in zip(predictions, answers)]
+    return {"exact_match": float(np.mean(em)), "f1": float(np.mean(f1)), "questions": len(answers)}

@@ -21,6 +21,7 @@ import numpy as np
 
 from .data.batching import Batch, EncodedSplit
 from .errors import UserError
+from .losses import hard_label_loss
 from .metrics import PRIMARY_METRIC, score_split
 from .paddle_env import import_paddle, seed_everything
 from .progress import progress_bar
@@ -69,11 +70,6 @@ class LossFn(Protocol):
     def __call__(self, model, batch: TensorBatch) -> tuple[Any, dict[str, Any]]: ...
 
 
-def cross_entropy_loss(model, batch: TensorBatch):
-    """Hard-label cross-entropy: the fine-tuning loss."""
-    F = import_paddle().nn.functional
-    loss = F.cross_entropy(model(batch.input_ids, batch.token_type_ids), batch.labels)
-    return loss, {"ce": loss}
 
 
 @dataclass
@@ -143,7 +139,7 @@ def load_train_state(state_dir: Path) -> dict[str, Any] | None:
 
 
 def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: TrainConfig,
-                kind: str = "classification", loss_fn: LossFn = cross_entropy_loss,
+                kind: str = "classification", loss_fn: LossFn = hard_label_loss,
                 hooks: TrainHooks | None = None,
                 parameters: Sequence | None = None, description: str = "train",
                 state_dir: Path | None = None, resume: bool = False) -> TrainResult:

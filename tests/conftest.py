@@ -87,3 +87,38 @@ def _seeded():
     if "paddle" in sys.modules:
         sys.modules["paddle"].seed(0)
     yield
+
+
+NAMES = ["张三", "李四", "王五", "赵六", "孙七", "周八"]
+CITIES = ["北京", "上海", "广州", "深圳", "南京", "成都"]
+
+
+def cmrc_document(paragraphs: list[tuple[str, list[tuple[str, str, str]]]]) -> dict:
+    """A CMRC2018-format document from (context, [(id, question, answer text)]) paragraphs."""
+    return {"version": "v1.0", "data": [{"id": "doc", "title": "测试", "paragraphs": [
+        {"context": context, "qas": [{"id": qid, "question": q,
+                                       "answers": [{"text": a, "answer_start": context.index(a)}]}
+                                      for qid, q, a in qas]}
+        for context, qas in paragraphs]}]}
+
+
+def write_cmrc_task(directory: Path, paragraphs: int = 24, seed: int = 0) -> Path:
+    """A tiny CMRC2018-format QA task: who lives where, each context naming several people."""
+    import random
+
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def split(n, tag):
+        out = []
+        for p in range(n):
+            people = rng.sample(NAMES, 3)
+            cities = rng.sample(CITIES, 3)
+            context = "".join(f"{who}住在{where}。" for who, where in zip(people, cities))
+            out.append((context, [(f"{tag}{p}-{i}", f"{who}住在哪里？", where)
+                                  for i, (who, where) in enumerate(zip(people, cities))]))
+        return cmrc_document(out)
+
+    for name, n in (("train", paragraphs), ("dev", max(2, paragraphs // 6)), ("test", max(2, paragraphs // 6))):
+        (directory / f"{name}.json").write_text(json.dumps(split(n, name), ensure_ascii=False), encoding="utf-8")
+    return directory

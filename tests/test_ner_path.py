@@ -59,13 +59,29 @@ def test_ner_export_matches_dygraph(ner_ckpt):
         assert out["metrics"]["f1"] == pytest.approx(result["metrics"]["test"]["f1"])
 
 
-def test_ner_unsupported_stages_say_so(ner_ckpt, tmp_path):
-    root, _ = ner_ckpt
-    for args, message in ((["distill", "--teacher", str(root / "ckpt"), "--student", "tiny"], "not supported yet"),
-                          (["prune", str(root / "ckpt"), "--heads", "0.2"], "sequence-classification models so far"),
-                          (["quantize", str(root / "ckpt"), "--qat", "int8", "--distill-from-parent"], "not supported")):
-        res = runner.invoke(app, ["--quiet", *args, "--out", str(tmp_path / "o")])
-        assert res.exit_code == 2 and message in res.stderr, (args, res.stderr)
+def test_ner_distill_prune_qat_chain(ner_ckpt, tmp_path):
+    """Logit KD on token logits, importance on the tagging loss, QAT with KD from the parent."""
+    root, result = ner_ckpt
+    common = ["--epochs", "3", "--lr", "3e-3", "--batch-size", "8"]
+    res = runner.invoke(app, ["--quiet", "--json", "distill", "--teacher", str(root / "ckpt"), "--student", "tiny",
+                              "--init-from-teacher", "--hidden-weight", "1", "--out", str(tmp_path / "s"), *common])
+    assert res.exit_code == 0, res.output
+    distilled = json.loads(res.stdout)
+    assert distilled["metric"] == "f1" and distilled["student_metrics"]["entities"] == 5
+    res = runner.invoke(app, ["--quiet", "--json", "prune", str(tmp_path / "s"), "--heads", "0.25",
+                              "--recover-epochs", "2", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    pruned = json.loads(res.stdout)
+    assert pruned["parameters_after"]["non_embedding"] < pruned["parameters_before"]["non_embedding"]
+    res = runner.invoke(app, ["--quiet", "--json", "quantize", str(tmp_path / "p"), "--qat", "int8",
+                              "--distill-from-parent", "--out", str(tmp_path / "q"), *common])
+    assert res.exit_code == 0, res.output
+    assert "f1" in json.dumps(json.loads(res.stdout))
+    res = runner.invoke(app, ["--quiet", "--json", "export", str(tmp_path / "q"), "--format", "onnx",
+                              "--out", str(tmp_path / "x")])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
+    assert manifest["outputs"] == ["token_logits"] and manifest["task_kind"] == "token_classification"
 
 
 def test_ner_ptq_int8_export(ner_ckpt, tmp_path):

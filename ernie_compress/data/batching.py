@@ -129,5 +129,15 @@ class EncodedSplit:
 def encode_splits(task, tokenizer: ErnieTokenizer, labels: Sequence[str], max_length: int,
                   names: Sequence[str] = ("train", "dev", "test")) -> dict[str, EncodedSplit]:
     """Tokenize the named splits of a :class:`~.tasks.TaskData` that it has."""
-    return {name: EncodedSplit(task.splits[name], tokenizer, labels, max_length)
+    return {name: encode_split(task.kind, task.splits[name], tokenizer, labels, max_length)
             for name in names if task.splits.get(name)}
+
+
+def encode_split(kind: str, examples: Sequence[Example], tokenizer: ErnieTokenizer,
+                 labels: Sequence[str], max_length: int) -> EncodedSplit:
+    """One split encoded for a task kind (QA rows are question + context windows)."""
+    if kind == "question_answering":
+        from .spans import EncodedSpanSplit
+
+        return EncodedSpanSplit(examples, tokenizer, max_length)
+    return EncodedSplit(examples, tokenizer, labels, max_length)

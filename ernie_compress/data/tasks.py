@@ -44,7 +44,8 @@ class TaskData:
     """Loaded examples of one task, split into ``train``, ``dev`` and ``test``."""
 
     spec: TaskSpec
-    kind: str  # "classification" (single sentence), "pair_classification", "token_classification"
+    kind: str  # "classification" (single sentence), "pair_classification", "token_classification",
+    # "question_answering"
     labels: list[str]
     splits: dict[str, list[Example]] = field(default_factory=dict)
     held_out: str = "test"  # the split metrics are reported on
@@ -85,6 +86,12 @@ def load_task(spec: TaskSpec) -> TaskData:
         if spec.data:
             raise UserError(f"task '{spec.name}' is built in; do not pass --data")
         return corpora.BUILTIN[spec.name](spec)
+    if spec.name == "cmrc2018":
+        from .qa import load_qa_dir
+
+        if not spec.data:
+            raise UserError("task 'cmrc2018' reads your files: pass --data DIR (train.json, dev.json)")
+        return load_qa_dir(spec)
     if spec.name == "msra-ner":
         from .ner import load_bio_dir
 
@@ -96,7 +103,7 @@ def load_task(spec: TaskSpec) -> TaskData:
             raise UserError(f"task '{spec.name}' reads your files: pass --data DIR "
                             f"(a folder with train/dev[/test] files)")
         return clue.load_dir(spec)
-    known = ", ".join(sorted(corpora.BUILTIN) + sorted(clue.FORMATS) + ["msra-ner"])
+    known = ", ".join(sorted(corpora.BUILTIN) + sorted(clue.FORMATS) + ["cmrc2018", "msra-ner"])
     raise UserError(f"unknown task '{spec.name}' (known: {known})")
 
 
@@ -112,4 +119,5 @@ def load_task_for_model(spec: TaskSpec | None, recorded: dict[str, Any] | None,
 
 
 TASK_NAMES_HELP = ("demo:sentiment, demo:ner (built in), or your data with --data: tnews, afqmc, "
-                   "text (text,label), text-pair (text_a,text_b,label), msra-ner (BIO files)")
+                   "text (text,label), text-pair (text_a,text_b,label), msra-ner (BIO files), "
+                   "cmrc2018 (CMRC2018/SQuAD JSON, extractive QA)")

@@ -134,6 +134,11 @@ class ErnieTokenizer:
             token_type_ids[row, :n] = enc.type_ids[:n]
         return Encoded(input_ids, token_type_ids)
 
+    def encode_with_offsets(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """Token ids without specials and, per token, its (start, end) character span in the text."""
+        self._tok.no_truncation()
+        return [(e.ids, e.offsets) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
     def encode_characters(self, sentences: Sequence[Sequence[str]],
                           max_length: int = 128) -> tuple[Encoded, list[list[int | None]]]:
         """Encode character lists (one pre-token per character, for tagging); also return, per

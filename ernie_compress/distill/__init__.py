@@ -24,13 +24,14 @@ from ..checkpoint import Checkpoint, config_record, load_checkpoint, save_checkp
 from ..data.batching import encode_splits
 from ..data.tasks import TaskSpec, load_task_for_model
 from ..errors import UserError
+from ..losses import TeacherLogitCache, hard_label_loss, soft_label_kd, task_loss
 from ..metrics import PRIMARY_METRIC
 from ..models import build_model, count_parameters, load_state_, model_from_state
 from ..models.config import ErnieConfig
 from ..models.presets import is_preset, resolve_preset
 from ..paddle_env import import_paddle, seed_everything
 from ..progress import note
-from ..train import TrainConfig, cross_entropy_loss, evaluate_split, train_model
+from ..train import TrainConfig, evaluate_split, train_model
 from .losses import (hidden_mse, parse_layer_map, relation_kl, relation_log_probs,
                      uniform_layer_map)
 
@@ -128,14 +129,11 @@ def init_from_teacher(student_config: ErnieConfig, teacher: Checkpoint) -> dict[
 
 def distill(cfg: DistillConfig) -> dict[str, Any]:
     paddle = import_paddle()
-    F = paddle.nn.functional
     start = time.perf_counter()
     teacher_ckpt = load_checkpoint(resolve_teacher(cfg.teacher, cfg.models_dir))
     if teacher_ckpt.config.extra.get("quantization"):
         raise UserError(f"the teacher {teacher_ckpt.path} is quantized; distill from an FP32 model")
     task = load_task_for_model(cfg.task, teacher_ckpt.task, teacher_ckpt.config.labels)
-    if task.kind == "token_classification":
-        raise UserError("distillation of token-classification (NER) models is not supported yet")
     metric = PRIMARY_METRIC[task.kind]
     tokenizer = teacher_ckpt.tokenizer()
     student_config, student_state, student_source = _student(cfg, teacher_ckpt)
@@ -172,7 +170,8 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             raise UserError(f"--relation-heads {relation_heads} must divide both attention widths {widths}")
     projection = paddle.nn.Linear(student_config.hidden_size, teacher_ckpt.config.hidden_size)
     needs_internals = cfg.hidden_weight > 0 or cfg.attention_weight > 0
-    cache: dict[int, np.ndarray] = {}
+    cached_teacher = TeacherLogitCache(teacher, tokenizer.pad_id)
+    kind = teacher.task_kind
 
     def loss_fn(model, batch):
         record = {} if needs_internals else None
@@ -180,20 +179,16 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         parts = {}
         total = 0.0
         if cfg.ce_weight:
-            parts["ce"] = F.cross_entropy(logits, batch.labels)
+            parts["ce"] = task_loss(kind, logits, batch.labels)
             total = total + cfg.ce_weight * parts["ce"]
         t_record = {} if needs_internals else None
-        if needs_internals or any(int(i) not in cache for i in batch.index):
+        if needs_internals:
             with paddle.no_grad():
                 t_logits = teacher(batch.input_ids, batch.token_type_ids, record=t_record)
-            if not needs_internals:
-                cache.update(zip(batch.index.tolist(), t_logits.numpy()))
-        if not needs_internals:
-            t_logits = paddle.to_tensor(np.stack([cache[int(i)] for i in batch.index]))
+        else:
+            t_logits = cached_teacher(batch)
         if cfg.kd_weight:
-            from ..losses import soft_label_kd
-
-            parts["kd"] = soft_label_kd(logits, t_logits, cfg.temperature)
+            parts["kd"] = soft_label_kd(logits, t_logits, cfg.temperature, kind, batch.labels)
             total = total + cfg.kd_weight * parts["kd"]
         if needs_internals:
             valid = paddle.cast(batch.input_ids != tokenizer.pad_id, "float32")  # [b, s]
@@ -228,7 +223,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             load_state_(plain, student_state, "student", allow_new_head=True)
         base_cfg = TrainConfig(**{**cfg.train.__dict__, "max_steps": result.steps})
         base = train_model(plain, splits["train"], splits.get("dev"), base_cfg, kind=task.kind,
-                           loss_fn=cross_entropy_loss, description="baseline")
+                           loss_fn=hard_label_loss, description="baseline")
         plain.set_state_dict(base.best_state)
         baseline = {"metrics": evaluate_split(plain, held_out, task.kind), "steps": base.steps}
 

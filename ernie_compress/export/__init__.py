@@ -73,13 +73,26 @@ def sample_inputs(ckpt: Checkpoint, tokenizer, count: int) -> tuple[np.ndarray, 
     return ids, np.zeros_like(ids), "random"
 
 
+OUTPUT_NAMES = {"token_classification": "token_logits", "question_answering": "span_logits"}
+
+
+def _agreement(kind: str, outputs: np.ndarray, reference: np.ndarray) -> float:
+    """Share of predictions (labels, tags, or span starts/ends) equal to the reference's."""
+    from ..losses import predicted_classes
+
+    return float(np.mean(predicted_classes(kind, outputs) == predicted_classes(kind, reference)))
+
+
+def _run_all(session, ids: np.ndarray, types: np.ndarray) -> np.ndarray:
+    return np.concatenate([session.run(ids[i:i + 16], types[i:i + 16]) for i in range(0, len(ids), 16)])
+
+
 def verify(name: str, session, reference: np.ndarray, ids: np.ndarray, types: np.ndarray,
-           tolerance: float) -> dict[str, Any]:
+           tolerance: float, kind: str = "classification") -> dict[str, Any]:
     """Run ``session`` on the samples and compare with the dygraph logits."""
-    outputs = np.concatenate([session.run(ids[i:i + 16], types[i:i + 16])
-                              for i in range(0, len(ids), 16)])
+    outputs = _run_all(session, ids, types)
     diff = float(np.abs(outputs - reference).max())
-    agree = float(np.mean(outputs.argmax(-1) == reference.argmax(-1)))
+    agree = _agreement(kind, outputs, reference)
     if not diff <= tolerance:
         raise UserError(f"{name} export failed verification: max logit difference {diff:.2e} "
                         f"exceeds the tolerance {tolerance:.0e}; nothing was written")
@@ -125,7 +138,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
     from ..evaluate import evaluate_loaded
     from ..quantize.scheme import quantization_info
     from ..runtime.backends import OnnxRuntimeSession, PaddleInferenceSession, RuntimeConfig
-    from .onnx_export import OnnxExportError, convert_to_onnx
+    from .onnx_export import OnnxExportError, convert_to_onnx, rename_output
     from .static_graph import export_static_graph
 
     start = time.perf_counter()
@@ -136,6 +149,8 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
         raise UserError(PADDLE_INT8_REFUSAL)
     tokenizer = ckpt.tokenizer()
     model, reference_model, int8 = _reference_model(ckpt)
+    kind = getattr(model, "task_kind", "classification")
+    output_name = OUTPUT_NAMES.get(kind, "logits")
     ids, types, sample_source = sample_inputs(ckpt, tokenizer, cfg.verify_samples)
     reference = _logits(reference_model, ids, types)
     reference_metrics = evaluate_loaded(ckpt, reference_model, tokenizer) if ckpt.task else None
@@ -153,7 +168,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
             if cfg.format in ("paddle", "all"):
                 files["paddle"] = {"dir": "paddle", **graph}
                 session = PaddleInferenceSession(graph_dir, cpu, graph["program"], graph["params"])
-                verification["paddle"] = verify("paddle", session, reference, ids, types, cfg.tolerance)
+                verification["paddle"] = verify("paddle", session, reference, ids, types, cfg.tolerance, kind)
             if cfg.format in ("onnx", "all"):
                 onnx_path = tmp / "onnx" / "model.onnx"
                 fp32_path = scratch / "model_fp32.onnx" if (int8 or fp16) else onnx_path
@@ -162,6 +177,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
                                     fp32_path, cfg.opset)
                 except OnnxExportError as exc:
                     raise UserError(str(exc)) from None
+                rename_output(fp32_path, output_name)
                 if int8:
                     from .onnx_int8 import INTEGER_KERNELS, integer_ops, quantize_onnx_int8
 
@@ -184,11 +200,12 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
                 session = OnnxRuntimeSession(onnx_path, cpu)
                 if fp16:
                     verification["onnx"] = verify("onnx fp16", session, reference, ids, types,
-                                                  max(cfg.tolerance, cfg.fp16_tolerance))
+                                                  max(cfg.tolerance, cfg.fp16_tolerance), kind)
                 elif int8:
-                    verification["onnx"] = verify_int8(session, reference, ids, types, cfg.int8_min_agreement)
+                    verification["onnx"] = verify_int8(session, reference, ids, types,
+                                                       cfg.int8_min_agreement, kind)
                 else:
-                    verification["onnx"] = verify("onnx", session, reference, ids, types, cfg.tolerance)
+                    verification["onnx"] = verify("onnx", session, reference, ids, types, cfg.tolerance, kind)
         manifest = {
             "format_version": MANIFEST_VERSION, "created": now_iso(),
             "source": {"path": str(ckpt.path), "weights_sha256": ckpt.weights_sha256},
@@ -196,7 +213,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
             "labels": ckpt.config.labels, "max_seq_length": ckpt.max_seq_length,
             "architecture": ckpt.config.architecture, "precision": quant["dtype"] if quant else "fp32",
             "quantization": quant, **extra,
-            "inputs": ["input_ids", "token_type_ids"], "outputs": ["logits"],
+            "inputs": ["input_ids", "token_type_ids"], "outputs": [output_name],
             "files": files, "verification": {"samples_from": sample_source, **verification},
             "reference": {"backend": "paddle-dygraph" + (" (fake-quant)" if quant else ""),
                           "metrics": reference_metrics},
@@ -209,10 +226,10 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
 
 
 def verify_int8(session, reference: np.ndarray, ids: np.ndarray, types: np.ndarray,
-                min_agreement: float) -> dict[str, Any]:
+                min_agreement: float, kind: str = "classification") -> dict[str, Any]:
     """INT8 kernels round differently from fake-quant float math: check predictions agree."""
-    outputs = np.concatenate([session.run(ids[i:i + 16], types[i:i + 16]) for i in range(0, len(ids), 16)])
-    agree = float(np.mean(outputs.argmax(-1) == reference.argmax(-1)))
+    outputs = _run_all(session, ids, types)
+    agree = _agreement(kind, outputs, reference)
     diff = float(np.abs(outputs - reference).max())
     if agree < min_agreement:
         raise UserError(f"int8 onnx export failed verification: predictions agree with the fake-quant "

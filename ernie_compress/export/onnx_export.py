@@ -50,6 +50,21 @@ def convert_to_onnx(program: Path, params: Path, out: Path, opset: int = DEFAULT
     return out
 
 
+def rename_output(path: Path, name: str) -> None:
+    """Give the model's single output a task name (``logits``, ``token_logits``, ``span_logits``)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    old = model.graph.output[0].name
+    if old == name:
+        return
+    for node in model.graph.node:
+        node.output[:] = [name if o == old else o for o in node.output]
+        node.input[:] = [name if i == old else i for i in node.input]
+    model.graph.output[0].name = name
+    onnx.save(model, str(path))
+
+
 def preprocess_for_onnxruntime(src: Path, dst: Path) -> None:
     """Symbolic shape inference + basic graph optimizations (constants become initializers)."""
     import logging

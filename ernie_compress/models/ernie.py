@@ -237,7 +237,8 @@ class ErnieForTokenClassification(ErnieForSequenceClassification):
 
 class ErnieForQuestionAnswering(nn.Layer):
     """ERNIE + a span head: start and end logits per position (extractive QA), as PaddleNLP's
-    (``classifier`` maps hidden -> 2; its outputs are split into start and end)."""
+    (``classifier`` maps hidden -> 2). One output [batch, seq, 2] (start, end) so that every
+    runtime returns a single tensor; padding positions get -1e4 so they are never chosen."""
 
     task_kind = "question_answering"
 
@@ -249,8 +250,8 @@ class ErnieForQuestionAnswering(nn.Layer):
 
     def forward(self, input_ids, token_type_ids=None, head_mask=None, record: dict | None = None):
         sequence, _ = self.ernie(input_ids, token_type_ids, head_mask, record)
-        logits = self.classifier(sequence)  # [batch, seq, 2]
-        return paddle.transpose(logits, [2, 0, 1])  # [2, batch, seq]: start, end
+        is_pad = paddle.cast(input_ids == self.config.pad_token_id, "float32")  # [batch, seq]
+        return self.classifier(sequence) - 1e4 * paddle.unsqueeze(is_pad, -1)  # [batch, seq, 2]
 
 
 class ErnieLMPredictionHead(nn.Layer):

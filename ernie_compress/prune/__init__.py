@@ -68,9 +68,9 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
     if parent.config.extra.get("quantization"):
         raise UserError(f"{parent.path} is quantized ({parent.config.extra['quantization'].get('method')}); "
                         f"prune its FP32 parent, then quantize the pruned model")
-    if parent.config.architecture != "ErnieForSequenceClassification":
-        raise UserError(f"pruning supports sequence-classification models so far; {parent.path} is "
-                        f"{parent.config.architecture}")
+    if parent.config.architecture == "ErnieForMaskedLM":
+        raise UserError(f"{parent.path} is a pre-trained (masked-LM) model; fine-tune it on a task "
+                        f"with `train --from` first: importance is measured on the task loss")
     task = load_task_for_model(cfg.task, parent.task, parent.config.labels)
     metric = PRIMARY_METRIC[task.kind]
     tokenizer = parent.tokenizer()
@@ -98,11 +98,10 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
     before_recovery = evaluate_split(pruned, held_out, task.kind)
     recovered, steps = before_recovery, 0
     if cfg.recover_epochs > 0:
-        from ..losses import logit_kd_loss
-        from ..train import cross_entropy_loss
+        from ..losses import hard_label_loss, logit_kd_loss
 
-        loss = logit_kd_loss(model, cfg.kd_alpha, cfg.kd_temperature) if cfg.distill_from_parent \
-            else cross_entropy_loss
+        loss = (logit_kd_loss(model, cfg.kd_alpha, cfg.kd_temperature, tokenizer.pad_id)
+                if cfg.distill_from_parent else hard_label_loss)
         train_cfg = TrainConfig(**{**cfg.train.__dict__, "epochs": cfg.recover_epochs})
         result = train_model(pruned, splits["train"], splits.get("dev"), train_cfg, kind=task.kind,
                              loss_fn=loss, description="recover")

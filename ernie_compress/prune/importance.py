@@ -16,6 +16,7 @@ import numpy as np
 
 from ..data.batching import EncodedSplit
 from ..errors import UserError
+from ..losses import task_kind, task_loss
 from ..paddle_env import import_paddle
 from ..progress import progress_bar
 
@@ -30,7 +31,6 @@ def gradient_head_importance(model, split: EncodedSplit, samples: int = 512, bat
                              seed: int = 0) -> list[np.ndarray]:
     """Per layer, ``|dL/d mask|`` summed over ``samples`` training examples: [heads_in_layer]."""
     paddle = import_paddle()
-    F = paddle.nn.functional
     config = model.config
     masks = [paddle.ones([config.heads_in_layer(i)], dtype="float32")
              for i in range(config.num_hidden_layers)]
@@ -46,7 +46,8 @@ def gradient_head_importance(model, split: EncodedSplit, samples: int = 512, bat
             logits = model(paddle.to_tensor(split.input_ids[idx, :seq]),
                            paddle.to_tensor(split.token_type_ids[idx, :seq]),
                            head_mask=[m if m.shape[0] else None for m in masks])
-            loss = F.cross_entropy(logits, paddle.to_tensor(split.labels[idx]))
+            labels = split.labels[idx, :seq] if split.token_level else split.labels[idx]
+            loss = task_loss(task_kind(model), logits, paddle.to_tensor(labels))
             grads = paddle.grad(loss, [m for m in masks if m.shape[0]], allow_unused=True)
             grads = iter(grads)
             for i, m in enumerate(masks):

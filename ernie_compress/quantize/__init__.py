@@ -93,15 +93,11 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
     parent_metrics = evaluate_split(fp32, held_out, task.kind)
     qmodel = fake_quant_model(model_from_state(parent.config, parent.state, str(parent.path)), scheme)
 
-    if cfg.qat and cfg.distill_from_parent and task.kind == "token_classification":
-        raise UserError("--distill-from-parent is not supported for token classification yet; "
-                        "run QAT without it")
     if cfg.qat:
-        from ..losses import logit_kd_loss
-        from ..train import cross_entropy_loss
+        from ..losses import hard_label_loss, logit_kd_loss
 
-        loss = (logit_kd_loss(fp32, cfg.kd_alpha, cfg.kd_temperature) if cfg.distill_from_parent
-                else cross_entropy_loss)
+        loss = (logit_kd_loss(fp32, cfg.kd_alpha, cfg.kd_temperature, tokenizer.pad_id)
+                if cfg.distill_from_parent else hard_label_loss)
         result = train_model(qmodel, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
                              loss_fn=loss, description="qat int8")
         qmodel.set_state_dict(result.best_state)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.batching import EncodedSplit
+from ..data.batching import encode_split
 from ..data.tasks import TaskSpec, load_task
 from ..data.tokenizer import ErnieTokenizer
 from ..errors import UserError
@@ -104,7 +104,7 @@ def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
     task = load_task(spec)
     task.check_labels(labels)
     split_name = cfg.split or task.held_out
-    split = EncodedSplit(task.split(split_name), tokenizer, labels, manifest.get("max_seq_length", 128))
+    split = encode_split(task.kind, task.split(split_name), tokenizer, labels, manifest.get("max_seq_length", 128))
 
     profile_dir = Path(tempfile.mkdtemp(prefix="ernie-compress-profile-")) if cfg.runtime.profile else None
     session = open_session(export_dir, manifest, cfg.runtime, profile_dir)

@@ -167,5 +167,9 @@ def test_token_classification_and_span_heads(tiny_config):
     assert "classifier.weight" in tagger.state_dict()
     reader = build_model(tiny_config.replace(architectures=["ErnieForQuestionAnswering"], id2label={}))
     reader.eval()
-    start, end = reader(ids)
-    assert start.shape == [3, 7] and end.shape == [3, 7]
+    span = reader(ids)
+    assert span.shape == [3, 7, 2]  # start, end per position
+    ids_np = ids.numpy().copy()
+    ids_np[0, 5:] = tiny_config.pad_token_id
+    padded = reader(paddle.to_tensor(ids_np)).numpy()
+    assert (padded[0, 5:] < -1e3).all() and (padded[0, :5] > -1e3).all()  # padding is never a span
