@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
-from .models.config import ErnieConfig
+from .models.config import ErnieConfig, config_from_dict
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -198,7 +198,7 @@ def load_checkpoint(path: str | Path, trust_pickle: bool | None = None,
     if not config_path.is_file():
         raise UserError(f"{path}: no {CONFIG_FILE}; not a checkpoint directory")
     try:
-        config = ErnieConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+        config = config_from_dict(json.loads(config_path.read_text(encoding="utf-8")))
     except json.JSONDecodeError as exc:
         raise UserError(f"{config_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
     except UserError as exc:
@@ -227,6 +227,13 @@ def load_checkpoint(path: str | Path, trust_pickle: bool | None = None,
         state = read_pdparams(path / PADDLE_WEIGHTS_FILE, trust_pickle=trust_pickle)
     else:
         raise UserError(f"{path}: no weights ({WEIGHTS_FILE} or {PADDLE_WEIGHTS_FILE})")
+    if config.model_type == "ernie4_5":
+        from .models.ernie4_5_layout import normalize_ernie45_state
+
+        try:
+            state = normalize_ernie45_state(state, config)
+        except UserError as exc:
+            raise UserError(f"{path}: {exc}") from None
     return Checkpoint(path=path, config=config, state=state, lineage=lineage)
 
 

@@ -7,7 +7,9 @@ traceback); ``--json`` prints one JSON object with the result on stdout.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -95,7 +97,8 @@ def run_command(body: Callable[[], dict[str, Any]], json_out: bool,
 
         set_default_threads(threads)
     try:
-        result = body()
+        with _native_stdout_to_stderr(as_json):
+            result = body()
     except UserError as exc:
         if settings.debug:
             raise
@@ -110,6 +113,28 @@ def run_command(body: Callable[[], dict[str, Any]], json_out: bool,
         typer.echo(json.dumps(result, ensure_ascii=False, default=str))
     elif render is not None:
         render(result)
+
+
+@contextlib.contextmanager
+def _native_stdout_to_stderr(active: bool):
+    """With --json, stdout carries one JSON object: C++ libraries that print to file descriptor 1
+    (Paddle Inference's oneDNN passes do) are sent to stderr while the command runs."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no real stdout (embedded use)
+        yield
+        return
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _fail(message: str) -> None:

@@ -18,7 +18,7 @@ from .data.tasks import TaskData, TaskSpec, load_task
 from .data.tokenizer import ErnieTokenizer, build_vocab
 from .errors import UserError
 from .models import build_model, count_parameters, load_state_
-from .models.config import ErnieConfig
+from .models.config import ErnieConfig, config_from_dict
 from .models.presets import resolve_preset
 from .paddle_env import seed_everything
 from .progress import note
@@ -28,6 +28,17 @@ ARCHITECTURE_FOR_KIND = {"classification": "ErnieForSequenceClassification",
                          "pair_classification": "ErnieForSequenceClassification",
                          "token_classification": "ErnieForTokenClassification",
                          "question_answering": "ErnieForQuestionAnswering"}
+DECODER_ARCHITECTURE_FOR_KIND = {"classification": "Ernie4_5ForSequenceClassification",
+                                 "pair_classification": "Ernie4_5ForSequenceClassification"}
+
+
+def architecture_for(model_type: str, kind: str) -> str:
+    """The model class that serves a task kind for a model family."""
+    if model_type == "ernie4_5":
+        if kind not in DECODER_ARCHITECTURE_FOR_KIND:
+            raise UserError(f"ERNIE 4.5 models support classification tasks here so far, not {kind}")
+        return DECODER_ARCHITECTURE_FOR_KIND[kind]
+    return ARCHITECTURE_FOR_KIND[kind]
 
 
 @dataclass(frozen=True)
@@ -67,12 +78,12 @@ def task_metadata(task: TaskData, max_seq_length: int) -> dict[str, Any]:
 
 def _fresh_model_config(cfg: FinetuneConfig, task: TaskData, vocab_size: int) -> ErnieConfig:
     keys = resolve_preset(cfg.preset)
-    keys.update(vocab_size=vocab_size, architectures=[ARCHITECTURE_FOR_KIND[task.kind]],
+    keys.update(vocab_size=vocab_size, architectures=[architecture_for(keys.get("model_type", "ernie"), task.kind)],
                 id2label=dict(enumerate(task.labels)))
     if cfg.max_seq_length > keys["max_position_embeddings"]:
         raise UserError(f"--max-seq-len {cfg.max_seq_length} exceeds the preset's "
                         f"{keys['max_position_embeddings']} positions")
-    return ErnieConfig.from_dict(keys)
+    return config_from_dict(keys)
 
 
 def train_state_dir(out: Path) -> Path:
@@ -103,10 +114,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         if tokenizer.vocab_size != parent.config.vocab_size:
             raise UserError(f"{parent.path}: vocab.txt has {tokenizer.vocab_size} tokens but the "
                             f"model's vocab_size is {parent.config.vocab_size}")
-        same_head = (parent.config.labels == task.labels
-                     and parent.config.architecture == ARCHITECTURE_FOR_KIND[task.kind])
+        architecture = architecture_for(parent.config.model_type, task.kind)
+        same_head = parent.config.labels == task.labels and parent.config.architecture == architecture
         config = parent.config.replace(
-            architectures=[ARCHITECTURE_FOR_KIND[task.kind]],
+            architectures=[architecture],
             id2label=parent.config.id2label if same_head else dict(enumerate(task.labels)))
         model = build_model(config)
         load_state_(model, parent.state, str(parent.path), allow_new_head=not same_head)

@@ -104,6 +104,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     if tokenizer.mask_id is None:  # pragma: no cover - build_vocab always adds it
         raise UserError("the vocabulary has no [MASK] token")
     keys = resolve_preset(cfg.preset)
+    if keys.get("model_type", "ernie") != "ernie":
+        raise UserError(f"pretrain trains ERNIE 3.0 encoders with masked LM; '{cfg.preset}' is a "
+                        f"{keys['model_type']} decoder preset")
     keys.update(vocab_size=tokenizer.vocab_size, architectures=["ErnieForMaskedLM"], id2label={})
     config = ErnieConfig.from_dict(keys)
     model = build_model(config)

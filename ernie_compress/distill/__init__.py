@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..losses import TeacherLogitCache, hard_label_loss, soft_label_kd, task_loss
 from ..metrics import PRIMARY_METRIC
 from ..models import build_model, count_parameters, load_state_, model_from_state
-from ..models.config import ErnieConfig
+from ..models.config import ErnieConfig, config_from_dict
 from ..models.presets import is_preset, resolve_preset
 from ..paddle_env import import_paddle, seed_everything
 from ..progress import note
@@ -90,7 +90,7 @@ def _student(cfg: DistillConfig, teacher: Checkpoint) -> tuple[ErnieConfig, dict
                     max_position_embeddings=max(keys["max_position_embeddings"], teacher.max_seq_length))
         if keys.get("type_vocab_size", 2) < teacher.config.type_vocab_size:
             keys["type_vocab_size"] = teacher.config.type_vocab_size
-        config = ErnieConfig.from_dict(keys)
+        config = config_from_dict(keys)
         config.extra["ernie_compress"] = dict(teacher.config.extra.get("ernie_compress", {}))
         return config, None, f"preset {cfg.student}"
     path = Path(cfg.student).expanduser()

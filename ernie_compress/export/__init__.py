@@ -139,7 +139,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
     from ..quantize.scheme import quantization_info
     from ..runtime.backends import OnnxRuntimeSession, PaddleInferenceSession, RuntimeConfig
     from .onnx_export import OnnxExportError, convert_to_onnx, rename_output
-    from .static_graph import export_static_graph
+    from .static_graph import export_static_graph, input_names
 
     start = time.perf_counter()
     ckpt = load_checkpoint(cfg.checkpoint)
@@ -184,6 +184,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
                     scheme, scales = int8
                     feeds = [{"input_ids": ids[i:i + 8], "token_type_ids": types[i:i + 8]}
                              for i in range(0, min(len(ids), 32), 8)]
+                    feeds = [{k: v for k, v in f.items() if k in input_names(model)} for f in feeds]
                     param_names = {p.name: n for n, p in model.named_parameters()}
                     extra["int8"] = quantize_onnx_int8(fp32_path, onnx_path, scales, scheme.weight_bits,
                                                        feeds, param_names)
@@ -213,7 +214,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
             "labels": ckpt.config.labels, "max_seq_length": ckpt.max_seq_length,
             "architecture": ckpt.config.architecture, "precision": quant["dtype"] if quant else "fp32",
             "quantization": quant, **extra,
-            "inputs": ["input_ids", "token_type_ids"], "outputs": [output_name],
+            "inputs": list(input_names(model)), "outputs": [output_name],
             "files": files, "verification": {"samples_from": sample_source, **verification},
             "reference": {"backend": "paddle-dygraph" + (" (fake-quant)" if quant else ""),
                           "metrics": reference_metrics},

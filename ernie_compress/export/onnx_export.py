@@ -76,8 +76,15 @@ def preprocess_for_onnxruntime(src: Path, dst: Path) -> None:
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.WARNING)
     try:
-        quant_pre_process(str(src), str(dst), skip_optimization=False, skip_onnx_shape=False,
-                          skip_symbolic_shape=False, auto_merge=True)
+        try:
+            quant_pre_process(str(src), str(dst), skip_optimization=False, skip_onnx_shape=False,
+                              skip_symbolic_shape=False, auto_merge=True)
+        except AssertionError:
+            # ONNX Runtime's symbolic shape inference cannot follow some data-dependent shapes
+            # (the decoder's causal mask built from the sequence length); ONNX's own shape
+            # inference is enough for the optimizer and the quantizer.
+            quant_pre_process(str(src), str(dst), skip_optimization=False, skip_onnx_shape=False,
+                              skip_symbolic_shape=True)
     finally:
         logging.getLogger().setLevel(quiet)
 

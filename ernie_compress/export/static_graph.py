@@ -16,6 +16,11 @@ MODEL_PREFIX = "model"
 INPUT_NAMES = ("input_ids", "token_type_ids")
 
 
+def input_names(model) -> tuple[str, ...]:
+    """The inputs a model reads: ERNIE 3.0 encoders take token types, ERNIE 4.5 decoders do not."""
+    return ("input_ids",) if model.config.model_type == "ernie4_5" else INPUT_NAMES
+
+
 def _inference_wrapper(model):
     """A layer whose forward takes exactly the exported inputs and returns logits."""
     paddle = import_paddle()
@@ -28,7 +33,11 @@ def _inference_wrapper(model):
         def forward(self, input_ids, token_type_ids):
             return self.inner(input_ids, token_type_ids)
 
-    return InferenceModel(model)
+    class DecoderInferenceModel(InferenceModel):
+        def forward(self, input_ids):
+            return self.inner(input_ids)
+
+    return (DecoderInferenceModel if input_names(model) == ("input_ids",) else InferenceModel)(model)
 
 
 def export_static_graph(model, out_dir: Path) -> dict[str, str]:
@@ -39,7 +48,7 @@ def export_static_graph(model, out_dir: Path) -> dict[str, str]:
     model.eval()
     wrapper = _inference_wrapper(model)
     wrapper.eval()
-    specs = [InputSpec([None, None], "int64", name=name) for name in INPUT_NAMES]
+    specs = [InputSpec([None, None], "int64", name=name) for name in input_names(model)]
     static = paddle.jit.to_static(wrapper, input_spec=specs, full_graph=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     paddle.jit.save(static, str(out_dir / MODEL_PREFIX))

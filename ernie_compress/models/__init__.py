@@ -14,9 +14,12 @@ from .config import ErnieConfig
 
 def build_model(config: ErnieConfig):
     """A freshly initialised Paddle model for ``config`` (its architecture and head)."""
-    if config.model_type != "ernie":
-        raise UserError(f"model_type '{config.model_type}' is not supported (supported: ernie)")
-    from .ernie import ARCHITECTURES
+    if config.model_type == "ernie4_5":
+        from .ernie4_5 import ARCHITECTURES
+    elif config.model_type == "ernie":
+        from .ernie import ARCHITECTURES
+    else:
+        raise UserError(f"model_type '{config.model_type}' is not supported (supported: ernie, ernie4_5)")
 
     cls = ARCHITECTURES.get(config.architecture)
     if cls is None:
@@ -31,12 +34,12 @@ def count_parameters(shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
     for name, shape in shapes.items():
         n = int(math.prod(shape))
         total += n
-        if ".embeddings." in f".{name}":
+        if ".embeddings." in f".{name}" or ".embed_tokens." in f".{name}" or name == "lm_head.weight":
             embeddings += n
     return {"total": total, "embeddings": embeddings, "non_embedding": total - embeddings}
 
 
-HEAD_PREFIXES = ("classifier.",)  # task-specific parameters, re-initialised for a new label set
+HEAD_PREFIXES = ("classifier.", "score.", "lm_head.")  # task-specific parameters, re-initialised for a new label set
 
 
 def model_state(model) -> dict:

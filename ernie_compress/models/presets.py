@@ -1,7 +1,8 @@
 """Model presets: the published ERNIE 3.0 sizes and small ones that train on 2 CPU cores.
 
 Real sizes from PaddleNLP's ERNIE 3.0 configurations (vocab 40000, gelu, 2048 positions).
-The ``demo-*`` presets exist for the embedded demo and tests; their vocabulary size is set
+The ERNIE 4.5 presets (``ernie45-*``) are the dense decoder: ``ernie45-0.3b`` is ERNIE-4.5-0.3B's
+published config. The ``demo-*`` presets exist for the embedded demo and tests; their vocabulary size is set
 from the tokenizer built on the training data, so it is left out here.
 """
 
@@ -34,9 +35,28 @@ PRESETS: dict[str, dict] = {
     "demo-mini": _size(2, 64, 2, 256, _DEMO),
     "tiny": _size(2, 32, 4, 64, _DEMO),
 }
+# ERNIE 4.5 dense decoders: ERNIE-4.5-0.3B as published, and small ones of the same architecture
+_ERNIE45 = dict(model_type="ernie4_5", architectures=["Ernie4_5ForCausalLM"], hidden_act="silu",
+                rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True, use_bias=False)
+_ERNIE45_DEMO = dict(_ERNIE45, max_position_embeddings=512, hidden_dropout_prob=0.1,
+                     attention_probs_dropout_prob=0.1, rope_theta=10000.0)
+
+
+def _decoder(layers: int, hidden: int, heads: int, kv_heads: int, head_dim: int, ffn: int, base: dict) -> dict:
+    return dict(base, num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                num_key_value_heads=kv_heads, head_dim=head_dim, intermediate_size=ffn)
+
+
+PRESETS.update({
+    "ernie45-0.3b": dict(_decoder(18, 1024, 16, 2, 128, 3072, _ERNIE45), vocab_size=103424,
+                         max_position_embeddings=131072),
+    "ernie45-demo": _decoder(4, 128, 8, 2, 16, 384, _ERNIE45_DEMO),  # the teacher of the 4.5 demo
+    "ernie45-mini": _decoder(2, 64, 4, 2, 16, 192, _ERNIE45_DEMO),
+    "ernie45-tiny": _decoder(2, 32, 4, 2, 8, 64, _ERNIE45_DEMO),
+})
 ALIASES = {"xxl": "xbase", "ernie-3.0-xbase-zh": "xbase", "ernie-3.0-base-zh": "base",
            "ernie-3.0-medium-zh": "medium", "ernie-3.0-mini-zh": "mini",
-           "ernie-3.0-micro-zh": "micro", "ernie-3.0-nano-zh": "nano"}
+           "ernie-3.0-micro-zh": "micro", "ernie-3.0-nano-zh": "nano", "ernie-4.5-0.3b": "ernie45-0.3b"}
 
 
 def resolve_preset(name: str) -> dict:

@@ -1,0 +1,202 @@
+"""ERNIE 4.5 dense decoder (the ERNIE-4.5-0.3B architecture) in Paddle, PaddleFormers parameter names.
+
+Each layer is pre-norm: ``x + attn(rms(x))`` then ``x + mlp(rms(x))`` (RMSNorm: Zhang & Sennrich
+2019). Attention is causal grouped-query attention (Ainslie et al. 2023): ``qkv_proj`` is one fused
+Linear whose output columns are all query heads, then the KV heads' keys, then their values; query
+head ``h`` reads KV head ``h // (heads / kv_heads)``. Rotary position embeddings (Su et al. 2021,
+RoFormer) as the Paddle release applies them: *interleaved* pairs — dimensions (2i, 2i+1) of a head
+are rotated by ``pos * theta^(-2i/head_dim)``. The FFN is SwiGLU (Shazeer 2020): ``up_gate_proj``
+outputs the gate half then the up half; ``down_proj(silu(gate) * up)``.
+
+Heads: causal LM (logits tied to ``embed_tokens`` when ``tie_word_embeddings``) and sequence
+classification read at the last non-pad token (``score``, no bias), for right-padded batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..paddle_env import import_paddle
+from .ernie4_5_config import Ernie45Config
+
+paddle = import_paddle()
+nn = paddle.nn
+F = nn.functional
+
+
+@paddle.jit.not_to_static
+def _record(record: dict | None, key: str, value) -> None:
+    if record is not None:
+        record.setdefault(key, []).append(value)
+
+
+def _linear(config: Ernie45Config, n_in: int, n_out: int, bias: bool | None = None):
+    init = nn.initializer.Normal(0.0, config.initializer_range)
+    use_bias = config.use_bias if bias is None else bias
+    return nn.Linear(n_in, n_out, weight_attr=paddle.ParamAttr(initializer=init),
+                     bias_attr=None if use_bias else False)
+
+
+class RMSNorm(nn.Layer):
+    """``x / sqrt(mean(x^2) + eps) * weight`` over the last axis, computed in float32."""
+
+    def __init__(self, hidden: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = self.create_parameter([hidden], default_initializer=nn.initializer.Constant(1.0))
+
+    def forward(self, x):
+        variance = paddle.mean(paddle.square(x), axis=-1, keepdim=True)
+        return x * paddle.rsqrt(variance + self.eps) * self.weight
+
+
+def rope_angles(seq_len, head_dim: int, theta: float):
+    """cos, sin of shape [seq, head_dim], each frequency repeated for its interleaved pair."""
+    inv_freq = 1.0 / theta ** (paddle.arange(0, head_dim, 2, dtype="float32") / head_dim)  # [d/2]
+    positions = paddle.arange(0, seq_len, dtype="float32")  # [s]
+    angles = paddle.unsqueeze(positions, 1) * paddle.unsqueeze(inv_freq, 0)  # [s, d/2]
+    angles = paddle.reshape(paddle.stack([angles, angles], axis=-1), [-1, head_dim])  # [s, d]
+    return paddle.cos(angles), paddle.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate interleaved pairs: x [b, s, heads, d]; cos/sin [s, d]."""
+    d = x.shape[-1]
+    even, odd = x[..., 0::2], x[..., 1::2]  # [b, s, h, d/2]
+    rotated = paddle.reshape(paddle.stack([-odd, even], axis=-1), [0, 0, 0, d])  # [-x1, x0, -x3, x2 ...]
+    cos = paddle.unsqueeze(cos, [0, 2])  # [1, s, 1, d]
+    sin = paddle.unsqueeze(sin, [0, 2])
+    return x * cos + rotated * sin
+
+
+class Ernie45Attention(nn.Layer):
+    def __init__(self, config: Ernie45Config):
+        super().__init__()
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.qkv_proj = _linear(config, config.hidden_size, (self.heads + 2 * self.kv_heads) * self.head_dim)
+        self.o_proj = _linear(config, self.heads * self.head_dim, config.hidden_size)
+        self.dropout = config.attention_probs_dropout_prob
+
+    def forward(self, x, cos, sin, bias, record: dict | None = None):
+        # x: [b, s, hidden]; bias: [b, 1, s, s] (causal + padding, additive)
+        mix = paddle.reshape(self.qkv_proj(x), [0, 0, self.heads + 2 * self.kv_heads, self.head_dim])
+        q, k, v = paddle.split(mix, [self.heads, self.kv_heads, self.kv_heads], axis=2)  # [b, s, h|kv, d]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        _record(record, "qkv", (q, k, v))
+        q, k, v = (paddle.transpose(t, [0, 2, 1, 3]) for t in (q, k, v))  # [b, h|kv, s, d]
+        # Query heads of one group are adjacent, so folding them into the sequence axis lets
+        # each KV head serve its group in one matmul without copying K and V.
+        kv, d = self.kv_heads, self.head_dim
+        grouped = paddle.reshape(q, [0, kv, -1, d])  # [b, kv, g*s, d]
+        scores = paddle.matmul(grouped, k, transpose_y=True) * d ** -0.5  # [b, kv, g*s, s]
+        seq = paddle.shape(k)[2]
+        scores = paddle.reshape(scores, [0, self.heads, seq, seq]) + bias  # [b, h, s, s]
+        probs = F.dropout(F.softmax(scores, axis=-1), self.dropout, training=self.training)
+        out = paddle.matmul(paddle.reshape(probs, [0, kv, -1, seq]), v)  # [b, kv, g*s, d]
+        out = paddle.transpose(paddle.reshape(out, [0, self.heads, seq, d]), [0, 2, 1, 3])  # [b, s, h, d]
+        return self.o_proj(paddle.reshape(out, [0, 0, self.heads * self.head_dim]))
+
+
+class Ernie45MLP(nn.Layer):
+    def __init__(self, config: Ernie45Config):
+        super().__init__()
+        self.intermediate = config.intermediate_size
+        self.up_gate_proj = _linear(config, config.hidden_size, 2 * config.intermediate_size)
+        self.down_proj = _linear(config, config.intermediate_size, config.hidden_size)
+
+    def forward(self, x):
+        gate, up = paddle.split(self.up_gate_proj(x), 2, axis=-1)  # [b, s, ffn] each
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Ernie45DecoderLayer(nn.Layer):
+    def __init__(self, config: Ernie45Config):
+        super().__init__()
+        self.self_attn = Ernie45Attention(config)
+        self.mlp = Ernie45MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x, cos, sin, bias, record=None):
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, bias, record))
+        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+
+
+class Ernie45Model(nn.Layer):
+    """Token embeddings, decoder layers, final RMSNorm: ``forward`` returns [b, s, hidden]."""
+
+    def __init__(self, config: Ernie45Config):
+        super().__init__()
+        self.config = config
+        init = nn.initializer.Normal(0.0, config.initializer_range)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
+                                         weight_attr=paddle.ParamAttr(initializer=init))
+        self.layers = nn.LayerList([Ernie45DecoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids, record: dict | None = None):
+        # input_ids: [b, s], right-padded with pad_token_id
+        seq = paddle.shape(input_ids)[1]
+        is_pad = paddle.cast(input_ids == self.config.pad_token_id, "float32")  # [b, s]
+        causal = paddle.triu(paddle.full([seq, seq], -1e4, dtype="float32"), diagonal=1)  # [s, s]
+        bias = paddle.unsqueeze(causal, [0, 1]) + paddle.unsqueeze(is_pad * -1e4, [1, 2])  # [b, 1, s, s]
+        cos, sin = rope_angles(seq, self.config.head_dim, self.config.rope_theta)
+        x = self.embed_tokens(input_ids)
+        _record(record, "embeddings", x)
+        for layer in self.layers:
+            x = layer(x, cos, sin, bias, record)
+            _record(record, "hidden_states", x)
+        return self.norm(x)
+
+
+class Ernie45ForCausalLM(nn.Layer):
+    """Next-token logits [b, s, vocab]; ``token_type_ids`` is accepted and ignored (one signature
+    for every model in the toolkit)."""
+
+    task_kind = "causal_lm"
+
+    def __init__(self, config: Ernie45Config):
+        super().__init__()
+        self.config = config
+        self.ernie = Ernie45Model(config)
+        if not config.tie_word_embeddings:
+            self.lm_head = _linear(config, config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(self, input_ids, token_type_ids=None, head_mask=None, record: dict | None = None):
+        hidden = self.ernie(input_ids, record)
+        if self.config.tie_word_embeddings:
+            return paddle.matmul(hidden, self.ernie.embed_tokens.weight, transpose_y=True)
+        return self.lm_head(hidden)
+
+
+class Ernie45ForSequenceClassification(nn.Layer):
+    """Class logits [b, labels] from the hidden state of each row's last non-pad token."""
+
+    task_kind = "classification"
+
+    def __init__(self, config: Ernie45Config):
+        super().__init__()
+        if config.num_labels < 2:
+            raise ValueError("a classification model needs at least 2 labels in id2label")
+        self.config = config
+        self.ernie = Ernie45Model(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.score = _linear(config, config.hidden_size, config.num_labels, bias=False)
+
+    def forward(self, input_ids, token_type_ids=None, head_mask=None, record: dict | None = None):
+        hidden = self.ernie(input_ids, record)  # [b, s, h]
+        real = paddle.cast(input_ids != self.config.pad_token_id, "int64")  # [b, s]
+        last = paddle.sum(real, axis=1, keepdim=True) - 1  # [b, 1]
+        positions = paddle.unsqueeze(paddle.arange(0, paddle.shape(input_ids)[1], dtype="int64"), 0)  # [1, s]
+        pick = paddle.cast(positions == last, hidden.dtype)  # [b, s]: one-hot at the last real token
+        pooled = paddle.sum(hidden * paddle.unsqueeze(pick, -1), axis=1)  # [b, h]
+        return self.score(self.dropout(pooled))
+
+
+ARCHITECTURES: dict[str, Any] = {
+    "Ernie4_5ForCausalLM": Ernie45ForCausalLM,
+    "Ernie4_5ForSequenceClassification": Ernie45ForSequenceClassification,
+}

@@ -1,0 +1,118 @@
+"""ERNIE 4.5 dense decoder configuration, stored as the published ``config.json``.
+
+Keys follow PaddleFormers' ``Ernie4_5Config`` (``model_type: ernie4_5``) as in the ERNIE-4.5-0.3B
+release (Baidu 2025, "ERNIE 4.5 Technical Report"): grouped-query attention (``num_key_value_heads``
+KV heads shared by ``num_attention_heads`` query heads, Ainslie et al. 2023), an explicit
+``head_dim``, SwiGLU FFN, RMSNorm, RoPE with ``rope_theta`` and tied input/output embeddings.
+Mixture-of-experts configs (``ernie4_5_moe``, ``moe_num_experts``) are refused: not supported yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UserError
+
+MODEL_TYPE = "ernie4_5"
+
+
+@dataclass
+class Ernie45Config:
+    vocab_size: int = 103424
+    hidden_size: int = 1024
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 18
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 2
+    head_dim: int = 128
+    max_position_embeddings: int = 131072
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    use_bias: bool = False
+    tie_word_embeddings: bool = True
+    hidden_act: str = "silu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    architectures: list[str] = field(default_factory=lambda: ["Ernie4_5ForCausalLM"])
+    id2label: dict[int, str] = field(default_factory=dict)
+    model_type: str = MODEL_TYPE
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, written back unchanged
+
+    def __post_init__(self) -> None:
+        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"config.json: '{name}' must be a positive integer, got {value!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise UserError(f"config.json: num_attention_heads {self.num_attention_heads} is not a multiple "
+                            f"of num_key_value_heads {self.num_key_value_heads} (GQA groups must be equal)")
+        if self.head_dim % 2:
+            raise UserError(f"config.json: head_dim {self.head_dim} must be even for rotary embeddings")
+        if self.hidden_act != "silu":
+            raise UserError(f"config.json: hidden_act '{self.hidden_act}' is not supported (ERNIE 4.5 uses silu)")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise UserError(f"config.json: pad_token_id {self.pad_token_id} is outside the vocabulary "
+                            f"(size {self.vocab_size})")
+
+    # --- derived -----------------------------------------------------------------------------
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.id2label[i] for i in sorted(self.id2label)]
+
+    @property
+    def architecture(self) -> str:
+        return self.architectures[0] if self.architectures else "Ernie4_5Model"
+
+    @property
+    def queries_per_group(self) -> int:
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def heads_in_layer(self, layer: int) -> int:
+        return self.num_attention_heads
+
+    @property
+    def heads_per_layer(self) -> list[int]:
+        return [self.num_attention_heads] * self.num_hidden_layers
+
+    def ffn_in_layer(self, layer: int) -> int:
+        return self.intermediate_size
+
+    @property
+    def ffn_per_layer(self) -> list[int]:
+        return [self.intermediate_size] * self.num_hidden_layers
+
+    # --- (de)serialisation -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Ernie45Config":
+        if not isinstance(data, dict):
+            raise UserError("config.json must hold a JSON object")
+        if data.get("moe_num_experts") or "moe" in str(data.get("model_type", "")):
+            raise UserError("config.json describes an ERNIE 4.5 mixture-of-experts model "
+                            f"(model_type '{data.get('model_type')}'); only the dense ERNIE 4.5 "
+                            "models (model_type 'ernie4_5', e.g. ERNIE-4.5-0.3B) are supported yet")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        extra = {k: v for k, v in data.items() if k not in known and k != "label2id"}
+        return cls(**kwargs, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        data["id2label"] = {str(k): v for k, v in sorted(self.id2label.items())}
+        data["label2id"] = {v: k for k, v in sorted(self.id2label.items())}
+        data.update(self.extra)
+        return data
+
+    def replace(self, **changes: Any) -> "Ernie45Config":
+        return dataclasses.replace(self, **changes)
