@@ -346,6 +346,10 @@ def prune(
     importance: Annotated[str, typer.Option(
         help="Head scores: gradient (Michel et al. 2019, on task data) or magnitude.")] = "gradient",
     importance_samples: Annotated[int, typer.Option(help="Training examples for gradient scores.")] = 512,
+    gqa: Annotated[str, typer.Option(
+        help="ERNIE 4.5 (grouped-query attention): 'queries' removes the same number of query heads from "
+             "every KV group, 'groups' removes whole KV groups; either way every layer keeps the same "
+             "shape, so the result loads in the standard layout.")] = "queries",
     task: TaskOpt = None,
     data: DataOpt = None,
     recover_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning (0 = none).")] = 1,
@@ -370,7 +374,7 @@ def prune(
         spec = _task_spec(task, data)
         return prune_checkpoint(PruneConfig(
             checkpoint=checkpoint, out=out, heads=heads, ffn=ffn, params=params, importance=importance,
-            importance_samples=importance_samples, task=spec, recover_epochs=recover_epochs,
+            importance_samples=importance_samples, gqa=gqa, task=spec, recover_epochs=recover_epochs,
             distill_from_parent=not no_distill, measure_latency=latency, overwrite=overwrite,
             train=TrainConfig(epochs=recover_epochs, learning_rate=lr, batch_size=batch_size,
                               max_steps=max_steps, seed=seed)))

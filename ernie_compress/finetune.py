@@ -29,15 +29,19 @@ ARCHITECTURE_FOR_KIND = {"classification": "ErnieForSequenceClassification",
                          "token_classification": "ErnieForTokenClassification",
                          "question_answering": "ErnieForQuestionAnswering"}
 DECODER_ARCHITECTURE_FOR_KIND = {"classification": "Ernie4_5ForSequenceClassification",
-                                 "pair_classification": "Ernie4_5ForSequenceClassification"}
+                                 "pair_classification": "Ernie4_5ForSequenceClassification",
+                                 "causal_lm": "Ernie4_5ForCausalLM"}
 
 
 def architecture_for(model_type: str, kind: str) -> str:
     """The model class that serves a task kind for a model family."""
     if model_type == "ernie4_5":
         if kind not in DECODER_ARCHITECTURE_FOR_KIND:
-            raise UserError(f"ERNIE 4.5 models support classification tasks here so far, not {kind}")
+            raise UserError(f"ERNIE 4.5 models support classification and causal LM (lm, demo:lm) here "
+                            f"so far, not {kind}")
         return DECODER_ARCHITECTURE_FOR_KIND[kind]
+    if kind not in ARCHITECTURE_FOR_KIND:
+        raise UserError(f"ERNIE 3.0 encoders do not do {kind}; use an ERNIE 4.5 preset (ernie45-*)")
     return ARCHITECTURE_FOR_KIND[kind]
 
 

@@ -62,7 +62,7 @@ def soft_label_kd(student_logits, teacher_logits, temperature: float, kind: str 
     if kind == "question_answering":
         s, t = _span_major(student_logits), _span_major(teacher_logits)  # [b, 2, s]
         return _masked_kl(s, t, paddle.ones(s.shape[:2], dtype="float32"), temperature)
-    if kind == "token_classification":
+    if kind in ("token_classification", "causal_lm"):  # per tagged / predicted position
         mask = paddle.cast(labels != IGNORE_INDEX, "float32")  # [b, s]
         return _masked_kl(student_logits, teacher_logits, mask, temperature)
     return _masked_kl(student_logits, teacher_logits,

@@ -26,12 +26,45 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[
 
 
 PRIMARY_METRIC = {"classification": "accuracy", "pair_classification": "accuracy",
-                  "token_classification": "f1", "question_answering": "f1"}
+                  "token_classification": "f1", "question_answering": "f1", "causal_lm": "perplexity"}
+LOWER_IS_BETTER = {"perplexity"}
+
+
+def is_better(metric: str, new: float, old: float) -> bool:
+    return new < old if metric in LOWER_IS_BETTER else new > old
+
+
+def metric_delta(metric: str, new: float, old: float) -> float:
+    """The change from ``old`` to ``new``: points (fractions x 100), or the raw perplexity change."""
+    return new - old if metric in LOWER_IS_BETTER else (new - old) * 100
+
+
+def percent_of(metric: str, student: float, teacher: float) -> float:
+    """How much of the teacher's quality the student keeps (perplexity: teacher/student)."""
+    if metric in LOWER_IS_BETTER:
+        return 100 * teacher / max(student, 1e-12)
+    return 100 * student / max(teacher, 1e-12)
+
+
+def perplexity_metrics(nll_sum: float, tokens: int) -> dict[str, float]:
+    """exp of the mean next-token negative log-likelihood over all predicted tokens."""
+    mean = nll_sum / max(tokens, 1)
+    return {"perplexity": float(np.exp(mean)), "nll": float(mean), "tokens": int(tokens)}
 
 
 def score_split(run, split, batch_size: int = 64) -> dict[str, float]:
     """The task metrics of ``run(input_ids, token_type_ids) -> logits`` (numpy) on a labeled
     :class:`~ernie_compress.data.batching.EncodedSplit` — the same code for dygraph and runtimes."""
+    if getattr(split, "causal_lm", False):  # next-token log-likelihood of every real token
+        nll, tokens = 0.0, 0
+        for batch in split.eval_batches(batch_size):
+            logits = run(batch.input_ids, batch.token_type_ids).astype(np.float64)  # [b, s, vocab]
+            mask = batch.labels >= 0
+            log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)  # [b, s]
+            picked = np.take_along_axis(logits, np.where(mask, batch.labels, 0)[..., None], -1)[..., 0]
+            nll += float(((log_z - picked) * mask).sum())
+            tokens += int(mask.sum())
+        return perplexity_metrics(nll, tokens)
     if hasattr(split, "answers_from_logits"):  # extractive QA: windows -> one answer per question
         logits_by_row = [None] * len(split)
         for batch in split.eval_batches(batch_size):

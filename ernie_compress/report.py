@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .metrics import LOWER_IS_BETTER, metric_delta
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
 ROLE = {"train": "FP32", "distill": "distilled FP32", "prune": "pruned FP32"}
@@ -57,7 +58,7 @@ def evaluate_run(run_dir: Path, recipe, runtime, latency) -> dict[str, Any]:
             "variant": _variant_label(stage, ckpt_dir), "stage": stage.name, "kind": stage.kind,
             "parameters": params["total"], "non_embedding_parameters": params["non_embedding"],
             "size_mb": (onnx_file.stat().st_size if onnx_file.exists() else directory_size(ckpt_dir)) / 1e6,
-            "accuracy": ev["metrics"][ev["primary_metric"]], "metric": ev["primary_metric"],
+            "score": ev["metrics"][ev["primary_metric"]], "metric": ev["primary_metric"],
             "p50_b1_ms": b1["p50_ms"], "qps_large_batch": big["qps"], "large_batch": big["batch_size"],
             "runtime": f"{ev['backend']}/{ev['device']}/{ev['precision']}", "export": str(export_dir),
             "latency": ev["latency"],
@@ -66,7 +67,7 @@ def evaluate_run(run_dir: Path, recipe, runtime, latency) -> dict[str, Any]:
         raise UserError("the recipe produced no checkpoints to evaluate")
     base = rows[0]
     for row in rows:
-        row["loss_points"] = (base["accuracy"] - row["accuracy"]) * 100
+        row["loss_points"] = -metric_delta(row["metric"], row["score"], base["score"])
         row["speedup_b1"] = base["p50_b1_ms"] / row["p50_b1_ms"]
     report = {"run_dir": str(run_dir), "task": recipe.task, "seq_len": latency.seq_len,
               "threads": runtime.threads, "rows": rows}
@@ -86,13 +87,21 @@ def load_report(run_dir: Path) -> dict[str, Any]:
 
 COLUMNS = [("variant", "variant", "{}"), ("params", "parameters", "{:,}"),
            ("non-emb params", "non_embedding_parameters", "{:,}"), ("size MB", "size_mb", "{:.2f}"),
-           ("accuracy", "accuracy", "{:.4f}"), ("loss (pt)", "loss_points", "{:+.2f}"),
+           ("score", "score", "{:.4f}"), ("loss", "loss_points", "{:+.2f}"),
            ("p50 b1 ms", "p50_b1_ms", "{:.2f}"), ("speedup b1", "speedup_b1", "{:.2f}x"),
            ("QPS (large batch)", "qps_large_batch", "{:.1f}"), ("runtime", "runtime", "{}")]
 
 
+def _titles(report: dict[str, Any]) -> list[str]:
+    """Column titles naming the task's metric (accuracy, f1, perplexity)."""
+    metric = report["rows"][0]["metric"] if report.get("rows") else "score"
+    unit = "" if metric in LOWER_IS_BETTER else " (pt)"
+    return [metric if key == "score" else f"loss{unit}" if key == "loss_points" else title
+            for title, key, _ in COLUMNS]
+
+
 def markdown_table(report: dict[str, Any]) -> str:
-    lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = ["| " + " | ".join(_titles(report)) + " |", "|" + "---|" * len(COLUMNS)]
     for row in report["rows"]:
         lines.append("| " + " | ".join(fmt.format(row[key]) for _, key, fmt in COLUMNS) + " |")
     return "\n".join(lines)
@@ -101,8 +110,9 @@ def markdown_table(report: dict[str, Any]) -> str:
 def rich_table(report: dict[str, Any]):
     from rich.table import Table
 
-    table = Table(title=f"{report.get('task')}: held-out accuracy and CPU latency (seq {report.get('seq_len')})")
-    for title, _, _ in COLUMNS:
+    metric = report["rows"][0]["metric"] if report.get("rows") else "score"
+    table = Table(title=f"{report.get('task')}: held-out {metric} and CPU latency (seq {report.get('seq_len')})")
+    for title in _titles(report):
         table.add_column(title, justify="left" if title in ("variant", "runtime") else "right")
     for row in report["rows"]:
         table.add_row(*(fmt.format(row[key]) for _, key, fmt in COLUMNS))
@@ -125,12 +135,14 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for row in report["rows"]:
-        ax.scatter(row["p50_b1_ms"], row["accuracy"], s=40)
-        ax.annotate(row["variant"], (row["p50_b1_ms"], row["accuracy"]), fontsize=7,
+        ax.scatter(row["p50_b1_ms"], row["score"], s=40)
+        ax.annotate(row["variant"], (row["p50_b1_ms"], row["score"]), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
+    metric = report["rows"][0]["metric"] if report.get("rows") else "score"
+    better = "down" if metric in LOWER_IS_BETTER else "up"
     ax.set_xlabel("latency p50, batch 1 (ms)")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_title("accuracy vs latency (up and left is better)")
+    ax.set_ylabel(f"held-out {metric}")
+    ax.set_title(f"{metric} vs latency ({better} and left is better)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -22,7 +22,7 @@ import numpy as np
 from .data.batching import Batch, EncodedSplit
 from .errors import UserError
 from .losses import hard_label_loss
-from .metrics import PRIMARY_METRIC, score_split
+from .metrics import PRIMARY_METRIC, is_better, score_split
 from .paddle_env import import_paddle, seed_everything
 from .progress import progress_bar
 
@@ -219,7 +219,7 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Tr
         history.append({"step": step, "epoch": round(epoch, 3), **{f"dev_{k}": v for k, v in metrics.items()}})
         if hooks.on_eval:
             hooks.on_eval(step, metrics)
-        if not best_metrics or metrics[metric] > best_metrics[metric]:
+        if not best_metrics or is_better(metric, metrics[metric], best_metrics[metric]):
             best_state, best_metrics, best_step = state_copy(), metrics, step
 
     model.train()

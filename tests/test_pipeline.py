@@ -52,7 +52,7 @@ def test_report_files_and_json_match_the_table(finished_run):
     assert [r["stage"] for r in report["rows"]] == ["teacher", "student", "pruned", "int8"]
     md = (out / "report.md").read_text()
     for row in report["rows"]:
-        assert f"{row['accuracy']:.4f}" in md and row["variant"] in md
+        assert f"{row['score']:.4f}" in md and row["variant"] in md
     assert report["rows"][-1]["runtime"].endswith("int8")
     shown = runner.invoke(app, ["report", str(out)])
     assert shown.exit_code == 0 and "int8" in shown.stdout

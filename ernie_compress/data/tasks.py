@@ -45,7 +45,7 @@ class TaskData:
 
     spec: TaskSpec
     kind: str  # "classification" (single sentence), "pair_classification", "token_classification",
-    # "question_answering"
+    # "question_answering", "causal_lm"
     labels: list[str]
     splits: dict[str, list[Example]] = field(default_factory=dict)
     held_out: str = "test"  # the split metrics are reported on
@@ -86,6 +86,10 @@ def load_task(spec: TaskSpec) -> TaskData:
         if spec.data:
             raise UserError(f"task '{spec.name}' is built in; do not pass --data")
         return corpora.BUILTIN[spec.name](spec)
+    if spec.name == "lm":
+        if not spec.data:
+            raise UserError("task 'lm' reads your files: pass --data DIR (train.txt, dev.txt[, test.txt])")
+        return load_text_lm_dir(spec)
     if spec.name == "cmrc2018":
         from .qa import load_qa_dir
 
@@ -103,7 +107,7 @@ def load_task(spec: TaskSpec) -> TaskData:
             raise UserError(f"task '{spec.name}' reads your files: pass --data DIR "
                             f"(a folder with train/dev[/test] files)")
         return clue.load_dir(spec)
-    known = ", ".join(sorted(corpora.BUILTIN) + sorted(clue.FORMATS) + ["cmrc2018", "msra-ner"])
+    known = ", ".join(sorted(corpora.BUILTIN) + sorted(clue.FORMATS) + ["cmrc2018", "lm", "msra-ner"])
     raise UserError(f"unknown task '{spec.name}' (known: {known})")
 
 
@@ -118,6 +122,31 @@ def load_task_for_model(spec: TaskSpec | None, recorded: dict[str, Any] | None,
     return task
 
 
-TASK_NAMES_HELP = ("demo:sentiment, demo:ner (built in), or your data with --data: tnews, afqmc, "
+def load_text_lm_dir(spec: TaskSpec) -> TaskData:
+    """``--task lm --data DIR``: one text per line in train.txt, dev.txt and optionally test.txt."""
+    from pathlib import Path
+
+    directory = Path(spec.data).expanduser()
+    if not directory.is_dir():
+        raise UserError(f"data directory {directory} does not exist or is not a directory")
+    splits = {}
+    for name in ("train", "dev", "test"):
+        path = directory / f"{name}.txt"
+        if not path.is_file():
+            if name != "test":
+                raise UserError(f"{directory}: no {name}.txt (one text per line)")
+            continue
+        try:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not UTF-8 text") from None
+        splits[name] = [Example(line, None, None) for line in lines if line]
+        if not splits[name]:
+            raise UserError(f"{path}: no texts")
+    return TaskData(spec=spec, kind="causal_lm", labels=[], splits=splits,
+                    held_out="test" if "test" in splits else "dev")
+
+
+TASK_NAMES_HELP = ("demo:sentiment, demo:ner, demo:lm (built in), or your data with --data: tnews, afqmc, "
                    "text (text,label), text-pair (text_a,text_b,label), msra-ner (BIO files), "
-                   "cmrc2018 (CMRC2018/SQuAD JSON, extractive QA)")
+                   "cmrc2018 (CMRC2018/SQuAD JSON, extractive QA), lm (text lines, causal LM: ERNIE 4.5)")

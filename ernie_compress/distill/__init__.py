@@ -25,7 +25,7 @@ from ..data.batching import encode_splits
 from ..data.tasks import TaskSpec, load_task_for_model
 from ..errors import UserError
 from ..losses import TeacherLogitCache, hard_label_loss, soft_label_kd, task_loss
-from ..metrics import PRIMARY_METRIC
+from ..metrics import PRIMARY_METRIC, percent_of
 from ..models import build_model, count_parameters, load_state_, model_from_state
 from ..models.config import ErnieConfig, config_from_dict
 from ..models.presets import is_preset, resolve_preset
@@ -85,10 +85,15 @@ def _student(cfg: DistillConfig, teacher: Checkpoint) -> tuple[ErnieConfig, dict
     """(student config, initial state or None, description)."""
     if is_preset(cfg.student):
         keys = resolve_preset(cfg.student)
+        family = keys.get("model_type", "ernie")
+        if family != teacher.config.model_type:
+            raise UserError(f"the student preset '{cfg.student}' is from the {family} family but the teacher is "
+                            f"{teacher.config.model_type}; distill within one family (e.g. an ernie45-* "
+                            f"student for an ERNIE 4.5 teacher)")
         keys.update(vocab_size=teacher.config.vocab_size, architectures=teacher.config.architectures,
                     id2label=teacher.config.id2label, pad_token_id=teacher.config.pad_token_id,
                     max_position_embeddings=max(keys["max_position_embeddings"], teacher.max_seq_length))
-        if keys.get("type_vocab_size", 2) < teacher.config.type_vocab_size:
+        if family == "ernie" and keys.get("type_vocab_size", 2) < teacher.config.type_vocab_size:
             keys["type_vocab_size"] = teacher.config.type_vocab_size
         config = config_from_dict(keys)
         config.extra["ernie_compress"] = dict(teacher.config.extra.get("ernie_compress", {}))
@@ -111,19 +116,18 @@ def init_from_teacher(student_config: ErnieConfig, teacher: Checkpoint) -> dict[
     if student_config.hidden_size != t.hidden_size:
         raise UserError(f"--init-from-teacher needs equal widths: student hidden {student_config.hidden_size} "
                         f"vs teacher {t.hidden_size}")
-    if student_config.heads_per_layer[0] != t.heads_per_layer[0] or student_config.intermediate_size != t.ffn_per_layer[0]:
+    if student_config.heads_per_layer[0] != t.heads_per_layer[0] or student_config.intermediate_size != t.ffn_per_layer[0] \
+            or getattr(student_config, "num_key_value_heads", None) != getattr(t, "num_key_value_heads", None):
         raise UserError("--init-from-teacher needs the same heads and FFN width per layer as the teacher")
+    layers = "ernie.layers." if t.model_type == "ernie4_5" else "ernie.encoder.layers."
     k = max(1, t.num_hidden_layers // student_config.num_hidden_layers)
-    state = {}
-    for name, value in teacher.state.items():
-        if ".encoder.layers." not in name:
-            state[name] = value
+    state = {name: value for name, value in teacher.state.items() if not name.startswith(layers)}
     for i in range(student_config.num_hidden_layers):
         src = min(t.num_hidden_layers - 1, (i + 1) * k - 1)
+        prefix = f"{layers}{src}."
         for name, value in teacher.state.items():
-            prefix = f"ernie.encoder.layers.{src}."
             if name.startswith(prefix):
-                state[f"ernie.encoder.layers.{i}." + name[len(prefix):]] = value
+                state[f"{layers}{i}." + name[len(prefix):]] = value
     return state
 
 
@@ -164,6 +168,9 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     s_layer = student_config.num_hidden_layers - 1
     t_heads, s_heads = teacher_ckpt.config.heads_in_layer(t_layer), student_config.heads_in_layer(s_layer)
     relation_heads = cfg.relation_heads or math.gcd(t_heads, s_heads)
+    if cfg.attention_weight > 0 and teacher_ckpt.config.model_type == "ernie4_5":
+        raise UserError("attention (MiniLM) distillation is for ERNIE 3.0 encoders; distill ERNIE 4.5 "
+                        "decoders with logits (--kd-weight) and hidden states (--hidden-weight)")
     if cfg.attention_weight > 0:
         widths = (t_heads * teacher_ckpt.config.head_dim, s_heads * student_config.head_dim)
         if min(t_heads, s_heads) == 0 or any(w % relation_heads for w in widths):
@@ -230,7 +237,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     report = {
         "teacher": str(teacher_ckpt.path), "student_source": student_source,
         "teacher_metrics": teacher_metrics, "student_metrics": student_metrics,
-        "percent_of_teacher": 100 * student_metrics[metric] / max(teacher_metrics[metric], 1e-12),
+        "percent_of_teacher": percent_of(metric, student_metrics[metric], teacher_metrics[metric]),
         "baseline": baseline,
         "parameters": {"teacher": t_params, "student": s_params,
                        "non_embedding_ratio": s_params["non_embedding"] / t_params["non_embedding"]},

@@ -14,6 +14,7 @@ classification read at the last non-pad token (``score``, no bias), for right-pa
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..paddle_env import import_paddle
@@ -22,6 +23,14 @@ from .ernie4_5_config import Ernie45Config
 paddle = import_paddle()
 nn = paddle.nn
 F = nn.functional
+
+LAYER_PREFIX = "ernie.layers."
+LINEAR_ROLES = {
+    "attention_in": ("self_attn.qkv_proj",),
+    "attention_out": ("self_attn.o_proj",),
+    "ffn_in": ("mlp.up_gate_proj",),
+    "ffn_out": ("mlp.down_proj",),
+}
 
 
 @paddle.jit.not_to_static
@@ -52,7 +61,8 @@ class RMSNorm(nn.Layer):
 
 def rope_angles(seq_len, head_dim: int, theta: float):
     """cos, sin of shape [seq, head_dim], each frequency repeated for its interleaved pair."""
-    inv_freq = 1.0 / theta ** (paddle.arange(0, head_dim, 2, dtype="float32") / head_dim)  # [d/2]
+    # theta^(-2i/d) written as exp(-2i ln(theta) / d)
+    inv_freq = paddle.exp(paddle.arange(0, head_dim, 2, dtype="float32") * (-math.log(theta) / head_dim))  # [d/2]
     positions = paddle.arange(0, seq_len, dtype="float32")  # [s]
     angles = paddle.unsqueeze(positions, 1) * paddle.unsqueeze(inv_freq, 0)  # [s, d/2]
     angles = paddle.reshape(paddle.stack([angles, angles], axis=-1), [-1, head_dim])  # [s, d]
@@ -62,8 +72,10 @@ def rope_angles(seq_len, head_dim: int, theta: float):
 def apply_rope(x, cos, sin):
     """Rotate interleaved pairs: x [b, s, heads, d]; cos/sin [s, d]."""
     d = x.shape[-1]
-    even, odd = x[..., 0::2], x[..., 1::2]  # [b, s, h, d/2]
-    rotated = paddle.reshape(paddle.stack([-odd, even], axis=-1), [0, 0, 0, d])  # [-x1, x0, -x3, x2 ...]
+    pairs = paddle.reshape(x, [0, 0, 0, d // 2, 2])  # [b, s, h, d/2, (even, odd)]
+    even, odd = paddle.split(pairs, 2, axis=-1)  # [b, s, h, d/2, 1] each
+    # [-x1, x0, -x3, x2 ...]
+    rotated = paddle.reshape(paddle.concat([-odd, even], axis=-1), [0, 0, 0, d])
     cos = paddle.unsqueeze(cos, [0, 2])  # [1, s, 1, d]
     sin = paddle.unsqueeze(sin, [0, 2])
     return x * cos + rotated * sin
@@ -79,23 +91,24 @@ class Ernie45Attention(nn.Layer):
         self.o_proj = _linear(config, self.heads * self.head_dim, config.hidden_size)
         self.dropout = config.attention_probs_dropout_prob
 
-    def forward(self, x, cos, sin, bias, record: dict | None = None):
-        # x: [b, s, hidden]; bias: [b, 1, s, s] (causal + padding, additive)
+    def forward(self, x, cos, sin, bias, record: dict | None = None, head_mask=None):
+        # x: [b, s, hidden]; bias: [b, 1, s, s] (causal + padding, additive); head_mask: [heads]
         mix = paddle.reshape(self.qkv_proj(x), [0, 0, self.heads + 2 * self.kv_heads, self.head_dim])
         q, k, v = paddle.split(mix, [self.heads, self.kv_heads, self.kv_heads], axis=2)  # [b, s, h|kv, d]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         _record(record, "qkv", (q, k, v))
-        q, k, v = (paddle.transpose(t, [0, 2, 1, 3]) for t in (q, k, v))  # [b, h|kv, s, d]
-        # Query heads of one group are adjacent, so folding them into the sequence axis lets
-        # each KV head serve its group in one matmul without copying K and V.
-        kv, d = self.kv_heads, self.head_dim
-        grouped = paddle.reshape(q, [0, kv, -1, d])  # [b, kv, g*s, d]
-        scores = paddle.matmul(grouped, k, transpose_y=True) * d ** -0.5  # [b, kv, g*s, s]
-        seq = paddle.shape(k)[2]
-        scores = paddle.reshape(scores, [0, self.heads, seq, seq]) + bias  # [b, h, s, s]
+        # Query heads of one group are adjacent: [b, s, h, d] -> [b, kv, g, s, d]; K and V get a
+        # group axis of 1 and broadcast over it in the matmuls, so they are never copied per head.
+        kv, d, g = self.kv_heads, self.head_dim, self.heads // self.kv_heads
+        q = paddle.transpose(paddle.reshape(q, [0, 0, kv, g, d]), [0, 2, 3, 1, 4])  # [b, kv, g, s, d]
+        k = paddle.unsqueeze(paddle.transpose(k, [0, 2, 1, 3]), 2)  # [b, kv, 1, s, d]
+        v = paddle.unsqueeze(paddle.transpose(v, [0, 2, 1, 3]), 2)
+        scores = paddle.matmul(q, k, transpose_y=True) * d ** -0.5 + paddle.unsqueeze(bias, 1)  # [b, kv, g, s, s]
         probs = F.dropout(F.softmax(scores, axis=-1), self.dropout, training=self.training)
-        out = paddle.matmul(paddle.reshape(probs, [0, kv, -1, seq]), v)  # [b, kv, g*s, d]
-        out = paddle.transpose(paddle.reshape(out, [0, self.heads, seq, d]), [0, 2, 1, 3])  # [b, s, h, d]
+        out = paddle.matmul(probs, v)  # [b, kv, g, s, d]
+        out = paddle.reshape(paddle.transpose(out, [0, 3, 1, 2, 4]), [0, 0, self.heads, d])  # [b, s, h, d]
+        if head_mask is not None:  # importance scoring: d loss / d mask (Michel et al. 2019)
+            out = out * paddle.reshape(head_mask, [1, 1, self.heads, 1])
         return self.o_proj(paddle.reshape(out, [0, 0, self.heads * self.head_dim]))
 
 
@@ -120,8 +133,8 @@ class Ernie45DecoderLayer(nn.Layer):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x, cos, sin, bias, record=None):
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, bias, record))
+    def forward(self, x, cos, sin, bias, record=None, head_mask=None):
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, bias, record, head_mask))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -137,17 +150,19 @@ class Ernie45Model(nn.Layer):
         self.layers = nn.LayerList([Ernie45DecoderLayer(config) for _ in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, input_ids, record: dict | None = None):
-        # input_ids: [b, s], right-padded with pad_token_id
+    def forward(self, input_ids, record: dict | None = None, head_mask=None):
+        # input_ids: [b, s], right-padded with pad_token_id; head_mask: per layer [heads] or None
         seq = paddle.shape(input_ids)[1]
         is_pad = paddle.cast(input_ids == self.config.pad_token_id, "float32")  # [b, s]
-        causal = paddle.triu(paddle.full([seq, seq], -1e4, dtype="float32"), diagonal=1)  # [s, s]
+        pos = paddle.arange(0, seq, dtype="int64")
+        future = paddle.unsqueeze(pos, 0) > paddle.unsqueeze(pos, 1)  # [s, s]: key after query
+        causal = paddle.cast(future, "float32") * -1e4
         bias = paddle.unsqueeze(causal, [0, 1]) + paddle.unsqueeze(is_pad * -1e4, [1, 2])  # [b, 1, s, s]
         cos, sin = rope_angles(seq, self.config.head_dim, self.config.rope_theta)
         x = self.embed_tokens(input_ids)
         _record(record, "embeddings", x)
-        for layer in self.layers:
-            x = layer(x, cos, sin, bias, record)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, bias, record, None if head_mask is None else head_mask[i])
             _record(record, "hidden_states", x)
         return self.norm(x)
 
@@ -166,7 +181,7 @@ class Ernie45ForCausalLM(nn.Layer):
             self.lm_head = _linear(config, config.hidden_size, config.vocab_size, bias=False)
 
     def forward(self, input_ids, token_type_ids=None, head_mask=None, record: dict | None = None):
-        hidden = self.ernie(input_ids, record)
+        hidden = self.ernie(input_ids, record, head_mask)
         if self.config.tie_word_embeddings:
             return paddle.matmul(hidden, self.ernie.embed_tokens.weight, transpose_y=True)
         return self.lm_head(hidden)
@@ -187,7 +202,7 @@ class Ernie45ForSequenceClassification(nn.Layer):
         self.score = _linear(config, config.hidden_size, config.num_labels, bias=False)
 
     def forward(self, input_ids, token_type_ids=None, head_mask=None, record: dict | None = None):
-        hidden = self.ernie(input_ids, record)  # [b, s, h]
+        hidden = self.ernie(input_ids, record, head_mask)  # [b, s, h]
         real = paddle.cast(input_ids != self.config.pad_token_id, "int64")  # [b, s]
         last = paddle.sum(real, axis=1, keepdim=True) - 1  # [b, 1]
         positions = paddle.unsqueeze(paddle.arange(0, paddle.shape(input_ids)[1], dtype="int64"), 0)  # [1, s]

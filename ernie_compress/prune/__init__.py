@@ -18,7 +18,7 @@ from ..checkpoint import config_record, load_checkpoint, save_checkpoint
 from ..data.batching import encode_splits
 from ..data.tasks import TaskSpec, load_task_for_model
 from ..errors import UserError
-from ..metrics import PRIMARY_METRIC
+from ..metrics import PRIMARY_METRIC, metric_delta
 from ..models import count_parameters, model_from_state
 from ..progress import note
 from ..train import TrainConfig, evaluate_split, train_model
@@ -45,6 +45,7 @@ class PruneConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=1e-4))
     measure_latency: bool = True
     overwrite: bool = False
+    gqa: str = "queries"  # ERNIE 4.5: remove query heads per group, or whole KV groups ("groups")
 
     def __post_init__(self) -> None:
         if self.params is None and self.heads is None and self.ffn is None:
@@ -60,6 +61,16 @@ class PruneConfig:
             raise UserError(f"--importance must be one of {', '.join(HEAD_METHODS)}, got '{self.importance}'")
         if self.recover_epochs < 0:
             raise UserError(f"--recover-epochs must be >= 0, got {self.recover_epochs}")
+
+
+def _select(cfg: PruneConfig, head_scores, neuron_scores, config, before):
+    """ERNIE 3.0: heads and FFN neurons to keep per layer (sizes may differ between layers)."""
+    if cfg.params is not None:
+        return select_for_parameter_target(head_scores, neuron_scores, config, cfg.params, before["non_embedding"])
+    heads = heads_to_keep_by_fraction(head_scores, cfg.heads) if cfg.heads else \
+        [list(range(len(s))) for s in head_scores]
+    neurons = neurons_to_keep_by_fraction(neuron_scores, cfg.ffn) if cfg.ffn else None
+    return heads, neurons, None
 
 
 def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
@@ -79,19 +90,27 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
 
     model = model_from_state(parent.config, parent.state, str(parent.path))
     parent_metrics = evaluate_split(model, held_out, task.kind)
-    head_scores = head_importance(cfg.importance, model, parent.state, splits["train"], cfg.importance_samples)
-    neuron_scores = ffn_importance(parent.state, parent.config)
     before = count_parameters({k: v.shape for k, v in parent.state.items()})
+    gqa_report = None
+    if parent.config.model_type == "ernie4_5":  # grouped-query attention: see gqa.py
+        from . import gqa
 
-    if cfg.params is not None:
-        heads, neurons, ratio = select_for_parameter_target(head_scores, neuron_scores, parent.config,
-                                                            cfg.params, before["non_embedding"])
+        removal = gqa.plan_removal(parent.config, cfg.gqa, cfg.heads, cfg.ffn, cfg.params)
+        head_scores = (gqa.magnitude_query_importance(parent.state, parent.config) if cfg.importance == "magnitude"
+                       else head_importance(cfg.importance, model, parent.state, splits["train"],
+                                            cfg.importance_samples))
+        neuron_scores = gqa.swiglu_importance(parent.state, parent.config)
+        heads, groups, neurons = gqa.keep_lists(head_scores, neuron_scores, parent.config, cfg.gqa, *removal)
+        state, config = gqa.prune_gqa_state(parent.state, parent.config, heads, groups, neurons)
+        ratio = cfg.params
+        gqa_report = {"mode": cfg.gqa, "kv_heads": [parent.config.num_key_value_heads, config.num_key_value_heads],
+                      "queries_per_group": [parent.config.queries_per_group, config.queries_per_group],
+                      "kv_groups_kept_per_layer": groups}
     else:
-        heads = heads_to_keep_by_fraction(head_scores, cfg.heads) if cfg.heads else \
-            [list(range(len(s))) for s in head_scores]
-        neurons = neurons_to_keep_by_fraction(neuron_scores, cfg.ffn) if cfg.ffn else None
-        ratio = None
-    state, config = prune_state(parent.state, parent.config, heads, neurons)
+        head_scores = head_importance(cfg.importance, model, parent.state, splits["train"], cfg.importance_samples)
+        neuron_scores = ffn_importance(parent.state, parent.config)
+        heads, neurons, ratio = _select(cfg, head_scores, neuron_scores, parent.config, before)
+        state, config = prune_state(parent.state, parent.config, heads, neurons)
     after = count_parameters({k: v.shape for k, v in state.items()})
 
     pruned = model_from_state(config, state, "pruned model")
@@ -121,9 +140,10 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
         "removed_fraction_heads": sum(removed_per_layer) / max(1, sum(parent.config.heads_per_layer)),
         "params_ratio_used": ratio,
         "accuracy": {"parent": parent_metrics, "before_recovery": before_recovery, "after_recovery": recovered},
-        "delta_points_before_recovery": (before_recovery[metric] - parent_metrics[metric]) * 100,
-        "delta_points": (recovered[metric] - parent_metrics[metric]) * 100,
+        "delta_points_before_recovery": metric_delta(metric, before_recovery[metric], parent_metrics[metric]),
+        "delta_points": metric_delta(metric, recovered[metric], parent_metrics[metric]),
         "head_importance": [s.round(6).tolist() for s in head_scores],
+        "gqa": gqa_report,
     }
     stage = {"name": "prune", "config": config_record(cfg), "metrics": {task.held_out: recovered},
              "report": report, "steps": steps, "seconds": round(time.perf_counter() - start, 1)}

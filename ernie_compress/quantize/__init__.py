@@ -20,7 +20,7 @@ from ..checkpoint import config_record, load_checkpoint, save_checkpoint
 from ..data.batching import encode_splits
 from ..data.tasks import TaskSpec, load_task_for_model
 from ..errors import UserError
-from ..metrics import PRIMARY_METRIC
+from ..metrics import PRIMARY_METRIC, metric_delta
 from ..models import model_from_state
 from ..progress import note
 from ..train import TrainConfig, evaluate_split, train_model
@@ -110,7 +110,7 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
     qmodel.eval()
     metrics = evaluate_split(qmodel, held_out, task.kind)
     scales = collect_scales(qmodel)
-    delta = (metrics[metric] - parent_metrics[metric]) * 100
+    delta = metric_delta(metric, metrics[metric], parent_metrics[metric])
 
     config = parent.config.replace(extra=dict(parent.config.extra))
     config.extra["quantization"] = scheme.to_dict()
@@ -140,7 +140,7 @@ def _quantize_fp16(cfg: QuantizeConfig, parent, task, start: float) -> dict[str,
                                     held_out, task.kind)
     state = {k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in parent.state.items()}
     metrics = evaluate_split(model_from_state(parent.config, state, str(parent.path)), held_out, task.kind)
-    delta = (metrics[metric] - parent_metrics[metric]) * 100
+    delta = metric_delta(metric, metrics[metric], parent_metrics[metric])
     config = parent.config.replace(extra=dict(parent.config.extra))
     config.extra["quantization"] = {"method": "fp16", "dtype": "fp16"}
     stage = {"name": "quantize-fp16", "config": config_record(cfg),

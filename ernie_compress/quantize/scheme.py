@@ -58,11 +58,14 @@ def cpu_has_vnni() -> bool:
 
 def quantized_linear_names(model) -> list[str]:
     """Names of the Linear sublayers that INT8 covers (see the module docstring)."""
-    from ..models.ernie import LINEAR_ROLES
+    if model.config.model_type == "ernie4_5":
+        from ..models.ernie4_5 import LAYER_PREFIX, LINEAR_ROLES
+    else:
+        from ..models.ernie import LAYER_PREFIX, LINEAR_ROLES
 
     suffixes = tuple(s for role in QUANTIZED_ROLES for s in LINEAR_ROLES[role])
     return [name for name, _ in model.named_sublayers()
-            if name.startswith("ernie.encoder.layers.") and name.endswith(suffixes)]
+            if name.startswith(LAYER_PREFIX) and name.endswith(suffixes)]
 
 
 def quantization_info(config) -> dict[str, Any] | None:

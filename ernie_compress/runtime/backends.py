@@ -202,5 +202,9 @@ def open_session(export_dir: Path, manifest: dict[str, Any], config: RuntimeConf
     if not paddle_files:
         raise UserError(f"{export_dir}: this export has no Paddle static graph; re-export with "
                         f"--format paddle (or use --backend onnxruntime)")
+    if config.mkldnn and paddle_files.get("onednn") is False:
+        from dataclasses import replace
+
+        config = replace(config, mkldnn=False)  # the export says oneDNN computes this graph wrongly
     return PaddleInferenceSession(export_dir / paddle_files["dir"], config,
                                   paddle_files["program"], paddle_files["params"])

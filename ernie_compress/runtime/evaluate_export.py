@@ -21,7 +21,7 @@ from ..data.batching import encode_split
 from ..data.tasks import TaskSpec, load_task
 from ..data.tokenizer import ErnieTokenizer
 from ..errors import UserError
-from ..metrics import PRIMARY_METRIC, score_split
+from ..metrics import PRIMARY_METRIC, metric_delta, score_split
 from .backends import RuntimeConfig, open_session
 from .latency import LatencyConfig, measure_latency
 
@@ -115,7 +115,7 @@ def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
     primary = PRIMARY_METRIC[task.kind]
     reference = (manifest.get("reference") or {}).get("metrics")
     same_data = manifest.get("task") == spec.to_dict() and split_name == task.held_out
-    delta = (metrics[primary] - reference[primary]) * 100 if reference and same_data else None
+    delta = metric_delta(primary, metrics[primary], reference[primary]) if reference and same_data else None
 
     # latency inputs: held-out texts padded/truncated to seq_len
     examples = task.split(split_name)[:64]
