@@ -95,13 +95,14 @@ def build_distill(ctx: StageContext, *, student: str = "demo-mini", init_from_te
 def build_prune(ctx: StageContext, *, heads: float | None = None, ffn: float | None = None,
                 params: float | None = None, importance: str = "gradient", importance_samples: int = 512,
                 recover_epochs: int = 1, distill_from_parent: bool = True, lr: float = 1e-4,
-                batch_size: int = 32, max_steps: int | None = None, latency: bool = False):
+                batch_size: int = 32, max_steps: int | None = None, latency: bool = False,
+                gqa: str = "queries"):
     from .prune import PruneConfig, prune_checkpoint
 
     cfg = PruneConfig(checkpoint=ctx.source, out=ctx.out, heads=heads, ffn=ffn, params=params,
                       importance=importance, importance_samples=importance_samples, task=ctx.task,
                       recover_epochs=recover_epochs, distill_from_parent=distill_from_parent,
-                      measure_latency=latency,
+                      measure_latency=latency, gqa=gqa,
                       train=_train_config(ctx, recover_epochs, lr, batch_size, max_steps))
     return lambda: prune_checkpoint(cfg)
 

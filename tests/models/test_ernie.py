@@ -11,7 +11,7 @@ from ernie_compress.checkpoint import load_checkpoint, save_checkpoint
 from ernie_compress.data.tokenizer import ErnieTokenizer
 from ernie_compress.errors import UserError
 from ernie_compress.models import build_model, count_parameters, model_from_state, model_state
-from ernie_compress.models.config import ErnieConfig
+from ernie_compress.models.config import ErnieConfig, config_from_dict
 from ernie_compress.models.presets import PRESETS, resolve_preset
 from ernie_compress.paddle_env import import_paddle
 from tests.conftest import random_ids
@@ -124,8 +124,10 @@ def test_pdparams_with_code_is_refused(tmp_path, tiny_config):
 def test_presets_are_valid_configs(name):
     keys = resolve_preset(name)
     keys.setdefault("vocab_size", 100)
-    config = ErnieConfig.from_dict(keys)
-    assert config.hidden_size % config.num_attention_heads == 0
+    config = config_from_dict(keys)
+    assert config.model_type == ("ernie4_5" if name.startswith("ernie45") else "ernie")
+    if config.model_type == "ernie":
+        assert config.hidden_size % config.num_attention_heads == 0
 
 
 def test_real_preset_parameter_count_matches_ernie3_base():

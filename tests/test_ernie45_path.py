@@ -1,0 +1,101 @@
+"""ERNIE 4.5 (dense decoder) through every stage from the CLI on tiny models: classification
+(train -> distill -> GQA prune -> QAT -> export -> runtimes) and causal LM (perplexity)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ernie_compress.cli import app
+from tests.conftest import NEGATIVE, POSITIVE, write_text_task
+
+runner = CliRunner()
+
+
+def _ok(args):
+    res = runner.invoke(app, ["--quiet", "--json", *args])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e45")
+    data = write_text_task(root / "data")
+    result = _ok(["train", "--task", "text", "--data", str(data), "--preset", "ernie45-tiny", "--out", str(root / "t"),
+                  "--epochs", "8", "--lr", "5e-3", "--batch-size", "8"])
+    return root, data, result
+
+
+def test_decoder_classifier_trains_exports_and_runs_on_both_runtimes(decoder):
+    root, _, result = decoder
+    assert result["metrics"]["test"]["accuracy"] >= 0.75
+    info = _ok(["info", str(root / "t")])
+    assert info["model_type"] == "ernie4_5" and info["architecture"] == "Ernie4_5ForSequenceClassification"
+    _ok(["export", str(root / "t"), "--out", str(root / "x")])
+    manifest = json.loads((root / "x" / "manifest.json").read_text())
+    assert manifest["inputs"] == ["input_ids"] and manifest["files"]["paddle"]["onednn"] is False
+    for backend in ("onnxruntime", "paddle"):
+        out = _ok(["evaluate", str(root / "x"), "--backend", backend, "--batch-sizes", "1", "--iterations", "2"])
+        assert out["metrics"]["accuracy"] == pytest.approx(result["metrics"]["test"]["accuracy"])
+
+
+def test_decoder_distill_prune_qat_chain(decoder, tmp_path):
+    root, _, _ = decoder
+    common = ["--epochs", "2", "--lr", "3e-3", "--batch-size", "8"]
+    distilled = _ok(["distill", "--teacher", str(root / "t"), "--student", "ernie45-tiny", "--init-from-teacher",
+                     "--hidden-weight", "1", "--out", str(tmp_path / "s"), *common])
+    assert distilled["losses"]["hidden"] == 1.0
+    pruned = _ok(["prune", str(tmp_path / "s"), "--heads", "0.5", "--gqa", "queries", "--recover-epochs", "1",
+                  "--out", str(tmp_path / "p")])
+    assert pruned["gqa"]["queries_per_group"] == [2, 1] and pruned["gqa"]["kv_heads"] == [2, 2]
+    assert pruned["parameters_after"]["non_embedding"] < pruned["parameters_before"]["non_embedding"]
+    groups = _ok(["prune", str(tmp_path / "s"), "--heads", "0.5", "--gqa", "groups", "--recover-epochs", "0",
+                  "--out", str(tmp_path / "g")])
+    assert groups["gqa"]["kv_heads"] == [2, 1] and groups["heads_after"] == [2, 2]
+    config = json.loads((tmp_path / "p" / "config.json").read_text())  # still the standard layout
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (2, 2)
+    assert "num_attention_heads_per_layer" not in config
+    _ok(["quantize", str(tmp_path / "p"), "--qat", "int8", "--distill-from-parent", "--out", str(tmp_path / "q"),
+         *common])
+    exported = _ok(["export", str(tmp_path / "q"), "--format", "onnx", "--out", str(tmp_path / "x")])
+    assert exported["int8"]["runtime_ops"]
+    out = _ok(["evaluate", str(tmp_path / "x"), "--batch-sizes", "1", "--iterations", "2"])
+    assert 0 <= out["metrics"]["accuracy"] <= 1
+
+
+def test_decoder_refusals(decoder, tmp_path):
+    root, _, _ = decoder
+    for args, message in (
+            (["distill", "--teacher", str(root / "t"), "--student", "tiny"], "family"),
+            (["distill", "--teacher", str(root / "t"), "--student", "ernie45-tiny", "--attention-weight", "1"],
+             "MiniLM"),
+            (["prune", str(root / "t"), "--heads", "0.1", "--gqa", "groups"], "steps of 1/2"),
+            (["pretrain", "--preset", "ernie45-tiny", "--corpus", "demo:sentiment"], "decoder preset")):
+        res = runner.invoke(app, ["--quiet", *args, "--out", str(tmp_path / "o")])
+        assert res.exit_code == 2 and message in res.stderr, (args, res.stderr)
+        assert not (tmp_path / "o").exists()
+
+
+def test_causal_lm_perplexity_through_export_and_ptq(tmp_path):
+    data = tmp_path / "lm"
+    data.mkdir()
+    texts = POSITIVE + NEGATIVE
+    (data / "train.txt").write_text("\n".join(texts * 4), encoding="utf-8")
+    (data / "dev.txt").write_text("\n".join(texts), encoding="utf-8")
+    (data / "test.txt").write_text("\n".join(texts), encoding="utf-8")
+    result = _ok(["train", "--task", "lm", "--data", str(data), "--preset", "ernie45-tiny", "--out", str(tmp_path / "m"),
+                  "--epochs", "6", "--lr", "5e-3", "--batch-size", "8"])
+    test = result["metrics"]["test"]
+    vocab = len((tmp_path / "m" / "vocab.txt").read_text(encoding="utf-8").split())
+    assert test["perplexity"] < vocab / 4  # far better than guessing, on texts it has seen
+    _ok(["quantize", str(tmp_path / "m"), "--ptq", "int8", "--calib-samples", "16", "--out", str(tmp_path / "q")])
+    for ckpt in ("m", "q"):
+        exported = _ok(["export", str(tmp_path / ckpt), "--format", "onnx", "--out", str(tmp_path / f"{ckpt}x")])
+        manifest = json.loads((tmp_path / f"{ckpt}x" / "manifest.json").read_text())
+        assert manifest["outputs"] == ["lm_logits"]
+        out = _ok(["evaluate", str(tmp_path / f"{ckpt}x"), "--batch-sizes", "1", "--iterations", "2"])
+        assert out["primary_metric"] == "perplexity"
+        assert out["metrics"]["perplexity"] == pytest.approx(exported["reference_metrics"]["perplexity"], rel=0.02)
