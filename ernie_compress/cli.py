@@ -40,12 +40,17 @@ settings = _Settings()
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists (default: refuse).")]
 TaskOpt = Annotated[Optional[str], typer.Option(
-    "--task", "-t", help="Task: demo:sentiment, demo:ner (built in), or with --data: tnews, afqmc, "
-                         "text, text-pair, msra-ner. Default: the task the checkpoint was trained on.")]
+    "--task", "-t", help="Task: demo:sentiment, demo:ner, demo:lm (built in), or with --data: tnews, afqmc, "
+                         "text, text-pair, msra-ner, cmrc2018, lm. Default: the task the checkpoint was "
+                         "trained on.")]
 DataOpt = Annotated[Optional[Path], typer.Option(
     "--data", help="Folder with train, dev and (optional) test files (.json, .jsonl, .tsv, .txt) for --task.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
+SaveEveryOpt = Annotated[int, typer.Option(
+    "--save-every", help="Save a resumable training state every N steps (beside --out; removed on success).")]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Continue an interrupted run from its saved state (same options and seed).")]
 
 
 def _version(value: bool) -> None:
@@ -162,10 +167,8 @@ def train(
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
     eval_every: Annotated[Optional[int], typer.Option(
         help="Also evaluate on dev every N steps (default: each epoch).")] = None,
-    save_every: Annotated[int, typer.Option(
-        help="Save a resumable training state every N steps (beside --out; removed on success).")] = 200,
-    resume: Annotated[bool, typer.Option(
-        help="Continue an interrupted run from its saved state (same options and seed).")] = False,
+    save_every: SaveEveryOpt = 200,
+    resume: ResumeOpt = False,
     seed: SeedOpt = 42,
     threads: ThreadsOpt = None,
     overwrite: OverwriteOpt = False,
@@ -251,6 +254,8 @@ def quantize(
     reduce_range: Annotated[Optional[bool], typer.Option(
         "--reduce-range/--full-range",
         help="7-bit weights (needed on CPUs without VNNI) or 8-bit. Default: by this CPU.")] = None,
+    save_every: SaveEveryOpt = 200,
+    resume: ResumeOpt = False,
     seed: SeedOpt = 42,
     threads: ThreadsOpt = None,
     overwrite: OverwriteOpt = False,
@@ -267,8 +272,8 @@ def quantize(
             checkpoint=checkpoint, out=out, qat=qat, ptq=ptq, fp16=fp16, task=spec, reduce_range=reduce_range,
             distill_from_parent=distill_from_parent, kd_alpha=kd_alpha, kd_temperature=kd_temperature,
             calib_samples=calib_samples, observer=observer, percentile=percentile, overwrite=overwrite,
-            train=TrainConfig(epochs=epochs, learning_rate=lr, batch_size=batch_size,
-                              max_steps=max_steps, seed=seed)))
+            resume=resume, train=TrainConfig(epochs=epochs, learning_rate=lr, batch_size=batch_size,
+                                             max_steps=max_steps, seed=seed, save_every=save_every)))
 
     run_command(body, json_out, _render_quantize, threads)
 
@@ -307,6 +312,8 @@ def distill(
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
     latency: Annotated[bool, typer.Option(
         "--latency/--no-latency", help="Time teacher and student on CPU (ONNX Runtime).")] = True,
+    save_every: SaveEveryOpt = 200,
+    resume: ResumeOpt = False,
     seed: SeedOpt = 42,
     threads: ThreadsOpt = None,
     overwrite: OverwriteOpt = False,
@@ -325,8 +332,8 @@ def distill(
             temperature=temperature, hidden_weight=hidden_weight, attention_weight=attention_weight,
             attention_teacher_layer=attention_teacher_layer, relation_heads=relation_heads,
             layer_map=layer_map, baseline=baseline, measure_latency=latency, overwrite=overwrite,
-            train=TrainConfig(epochs=epochs, learning_rate=lr, batch_size=batch_size, max_steps=max_steps,
-                              seed=seed)))
+            resume=resume, train=TrainConfig(epochs=epochs, learning_rate=lr, batch_size=batch_size,
+                                             max_steps=max_steps, seed=seed, save_every=save_every)))
 
     run_command(body, json_out, _render_distill, threads)
 
@@ -360,6 +367,8 @@ def prune(
     max_steps: Annotated[Optional[int], typer.Option(help="Recovery: stop after this many steps.")] = None,
     latency: Annotated[bool, typer.Option(
         "--latency/--no-latency", help="Time parent and pruned model on CPU (ONNX Runtime).")] = True,
+    save_every: SaveEveryOpt = 200,
+    resume: ResumeOpt = False,
     seed: SeedOpt = 42,
     threads: ThreadsOpt = None,
     overwrite: OverwriteOpt = False,
@@ -376,8 +385,8 @@ def prune(
             checkpoint=checkpoint, out=out, heads=heads, ffn=ffn, params=params, importance=importance,
             importance_samples=importance_samples, gqa=gqa, task=spec, recover_epochs=recover_epochs,
             distill_from_parent=not no_distill, measure_latency=latency, overwrite=overwrite,
-            train=TrainConfig(epochs=recover_epochs, learning_rate=lr, batch_size=batch_size,
-                              max_steps=max_steps, seed=seed)))
+            resume=resume, train=TrainConfig(epochs=recover_epochs, learning_rate=lr, batch_size=batch_size,
+                                             max_steps=max_steps, seed=seed, save_every=save_every)))
 
     run_command(body, json_out, _render_prune, threads)
 

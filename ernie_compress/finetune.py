@@ -22,7 +22,7 @@ from .models.config import ErnieConfig, config_from_dict
 from .models.presets import resolve_preset
 from .paddle_env import seed_everything
 from .progress import note
-from .train import TrainConfig, TrainHooks, evaluate_split, train_model
+from .train import TrainConfig, TrainHooks, evaluate_split, resumable, train_model
 
 ARCHITECTURE_FOR_KIND = {"classification": "ErnieForSequenceClassification",
                          "pair_classification": "ErnieForSequenceClassification",
@@ -90,12 +90,6 @@ def _fresh_model_config(cfg: FinetuneConfig, task: TaskData, vocab_size: int) ->
     return config_from_dict(keys)
 
 
-def train_state_dir(out: Path) -> Path:
-    """Where an interrupted ``train`` keeps its resumable state: a hidden sibling of --out."""
-    out = Path(out).expanduser().resolve()
-    return out.parent / f".{out.name}.train-state"
-
-
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Run the train stage; returns its result (metrics, parameters, output path)."""
     import shutil
@@ -132,16 +126,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     splits = encode_splits(task, tokenizer, config.labels, cfg.max_seq_length)
     hooks = TrainHooks(on_eval=lambda step, m: note(
         f"step {step}: dev " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))))
-    state_dir = train_state_dir(cfg.out)
-    if not cfg.resume and state_dir.exists():
-        shutil.rmtree(state_dir)
-    try:
+    with resumable(cfg.out, cfg.resume) as state_dir:
         result = train_model(model, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
                              hooks=hooks, description="train", state_dir=state_dir, resume=cfg.resume)
-    except KeyboardInterrupt:
-        if (state_dir / "train_state.pdstate").exists():
-            raise KeyboardInterrupt(f"training state saved in {state_dir}; continue with --resume") from None
-        raise
     model.set_state_dict(result.best_state)
     held_out = evaluate_split(model, splits[task.held_out], task.kind)
     metrics = {"dev": result.best_metrics, task.held_out: held_out} if task.held_out != "dev" \

@@ -9,8 +9,10 @@ is cross-entropy on the labels. ``hooks`` see every step and every evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -117,6 +119,32 @@ def _no_decay(name: str) -> bool:
 STATE_FILE = "train_state.pdstate"
 
 
+def train_state_dir(out: Path) -> Path:
+    """Where an interrupted stage keeps its resumable training state: a hidden sibling of --out."""
+    out = Path(out).expanduser().resolve()
+    return out.parent / f".{out.name}.train-state"
+
+
+def clear_train_state(out: Path) -> None:
+    """Remove the resumable state of a stage once its output is written."""
+    shutil.rmtree(train_state_dir(out), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def resumable(out: Path, resume: bool):
+    """Yield the state directory for a stage writing ``out``; a fresh run clears an old state, an
+    interrupted one keeps it and says how to continue. Callers remove it once ``out`` is written."""
+    state_dir = train_state_dir(out)
+    if not resume and state_dir.exists():
+        shutil.rmtree(state_dir)
+    try:
+        yield state_dir
+    except KeyboardInterrupt:
+        if (state_dir / STATE_FILE).exists():
+            raise KeyboardInterrupt(f"training state saved in {state_dir}; continue with --resume") from None
+        raise
+
+
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     """Write the resumable state atomically (a kill mid-write leaves the previous one)."""
     paddle = import_paddle()
@@ -142,15 +170,18 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Tr
                 kind: str = "classification", loss_fn: LossFn = hard_label_loss,
                 hooks: TrainHooks | None = None,
                 parameters: Sequence | None = None, description: str = "train",
-                state_dir: Path | None = None, resume: bool = False) -> TrainResult:
+                state_dir: Path | None = None, resume: bool = False,
+                extra_layers: dict[str, Any] | None = None) -> TrainResult:
     """Train ``model`` in place and return the best weights by the dev metric.
 
     ``parameters`` restricts what the optimizer updates (default: every trainable parameter).
     Without ``dev`` the final weights are the result. With ``state_dir`` and
     ``config.save_every``, a resumable state (weights, optimizer, schedule, data order, random
     generators, best so far) is saved every ``save_every`` steps; ``resume`` continues from it and
-    reaches the same result as an uninterrupted run with the same seed.
+    reaches the same result as an uninterrupted run with the same seed. ``extra_layers`` are
+    trained layers outside ``model`` (distillation's projection) whose weights the state keeps too.
     """
+    extra_layers = extra_layers or {}
     paddle = import_paddle()
     seed_everything(config.seed)
     hooks = hooks or TrainHooks()
@@ -193,6 +224,8 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Tr
             raise UserError(f"the saved state in {state_dir} is from a run with other settings "
                             f"(steps {saved['total']}, seed {saved['seed']}); start again without --resume")
         model.set_state_dict(saved["model"])
+        for name, layer in extra_layers.items():
+            layer.set_state_dict(saved["extra"][name])
         optimizer.set_state_dict(saved["optimizer"])
         schedule.set_state_dict(saved["schedule"])
         paddle.set_rng_state(saved["paddle_rng"])
@@ -207,6 +240,7 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Tr
             "total": total, "seed": config.seed, "step": step, "last_eval": last_eval,
             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "epoch_rng_state": epoch_rng_state,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "extra": {name: layer.state_dict() for name, layer in extra_layers.items()},
             "schedule": schedule.state_dict(), "paddle_rng": paddle.get_rng_state(),
             "best_state": best_state, "best_metrics": best_metrics, "best_step": best_step,
             "history": history})

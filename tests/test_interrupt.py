@@ -11,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from tests.conftest import write_text_task
@@ -70,3 +71,41 @@ def test_same_seed_same_metrics(tmp_path):
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
     a, b = (load_file(str(tmp_path / f"r{i}" / "model.safetensors")) for i in range(2))
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+STAGES = {  # stage arguments after the parent checkpoint; each trains long enough to be cut
+    "distill": lambda parent: ["distill", "--teacher", str(parent), "--student", "tiny", "--hidden-weight", "1",
+                               "--epochs", "30", "--no-latency"],
+    "prune": lambda parent: ["prune", str(parent), "--heads", "0.25", "--recover-epochs", "30", "--no-latency"],
+    "qat": lambda parent: ["quantize", str(parent), "--qat", "int8", "--epochs", "30"],
+}
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_training_stages_resume_after_sigterm(tmp_path, stage):
+    """distill (with its hidden-state projection), prune recovery and QAT save and resume too."""
+    from tests.conftest import train_tiny_checkpoint
+
+    parent, _ = train_tiny_checkpoint(tmp_path, epochs=2)
+    args = ["--quiet", "--json", *STAGES[stage](parent), "--batch-size", "8", "--lr", "1e-3",
+            "--save-every", "5", "--seed", "9"]
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    full = subprocess.run(_cli(*args, "--out", str(tmp_path / "full")), capture_output=True, text=True, env=env)
+    assert full.returncode == 0, full.stderr
+    out = tmp_path / "cut"
+    state = tmp_path / ".cut.train-state" / "train_state.pdstate"
+    proc = subprocess.Popen(_cli(*args, "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.time() + 120
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "--resume" in stderr, stderr
+    assert not out.exists()
+    resumed = subprocess.run(_cli(*args, "--out", str(out), "--resume"), capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-5, err_msg=name)
+    assert not state.parent.exists()

@@ -31,7 +31,7 @@ from ..models.config import ErnieConfig, config_from_dict
 from ..models.presets import is_preset, resolve_preset
 from ..paddle_env import import_paddle, seed_everything
 from ..progress import note
-from ..train import TrainConfig, evaluate_split, train_model
+from ..train import TrainConfig, clear_train_state, evaluate_split, resumable, train_model
 from .losses import (hidden_mse, parse_layer_map, relation_kl, relation_log_probs,
                      uniform_layer_map)
 
@@ -58,6 +58,7 @@ class DistillConfig:
     measure_latency: bool = True  # time teacher and student on CPU through ONNX Runtime
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, learning_rate=5e-4))
     overwrite: bool = False
+    resume: bool = False  # continue the training an interrupted run saved beside --out
 
     def __post_init__(self) -> None:
         for name in ("ce_weight", "kd_weight", "hidden_weight", "attention_weight"):
@@ -217,8 +218,10 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         return total, parts
 
     params = list(student.parameters()) + (list(projection.parameters()) if cfg.hidden_weight else [])
-    result = train_model(student, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
-                         loss_fn=loss_fn, parameters=params, description="distill")
+    with resumable(cfg.out, cfg.resume) as state_dir:
+        result = train_model(student, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
+                             loss_fn=loss_fn, parameters=params, description="distill", state_dir=state_dir,
+                             resume=cfg.resume, extra_layers={"projection": projection} if cfg.hidden_weight else None)
     student.set_state_dict(result.best_state)
     student_metrics = evaluate_split(student, held_out, task.kind)
 
@@ -250,6 +253,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
              "report": report, "steps": result.steps, "seconds": round(time.perf_counter() - start, 1)}
     out = save_checkpoint(cfg.out, student_config, result.best_state, tokenizer, stage, parent=teacher_ckpt,
                           overwrite=cfg.overwrite)
+    clear_train_state(cfg.out)
     if cfg.measure_latency:
         from ..compare import latency_comparison
 

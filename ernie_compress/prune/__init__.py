@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..metrics import PRIMARY_METRIC, metric_delta
 from ..models import count_parameters, model_from_state
 from ..progress import note
-from ..train import TrainConfig, evaluate_split, train_model
+from ..train import TrainConfig, clear_train_state, evaluate_split, resumable, train_model
 from .importance import HEAD_METHODS, ffn_importance, head_importance
 from .physical import prune_state
 from .selection import (heads_to_keep_by_fraction, neurons_to_keep_by_fraction,
@@ -45,6 +45,7 @@ class PruneConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=1e-4))
     measure_latency: bool = True
     overwrite: bool = False
+    resume: bool = False  # continue the training an interrupted run saved beside --out
     gqa: str = "queries"  # ERNIE 4.5: remove query heads per group, or whole KV groups ("groups")
 
     def __post_init__(self) -> None:
@@ -122,8 +123,9 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
         loss = (logit_kd_loss(model, cfg.kd_alpha, cfg.kd_temperature, tokenizer.pad_id)
                 if cfg.distill_from_parent else hard_label_loss)
         train_cfg = TrainConfig(**{**cfg.train.__dict__, "epochs": cfg.recover_epochs})
-        result = train_model(pruned, splits["train"], splits.get("dev"), train_cfg, kind=task.kind,
-                             loss_fn=loss, description="recover")
+        with resumable(cfg.out, cfg.resume) as state_dir:
+            result = train_model(pruned, splits["train"], splits.get("dev"), train_cfg, kind=task.kind,
+                                 loss_fn=loss, description="recover", state_dir=state_dir, resume=cfg.resume)
         pruned.set_state_dict(result.best_state)
         state = {k: v for k, v in result.best_state.items()}
         recovered = evaluate_split(pruned, held_out, task.kind)
@@ -148,6 +150,7 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
     stage = {"name": "prune", "config": config_record(cfg), "metrics": {task.held_out: recovered},
              "report": report, "steps": steps, "seconds": round(time.perf_counter() - start, 1)}
     out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent, overwrite=cfg.overwrite)
+    clear_train_state(cfg.out)
     if cfg.measure_latency:
         from ..compare import latency_comparison
 

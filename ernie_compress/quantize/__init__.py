@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..metrics import PRIMARY_METRIC, metric_delta
 from ..models import model_from_state
 from ..progress import note
-from ..train import TrainConfig, evaluate_split, train_model
+from ..train import TrainConfig, clear_train_state, evaluate_split, resumable, train_model
 from .scheme import SCALES_FILE, Int8Scheme, cpu_has_vnni, quantization_info
 
 PTQ_OBSERVERS = ("abs_max", "percentile", "mse", "kl")
@@ -46,6 +46,7 @@ class QuantizeConfig:
     percentile: float = 99.99  # with observer=percentile
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=5e-5))
     overwrite: bool = False
+    resume: bool = False  # continue the training an interrupted run saved beside --out
 
     def __post_init__(self) -> None:
         modes = [m for m in (self.qat, self.ptq, "fp16" if self.fp16 else None) if m is not None]
@@ -98,8 +99,9 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
 
         loss = (logit_kd_loss(fp32, cfg.kd_alpha, cfg.kd_temperature, tokenizer.pad_id)
                 if cfg.distill_from_parent else hard_label_loss)
-        result = train_model(qmodel, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
-                             loss_fn=loss, description="qat int8")
+        with resumable(cfg.out, cfg.resume) as state_dir:
+            result = train_model(qmodel, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
+                                 loss_fn=loss, description="qat int8", state_dir=state_dir, resume=cfg.resume)
         qmodel.set_state_dict(result.best_state)
         steps, train_seconds = result.steps, result.seconds
     else:
@@ -119,6 +121,7 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
              "delta_points": delta, "steps": steps, "seconds": round(time.perf_counter() - start, 1)}
     out = save_checkpoint(cfg.out, config, float_state(qmodel), tokenizer, stage, parent=parent,
                           overwrite=cfg.overwrite, extra_files={SCALES_FILE: scales})
+    clear_train_state(cfg.out)
     note(f"{cfg.method} int8 (fake-quant, Paddle): {metric} {metrics[metric]:.4f} vs FP32 parent "
          f"{parent_metrics[metric]:.4f} ({delta:+.2f} points)")
     return {"stage": f"quantize-{cfg.method}", "out": str(out), "task": task.spec.name,
