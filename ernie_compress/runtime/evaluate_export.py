@@ -8,6 +8,7 @@ Nothing here imports Paddle unless the Paddle backend is chosen.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -107,32 +108,36 @@ def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
     split = encode_split(task.kind, task.split(split_name), tokenizer, labels, manifest.get("max_seq_length", 128))
 
     profile_dir = Path(tempfile.mkdtemp(prefix="ernie-compress-profile-")) if cfg.runtime.profile else None
-    session = open_session(export_dir, manifest, cfg.runtime, profile_dir)
-    start = time.perf_counter()
-    metrics = score_split(session.run, split, cfg.eval_batch_size)
-    eval_seconds = time.perf_counter() - start
+    try:
+        session = open_session(export_dir, manifest, cfg.runtime, profile_dir)
+        start = time.perf_counter()
+        metrics = score_split(session.run, split, cfg.eval_batch_size)
+        eval_seconds = time.perf_counter() - start
 
-    primary = PRIMARY_METRIC[task.kind]
-    reference = (manifest.get("reference") or {}).get("metrics")
-    same_data = manifest.get("task") == spec.to_dict() and split_name == task.held_out
-    delta = metric_delta(primary, metrics[primary], reference[primary]) if reference and same_data else None
+        primary = PRIMARY_METRIC[task.kind]
+        reference = (manifest.get("reference") or {}).get("metrics")
+        same_data = manifest.get("task") == spec.to_dict() and split_name == task.held_out
+        delta = metric_delta(primary, metrics[primary], reference[primary]) if reference and same_data else None
 
-    # latency inputs: held-out texts padded/truncated to seq_len
-    examples = task.split(split_name)[:64]
-    pairs = None if examples[0].text_b is None else [e.text_b for e in examples]
-    enc = tokenizer.encode_batch([e.text_a for e in examples], pairs,
-                                 max_length=cfg.latency.seq_len, pad_to=cfg.latency.seq_len)
-    latency = [measure_latency(session.run, enc.input_ids, enc.token_type_ids, b, cfg.latency)
-               for b in cfg.latency.batch_sizes]
+        # latency inputs: held-out texts padded/truncated to seq_len
+        examples = task.split(split_name)[:64]
+        pairs = None if examples[0].text_b is None else [e.text_b for e in examples]
+        enc = tokenizer.encode_batch([e.text_a for e in examples], pairs,
+                                     max_length=cfg.latency.seq_len, pad_to=cfg.latency.seq_len)
+        latency = [measure_latency(session.run, enc.input_ids, enc.token_type_ids, b, cfg.latency)
+                   for b in cfg.latency.batch_sizes]
 
-    profile = None
-    if cfg.runtime.profile:
-        if session.backend == "onnxruntime":
-            profile = onnxruntime_op_profile(session.end_profiling(), cfg.top_ops)
-        else:
-            b = max(cfg.latency.batch_sizes)
-            profile = paddle_op_profile(session.run, np.tile(enc.input_ids, (-(-b // 64), 1))[:b],
-                                        np.tile(enc.token_type_ids, (-(-b // 64), 1))[:b], cfg.top_ops)
+        profile = None
+        if cfg.runtime.profile:
+            if session.backend == "onnxruntime":
+                profile = onnxruntime_op_profile(session.end_profiling(), cfg.top_ops)
+            else:
+                b = max(cfg.latency.batch_sizes)
+                profile = paddle_op_profile(session.run, np.tile(enc.input_ids, (-(-b // 64), 1))[:b],
+                                            np.tile(enc.token_type_ids, (-(-b // 64), 1))[:b], cfg.top_ops)
+    finally:
+        if profile_dir is not None:  # the raw trace was summarised into the result
+            shutil.rmtree(profile_dir, ignore_errors=True)
     return {
         "export": str(export_dir), "task": spec.name, "split": split_name,
         "backend": session.backend, "device": session.device,
