@@ -25,7 +25,10 @@ def world(tmp_path_factory):
     int8 = root / "int8"
     assert runner.invoke(app, ["--quiet", "quantize", str(ckpt), "--ptq", "int8", "--calib-samples", "8",
                                "--out", str(int8)]).exit_code == 0
-    return {"root": root, "ckpt": ckpt, "data": data, "export": export, "int8": int8}
+    decoder = root / "decoder"
+    assert runner.invoke(app, ["--quiet", "train", "--task", "text", "--data", str(data), "--preset", "ernie45-tiny",
+                               "--max-steps", "2", "--out", str(decoder)]).exit_code == 0
+    return {"root": root, "ckpt": ckpt, "data": data, "export": export, "int8": int8, "decoder": decoder}
 
 
 def _broken_copy(world, tmp: Path, name: str, mutate) -> Path:
@@ -67,8 +70,20 @@ def _files(world, tmp):
     recipe_yaml.write_text("task: [demo\n")
     a_file = tmp / "a_file.txt"
     a_file.write_text("not a folder")
+    badqa = tmp / "badqa"
+    badqa.mkdir()
+    good = '{"data": [{"paragraphs": [{"context": "张三住在北京。", "qas": [{"id": "q1", "question": "张三住在哪里？", "answers": [{"text": "北京", "answer_start": 4}]}]}]}]}'
+    (badqa / "train.json").write_text(good.replace('"answer_start": 4', '"answer_start": "4"'), encoding="utf-8")
+    (badqa / "dev.json").write_text(good, encoding="utf-8")
+    badlm = tmp / "badlm"
+    badlm.mkdir()
+    (badlm / "train.txt").write_text("\n\n")
+    (badlm / "dev.txt").write_text("好\n", encoding="utf-8")
+    moe = tmp / "moe"
+    moe.mkdir()
+    (moe / "config.json").write_text(json.dumps({"model_type": "ernie4_5_moe", "moe_num_experts": 64}))
     return {"empty": empty, "badjson": badjson, "odd": odd, "recipe_unknown": recipe_unknown,
-            "recipe_yaml": recipe_yaml, "a_file": a_file}
+            "recipe_yaml": recipe_yaml, "a_file": a_file, "badqa": badqa, "badlm": badlm, "moe": moe}
 
 
 CASES = {
@@ -86,6 +101,11 @@ CASES = {
     "train: output exists": ["train", "--task", "text", "--data", "{data}", "--preset", "tiny", "--out", "{ckpt}"],
     "train: preset and --from": ["train", "--preset", "tiny", "--from", "{ckpt}", "--out", "{new}"],
     "train: no task": ["train", "--preset", "tiny", "--out", "{new}"],
+    "train: malformed CMRC2018 answer": ["train", "--task", "cmrc2018", "--data", "{badqa}", "--preset", "tiny", "--out", "{new}"],
+    "train: cmrc2018 without --data": ["train", "--task", "cmrc2018", "--preset", "tiny", "--out", "{new}"],
+    "train: lm file without texts": ["train", "--task", "lm", "--data", "{badlm}", "--preset", "ernie45-tiny", "--out", "{new}"],
+    "train: causal LM on an encoder": ["train", "--task", "demo:lm", "--preset", "tiny", "--out", "{new}"],
+    "train: NER on a decoder": ["train", "--task", "demo:ner", "--preset", "ernie45-tiny", "--out", "{new}"],
     # evaluate / info
     "evaluate: missing checkpoint": ["evaluate", "{tmp}/nope"],
     "evaluate: a file, not a folder": ["evaluate", "{a_file}"],
@@ -103,6 +123,7 @@ CASES = {
     "evaluate: bad batch sizes": ["evaluate", "{export}", "--batch-sizes", "0"],
     "info: not a checkpoint": ["info", "{empty}"],
     "info: compression.json invalid": ["info", "{badlineage}"],
+    "info: ERNIE 4.5 mixture of experts": ["info", "{moe}"],
     # export / bench
     "export: unknown format": ["export", "{ckpt}", "--out", "{new}", "--format", "tflite"],
     "export: opset out of range": ["export", "{ckpt}", "--out", "{new}", "--opset", "5"],
@@ -117,6 +138,7 @@ CASES = {
     "prune: negative ratio": ["prune", "{ckpt}", "--heads", "-0.1", "--out", "{new}"],
     "prune: every head": ["prune", "{ckpt}", "--heads", "0.99", "--out", "{new}", "--no-latency"],
     "prune: quantized checkpoint": ["prune", "{int8}", "--heads", "0.2", "--out", "{new}"],
+    "prune: unknown GQA mode": ["prune", "{decoder}", "--heads", "0.5", "--gqa", "kv", "--out", "{new}"],
     "distill: unknown student": ["distill", "--teacher", "{ckpt}", "--student", "colossal", "--out", "{new}"],
     "distill: missing teacher": ["distill", "--teacher", "{tmp}/nope", "--student", "tiny", "--out", "{new}"],
     "pretrain: unknown corpus": ["pretrain", "--corpus", "{tmp}/none.txt", "--out", "{new}"],

@@ -60,6 +60,8 @@ class PruneConfig:
                 raise UserError(f"--{name} is a fraction in (0, 1), got {value}")
         if self.importance not in HEAD_METHODS:
             raise UserError(f"--importance must be one of {', '.join(HEAD_METHODS)}, got '{self.importance}'")
+        if self.gqa not in ("queries", "groups"):
+            raise UserError(f"--gqa must be one of queries, groups, got '{self.gqa}'")
         if self.recover_epochs < 0:
             raise UserError(f"--recover-epochs must be >= 0, got {self.recover_epochs}")
 
