@@ -161,12 +161,17 @@ class Checkpoint:
         return self.lineage.get("weights_sha256")
 
     def tokenizer(self):
-        from .data.tokenizer import ErnieTokenizer
+        from .data.sp_tokenizer import SentencePieceTokenizer, load_tokenizer
 
         if self.path is None:
             raise UserError("this checkpoint has no directory to read a vocabulary from")
-        tokenizer = ErnieTokenizer.from_dir(self.path)
-        if tokenizer.vocab_size != self.config.vocab_size:
+        tokenizer = load_tokenizer(self.path)
+        if isinstance(tokenizer, SentencePieceTokenizer):  # the release pads its embedding matrix
+            if tokenizer.vocab_size > self.config.vocab_size:
+                raise UserError(f"{self.path}: tokenizer.model has {tokenizer.vocab_size} pieces but the model's "
+                                f"vocab_size is {self.config.vocab_size}; the tokenizer does not belong to "
+                                f"these weights")
+        elif tokenizer.vocab_size != self.config.vocab_size:
             raise UserError(f"{self.path}: vocab.txt has {tokenizer.vocab_size} tokens but the model's "
                             f"vocab_size is {self.config.vocab_size}; the vocabulary does not belong to "
                             f"these weights")

@@ -108,10 +108,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         config = _fresh_model_config(cfg, task, tokenizer.vocab_size)
         model = build_model(config)
     else:
-        tokenizer = parent.tokenizer()
-        if tokenizer.vocab_size != parent.config.vocab_size:
-            raise UserError(f"{parent.path}: vocab.txt has {tokenizer.vocab_size} tokens but the "
-                            f"model's vocab_size is {parent.config.vocab_size}")
+        tokenizer = parent.tokenizer()  # checked against the model's vocab_size
         architecture = architecture_for(parent.config.model_type, task.kind)
         same_head = parent.config.labels == task.labels and parent.config.architecture == architecture
         config = parent.config.replace(

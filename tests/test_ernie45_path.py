@@ -99,3 +99,46 @@ def test_causal_lm_perplexity_through_export_and_ptq(tmp_path):
         out = _ok(["evaluate", str(tmp_path / f"{ckpt}x"), "--batch-sizes", "1", "--iterations", "2"])
         assert out["primary_metric"] == "perplexity"
         assert out["metrics"]["perplexity"] == pytest.approx(exported["reference_metrics"]["perplexity"], rel=0.02)
+
+
+def _sentencepiece_model(texts) -> bytes:
+    """Train a tiny sentencepiece model offline (the release ships its own tokenizer.model)."""
+    import io
+
+    import sentencepiece as spm
+
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts * 20), model_writer=proto, vocab_size=72,
+                                   character_coverage=1.0, model_type="unigram", bos_id=1, eos_id=2, unk_id=0,
+                                   pad_id=-1, minloglevel=2)
+    return proto.getvalue()
+
+
+def test_published_checkpoint_with_sentencepiece_tokenizer_fine_tunes_and_deploys(tmp_path):
+    """A checkpoint as the release ships it (tokenizer.model, padded embedding, causal-LM head)
+    is fine-tuned into a classifier, evaluated, exported and run on ONNX Runtime."""
+    from safetensors.numpy import save_file
+
+    from ernie_compress.data.sp_tokenizer import SentencePieceTokenizer
+    from ernie_compress.models import build_model, model_state
+    from ernie_compress.models.config import config_from_dict
+    from ernie_compress.models.presets import resolve_preset
+
+    published = tmp_path / "ERNIE-4.5-tiny-Paddle"
+    published.mkdir()
+    proto = _sentencepiece_model(POSITIVE + NEGATIVE)
+    tokenizer = SentencePieceTokenizer(proto)
+    assert (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id) == (1, 2, 0)
+    config = config_from_dict(dict(resolve_preset("ernie45-tiny"), vocab_size=tokenizer.vocab_size + 8))
+    state = model_state(build_model(config))
+    save_file(state, str(published / "model.safetensors"))
+    (published / "config.json").write_text(json.dumps(config.to_dict()))
+    (published / "tokenizer.model").write_bytes(proto)
+    data = write_text_task(tmp_path / "data")
+    result = _ok(["train", "--from", str(published), "--task", "text", "--data", str(data), "--out", str(tmp_path / "c"),
+                  "--epochs", "6", "--lr", "5e-3", "--batch-size", "8"])
+    assert result["metrics"]["test"]["accuracy"] >= 0.75
+    assert (tmp_path / "c" / "tokenizer.model").read_bytes() == proto
+    _ok(["export", str(tmp_path / "c"), "--format", "onnx", "--out", str(tmp_path / "x")])
+    out = _ok(["evaluate", str(tmp_path / "x"), "--batch-sizes", "1", "--iterations", "2"])
+    assert out["metrics"]["accuracy"] == pytest.approx(result["metrics"]["test"]["accuracy"])

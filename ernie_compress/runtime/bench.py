@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..data.tasks import TaskSpec, load_task
-from ..data.tokenizer import ErnieTokenizer
+from ..data.sp_tokenizer import load_tokenizer
 from ..errors import UserError
 from .backends import RuntimeConfig, open_session
 from .dynamic_batching import BatcherConfig, serve_load
@@ -43,7 +43,7 @@ def bench_export(cfg: BenchConfig) -> dict[str, Any]:
     if not manifest.get("task"):
         raise UserError(f"{export_dir}: the export records no task to draw requests from")
     task = load_task(TaskSpec.from_dict(manifest["task"]))
-    tokenizer = ErnieTokenizer.from_dir(export_dir)
+    tokenizer = load_tokenizer(export_dir)
     examples = task.split(task.held_out)
     examples = [examples[i % len(examples)] for i in range(cfg.requests)]
     requests = []

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..data.batching import encode_split
 from ..data.tasks import TaskSpec, load_task
-from ..data.tokenizer import ErnieTokenizer
+from ..data.sp_tokenizer import load_tokenizer
 from ..errors import UserError
 from ..metrics import PRIMARY_METRIC, metric_delta, score_split
 from .backends import RuntimeConfig, open_session
@@ -95,7 +95,7 @@ def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
     manifest = load_manifest(cfg.export_dir)
     export_dir = Path(cfg.export_dir).expanduser().resolve()
     labels = manifest.get("labels") or []
-    tokenizer = ErnieTokenizer.from_dir(export_dir)
+    tokenizer = load_tokenizer(export_dir)
     if cfg.task:
         spec = TaskSpec(cfg.task, str(Path(cfg.data).expanduser().resolve()) if cfg.data else None)
     elif manifest.get("task"):
