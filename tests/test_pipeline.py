@@ -70,3 +70,41 @@ def test_rerun_skips_finished_stages(finished_run):
 def test_report_of_a_missing_run(tmp_path):
     res = runner.invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 2 and "no report.json" in res.stderr
+
+
+@pytest.mark.parametrize("task", ["qa", "ner", "lm"])
+def test_recipes_run_for_every_task_kind(tmp_path, task):
+    """QA (CMRC2018 file), NER (BIO files) and an ERNIE 4.5 causal LM run as recipes; the report
+    names the task's metric."""
+    from tests.conftest import NEGATIVE, POSITIVE, write_cmrc_task
+    from tests.test_ner_path import _bio
+
+    if task == "qa":
+        data, name, preset, metric = write_cmrc_task(tmp_path / "data", paragraphs=8), "cmrc2018", "tiny", "f1"
+    elif task == "ner":
+        data = tmp_path / "data"
+        data.mkdir()
+        for split, repeat in (("train", 4), ("dev", 1), ("test", 1)):
+            _bio(data / f"{split}.txt", repeat)
+        name, preset, metric = "msra-ner", "tiny", "f1"
+    else:
+        data = tmp_path / "data"
+        data.mkdir()
+        for split in ("train", "dev", "test"):
+            (data / f"{split}.txt").write_text("\n".join(POSITIVE + NEGATIVE), encoding="utf-8")
+        name, preset, metric = "lm", "ernie45-tiny", "perplexity"
+    recipe = tmp_path / f"{task}.yaml"
+    recipe.write_text(f"""\
+task: {name}
+data: {data}
+stages:
+  - train: {{name: teacher, preset: {preset}, epochs: 2, lr: 0.003, batch_size: 8, max_seq_len: 32}}
+  - quantize: {{name: int8, ptq: int8, calib_samples: 8}}
+  - export: {{name: int8-onnx, format: onnx}}
+  - evaluate: {{batch_sizes: [1], seq_len: 16, iterations: 2, warmup: 1}}
+""")
+    res = runner.invoke(app, ["--quiet", "--json", "run", str(recipe), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert {r["metric"] for r in report["rows"]} == {metric}
+    assert f"| {metric} |" in (tmp_path / "run" / "report.md").read_text()

@@ -33,6 +33,7 @@ PRESETS: dict[str, dict] = {
     "demo-teacher": _size(4, 128, 4, 512, _DEMO),
     "demo-base": _size(4, 256, 8, 1024, _DEMO),  # a wider teacher (~4x the matmul work)
     "demo-mini": _size(2, 64, 2, 256, _DEMO),
+    "demo-half": _size(2, 128, 4, 512, _DEMO),  # demo-teacher's width, half its layers (--init-from-teacher)
     "tiny": _size(2, 32, 4, 64, _DEMO),
 }
 # ERNIE 4.5 dense decoders: ERNIE-4.5-0.3B as published, and small ones of the same architecture
