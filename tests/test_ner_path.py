@@ -57,6 +57,10 @@ def test_ner_export_matches_dygraph(ner_ckpt):
         out = json.loads(ev.stdout)
         assert out["primary_metric"] == "f1"
         assert out["metrics"]["f1"] == pytest.approx(result["metrics"]["test"]["f1"])
+    bench = runner.invoke(app, ["--quiet", "--json", "bench", str(root / "x"), "--concurrency", "2", "--requests", "12"])
+    assert bench.exit_code == 0, bench.output
+    served = json.loads(bench.stdout)  # per-token outputs are cut back to each request's length
+    assert served["predictions_agree"] == 1.0 and served["outputs_max_abs_diff"] < 1e-4
 
 
 def test_ner_distill_prune_qat_chain(ner_ckpt, tmp_path):

@@ -106,7 +106,8 @@ class DynamicBatcher:
                 r.future.set_exception(exc)
             return
         for row, r in enumerate(batch):
-            r.future.set_result(out[row])
+            # per-position outputs (tags, spans, LM) come back cut to the request's own length
+            r.future.set_result(out[row] if out.ndim == 2 else out[row, :len(r.input_ids)])
 
 
 def serve_load(run, requests: list[tuple[np.ndarray, np.ndarray]], concurrency: int,
