@@ -92,7 +92,8 @@ def test_causal_lm_perplexity_through_export_and_ptq(tmp_path):
     vocab = len((tmp_path / "m" / "vocab.txt").read_text(encoding="utf-8").split())
     assert test["perplexity"] < vocab / 4  # far better than guessing, on texts it has seen
     _ok(["quantize", str(tmp_path / "m"), "--ptq", "int8", "--calib-samples", "16", "--out", str(tmp_path / "q")])
-    for ckpt in ("m", "q"):
+    _ok(["quantize", str(tmp_path / "m"), "--fp16", "--out", str(tmp_path / "h")])
+    for ckpt in ("m", "q", "h"):
         exported = _ok(["export", str(tmp_path / ckpt), "--format", "onnx", "--out", str(tmp_path / f"{ckpt}x")])
         manifest = json.loads((tmp_path / f"{ckpt}x" / "manifest.json").read_text())
         assert manifest["outputs"] == ["lm_logits"]
