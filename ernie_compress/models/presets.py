@@ -52,7 +52,7 @@ PRESETS.update({
     "ernie45-0.3b": dict(_decoder(18, 1024, 16, 2, 128, 3072, _ERNIE45), vocab_size=103424,
                          max_position_embeddings=131072),
     "ernie45-demo": _decoder(4, 128, 8, 2, 16, 384, _ERNIE45_DEMO),  # the teacher of the 4.5 demo
-    "ernie45-mini": _decoder(2, 64, 4, 2, 16, 192, _ERNIE45_DEMO),
+    "ernie45-mini": _decoder(2, 64, 8, 2, 8, 192, _ERNIE45_DEMO),  # 4 query heads per KV group
     "ernie45-tiny": _decoder(2, 32, 4, 2, 8, 64, _ERNIE45_DEMO),
 })
 ALIASES = {"xxl": "xbase", "ernie-3.0-xbase-zh": "xbase", "ernie-3.0-base-zh": "base",
