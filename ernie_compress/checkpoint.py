@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -130,8 +131,15 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 def write_safetensors(path: Path, state: dict[str, np.ndarray]) -> None:
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path),
-              metadata={"format": "np"})
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path),
+                  metadata={"format": "np"})
+    except OSError:
+        raise
+    except Exception as exc:  # safetensors reports I/O failures as its own error type
+        if any(s in str(exc) for s in ("StorageFull", "code: 28", "os error 28", "No space left")):
+            raise OSError(errno.ENOSPC, "no space left on device") from None
+        raise
 
 
 # --- the checkpoint --------------------------------------------------------------------------
@@ -283,9 +291,34 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in _STORAGE_ERRORS:
+            raise UserError(f"cannot write {out}: {exc.strerror or _STORAGE_ERRORS[exc.errno]}; nothing was "
+                            f"written (free space or fix permissions and run again)") from None
+        raise
+    except Exception:
+        full = _storage_full(tmp)  # some writers (Paddle's C++ streams) fail silently when full
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise UserError(f"cannot write {out}: no space left on device; nothing was written "
+                            f"(free space and run again)") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _storage_full(path: Path, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(path).free < margin
+    except OSError:
+        return False
+
+
+# Errors of the storage rather than of the program: reported as one line, output removed.
+_STORAGE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
 
 
 def now_iso() -> str:

@@ -177,3 +177,37 @@ def test_bad_input(world, tmp_path, case):
 
 def test_the_corpus_is_large():
     assert len(CASES) >= 30
+
+
+def test_disk_full_while_writing_weights(world, tmp_path, monkeypatch):
+    """ENOSPC from the weights writer: one line, exit 2, nothing left behind."""
+    import errno
+
+    import ernie_compress.checkpoint as checkpoint
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write_safetensors", full)
+    res = runner.invoke(app, ["--quiet", "quantize", str(world["ckpt"]), "--ptq", "int8", "--calib-samples", "8",
+                              "--out", str(tmp_path / "q")])
+    assert res.exit_code == 2 and "no space left on device" in res.stderr.lower(), res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_seen_by_a_silent_writer(world, tmp_path, monkeypatch):
+    """Paddle's C++ writers do not report a full disk; the failure that follows is reported as one."""
+    from collections import namedtuple
+
+    import ernie_compress.checkpoint as checkpoint
+    import ernie_compress.export.static_graph as static_graph
+
+    def broken(*_):
+        raise RuntimeError("Cannot read tensor desc size")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(static_graph, "export_static_graph", broken)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda _: usage(10, 10, 0))
+    res = runner.invoke(app, ["--quiet", "export", str(world["ckpt"]), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "no space left on device" in res.stderr, res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
