@@ -58,8 +58,29 @@ def load_sentiment(spec: TaskSpec) -> TaskData:
     )
 
 
+SENTENCE_ENDS = frozenset("。！？")
+
+
+def split_sentences(text: str, tags: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
+    """Cut a paragraph after each 。！？ that is not inside an entity; drops empty pieces."""
+    pieces, start = [], 0
+    for i, (ch, tag) in enumerate(zip(text, tags)):
+        inside = i + 1 < len(tags) and tags[i + 1].startswith("I-")
+        if ch in SENTENCE_ENDS and not inside:
+            pieces.append((text[start:i + 1], tags[start:i + 1]))
+            start = i + 1
+    if start < len(text):
+        pieces.append((text[start:], tags[start:]))
+    return [(t, g) for t, g in pieces if t.strip()]
+
+
 def load_ner(spec: TaskSpec) -> TaskData:
-    """demo:ner — People's Daily 1998 as character BIO tags (PER/LOC/ORG), seeded 80/10/10."""
+    """demo:ner — People's Daily 1998 as character BIO tags (PER/LOC/ORG).
+
+    The corpus's lines are paragraphs (median 75 characters, 28% longer than 126): they are split
+    80/10/10 by paragraph (seeded), then cut into sentences at 。！？ so that a tagger's window
+    holds whole sentences; a dev/test sentence that also occurs in train is dropped.
+    """
     from .ner import NER_LABELS, tokens_to_bio
     from .peoples_daily import read_sentences
 
@@ -69,12 +90,22 @@ def load_ner(spec: TaskSpec) -> TaskData:
         tagged.setdefault("".join(chars), set()).add(tuple(tags))
     pairs = sorted((text, next(iter(t))) for text, t in tagged.items() if len(t) == 1)
     conflicts = len(tagged) - len(pairs)
-    train, dev, test = seeded_split(pairs, (0.8, 0.1, 0.1), SPLIT_SEED)
-    to_examples = lambda part: [Example(t, None, tags) for t, tags in part]  # noqa: E731
-    return TaskData(spec=spec, kind="token_classification", labels=list(NER_LABELS),
-                    splits={"train": to_examples(train), "dev": to_examples(dev), "test": to_examples(test)},
+    parts = dict(zip(("train", "dev", "test"), seeded_split(pairs, (0.8, 0.1, 0.1), SPLIT_SEED)))
+    splits: dict[str, list[Example]] = {}
+    seen: set[str] = set()
+    for name in ("train", "dev", "test"):
+        unique: dict[str, tuple[str, ...]] = {}
+        for text, tags in parts[name]:
+            for sentence, sentence_tags in split_sentences(text, tags):
+                if sentence not in seen:
+                    unique.setdefault(sentence, sentence_tags)
+        if name == "train":
+            seen.update(unique)
+        splits[name] = [Example(t, None, tags) for t, tags in unique.items()]
+    return TaskData(spec=spec, kind="token_classification", labels=list(NER_LABELS), splits=splits,
                     held_out="test",
-                    notes=[f"{len(tagged)} unique sentences ({conflicts} tagged two ways dropped)"])
+                    notes=[f"{len(tagged)} unique paragraphs ({conflicts} tagged two ways dropped) -> "
+                           f"{sum(len(v) for v in splits.values())} sentences"])
 
 
 def load_reviews_lm(spec: TaskSpec) -> TaskData:

@@ -57,3 +57,13 @@ def test_msra_bio_reader_errors_name_the_line(tmp_path, text, message):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(UserError, match=message):
         read_bio_file(path)
+
+
+def test_paragraphs_are_cut_into_sentences_outside_entities():
+    from ernie_compress.data.corpora import split_sentences
+
+    text = "李鹏说。好！新华社？"
+    tags = ("B-PER", "I-PER", "O", "O", "O", "O", "B-ORG", "I-ORG", "I-ORG", "O")
+    assert split_sentences(text, tags) == [("李鹏说。", tags[:4]), ("好！", tags[4:6]), ("新华社？", tags[6:])]
+    inside = ("B-ORG", "I-ORG", "I-ORG", "O")  # a 。 inside an entity does not end the sentence
+    assert split_sentences("甲。乙丙", inside) == [("甲。乙丙", inside)]
