@@ -85,12 +85,18 @@ class EncodedSplit:
                 self.char_index[row, pos] = w
 
     def tags_from_logits(self, example: int, logits: np.ndarray) -> list[str]:
-        """Character-level tags of one example from its token logits [seq, labels]; characters
-        without a token (truncated) are tagged O."""
+        """Character-level tags of one example from its token logits [seq, labels]: the most likely
+        valid BIO sequence over its characters' first tokens; characters without a token
+        (truncated) are tagged O."""
+        from .ner import bio_viterbi
+
         tags = ["O"] * len(self.gold_tags[example])
-        best = logits.argmax(-1)
-        for pos in np.flatnonzero(self.char_index[example, :len(best)] >= 0):
-            tags[self.char_index[example, pos]] = self.label_names[best[pos]]
+        positions = np.flatnonzero(self.char_index[example, :len(logits)] >= 0)
+        scores = logits[positions].astype(np.float64)  # [chars, labels]
+        log_probs = scores - scores.max(-1, keepdims=True)
+        log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+        for pos, label in zip(positions, bio_viterbi(log_probs, self.label_names)):
+            tags[self.char_index[example, pos]] = self.label_names[label]
         return tags
 
     def __len__(self) -> int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
@@ -94,3 +96,34 @@ def load_bio_dir(spec) -> "TaskData":
     labels = ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
     held_out = "test" if "test" in splits else "dev"
     return TaskData(spec=spec, kind="token_classification", labels=labels, splits=splits, held_out=held_out)
+
+
+def allowed_transitions(labels: list[str]) -> np.ndarray:
+    """[from, to] True where BIO allows ``to`` after ``from`` (``I-X`` only after ``B-X``/``I-X``)."""
+    n = len(labels)
+    allowed = np.ones((n, n), dtype=bool)
+    for j, to in enumerate(labels):
+        if to.startswith("I-"):
+            for i, frm in enumerate(labels):
+                allowed[i, j] = frm in (f"B-{to[2:]}", to)
+    return allowed
+
+
+def bio_viterbi(log_probs: np.ndarray, labels: list[str]) -> list[int]:
+    """The most likely tag sequence that is valid BIO, from per-character log-probabilities
+    [chars, labels] (a tagger without a CRF otherwise emits ``O I-X`` fragments)."""
+    n, c = log_probs.shape
+    if n == 0:
+        return []
+    penalty = np.where(allowed_transitions(labels), 0.0, -np.inf)  # [c, c]
+    start = np.array([0.0 if not l.startswith("I-") else -np.inf for l in labels])
+    score = start + log_probs[0]
+    back = np.zeros((n, c), dtype=np.int64)
+    for t in range(1, n):
+        total = score[:, None] + penalty  # [from, to]
+        back[t] = total.argmax(0)
+        score = total.max(0) + log_probs[t]
+    path = [int(score.argmax())]
+    for t in range(n - 1, 0, -1):
+        path.append(int(back[t, path[-1]]))
+    return path[::-1]

@@ -67,3 +67,19 @@ def test_paragraphs_are_cut_into_sentences_outside_entities():
     assert split_sentences(text, tags) == [("李鹏说。", tags[:4]), ("好！", tags[4:6]), ("新华社？", tags[6:])]
     inside = ("B-ORG", "I-ORG", "I-ORG", "O")  # a 。 inside an entity does not end the sentence
     assert split_sentences("甲。乙丙", inside) == [("甲。乙丙", inside)]
+
+
+def test_bio_viterbi_never_emits_an_inside_tag_without_its_begin():
+    import numpy as np
+
+    from ernie_compress.data.ner import NER_LABELS, bio_viterbi
+
+    labels = list(NER_LABELS)  # O, B-PER, I-PER, B-LOC, I-LOC, B-ORG, I-ORG
+    idx = {l: i for i, l in enumerate(labels)}
+    probs = np.full((3, len(labels)), 0.01)
+    probs[0, idx["O"]], probs[0, idx["B-PER"]] = 0.6, 0.3  # argmax says O I-PER I-PER
+    probs[1, idx["I-PER"]] = probs[2, idx["I-PER"]] = 0.9
+    path = [labels[i] for i in bio_viterbi(np.log(probs), labels)]
+    assert path == ["B-PER", "I-PER", "I-PER"]  # the best valid sequence, not O + fragments
+    clear = np.log(np.eye(len(labels))[[idx["B-LOC"], idx["I-LOC"], idx["O"]]] * 0.9 + 0.01)
+    assert [labels[i] for i in bio_viterbi(clear, labels)] == ["B-LOC", "I-LOC", "O"]
