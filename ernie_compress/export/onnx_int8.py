@@ -92,7 +92,40 @@ def quantize_onnx_int8(fp32_path: Path, out_path: Path, scales: dict[str, dict[s
                        # keep MatMul outputs in float: no re-quantization (and no scale that the
                        # checkpoint does not carry); ORT then fuses to MatMulIntegerToFloat
                        "OpTypesToExcludeOutputQuantization": ["MatMul"]})
-    return {"quantized_matmuls": len(nodes), "weight_bits": weight_bits}
+    rewired = keep_float_for_other_consumers(out_path)
+    return {"quantized_matmuls": len(nodes), "weight_bits": weight_bits, "float_consumers_kept": rewired}
+
+
+def keep_float_for_other_consumers(path: Path) -> int:
+    """Point every non-MatMul reader of a quantize-dequantize pair back at the float tensor.
+
+    The QDQ quantizer replaces a quantized activation by its dequantized copy for *all* readers,
+    so the residual connection (the Add / LayerNorm beside the next Linear) would read the
+    rounded activation: a numerical change the fake-quant model never made, and a
+    DequantizeLinear that ONNX Runtime cannot fuse away. Only the MatMuls need the rounded copy.
+    Returns how many inputs were pointed back.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    producer = {out: node for node in model.graph.node for out in node.output}
+    float_of = {}  # DequantizeLinear output -> the float tensor its QuantizeLinear read
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear":
+            q = producer.get(node.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                float_of[node.output[0]] = q.input[0]
+    rewired = 0
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "DequantizeLinear", "QuantizeLinear"):
+            continue
+        for i, name in enumerate(node.input):
+            if name in float_of:
+                node.input[i] = float_of[name]
+                rewired += 1
+    if rewired:
+        onnx.save(model, str(path))
+    return rewired
 
 
 def integer_ops(onnx_path: Path, threads: int = 1) -> dict[str, int]:
