@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .tasks import Example, TaskData, TaskSpec
+from .tasks import Example, TaskData, TaskSpec, split_files
 
 EXTENSIONS = (".json", ".jsonl", ".tsv", ".txt")
 
@@ -93,28 +93,11 @@ def read_file(path: Path, fmt: Format) -> list[Example]:
     return examples
 
 
-def _find_split_file(directory: Path, split: str) -> Path | None:
-    found = [directory / f"{split}{ext}" for ext in EXTENSIONS if (directory / f"{split}{ext}").is_file()]
-    if len(found) > 1:
-        raise UserError(f"{directory}: more than one {split} file ({', '.join(p.name for p in found)})")
-    return found[0] if found else None
-
-
 def load_dir(spec: TaskSpec) -> TaskData:
     fmt = FORMATS[spec.name]
     directory = Path(spec.data).expanduser()
-    if not directory.exists():
-        raise UserError(f"data directory {directory} does not exist")
-    if not directory.is_dir():
-        raise UserError(f"--data {directory} must be a directory with train/dev[/test] files")
     splits: dict[str, list[Example]] = {}
-    for split in ("train", "dev", "test"):
-        path = _find_split_file(directory, split)
-        if path is None:
-            if split != "test":
-                raise UserError(f"{directory}: no {split} file (expected {split}.json, "
-                                f"{split}.jsonl, {split}.tsv or {split}.txt)")
-            continue
+    for split, path in split_files(spec, EXTENSIONS).items():
         examples = read_file(path, fmt)
         if not examples:
             raise UserError(f"{path}: no examples (the file is empty)")

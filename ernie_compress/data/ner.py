@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from typing import TYPE_CHECKING
 
 from ..errors import UserError
 
@@ -78,20 +78,10 @@ def read_bio_file(path: Path) -> list[tuple[list[str], list[str]]]:
 
 def load_bio_dir(spec) -> "TaskData":
     """``--task msra-ner --data DIR``: train/dev[/test] BIO files (.txt, .bio or .tsv)."""
-    from .tasks import Example, TaskData
+    from .tasks import Example, TaskData, split_files
 
-    directory = Path(spec.data).expanduser()
-    if not directory.is_dir():
-        raise UserError(f"data directory {directory} does not exist or is not a directory")
-    splits = {}
-    for split in ("train", "dev", "test"):
-        found = [directory / f"{split}{ext}" for ext in (".txt", ".bio", ".tsv")
-                 if (directory / f"{split}{ext}").is_file()]
-        if not found:
-            if split != "test":
-                raise UserError(f"{directory}: no {split} file (expected {split}.txt, .bio or .tsv)")
-            continue
-        splits[split] = [Example("".join(chars), None, tuple(tags)) for chars, tags in read_bio_file(found[0])]
+    splits = {split: [Example("".join(chars), None, tuple(tags)) for chars, tags in read_bio_file(path)]
+              for split, path in split_files(spec, (".txt", ".bio", ".tsv")).items()}
     types = sorted({t[2:] for _, s in splits.items() for e in s for t in e.label if t != "O"})
     labels = ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
     held_out = "test" if "test" in splits else "dev"

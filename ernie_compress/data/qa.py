@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .tasks import Example, TaskData, TaskSpec
+from .tasks import Example, TaskData, TaskSpec, split_files
 
 
 @dataclass(frozen=True)
@@ -96,16 +96,8 @@ def read_squad_file(path: Path, need_answers: bool = True) -> list[Example]:
 
 def load_qa_dir(spec: TaskSpec) -> TaskData:
     """``--task cmrc2018 --data DIR``: train.json, dev.json[, test.json]."""
-    directory = Path(spec.data).expanduser()
-    if not directory.is_dir():
-        raise UserError(f"data directory {directory} does not exist or is not a directory")
     splits = {}
-    for split in ("train", "dev", "test"):
-        path = directory / f"{split}.json"
-        if not path.is_file():
-            if split != "test":
-                raise UserError(f"{directory}: no {split}.json (CMRC2018/SQuAD-format JSON)")
-            continue
+    for split, path in split_files(spec, (".json",)).items():
         examples = read_squad_file(path, need_answers=split != "test")
         if split == "test" and any(e.label is None for e in examples):
             continue  # an unlabeled test set (as CMRC2018 publishes it) cannot be scored

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
@@ -78,6 +79,27 @@ def seeded_split(items: list, fractions: Sequence[float], seed: int) -> list[lis
     return parts
 
 
+def split_files(spec: TaskSpec, extensions: Sequence[str]) -> dict[str, Path]:
+    """The ``train``, ``dev`` and (optional) ``test`` files of ``--data DIR``, one per split with
+    one of ``extensions``; a missing train/dev file or two candidates for a split are errors."""
+    directory = Path(spec.data).expanduser()
+    if not directory.exists():
+        raise UserError(f"data directory {directory} does not exist")
+    if not directory.is_dir():
+        raise UserError(f"--data {directory} must be a directory with train/dev[/test] files")
+    files = {}
+    for split in ("train", "dev", "test"):
+        found = [directory / f"{split}{ext}" for ext in extensions if (directory / f"{split}{ext}").is_file()]
+        if len(found) > 1:
+            raise UserError(f"{directory}: more than one {split} file ({', '.join(p.name for p in found)})")
+        if found:
+            files[split] = found[0]
+        elif split != "test":
+            raise UserError(f"{directory}: no {split} file (expected "
+                            + " or ".join(f"{split}{ext}" for ext in extensions) + ")")
+    return files
+
+
 def load_task(spec: TaskSpec) -> TaskData:
     """Load the examples of ``spec`` (raises :class:`UserError` naming the problem)."""
     from . import clue, corpora
@@ -124,18 +146,8 @@ def load_task_for_model(spec: TaskSpec | None, recorded: dict[str, Any] | None,
 
 def load_text_lm_dir(spec: TaskSpec) -> TaskData:
     """``--task lm --data DIR``: one text per line in train.txt, dev.txt and optionally test.txt."""
-    from pathlib import Path
-
-    directory = Path(spec.data).expanduser()
-    if not directory.is_dir():
-        raise UserError(f"data directory {directory} does not exist or is not a directory")
     splits = {}
-    for name in ("train", "dev", "test"):
-        path = directory / f"{name}.txt"
-        if not path.is_file():
-            if name != "test":
-                raise UserError(f"{directory}: no {name}.txt (one text per line)")
-            continue
+    for name, path in split_files(spec, (".txt",)).items():
         try:
             lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
         except UnicodeDecodeError:
