@@ -122,3 +122,14 @@ def write_cmrc_task(directory: Path, paragraphs: int = 24, seed: int = 0) -> Pat
     for name, n in (("train", paragraphs), ("dev", max(2, paragraphs // 6)), ("test", max(2, paragraphs // 6))):
         (directory / f"{name}.json").write_text(json.dumps(split(n, name), ensure_ascii=False), encoding="utf-8")
     return directory
+
+
+def cli_json(args: list[str]) -> dict:
+    """Run a CLI command in-process with --quiet --json; it must succeed; its JSON result."""
+    from typer.testing import CliRunner
+
+    from ernie_compress.cli import app
+
+    res = CliRunner().invoke(app, ["--quiet", "--json", *args])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)

@@ -9,60 +9,54 @@ import pytest
 from typer.testing import CliRunner
 
 from ernie_compress.cli import app
-from tests.conftest import NEGATIVE, POSITIVE, write_text_task
+from tests.conftest import NEGATIVE, POSITIVE, cli_json, write_text_task
 
 runner = CliRunner()
-
-
-def _ok(args):
-    res = runner.invoke(app, ["--quiet", "--json", *args])
-    assert res.exit_code == 0, res.output
-    return json.loads(res.stdout)
 
 
 @pytest.fixture(scope="module")
 def decoder(tmp_path_factory):
     root = tmp_path_factory.mktemp("e45")
     data = write_text_task(root / "data")
-    result = _ok(["train", "--task", "text", "--data", str(data), "--preset", "ernie45-tiny", "--out", str(root / "t"),
-                  "--epochs", "8", "--lr", "5e-3", "--batch-size", "8"])
+    result = cli_json(["train", "--task", "text", "--data", str(data), "--preset", "ernie45-tiny", "--out", str(root / "t"),
+                      "--epochs", "8", "--lr", "5e-3", "--batch-size", "8"])
     return root, data, result
 
 
 def test_decoder_classifier_trains_exports_and_runs_on_both_runtimes(decoder):
     root, _, result = decoder
     assert result["metrics"]["test"]["accuracy"] >= 0.75
-    info = _ok(["info", str(root / "t")])
+    info = cli_json(["info", str(root / "t")])
     assert info["model_type"] == "ernie4_5" and info["architecture"] == "Ernie4_5ForSequenceClassification"
-    _ok(["export", str(root / "t"), "--out", str(root / "x")])
+    cli_json(["export", str(root / "t"), "--out", str(root / "x")])
     manifest = json.loads((root / "x" / "manifest.json").read_text())
     assert manifest["inputs"] == ["input_ids"] and manifest["files"]["paddle"]["onednn"] is False
     for backend in ("onnxruntime", "paddle"):
-        out = _ok(["evaluate", str(root / "x"), "--backend", backend, "--batch-sizes", "1", "--iterations", "2"])
+        out = cli_json(["evaluate", str(root / "x"), "--backend", backend, "--batch-sizes", "1", "--iterations", "2"])
         assert out["metrics"]["accuracy"] == pytest.approx(result["metrics"]["test"]["accuracy"])
 
 
 def test_decoder_distill_prune_qat_chain(decoder, tmp_path):
     root, _, _ = decoder
     common = ["--epochs", "2", "--lr", "3e-3", "--batch-size", "8"]
-    distilled = _ok(["distill", "--teacher", str(root / "t"), "--student", "ernie45-tiny", "--init-from-teacher",
-                     "--hidden-weight", "1", "--out", str(tmp_path / "s"), *common])
+    distilled = cli_json(["distill", "--teacher", str(root / "t"), "--student", "ernie45-tiny", "--init-from-teacher",
+                         "--hidden-weight", "1", "--out", str(tmp_path / "s"), *common])
     assert distilled["losses"]["hidden"] == 1.0
-    pruned = _ok(["prune", str(tmp_path / "s"), "--heads", "0.5", "--gqa", "queries", "--recover-epochs", "1",
-                  "--out", str(tmp_path / "p")])
+    pruned = cli_json(["prune", str(tmp_path / "s"), "--heads", "0.5", "--gqa", "queries", "--recover-epochs", "1",
+                      "--out", str(tmp_path / "p")])
     assert pruned["gqa"]["queries_per_group"] == [2, 1] and pruned["gqa"]["kv_heads"] == [2, 2]
     assert pruned["parameters_after"]["non_embedding"] < pruned["parameters_before"]["non_embedding"]
-    groups = _ok(["prune", str(tmp_path / "s"), "--heads", "0.5", "--gqa", "groups", "--recover-epochs", "0",
-                  "--out", str(tmp_path / "g")])
+    groups = cli_json(["prune", str(tmp_path / "s"), "--heads", "0.5", "--gqa", "groups", "--recover-epochs", "0",
+                      "--out", str(tmp_path / "g")])
     assert groups["gqa"]["kv_heads"] == [2, 1] and groups["heads_after"] == [2, 2]
     config = json.loads((tmp_path / "p" / "config.json").read_text())  # still the standard layout
     assert (config["num_attention_heads"], config["num_key_value_heads"]) == (2, 2)
     assert "num_attention_heads_per_layer" not in config
-    _ok(["quantize", str(tmp_path / "p"), "--qat", "int8", "--distill-from-parent", "--out", str(tmp_path / "q"),
-         *common])
-    exported = _ok(["export", str(tmp_path / "q"), "--format", "onnx", "--out", str(tmp_path / "x")])
+    cli_json(["quantize", str(tmp_path / "p"), "--qat", "int8", "--distill-from-parent", "--out", str(tmp_path / "q"),
+             *common])
+    exported = cli_json(["export", str(tmp_path / "q"), "--format", "onnx", "--out", str(tmp_path / "x")])
     assert exported["int8"]["runtime_ops"]
-    out = _ok(["evaluate", str(tmp_path / "x"), "--batch-sizes", "1", "--iterations", "2"])
+    out = cli_json(["evaluate", str(tmp_path / "x"), "--batch-sizes", "1", "--iterations", "2"])
     assert 0 <= out["metrics"]["accuracy"] <= 1
 
 
@@ -86,18 +80,18 @@ def test_causal_lm_perplexity_through_export_and_ptq(tmp_path):
     (data / "train.txt").write_text("\n".join(texts * 4), encoding="utf-8")
     (data / "dev.txt").write_text("\n".join(texts), encoding="utf-8")
     (data / "test.txt").write_text("\n".join(texts), encoding="utf-8")
-    result = _ok(["train", "--task", "lm", "--data", str(data), "--preset", "ernie45-tiny", "--out", str(tmp_path / "m"),
-                  "--epochs", "6", "--lr", "5e-3", "--batch-size", "8"])
+    result = cli_json(["train", "--task", "lm", "--data", str(data), "--preset", "ernie45-tiny", "--out", str(tmp_path / "m"),
+                      "--epochs", "6", "--lr", "5e-3", "--batch-size", "8"])
     test = result["metrics"]["test"]
     vocab = len((tmp_path / "m" / "vocab.txt").read_text(encoding="utf-8").split())
     assert test["perplexity"] < vocab / 4  # far better than guessing, on texts it has seen
-    _ok(["quantize", str(tmp_path / "m"), "--ptq", "int8", "--calib-samples", "16", "--out", str(tmp_path / "q")])
-    _ok(["quantize", str(tmp_path / "m"), "--fp16", "--out", str(tmp_path / "h")])
+    cli_json(["quantize", str(tmp_path / "m"), "--ptq", "int8", "--calib-samples", "16", "--out", str(tmp_path / "q")])
+    cli_json(["quantize", str(tmp_path / "m"), "--fp16", "--out", str(tmp_path / "h")])
     for ckpt in ("m", "q", "h"):
-        exported = _ok(["export", str(tmp_path / ckpt), "--format", "onnx", "--out", str(tmp_path / f"{ckpt}x")])
+        exported = cli_json(["export", str(tmp_path / ckpt), "--format", "onnx", "--out", str(tmp_path / f"{ckpt}x")])
         manifest = json.loads((tmp_path / f"{ckpt}x" / "manifest.json").read_text())
         assert manifest["outputs"] == ["lm_logits"]
-        out = _ok(["evaluate", str(tmp_path / f"{ckpt}x"), "--batch-sizes", "1", "--iterations", "2"])
+        out = cli_json(["evaluate", str(tmp_path / f"{ckpt}x"), "--batch-sizes", "1", "--iterations", "2"])
         assert out["primary_metric"] == "perplexity"
         assert out["metrics"]["perplexity"] == pytest.approx(exported["reference_metrics"]["perplexity"], rel=0.02)
 
@@ -136,10 +130,10 @@ def test_published_checkpoint_with_sentencepiece_tokenizer_fine_tunes_and_deploy
     (published / "config.json").write_text(json.dumps(config.to_dict()))
     (published / "tokenizer.model").write_bytes(proto)
     data = write_text_task(tmp_path / "data")
-    result = _ok(["train", "--from", str(published), "--task", "text", "--data", str(data), "--out", str(tmp_path / "c"),
-                  "--epochs", "6", "--lr", "5e-3", "--batch-size", "8"])
+    result = cli_json(["train", "--from", str(published), "--task", "text", "--data", str(data), "--out", str(tmp_path / "c"),
+                      "--epochs", "6", "--lr", "5e-3", "--batch-size", "8"])
     assert result["metrics"]["test"]["accuracy"] >= 0.75
     assert (tmp_path / "c" / "tokenizer.model").read_bytes() == proto
-    _ok(["export", str(tmp_path / "c"), "--format", "onnx", "--out", str(tmp_path / "x")])
-    out = _ok(["evaluate", str(tmp_path / "x"), "--batch-sizes", "1", "--iterations", "2"])
+    cli_json(["export", str(tmp_path / "c"), "--format", "onnx", "--out", str(tmp_path / "x")])
+    out = cli_json(["evaluate", str(tmp_path / "x"), "--batch-sizes", "1", "--iterations", "2"])
     assert out["metrics"]["accuracy"] == pytest.approx(result["metrics"]["test"]["accuracy"])

@@ -24,13 +24,12 @@ def _cli(*args):
     return [sys.executable, "-m", "ernie_compress.cli", *args]
 
 
-def test_sigterm_then_resume_matches_uninterrupted(tmp_path):
-    data = write_text_task(tmp_path / "data")
-    args = ARGS + ["--data", str(data)]
+def _run_full_then_cut(args, tmp_path):
+    """Run ``args`` to the end into ``full``; run it again into ``cut`` and SIGTERM it once its
+    first training state is saved; return (full run, cut run's stderr, cut run's exit code, cut dir)."""
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     full = subprocess.run(_cli(*args, "--out", str(tmp_path / "full")), capture_output=True, text=True, env=env)
     assert full.returncode == 0, full.stderr
-
     out = tmp_path / "cut"
     state = tmp_path / ".cut.train-state" / "train_state.pdstate"
     proc = subprocess.Popen(_cli(*args, "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -40,18 +39,31 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path):
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert "--resume" in stderr and stderr.count("\n") == 1
-    assert not out.exists()
-    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no half-written output
+    return full, stderr, proc.returncode, out
 
+
+def _resume_and_compare(args, tmp_path, out):
+    """Resume the cut run; its weights equal the uninterrupted run's; the state is removed."""
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
     resumed = subprocess.run(_cli(*args, "--out", str(out), "--resume"), capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout)["metrics"] == json.loads(full.stdout)["metrics"]
     a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(out / "model.safetensors"))
     for name in a:
         np.testing.assert_allclose(a[name], b[name], atol=1e-5, err_msg=name)
-    assert not state.parent.exists()  # removed once the run finished
+    assert not (tmp_path / ".cut.train-state").exists()  # removed once the run finished
+    return resumed
+
+
+def test_sigterm_then_resume_matches_uninterrupted(tmp_path):
+    data = write_text_task(tmp_path / "data")
+    args = ARGS + ["--data", str(data)]
+    full, stderr, code, out = _run_full_then_cut(args, tmp_path)
+    assert code == 130, stderr
+    assert "--resume" in stderr and stderr.count("\n") == 1
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no half-written output
+    resumed = _resume_and_compare(args, tmp_path, out)
+    assert json.loads(resumed.stdout)["metrics"] == json.loads(full.stdout)["metrics"]
 
 
 def test_resume_without_state_is_an_error(tmp_path):
@@ -89,23 +101,7 @@ def test_training_stages_resume_after_sigterm(tmp_path, stage):
     parent, _ = train_tiny_checkpoint(tmp_path, epochs=2)
     args = ["--quiet", "--json", *STAGES[stage](parent), "--batch-size", "8", "--lr", "1e-3",
             "--save-every", "5", "--seed", "9"]
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    full = subprocess.run(_cli(*args, "--out", str(tmp_path / "full")), capture_output=True, text=True, env=env)
-    assert full.returncode == 0, full.stderr
-    out = tmp_path / "cut"
-    state = tmp_path / ".cut.train-state" / "train_state.pdstate"
-    proc = subprocess.Popen(_cli(*args, "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
-    deadline = time.time() + 120
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "--resume" in stderr, stderr
+    _, stderr, code, out = _run_full_then_cut(args, tmp_path)
+    assert code == 130 and "--resume" in stderr, stderr
     assert not out.exists()
-    resumed = subprocess.run(_cli(*args, "--out", str(out), "--resume"), capture_output=True, text=True, env=env)
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(out / "model.safetensors"))
-    for name in a:
-        np.testing.assert_allclose(a[name], b[name], atol=1e-5, err_msg=name)
-    assert not state.parent.exists()
+    _resume_and_compare(args, tmp_path, out)
