@@ -17,8 +17,49 @@ from ..errors import UserError
 SUPPORTED_ACTIVATIONS = ("gelu", "relu", "gelu_new", "gelu_fast")
 
 
+class TaskHeadConfig:
+    """What every model family's config shares: the task head's labels and architecture, and
+    reading/writing ``config.json`` with unknown keys kept in ``extra`` (a dataclass mixin)."""
+
+    BASE_ARCHITECTURE = "Model"
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.id2label[i] for i in sorted(self.id2label)]
+
+    @property
+    def architecture(self) -> str:
+        return self.architectures[0] if self.architectures else self.BASE_ARCHITECTURE
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        if not isinstance(data, dict):
+            raise UserError("config.json must hold a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        extra = {k: v for k, v in data.items() if k not in known and k != "label2id"}
+        try:
+            return cls(**kwargs, extra=extra)
+        except TypeError as exc:  # pragma: no cover - defensive: dataclass signature errors
+            raise UserError(f"config.json: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        data["id2label"] = {str(k): v for k, v in sorted(self.id2label.items())}
+        data["label2id"] = {v: k for k, v in sorted(self.id2label.items())}
+        data.update(self.extra)
+        return data
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass
-class ErnieConfig:
+class ErnieConfig(TaskHeadConfig):
     vocab_size: int = 40000
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -79,13 +120,7 @@ class ErnieConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    @property
-    def architecture(self) -> str:
-        return self.architectures[0] if self.architectures else "ErnieModel"
+    BASE_ARCHITECTURE = "ErnieModel"
 
     def heads_in_layer(self, layer: int) -> int:
         per_layer = self.num_attention_heads_per_layer
@@ -103,36 +138,14 @@ class ErnieConfig:
     def ffn_per_layer(self) -> list[int]:
         return [self.ffn_in_layer(i) for i in range(self.num_hidden_layers)]
 
-    @property
-    def labels(self) -> list[str]:
-        return [self.id2label[i] for i in sorted(self.id2label)]
-
     # --- (de)serialisation -------------------------------------------------------------------
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ErnieConfig":
-        if not isinstance(data, dict):
-            raise UserError("config.json must hold a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        extra = {k: v for k, v in data.items() if k not in known and k != "label2id"}
-        try:
-            return cls(**kwargs, extra=extra)
-        except TypeError as exc:  # pragma: no cover - defensive: dataclass signature errors
-            raise UserError(f"config.json: {exc}") from None
-
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        data = super().to_dict()
         for name in ("num_attention_heads_per_layer", "intermediate_size_per_layer",
                      "classifier_dropout"):
             if data[name] is None:
                 del data[name]
-        data["id2label"] = {str(k): v for k, v in sorted(self.id2label.items())}
-        data["label2id"] = {v: k for k, v in sorted(self.id2label.items())}
-        data.update(self.extra)
         return data
-
-    def replace(self, **changes: Any) -> "ErnieConfig":
-        return dataclasses.replace(self, **changes)
 
 
 def config_from_dict(data: dict[str, Any]):

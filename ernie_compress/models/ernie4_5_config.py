@@ -9,17 +9,17 @@ Mixture-of-experts configs (``ernie4_5_moe``, ``moe_num_experts``) are refused: 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
+from .config import TaskHeadConfig
 
 MODEL_TYPE = "ernie4_5"
 
 
 @dataclass
-class Ernie45Config:
+class Ernie45Config(TaskHeadConfig):
     vocab_size: int = 103424
     hidden_size: int = 1024
     intermediate_size: int = 3072
@@ -63,17 +63,7 @@ class Ernie45Config:
                             f"(size {self.vocab_size})")
 
     # --- derived -----------------------------------------------------------------------------
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    @property
-    def labels(self) -> list[str]:
-        return [self.id2label[i] for i in sorted(self.id2label)]
-
-    @property
-    def architecture(self) -> str:
-        return self.architectures[0] if self.architectures else "Ernie4_5Model"
+    BASE_ARCHITECTURE = "Ernie4_5Model"
 
     @property
     def queries_per_group(self) -> int:
@@ -96,23 +86,8 @@ class Ernie45Config:
     # --- (de)serialisation -------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Ernie45Config":
-        if not isinstance(data, dict):
-            raise UserError("config.json must hold a JSON object")
-        if data.get("moe_num_experts") or "moe" in str(data.get("model_type", "")):
+        if isinstance(data, dict) and (data.get("moe_num_experts") or "moe" in str(data.get("model_type", ""))):
             raise UserError("config.json describes an ERNIE 4.5 mixture-of-experts model "
                             f"(model_type '{data.get('model_type')}'); only the dense ERNIE 4.5 "
                             "models (model_type 'ernie4_5', e.g. ERNIE-4.5-0.3B) are supported yet")
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        extra = {k: v for k, v in data.items() if k not in known and k != "label2id"}
-        return cls(**kwargs, extra=extra)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        data["id2label"] = {str(k): v for k, v in sorted(self.id2label.items())}
-        data["label2id"] = {v: k for k, v in sorted(self.id2label.items())}
-        data.update(self.extra)
-        return data
-
-    def replace(self, **changes: Any) -> "Ernie45Config":
-        return dataclasses.replace(self, **changes)
+        return super().from_dict(data)
