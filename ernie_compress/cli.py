@@ -436,7 +436,7 @@ def evaluate(
     device: Annotated[str, typer.Option(help="Export only: cpu, gpu or npu.")] = "cpu",
     backend: Annotated[Optional[str], typer.Option(
         help="Export only: paddle (Paddle Inference) or onnxruntime. Default: onnxruntime on "
-             "cpu, paddle on gpu/npu.")] = None,
+             "cpu, paddle on gpu/npu; the other one when the export has only its files.")] = None,
     batch_sizes: Annotated[str, typer.Option(
         help="Export only: batch sizes to time, comma-separated.")] = "1,32",
     seq_len: Annotated[int, typer.Option(help="Export only: sequence length for timing.")] = 128,

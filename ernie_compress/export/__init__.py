@@ -193,8 +193,9 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
                              for i in range(0, min(len(ids), 32), 8)]
                     feeds = [{k: v for k, v in f.items() if k in input_names(model)} for f in feeds]
                     param_names = {p.name: n for n, p in model.named_parameters()}
-                    extra["int8"] = quantize_onnx_int8(fp32_path, onnx_path, scales, scheme.weight_bits,
-                                                       feeds, param_names)
+                    qdq_path = tmp / "onnx" / "model_qdq.onnx"
+                    extra["int8"] = quantize_onnx_int8(fp32_path, onnx_path, qdq_path, scales,
+                                                       scheme.weight_bits, feeds, param_names)
                     ops = integer_ops(onnx_path)
                     extra["int8"]["runtime_ops"] = {k: v for k, v in ops.items() if k in INTEGER_KERNELS}
                     if not extra["int8"]["runtime_ops"]:
@@ -205,6 +206,8 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
 
                     extra["fp16"] = convert_onnx_fp16(fp32_path, onnx_path)
                 files["onnx"] = {"model": "onnx/model.onnx", "opset": cfg.opset}
+                if int8:  # the portable QDQ form, read by the GPU/NPU providers
+                    files["onnx"]["qdq_model"] = "onnx/model_qdq.onnx"
                 session = OnnxRuntimeSession(onnx_path, cpu)
                 if fp16:
                     verification["onnx"] = verify("onnx fp16", session, reference, ids, types,
@@ -212,6 +215,8 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
                 elif int8:
                     verification["onnx"] = verify_int8(session, reference, ids, types,
                                                        cfg.int8_min_agreement, kind)
+                    verification["onnx_qdq"] = verify_int8(OnnxRuntimeSession(qdq_path, cpu), reference,
+                                                           ids, types, cfg.int8_min_agreement, kind)
                 else:
                     verification["onnx"] = verify("onnx", session, reference, ids, types, cfg.tolerance, kind)
         manifest = {

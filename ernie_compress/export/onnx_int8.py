@@ -73,18 +73,24 @@ def int8_overrides(model, scales: dict[str, dict[str, Any]], weight_bits: int,
     return nodes, overrides
 
 
-def quantize_onnx_int8(fp32_path: Path, out_path: Path, scales: dict[str, dict[str, Any]],
+def quantize_onnx_int8(fp32_path: Path, out_path: Path, qdq_path: Path, scales: dict[str, dict[str, Any]],
                        weight_bits: int, samples: list[dict[str, np.ndarray]],
                        param_names: dict[str, str]) -> dict[str, Any]:
-    """Write the INT8 QDQ model; returns what was quantized."""
+    """Write the INT8 models; returns what was quantized.
+
+    ``qdq_path``: the standard QDQ model (QuantizeLinear/DequantizeLinear around float MatMuls),
+    for runtimes that build their own integer kernels from QDQ (TensorRT, OpenVINO, ORT's GPU
+    providers). ``out_path``: the same model with each quantized Linear written as ONNX Runtime's
+    CPU integer kernel, bias included (:func:`fuse_bias_into_integer_matmuls`).
+    """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(fp32_path))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    qdq_path.parent.mkdir(parents=True, exist_ok=True)
     nodes, overrides = int8_overrides(model, scales, weight_bits, param_names)
     quantize_static(
-        str(fp32_path), str(out_path), _SampleReader(samples), quant_format=QuantFormat.QDQ,
+        str(fp32_path), str(qdq_path), _SampleReader(samples), quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, per_channel=True,
         reduce_range=weight_bits == 7, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         extra_options={"TensorQuantOverrides": overrides, "ActivationSymmetric": False,
@@ -92,8 +98,12 @@ def quantize_onnx_int8(fp32_path: Path, out_path: Path, scales: dict[str, dict[s
                        # keep MatMul outputs in float: no re-quantization (and no scale that the
                        # checkpoint does not carry); ORT then fuses to MatMulIntegerToFloat
                        "OpTypesToExcludeOutputQuantization": ["MatMul"]})
-    rewired = keep_float_for_other_consumers(out_path)
-    return {"quantized_matmuls": len(nodes), "weight_bits": weight_bits, "float_consumers_kept": rewired}
+    rewired = keep_float_for_other_consumers(qdq_path)
+    cpu_model = onnx.load(str(qdq_path))
+    bias_fused = fuse_bias_into_integer_matmuls(cpu_model)
+    onnx.save(cpu_model, str(out_path))
+    return {"quantized_matmuls": len(nodes), "weight_bits": weight_bits, "float_consumers_kept": rewired,
+            "bias_fused_matmuls": bias_fused}
 
 
 def keep_float_for_other_consumers(path: Path) -> int:
@@ -152,3 +162,66 @@ def integer_ops(onnx_path: Path, threads: int = 1) -> dict[str, int]:
 
 INTEGER_KERNELS = ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul",
                    "QGemm")
+
+
+def fuse_bias_into_integer_matmuls(model) -> int:
+    """Rewrite each quantized Linear (DQ(x), DQ(W) -> MatMul -> Add(bias)) as one
+    ``com.microsoft.MatMulIntegerToFloat(x_q, W_q, x_scale, W_scale, x_zp, W_zp, bias)``.
+
+    ONNX Runtime's QDQ fusion builds ``MatMulIntegerToFloat`` without its bias input, so a bias Add
+    that no later fusion absorbs (attention's q/k/v projections: 3 per layer) stays a separate
+    pass over a [batch, seq, hidden] float tensor; its dynamic-quantization fusion takes the bias.
+    This writes the fused form itself (same integers, same scales, same arithmetic). Operates on
+    the ``onnx.ModelProto`` in place; returns how many Linears were rewritten.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+
+    def dequantized(name: str):
+        dq = producer.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3:
+            return None
+        return dq
+
+    replacement, dropped = {}, set()  # Add node id -> fused node; MatMul ids dropped
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        x_dq, w_dq = dequantized(node.input[0]), dequantized(node.input[1])
+        if x_dq is None or w_dq is None or w_dq.input[0] not in initializers:
+            continue
+        x_scale = initializers.get(x_dq.input[1])
+        if x_scale is None or numpy_helper.to_array(x_scale).size != 1:
+            continue  # MatMulIntegerToFloat takes one activation scale
+        consumers = readers.get(node.output[0], [])
+        if len(consumers) != 1 or node.output[0] in graph_outputs or consumers[0].op_type != "Add":
+            continue
+        add = consumers[0]
+        bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        if bias not in initializers or numpy_helper.to_array(initializers[bias]).ndim != 1:
+            continue
+        replacement[id(add)] = helper.make_node(
+            "MatMulIntegerToFloat",
+            [x_dq.input[0], w_dq.input[0], x_dq.input[1], w_dq.input[1], x_dq.input[2], w_dq.input[2],
+             bias],
+            [add.output[0]], name=f"{node.name}_int8_bias", domain="com.microsoft")
+        dropped.add(id(node))
+    if not replacement:
+        return 0
+    # the fused node takes the Add's place: every input it reads is produced before the MatMul
+    nodes = [replacement.get(id(n), n) for n in graph.node if id(n) not in dropped]
+    read = {name for n in nodes for name in n.input} | graph_outputs
+    nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in read]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if not any(op.domain == "com.microsoft" for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return len(replacement)

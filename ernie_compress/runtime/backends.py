@@ -15,6 +15,8 @@ provider is a one-line error that says what to install. The ONNX Runtime path ne
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,10 @@ ORT_PROVIDERS = {
     "npu": ("CANNExecutionProvider",),
 }
 ORT_INSTALL_HINT = {
-    "gpu": "pip uninstall onnxruntime && pip install onnxruntime-gpu (needs CUDA 12 and cuDNN 9)",
+    "gpu": "pip uninstall onnxruntime && pip install onnxruntime-gpu built for your CUDA "
+           "(1.31 needs CUDA 13 and cuDNN 9 on LD_LIBRARY_PATH)",
+    "tensorrt": "install the TensorRT libraries (libnvinfer) that your onnxruntime-gpu was built "
+                "with and put them on LD_LIBRARY_PATH, or leave out --tensorrt",
     "npu": "install the Ascend CANN toolkit and an onnxruntime build with the CANN execution "
            "provider (onnxruntime-cann)",
 }
@@ -72,9 +77,15 @@ class RuntimeConfig:
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be >= 1, got {self.threads}")
 
-    @property
-    def resolved_backend(self) -> str:
-        return self.backend or DEFAULT_BACKEND[self.device]
+    def backend_for(self, files: dict[str, Any]) -> str:
+        """``--backend`` if given; else the device's default when the export has its files, else
+        the backend whose files the export has (an ONNX-only export runs on ONNX Runtime)."""
+        if self.backend:
+            return self.backend
+        default = DEFAULT_BACKEND[self.device]
+        other = "onnxruntime" if default == "paddle" else "paddle"
+        present = {"paddle": "paddle" in files, "onnxruntime": "onnx" in files}
+        return other if present[other] and not present[default] else default
 
 
 def onnxruntime_providers(device: str, available: Sequence[str], tensorrt: bool = False) -> list[str]:
@@ -122,12 +133,25 @@ class OnnxRuntimeSession:
             options.enable_profiling = True
             if profile_dir is not None:
                 options.profile_file_prefix = str(profile_dir / "ort_profile")
+        fallback_notice = io.StringIO()
         try:
-            self._session = ort.InferenceSession(str(model_path), options, providers=providers)
+            # when a provider fails to start, ONNX Runtime print()s an "EP Error" banner and
+            # silently retries on the remaining providers: keep the banner for our own message
+            with contextlib.redirect_stdout(fallback_notice):
+                self._session = ort.InferenceSession(str(model_path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise UserError(f"{model_path}: ONNX Runtime cannot load the model ({exc})") from None
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.providers = self._session.get_providers()
+        dropped = [p for p in providers if p not in self.providers]
+        if dropped:  # what was asked for must really run (e.g. TensorRT without libnvinfer)
+            hint = ORT_INSTALL_HINT.get("tensorrt" if "TensorrtExecutionProvider" in dropped
+                                        else config.device, "reinstall onnxruntime")
+            reason = next((line[len("EP Error "):] for line in fallback_notice.getvalue().splitlines()
+                           if line.startswith("EP Error ")), "")
+            reason = f" ({reason[:240]})" if reason else ""
+            raise UserError(f"ONNX Runtime could not start {', '.join(dropped)}{reason}; "
+                            f"it would run on {', '.join(self.providers)} instead; {hint}")
 
     def run(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": input_ids, "token_type_ids": token_type_ids}
@@ -187,17 +211,25 @@ class PaddleInferenceSession:
         return self._output.copy_to_cpu()
 
 
+def onnx_model_file(onnx_files: dict[str, Any], device: str) -> str:
+    """The ONNX file for ``device``: an INT8 export's ``model`` holds ONNX Runtime's CPU integer
+    kernels; GPU/NPU providers build theirs from the standard QDQ form (``qdq_model``)."""
+    if device != "cpu" and "qdq_model" in onnx_files:
+        return onnx_files["qdq_model"]
+    return onnx_files["model"]
+
+
 def open_session(export_dir: Path, manifest: dict[str, Any], config: RuntimeConfig,
                  profile_dir: Path | None = None) -> Session:
     """A session for the export in ``export_dir`` on ``config.device`` via ``config.backend``."""
-    backend = config.resolved_backend
     files = manifest.get("files", {})
+    backend = config.backend_for(files)
     if backend == "onnxruntime":
         onnx = files.get("onnx")
         if not onnx:
             raise UserError(f"{export_dir}: this export has no ONNX model; re-export with "
                             f"--format onnx (or use --backend paddle)")
-        return OnnxRuntimeSession(export_dir / onnx["model"], config, profile_dir)
+        return OnnxRuntimeSession(export_dir / onnx_model_file(onnx, config.device), config, profile_dir)
     paddle_files = files.get("paddle")
     if not paddle_files:
         raise UserError(f"{export_dir}: this export has no Paddle static graph; re-export with "

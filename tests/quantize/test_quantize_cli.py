@@ -68,7 +68,7 @@ def test_scales_in_the_onnx_are_the_checkpoints(qat, int8_export):
     scales = json.loads((ckpt / "quantization_scales.json").read_text())
     bits = json.loads((ckpt / "config.json").read_text())["quantization"]["weight_bits"]
     qmax = (1 << (bits - 1)) - 1
-    model = onnx.load(str(out / "onnx" / "model.onnx"))
+    model = onnx.load(str(out / "onnx" / "model_qdq.onnx"))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
     weight_scales = sorted(np.sort(np.asarray(v["weight_absmax"]) / qmax).tolist() for v in scales.values())
@@ -87,6 +87,14 @@ def test_scales_in_the_onnx_are_the_checkpoints(qat, int8_export):
     for got, want in zip(sorted(found_w), weight_scales):
         np.testing.assert_allclose(got, want, rtol=1e-5)
     assert found_a <= act_absmax | {max(act_absmax)} and len(found_a) >= 4
+    # the CPU model runs the same integers with the same scales, bias inside the integer kernel
+    cpu = onnx.load(str(out / "onnx" / "model.onnx"))
+    cpu_inits = {i.name: numpy_helper.to_array(i) for i in cpu.graph.initializer}
+    fused = [n for n in cpu.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert len(fused) == 12 and all(n.domain == "com.microsoft" and len(n.input) == 7 for n in fused)
+    assert sorted(np.sort(cpu_inits[n.input[3]].ravel()).tolist() for n in fused) == sorted(found_w)
+    assert not any(n.op_type in ("MatMul", "DequantizeLinear") and n.input[1] in cpu_inits
+                   and cpu_inits[n.input[1]].dtype == np.int8 for n in cpu.graph.node)
 
 
 def test_evaluate_int8_export(int8_export):
