@@ -200,4 +200,11 @@ def run_parsed_recipe(recipe: Recipe, run_dir: Path, force: bool = False) -> dic
 
 
 def checkpoint_stages(recipe: Recipe) -> list[StageSpec]:
-    return [s for s in recipe.stages if s.kind in CHECKPOINT_STAGES and s.kind != "pretrain"]
+    """The checkpoints a report compares: not pre-training, and not a training round that only
+    another training round continues (the teacher is the last round)."""
+    readers: dict[str, set[str]] = {}
+    for s in recipe.stages:
+        if s.source:
+            readers.setdefault(s.source, set()).add(s.kind)
+    return [s for s in recipe.stages if s.kind in CHECKPOINT_STAGES and s.kind != "pretrain"
+            and not (s.kind == "train" and readers.get(s.name) == {"train"})]

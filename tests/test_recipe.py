@@ -36,6 +36,15 @@ def test_sources_default_to_the_previous_checkpoint():
         ("evaluate", "quantize")]
 
 
+def test_the_report_compares_the_last_training_round_not_the_ones_it_continues():
+    from ernie_compress.pipeline import checkpoint_stages
+
+    recipe = parse_recipe("task: demo:sentiment\nstages:\n  - train: {name: round1, preset: tiny}\n"
+                          "  - train: {name: teacher, epochs: 1}\n  - prune: {params: 0.15}\n"
+                          "  - train: {name: recovered, epochs: 1}\n")
+    assert [s.name for s in checkpoint_stages(recipe)] == ["teacher", "prune", "recovered"]
+
+
 @pytest.mark.parametrize("text, message", [
     ("task: demo:sentiment\nstages:\n  - train: {preset: tiny, epochz: 1}\n", "3: unknown option 'epochz'"),
     ("task: demo:sentiment\nstages:\n  - train: {preset: tiny, epochs: many}\n", "'epochs' of stage 'train' must be int"),
