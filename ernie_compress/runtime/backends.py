@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,13 @@ def paddle_device_check(device: str, compiled_with_cuda: bool, gpu_count: int,
                         f"{PADDLE_INSTALL_HINT['npu']}")
 
 
+def _without_source_location(message: str, limit: int = 200) -> str:
+    """ONNX Runtime's error text without its leading ``file.cc:123 signature(...)``, one line."""
+    message = re.sub(r"^\S+:\d+ .*?\) ", "", message.strip(), count=1)
+    message = message.split(" when using [")[0]
+    return message if len(message) <= limit else message[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 class OnnxRuntimeSession:
     backend = "onnxruntime"
 
@@ -133,6 +141,9 @@ class OnnxRuntimeSession:
             options.enable_profiling = True
             if profile_dir is not None:
                 options.profile_file_prefix = str(profile_dir / "ort_profile")
+        # ONNX Runtime's C++ logger writes a provider's load failure (e.g. "libnvinfer.so.10: cannot
+        # open shared object file") to stderr at ERROR level; the failure is reported below instead
+        ort.set_default_logger_severity(4)
         fallback_notice = io.StringIO()
         try:
             # when a provider fails to start, ONNX Runtime print()s an "EP Error" banner and
@@ -147,9 +158,10 @@ class OnnxRuntimeSession:
         if dropped:  # what was asked for must really run (e.g. TensorRT without libnvinfer)
             hint = ORT_INSTALL_HINT.get("tensorrt" if "TensorrtExecutionProvider" in dropped
                                         else config.device, "reinstall onnxruntime")
-            reason = next((line[len("EP Error "):] for line in fallback_notice.getvalue().splitlines()
+            reason = next((_without_source_location(line[len("EP Error "):])
+                           for line in fallback_notice.getvalue().splitlines()
                            if line.startswith("EP Error ")), "")
-            reason = f" ({reason[:240]})" if reason else ""
+            reason = f" ({reason})" if reason else ""
             raise UserError(f"ONNX Runtime could not start {', '.join(dropped)}{reason}; "
                             f"it would run on {', '.join(self.providers)} instead; {hint}")
 

@@ -95,7 +95,9 @@ def test_a_provider_onnxruntime_silently_dropped_is_an_error(monkeypatch, tmp_pa
     class FellBack:
         def __init__(self, path, options, providers):
             print("*************** EP Error ***************")
-            print("EP Error Please install TensorRT libraries when using ['TensorrtExecutionProvider']")
+            print("EP Error /ort/pybind_state.cc:729 void ort::RegisterTensorRTPlugins(Opts&, const Opts&) "
+                  "Please install TensorRT libraries as mentioned in the GPU requirements page.\n"
+                  " when using ['TensorrtExecutionProvider', 'CUDAExecutionProvider']")
 
         def get_inputs(self):
             return []
@@ -106,5 +108,8 @@ def test_a_provider_onnxruntime_silently_dropped_is_an_error(monkeypatch, tmp_pa
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", FellBack)
-    with pytest.raises(UserError, match="could not start TensorrtExecutionProvider .*install TensorRT.*libnvinfer"):
+    with pytest.raises(UserError, match="could not start TensorrtExecutionProvider .*install TensorRT.*libnvinfer") as err:
         OnnxRuntimeSession(tmp_path / "m.onnx", RuntimeConfig("gpu", tensorrt=True))
+    message = str(err.value)
+    assert "(Please install TensorRT libraries as mentioned in the GPU requirements page.)" in message
+    assert ".cc:" not in message and "\n" not in message
