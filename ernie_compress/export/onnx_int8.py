@@ -177,47 +177,52 @@ def fuse_bias_into_integer_matmuls(model) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
+    nodes = list(graph.node)  # positions below index this list
     initializers = {init.name: init for init in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
-    readers: dict[str, list] = {}
-    for node in graph.node:
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
+    readers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
         for name in node.input:
-            readers.setdefault(name, []).append(node)
+            readers.setdefault(name, []).append(i)
     graph_outputs = {o.name for o in graph.output}
 
     def dequantized(name: str):
-        dq = producer.get(name)
+        dq = nodes[producer[name]] if name in producer else None
         if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3:
             return None
         return dq
 
-    replacement, dropped = {}, set()  # Add node id -> fused node; MatMul ids dropped
-    for node in graph.node:
+    def per_output_channel(w_dq) -> bool:  # [in, out] weight: scales along axis 1, or one scale
+        axis = next((a.i for a in w_dq.attribute if a.name == "axis"), 1)
+        return axis in (1, -1) or numpy_helper.to_array(initializers[w_dq.input[1]]).size == 1
+
+    replacement, dropped = {}, set()  # Add position -> fused node; MatMul positions dropped
+    for i, node in enumerate(nodes):
         if node.op_type != "MatMul":
             continue
         x_dq, w_dq = dequantized(node.input[0]), dequantized(node.input[1])
-        if x_dq is None or w_dq is None or w_dq.input[0] not in initializers:
+        if x_dq is None or w_dq is None or w_dq.input[0] not in initializers or not per_output_channel(w_dq):
             continue
         x_scale = initializers.get(x_dq.input[1])
         if x_scale is None or numpy_helper.to_array(x_scale).size != 1:
             continue  # MatMulIntegerToFloat takes one activation scale
         consumers = readers.get(node.output[0], [])
-        if len(consumers) != 1 or node.output[0] in graph_outputs or consumers[0].op_type != "Add":
+        if len(consumers) != 1 or node.output[0] in graph_outputs or nodes[consumers[0]].op_type != "Add":
             continue
-        add = consumers[0]
+        add = nodes[consumers[0]]
         bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
         if bias not in initializers or numpy_helper.to_array(initializers[bias]).ndim != 1:
             continue
-        replacement[id(add)] = helper.make_node(
+        replacement[consumers[0]] = helper.make_node(
             "MatMulIntegerToFloat",
             [x_dq.input[0], w_dq.input[0], x_dq.input[1], w_dq.input[1], x_dq.input[2], w_dq.input[2],
              bias],
             [add.output[0]], name=f"{node.name}_int8_bias", domain="com.microsoft")
-        dropped.add(id(node))
+        dropped.add(i)
     if not replacement:
         return 0
     # the fused node takes the Add's place: every input it reads is produced before the MatMul
-    nodes = [replacement.get(id(n), n) for n in graph.node if id(n) not in dropped]
+    nodes = [replacement.get(i, n) for i, n in enumerate(nodes) if i not in dropped]
     read = {name for n in nodes for name in n.input} | graph_outputs
     nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in read]
     del graph.node[:]

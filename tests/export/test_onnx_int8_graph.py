@@ -74,3 +74,18 @@ def test_a_matmul_whose_output_has_other_readers_is_left_alone(tmp_path):
     model.graph.output.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 5, 3]))
     assert fuse_bias_into_integer_matmuls(model) == 0
     assert [n.op_type for n in model.graph.node].count("MatMul") == 1
+
+
+def test_weights_scaled_along_their_input_axis_are_left_alone(tmp_path):
+    """MatMulIntegerToFloat scales B per output column; a DequantizeLinear along axis 0 is not that."""
+    from onnx import numpy_helper
+
+    from ernie_compress.export.onnx_int8 import fuse_bias_into_integer_matmuls
+
+    model = _qdq_linear_with_bias(tmp_path)
+    w_dq = model.graph.node[2]
+    w_dq.attribute[0].i = 0
+    inits = {i.name: i for i in model.graph.initializer}
+    inits["ws"].CopyFrom(numpy_helper.from_array(np.full(4, 0.01, np.float32), "ws"))
+    inits["wz"].CopyFrom(numpy_helper.from_array(np.zeros(4, np.int8), "wz"))
+    assert fuse_bias_into_integer_matmuls(model) == 0
