@@ -33,20 +33,18 @@ def interleaved_latency(variants: dict[str, str], runtime, seq_len: int, iterati
     variant in turn on the same inputs (held-out texts padded to ``seq_len``)."""
     import numpy as np
 
+    from ernie_compress.data.sp_tokenizer import load_tokenizer
     from ernie_compress.data.tasks import TaskSpec, load_task
     from ernie_compress.export import load_manifest
     from ernie_compress.runtime.backends import open_session
-    from ernie_compress.data.sp_tokenizer import load_tokenizer
+    from ernie_compress.runtime.evaluate_export import latency_inputs
     from ernie_compress.runtime.latency import LatencyConfig, measure_latency
 
-    sessions = {name: open_session(Path(path), load_manifest(Path(path)), runtime)
-                for name, path in variants.items()}
-    first = Path(next(iter(variants.values())))
-    manifest = load_manifest(first)
-    examples = load_task(TaskSpec.from_dict(manifest["task"])).split("test")[:64]
-    pairs = None if examples[0].text_b is None else [e.text_b for e in examples]
-    enc = load_tokenizer(first).encode_batch([e.text_a for e in examples], pairs, max_length=seq_len,
-                                             pad_to=seq_len)
+    manifests = {name: load_manifest(Path(path)) for name, path in variants.items()}
+    sessions = {name: open_session(Path(path), manifests[name], runtime) for name, path in variants.items()}
+    first = next(iter(variants))
+    task = load_task(TaskSpec.from_dict(manifests[first]["task"]))
+    enc = latency_inputs(task.split(task.held_out), load_tokenizer(Path(variants[first])), seq_len)
     config = LatencyConfig(batch_sizes=(1, 32), seq_len=seq_len, iterations=iterations, warmup=3)
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for _ in range(rounds):

@@ -22,7 +22,7 @@ from .models.config import ErnieConfig, config_from_dict
 from .models.presets import resolve_preset
 from .paddle_env import seed_everything
 from .progress import note
-from .train import TrainConfig, TrainHooks, evaluate_split, resumable, train_model
+from .train import TrainConfig, TrainHooks, clear_train_state, evaluate_split, resumable, train_model
 
 ARCHITECTURE_FOR_KIND = {"classification": "ErnieForSequenceClassification",
                          "pair_classification": "ErnieForSequenceClassification",
@@ -92,8 +92,6 @@ def _fresh_model_config(cfg: FinetuneConfig, task: TaskData, vocab_size: int) ->
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Run the train stage; returns its result (metrics, parameters, output path)."""
-    import shutil
-
     if Path(cfg.out).expanduser().exists() and not cfg.overwrite:
         raise UserError(f"output {Path(cfg.out).expanduser().resolve()} already exists; choose another "
                         f"--out or pass --overwrite")
@@ -136,7 +134,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
              "best_step": result.best_step, "history": result.history}
     out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent,
                           overwrite=cfg.overwrite)
-    shutil.rmtree(state_dir, ignore_errors=True)
+    clear_train_state(cfg.out)
     params = count_parameters({k: v.shape for k, v in state.items()})
     return {"stage": "train", "out": str(out), "task": task.spec.name, "held_out_split": task.held_out,
             "metrics": metrics, "parameters": params, "train_seconds": round(result.seconds, 1),

@@ -67,7 +67,7 @@ def evaluate_run(run_dir: Path, recipe, runtime, latency) -> dict[str, Any]:
         raise UserError("the recipe produced no checkpoints to evaluate")
     base = rows[0]
     for row in rows:
-        row["loss_points"] = 0.0 - metric_delta(row["metric"], row["score"], base["score"]) + 0.0
+        row["loss_points"] = 0.0 - metric_delta(row["metric"], row["score"], base["score"])  # never -0.0
         row["speedup_b1"] = base["p50_b1_ms"] / row["p50_b1_ms"]
     report = {"run_dir": str(run_dir), "task": recipe.task, "seq_len": latency.seq_len,
               "threads": runtime.threads, "rows": rows}

@@ -89,6 +89,14 @@ def paddle_op_profile(run, ids, types, top_n: int) -> list[dict[str, Any]]:
     return _rank_ops(totals, calls, top_n)
 
 
+def latency_inputs(examples, tokenizer, seq_len: int):
+    """What latency is timed on: up to 64 of the split's texts, padded/truncated to ``seq_len``
+    (the timed batches cycle through them)."""
+    examples = examples[:64]
+    pairs = None if examples[0].text_b is None else [e.text_b for e in examples]
+    return tokenizer.encode_batch([e.text_a for e in examples], pairs, max_length=seq_len, pad_to=seq_len)
+
+
 def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
     from ..export import load_manifest
 
@@ -119,11 +127,7 @@ def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
         same_data = manifest.get("task") == spec.to_dict() and split_name == task.held_out
         delta = metric_delta(primary, metrics[primary], reference[primary]) if reference and same_data else None
 
-        # latency inputs: held-out texts padded/truncated to seq_len
-        examples = task.split(split_name)[:64]
-        pairs = None if examples[0].text_b is None else [e.text_b for e in examples]
-        enc = tokenizer.encode_batch([e.text_a for e in examples], pairs,
-                                     max_length=cfg.latency.seq_len, pad_to=cfg.latency.seq_len)
+        enc = latency_inputs(task.split(split_name), tokenizer, cfg.latency.seq_len)
         latency = [measure_latency(session.run, enc.input_ids, enc.token_type_ids, b, cfg.latency)
                    for b in cfg.latency.batch_sizes]
 
