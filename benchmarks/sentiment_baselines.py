@@ -18,6 +18,7 @@ data puts that bar. On the same split as ``ernie-compress train --task demo:sent
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import sys
 import time
@@ -140,9 +141,7 @@ def main() -> None:
                  "test": naive_bayes_accuracy(splits["train"], splits["test"]),
                  "seconds": time.perf_counter() - start})
 
-    try:
-        import scipy  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("scipy") is None:
         print("scipy is not installed: logistic regression and the neighbour check are skipped")
     else:
         start = time.perf_counter()
