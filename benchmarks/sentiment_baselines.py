@@ -37,8 +37,9 @@ def char_ngrams(text: str, sizes=NGRAMS) -> set[str]:
     return {text[i:i + k] for k in sizes for i in range(len(text) - k + 1)}
 
 
-def naive_bayes_accuracy(train, test) -> float:
-    """Multinomial NB over the set of n-grams of each text (binarised counts), add-0.5 smoothing."""
+def naive_bayes_accuracy(train, evaluated: dict[str, list]) -> dict[str, float]:
+    """Multinomial NB over the set of n-grams of each text (binarised counts), add-0.5 smoothing;
+    fitted once on ``train``, its accuracy on each split of ``evaluated``."""
     counts: dict[str, Counter] = {}
     prior: Counter = Counter()
     for text, label in train:
@@ -52,8 +53,11 @@ def naive_bayes_accuracy(train, test) -> float:
         return math.log(prior[label]) + sum(math.log((counts[label][g] + 0.5) / denominator)
                                             for g in grams if g in vocab)
 
-    right = sum(max(counts, key=lambda label: score(label, char_ngrams(text))) == gold for text, gold in test)
-    return right / len(test)
+    def predict(text: str) -> str:
+        grams = char_ngrams(text)
+        return max(counts, key=lambda label: score(label, grams))
+
+    return {name: sum(predict(text) == gold for text, gold in rows) / len(rows) for name, rows in evaluated.items()}
 
 
 def tfidf_matrices(splits: dict[str, list[tuple[str, str]]]):
@@ -98,13 +102,14 @@ def logistic_regression(x, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]
     return fit.x[:-1], float(fit.x[-1])
 
 
-def nearest_neighbours(train, test) -> tuple[np.ndarray, np.ndarray]:
-    """For each test text: the trigram Jaccard similarity of its nearest training text, and that text's row."""
+def nearest_neighbours(train, evaluated: dict[str, list]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For each text of each split of ``evaluated``: the trigram Jaccard similarity of its nearest
+    training text, and that text's row."""
     import scipy.sparse as sp
 
     column: dict[str, int] = {}
 
-    def matrix(rows):
+    def matrix(rows):  # [texts, trigrams] presence
         r, c = [], []
         for row, (text, _) in enumerate(rows):
             grams = char_ngrams(text, (3,)) or {text}
@@ -112,13 +117,17 @@ def nearest_neighbours(train, test) -> tuple[np.ndarray, np.ndarray]:
             c += [column.setdefault(g, len(column)) for g in grams]
         return r, c
 
-    a, b = matrix(train), matrix(test)
-    A = sp.csr_matrix((np.ones(len(a[0])), a), shape=(len(train), len(column)))
-    B = sp.csr_matrix((np.ones(len(b[0])), b), shape=(len(test), len(column)))
-    shared = (B @ A.T).toarray()  # [test, train]
-    union = np.asarray(B.sum(1)) + np.asarray(A.sum(1)).T - shared
-    jaccard = shared / union
-    return jaccard.max(1), jaccard.argmax(1)
+    every = {"train": train, **evaluated}
+    coordinates = {name: matrix(rows) for name, rows in every.items()}  # all built: the columns are final
+    m = {name: sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(every[name]), len(column)))
+         for name, (r, c) in coordinates.items()}
+    train_sizes = np.asarray(m["train"].sum(1)).T  # [1, train]
+    out = {}
+    for name in evaluated:
+        shared = (m[name] @ m["train"].T).toarray()  # [texts, train]
+        jaccard = shared / (np.asarray(m[name].sum(1)) + train_sizes - shared)
+        out[name] = (jaccard.max(1), jaccard.argmax(1))
+    return out
 
 
 def main() -> None:
@@ -137,8 +146,8 @@ def main() -> None:
                  "test": float((labels["test"] == majority).mean()), "seconds": 0.0})
 
     start = time.perf_counter()
-    rows.append({"model": "naive Bayes, char 1-3-grams", "dev": naive_bayes_accuracy(splits["train"], splits["dev"]),
-                 "test": naive_bayes_accuracy(splits["train"], splits["test"]),
+    held_out = {name: splits[name] for name in ("dev", "test")}
+    rows.append({"model": "naive Bayes, char 1-3-grams", **naive_bayes_accuracy(splits["train"], held_out),
                  "seconds": time.perf_counter() - start})
 
     if importlib.util.find_spec("scipy") is None:
@@ -157,10 +166,10 @@ def main() -> None:
                      "dev": best[1]["dev"], "test": best[1]["test"], "seconds": time.perf_counter() - start})
 
         start = time.perf_counter()
-        one_nn = {}
-        for name in ("dev", "test"):
-            similarity, nearest = nearest_neighbours(splits["train"], splits[name])
-            one_nn[name] = float((labels["train"][nearest] == labels[name]).mean())
+        neighbours = nearest_neighbours(splits["train"], held_out)
+        one_nn = {name: float((labels["train"][nearest] == labels[name]).mean())
+                  for name, (_, nearest) in neighbours.items()}
+        similarity = neighbours["test"][0]
         result["neighbours"] = {"test_share_with_jaccard_ge_0.5": float((similarity >= 0.5).mean()),
                                 "median_nearest_jaccard": float(np.median(similarity))}
         rows.append({"model": "1-nearest training text (trigram Jaccard)", **one_nn,
