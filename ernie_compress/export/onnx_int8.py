@@ -98,26 +98,24 @@ def quantize_onnx_int8(fp32_path: Path, out_path: Path, qdq_path: Path, scales: 
                        # keep MatMul outputs in float: no re-quantization (and no scale that the
                        # checkpoint does not carry); ORT then fuses to MatMulIntegerToFloat
                        "OpTypesToExcludeOutputQuantization": ["MatMul"]})
-    rewired = keep_float_for_other_consumers(qdq_path)
-    cpu_model = onnx.load(str(qdq_path))
-    bias_fused = fuse_bias_into_integer_matmuls(cpu_model)
-    onnx.save(cpu_model, str(out_path))
+    quantized = onnx.load(str(qdq_path))
+    rewired = keep_float_for_other_consumers(quantized)
+    onnx.save(quantized, str(qdq_path))
+    bias_fused = fuse_bias_into_integer_matmuls(quantized)  # from here on the CPU model
+    onnx.save(quantized, str(out_path))
     return {"quantized_matmuls": len(nodes), "weight_bits": weight_bits, "float_consumers_kept": rewired,
             "bias_fused_matmuls": bias_fused}
 
 
-def keep_float_for_other_consumers(path: Path) -> int:
+def keep_float_for_other_consumers(model) -> int:
     """Point every non-MatMul reader of a quantize-dequantize pair back at the float tensor.
 
     The QDQ quantizer replaces a quantized activation by its dequantized copy for *all* readers,
     so the residual connection (the Add / LayerNorm beside the next Linear) would read the
     rounded activation: a numerical change the fake-quant model never made, and a
     DequantizeLinear that ONNX Runtime cannot fuse away. Only the MatMuls need the rounded copy.
-    Returns how many inputs were pointed back.
+    Operates on the ``onnx.ModelProto`` in place; returns how many inputs were pointed back.
     """
-    import onnx
-
-    model = onnx.load(str(path))
     producer = {out: node for node in model.graph.node for out in node.output}
     float_of = {}  # DequantizeLinear output -> the float tensor its QuantizeLinear read
     for node in model.graph.node:
@@ -133,8 +131,6 @@ def keep_float_for_other_consumers(path: Path) -> int:
             if name in float_of:
                 node.input[i] = float_of[name]
                 rewired += 1
-    if rewired:
-        onnx.save(model, str(path))
     return rewired
 
 
