@@ -33,10 +33,15 @@ import numpy as np
 
 from .errors import UserError
 from .models.config import ErnieConfig, config_from_dict
+from .models.layouts import check_layout, layout_files, normalize_loaded
 
 CONFIG_FILE = "config.json"
+OLD_CONFIG_FILE = "model_config.json"  # PaddleNLP before 2.5
 WEIGHTS_FILE = "model.safetensors"
 PADDLE_WEIGHTS_FILE = "model_state.pdparams"
+# one of these holds a checkpoint's weights; an index names the shards of a sharded save
+WEIGHTS_CANDIDATES = (WEIGHTS_FILE, WEIGHTS_FILE + ".index.json", PADDLE_WEIGHTS_FILE,
+                      PADDLE_WEIGHTS_FILE + ".index.json")
 LINEAGE_FILE = "compression.json"
 LINEAGE_VERSION = 1
 
@@ -128,12 +133,55 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
                         f"corrupt") from None
 
 
-def write_safetensors(path: Path, state: dict[str, np.ndarray]) -> None:
+def read_sharded(index_path: Path, trust_pickle: bool = False) -> dict[str, np.ndarray]:
+    """The weights of a sharded save: ``*.index.json``'s ``weight_map`` names each tensor's shard."""
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{index_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (KeyError, TypeError):
+        raise UserError(f"{index_path}: no 'weight_map' object naming each tensor's shard") from None
+    state: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        if not isinstance(shard, str) or Path(shard).name != shard:
+            raise UserError(f"{index_path}: shard name {shard!r} is not a file name in the checkpoint folder")
+        shard_path = index_path.parent / shard
+        if not shard_path.is_file():
+            raise UserError(f"{index_path}: names shard {shard}, which is missing; the save is incomplete")
+        part = (read_safetensors(shard_path) if shard.endswith(".safetensors")
+                else read_pdparams(shard_path, trust_pickle=trust_pickle))
+        state.update(part)
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise UserError(f"{index_path}: {len(missing)} tensor(s) it lists are not in their shards, e.g. {missing[0]}")
+    return state
+
+
+def read_weights(path: Path, trust_pickle: bool = False) -> tuple[dict[str, np.ndarray], Path]:
+    """A checkpoint folder's weights, from whichever single weights file (or sharded index) it has."""
+    present = [path / name for name in WEIGHTS_CANDIDATES if (path / name).is_file()]
+    if not present:
+        raise UserError(f"{path}: no weights ({WEIGHTS_FILE}, {PADDLE_WEIGHTS_FILE} or a sharded "
+                        f"{WEIGHTS_FILE}.index.json)")
+    if len(present) > 1:
+        raise UserError(f"{path}: holds weights in more than one layout ({', '.join(p.name for p in present)}); "
+                        f"keep one checkpoint per folder")
+    weights = present[0]
+    if weights.name.endswith(".index.json"):
+        return read_sharded(weights, trust_pickle), weights
+    if weights.name == PADDLE_WEIGHTS_FILE:
+        return read_pdparams(weights, trust_pickle=trust_pickle), weights
+    return read_safetensors(weights), weights
+
+
+def write_safetensors(path: Path, state: dict[str, np.ndarray],
+                      metadata: dict[str, str] | None = {"format": "np"}) -> None:  # noqa: B006 - never mutated
     from safetensors.numpy import save_file
 
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path),
-                  metadata={"format": "np"})
+        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path), metadata=metadata)
     except OSError:
         raise
     except Exception as exc:  # safetensors reports I/O failures as its own error type
@@ -208,10 +256,17 @@ def load_checkpoint(path: str | Path, trust_pickle: bool | None = None,
     if not path.is_dir():
         raise UserError(f"checkpoint {path} is not a directory")
     config_path = path / CONFIG_FILE
+    if not config_path.is_file() and (path / OLD_CONFIG_FILE).is_file():
+        config_path = path / OLD_CONFIG_FILE
     if not config_path.is_file():
         raise UserError(f"{path}: no {CONFIG_FILE}; not a checkpoint directory")
     try:
-        config = config_from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+        if config_path.name == OLD_CONFIG_FILE:
+            from .models.ernie3_layout import config_from_model_config_json
+
+            raw = config_from_model_config_json(raw)
+        config = config_from_dict(raw)
     except json.JSONDecodeError as exc:
         raise UserError(f"{config_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
     except UserError as exc:
@@ -226,27 +281,20 @@ def load_checkpoint(path: str | Path, trust_pickle: bool | None = None,
             raise UserError(f"{lineage_path}: invalid JSON ({exc.msg})") from None
 
     weights = path / WEIGHTS_FILE
-    if weights.is_file():
-        expected = lineage.get("weights_sha256")
-        if expected and not ignore_integrity:
-            actual = sha256_file(weights)
-            if actual != expected:
-                raise UserError(
-                    f"{weights}: sha256 {actual[:12]}… does not match {expected[:12]}… recorded "
-                    f"in {LINEAGE_FILE}; the weights were changed or corrupted "
-                    f"(pass --ignore-integrity to load anyway)")
-        state = read_safetensors(weights)
-    elif (path / PADDLE_WEIGHTS_FILE).is_file():
-        state = read_pdparams(path / PADDLE_WEIGHTS_FILE, trust_pickle=trust_pickle)
-    else:
-        raise UserError(f"{path}: no weights ({WEIGHTS_FILE} or {PADDLE_WEIGHTS_FILE})")
-    if config.model_type == "ernie4_5":
-        from .models.ernie4_5_layout import normalize_ernie45_state
-
-        try:
-            state = normalize_ernie45_state(state, config)
-        except UserError as exc:
-            raise UserError(f"{path}: {exc}") from None
+    expected = lineage.get("weights_sha256")
+    if weights.is_file() and expected and not ignore_integrity:
+        actual = sha256_file(weights)
+        if actual != expected:
+            raise UserError(
+                f"{weights}: sha256 {actual[:12]}… does not match {expected[:12]}… recorded "
+                f"in {LINEAGE_FILE}; the weights were changed or corrupted "
+                f"(pass --ignore-integrity to load anyway)")
+    state, _ = read_weights(path, trust_pickle)
+    ours = isinstance(raw, dict) and ("ernie_compress" in raw or bool(lineage))
+    try:
+        config, state = normalize_loaded(config, state, raw if isinstance(raw, dict) else {}, ours)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
     return Checkpoint(path=path, config=config, state=state, lineage=lineage)
 
 
@@ -327,23 +375,28 @@ def now_iso() -> str:
 
 def save_checkpoint(out: str | Path, config: ErnieConfig, state: dict[str, np.ndarray],
                     tokenizer, stage: dict[str, Any], parent: Checkpoint | None = None,
-                    overwrite: bool = False, extra_files: dict[str, Any] | None = None) -> Path:
+                    overwrite: bool = False, extra_files: dict[str, Any] | None = None,
+                    layout: str = "ours") -> Path:
     """Write a checkpoint directory atomically and append ``stage`` to the parent's lineage.
 
     ``stage`` holds at least ``name``; ``config`` (a :func:`config_record`), ``metrics`` and
     ``seconds`` are recorded as given. ``extra_files`` maps file names to JSON-able content.
+    ``layout`` (see ``models/layouts.py``) is checked before anything is written.
     """
+    check_layout(config, layout)
+    keys, state, metadata = layout_files(config, state, layout)
     with atomic_output_dir(out, overwrite) as tmp:
         try:
-            (tmp / CONFIG_FILE).write_text(json.dumps(_jsonable(config.to_dict()), indent=2,
+            (tmp / CONFIG_FILE).write_text(json.dumps(_jsonable(keys), indent=2,
                                                       ensure_ascii=False) + "\n", encoding="utf-8")
-            write_safetensors(tmp / WEIGHTS_FILE, state)
+            write_safetensors(tmp / WEIGHTS_FILE, state, metadata)
             tokenizer.save(tmp)
             for name, content in (extra_files or {}).items():
                 (tmp / name).write_text(json.dumps(_jsonable(content), indent=2) + "\n")
             stages = list(parent.stages) if parent is not None else []
             record = dict(stage)
             record.setdefault("time", now_iso())
+            record["layout"] = layout
             if parent is not None:
                 record["parent"] = {"path": str(parent.path) if parent.path else None,
                                     "weights_sha256": parent.weights_sha256}

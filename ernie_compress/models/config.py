@@ -72,8 +72,11 @@ class ErnieConfig(TaskHeadConfig):
     type_vocab_size: int = 4
     task_type_vocab_size: int = 3
     use_task_id: bool = True
+    task_id: int = 0  # the task-type id PaddleNLP feeds every token when use_task_id (its default input)
     pad_token_id: int = 0
-    layer_norm_eps: float = 1e-5  # ERNIE 3.0 releases use 1e-5; PaddleNLP's class default is 1e-12
+    # PaddleNLP computes every LayerNorm with 1e-12 (its _init_weights overrides the config's value, which
+    # is 1e-5 in the ERNIE 3.0 releases); new models use what PaddleNLP computes so they agree there.
+    layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     # The task head: labels name the classes (sequence/token classification); empty for QA.
     architectures: list[str] = field(default_factory=lambda: ["ErnieForSequenceClassification"])
@@ -103,6 +106,9 @@ class ErnieConfig(TaskHeadConfig):
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise UserError(f"config.json: pad_token_id {self.pad_token_id} is outside the "
                             f"vocabulary (size {self.vocab_size})")
+        if self.use_task_id and not 0 <= self.task_id < self.task_type_vocab_size:
+            raise UserError(f"config.json: task_id {self.task_id} is outside task_type_vocab_size "
+                            f"{self.task_type_vocab_size}")
         for name, limit in (("num_attention_heads_per_layer", self.num_attention_heads),
                             ("intermediate_size_per_layer", None)):
             values = getattr(self, name)

@@ -68,6 +68,7 @@ class ErnieEmbeddings(nn.Layer):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size,
                                                   weight_attr=init)
         self.use_task_id = config.use_task_id
+        self.task_id = config.task_id
         if config.use_task_id:
             self.task_type_embeddings = nn.Embedding(config.task_type_vocab_size,
                                                      config.hidden_size, weight_attr=init)
@@ -83,8 +84,8 @@ class ErnieEmbeddings(nn.Layer):
         x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
              + self.token_type_embeddings(token_type_ids))  # [batch, seq, hidden]
         if self.use_task_id:
-            if task_type_ids is None:
-                task_type_ids = paddle.zeros_like(input_ids)
+            if task_type_ids is None:  # PaddleNLP's default: the config's task_id at every position
+                task_type_ids = paddle.full_like(input_ids, self.task_id)
             x = x + self.task_type_embeddings(task_type_ids)
         return self.dropout(self.layer_norm(x))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..errors import UserError
 
 _ERNIE3 = dict(vocab_size=40000, hidden_act="gelu", max_position_embeddings=2048,
-               type_vocab_size=4, task_type_vocab_size=3, use_task_id=True)
+               type_vocab_size=4, task_type_vocab_size=16, use_task_id=True)  # as PaddleNLP's ERNIE 3.0 configs
 _DEMO = dict(hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2,
              use_task_id=False, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
 

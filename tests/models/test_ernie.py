@@ -136,7 +136,7 @@ def test_real_preset_parameter_count_matches_ernie3_base():
     counts = count_parameters({k: v.shape for k, v in build_model(config).state_dict().items()})
     h, ffn = 768, 3072
     per_layer = 4 * (h * h + h) + (h * ffn + ffn) + (ffn * h + h) + 4 * h
-    embeddings = (40000 + 2048 + 4 + 3) * h + 2 * h
+    embeddings = (40000 + 2048 + 4 + 16) * h + 2 * h  # task types: 16, as PaddleNLP's ERNIE 3.0
     assert counts["embeddings"] == embeddings
     assert counts["total"] == embeddings + 12 * per_layer + (h * h + h) + (h * 2 + 2)
     assert counts["total"] / 1e6 == pytest.approx(117.9, abs=0.3)

@@ -138,12 +138,16 @@ def _published_dir(tmp_path, model, separate: bool, torch_layout: bool = False):
             gate, up = np.split(state.pop(p + "mlp.up_gate_proj.weight"), 2, axis=1)
             state[p + "mlp.gate_proj.weight"], state[p + "mlp.up_proj.weight"] = gate, up
     if torch_layout:
-        state = {k.replace("ernie.", "model.", 1): (v.T if v.ndim == 2 else v) for k, v in state.items()}
+        state = {k.replace("ernie.", "model.", 1): (v.T if v.ndim == 2 and "_proj." in k else v)
+                 for k, v in state.items()}  # Linear weights [out, in]; the embedding stays [vocab, hidden]
     state["lm_head.weight"] = state.get("ernie.embed_tokens.weight", np.zeros(1))  # releases store it tied
     directory = tmp_path / ("torch" if torch_layout else "separate" if separate else "fused")
     directory.mkdir()
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(directory / "model.safetensors"))
-    (directory / "config.json").write_text(json.dumps(cfg.to_dict()))
+    keys = cfg.to_dict()
+    if not torch_layout:
+        keys["architectures"] = ["Ernie4_5_ForCausalLM"]  # the Paddle release's spelling says which order
+    (directory / "config.json").write_text(json.dumps(keys))
     ErnieTokenizer(VOCAB).save(directory)
     return directory
 
@@ -160,10 +164,48 @@ def test_a_checkpoint_in_the_published_layout_loads_and_runs(tmp_path, separate)
     assert res.exit_code == 0 and json.loads(res.stdout)["model_type"] == "ernie4_5"
 
 
-def test_the_pytorch_layout_is_recognised_and_explained(tmp_path):
-    directory = _published_dir(tmp_path, build_model(tiny()), separate=False, torch_layout=True)
-    with pytest.raises(UserError, match="PyTorch layout.*Paddle release"):
+def test_the_hugging_face_layout_loads_with_the_same_outputs(tmp_path):
+    """'model.*' names with [out, in] matrices (the -PT release, transformers): a rename and a transpose."""
+    model = build_model(tiny())
+    directory = _published_dir(tmp_path, model, separate=True, torch_layout=True)
+    ckpt = load_checkpoint(directory)
+    ids = np.array([[5, 9, 12, 30, 7]])
+    np.testing.assert_allclose(_run(model_from_state(ckpt.config, ckpt.state, "x"), ids), _run(model, ids), atol=1e-5)
+
+
+def test_a_fused_file_of_unknown_qkv_order_is_refused_not_misread(tmp_path):
+    """PaddleFormers' per-KV-group fused qkv renamed to 'ernie.*' without its metadata has the shapes of the
+    release's all-q/all-k/all-v order: refused, never loaded wrongly."""
+    from ernie_compress.models.ernie4_5_layout import _grouped_to_sequential
+
+    cfg = tiny()
+    state = model_state(build_model(cfg))
+    h, kv, d, g = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.queries_per_group
+    for i in range(cfg.num_hidden_layers):  # re-order ours into PaddleFormers' per-group columns
+        name = f"ernie.layers.{i}.self_attn.qkv_proj.weight"
+        q, k, v = np.split(state[name], [h * d, (h + kv) * d], axis=1)
+        grouped = np.concatenate([np.concatenate([q[:, j * g * d:(j + 1) * g * d], k[:, j * d:(j + 1) * d],
+                                                  v[:, j * d:(j + 1) * d]], axis=1) for j in range(kv)], axis=1)
+        np.testing.assert_array_equal(_grouped_to_sequential(grouped, cfg), state[name])  # the reader's inverse
+        state[name] = grouped
+    directory = tmp_path / "renamed"
+    directory.mkdir()
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(cfg.to_dict()))
+    with pytest.raises(UserError, match="nothing in the checkpoint says which"):
         load_checkpoint(directory)
+    # the same file under PaddleFormers' own names and its "source" key reads correctly
+    named = {k.replace("ernie.", "model.", 1): v for k, v in state.items()}
+    save_file({k: np.ascontiguousarray(v) for k, v in named.items()}, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(dict(cfg.to_dict(), source="paddle")))
+    ckpt = load_checkpoint(directory)
+    ids = np.array([[5, 9, 12, 30, 7]])
+    original = {k: v for k, v in state.items()}
+    for i in range(cfg.num_hidden_layers):
+        name = f"ernie.layers.{i}.self_attn.qkv_proj.weight"
+        original[name] = _grouped_to_sequential(state[name], cfg)
+    np.testing.assert_allclose(_run(model_from_state(ckpt.config, ckpt.state, "x"), ids),
+                               _run(model_from_state(cfg, original, "x"), ids), atol=1e-5)
 
 
 def test_a_moe_config_is_refused_clearly(tmp_path):

@@ -1,0 +1,88 @@
+"""Checkpoint layouts a stage can write (``--layout``), and reading any supported layout back.
+
+``ours``           this package's files: PaddleNLP-style names for ERNIE 3.0, the Paddle release's
+                   fused names for ERNIE 4.5, per-layer head/FFN counts once pruned
+``paddlenlp``      ERNIE 3.0 as PaddleNLP's ``from_pretrained`` loads it (``ernie3_layout.py``)
+``paddleformers``  ERNIE 4.5 as PaddleFormers' default ``save_pretrained`` writes it: the Hugging
+                   Face layout (``ernie4_5_layout.py``), which FastDeploy-style servers read
+``hf``             ERNIE 4.5 for transformers' ``Ernie4_5ForCausalLM`` (the same tensors)
+
+A layout the model's family or structure cannot take is refused with the reason before anything
+is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+
+LAYOUTS = ("ours", "paddlenlp", "paddleformers", "hf")
+LAYOUT_HELP = ("Checkpoint layout to write: ours, paddlenlp (ERNIE 3.0, loads in PaddleNLP), paddleformers "
+               "or hf (ERNIE 4.5, load in PaddleFormers / transformers and the servers that read them).")
+_FAMILY_LAYOUTS = {"ernie": ("ours", "paddlenlp"), "ernie4_5": ("ours", "paddleformers", "hf")}
+# config.json keys that describe one saver's files, not the model: never written under another layout
+SAVER_KEYS = ("source", "paddleformers_version", "transformers_version", "torch_dtype", "dtype",
+              "auto_map")
+
+
+def check_layout_name(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown --layout '{layout}' (use one of {', '.join(LAYOUTS)})")
+    return layout
+
+
+def check_layout(config, layout: str) -> None:
+    """Refuse a layout the model's family (or its pruned structure) cannot be written in."""
+    check_layout_name(layout)
+    allowed = _FAMILY_LAYOUTS.get(config.model_type, ("ours",))
+    if layout not in allowed:
+        family = "ERNIE 4.5" if config.model_type == "ernie4_5" else "ERNIE 3.0"
+        raise UserError(f"--layout {layout} is not a layout for {family} models (use one of {', '.join(allowed)})")
+    if layout == "paddlenlp":
+        from .ernie3_layout import check_paddlenlp_writable
+
+        check_paddlenlp_writable(config)
+    elif layout in ("paddleformers", "hf"):
+        from .ernie4_5_layout import check_hf_writable
+
+        check_hf_writable(config)
+
+
+def layout_files(config, state: dict[str, np.ndarray], layout: str
+                 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, str] | None]:
+    """(config.json keys, weights by name, safetensors metadata) of ``layout``."""
+    check_layout(config, layout)
+    if layout == "paddlenlp":
+        from .ernie3_layout import to_paddlenlp
+
+        keys, state = to_paddlenlp(config, state)
+        return keys, state, {"format": "np"}  # PaddleNLP reads "np"/"pd" safetensors
+    if layout in ("paddleformers", "hf"):
+        from .ernie4_5_layout import to_hf
+
+        keys, state = to_hf(config, state)
+        for key in SAVER_KEYS:
+            if key not in ("torch_dtype", "dtype"):
+                keys.pop(key, None)
+        return keys, state, None  # transformers wants "pt" metadata or none; PaddleFormers "np"/"pd" or none
+    keys = config.to_dict()
+    for key in SAVER_KEYS:
+        keys.pop(key, None)
+    return keys, state, {"format": "np"}
+
+
+def normalize_loaded(config, state: dict[str, np.ndarray], raw_config: dict[str, Any], ours: bool):
+    """A loaded checkpoint's config and weights in this package's layout, whatever layout it was in."""
+    if config.model_type == "ernie4_5":
+        from .ernie4_5_layout import normalize_ernie45_state
+
+        config, state = normalize_ernie45_state(state, config, raw_config, ours)
+    else:
+        from .ernie3_layout import normalize_paddlenlp
+
+        config, state = normalize_paddlenlp(config, state, foreign=not ours)
+    extra = {k: v for k, v in config.extra.items() if k not in SAVER_KEYS}
+    return config.replace(extra=extra), state

@@ -1,0 +1,40 @@
+"""The interop cases, shared by the tests (our venv) and ``reference.py`` (the reference library's venv).
+
+Plain data only: this module imports nothing, so both interpreters can read it.
+"""
+
+ERNIE3_BASE = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                   max_position_embeddings=64, type_vocab_size=4, task_type_vocab_size=16, pad_token_id=0,
+                   hidden_act="gelu")
+# name -> (architecture, config changes); labels are left at PaddleNLP's defaults unless named
+ERNIE3_CASES = {
+    "cls2_default_labels": ("ErnieForSequenceClassification", dict(use_task_id=True)),
+    "cls3_task_id": ("ErnieForSequenceClassification", dict(num_labels=3, use_task_id=True, task_id=1)),
+    "cls2_no_task_id": ("ErnieForSequenceClassification", dict(use_task_id=False)),
+    "token5": ("ErnieForTokenClassification", dict(num_labels=5, use_task_id=True)),
+    "qa": ("ErnieForQuestionAnswering", dict(use_task_id=True)),
+    "mlm": ("ErnieForMaskedLM", dict(use_task_id=False)),
+}
+
+ERNIE45_BASE = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, head_dim=8,
+                    max_position_embeddings=64, rope_theta=10000.0, rms_norm_eps=1e-6, pad_token_id=0,
+                    use_bias=False, hidden_act="silu")
+# name -> (config changes, save_pretrained keyword arguments)
+ERNIE45_CASES = {
+    "gqa_tied_sharded": (dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+                         dict(max_shard_size="20KB")),
+    "gqa_untied": (dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False), {}),
+    "mqa_tied": (dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True), {}),
+    "mha_untied_sharded": (dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False),
+                           dict(max_shard_size="20KB")),
+    # PaddleFormers' other save format: its own fused names (qkv per KV group), "source": "paddle"
+    "gqa_paddle_pdparams": (dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
+                            dict(save_checkpoint_format="", save_to_hf=False)),
+    "gqa_paddle_safetensors": (dict(num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=True),
+                               dict(save_checkpoint_format="", save_to_hf=False, safe_serialization=True)),
+}
+
+# a right-padded batch (pad id 0) every case runs on
+INPUT_IDS = [[5, 9, 12, 30, 7, 2, 11, 3],
+             [3, 4, 5, 6, 0, 0, 0, 0],
+             [8, 1, 0, 0, 0, 0, 0, 0]]

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Build the reference libraries' virtual environments for the interop tests (tests/interop/):
+#   .venvs/paddlenlp      paddlepaddle 3.3.1 + PaddleNLP 2.8.1      (ERNIE 3.0)
+#   .venvs/paddleformers  paddlepaddle 3.3.1 + PaddleFormers 1.2.0  (ERNIE 4.5)
+# They pin conflicting helper packages (aistudio-sdk, huggingface_hub), hence one venv each, and
+# both are installed with --no-deps plus the imports they really need (their full dependency sets
+# pull GPU and web-serving stacks). Re-running skips a venv that already imports its library.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=${ERNIE_COMPRESS_REFERENCE_VENVS:-.venvs}
+PY=${PYTHON:-python3}
+
+make_venv() {  # name, import check, then pip arguments
+  local name=$1 check=$2; shift 2
+  local venv="$ROOT/$name"
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "$check" >/dev/null 2>&1; then
+    echo "reference venv $venv: ready"; return
+  fi
+  rm -rf "$venv"
+  "$PY" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q "paddlepaddle==3.3.1" "numpy<2.4" safetensors
+  "$@"
+  "$venv/bin/python" -c "$check"
+  echo "reference venv $venv: built"
+}
+
+make_venv paddlenlp "import paddlenlp.transformers as t; t.ErnieForSequenceClassification" bash -c "
+  '$ROOT/paddlenlp/bin/python' -m pip install -q --no-deps paddlenlp==2.8.1 &&
+  '$ROOT/paddlenlp/bin/python' -m pip install -q colorlog jinja2 jieba scipy regex seqeval fastapi \
+      'aistudio-sdk<0.3' 'datasets>=2.19,<3.1' 'huggingface_hub<0.26' sentencepiece protobuf tqdm dill multiprocess"
+make_venv paddleformers "from paddleformers.transformers import Ernie4_5ForCausalLM" bash -c "
+  '$ROOT/paddleformers/bin/python' -m pip install -q --no-deps paddleformers==1.2.0 &&
+  '$ROOT/paddleformers/bin/python' -m pip install -q colorlog regex jinja2 omegaconf orjson importlib_metadata ml_dtypes \
+      'transformers>=5.0.0,<5.4.0' 'aistudio-sdk>=0.3.0' sentencepiece protobuf tqdm"
