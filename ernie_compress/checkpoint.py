@@ -373,6 +373,17 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def write_model_files(directory: Path, config: ErnieConfig, state: dict[str, np.ndarray], tokenizer,
+                      layout: str = "ours") -> dict[str, Any]:
+    """config.json, model.safetensors and the tokenizer of ``layout`` into ``directory``; the config keys."""
+    keys, state, metadata = layout_files(config, state, layout)
+    (directory / CONFIG_FILE).write_text(json.dumps(_jsonable(keys), indent=2, ensure_ascii=False) + "\n",
+                                         encoding="utf-8")
+    write_safetensors(directory / WEIGHTS_FILE, state, metadata)
+    tokenizer.save(directory)
+    return keys
+
+
 def save_checkpoint(out: str | Path, config: ErnieConfig, state: dict[str, np.ndarray],
                     tokenizer, stage: dict[str, Any], parent: Checkpoint | None = None,
                     overwrite: bool = False, extra_files: dict[str, Any] | None = None,
@@ -384,13 +395,9 @@ def save_checkpoint(out: str | Path, config: ErnieConfig, state: dict[str, np.nd
     ``layout`` (see ``models/layouts.py``) is checked before anything is written.
     """
     check_layout(config, layout)
-    keys, state, metadata = layout_files(config, state, layout)
     with atomic_output_dir(out, overwrite) as tmp:
         try:
-            (tmp / CONFIG_FILE).write_text(json.dumps(_jsonable(keys), indent=2,
-                                                      ensure_ascii=False) + "\n", encoding="utf-8")
-            write_safetensors(tmp / WEIGHTS_FILE, state, metadata)
-            tokenizer.save(tmp)
+            write_model_files(tmp, config, state, tokenizer, layout)
             for name, content in (extra_files or {}).items():
                 (tmp / name).write_text(json.dumps(_jsonable(content), indent=2) + "\n")
             stages = list(parent.stages) if parent is not None else []

@@ -51,6 +51,10 @@ SaveEveryOpt = Annotated[int, typer.Option(
     "--save-every", help="Save a resumable training state every N steps (beside --out; removed on success).")]
 ResumeOpt = Annotated[bool, typer.Option(
     "--resume", help="Continue an interrupted run from its saved state (same options and seed).")]
+LAYOUT_HELP = ("Checkpoint layout to write: ours (default), paddlenlp (ERNIE 3.0: loads in PaddleNLP), "
+               "paddleformers or hf (ERNIE 4.5: loads in PaddleFormers / transformers and the servers that "
+               "read them). A model the layout cannot express (e.g. pruned heads for paddlenlp) is refused.")
+LayoutOpt = Annotated[str, typer.Option("--layout", help=LAYOUT_HELP)]
 
 
 def _version(value: bool) -> None:
@@ -171,6 +175,7 @@ def train(
     resume: ResumeOpt = False,
     seed: SeedOpt = 42,
     threads: ThreadsOpt = None,
+    layout: LayoutOpt = "ours",
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -187,7 +192,7 @@ def train(
         return finetune(FinetuneConfig(task=spec, out=out,
                                        preset=preset, init_from=init_from,
                                        max_seq_length=max_seq_len, train=train_cfg,
-                                       overwrite=overwrite, resume=resume))
+                                       overwrite=overwrite, resume=resume, layout=layout))
 
     run_command(body, json_out, _render_stage, threads)
 
@@ -207,6 +212,7 @@ def pretrain(
     mask_prob: Annotated[float, typer.Option(help="Fraction of tokens to mask and predict.")] = 0.15,
     seed: SeedOpt = 42,
     threads: ThreadsOpt = None,
+    layout: LayoutOpt = "ours",
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -218,7 +224,7 @@ def pretrain(
 
         return run_pretrain(PretrainConfig(
             corpora=tuple(corpus), out=out, preset=preset, max_seq_length=max_seq_len,
-            mask_probability=mask_prob, overwrite=overwrite,
+            mask_probability=mask_prob, overwrite=overwrite, layout=layout,
             train=TrainConfig(epochs=10**6, batch_size=batch_size, learning_rate=lr, seed=seed,
                               max_steps=steps)))
 
@@ -258,6 +264,7 @@ def quantize(
     resume: ResumeOpt = False,
     seed: SeedOpt = 42,
     threads: ThreadsOpt = None,
+    layout: LayoutOpt = "ours",
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -271,7 +278,7 @@ def quantize(
         return quantize_checkpoint(QuantizeConfig(
             checkpoint=checkpoint, out=out, qat=qat, ptq=ptq, fp16=fp16, task=spec, reduce_range=reduce_range,
             distill_from_parent=distill_from_parent, kd_alpha=kd_alpha, kd_temperature=kd_temperature,
-            calib_samples=calib_samples, observer=observer, percentile=percentile, overwrite=overwrite,
+            calib_samples=calib_samples, observer=observer, percentile=percentile, overwrite=overwrite, layout=layout,
             resume=resume, train=TrainConfig(epochs=epochs, learning_rate=lr, batch_size=batch_size,
                                              max_steps=max_steps, seed=seed, save_every=save_every)))
 
@@ -316,6 +323,7 @@ def distill(
     resume: ResumeOpt = False,
     seed: SeedOpt = 42,
     threads: ThreadsOpt = None,
+    layout: LayoutOpt = "ours",
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -327,7 +335,7 @@ def distill(
 
         spec = _task_spec(task, data)
         return run_distill(DistillConfig(
-            teacher=teacher, student=student, out=out, task=spec, models_dir=models_dir,
+            teacher=teacher, student=student, out=out, task=spec, models_dir=models_dir, layout=layout,
             init_from_teacher=init_from_teacher, ce_weight=ce_weight, kd_weight=kd_weight,
             temperature=temperature, hidden_weight=hidden_weight, attention_weight=attention_weight,
             attention_teacher_layer=attention_teacher_layer, relation_heads=relation_heads,
@@ -357,6 +365,10 @@ def prune(
         help="ERNIE 4.5 (grouped-query attention): 'queries' removes the same number of query heads from "
              "every KV group, 'groups' removes whole KV groups; either way every layer keeps the same "
              "shape, so the result loads in the standard layout.")] = "queries",
+    uniform: Annotated[bool, typer.Option(
+        "--uniform", help="ERNIE 3.0: remove the same number of heads (and FFN neurons) from every layer, so "
+                          "the result stays a standard model (what --layout paddlenlp needs for FFN pruning; "
+                          "PaddleNLP cannot express pruned heads at all).")] = False,
     task: TaskOpt = None,
     data: DataOpt = None,
     recover_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning (0 = none).")] = 1,
@@ -371,6 +383,7 @@ def prune(
     resume: ResumeOpt = False,
     seed: SeedOpt = 42,
     threads: ThreadsOpt = None,
+    layout: LayoutOpt = "ours",
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -383,7 +396,8 @@ def prune(
         spec = _task_spec(task, data)
         return prune_checkpoint(PruneConfig(
             checkpoint=checkpoint, out=out, heads=heads, ffn=ffn, params=params, importance=importance,
-            importance_samples=importance_samples, gqa=gqa, task=spec, recover_epochs=recover_epochs,
+            importance_samples=importance_samples, gqa=gqa, uniform=uniform, layout=layout, task=spec,
+            recover_epochs=recover_epochs,
             distill_from_parent=not no_distill, measure_latency=latency, overwrite=overwrite,
             resume=resume, train=TrainConfig(epochs=recover_epochs, learning_rate=lr, batch_size=batch_size,
                                              max_steps=max_steps, seed=seed, save_every=save_every)))
@@ -401,6 +415,9 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset (17 emits LayerNormalization).")] = 17,
     tolerance: Annotated[float, typer.Option(
         help="Largest logit difference against the dygraph model that verification accepts.")] = 1e-3,
+    layout: Annotated[Optional[str], typer.Option(
+        "--layout", help="Also write the checkpoint in this layout under checkpoint/ for a serving engine or "
+                         "library (paddlenlp, paddleformers, hf, ours); the manifest says which.")] = None,
     threads: ThreadsOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -411,7 +428,8 @@ def export(
         from .export import ExportConfig, export_checkpoint
 
         return export_checkpoint(ExportConfig(checkpoint=checkpoint, out=out, format=format,
-                                              opset=opset, tolerance=tolerance, overwrite=overwrite))
+                                              opset=opset, tolerance=tolerance, overwrite=overwrite,
+                                              layout=layout))
 
     run_command(body, json_out, _render_export, threads)
 

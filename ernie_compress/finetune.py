@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import Checkpoint, config_record, load_checkpoint, save_checkpoint
+from .models.layouts import check_layout_name
 from .data.batching import encode_splits
 from .data.tasks import TaskData, TaskSpec, load_task
 from .data.tokenizer import ErnieTokenizer, build_vocab
@@ -56,6 +57,7 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     overwrite: bool = False
     resume: bool = False  # continue from the state an interrupted run saved beside --out
+    layout: str = "ours"  # checkpoint layout to write (models/layouts.py)
 
     def __post_init__(self) -> None:
         if (self.preset is None) == (self.init_from is None):
@@ -95,6 +97,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if Path(cfg.out).expanduser().exists() and not cfg.overwrite:
         raise UserError(f"output {Path(cfg.out).expanduser().resolve()} already exists; choose another "
                         f"--out or pass --overwrite")
+    check_layout_name(cfg.layout)
     parent = load_checkpoint(cfg.init_from) if cfg.init_from else None
     task = load_task(cfg.task or resolve_task(None, None, parent))
     for line in task.notes:
@@ -133,7 +136,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
              "seconds": round(result.seconds, 1), "steps": result.steps,
              "best_step": result.best_step, "history": result.history}
     out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent,
-                          overwrite=cfg.overwrite)
+                          overwrite=cfg.overwrite, layout=cfg.layout)
     clear_train_state(cfg.out)
     params = count_parameters({k: v.shape for k, v in state.items()})
     return {"stage": "train", "out": str(out), "task": task.spec.name, "held_out_split": task.held_out,

@@ -50,12 +50,12 @@ def _train_config(ctx: StageContext, epochs: int, lr: float, batch_size: int, ma
 # --- builders: recipe options (keyword-only, as on the CLI) -> a function that runs the stage ---
 def build_pretrain(ctx: StageContext, *, corpus: list[str] | None = None, preset: str = "demo-teacher",
                    steps: int = 600, batch_size: int = 32, lr: float = 1e-3, max_seq_len: int = 64,
-                   mask_prob: float = 0.15):
+                   mask_prob: float = 0.15, layout: str = "ours"):
     from .pretrain import PretrainConfig, pretrain
 
     corpora = tuple(corpus or ([ctx.recipe.task] if ctx.recipe.task else []))
     cfg = PretrainConfig(corpora=corpora, out=ctx.out, preset=preset, max_seq_length=max_seq_len,
-                         mask_probability=mask_prob,
+                         mask_probability=mask_prob, layout=layout,
                          train=TrainConfig(epochs=10**6, batch_size=batch_size, learning_rate=lr,
                                            seed=ctx.seed, max_steps=steps))
     return lambda: pretrain(cfg)
@@ -63,11 +63,11 @@ def build_pretrain(ctx: StageContext, *, corpus: list[str] | None = None, preset
 
 def build_train(ctx: StageContext, *, preset: str | None = None, epochs: int = 3, batch_size: int = 32,
                 lr: float = 5e-4, warmup: float = 0.1, weight_decay: float = 0.01, max_seq_len: int = 128,
-                max_steps: int | None = None, eval_every: int | None = None):
+                max_steps: int | None = None, eval_every: int | None = None, layout: str = "ours"):
     from .finetune import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(task=ctx.task, out=ctx.out, preset=preset,
-                         init_from=None if preset else ctx.source, max_seq_length=max_seq_len,
+                         init_from=None if preset else ctx.source, max_seq_length=max_seq_len, layout=layout,
                          train=_train_config(ctx, epochs, lr, batch_size, max_steps, warmup_ratio=warmup,
                                              weight_decay=weight_decay, eval_every=eval_every))
     return lambda: finetune(cfg)
@@ -79,7 +79,7 @@ def build_distill(ctx: StageContext, *, student: str = "demo-mini", init_from_te
                   attention_teacher_layer: int = -1, relation_heads: int | None = None,
                   layer_map: str | None = None, baseline: bool = False, epochs: int = 3,
                   lr: float = 5e-4, batch_size: int = 32, max_steps: int | None = None,
-                  latency: bool = False):
+                  latency: bool = False, layout: str = "ours"):
     from .distill import DistillConfig, distill
 
     cfg = DistillConfig(teacher=str(ctx.source), student=student, out=ctx.out, task=ctx.task,
@@ -87,7 +87,7 @@ def build_distill(ctx: StageContext, *, student: str = "demo-mini", init_from_te
                         temperature=temperature, hidden_weight=hidden_weight,
                         attention_weight=attention_weight, attention_teacher_layer=attention_teacher_layer,
                         relation_heads=relation_heads, layer_map=layer_map, baseline=baseline,
-                        measure_latency=latency,
+                        measure_latency=latency, layout=layout,
                         train=_train_config(ctx, epochs, lr, batch_size, max_steps))
     return lambda: distill(cfg)
 
@@ -96,13 +96,13 @@ def build_prune(ctx: StageContext, *, heads: float | None = None, ffn: float | N
                 params: float | None = None, importance: str = "gradient", importance_samples: int = 512,
                 recover_epochs: int = 1, distill_from_parent: bool = True, lr: float = 1e-4,
                 batch_size: int = 32, max_steps: int | None = None, latency: bool = False,
-                gqa: str = "queries"):
+                gqa: str = "queries", uniform: bool = False, layout: str = "ours"):
     from .prune import PruneConfig, prune_checkpoint
 
     cfg = PruneConfig(checkpoint=ctx.source, out=ctx.out, heads=heads, ffn=ffn, params=params,
                       importance=importance, importance_samples=importance_samples, task=ctx.task,
                       recover_epochs=recover_epochs, distill_from_parent=distill_from_parent,
-                      measure_latency=latency, gqa=gqa,
+                      measure_latency=latency, gqa=gqa, uniform=uniform, layout=layout,
                       train=_train_config(ctx, recover_epochs, lr, batch_size, max_steps))
     return lambda: prune_checkpoint(cfg)
 
@@ -111,21 +111,23 @@ def build_quantize(ctx: StageContext, *, qat: str | None = None, ptq: str | None
                    epochs: int = 1, lr: float = 5e-5, batch_size: int = 32, max_steps: int | None = None,
                    distill_from_parent: bool = False, kd_alpha: float = 0.5, kd_temperature: float = 2.0,
                    calib_samples: int = 512, observer: str = "abs_max", percentile: float = 99.99,
-                   reduce_range: bool | None = None):
+                   reduce_range: bool | None = None, layout: str = "ours"):
     from .quantize import QuantizeConfig, quantize_checkpoint
 
     cfg = QuantizeConfig(checkpoint=ctx.source, out=ctx.out, qat=qat, ptq=ptq, fp16=fp16, task=ctx.task,
                          reduce_range=reduce_range, distill_from_parent=distill_from_parent,
                          kd_alpha=kd_alpha, kd_temperature=kd_temperature, calib_samples=calib_samples,
-                         observer=observer, percentile=percentile,
+                         observer=observer, percentile=percentile, layout=layout,
                          train=_train_config(ctx, epochs, lr, batch_size, max_steps))
     return lambda: quantize_checkpoint(cfg)
 
 
-def build_export(ctx: StageContext, *, format: str = "onnx", opset: int = 17, tolerance: float = 1e-3):
+def build_export(ctx: StageContext, *, format: str = "onnx", opset: int = 17, tolerance: float = 1e-3,
+                 layout: str | None = None):
     from .export import ExportConfig, export_checkpoint
 
-    cfg = ExportConfig(checkpoint=ctx.source, out=ctx.out, format=format, opset=opset, tolerance=tolerance)
+    cfg = ExportConfig(checkpoint=ctx.source, out=ctx.out, format=format, opset=opset, tolerance=tolerance,
+                       layout=layout)
     return lambda: export_checkpoint(cfg)
 
 

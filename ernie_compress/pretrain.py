@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import config_record, save_checkpoint
+from .models.layouts import check_layout_name
 from .data.batching import EncodedSplit
 from .data.tasks import Example, TaskSpec, load_task
 from .data.tokenizer import ErnieTokenizer, build_vocab
@@ -44,6 +45,7 @@ class PretrainConfig:
     min_vocab_frequency: int = 2
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=1e-3))
     overwrite: bool = False
+    layout: str = "ours"  # checkpoint layout to write (models/layouts.py)
 
     def __post_init__(self) -> None:
         if not self.corpora:
@@ -97,6 +99,7 @@ def mask_tokens(input_ids: np.ndarray, tokenizer: ErnieTokenizer, probability: f
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    check_layout_name(cfg.layout)
     paddle = import_paddle()
     F = paddle.nn.functional
     texts = [t for name in cfg.corpora for t in read_corpus(name)]
@@ -129,7 +132,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     stage = {"name": "pretrain", "config": config_record(cfg), "seconds": round(result.seconds, 1),
              "steps": result.steps, "metrics": {"mlm_loss": final_loss}, "corpus_texts": len(texts)}
     out = save_checkpoint(cfg.out, config, result.best_state, tokenizer, stage,
-                          overwrite=cfg.overwrite)
+                          overwrite=cfg.overwrite, layout=cfg.layout)
     params = count_parameters({k: v.shape for k, v in result.best_state.items()
                                if not k.startswith("cls.")})
     return {"stage": "pretrain", "out": str(out), "texts": len(texts), "steps": result.steps,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..checkpoint import Checkpoint, config_record, load_checkpoint, save_checkpoint
+from ..models.layouts import check_layout, check_layout_name
 from ..data.batching import encode_splits
 from ..data.tasks import TaskSpec, load_task_for_model
 from ..errors import UserError
@@ -59,6 +60,7 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, learning_rate=5e-4))
     overwrite: bool = False
     resume: bool = False  # continue the training an interrupted run saved beside --out
+    layout: str = "ours"  # checkpoint layout to write (models/layouts.py)
 
     def __post_init__(self) -> None:
         for name in ("ce_weight", "kd_weight", "hidden_weight", "attention_weight"):
@@ -135,7 +137,9 @@ def init_from_teacher(student_config: ErnieConfig, teacher: Checkpoint) -> dict[
 def distill(cfg: DistillConfig) -> dict[str, Any]:
     paddle = import_paddle()
     start = time.perf_counter()
+    check_layout_name(cfg.layout)
     teacher_ckpt = load_checkpoint(resolve_teacher(cfg.teacher, cfg.models_dir))
+    check_layout(teacher_ckpt.config, cfg.layout, structure=False)
     if teacher_ckpt.config.extra.get("quantization"):
         raise UserError(f"the teacher {teacher_ckpt.path} is quantized; distill from an FP32 model")
     task = load_task_for_model(cfg.task, teacher_ckpt.task, teacher_ckpt.config.labels)
@@ -252,7 +256,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     stage = {"name": "distill", "config": config_record(cfg), "metrics": {task.held_out: student_metrics},
              "report": report, "steps": result.steps, "seconds": round(time.perf_counter() - start, 1)}
     out = save_checkpoint(cfg.out, student_config, result.best_state, tokenizer, stage, parent=teacher_ckpt,
-                          overwrite=cfg.overwrite)
+                          overwrite=cfg.overwrite, layout=cfg.layout)
     clear_train_state(cfg.out)
     if cfg.measure_latency:
         from ..compare import latency_comparison

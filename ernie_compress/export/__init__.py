@@ -23,11 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import Checkpoint, atomic_output_dir, load_checkpoint, now_iso
+from ..checkpoint import Checkpoint, atomic_output_dir, load_checkpoint, now_iso, write_model_files
+from ..models.layouts import check_layout
 from ..errors import UserError
 
 FORMATS = ("paddle", "onnx", "all")
 MANIFEST_FILE = "manifest.json"
+LAYOUT_ENGINES = {"ours": "ernie-compress", "paddlenlp": "PaddleNLP from_pretrained",
+                  "paddleformers": "PaddleFormers from_pretrained, FastDeploy", "hf": "transformers from_pretrained"}
 MANIFEST_VERSION = 1
 
 
@@ -42,6 +45,7 @@ class ExportConfig:
     int8_min_agreement: float = 0.95  # INT8: least share of predictions equal to fake-quant Paddle
     fp16_tolerance: float = 5e-2  # FP16 ONNX: max |logit difference| (half-precision arithmetic)
     overwrite: bool = False
+    layout: str | None = None  # also write the checkpoint in this layout under checkpoint/ (for serving engines)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -144,6 +148,8 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     ckpt = load_checkpoint(cfg.checkpoint)
+    if cfg.layout is not None:
+        check_layout(ckpt.config, cfg.layout)
     quant = quantization_info(ckpt.config)
     fp16 = bool(quant) and quant.get("dtype") == "fp16"
     if quant and not fp16 and cfg.format != "onnx":
@@ -162,6 +168,10 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
     cpu = RuntimeConfig(device="cpu")
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
         tokenizer.save(tmp)
+        if cfg.layout is not None:
+            (tmp / "checkpoint").mkdir()
+            write_model_files(tmp / "checkpoint", ckpt.config, ckpt.state, tokenizer, cfg.layout)
+            files["checkpoint"] = {"dir": "checkpoint", "layout": cfg.layout, "for": LAYOUT_ENGINES[cfg.layout]}
         with tempfile.TemporaryDirectory() as scratch:
             scratch = Path(scratch)
             graph_dir = tmp / "paddle" if cfg.format in ("paddle", "all") else scratch / "paddle"

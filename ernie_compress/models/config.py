@@ -90,6 +90,10 @@ class ErnieConfig(TaskHeadConfig):
 
     def __post_init__(self) -> None:
         self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        ffn = self.intermediate_size_per_layer
+        if ffn and len(set(ffn)) == 1 and ffn[0] > 0 and len(ffn) == self.num_hidden_layers:
+            # one FFN width in every layer is a standard model: say it with intermediate_size alone
+            self.intermediate_size, self.intermediate_size_per_layer = ffn[0], None
         positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                     "intermediate_size", "max_position_embeddings", "type_vocab_size")
         for name in positive:

@@ -34,13 +34,15 @@ def check_layout_name(layout: str) -> str:
     return layout
 
 
-def check_layout(config, layout: str) -> None:
-    """Refuse a layout the model's family (or its pruned structure) cannot be written in."""
+def check_layout(config, layout: str, structure: bool = True) -> None:
+    """Refuse a layout the model's family (or, with ``structure``, its pruned shape or head) cannot take."""
     check_layout_name(layout)
     allowed = _FAMILY_LAYOUTS.get(config.model_type, ("ours",))
     if layout not in allowed:
         family = "ERNIE 4.5" if config.model_type == "ernie4_5" else "ERNIE 3.0"
         raise UserError(f"--layout {layout} is not a layout for {family} models (use one of {', '.join(allowed)})")
+    if not structure:
+        return
     if layout == "paddlenlp":
         from .ernie3_layout import check_paddlenlp_writable
 

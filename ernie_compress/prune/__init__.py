@@ -20,6 +20,7 @@ from ..data.tasks import TaskSpec, load_task_for_model
 from ..errors import UserError
 from ..metrics import PRIMARY_METRIC, metric_delta
 from ..models import count_parameters, model_from_state
+from ..models.layouts import check_layout, check_layout_name
 from ..progress import note
 from ..train import TrainConfig, clear_train_state, evaluate_split, resumable, train_model
 from .importance import HEAD_METHODS, ffn_importance, head_importance
@@ -47,6 +48,8 @@ class PruneConfig:
     overwrite: bool = False
     resume: bool = False  # continue the training an interrupted run saved beside --out
     gqa: str = "queries"  # ERNIE 4.5: remove query heads per group, or whole KV groups ("groups")
+    uniform: bool = False  # ERNIE 3.0: the same head count and FFN width in every layer (a standard model)
+    layout: str = "ours"  # checkpoint layout to write (models/layouts.py)
 
     def __post_init__(self) -> None:
         if self.params is None and self.heads is None and self.ffn is None:
@@ -69,8 +72,9 @@ class PruneConfig:
 def _select(cfg: PruneConfig, head_scores, neuron_scores, config, before):
     """ERNIE 3.0: heads and FFN neurons to keep per layer (sizes may differ between layers)."""
     if cfg.params is not None:
-        return select_for_parameter_target(head_scores, neuron_scores, config, cfg.params, before["non_embedding"])
-    heads = heads_to_keep_by_fraction(head_scores, cfg.heads) if cfg.heads else \
+        return select_for_parameter_target(head_scores, neuron_scores, config, cfg.params, before["non_embedding"],
+                                           cfg.uniform)
+    heads = heads_to_keep_by_fraction(head_scores, cfg.heads, cfg.uniform) if cfg.heads else \
         [list(range(len(s))) for s in head_scores]
     neurons = neurons_to_keep_by_fraction(neuron_scores, cfg.ffn) if cfg.ffn else None
     return heads, neurons, None
@@ -78,7 +82,9 @@ def _select(cfg: PruneConfig, head_scores, neuron_scores, config, before):
 
 def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
     start = time.perf_counter()
+    check_layout_name(cfg.layout)
     parent = load_checkpoint(cfg.checkpoint)
+    check_layout(parent.config, cfg.layout, structure=False)
     if parent.config.extra.get("quantization"):
         raise UserError(f"{parent.path} is quantized ({parent.config.extra['quantization'].get('method')}); "
                         f"prune its FP32 parent, then quantize the pruned model")
@@ -115,6 +121,7 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
         heads, neurons, ratio = _select(cfg, head_scores, neuron_scores, parent.config, before)
         state, config = prune_state(parent.state, parent.config, heads, neurons)
     after = count_parameters({k: v.shape for k, v in state.items()})
+    check_layout(config, cfg.layout)  # before recovery training: a layout the result cannot take is refused now
 
     pruned = model_from_state(config, state, "pruned model")
     before_recovery = evaluate_split(pruned, held_out, task.kind)
@@ -151,7 +158,8 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
     }
     stage = {"name": "prune", "config": config_record(cfg), "metrics": {task.held_out: recovered},
              "report": report, "steps": steps, "seconds": round(time.perf_counter() - start, 1)}
-    out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent, overwrite=cfg.overwrite)
+    out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent, overwrite=cfg.overwrite,
+                          layout=cfg.layout)
     clear_train_state(cfg.out)
     if cfg.measure_latency:
         from ..compare import latency_comparison

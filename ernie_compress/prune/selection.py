@@ -21,7 +21,20 @@ from ..errors import UserError
 from ..models.config import ErnieConfig
 
 
-def heads_to_keep_by_fraction(scores: Sequence[np.ndarray], fraction: float) -> list[list[int]]:
+def heads_to_keep_by_fraction(scores: Sequence[np.ndarray], fraction: float,
+                              uniform: bool = False) -> list[list[int]]:
+    """Heads to keep per layer; ``uniform`` removes the same number from every layer (each layer's least
+    important), so all layers keep one head count (a standard model in every checkpoint layout)."""
+    if uniform:
+        counts = {len(s) for s in scores}
+        if len(counts) > 1:
+            raise UserError(f"--uniform needs the same head count in every layer, got {[len(s) for s in scores]}")
+        n = counts.pop() if counts else 0
+        n_remove = int(round(fraction * n))
+        if n_remove >= n:
+            raise UserError(f"removing {fraction:.0%} of each layer's {n} heads would leave none; at most "
+                            f"{n - 1} per layer can go")
+        return [sorted(np.argsort(-s, kind="stable")[:n - n_remove].tolist()) for s in scores]
     total = sum(len(s) for s in scores)
     n_remove = int(round(fraction * total))
     removable = total - sum(1 for s in scores if len(s))  # one head stays in every layer
@@ -72,14 +85,14 @@ def removed_fraction(config: ErnieConfig, heads: Sequence[Sequence[int]],
 
 
 def select_for_parameter_target(head_scores, ffn_scores, config: ErnieConfig, target: float,
-                                non_embedding_total: int):
+                                non_embedding_total: int, uniform: bool = False):
     """(heads_to_keep, neurons_to_keep, r) removing >= ``target`` of non-embedding parameters."""
     lo, hi = 0.0, 1.0
     best = None
     for _ in range(30):
         r = (lo + hi) / 2
         try:
-            heads = heads_to_keep_by_fraction(head_scores, r)
+            heads = heads_to_keep_by_fraction(head_scores, r, uniform)
         except UserError:
             hi = r
             continue

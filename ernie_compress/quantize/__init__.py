@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import config_record, load_checkpoint, save_checkpoint
+from ..models.layouts import check_layout, check_layout_name
 from ..data.batching import encode_splits
 from ..data.tasks import TaskSpec, load_task_for_model
 from ..errors import UserError
@@ -47,6 +48,7 @@ class QuantizeConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=5e-5))
     overwrite: bool = False
     resume: bool = False  # continue the training an interrupted run saved beside --out
+    layout: str = "ours"  # checkpoint layout to write (models/layouts.py)
 
     def __post_init__(self) -> None:
         modes = [m for m in (self.qat, self.ptq, "fp16" if self.fp16 else None) if m is not None]
@@ -74,7 +76,9 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
     from .fake_quant import collect_scales, fake_quant_model, float_state
 
     start = time.perf_counter()
+    check_layout_name(cfg.layout)
     parent = load_checkpoint(cfg.checkpoint)
+    check_layout(parent.config, cfg.layout)
     if quantization_info(parent.config):
         raise UserError(f"{parent.path} is already quantized "
                         f"({quantization_info(parent.config).get('method')}); quantize its FP32 parent instead")
@@ -120,7 +124,7 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
              "metrics": {task.held_out: metrics, f"parent_{task.held_out}": parent_metrics},
              "delta_points": delta, "steps": steps, "seconds": round(time.perf_counter() - start, 1)}
     out = save_checkpoint(cfg.out, config, float_state(qmodel), tokenizer, stage, parent=parent,
-                          overwrite=cfg.overwrite, extra_files={SCALES_FILE: scales})
+                          overwrite=cfg.overwrite, extra_files={SCALES_FILE: scales}, layout=cfg.layout)
     clear_train_state(cfg.out)
     note(f"{cfg.method} int8 (fake-quant, Paddle): {metric} {metrics[metric]:.4f} vs FP32 parent "
          f"{parent_metrics[metric]:.4f} ({delta:+.2f} points)")
@@ -149,7 +153,8 @@ def _quantize_fp16(cfg: QuantizeConfig, parent, task, start: float) -> dict[str,
     stage = {"name": "quantize-fp16", "config": config_record(cfg),
              "metrics": {task.held_out: metrics, f"parent_{task.held_out}": parent_metrics},
              "delta_points": delta, "seconds": round(time.perf_counter() - start, 1)}
-    out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent, overwrite=cfg.overwrite)
+    out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent, overwrite=cfg.overwrite,
+                          layout=cfg.layout)
     note(f"fp16 weights (Paddle, FP32 compute): {metric} {metrics[metric]:.4f} vs FP32 parent "
          f"{parent_metrics[metric]:.4f} ({delta:+.2f} points)")
     return {"stage": "quantize-fp16", "out": str(out), "task": task.spec.name,
