@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import Checkpoint, config_record, load_checkpoint, save_checkpoint
-from .models.layouts import check_layout_name
+from .models.layouts import check_layout, check_layout_name
 from .data.batching import encode_splits
 from .data.tasks import TaskData, TaskSpec, load_task
 from .data.tokenizer import ErnieTokenizer, build_vocab
@@ -120,6 +120,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         if not same_head:
             note("[yellow]the task's head or labels differ from the checkpoint's: new task head[/yellow]")
     config.extra["ernie_compress"] = task_metadata(task, cfg.max_seq_length)
+    check_layout(config, cfg.layout)  # before training: a layout this model cannot take is refused now
 
     splits = encode_splits(task, tokenizer, config.labels, cfg.max_seq_length)
     hooks = TrainHooks(on_eval=lambda step, m: note(

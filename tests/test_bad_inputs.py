@@ -82,7 +82,18 @@ def _files(world, tmp):
     moe = tmp / "moe"
     moe.mkdir()
     (moe / "config.json").write_text(json.dumps({"model_type": "ernie4_5_moe", "moe_num_experts": 64}))
-    return {"empty": empty, "badjson": badjson, "odd": odd, "recipe_unknown": recipe_unknown,
+    missing_shard = tmp / "missing_shard"  # a sharded save whose index names a shard that is not there
+    shutil.copytree(world["ckpt"], missing_shard)
+    (missing_shard / "model.safetensors").rename(missing_shard / "model-00001-of-00002.safetensors")
+    (missing_shard / "compression.json").unlink()
+    names = json.loads((missing_shard / "config.json").read_text())  # any tensor names will do for the index
+    (missing_shard / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "ernie.embeddings.word_embeddings.weight": "model-00001-of-00002.safetensors",
+        "classifier.weight": "model-00002-of-00002.safetensors"}, "config": bool(names)}))
+    two_layouts = tmp / "two_layouts"  # weights in two layouts side by side
+    shutil.copytree(world["ckpt"], two_layouts)
+    (two_layouts / "model_state.pdparams").write_bytes(b"\x80\x04}\x94.")
+    return {"missing_shard": missing_shard, "two_layouts": two_layouts, "empty": empty, "badjson": badjson, "odd": odd, "recipe_unknown": recipe_unknown,
             "recipe_yaml": recipe_yaml, "a_file": a_file, "badqa": badqa, "badlm": badlm, "moe": moe}
 
 
@@ -124,6 +135,8 @@ CASES = {
     "info: not a checkpoint": ["info", "{empty}"],
     "info: compression.json invalid": ["info", "{badlineage}"],
     "info: ERNIE 4.5 mixture of experts": ["info", "{moe}"],
+    "info: sharded index names a missing shard": ["info", "{missing_shard}"],
+    "info: two weight layouts in one folder": ["info", "{two_layouts}"],
     # export / bench
     "export: unknown format": ["export", "{ckpt}", "--out", "{new}", "--format", "tflite"],
     "export: opset out of range": ["export", "{ckpt}", "--out", "{new}", "--opset", "5"],
@@ -139,6 +152,19 @@ CASES = {
     "prune: every head": ["prune", "{ckpt}", "--heads", "0.99", "--out", "{new}", "--no-latency"],
     "prune: quantized checkpoint": ["prune", "{int8}", "--heads", "0.2", "--out", "{new}"],
     "prune: unknown GQA mode": ["prune", "{decoder}", "--heads", "0.5", "--gqa", "kv", "--out", "{new}"],
+    "prune: pruned heads in --layout paddlenlp": ["prune", "{ckpt}", "--heads", "0.5", "--uniform", "--layout",
+                                                  "paddlenlp", "--out", "{new}", "--no-latency"],
+    "prune: FFN widths differ, --layout paddlenlp": ["prune", "{ckpt}", "--params", "0.2", "--layout", "paddlenlp",
+                                                     "--out", "{new}", "--no-latency"],
+    "train: decoder layout for an encoder": ["train", "--task", "text", "--data", "{data}", "--preset", "tiny",
+                                             "--layout", "paddleformers", "--out", "{new}"],
+    "train: unknown layout": ["train", "--task", "text", "--data", "{data}", "--preset", "tiny", "--layout", "onnx",
+                              "--out", "{new}"],
+    "quantize: encoder layout for a decoder": ["quantize", "{decoder}", "--fp16", "--layout", "paddlenlp",
+                                               "--out", "{new}"],
+    "distill: classifier decoder in --layout hf": ["distill", "--teacher", "{decoder}", "--student", "ernie45-tiny",
+                                                   "--layout", "hf", "--out", "{new}"],
+    "export: unknown layout": ["export", "{ckpt}", "--out", "{new}", "--layout", "onnx"],
     "distill: unknown student": ["distill", "--teacher", "{ckpt}", "--student", "colossal", "--out", "{new}"],
     "distill: missing teacher": ["distill", "--teacher", "{tmp}/nope", "--student", "tiny", "--out", "{new}"],
     "pretrain: unknown corpus": ["pretrain", "--corpus", "{tmp}/none.txt", "--out", "{new}"],

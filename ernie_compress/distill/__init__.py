@@ -146,6 +146,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     metric = PRIMARY_METRIC[task.kind]
     tokenizer = teacher_ckpt.tokenizer()
     student_config, student_state, student_source = _student(cfg, teacher_ckpt)
+    check_layout(student_config, cfg.layout)  # before training
     if cfg.init_from_teacher:
         student_state = init_from_teacher(student_config, teacher_ckpt)
 
