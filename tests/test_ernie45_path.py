@@ -127,8 +127,8 @@ def test_published_checkpoint_with_sentencepiece_tokenizer_fine_tunes_and_deploy
     config = config_from_dict(dict(resolve_preset("ernie45-tiny"), vocab_size=tokenizer.vocab_size + 8))
     state = model_state(build_model(config))
     save_file(state, str(published / "model.safetensors"))
-    (published / "config.json").write_text(json.dumps(config.to_dict()))
-    (published / "tokenizer.model").write_bytes(proto)
+    (published / "config.json").write_text(json.dumps(dict(config.to_dict(), architectures=["Ernie4_5_ForCausalLM"])))
+    (published / "tokenizer.model").write_bytes(proto)  # the release's spelling of the architecture, above
     data = write_text_task(tmp_path / "data")
     result = cli_json(["train", "--from", str(published), "--task", "text", "--data", str(data), "--out", str(tmp_path / "c"),
                       "--epochs", "6", "--lr", "5e-3", "--batch-size", "8"])

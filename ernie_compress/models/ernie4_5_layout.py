@@ -89,9 +89,11 @@ def normalize_ernie45_state(state: dict[str, np.ndarray], config: Ernie45Config,
         if not release and config.num_key_value_heads > 1:
             raise UserError(_UNKNOWN_ORDER)
     if layout in ("hf", "paddleformers"):
-        if layout == "paddleformers" and raw_config.get("source") not in (None, "paddle"):
-            raise UserError(f"config.json says source '{raw_config.get('source')}' but the weights hold "
-                            f"PaddleFormers' fused 'model.*' layout; the qkv column order cannot be trusted")
+        if layout == "paddleformers" and raw_config.get("source") != "paddle":
+            raise UserError("these 'model.*' weights have a fused qkv_proj, but config.json does not say "
+                            "\"source\": \"paddle\" (PaddleFormers' own format: [in, out], each KV group's "
+                            "queries, key and value together); a fused 'model.*' file from another saver may "
+                            "be [out, in] or ordered otherwise, and the shapes cannot tell, so it is not loaded")
         renamed = {}
         for name, value in state.items():
             new = "ernie." + name[len("model."):] if name.startswith("model.") else name

@@ -197,6 +197,8 @@ def test_a_fused_file_of_unknown_qkv_order_is_refused_not_misread(tmp_path):
     # the same file under PaddleFormers' own names and its "source" key reads correctly
     named = {k.replace("ernie.", "model.", 1): v for k, v in state.items()}
     save_file({k: np.ascontiguousarray(v) for k, v in named.items()}, str(directory / "model.safetensors"))
+    with pytest.raises(UserError, match='does not say "source": "paddle"'):  # PaddleFormers' names alone: refused
+        load_checkpoint(directory)
     (directory / "config.json").write_text(json.dumps(dict(cfg.to_dict(), source="paddle")))
     ckpt = load_checkpoint(directory)
     ids = np.array([[5, 9, 12, 30, 7]])
