@@ -159,7 +159,7 @@ def read_sharded(index_path: Path, trust_pickle: bool = False) -> dict[str, np.n
     return state
 
 
-def read_weights(path: Path, trust_pickle: bool = False) -> tuple[dict[str, np.ndarray], Path]:
+def read_weights(path: Path, trust_pickle: bool = False) -> dict[str, np.ndarray]:
     """A checkpoint folder's weights, from whichever single weights file (or sharded index) it has."""
     present = [path / name for name in WEIGHTS_CANDIDATES if (path / name).is_file()]
     if not present:
@@ -170,10 +170,10 @@ def read_weights(path: Path, trust_pickle: bool = False) -> tuple[dict[str, np.n
                         f"keep one checkpoint per folder")
     weights = present[0]
     if weights.name.endswith(".index.json"):
-        return read_sharded(weights, trust_pickle), weights
+        return read_sharded(weights, trust_pickle)
     if weights.name == PADDLE_WEIGHTS_FILE:
-        return read_pdparams(weights, trust_pickle=trust_pickle), weights
-    return read_safetensors(weights), weights
+        return read_pdparams(weights, trust_pickle=trust_pickle)
+    return read_safetensors(weights)
 
 
 def write_safetensors(path: Path, state: dict[str, np.ndarray],
@@ -289,10 +289,10 @@ def load_checkpoint(path: str | Path, trust_pickle: bool | None = None,
                 f"{weights}: sha256 {actual[:12]}… does not match {expected[:12]}… recorded "
                 f"in {LINEAGE_FILE}; the weights were changed or corrupted "
                 f"(pass --ignore-integrity to load anyway)")
-    state, _ = read_weights(path, trust_pickle)
-    ours = isinstance(raw, dict) and ("ernie_compress" in raw or bool(lineage))
+    state = read_weights(path, trust_pickle)
+    ours = "ernie_compress" in raw or bool(lineage)  # raw is a dict: config_from_dict refuses anything else
     try:
-        config, state = normalize_loaded(config, state, raw if isinstance(raw, dict) else {}, ours)
+        config, state = normalize_loaded(config, state, raw, ours)
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
     return Checkpoint(path=path, config=config, state=state, lineage=lineage)
@@ -374,14 +374,13 @@ def now_iso() -> str:
 
 
 def write_model_files(directory: Path, config: ErnieConfig, state: dict[str, np.ndarray], tokenizer,
-                      layout: str = "ours") -> dict[str, Any]:
-    """config.json, model.safetensors and the tokenizer of ``layout`` into ``directory``; the config keys."""
+                      layout: str = "ours") -> None:
+    """config.json, model.safetensors and the tokenizer of ``layout`` into ``directory``."""
     keys, state, metadata = layout_files(config, state, layout)
     (directory / CONFIG_FILE).write_text(json.dumps(_jsonable(keys), indent=2, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
     write_safetensors(directory / WEIGHTS_FILE, state, metadata)
     tokenizer.save(directory)
-    return keys
 
 
 def save_checkpoint(out: str | Path, config: ErnieConfig, state: dict[str, np.ndarray],

@@ -60,6 +60,7 @@ class FinetuneConfig:
     layout: str = "ours"  # checkpoint layout to write (models/layouts.py)
 
     def __post_init__(self) -> None:
+        check_layout_name(self.layout)
         if (self.preset is None) == (self.init_from is None):
             raise UserError("pass exactly one of --preset (a fresh model) and --from (a checkpoint)")
         if not 8 <= self.max_seq_length <= 4096:
@@ -97,7 +98,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if Path(cfg.out).expanduser().exists() and not cfg.overwrite:
         raise UserError(f"output {Path(cfg.out).expanduser().resolve()} already exists; choose another "
                         f"--out or pass --overwrite")
-    check_layout_name(cfg.layout)
     parent = load_checkpoint(cfg.init_from) if cfg.init_from else None
     task = load_task(cfg.task or resolve_task(None, None, parent))
     for line in task.notes:

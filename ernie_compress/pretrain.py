@@ -48,6 +48,7 @@ class PretrainConfig:
     layout: str = "ours"  # checkpoint layout to write (models/layouts.py)
 
     def __post_init__(self) -> None:
+        check_layout_name(self.layout)
         if not self.corpora:
             raise UserError(f"pass at least one --corpus ({CORPORA_HELP})")
         if not 0 < self.mask_probability < 1:
@@ -99,7 +100,6 @@ def mask_tokens(input_ids: np.ndarray, tokenizer: ErnieTokenizer, probability: f
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
-    check_layout_name(cfg.layout)
     paddle = import_paddle()
     F = paddle.nn.functional
     texts = [t for name in cfg.corpora for t in read_corpus(name)]

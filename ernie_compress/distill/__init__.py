@@ -63,6 +63,7 @@ class DistillConfig:
     layout: str = "ours"  # checkpoint layout to write (models/layouts.py)
 
     def __post_init__(self) -> None:
+        check_layout_name(self.layout)
         for name in ("ce_weight", "kd_weight", "hidden_weight", "attention_weight"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0")
@@ -137,9 +138,7 @@ def init_from_teacher(student_config: ErnieConfig, teacher: Checkpoint) -> dict[
 def distill(cfg: DistillConfig) -> dict[str, Any]:
     paddle = import_paddle()
     start = time.perf_counter()
-    check_layout_name(cfg.layout)
     teacher_ckpt = load_checkpoint(resolve_teacher(cfg.teacher, cfg.models_dir))
-    check_layout(teacher_ckpt.config, cfg.layout, structure=False)
     if teacher_ckpt.config.extra.get("quantization"):
         raise UserError(f"the teacher {teacher_ckpt.path} is quantized; distill from an FP32 model")
     task = load_task_for_model(cfg.task, teacher_ckpt.task, teacher_ckpt.config.labels)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..checkpoint import Checkpoint, atomic_output_dir, load_checkpoint, now_iso, write_model_files
-from ..models.layouts import check_layout
+from ..models.layouts import check_layout, check_layout_name
 from ..errors import UserError
 
 FORMATS = ("paddle", "onnx", "all")
@@ -48,6 +48,8 @@ class ExportConfig:
     layout: str | None = None  # also write the checkpoint in this layout under checkpoint/ (for serving engines)
 
     def __post_init__(self) -> None:
+        if self.layout is not None:
+            check_layout_name(self.layout)
         if self.format not in FORMATS:
             raise UserError(f"--format must be one of {', '.join(FORMATS)}, got '{self.format}'")
         if not 11 <= self.opset <= 19:

@@ -96,8 +96,8 @@ def check_paddlenlp_writable(config: ErnieConfig) -> None:
 
 
 def to_paddlenlp(config: ErnieConfig, state: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict]:
-    """``config.json`` keys and weights that PaddleNLP's ``from_pretrained`` loads unchanged."""
-    check_paddlenlp_writable(config)
+    """``config.json`` keys and weights that PaddleNLP's ``from_pretrained`` loads unchanged (the model
+    passed :func:`check_paddlenlp_writable`, through ``layouts.check_layout``)."""
     uniform = config.replace(intermediate_size=config.ffn_in_layer(0), num_attention_heads_per_layer=None,
                              intermediate_size_per_layer=None)
     keys = uniform.to_dict()

@@ -65,7 +65,7 @@ def _grouped_to_sequential(qkv: np.ndarray, config: Ernie45Config) -> np.ndarray
     return np.concatenate([q, k, v], axis=-1)
 
 
-def detect_layout(state: dict[str, np.ndarray], raw_config: dict[str, Any], ours: bool) -> str:
+def detect_layout(state: dict[str, np.ndarray], ours: bool) -> str:
     """``ours``, ``release``, ``paddleformers`` (fused per group) or ``hf``, from names and metadata."""
     roots = {k.split(".", 1)[0] for k in state if re.match(r"(model|ernie)\.layers\.\d+\.", k)}
     if len(roots) > 1:
@@ -82,7 +82,7 @@ def normalize_ernie45_state(state: dict[str, np.ndarray], config: Ernie45Config,
                             ours: bool = True) -> tuple[Ernie45Config, dict[str, np.ndarray]]:
     """Config and state in this package's layout (new objects), from any layout in the table above."""
     raw_config = raw_config or {}
-    layout = detect_layout(state, raw_config, ours)
+    layout = detect_layout(state, ours)
     state = dict(state)
     if layout == "release" and any(".self_attn.qkv_proj." in k for k in state):
         release = any(a in _RELEASE_ARCHITECTURES for a in raw_config.get("architectures") or [])
@@ -125,8 +125,8 @@ def check_hf_writable(config: Ernie45Config) -> None:
 
 def to_hf(config: Ernie45Config, state: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``config.json`` keys and weights in the Hugging Face layout (PaddleFormers' default save), which
-    PaddleFormers' and transformers' ``from_pretrained`` load unchanged."""
-    check_hf_writable(config)
+    PaddleFormers' and transformers' ``from_pretrained`` load unchanged (the model passed
+    :func:`check_hf_writable`, through ``layouts.check_layout``)."""
     h, kv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     out: dict[str, np.ndarray] = {}
     for name, value in state.items():

@@ -23,7 +23,8 @@ LAYOUTS = ("ours", "paddlenlp", "paddleformers", "hf")
 LAYOUT_HELP = ("Checkpoint layout to write: ours, paddlenlp (ERNIE 3.0, loads in PaddleNLP), paddleformers "
                "or hf (ERNIE 4.5, load in PaddleFormers / transformers and the servers that read them).")
 _FAMILY_LAYOUTS = {"ernie": ("ours", "paddlenlp"), "ernie4_5": ("ours", "paddleformers", "hf")}
-# config.json keys that describe one saver's files, not the model: never written under another layout
+# config.json keys that describe one saver's files, not the model: dropped when a checkpoint is loaded,
+# so they are never written back under another layout
 SAVER_KEYS = ("source", "paddleformers_version", "transformers_version", "torch_dtype", "dtype",
               "auto_map")
 
@@ -66,14 +67,8 @@ def layout_files(config, state: dict[str, np.ndarray], layout: str
         from .ernie4_5_layout import to_hf
 
         keys, state = to_hf(config, state)
-        for key in SAVER_KEYS:
-            if key not in ("torch_dtype", "dtype"):
-                keys.pop(key, None)
         return keys, state, None  # transformers wants "pt" metadata or none; PaddleFormers "np"/"pd" or none
-    keys = config.to_dict()
-    for key in SAVER_KEYS:
-        keys.pop(key, None)
-    return keys, state, {"format": "np"}
+    return config.to_dict(), state, {"format": "np"}
 
 
 def normalize_loaded(config, state: dict[str, np.ndarray], raw_config: dict[str, Any], ours: bool):

@@ -52,6 +52,7 @@ class PruneConfig:
     layout: str = "ours"  # checkpoint layout to write (models/layouts.py)
 
     def __post_init__(self) -> None:
+        check_layout_name(self.layout)
         if self.params is None and self.heads is None and self.ffn is None:
             raise UserError("say what to remove: --heads R, --ffn R and/or --params R")
         if self.params is not None and (self.heads is not None or self.ffn is not None):
@@ -82,7 +83,6 @@ def _select(cfg: PruneConfig, head_scores, neuron_scores, config, before):
 
 def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
     start = time.perf_counter()
-    check_layout_name(cfg.layout)
     parent = load_checkpoint(cfg.checkpoint)
     check_layout(parent.config, cfg.layout, structure=False)
     if parent.config.extra.get("quantization"):

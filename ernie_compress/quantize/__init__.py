@@ -51,6 +51,7 @@ class QuantizeConfig:
     layout: str = "ours"  # checkpoint layout to write (models/layouts.py)
 
     def __post_init__(self) -> None:
+        check_layout_name(self.layout)
         modes = [m for m in (self.qat, self.ptq, "fp16" if self.fp16 else None) if m is not None]
         if len(modes) != 1:
             raise UserError("pass exactly one of --qat int8, --ptq int8 and --fp16")
@@ -76,7 +77,6 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
     from .fake_quant import collect_scales, fake_quant_model, float_state
 
     start = time.perf_counter()
-    check_layout_name(cfg.layout)
     parent = load_checkpoint(cfg.checkpoint)
     check_layout(parent.config, cfg.layout)
     if quantization_info(parent.config):

@@ -10,16 +10,11 @@ import json
 import numpy as np
 import pytest
 from conftest import assert_close, run_reference
-from ours import REAL, outputs
+from ours import REAL, outputs, vocab_tokenizer
 
 pytestmark = pytest.mark.interop
 
 CHARS = [chr(0x4E00 + i) for i in range(40)]
-
-
-def _vocab(size: int) -> str:
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    return "\n".join(specials + [chr(0x4E00 + i) for i in range(size - len(specials))]) + "\n"
 
 
 def _texts(n: int, seed: int) -> list[str]:
@@ -40,7 +35,7 @@ def _cli(args):
 def test_every_stage_runs_on_a_paddlenlp_two_label_classifier(tmp_path):
     run_reference("paddlenlp", "save", "paddlenlp", "cls2_default_labels", str(tmp_path / "ref"))
     model = tmp_path / "ref" / "model"
-    (model / "vocab.txt").write_text(_vocab(100), encoding="utf-8")  # as its tokenizer's save_pretrained leaves it
+    vocab_tokenizer(100).save(model)  # vocab.txt, as the library's tokenizer save_pretrained leaves it
     data = tmp_path / "data"
     data.mkdir()
     for split, seed in (("train", 0), ("dev", 1), ("test", 2)):  # the labels PaddleNLP's defaults name
@@ -67,7 +62,7 @@ def test_every_stage_runs_on_a_paddlenlp_two_label_classifier(tmp_path):
 def test_every_stage_runs_on_a_paddleformers_ernie45_save(tmp_path):
     run_reference("paddleformers", "save", "paddleformers", "gqa_tied_sharded", str(tmp_path / "ref"))
     model = tmp_path / "ref" / "model"
-    (model / "vocab.txt").write_text(_vocab(64), encoding="utf-8")
+    vocab_tokenizer(64).save(model)
     data = tmp_path / "lm"
     data.mkdir()
     for split, seed in (("train", 0), ("dev", 1), ("test", 2)):
