@@ -88,6 +88,19 @@ def test_selection_keeps_a_head_per_layer_and_hits_parameter_targets(tiny_config
     assert removed_fraction(tiny_config, heads, neurons, 18210) >= 0.3 and 0 < r < 1
 
 
+def test_uniform_selection_removes_the_same_heads_count_from_every_layer(tiny_config):
+    """--uniform: each layer loses its own least important heads, the same number everywhere, where the
+    global ranking above would take three from the first layer and none from the second."""
+    scores = [np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.6, 0.9, 0.8, 0.7])]
+    assert heads_to_keep_by_fraction(scores, 0.375) == [[3], [0, 1, 2, 3]]  # global: uneven
+    assert heads_to_keep_by_fraction(scores, 0.5, uniform=True) == [[2, 3], [1, 2]]
+    with pytest.raises(UserError, match="would leave none"):
+        heads_to_keep_by_fraction(scores, 0.9, uniform=True)
+    ffn = [np.linspace(0, 1, 64), np.linspace(1, 0, 64)]
+    heads, neurons, _ = select_for_parameter_target(scores, ffn, tiny_config, 0.3, 18210, uniform=True)
+    assert len({len(k) for k in heads}) == 1 and len({len(k) for k in neurons}) == 1
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     return train_tiny_checkpoint(tmp_path_factory.mktemp("prune"))[0]
