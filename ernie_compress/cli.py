@@ -19,6 +19,7 @@ import typer
 
 from . import __version__
 from .errors import UserError
+from .models.layouts import LAYOUT_HELP
 
 app = typer.Typer(
     name="ernie-compress",
@@ -51,9 +52,6 @@ SaveEveryOpt = Annotated[int, typer.Option(
     "--save-every", help="Save a resumable training state every N steps (beside --out; removed on success).")]
 ResumeOpt = Annotated[bool, typer.Option(
     "--resume", help="Continue an interrupted run from its saved state (same options and seed).")]
-LAYOUT_HELP = ("Checkpoint layout to write: ours (default), paddlenlp (ERNIE 3.0: loads in PaddleNLP), "
-               "paddleformers or hf (ERNIE 4.5: loads in PaddleFormers / transformers and the servers that "
-               "read them). A model the layout cannot express (e.g. pruned heads for paddlenlp) is refused.")
 LayoutOpt = Annotated[str, typer.Option("--layout", help=LAYOUT_HELP)]
 
 

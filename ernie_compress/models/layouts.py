@@ -20,8 +20,9 @@ import numpy as np
 from ..errors import UserError
 
 LAYOUTS = ("ours", "paddlenlp", "paddleformers", "hf")
-LAYOUT_HELP = ("Checkpoint layout to write: ours, paddlenlp (ERNIE 3.0, loads in PaddleNLP), paddleformers "
-               "or hf (ERNIE 4.5, load in PaddleFormers / transformers and the servers that read them).")
+LAYOUT_HELP = ("Checkpoint layout to write: ours (default), paddlenlp (ERNIE 3.0: loads in PaddleNLP), "
+               "paddleformers or hf (ERNIE 4.5: loads in PaddleFormers / transformers and the servers that "
+               "read them). A model the layout cannot express (e.g. pruned heads for paddlenlp) is refused.")
 _FAMILY_LAYOUTS = {"ernie": ("ours", "paddlenlp"), "ernie4_5": ("ours", "paddleformers", "hf")}
 # config.json keys that describe one saver's files, not the model: dropped when a checkpoint is loaded,
 # so they are never written back under another layout
