@@ -142,4 +142,4 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     params = count_parameters({k: v.shape for k, v in state.items()})
     return {"stage": "train", "out": str(out), "task": task.spec.name, "held_out_split": task.held_out,
             "metrics": metrics, "parameters": params, "train_seconds": round(result.seconds, 1),
-            "steps": result.steps}
+            "steps": result.steps, "steps_run": result.steps_run}

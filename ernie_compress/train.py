@@ -88,6 +88,7 @@ class TrainResult:
     steps: int
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    steps_run: int = 0  # optimizer steps this process executed (fewer than ``steps`` after --resume)
 
 
 def to_tensors(batch: Batch) -> TensorBatch:
@@ -214,7 +215,7 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Tr
     best_state, best_metrics, best_step = state_copy(), {}, 0
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
-    step = last_eval = start_epoch = skip_batches = 0
+    step = last_eval = start_epoch = skip_batches = steps_run = 0
     epoch_rng_state = rng.bit_generator.state
     saved = load_train_state(state_dir) if (resume and state_dir is not None) else None
     if resume and saved is None:
@@ -275,6 +276,7 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Tr
                 optimizer.clear_grad()
                 schedule.step()
                 step += 1
+                steps_run += 1
                 values = {k: float(v) for k, v in parts.items()}
                 if not all(math.isfinite(v) for v in values.values()):
                     raise UserError(f"the loss became {values} at step {step}; lower --lr")
@@ -293,4 +295,4 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Tr
     model.eval()
     if dev is None:
         best_state, best_step = state_copy(), step
-    return TrainResult(best_state, best_metrics, best_step, step, time.perf_counter() - start, history)
+    return TrainResult(best_state, best_metrics, best_step, step, time.perf_counter() - start, history, steps_run)

@@ -15,6 +15,12 @@ POSITIVE = ["这个东西很好用，推荐购买", "质量不错，物流很快
             "服务态度很好，下次还来", "包装精美，很喜欢", "性价比高，很好", "不错不错，满意"]
 NEGATIVE = ["质量太差了，很失望", "物流很慢，不推荐", "差评，再也不买了", "东西坏了，退货",
             "服务态度很差", "不好用，浪费钱", "太失望了，很差", "包装破损，差"]
+# Held-out sentences (dev, test): none occurs in the training texts above; they reuse their words, so
+# a model that learned which words carry the sentiment classifies them, one that memorised cannot.
+DEV = [("物流很快，很满意", "pos"), ("包装很好，推荐", "pos"), ("值得购买，好评", "pos"), ("服务很好，喜欢", "pos"),
+       ("质量很差，退货", "neg"), ("很失望，差评", "neg"), ("物流太慢了，差", "neg"), ("坏了，不推荐", "neg")]
+TEST = [("很好，非常喜欢", "pos"), ("质量很好，满意", "pos"), ("好用，推荐购买", "pos"), ("不错，下次还来", "pos"),
+        ("太差了，浪费钱", "neg"), ("服务很差，失望", "neg"), ("包装破损，退货", "neg"), ("很差，不买了", "neg")]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -23,12 +29,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def write_text_task(directory: Path, train_repeats: int = 3) -> Path:
-    """A tiny sentiment task in the plain ``text`` format (JSON lines): train/dev/test."""
+    """A tiny sentiment task in the plain ``text`` format (JSON lines): train, and dev/test sentences
+    that are not in train."""
     directory.mkdir(parents=True, exist_ok=True)
     rows = [{"text": t, "label": "pos"} for t in POSITIVE] + [{"text": t, "label": "neg"} for t in NEGATIVE]
     write_jsonl(directory / "train.jsonl", rows * train_repeats)
-    write_jsonl(directory / "dev.jsonl", rows)
-    write_jsonl(directory / "test.jsonl", rows)
+    write_jsonl(directory / "dev.jsonl", [{"text": t, "label": y} for t, y in DEV])
+    write_jsonl(directory / "test.jsonl", [{"text": t, "label": y} for t, y in TEST])
     return directory
 
 

@@ -1,5 +1,5 @@
-"""A real SIGTERM to a real training subprocess leaves no output; --resume reaches the same weights
-as an uninterrupted run with the same seed."""
+"""A real SIGTERM to a real training subprocess leaves no output; --resume runs only the steps that
+were left and reaches the same weights as an uninterrupted run with the same seed."""
 
 from __future__ import annotations
 
@@ -42,11 +42,26 @@ def _run_full_then_cut(args, tmp_path):
     return full, stderr, proc.returncode, out
 
 
-def _resume_and_compare(args, tmp_path, out):
-    """Resume the cut run; its weights equal the uninterrupted run's; the state is removed."""
+def _saved_step(tmp_path) -> int:
+    """The step at which the cut run's training state was saved."""
+    from ernie_compress.paddle_env import import_paddle
+
+    return int(import_paddle().load(str(tmp_path / ".cut.train-state" / "train_state.pdstate"))["step"])
+
+
+def _resume_and_compare(args, tmp_path, out, full):
+    """Resume the cut run: it executes only the steps after the saved one (counted by the loop, so a
+    resume that restarted from step 0 fails here even though training is deterministic), its weights
+    equal the uninterrupted run's, and the state is removed."""
     env = dict(os.environ, PYTHONPATH=os.getcwd())
+    saved_step = _saved_step(tmp_path)
     resumed = subprocess.run(_cli(*args, "--out", str(out), "--resume"), capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr
+    total = json.loads(full.stdout)["steps"]
+    assert json.loads(full.stdout)["steps_run"] == total
+    assert 0 < saved_step < total
+    assert json.loads(resumed.stdout)["steps"] == total
+    assert json.loads(resumed.stdout)["steps_run"] == total - saved_step
     a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(out / "model.safetensors"))
     for name in a:
         np.testing.assert_allclose(a[name], b[name], atol=1e-5, err_msg=name)
@@ -62,7 +77,7 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path):
     assert "--resume" in stderr and stderr.count("\n") == 1
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no half-written output
-    resumed = _resume_and_compare(args, tmp_path, out)
+    resumed = _resume_and_compare(args, tmp_path, out, full)
     assert json.loads(resumed.stdout)["metrics"] == json.loads(full.stdout)["metrics"]
 
 
@@ -101,7 +116,7 @@ def test_training_stages_resume_after_sigterm(tmp_path, stage):
     parent, _ = train_tiny_checkpoint(tmp_path, epochs=2)
     args = ["--quiet", "--json", *STAGES[stage](parent), "--batch-size", "8", "--lr", "1e-3",
             "--save-every", "5", "--seed", "9"]
-    _, stderr, code, out = _run_full_then_cut(args, tmp_path)
+    full, stderr, code, out = _run_full_then_cut(args, tmp_path)
     assert code == 130 and "--resume" in stderr, stderr
     assert not out.exists()
-    _resume_and_compare(args, tmp_path, out)
+    _resume_and_compare(args, tmp_path, out, full)

@@ -264,4 +264,4 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         note("measuring CPU latency of teacher and student (ONNX Runtime)")
         report.update(latency_comparison(("teacher", teacher_ckpt.path), ("student", out)))
     return {"stage": "distill", "out": str(out), "task": task.spec.name, "metric": metric, **report,
-            "steps": result.steps, "seconds": round(time.perf_counter() - start, 1)}
+            "steps": result.steps, "steps_run": result.steps_run, "seconds": round(time.perf_counter() - start, 1)}

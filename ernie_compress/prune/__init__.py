@@ -125,7 +125,7 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
 
     pruned = model_from_state(config, state, "pruned model")
     before_recovery = evaluate_split(pruned, held_out, task.kind)
-    recovered, steps = before_recovery, 0
+    recovered, steps, steps_run = before_recovery, 0, 0
     if cfg.recover_epochs > 0:
         from ..losses import hard_label_loss, logit_kd_loss
 
@@ -138,7 +138,7 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
         pruned.set_state_dict(result.best_state)
         state = {k: v for k, v in result.best_state.items()}
         recovered = evaluate_split(pruned, held_out, task.kind)
-        steps = result.steps
+        steps, steps_run = result.steps, result.steps_run
 
     removed_per_layer = [parent.config.heads_in_layer(i) - len(k) for i, k in enumerate(heads)]
     report = {
@@ -167,4 +167,4 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
         note("measuring CPU latency of parent and pruned model (ONNX Runtime)")
         report.update(latency_comparison(("parent", parent.path), ("pruned", out)))
     return {"stage": "prune", "out": str(out), "task": task.spec.name, "metric": metric, **report,
-            "steps": steps, "seconds": round(time.perf_counter() - start, 1)}
+            "steps": steps, "steps_run": steps_run, "seconds": round(time.perf_counter() - start, 1)}

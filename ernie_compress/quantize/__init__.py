@@ -107,12 +107,12 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
             result = train_model(qmodel, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
                                  loss_fn=loss, description="qat int8", state_dir=state_dir, resume=cfg.resume)
         qmodel.set_state_dict(result.best_state)
-        steps, train_seconds = result.steps, result.seconds
+        steps, steps_run, train_seconds = result.steps, result.steps_run, result.seconds
     else:
         from .ptq import calibrate_
 
         calibrate_(qmodel, splits["train"], cfg.calib_samples, cfg.observer, cfg.percentile)
-        steps, train_seconds = 0, 0.0
+        steps, steps_run, train_seconds = 0, 0, 0.0
     qmodel.eval()
     metrics = evaluate_split(qmodel, held_out, task.kind)
     scales = collect_scales(qmodel)
@@ -131,7 +131,7 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
     return {"stage": f"quantize-{cfg.method}", "out": str(out), "task": task.spec.name,
             "scheme": scheme.to_dict(), "metrics": {task.held_out: metrics},
             "parent_metrics": {task.held_out: parent_metrics}, "delta_points": delta,
-            "quantized_layers": len(scales), "steps": steps, "train_seconds": round(train_seconds, 1),
+            "quantized_layers": len(scales), "steps": steps, "steps_run": steps_run, "train_seconds": round(train_seconds, 1),
             "seconds": round(time.perf_counter() - start, 1)}
 
 
