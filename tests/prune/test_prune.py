@@ -63,15 +63,47 @@ def test_pruning_reproduces_the_masked_model_exactly(split_and_model):
     mask = [paddle.to_tensor([1.0 if h in k else 0.0 for h in range(4)]) for k in keep]
     ids = paddle.to_tensor(random_ids(3, 9, config.vocab_size))
     with paddle.no_grad():
-        masked = model(ids, head_mask=mask).numpy()
+        masked = model.ernie(ids, head_mask=mask)[0].numpy()  # [batch, seq, hidden], LayerNorm scale
     pruned_state, pruned_config = prune_state(state, config, keep)
     pruned = model_from_state(pruned_config, pruned_state, "pruned")
     with paddle.no_grad():
-        np.testing.assert_allclose(pruned(ids).numpy(), masked, atol=1e-5)
+        np.testing.assert_allclose(pruned.ernie(ids)[0].numpy(), masked, atol=1e-5, rtol=0)
     assert pruned_config.heads_per_layer == [3, 1]
     before = count_parameters({k: v.shape for k, v in state.items()})["total"]
     after = count_parameters({k: v.shape for k, v in pruned_state.items()})["total"]
     assert before - after == 4 * (4 * 32 * 8 + 3 * 8)  # 4 heads of width 8: q/k/v/out weights, q/k/v biases
+
+
+def _ffn_masked(state, neurons_to_keep):
+    """The unpruned weights with every removed FFN neuron's output row of ``linear2`` zeroed: the
+    masked model, whatever the activation gives for that neuron."""
+    masked = dict(state)
+    for i, keep in enumerate(neurons_to_keep):
+        name = f"ernie.encoder.layers.{i}.linear2.weight"  # [ffn, hidden]
+        drop = np.setdiff1d(np.arange(state[name].shape[0]), keep)
+        masked[name] = state[name].copy()
+        masked[name][drop, :] = 0
+    return masked
+
+
+@pytest.mark.parametrize("keep_heads, keep_neurons", [
+    ([[0, 1, 2, 3], [0, 1, 2, 3]], [[0, 5, 7, 30, 63], list(range(1, 64, 2))]),  # FFN only
+    ([[0, 2, 3], [1]], [[3, 4, 9], list(range(40))]),                          # heads and FFN
+    ([[], [2, 3]], [list(range(64)), []]),                                     # a layer without attention, one without FFN
+], ids=["ffn", "heads+ffn", "empty-blocks"])
+def test_ffn_and_mixed_pruning_reproduce_the_masked_model(split_and_model, keep_heads, keep_neurons):
+    _, config, state = split_and_model
+    assert config.intermediate_size == 64
+    model = model_from_state(config, _ffn_masked(state, keep_neurons), "masked")
+    mask = [paddle.to_tensor([1.0 if h in k else 0.0 for h in range(4)]) for k in keep_heads]
+    ids = paddle.to_tensor(random_ids(3, 9, config.vocab_size))
+    with paddle.no_grad():  # the encoder's output (LayerNorm scale, ~1) shows what tiny logits hide
+        masked = model.ernie(ids, head_mask=mask)[0].numpy()  # [batch, seq, hidden]
+    pruned_state, pruned_config = prune_state(state, config, keep_heads, keep_neurons)
+    assert pruned_config.ffn_per_layer == [len(k) for k in keep_neurons]
+    pruned = model_from_state(pruned_config, pruned_state, "pruned")
+    with paddle.no_grad():
+        np.testing.assert_allclose(pruned.ernie(ids)[0].numpy(), masked, atol=1e-5, rtol=0)
 
 
 def test_selection_keeps_a_head_per_layer_and_hits_parameter_targets(tiny_config):
