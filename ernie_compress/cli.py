@@ -201,7 +201,8 @@ def pretrain(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output checkpoint directory.")],
     corpus: Annotated[list[str], typer.Option(
         help="Unlabeled text to learn from (repeatable): demo:sentiment (its train split), "
-             "demo:peoples-daily, or a UTF-8 file with one text per line.")],
+             "demo:peoples-daily (demo:ner's train sentences), or a UTF-8 file with one text per line; "
+             "built-in corpora hold no dev/test text of any built-in task.")],
     preset: Annotated[str, typer.Option(help="Model size to pre-train (see `train --help`).")] = "demo-teacher",
     steps: Annotated[int, typer.Option(help="Optimizer steps of masked-LM training.")] = 600,
     batch_size: Annotated[int, typer.Option(help="Texts per step.")] = 32,

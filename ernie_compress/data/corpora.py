@@ -10,6 +10,7 @@ and split without labels, for causal language models (perplexity). ``demo:ner`` 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from ..errors import UserError
@@ -120,3 +121,50 @@ BUILTIN: dict[str, Callable[[TaskSpec], TaskData]] = {
     "demo:ner": load_ner,
     "demo:lm": load_reviews_lm,
 }
+
+
+# Unlabeled pre-training text from the built-in corpora: the train split of the task behind each
+# name (People's Daily is demo:ner's corpus), so the split that keeps dev/test apart is the one
+# pre-training sees too.
+PRETRAINING_CORPORA = {"demo:sentiment": "demo:sentiment", "demo:lm": "demo:lm",
+                       "demo:ner": "demo:ner", "demo:peoples-daily": "demo:ner"}
+
+
+@functools.lru_cache(maxsize=1)
+def builtin_held_out_texts() -> frozenset[str]:
+    """Every dev and test text of every built-in task."""
+    return frozenset(t for load in BUILTIN.values() for task in [load(TaskSpec(_name_of(load)))]
+                     for split in ("dev", "test") for e in task.splits.get(split, [])
+                     for t in (e.text_a, e.text_b) if t)
+
+
+def _name_of(load: Callable[[TaskSpec], TaskData]) -> str:
+    return next(name for name, fn in BUILTIN.items() if fn is load)
+
+
+# A corpus text that contains a held-out text of at least this many characters is dropped too (a
+# review that quotes a test review; shorter strings such as "很好" occur inside texts by chance).
+MIN_CONTAINED_CHARS = 10
+
+
+def contains_any(texts: list[str], needles: frozenset[str], length: int = MIN_CONTAINED_CHARS) -> list[bool]:
+    """For each text: does it contain one of ``needles`` that is at least ``length`` long? Each
+    window of ``length`` characters is looked up among the needles' first ``length`` characters."""
+    by_prefix: dict[str, list[str]] = {}
+    for needle in needles:
+        if len(needle) >= length:
+            by_prefix.setdefault(needle[:length], []).append(needle)
+    return [any(text.startswith(n, i) for i in range(len(text) - length + 1)
+                for n in by_prefix.get(text[i:i + length], ())) for text in texts]
+
+
+def pretraining_texts(name: str) -> tuple[list[str], int]:
+    """The unlabeled texts of built-in corpus ``name``: its task's train texts, less any that is or
+    contains a dev/test text of a built-in task (a text can be in one task's train split and in
+    another's test split, or quote a test text of its own task); also how many were dropped."""
+    task = BUILTIN[PRETRAINING_CORPORA[name]](TaskSpec(PRETRAINING_CORPORA[name]))
+    held_out = builtin_held_out_texts()
+    texts = [t for e in task.split("train") for t in (e.text_a, e.text_b) if t]
+    quoting = contains_any(texts, held_out)
+    kept = [t for t, quotes in zip(texts, quoting) if t not in held_out and not quotes]
+    return kept, len(texts) - len(kept)

@@ -100,14 +100,46 @@ def split_files(spec: TaskSpec, extensions: Sequence[str]) -> dict[str, Path]:
     return files
 
 
+def held_out_overlap(task: TaskData) -> dict[str, int]:
+    """How many dev/test examples have a text (or text pair) that also occurs in train."""
+    train = {(e.text_a, e.text_b) for e in task.splits.get("train", [])}
+    return {name: sum((e.text_a, e.text_b) in train for e in task.splits[name])
+            for name in ("dev", "test") if task.splits.get(name)}
+
+
+_warned_overlap: set[TaskSpec] = set()
+
+
+def warn_held_out_overlap(task: TaskData) -> None:
+    """Warn (once per task and process) when the user's dev/test texts also occur in train: the
+    held-out metrics then measure memory, not generalisation."""
+    overlap = held_out_overlap(task)
+    if any(overlap.values()) and task.spec not in _warned_overlap:
+        from ..progress import warn
+
+        _warned_overlap.add(task.spec)
+        counts = ", ".join(f"{n:,} of {len(task.splits[name]):,} {name}" for name, n in overlap.items() if n)
+        warn(f"{task.spec.data}: {counts} texts also occur in the train file, so held-out metrics "
+             f"overstate what the model does on new text; deduplicate the splits")
+
+
 def load_task(spec: TaskSpec) -> TaskData:
-    """Load the examples of ``spec`` (raises :class:`UserError` naming the problem)."""
-    from . import clue, corpora
+    """Load the examples of ``spec`` (raises :class:`UserError` naming the problem). Built-in
+    splits are disjoint by construction; the user's are checked (:func:`warn_held_out_overlap`)."""
+    from . import corpora
 
     if spec.name in corpora.BUILTIN:
         if spec.data:
             raise UserError(f"task '{spec.name}' is built in; do not pass --data")
         return corpora.BUILTIN[spec.name](spec)
+    task = _load_user_task(spec)
+    warn_held_out_overlap(task)
+    return task
+
+
+def _load_user_task(spec: TaskSpec) -> TaskData:
+    from . import clue, corpora
+
     if spec.name == "lm":
         if not spec.data:
             raise UserError("task 'lm' reads your files: pass --data DIR (train.txt, dev.txt[, test.txt])")
