@@ -105,11 +105,14 @@ def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:
 
 
 def entity_f1(predicted: list[list[str]], gold: list[list[str]]) -> dict[str, float]:
-    """Entity-level precision, recall and F1 by exact span and type match (micro over sentences)."""
+    """Entity-level precision, recall and F1 by exact span and type match (micro over sentences);
+    equal to seqeval's default (conlleval) mode. Tag sequences of unequal length are an error."""
     if len(predicted) != len(gold):
         raise ValueError("predicted and gold must have the same number of sentences")
     tp = n_pred = n_gold = 0
-    for p, g in zip(predicted, gold):
+    for i, (p, g) in enumerate(zip(predicted, gold)):
+        if len(p) != len(g):
+            raise ValueError(f"sentence {i}: {len(p)} predicted tags for {len(g)} gold tags")
         ps, gs = entity_spans(p), entity_spans(g)
         tp += len(ps & gs)
         n_pred += len(ps)
@@ -121,33 +124,49 @@ def entity_f1(predicted: list[list[str]], gold: list[list[str]]) -> dict[str, fl
 
 
 # --- extractive QA: CMRC2018's EM and F1 ------------------------------------------------------
-_CMRC_PUNCTUATION = set("-:_*^/\\~`+=，。：？！“”；’《》……·、「」（）－～『』")
-
-
-def _is_punctuation(ch: str) -> bool:
-    import unicodedata
-
-    return ch in _CMRC_PUNCTUATION or unicodedata.category(ch).startswith("P")
+# The official scorer is ``cmrc2018_evaluate.py`` (github.com/ymcui/cmrc2018, squad-style-data,
+# "v5 - special"); these functions compute what it computes:
+# - its punctuation is exactly its list (``……`` is one two-character entry there, so a lone ``…``
+#   is never removed; other Unicode punctuation such as ``.`` or ``,`` stays too);
+# - segmentation lowercases and strips, makes each character in U+4E00..U+9FA5 a token, and cuts
+#   the other runs with nltk's word tokenizer; a removed punctuation character does not end a run
+#   (``abc-def`` is one token ``abcdef``);
+# - EM compares the strings with the punctuation removed and the rest, inner spaces included, kept.
+# One difference is forced: nltk's ``word_tokenize`` first splits sentences with its Punkt model,
+# which is data that cannot be downloaded here, so runs are tokenized as one line
+# (``preserve_line=True``). A run changes only if it holds a sentence end that Punkt would split
+# (``abc. Def`` inside one answer); single-line answer spans practically never do.
+CMRC_PUNCTUATION = frozenset(["-", ":", "_", "*", "^", "/", "\\", "~", "`", "+", "=",
+                              "，", "。", "：", "？", "！", "“", "”", "；", "’", "《", "》", "……", "·", "、",
+                              "「", "」", "（", "）", "－", "～", "『", "』"])
 
 
 def _is_cjk(ch: str) -> bool:
     return "\u4e00" <= ch <= "\u9fa5"
 
 
+def _word_tokenize(run: str) -> list[str]:
+    from nltk.tokenize import word_tokenize
+
+    return word_tokenize(run, preserve_line=True)
+
+
 def cmrc_segments(text: str) -> list[str]:
-    """CMRC2018's mixed segmentation without punctuation: each Chinese character is a token, runs
-    of other characters split on whitespace are tokens (lowercased)."""
+    """CMRC2018's mixed segmentation with punctuation removed: each Chinese character is a token,
+    the runs of other characters between them are cut by nltk's word tokenizer."""
     tokens: list[str] = []
-    word = ""
+    run = ""
     for ch in text.lower().strip():
-        if _is_cjk(ch) or _is_punctuation(ch) or ch.isspace():
-            tokens += word.split()
-            word = ""
-            if _is_cjk(ch):
-                tokens.append(ch)
+        if ch in CMRC_PUNCTUATION:
+            continue  # dropped without ending the run
+        if _is_cjk(ch):
+            if run:
+                tokens += _word_tokenize(run)
+                run = ""
+            tokens.append(ch)
         else:
-            word += ch
-    return tokens + word.split()
+            run += ch
+    return tokens + (_word_tokenize(run) if run else [])
 
 
 def _longest_common_substring(a: list[str], b: list[str]) -> int:
@@ -163,11 +182,14 @@ def _longest_common_substring(a: list[str], b: list[str]) -> int:
     return best
 
 
+def _without_punctuation(text: str) -> str:
+    return "".join(ch for ch in text.lower().strip() if ch not in CMRC_PUNCTUATION)
+
+
 def cmrc_exact_match(prediction: str, answers: list[str]) -> float:
-    """1.0 when the prediction equals an answer after removing punctuation and lowercasing."""
-    def clean(s: str) -> str:
-        return "".join(ch for ch in s.lower().strip() if not _is_punctuation(ch) and not ch.isspace())
-    return float(any(clean(prediction) == clean(a) for a in answers))
+    """1.0 when the prediction equals an answer once both are lowercased, stripped and rid of
+    CMRC2018's punctuation (inner spaces count)."""
+    return float(any(_without_punctuation(prediction) == _without_punctuation(a) for a in answers))
 
 
 def cmrc_f1(prediction: str, answers: list[str]) -> float:
