@@ -43,7 +43,7 @@ class ExportConfig:
     tolerance: float = 1e-3  # max |logit difference| allowed against the dygraph model
     verify_samples: int = 64  # held-out examples the exported files are checked on
     int8_min_agreement: float = 0.95  # INT8: least share of predictions equal to fake-quant Paddle
-    int8_max_relative_diff: float = 0.1  # INT8: most |logit difference| / logit scale vs fake-quant Paddle
+    int8_max_relative_diff: float = 0.02  # INT8: most |logit difference| / logit scale vs fake-quant Paddle (measured 0.3-0.4%)
     fp16_tolerance: float = 1e-2  # FP16 ONNX: max |logit difference| / logit scale (half precision)
     overwrite: bool = False
     layout: str | None = None  # also write the checkpoint in this layout under checkpoint/ (for serving engines)
