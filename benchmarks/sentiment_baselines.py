@@ -30,34 +30,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tables import emit  # noqa: E402
 
-NGRAMS = (1, 2, 3)
+from ernie_compress.baselines import NaiveBayes, char_ngrams  # noqa: E402
 
-
-def char_ngrams(text: str, sizes=NGRAMS) -> set[str]:
-    return {text[i:i + k] for k in sizes for i in range(len(text) - k + 1)}
 
 
 def naive_bayes_accuracy(train, evaluated: dict[str, list]) -> dict[str, float]:
-    """Multinomial NB over the set of n-grams of each text (binarised counts), add-0.5 smoothing;
-    fitted once on ``train``, its accuracy on each split of ``evaluated``."""
-    counts: dict[str, Counter] = {}
-    prior: Counter = Counter()
-    for text, label in train:
-        prior[label] += 1
-        counts.setdefault(label, Counter()).update(char_ngrams(text))
-    vocab = set().union(*counts.values())
-    totals = {label: sum(c.values()) for label, c in counts.items()}
-
-    def score(label: str, grams: set[str]) -> float:
-        denominator = totals[label] + 0.5 * len(vocab)
-        return math.log(prior[label]) + sum(math.log((counts[label][g] + 0.5) / denominator)
-                                            for g in grams if g in vocab)
-
-    def predict(text: str) -> str:
-        grams = char_ngrams(text)
-        return max(counts, key=lambda label: score(label, grams))
-
-    return {name: sum(predict(text) == gold for text, gold in rows) / len(rows) for name, rows in evaluated.items()}
+    """``ernie_compress.baselines.NaiveBayes`` fitted once on ``train``; its accuracy per split."""
+    bayes = NaiveBayes(train)
+    return {name: sum(bayes.predict(text) == gold for text, gold in rows) / len(rows) for name, rows in evaluated.items()}
 
 
 def tfidf_matrices(splits: dict[str, list[tuple[str, str]]]):

@@ -4,7 +4,9 @@ accuracy against batch-1 latency (the Pareto view).
 Variants are the checkpoints a recipe produced (teacher, student, pruned, quantized ...). Each is
 measured through the same runtime: the recipe's own export if it made one, otherwise an ONNX
 export made here under ``exports/``. Accuracy is on the task's held-out split; "loss" is in points
-against the first trained model (the teacher).
+against the first trained model (the teacher). Classification reports end with context rows that
+are not ERNIE models (majority class, naive Bayes on character n-grams, :mod:`.baselines`), and
+every report names the machine it was measured on (:mod:`.machine`).
 """
 
 from __future__ import annotations
@@ -69,10 +71,26 @@ def evaluate_run(run_dir: Path, recipe, runtime, latency) -> dict[str, Any]:
     for row in rows:
         row["loss_points"] = 0.0 - metric_delta(row["metric"], row["score"], base["score"])  # never -0.0
         row["speedup_b1"] = base["p50_b1_ms"] / row["p50_b1_ms"]
+    from .machine import machine_info
+
     report = {"run_dir": str(run_dir), "task": recipe.task, "seq_len": latency.seq_len,
-              "threads": runtime.threads, "rows": rows}
+              "threads": runtime.threads, "rows": rows, "context_rows": _baseline_rows(recipe, rows[0]),
+              "machine": machine_info(runtime.threads)}
     write_report(run_dir, report)
     return report
+
+
+def _baseline_rows(recipe, teacher: dict[str, Any]) -> list[dict[str, Any]]:
+    """For classification tasks: the non-ERNIE baselines on the same held-out split, as rows."""
+    from .baselines import classification_baselines
+    from .data.tasks import TaskSpec, load_task
+
+    if teacher["metric"] != "accuracy" or not recipe.task:
+        return []
+    task = load_task(TaskSpec(recipe.task, recipe.data))
+    return [{"variant": f"{b['model']} (not ERNIE, context)", "score": b["accuracy"], "metric": "accuracy",
+             "loss_points": 0.0 - metric_delta("accuracy", b["accuracy"], teacher["score"])}
+            for b in classification_baselines(task.split("train"), task.split(task.held_out))]
 
 
 def load_report(run_dir: Path) -> dict[str, Any]:
@@ -100,10 +118,23 @@ def _titles(report: dict[str, Any]) -> list[str]:
             for title, key, _ in COLUMNS]
 
 
+def _cells(row: dict[str, Any]) -> list[str]:
+    """A row's cells; a context row has only a score and its loss (the rest is blank)."""
+    return [fmt.format(row[key]) if key in row else "" for _, key, fmt in COLUMNS]
+
+
+def _all_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return report["rows"] + report.get("context_rows", [])
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(_titles(report)) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in report["rows"]:
-        lines.append("| " + " | ".join(fmt.format(row[key]) for _, key, fmt in COLUMNS) + " |")
+    lines += ["| " + " | ".join(_cells(row)) + " |" for row in _all_rows(report)]
+    if report.get("machine"):
+        from .machine import machine_line
+
+        lines += ["", f"Task {report.get('task')}, held-out split, ONNX Runtime on CPU, seq "
+                      f"{report.get('seq_len')}. " + machine_line(report["machine"])]
     return "\n".join(lines)
 
 
@@ -114,8 +145,8 @@ def rich_table(report: dict[str, Any]):
     table = Table(title=f"{report.get('task')}: held-out {metric} and CPU latency (seq {report.get('seq_len')})")
     for title in _titles(report):
         table.add_column(title, justify="left" if title in ("variant", "runtime") else "right")
-    for row in report["rows"]:
-        table.add_row(*(fmt.format(row[key]) for _, key, fmt in COLUMNS))
+    for row in _all_rows(report):
+        table.add_row(*_cells(row))
     return table
 
 
@@ -138,6 +169,10 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
         ax.scatter(row["p50_b1_ms"], row["score"], s=40)
         ax.annotate(row["variant"], (row["p50_b1_ms"], row["score"]), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
+    for row in report.get("context_rows", []):  # not ERNIE: no latency, a reference level
+        ax.axhline(row["score"], color="grey", linestyle=":", linewidth=1)
+        ax.annotate(row["variant"], (0, row["score"]), xycoords=("axes fraction", "data"), fontsize=6,
+                    color="grey", xytext=(2, 2), textcoords="offset points")
     metric = report["rows"][0]["metric"] if report.get("rows") else "score"
     better = "down" if metric in LOWER_IS_BETTER else "up"
     ax.set_xlabel("latency p50, batch 1 (ms)")

@@ -54,6 +54,12 @@ def test_report_files_and_json_match_the_table(finished_run):
     for row in report["rows"]:
         assert f"{row['score']:.4f}" in md and row["variant"] in md
     assert report["rows"][-1]["runtime"].endswith("int8")
+    # context rows: majority class (the tiny test split is 4 pos / 4 neg) and naive Bayes, labelled
+    context = {r["variant"]: r["score"] for r in report["context_rows"]}
+    assert list(context) == ["majority class (not ERNIE, context)", "naive Bayes, char 1-3-grams (not ERNIE, context)"]
+    assert context["majority class (not ERNIE, context)"] == 0.5
+    assert all(f"| {name} |" in md for name in context)
+    assert f"{report['machine']['cpu']}" in md and "paddlepaddle 3.3.1" in md
     shown = runner.invoke(app, ["report", str(out)])
     assert shown.exit_code == 0 and "int8" in shown.stdout
 

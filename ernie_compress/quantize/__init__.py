@@ -25,7 +25,8 @@ from ..metrics import PRIMARY_METRIC, metric_delta
 from ..models import model_from_state
 from ..progress import note
 from ..train import TrainConfig, clear_train_state, evaluate_split, resumable, train_model
-from .scheme import SCALES_FILE, Int8Scheme, cpu_has_vnni, quantization_info
+from ..machine import cpu_has_vnni
+from .scheme import SCALES_FILE, Int8Scheme, quantization_info
 
 PTQ_OBSERVERS = ("abs_max", "percentile", "mse", "kl")
 

@@ -47,15 +47,6 @@ class Int8Scheme:
         return cls(**keys)
 
 
-def cpu_has_vnni() -> bool:
-    """True where the CPU has AVX512-VNNI or AVX-VNNI (full-range s8 weights are then safe)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
-
 def quantized_linear_names(model) -> list[str]:
     """Names of the Linear sublayers that INT8 covers (see the module docstring)."""
     if model.config.model_type == "ernie4_5":
