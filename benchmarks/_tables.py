@@ -1,4 +1,5 @@
-"""Shared output of the benchmark scripts: a Markdown table, then the JSON result (also to a file)."""
+"""Shared output of the benchmark scripts: a Markdown table with the machine it ran on, then the
+JSON result (also to a file); ``markdown_path`` keeps the table for ``readme_tables.py``."""
 
 from __future__ import annotations
 
@@ -6,13 +7,22 @@ import json
 from pathlib import Path
 
 
-def emit(title: str, rows: list[dict], cols: list[str], result: dict, json_path: Path | None,
-         digits: int = 2) -> None:
-    print(f"\n{title}\n")
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
+def markdown(title: str, rows: list[dict], cols: list[str], digits: int = 2, threads: int | None = None) -> str:
+    from ernie_compress.machine import machine_info, machine_line
+
+    lines = [title, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
-        print("| " + " | ".join(row[c] if isinstance(row[c], str) else f"{row[c]:.{digits}f}" for c in cols) + " |")
+        lines.append("| " + " | ".join(row[c] if isinstance(row[c], str) else f"{row[c]:.{digits}f}"
+                                        for c in cols) + " |")
+    return "\n".join(lines + ["", machine_line(machine_info(threads))])
+
+
+def emit(title: str, rows: list[dict], cols: list[str], result: dict, json_path: Path | None,
+         digits: int = 2, markdown_path: Path | None = None, threads: int | None = None) -> None:
+    table = markdown(title, rows, cols, digits, threads)
+    print("\n" + table)
     print("\n" + json.dumps(result))
     if json_path:
         json_path.write_text(json.dumps(result, indent=2))
+    if markdown_path:
+        markdown_path.write_text(table + "\n")

@@ -1,12 +1,31 @@
-"""FP32 vs FP16 vs our PTQ/QAT INT8 vs onnxruntime's own dynamic INT8, on one checkpoint, in one run.
+"""Our INT8 against ONNX Runtime's own quantization, fairly: same FP32 ONNX, same weight range,
+same or labelled op coverage, QAT separated from the extra training it includes; one run, timings
+interleaved.
 
-For each variant: held-out accuracy (through ONNX Runtime on CPU), its difference against FP32 in
-points, latency p50 at batch 1 and 32 (seq 128 by default; median of interleaved rounds), throughput
-at batch 32, model size.
-``quantize_dynamic`` (QInt8 weights, reduce_range, dynamic activation ranges) runs on the same FP32
-ONNX and is the baseline our static INT8 must match or beat. Prints Markdown and JSON.
+Variants (all through ONNX Runtime on CPU, the same held-out texts):
 
-    python benchmarks/quantization.py CKPT [--qat-epochs 1] [--threads 2] [--json out.json]
+* ``fp32`` — the checkpoint's FP32 ONNX export; every ratio is against it.
+* ``fp32 + QAT's extra epoch`` — the same fine-tuning QAT does (logit KD from the parent, same
+  epochs, learning rate and seed) without fake quantization: what the extra training alone gives.
+* ``PTQ int8 (ours)``, ``QAT int8 (ours)`` — our exports (``weight_bits`` as ``quantize`` picks it:
+  8 on CPUs with VNNI, else 7), encoder Linears only.
+* ``ORT dynamic 8-bit / 7-bit, encoder Linears`` — ``onnxruntime.quantization.quantize_dynamic``
+  (per-channel QInt8 weights, activation ranges computed per batch) restricted to the MatMuls our
+  INT8 quantizes: equal coverage.
+* ``ORT dynamic 8-bit / 7-bit, default ops`` — ``quantize_dynamic`` with its defaults, which also
+  quantize the embedding Gathers, the pooler/classifier and attention's activation MatMuls.
+* ``ORT optimizer + dynamic 8-bit`` — the best pipeline a user can assemble from ONNX Runtime's
+  tools: ``onnxruntime.transformers.optimizer`` (model_type bert: fused Attention, SkipLayerNorm,
+  BiasGelu where it recognises the graph) then ``quantize_dynamic``; the table says how many
+  Attention nodes it fused.
+
+Accuracy differences against FP32 come with a 95% paired-bootstrap interval over the test texts;
+with ``--seeds N`` the trained variants (QAT, FP32 control) are repeated with N seeds. Latency:
+``--rounds`` interleaved rounds (each times every variant in turn at batch 1 and 32), median with
+min-max; speed-ups are per-round ratios. ``--speed-only`` skips accuracy and training (for real
+sizes such as ERNIE 3.0 ``base`` whose weights are not trained here).
+
+    python benchmarks/quantization.py CKPT [--seeds 1] [--threads 2] [--rounds 7] [--markdown FILE] [--json FILE]
 """
 
 from __future__ import annotations
@@ -18,21 +37,93 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _tables import emit
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stats import interleaved_rounds, paired_bootstrap, ratio_rounds  # noqa: E402
 
 
-def _lineage_result(checkpoint_dir: Path) -> dict:
-    """The quantize result recorded in a kept checkpoint's lineage (for --reuse)."""
-    stage = json.loads((checkpoint_dir / "compression.json").read_text())["stages"][-1]
-    return {"delta_points": stage["delta_points"]}
+def fp32_control(ckpt: Path, out: Path, train_cfg, kd_alpha: float, kd_temperature: float) -> None:
+    """Fine-tune the FP32 checkpoint exactly as QAT --distill-from-parent does (same loss, schedule
+    and seed), without fake quantization."""
+    from ernie_compress.checkpoint import load_checkpoint, save_checkpoint
+    from ernie_compress.data.batching import encode_splits
+    from ernie_compress.data.tasks import load_task_for_model
+    from ernie_compress.losses import logit_kd_loss
+    from ernie_compress.models import model_from_state
+    from ernie_compress.train import train_model
+
+    parent = load_checkpoint(ckpt)
+    task = load_task_for_model(None, parent.task, parent.config.labels)
+    tokenizer = parent.tokenizer()
+    splits = encode_splits(task, tokenizer, parent.config.labels, parent.max_seq_length)
+    teacher = model_from_state(parent.config, parent.state, str(parent.path))
+    model = model_from_state(parent.config, parent.state, str(parent.path))
+    result = train_model(model, splits["train"], splits.get("dev"), train_cfg, kind=task.kind,
+                         loss_fn=logit_kd_loss(teacher, kd_alpha, kd_temperature, tokenizer.pad_id))
+    save_checkpoint(out, parent.config, result.best_state, tokenizer, {"name": "fp32-control"}, parent=parent,
+                    overwrite=True)
 
 
-def interleaved_latency(variants: dict[str, str], runtime, seq_len: int, iterations: int,
-                        rounds: int) -> dict[str, tuple[float, float]]:
-    """Median over ``rounds`` of each variant's p50 at batch 1 and 32; every round times every
-    variant in turn on the same inputs (held-out texts padded to ``seq_len``)."""
-    import numpy as np
+def encoder_linear_nodes(qdq_model: Path) -> list[str]:
+    """Names of the MatMuls our INT8 export quantized (weight fed by a DequantizeLinear); the FP32
+    ONNX has the same node names."""
+    import onnx
 
+    model = onnx.load(str(qdq_model))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul"
+            and producer.get(n.input[1]) is not None and producer[n.input[1]].op_type == "DequantizeLinear"
+            and producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "DequantizeLinear"]
+
+
+def ort_variant(fp32_dir: Path, out: Path, label: str, reduce_range: bool, nodes: list[str] | None,
+                optimize: bool = False, num_heads: int = 0, hidden_size: int = 0) -> dict:
+    """An export folder holding ONNX Runtime's quantization of ``fp32_dir``'s model."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(fp32_dir, out)
+    source, info = fp32_dir / "onnx" / "model.onnx", {}
+    if optimize:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        optimized = optimize_model(str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
+        info["fused"] = {op: sum(1 for n in optimized.model.graph.node if n.op_type == op)
+                         for op in ("Attention", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu")}
+        source = out / "onnx" / "optimized.onnx"
+        optimized.save_model_to_file(str(source))
+    quantize_dynamic(str(source), str(out / "onnx" / "model.onnx"), per_channel=True, reduce_range=reduce_range,
+                     weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+    if optimize:
+        source.unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["precision"] = label
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return info
+
+
+def held_out_correct(export_dir: Path, runtime) -> np.ndarray:
+    """1/0 per held-out example: the export's prediction equals the label."""
+    from ernie_compress.data.batching import encode_split
+    from ernie_compress.data.sp_tokenizer import load_tokenizer
+    from ernie_compress.data.tasks import TaskSpec, load_task
+    from ernie_compress.export import load_manifest
+    from ernie_compress.runtime.backends import open_session
+
+    manifest = load_manifest(export_dir)
+    task = load_task(TaskSpec.from_dict(manifest["task"]))
+    split = encode_split(task.kind, task.split(task.held_out), load_tokenizer(export_dir), manifest["labels"],
+                         manifest.get("max_seq_length", 128))
+    session = open_session(export_dir, manifest, runtime)
+    predicted = np.zeros(len(split), dtype=np.int64)
+    for batch in split.eval_batches(64):
+        predicted[batch.index] = session.run(batch.input_ids, batch.token_type_ids).argmax(-1)
+    return predicted == np.asarray(split.labels)
+
+
+def latency_timers(variants: dict[str, Path], runtime, seq_len: int, iterations: dict[int, int]):
+    """One timer per (variant, batch size): p50 ms of ``iterations[batch]`` runs on held-out texts."""
     from ernie_compress.data.sp_tokenizer import load_tokenizer
     from ernie_compress.data.tasks import TaskSpec, load_task
     from ernie_compress.export import load_manifest
@@ -40,50 +131,46 @@ def interleaved_latency(variants: dict[str, str], runtime, seq_len: int, iterati
     from ernie_compress.runtime.evaluate_export import latency_inputs
     from ernie_compress.runtime.latency import LatencyConfig, measure_latency
 
-    manifests = {name: load_manifest(Path(path)) for name, path in variants.items()}
-    sessions = {name: open_session(Path(path), manifests[name], runtime) for name, path in variants.items()}
-    first = next(iter(variants))
-    task = load_task(TaskSpec.from_dict(manifests[first]["task"]))
-    enc = latency_inputs(task.split(task.held_out), load_tokenizer(Path(variants[first])), seq_len)
-    config = LatencyConfig(batch_sizes=(1, 32), seq_len=seq_len, iterations=iterations, warmup=3)
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            b1, b32 = (measure_latency(session.run, enc.input_ids, enc.token_type_ids, b, config)["p50_ms"]
-                       for b in (1, 32))
-            samples[name].append((b1, b32))
-    return {name: (float(np.median([s[0] for s in got])), float(np.median([s[1] for s in got])))
-            for name, got in samples.items()}
+    first = next(iter(variants.values()))
+    manifest = load_manifest(first)
+    task = load_task(TaskSpec.from_dict(manifest["task"]))
+    enc = latency_inputs(task.split(task.held_out), load_tokenizer(first), seq_len)
+    timers = {}
+    for name, path in variants.items():
+        session = open_session(path, load_manifest(path), runtime)
+        for batch, n in iterations.items():
+            config = LatencyConfig(batch_sizes=(batch,), seq_len=seq_len, iterations=n, warmup=2)
+            timers[(name, batch)] = (lambda s=session, b=batch, c=config:
+                                     measure_latency(s.run, enc.input_ids, enc.token_type_ids, b, c)["p50_ms"])
+    return timers
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--iterations", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="latency rounds; each times every variant once, interleaved, and the "
-                             "table gives the median round (drift of a shared machine hits all alike)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds")
+    parser.add_argument("--iterations-b1", type=int, default=30)
+    parser.add_argument("--iterations-b32", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds for the trained variants (QAT, FP32 control)")
     parser.add_argument("--qat-epochs", type=int, default=1)
     parser.add_argument("--qat-max-steps", type=int, default=None)
     parser.add_argument("--qat-lr", type=float, default=5e-5)
     parser.add_argument("--calib-samples", type=int, default=512)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--speed-only", action="store_true", help="no accuracy, no training (untrained weights)")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", type=Path, default=None, help="keep the variants in this folder")
-    parser.add_argument("--reuse", action="store_true",
-                        help="with --keep: reuse quantized checkpoints already there (re-export only)")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the Markdown table here")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from ernie_compress import progress
+    from ernie_compress.checkpoint import load_checkpoint
     from ernie_compress.export import ExportConfig, export_checkpoint
+    from ernie_compress.machine import machine_info, machine_line
     from ernie_compress.paddle_env import set_default_threads
     from ernie_compress.quantize import QuantizeConfig, quantize_checkpoint
     from ernie_compress.runtime.backends import RuntimeConfig
-    from ernie_compress.runtime.evaluate_export import EvaluateExportConfig, evaluate_export
-    from ernie_compress.runtime.latency import LatencyConfig
     from ernie_compress.train import TrainConfig
 
     progress.set_enabled(False)
@@ -91,64 +178,102 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.keep or tempfile.mkdtemp(prefix="quant-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     ckpt = args.checkpoint
+    config = load_checkpoint(ckpt).config
 
-    variants = {}
-    variants["fp32"] = export_checkpoint(ExportConfig(ckpt, work / "fp32", format="onnx", overwrite=True))["out"]
-    def reusable(name: str) -> bool:
-        return args.reuse and (work / name / "config.json").exists()
+    def export(src: Path, name: str) -> Path:
+        return Path(export_checkpoint(ExportConfig(src, work / name, format="onnx", overwrite=True))["out"])
 
-    if not reusable("fp16-ckpt"):
-        quantize_checkpoint(QuantizeConfig(ckpt, work / "fp16-ckpt", fp16=True, overwrite=True))
-    variants["fp16"] = export_checkpoint(ExportConfig(work / "fp16-ckpt", work / "fp16", format="onnx",
-                                                      overwrite=True))["out"]
-    ptq = _lineage_result(work / "ptq-ckpt") if reusable("ptq-ckpt") else quantize_checkpoint(
-        QuantizeConfig(ckpt, work / "ptq-ckpt", ptq="int8", overwrite=True, calib_samples=args.calib_samples))
-    variants["ptq int8 (ours)"] = export_checkpoint(ExportConfig(work / "ptq-ckpt", work / "ptq", format="onnx",
-                                                                 overwrite=True))["out"]
-    qat = _lineage_result(work / "qat-ckpt") if reusable("qat-ckpt") else quantize_checkpoint(QuantizeConfig(
-        ckpt, work / "qat-ckpt", qat="int8", overwrite=True, distill_from_parent=True,
-        train=TrainConfig(epochs=args.qat_epochs, learning_rate=args.qat_lr, max_steps=args.qat_max_steps)))
-    variants["qat int8 (ours)"] = export_checkpoint(ExportConfig(work / "qat-ckpt", work / "qat", format="onnx",
-                                                                 overwrite=True))["out"]
-    # onnxruntime's own dynamic quantization of the same FP32 ONNX, same manifest otherwise
-    dyn = work / "ort-dynamic"
-    shutil.rmtree(dyn, ignore_errors=True)
-    shutil.copytree(work / "fp32", dyn)
-    quantize_dynamic(str(work / "fp32" / "onnx" / "model.onnx"), str(dyn / "onnx" / "model.onnx"),
-                     weight_type=QuantType.QInt8, reduce_range=True, per_channel=True)
-    manifest = json.loads((dyn / "manifest.json").read_text())
-    manifest["precision"] = "int8 (ort dynamic)"
-    (dyn / "manifest.json").write_text(json.dumps(manifest))
-    variants["ort quantize_dynamic int8"] = str(dyn)
+    variants: dict[str, Path] = {"fp32": export(ckpt, "fp32")}
+    trained: dict[str, list[Path]] = {}
+    if not args.speed_only:
+        for seed in range(args.seeds):
+            train_cfg = TrainConfig(epochs=args.qat_epochs, learning_rate=args.qat_lr, max_steps=args.qat_max_steps,
+                                    seed=42 + seed)
+            fp32_control(ckpt, work / f"fp32-control-ckpt-{seed}", train_cfg, 0.5, 2.0)
+            trained.setdefault("fp32 + QAT's extra epoch", []).append(export(work / f"fp32-control-ckpt-{seed}",
+                                                                             f"fp32-control-{seed}"))
+            quantize_checkpoint(QuantizeConfig(ckpt, work / f"qat-ckpt-{seed}", qat="int8", overwrite=True,
+                                               distill_from_parent=True, train=train_cfg))
+            trained.setdefault("QAT int8 (ours)", []).append(export(work / f"qat-ckpt-{seed}", f"qat-{seed}"))
+        variants["fp32 + QAT's extra epoch"] = trained["fp32 + QAT's extra epoch"][0]
+    ptq = quantize_checkpoint(QuantizeConfig(ckpt, work / "ptq-ckpt", ptq="int8", overwrite=True,
+                                             calib_samples=args.calib_samples))
+    weight_bits = ptq["scheme"]["weight_bits"]
+    variants["PTQ int8 (ours)"] = export(work / "ptq-ckpt", "ptq")
+    if not args.speed_only:
+        variants["QAT int8 (ours)"] = trained["QAT int8 (ours)"][0]
+    nodes = encoder_linear_nodes(variants["PTQ int8 (ours)"] / "onnx" / "model_qdq.onnx")
+    for bits in (8, 7):
+        for coverage, chosen in (("encoder Linears", nodes), ("default ops", None)):
+            name = f"ORT dynamic {bits}-bit, {coverage}"
+            variants[name] = work / f"ort-{bits}-{'linears' if chosen else 'default'}"
+            ort_variant(variants["fp32"], variants[name], name, bits == 7, chosen)
+    name = "ORT optimizer + dynamic 8-bit"
+    variants[name] = work / "ort-optimized-8"
+    fused = ort_variant(variants["fp32"], variants[name], name, False, None, optimize=True,
+                        num_heads=config.num_attention_heads, hidden_size=config.hidden_size)["fused"]
 
-    rows = []
-    fp32_acc = None
     runtime = RuntimeConfig("cpu", "onnxruntime", args.threads)
-    for name, path in variants.items():  # accuracy on the held-out split, through the export
-        ev = evaluate_export(EvaluateExportConfig(Path(path), runtime=runtime,
-                                                  latency=LatencyConfig(batch_sizes=(1,), iterations=1, warmup=0)))
-        acc = ev["metrics"]["accuracy"]
-        fp32_acc = acc if fp32_acc is None else fp32_acc
-        rows.append({"variant": name, "accuracy": acc, "delta_points": (acc - fp32_acc) * 100,
-                     "size_mb": (Path(path) / "onnx" / "model.onnx").stat().st_size / 1e6})
-    latency = interleaved_latency(variants, runtime, args.seq_len, args.iterations, args.rounds)
-    for row in rows:
-        b1, b32 = latency[row["variant"]]
-        row.update(b1_p50_ms=b1, b32_p50_ms=b32, b32_qps=32 / (b32 / 1000))
-    base = rows[0]
-    for row in rows:
-        row["speedup_b32"] = base["b32_p50_ms"] / row["b32_p50_ms"]
-        row["speedup_b1"] = base["b1_p50_ms"] / row["b1_p50_ms"]
-    cols = ["variant", "accuracy", "delta_points", "b1_p50_ms", "b32_p50_ms", "b32_qps", "speedup_b1",
-            "speedup_b32", "size_mb"]
-    result = {"checkpoint": str(ckpt), "seq_len": args.seq_len, "threads": args.threads, "rounds": args.rounds,
-              "rows": rows,
-              "qat_fake_quant_delta": qat["delta_points"], "ptq_fake_quant_delta": ptq["delta_points"]}
-    emit(f"{ckpt} — ONNX Runtime CPU, seq {args.seq_len}, threads {args.threads or 'all'}, "
-         f"median of {args.rounds} interleaved rounds; "
-         f"PTQ fake-quant delta {ptq['delta_points']:+.2f}, QAT fake-quant delta {qat['delta_points']:+.2f}",
-         rows, cols, result, args.json, digits=3)
+    rows = {name: {"variant": name} for name in variants}
+    for name in ("PTQ int8 (ours)", "QAT int8 (ours)"):
+        if name in rows:
+            rows[name]["weight_bits"] = weight_bits
+    if not args.speed_only:
+        correct = {name: held_out_correct(path, runtime) for name, path in variants.items()}
+        for name, row in rows.items():
+            delta, low, high = paired_bootstrap(correct[name], correct["fp32"])
+            row.update(accuracy=float(correct[name].mean()), delta_points=delta, delta_low=low, delta_high=high)
+        for name, paths in trained.items():  # every seed's accuracy
+            rows[name]["accuracy_by_seed"] = [float(held_out_correct(p, runtime).mean()) for p in paths]
+
+    iterations = {1: args.iterations_b1, 32: args.iterations_b32}
+    timings = interleaved_rounds(latency_timers(variants, runtime, args.seq_len, iterations), args.rounds)
+    for name, row in rows.items():
+        for batch in iterations:
+            t = timings[(name, batch)]
+            row[f"b{batch}_ms"] = t
+            row[f"speedup_b{batch}"] = ratio_rounds(timings[("fp32", batch)]["rounds"], t["rounds"])
+        row["size_mb"] = (variants[name] / "onnx" / "model.onnx").stat().st_size / 1e6
+
+    machine = machine_info(args.threads)
+    result = {"checkpoint": str(ckpt), "architecture": f"{config.num_hidden_layers} layers, hidden {config.hidden_size}",
+              "seq_len": args.seq_len, "rounds": args.rounds, "iterations": iterations, "seeds": args.seeds,
+              "weight_bits_ours": weight_bits, "ort_optimizer_fused": fused, "machine": machine,
+              "rows": list(rows.values())}
+    markdown = render(result, speed_only=args.speed_only) + "\n\n" + machine_line(machine)
+    print(markdown)
+    if args.markdown:
+        args.markdown.write_text(markdown + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
     return result
+
+
+def _interval(t: dict, digits: int) -> str:
+    return f"{t['median']:.{digits}f} ({t['min']:.{digits}f}–{t['max']:.{digits}f})"
+
+
+def render(result: dict, speed_only: bool) -> str:
+    head = ["variant"] + ([] if speed_only else ["accuracy", "Δ pt vs FP32 (95% CI)"]) + \
+           ["b1 p50 ms", "b32 p50 ms", "speed-up b1", "speed-up b32", "MB"]
+    lines = [f"{result['checkpoint']} ({result['architecture']}), ONNX Runtime CPU, seq {result['seq_len']}, "
+             f"{result['machine']['threads']} threads; latency: median (min–max) of {result['rounds']} interleaved "
+             f"rounds, speed-ups per round; our weights {result['weight_bits_ours']}-bit; ORT optimizer fused "
+             f"{result['ort_optimizer_fused'].get('Attention', 0)} Attention nodes", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in result["rows"]:
+        cells = [row["variant"]]
+        if not speed_only:
+            seeds = row.get("accuracy_by_seed")
+            accuracy = f"{row['accuracy']:.4f}" + (f" (seeds: {', '.join(f'{a:.4f}' for a in seeds)})"
+                                                   if seeds and len(seeds) > 1 else "")
+            delta = "" if row["variant"] == "fp32" else \
+                f"{row['delta_points']:+.2f} ({row['delta_low']:+.2f} to {row['delta_high']:+.2f})"
+            cells += [accuracy, delta]
+        cells += [_interval(row["b1_ms"], 2), _interval(row["b32_ms"], 1),
+                  _interval(row["speedup_b1"], 2) + "x", _interval(row["speedup_b32"], 2) + "x", f"{row['size_mb']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ data puts that bar. On the same split as ``ernie-compress train --task demo:sent
   text, and 1-nearest-neighbour accuracy), which tells whether an n-gram model wins by memorising
   near-duplicates.
 
-    python benchmarks/sentiment_baselines.py [--json-out FILE]
+    python benchmarks/sentiment_baselines.py [--json-out FILE] [--markdown FILE]
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ def nearest_neighbours(train, evaluated: dict[str, list]) -> dict[str, tuple[np.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the Markdown table here")
     args = parser.parse_args()
     from ernie_compress.data import TaskSpec, load_task
 
@@ -156,12 +157,13 @@ def main() -> None:
                      "seconds": time.perf_counter() - start})
 
     result["models"] = rows
-    emit("demo:sentiment without a transformer (accuracy)", rows, ["model", "dev", "test", "seconds"], result,
-         args.json_out, digits=4)
+    title = "demo:sentiment without a transformer (accuracy)"
     if "neighbours" in result:
         n = result["neighbours"]
-        print(f"\n{n['test_share_with_jaccard_ge_0.5']:.1%} of test texts have a training text with trigram "
-              f"Jaccard >= 0.5; the median test text's nearest training text has {n['median_nearest_jaccard']:.2f}.")
+        title += (f"; {n['test_share_with_jaccard_ge_0.5']:.1%} of test texts have a training text with trigram "
+                  f"Jaccard >= 0.5, the median test text's nearest training text {n['median_nearest_jaccard']:.2f}")
+    emit(title, rows, ["model", "dev", "test", "seconds"], result, args.json_out, digits=4,
+         markdown_path=args.markdown)
 
 
 if __name__ == "__main__":

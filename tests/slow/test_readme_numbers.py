@@ -1,0 +1,38 @@
+"""Numbers the README states that a test can hold: split sizes, deduplication counts, baseline
+accuracies and parameter counts are recomputed here and looked up in the README text."""
+
+from __future__ import annotations
+
+from ernie_compress.data.tasks import TaskSpec, load_task
+
+
+def test_demo_sentiment_sizes(readme):
+    task = load_task(TaskSpec("demo:sentiment"))
+    sizes = {name: len(task.split(name)) for name in ("train", "dev", "test")}
+    assert f"({sum(sizes.values()):,} remain)" in readme
+    assert f"{sizes['test']:,} reviews" in readme and f"trained from scratch on {sizes['train']:,} texts" in readme
+
+
+def test_demo_ner_sizes(readme):
+    task = load_task(TaskSpec("demo:ner"))
+    test = task.split("test")
+    entities = sum(tag.startswith("B-") for e in test for tag in e.label)
+    assert f"{len(test):,} held-out sentences, {entities:,} entities" in readme
+
+
+def test_naive_bayes_baseline(readme):
+    from ernie_compress.baselines import classification_baselines
+
+    task = load_task(TaskSpec("demo:sentiment"))
+    rows = {r["model"]: r["accuracy"] for r in classification_baselines(task.split("train"), task.split("test"))}
+    assert f"naive Bayes on the same n-grams {rows['naive Bayes, char 1-3-grams']:.3f}" in readme
+
+
+def test_ernie45_published_size(readme):
+    from ernie_compress.models import build_model, count_parameters
+    from ernie_compress.models.config import config_from_dict
+    from ernie_compress.models.presets import resolve_preset
+
+    model = build_model(config_from_dict(resolve_preset("ernie-4.5-0.3b")))
+    total = count_parameters({k: v.shape for k, v in model.state_dict().items()})["total"]
+    assert f"{total:,} parameters" in readme
