@@ -38,8 +38,9 @@ def readme_blocks(text: str) -> dict[str, str]:
 def updated_readme(text: str) -> str:
     def fill(m: re.Match) -> str:
         source = RESULTS / f"{m['name']}.md"
-        if not source.is_file():
-            raise SystemExit(f"README block '{m['name']}' has no {source.relative_to(ROOT)}")
+        if not source.is_file():  # not measured yet: left as it is (the test asks for every one)
+            print(f"README block '{m['name']}': no {source.relative_to(ROOT)} yet", file=sys.stderr)
+            return m.group(0)
         return m.group(1) + result_text(source) + m.group(4)
     return BLOCK.sub(fill, text)
 

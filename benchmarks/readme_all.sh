@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Re-measure every generated table of the README on this machine, in order, then copy the results
+# into the README (benchmarks/readme_tables.py). About an hour on 2 cores; run it on a quiet
+# machine. Each line is also the command the README names next to its table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=benchmarks/results
+mkdir -p "$R" runs
+ernie-compress --quiet demo --out runs/demo --force
+python benchmarks/readme_tables.py --take demo=runs/demo/report.md
+python benchmarks/quantization.py runs/demo/teacher --seeds 3 --threads 2 --keep runs/quant-demo \
+  --markdown "$R/quantization-demo.md" --json runs/quant-demo.json
+ernie-compress --quiet train --task demo:sentiment --preset base --max-steps 1 --batch-size 8 --max-seq-len 32 \
+  --out runs/base-1step --overwrite
+python benchmarks/quantization.py runs/base-1step --speed-only --threads 2 --rounds 5 --iterations-b1 10 \
+  --iterations-b32 3 --calib-samples 64 --keep runs/quant-base --markdown "$R/quantization-base-speed.md" \
+  --json runs/quant-base.json
+ernie-compress --quiet run recipes/ernie45-demo.yaml --out runs/ernie45-demo --force
+python benchmarks/readme_tables.py --take ernie45-demo=runs/ernie45-demo/report.md
+python benchmarks/sentiment_baselines.py --markdown "$R/sentiment-baselines.md"
+python benchmarks/readme_tables.py
