@@ -52,7 +52,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
 def machine_line(info: dict[str, Any]) -> str:
     """One Markdown line: ``Intel Xeon ... (avx2, avx512_vnni), 2 cores, 2 threads; paddlepaddle 3.3.1, ...``."""
     flags = ", ".join(info["flags"]) or "no AVX2"
-    threads = f", {info['threads']} threads" if info.get("threads") else ""
+    threads = f", {info['threads']} threads" if info.get("threads") else ", threads: the runtime's default (one per core)"
     libraries = ", ".join(f"{k} {v}" for k, v in info["libraries"].items())
     return (f"Machine: {info['cpu']} ({flags}), {info['cores']} cores{threads}; Python {info['python']}, "
             f"{libraries}; {info['date']}.")

@@ -153,8 +153,7 @@ def rich_table(report: dict[str, Any]):
 def write_report(run_dir: Path, report: dict[str, Any]) -> None:
     run_dir = Path(run_dir)
     (run_dir / REPORT_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    (run_dir / REPORT_MD).write_text(f"# {Path(run_dir).name}\n\nTask: {report.get('task')}\n\n"
-                                     + markdown_table(report) + "\n")
+    (run_dir / REPORT_MD).write_text(f"# {Path(run_dir).name}\n\n" + markdown_table(report) + "\n")
     plot_pareto(report, run_dir / REPORT_PNG)
 
 

@@ -57,7 +57,7 @@ def test_decoder_distill_prune_qat_chain(decoder, tmp_path):
     exported = cli_json(["export", str(tmp_path / "q"), "--format", "onnx", "--out", str(tmp_path / "x")])
     assert exported["int8"]["runtime_ops"]
     out = cli_json(["evaluate", str(tmp_path / "x"), "--batch-sizes", "1", "--iterations", "2"])
-    assert 0 <= out["metrics"]["accuracy"] <= 1
+    assert out["precision"] == "int8" and out["delta_points"] == 0  # ONNX Runtime's integers predict as fake-quant Paddle
 
 
 def test_decoder_refusals(decoder, tmp_path):
