@@ -25,8 +25,15 @@ from .scheme import Int8Scheme, quantized_linear_names
 
 
 def _require_paddleslim():
+    """paddleslim's observer class. paddleslim logs to stderr while it is imported (a missing
+    scipy, "please use Paddle >= 2.3.0" on 3.3.1): its loggers are created then, bound to the
+    stream they see, so importing it with stderr captured keeps that noise out of our output."""
+    import contextlib
+    import io
+
     try:
-        from paddleslim.quant.quanters import FakeQuanterChannelWiseAbsMaxObserver
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            from paddleslim.quant.quanters import FakeQuanterChannelWiseAbsMaxObserver
     except ImportError as exc:
         raise UserError(f"INT8 quantization needs paddleslim ({exc}); install it with: "
                         f"pip install --no-deps paddleslim==2.6.0") from None
