@@ -55,37 +55,76 @@ def perplexity_metrics(nll_sum: float, tokens: int) -> dict[str, float]:
 def score_split(run, split, batch_size: int = 64) -> dict[str, float]:
     """The task metrics of ``run(input_ids, token_type_ids) -> logits`` (numpy) on a labeled
     :class:`~ernie_compress.data.batching.EncodedSplit` — the same code for dygraph and runtimes."""
+    return scored_split(run, split, batch_size)[0]
+
+
+def scored_split(run, split, batch_size: int = 64) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`score_split`'s metrics and, per example, the statistics its primary metric is made of
+    ([examples, k], see :func:`metric_from_stats`), for paired bootstrap intervals."""
     if getattr(split, "causal_lm", False):  # next-token log-likelihood of every real token
-        nll, tokens = 0.0, 0
+        stats = np.zeros((len(split), 2))  # [text, (nll, tokens)]
         for batch in split.eval_batches(batch_size):
             logits = run(batch.input_ids, batch.token_type_ids).astype(np.float64)  # [b, s, vocab]
             mask = batch.labels >= 0
             log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)  # [b, s]
             picked = np.take_along_axis(logits, np.where(mask, batch.labels, 0)[..., None], -1)[..., 0]
-            nll += float(((log_z - picked) * mask).sum())
-            tokens += int(mask.sum())
-        return perplexity_metrics(nll, tokens)
+            stats[batch.index, 0] = ((log_z - picked) * mask).sum(-1)
+            stats[batch.index, 1] = mask.sum(-1)
+        return perplexity_metrics(float(stats[:, 0].sum()), int(stats[:, 1].sum())), stats
     if hasattr(split, "answers_from_logits"):  # extractive QA: windows -> one answer per question
         logits_by_row = [None] * len(split)
         for batch in split.eval_batches(batch_size):
             logits = run(batch.input_ids, batch.token_type_ids)  # [b, s, 2]
             for row, i in enumerate(batch.index):
                 logits_by_row[i] = logits[row]
-        return span_metrics(split.answers_from_logits(logits_by_row), split.gold_answers)
+        predictions = split.answers_from_logits(logits_by_row)
+        stats = np.array([[cmrc_exact_match(p, a), cmrc_f1(p, a)]  # [question, (em, f1)]
+                          for p, a in zip(predictions, split.gold_answers)])
+        return span_metrics(predictions, split.gold_answers), stats
     if split.token_level:
         predicted: list = [None] * len(split)
         for batch in split.eval_batches(batch_size):
             logits = run(batch.input_ids, batch.token_type_ids)  # [b, s, labels]
             for row, i in enumerate(batch.index):
                 predicted[i] = split.tags_from_logits(int(i), logits[row])
-        return {**entity_f1(predicted, split.gold_tags), "examples": len(split)}
+        stats = np.array([[len(entity_spans(p) & entity_spans(g)), len(entity_spans(p)), len(entity_spans(g))]
+                          for p, g in zip(predicted, split.gold_tags)])  # [sentence, (tp, predicted, gold)]
+        return {**entity_f1(predicted, split.gold_tags), "examples": len(split)}, stats
     out = None
     for batch in split.eval_batches(batch_size):
         logits = run(batch.input_ids, batch.token_type_ids)  # [b, labels]
         if out is None:
             out = np.zeros((len(split), logits.shape[-1]), dtype=np.float32)
         out[batch.index] = logits
-    return classification_metrics(out.argmax(-1), split.labels)
+    predictions = out.argmax(-1)
+    return classification_metrics(predictions, split.labels), (predictions == np.asarray(split.labels))[:, None]
+
+
+def metric_from_stats(metric: str, stats: np.ndarray) -> float:
+    """The primary metric from per-example statistics (rows of :func:`scored_split`)."""
+    if metric == "perplexity":
+        return float(np.exp(stats[:, 0].sum() / max(1.0, stats[:, 1].sum())))
+    if stats.shape[1] == 3:  # entity F1: 2 tp / (predicted + gold)
+        total = stats[:, 1].sum() + stats[:, 2].sum()
+        return float(2 * stats[:, 0].sum() / total) if total else 0.0
+    return float(stats[:, -1].mean())  # accuracy, or QA F1 (the last column)
+
+
+def bootstrap_delta(metric: str, stats: np.ndarray, reference: np.ndarray, resamples: int = 1000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """``metric_delta`` of ``stats`` against ``reference`` (the same examples, paired) and its 95%
+    percentile interval from resampling the examples (Efron & Tibshirani 1993, ch. 13)."""
+    if len(stats) != len(reference):
+        raise ValueError("paired bootstrap needs the same examples on both sides")
+    rng = np.random.default_rng(seed)
+    point = metric_delta(metric, metric_from_stats(metric, stats), metric_from_stats(metric, reference))
+    draws = []
+    for _ in range(resamples):
+        pick = rng.integers(0, len(stats), size=len(stats))
+        draws.append(metric_delta(metric, metric_from_stats(metric, stats[pick]),
+                                  metric_from_stats(metric, reference[pick])))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return point, float(low), float(high)
 
 
 def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:

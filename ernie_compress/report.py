@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .metrics import LOWER_IS_BETTER, metric_delta
+from .metrics import LOWER_IS_BETTER, bootstrap_delta, metric_delta
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
 ROLE = {"train": "FP32", "distill": "distilled FP32", "prune": "pruned FP32"}
@@ -49,7 +49,8 @@ def evaluate_run(run_dir: Path, recipe, runtime, latency) -> dict[str, Any]:
             export_dir = run_dir / "exports" / stage.name
             if not (export_dir / "manifest.json").exists():
                 export_checkpoint(ExportConfig(checkpoint=ckpt_dir, out=export_dir, format="onnx"))
-        ev = evaluate_export(EvaluateExportConfig(export_dir, runtime=runtime, latency=latency))
+        ev = evaluate_export(EvaluateExportConfig(export_dir, runtime=runtime, latency=latency,
+                                                  keep_example_stats=True))
         ckpt = load_checkpoint(ckpt_dir)
         params = count_parameters({k: v.shape for k, v in ckpt.state.items()})
         by_batch = {r["batch_size"]: r for r in ev["latency"]}
@@ -63,14 +64,19 @@ def evaluate_run(run_dir: Path, recipe, runtime, latency) -> dict[str, Any]:
             "score": ev["metrics"][ev["primary_metric"]], "metric": ev["primary_metric"],
             "p50_b1_ms": b1["p50_ms"], "qps_large_batch": big["qps"], "large_batch": big["batch_size"],
             "runtime": f"{ev['backend']}/{ev['device']}/{ev['precision']}", "export": str(export_dir),
-            "latency": ev["latency"],
+            "latency": ev["latency"], "example_stats": ev["example_stats"],
         })
     if not rows:
         raise UserError("the recipe produced no checkpoints to evaluate")
     base = rows[0]
     for row in rows:
         row["loss_points"] = 0.0 - metric_delta(row["metric"], row["score"], base["score"])  # never -0.0
+        if row is not base:  # paired bootstrap over the held-out examples, as a loss: [low, high]
+            _, low, high = bootstrap_delta(row["metric"], row["example_stats"], base["example_stats"])
+            row["loss_interval"] = [0.0 - high, 0.0 - low]
         row["speedup_b1"] = base["p50_b1_ms"] / row["p50_b1_ms"]
+    for row in rows:
+        del row["example_stats"]
     from .machine import machine_info
 
     report = {"run_dir": str(run_dir), "task": recipe.task, "seq_len": latency.seq_len,
@@ -114,13 +120,18 @@ def _titles(report: dict[str, Any]) -> list[str]:
     """Column titles naming the task's metric (accuracy, f1, perplexity)."""
     metric = report["rows"][0]["metric"] if report.get("rows") else "score"
     unit = "" if metric in LOWER_IS_BETTER else " (pt)"
-    return [metric if key == "score" else f"loss{unit}" if key == "loss_points" else title
+    return [metric if key == "score" else f"loss{unit} (95% CI)" if key == "loss_points" else title
             for title, key, _ in COLUMNS]
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
-    """A row's cells; a context row has only a score and its loss (the rest is blank)."""
-    return [fmt.format(row[key]) if key in row else "" for _, key, fmt in COLUMNS]
+    """A row's cells; a context row has only a score and its loss (the rest is blank); a loss
+    carries its 95% bootstrap interval when the report has one."""
+    cells = [fmt.format(row[key]) if key in row else "" for _, key, fmt in COLUMNS]
+    if row.get("loss_interval"):
+        low, high = row["loss_interval"]
+        cells[[key for _, key, _ in COLUMNS].index("loss_points")] += f" ({low:+.2f} to {high:+.2f})"
+    return cells
 
 
 def _all_rows(report: dict[str, Any]) -> list[dict[str, Any]]:

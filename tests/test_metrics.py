@@ -116,3 +116,37 @@ def test_accuracy_and_macro_f1_equal_scikit_learn():
         assert ours["accuracy"] == pytest.approx(accuracy_score(labels, predictions), abs=1e-12)
         assert ours["macro_f1"] == pytest.approx(f1_score(labels, predictions, average="macro", zero_division=0),
                                                  abs=1e-12)
+
+
+def test_per_example_statistics_give_back_each_metric():
+    """metric_from_stats over scored_split's rows equals the metric itself, for every kind."""
+    from ernie_compress.metrics import (entity_spans, metric_from_stats, perplexity_metrics)
+
+    rng = np.random.default_rng(1)
+    labels, predictions = rng.integers(0, 3, 50), rng.integers(0, 3, 50)
+    assert metric_from_stats("accuracy", (labels == predictions)[:, None]) == \
+        classification_metrics(predictions, labels)["accuracy"]
+    gold = [_random_bio(rng, int(n)) for n in rng.integers(1, 15, 40)]
+    pred = [_random_bio(rng, len(g)) for g in gold]
+    stats = np.array([[len(entity_spans(p) & entity_spans(g)), len(entity_spans(p)), len(entity_spans(g))]
+                      for p, g in zip(pred, gold)])
+    assert metric_from_stats("f1", stats) == pytest.approx(entity_f1(pred, gold)["f1"], abs=1e-12)
+    qa = np.array([[1.0, 1.0], [0.0, 0.5], [0.0, 0.0]])
+    assert metric_from_stats("f1", qa) == pytest.approx(0.5)
+    lm = np.array([[2.0, 3], [4.0, 5]])
+    assert metric_from_stats("perplexity", lm) == pytest.approx(perplexity_metrics(6.0, 8)["perplexity"])
+
+
+def test_paired_bootstrap_interval():
+    from ernie_compress.metrics import bootstrap_delta
+
+    rng = np.random.default_rng(0)
+    reference = rng.random((400, 1)) < 0.7
+    better = reference.copy()
+    better[:40] = True  # flips up to 40 examples to correct
+    point, low, high = bootstrap_delta("accuracy", better, reference)
+    assert point == pytest.approx((better.mean() - reference.mean()) * 100)
+    assert 0 <= low <= point <= high  # only improvements: the interval cannot go below 0
+    assert bootstrap_delta("accuracy", reference, reference) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="same examples"):
+        bootstrap_delta("accuracy", reference[:10], reference)

@@ -54,6 +54,11 @@ def test_report_files_and_json_match_the_table(finished_run):
     for row in report["rows"]:
         assert f"{row['score']:.4f}" in md and row["variant"] in md
     assert report["rows"][-1]["runtime"].endswith("int8")
+    assert "loss_interval" not in report["rows"][0] and "example_stats" not in report["rows"][0]
+    for row in report["rows"][1:]:  # a 95% bootstrap interval around each variant's loss
+        low, high = row["loss_interval"]
+        assert low <= row["loss_points"] <= high
+        assert f"{row['loss_points']:+.2f} ({low:+.2f} to {high:+.2f})" in md
     # context rows: majority class (the tiny test split is 4 pos / 4 neg) and naive Bayes, labelled
     context = {r["variant"]: r["score"] for r in report["context_rows"]}
     assert list(context) == ["majority class (not ERNIE, context)", "naive Bayes, char 1-3-grams (not ERNIE, context)"]

@@ -22,7 +22,7 @@ from ..data.batching import encode_split
 from ..data.tasks import TaskSpec, load_task
 from ..data.sp_tokenizer import load_tokenizer
 from ..errors import UserError
-from ..metrics import PRIMARY_METRIC, metric_delta, score_split
+from ..metrics import PRIMARY_METRIC, metric_delta, scored_split
 from .backends import RuntimeConfig, open_session
 from .latency import LatencyConfig, measure_latency
 
@@ -37,6 +37,7 @@ class EvaluateExportConfig:
     split: str | None = None  # default: the task's held-out split
     eval_batch_size: int = 32
     top_ops: int = 10  # with runtime.profile: how many operators to list
+    keep_example_stats: bool = False  # add per-example metric statistics (numpy) for bootstrap intervals
 
 
 def _rank_ops(totals: dict[str, float], calls: dict[str, int], top_n: int) -> list[dict[str, Any]]:
@@ -119,7 +120,7 @@ def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
     try:
         session = open_session(export_dir, manifest, cfg.runtime, profile_dir)
         start = time.perf_counter()
-        metrics = score_split(session.run, split, cfg.eval_batch_size)
+        metrics, example_stats = scored_split(session.run, split, cfg.eval_batch_size)
         eval_seconds = time.perf_counter() - start
 
         primary = PRIMARY_METRIC[task.kind]
@@ -150,4 +151,5 @@ def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
         "reference_metrics": reference, "delta_points": delta,
         "eval_seconds": round(eval_seconds, 2), "latency": latency, "profile": profile,
         "threads": cfg.runtime.threads,
+        **({"example_stats": example_stats} if cfg.keep_example_stats else {}),
     }
