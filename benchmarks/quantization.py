@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stats import interleaved_rounds, paired_bootstrap, ratio_rounds  # noqa: E402
+from _stats import interleaved_rounds, ratio_rounds  # noqa: E402
 
 
 def fp32_control(ckpt: Path, out: Path, train_cfg, kd_alpha: float, kd_temperature: float) -> None:
@@ -108,22 +108,19 @@ def ort_variant(fp32_dir: Path, out: Path, label: str, reduce_range: bool, nodes
 
 
 def held_out_correct(export_dir: Path, runtime) -> np.ndarray:
-    """1/0 per held-out example: the export's prediction equals the label."""
+    """Per held-out example, whether the export's prediction equals the label [examples, 1]."""
     from ernie_compress.data.batching import encode_split
     from ernie_compress.data.sp_tokenizer import load_tokenizer
     from ernie_compress.data.tasks import TaskSpec, load_task
     from ernie_compress.export import load_manifest
+    from ernie_compress.metrics import scored_split
     from ernie_compress.runtime.backends import open_session
 
     manifest = load_manifest(export_dir)
     task = load_task(TaskSpec.from_dict(manifest["task"]))
     split = encode_split(task.kind, task.split(task.held_out), load_tokenizer(export_dir), manifest["labels"],
                          manifest.get("max_seq_length", 128))
-    session = open_session(export_dir, manifest, runtime)
-    predicted = np.zeros(len(split), dtype=np.int64)
-    for batch in split.eval_batches(64):
-        predicted[batch.index] = session.run(batch.input_ids, batch.token_type_ids).argmax(-1)
-    return predicted == np.asarray(split.labels)
+    return scored_split(open_session(export_dir, manifest, runtime).run, split)[1]  # [examples, 1]
 
 
 def latency_timers(variants: dict[str, Path], runtime, seq_len: int, iterations: dict[int, int]):
@@ -172,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ernie_compress.checkpoint import load_checkpoint
     from ernie_compress.export import ExportConfig, export_checkpoint
     from ernie_compress.machine import machine_info, machine_line
+    from ernie_compress.metrics import bootstrap_delta
     from ernie_compress.paddle_env import set_default_threads
     from ernie_compress.quantize import QuantizeConfig, quantize_checkpoint
     from ernie_compress.runtime.backends import RuntimeConfig
@@ -226,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.speed_only:
         correct = {name: held_out_correct(path, runtime) for name, path in variants.items()}
         for name, row in rows.items():
-            delta, low, high = paired_bootstrap(correct[name], correct["fp32"])
+            delta, low, high = bootstrap_delta("accuracy", correct[name], correct["fp32"], resamples=2000)
             row.update(accuracy=float(correct[name].mean()), delta_points=delta, delta_low=low, delta_high=high)
         for name, paths in trained.items():  # every seed's accuracy
             rows[name]["accuracy_by_seed"] = [float(held_out_correct(p, runtime).mean()) for p in paths]

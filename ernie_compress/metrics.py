@@ -77,19 +77,16 @@ def scored_split(run, split, batch_size: int = 64) -> tuple[dict[str, float], np
             logits = run(batch.input_ids, batch.token_type_ids)  # [b, s, 2]
             for row, i in enumerate(batch.index):
                 logits_by_row[i] = logits[row]
-        predictions = split.answers_from_logits(logits_by_row)
-        stats = np.array([[cmrc_exact_match(p, a), cmrc_f1(p, a)]  # [question, (em, f1)]
-                          for p, a in zip(predictions, split.gold_answers)])
-        return span_metrics(predictions, split.gold_answers), stats
+        scores = span_scores(split.answers_from_logits(logits_by_row), split.gold_answers)  # [question, (em, f1)]
+        return span_metrics_from_scores(scores), scores
     if split.token_level:
         predicted: list = [None] * len(split)
         for batch in split.eval_batches(batch_size):
             logits = run(batch.input_ids, batch.token_type_ids)  # [b, s, labels]
             for row, i in enumerate(batch.index):
                 predicted[i] = split.tags_from_logits(int(i), logits[row])
-        stats = np.array([[len(entity_spans(p) & entity_spans(g)), len(entity_spans(p)), len(entity_spans(g))]
-                          for p, g in zip(predicted, split.gold_tags)])  # [sentence, (tp, predicted, gold)]
-        return {**entity_f1(predicted, split.gold_tags), "examples": len(split)}, stats
+        counts = entity_counts(predicted, split.gold_tags)  # [sentence, (tp, predicted, gold)]
+        return {**entity_f1_from_counts(counts), "examples": len(split)}, counts
     out = None
     for batch in split.eval_batches(batch_size):
         logits = run(batch.input_ids, batch.token_type_ids)  # [b, labels]
@@ -143,23 +140,33 @@ def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:
     return spans
 
 
-def entity_f1(predicted: list[list[str]], gold: list[list[str]]) -> dict[str, float]:
-    """Entity-level precision, recall and F1 by exact span and type match (micro over sentences);
-    equal to seqeval's default (conlleval) mode. Tag sequences of unequal length are an error."""
+def entity_counts(predicted: list[list[str]], gold: list[list[str]]) -> np.ndarray:
+    """Per sentence: (entities right, entities predicted, gold entities) by exact span and type
+    [sentences, 3]. Tag sequences of unequal length are an error."""
     if len(predicted) != len(gold):
         raise ValueError("predicted and gold must have the same number of sentences")
-    tp = n_pred = n_gold = 0
+    rows = []
     for i, (p, g) in enumerate(zip(predicted, gold)):
         if len(p) != len(g):
             raise ValueError(f"sentence {i}: {len(p)} predicted tags for {len(g)} gold tags")
         ps, gs = entity_spans(p), entity_spans(g)
-        tp += len(ps & gs)
-        n_pred += len(ps)
-        n_gold += len(gs)
+        rows.append((len(ps & gs), len(ps), len(gs)))
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def entity_f1_from_counts(counts: np.ndarray) -> dict[str, float]:
+    """Micro precision, recall and F1 over the sentences' :func:`entity_counts`."""
+    tp, n_pred, n_gold = (int(x) for x in counts.sum(axis=0))
     precision = tp / n_pred if n_pred else 0.0
     recall = tp / n_gold if n_gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1, "entities": n_gold}
+
+
+def entity_f1(predicted: list[list[str]], gold: list[list[str]]) -> dict[str, float]:
+    """Entity-level precision, recall and F1 by exact span and type match (micro over sentences);
+    equal to seqeval's default (conlleval) mode. Tag sequences of unequal length are an error."""
+    return entity_f1_from_counts(entity_counts(predicted, gold))
 
 
 # --- extractive QA: CMRC2018's EM and F1 ------------------------------------------------------
@@ -245,10 +252,18 @@ def cmrc_f1(prediction: str, answers: list[str]) -> float:
     return best
 
 
-def span_metrics(predictions: list[str], answers: list[list[str]]) -> dict[str, float]:
-    """Mean EM and F1 over questions (fractions; CMRC2018 reports them x100)."""
+def span_scores(predictions: list[str], answers: list[list[str]]) -> np.ndarray:
+    """Per question: (EM, F1) [questions, 2]."""
     if len(predictions) != len(answers) or not answers:
         raise ValueError("predictions and answers must be non-empty and of the same length")
-    em = [cmrc_exact_match(p, a) for p, a in zip(predictions, answers)]
-    f1 = [cmrc_f1(p, a) for p, a in zip(predictions, answers)]
-    return {"exact_match": float(np.mean(em)), "f1": float(np.mean(f1)), "questions": len(answers)}
+    return np.array([[cmrc_exact_match(p, a), cmrc_f1(p, a)] for p, a in zip(predictions, answers)])
+
+
+def span_metrics_from_scores(scores: np.ndarray) -> dict[str, float]:
+    """Mean EM and F1 over questions (fractions; CMRC2018 reports them x100)."""
+    return {"exact_match": float(scores[:, 0].mean()), "f1": float(scores[:, 1].mean()), "questions": len(scores)}
+
+
+def span_metrics(predictions: list[str], answers: list[list[str]]) -> dict[str, float]:
+    """Mean EM and F1 over questions (fractions; CMRC2018 reports them x100)."""
+    return span_metrics_from_scores(span_scores(predictions, answers))

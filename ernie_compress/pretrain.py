@@ -63,7 +63,7 @@ def read_corpus(name: str) -> list[str]:
     if name in PRETRAINING_CORPORA:
         texts, dropped = pretraining_texts(name)
         if dropped:
-            note(f"{name}: {dropped} texts left out (dev/test texts of another built-in task)")
+            note(f"{name}: {dropped} texts left out (each is or quotes a dev/test text of a built-in task)")
         return texts
     path = Path(name).expanduser()
     if not path.is_file():

@@ -130,16 +130,17 @@ PRETRAINING_CORPORA = {"demo:sentiment": "demo:sentiment", "demo:lm": "demo:lm",
                        "demo:ner": "demo:ner", "demo:peoples-daily": "demo:ner"}
 
 
+@functools.lru_cache(maxsize=None)
+def _builtin_task(name: str) -> TaskData:
+    """A built-in task, loaded once per process (People's Daily takes seconds to parse)."""
+    return BUILTIN[name](TaskSpec(name))
+
+
 @functools.lru_cache(maxsize=1)
 def builtin_held_out_texts() -> frozenset[str]:
     """Every dev and test text of every built-in task."""
-    return frozenset(t for load in BUILTIN.values() for task in [load(TaskSpec(_name_of(load)))]
-                     for split in ("dev", "test") for e in task.splits.get(split, [])
-                     for t in (e.text_a, e.text_b) if t)
-
-
-def _name_of(load: Callable[[TaskSpec], TaskData]) -> str:
-    return next(name for name, fn in BUILTIN.items() if fn is load)
+    return frozenset(t for name in BUILTIN for split in ("dev", "test")
+                     for e in _builtin_task(name).splits.get(split, []) for t in (e.text_a, e.text_b) if t)
 
 
 # A corpus text that contains a held-out text of at least this many characters is dropped too (a
@@ -162,7 +163,7 @@ def pretraining_texts(name: str) -> tuple[list[str], int]:
     """The unlabeled texts of built-in corpus ``name``: its task's train texts, less any that is or
     contains a dev/test text of a built-in task (a text can be in one task's train split and in
     another's test split, or quote a test text of its own task); also how many were dropped."""
-    task = BUILTIN[PRETRAINING_CORPORA[name]](TaskSpec(PRETRAINING_CORPORA[name]))
+    task = _builtin_task(PRETRAINING_CORPORA[name])
     held_out = builtin_held_out_texts()
     texts = [t for e in task.split("train") for t in (e.text_a, e.text_b) if t]
     quoting = contains_any(texts, held_out)

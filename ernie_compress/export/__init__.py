@@ -95,14 +95,20 @@ def _run_all(session, ids: np.ndarray, types: np.ndarray) -> np.ndarray:
     return np.concatenate([session.run(ids[i:i + 16], types[i:i + 16]) for i in range(0, len(ids), 16)])
 
 
+def _compare(session, reference: np.ndarray, ids: np.ndarray, types: np.ndarray,
+             kind: str) -> tuple[float, float, float]:
+    """Run ``session`` on the samples: (max |logit difference|, the same / :func:`logit_scale`,
+    share of predictions equal to the reference's)."""
+    outputs = _run_all(session, ids, types)
+    diff = float(np.abs(outputs - reference).max())
+    return diff, diff / logit_scale(reference), _agreement(kind, outputs, reference)
+
+
 def verify(name: str, session, reference: np.ndarray, ids: np.ndarray, types: np.ndarray,
            tolerance: float, kind: str = "classification", relative: bool = False) -> dict[str, Any]:
     """Run ``session`` on the samples and compare with the dygraph logits: the largest difference
     must stay within ``tolerance`` (of the logit scale when ``relative``, else absolute)."""
-    outputs = _run_all(session, ids, types)
-    diff = float(np.abs(outputs - reference).max())
-    rel = diff / logit_scale(reference)
-    agree = _agreement(kind, outputs, reference)
+    diff, rel, agree = _compare(session, reference, ids, types, kind)
     if not (rel if relative else diff) <= tolerance:
         what = f"{rel:.2%} of the logit scale" if relative else f"{diff:.2e}"
         raise UserError(f"{name} export failed verification: max logit difference {what} "
@@ -268,10 +274,7 @@ def verify_int8(session, reference: np.ndarray, ids: np.ndarray, types: np.ndarr
     precision: predictions must agree on ``min_agreement`` of the samples, and the largest logit
     difference must stay within ``max_relative_diff`` of the logit scale (a wrong scale, a
     transposed weight or a dropped bias moves logits by far more than integer rounding does)."""
-    outputs = _run_all(session, ids, types)
-    agree = _agreement(kind, outputs, reference)
-    diff = float(np.abs(outputs - reference).max())
-    relative = diff / logit_scale(reference)
+    diff, relative, agree = _compare(session, reference, ids, types, kind)
     if agree < min_agreement or relative > max_relative_diff:
         raise UserError(f"int8 onnx export failed verification: predictions agree with the fake-quant "
                         f"Paddle model on {agree:.1%} of samples (least {min_agreement:.0%}), max logit "
