@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stats import interleaved_rounds, ratio_rounds  # noqa: E402
 
 
-def fp32_control(ckpt: Path, out: Path, train_cfg, kd_alpha: float, kd_temperature: float) -> None:
+def fp32_control(ckpt: Path, out: Path, train_cfg, kd_weight: float, kd_temperature: float) -> None:
     """Fine-tune the FP32 checkpoint exactly as QAT --distill-from-parent does (same loss, schedule
     and seed), without fake quantization."""
     from ernie_compress.checkpoint import load_checkpoint, save_checkpoint
@@ -52,7 +52,7 @@ def fp32_control(ckpt: Path, out: Path, train_cfg, kd_alpha: float, kd_temperatu
     from ernie_compress.data.tasks import load_task_for_model
     from ernie_compress.losses import logit_kd_loss
     from ernie_compress.models import model_from_state
-    from ernie_compress.train import train_model
+    from ernie_compress.training_loop import train_model
 
     parent = load_checkpoint(ckpt)
     task = load_task_for_model(None, parent.task, parent.config.labels)
@@ -61,7 +61,7 @@ def fp32_control(ckpt: Path, out: Path, train_cfg, kd_alpha: float, kd_temperatu
     teacher = model_from_state(parent.config, parent.state, str(parent.path))
     model = model_from_state(parent.config, parent.state, str(parent.path))
     result = train_model(model, splits["train"], splits.get("dev"), train_cfg, kind=task.kind,
-                         loss_fn=logit_kd_loss(teacher, kd_alpha, kd_temperature, tokenizer.pad_id))
+                         loss_fn=logit_kd_loss(teacher, kd_weight, kd_temperature, tokenizer.pad_id))
     save_checkpoint(out, parent.config, result.best_state, tokenizer, {"name": "fp32-control"}, parent=parent,
                     overwrite=True)
 
@@ -112,7 +112,7 @@ def held_out_correct(export_dir: Path, runtime) -> np.ndarray:
     from ernie_compress.data.batching import encode_split
     from ernie_compress.data.sp_tokenizer import load_tokenizer
     from ernie_compress.data.tasks import TaskSpec, load_task
-    from ernie_compress.export import load_manifest
+    from ernie_compress.runtime.manifest import load_manifest
     from ernie_compress.metrics import scored_split
     from ernie_compress.runtime.backends import open_session
 
@@ -127,7 +127,7 @@ def latency_timers(variants: dict[str, Path], runtime, seq_len: int, iterations:
     """One timer per (variant, batch size): p50 ms of ``iterations[batch]`` runs on held-out texts."""
     from ernie_compress.data.sp_tokenizer import load_tokenizer
     from ernie_compress.data.tasks import TaskSpec, load_task
-    from ernie_compress.export import load_manifest
+    from ernie_compress.runtime.manifest import load_manifest
     from ernie_compress.runtime.backends import open_session
     from ernie_compress.runtime.evaluate_export import latency_inputs
     from ernie_compress.runtime.latency import LatencyConfig, measure_latency
@@ -167,13 +167,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     from ernie_compress import progress
     from ernie_compress.checkpoint import load_checkpoint
-    from ernie_compress.export import ExportConfig, export_checkpoint
     from ernie_compress.machine import machine_info, machine_line
     from ernie_compress.metrics import bootstrap_delta
     from ernie_compress.paddle_env import set_default_threads
-    from ernie_compress.quantize import QuantizeConfig, quantize_checkpoint
     from ernie_compress.runtime.backends import RuntimeConfig
-    from ernie_compress.train import TrainConfig
+    from ernie_compress.stages import run_stage
+    from ernie_compress.stages.export import ExportConfig
+    from ernie_compress.stages.quantize import PTQConfig, QATConfig
 
     progress.set_enabled(False)
     logging.disable(logging.INFO)  # onnxruntime.quantization logs a line per tensor
@@ -184,23 +184,21 @@ def main(argv: list[str] | None = None) -> dict:
     config = load_checkpoint(ckpt).config
 
     def export(src: Path, name: str) -> Path:
-        return Path(export_checkpoint(ExportConfig(src, work / name, format="onnx", overwrite=True))["out"])
+        return Path(run_stage(ExportConfig(checkpoint=src, out=work / name, format="onnx", overwrite=True))["out"])
 
     variants: dict[str, Path] = {"fp32": export(ckpt, "fp32")}
     trained: dict[str, list[Path]] = {}
     if not args.speed_only:
         for seed in range(args.seeds):
-            train_cfg = TrainConfig(epochs=args.qat_epochs, learning_rate=args.qat_lr, max_steps=args.qat_max_steps,
-                                    seed=42 + seed)
-            fp32_control(ckpt, work / f"fp32-control-ckpt-{seed}", train_cfg, 0.5, 2.0)
+            qat = QATConfig(checkpoint=ckpt, out=work / f"qat-ckpt-{seed}", overwrite=True, distill_from_parent=True,
+                            epochs=args.qat_epochs, lr=args.qat_lr, max_steps=args.qat_max_steps, seed=42 + seed)
+            fp32_control(ckpt, work / f"fp32-control-ckpt-{seed}", qat.train, qat.kd_weight, qat.kd_temperature)
             trained.setdefault("fp32 + QAT's extra epoch", []).append(export(work / f"fp32-control-ckpt-{seed}",
                                                                              f"fp32-control-{seed}"))
-            quantize_checkpoint(QuantizeConfig(ckpt, work / f"qat-ckpt-{seed}", qat="int8", overwrite=True,
-                                               distill_from_parent=True, train=train_cfg))
+            run_stage(qat)
             trained.setdefault("QAT int8 (ours)", []).append(export(work / f"qat-ckpt-{seed}", f"qat-{seed}"))
         variants["fp32 + QAT's extra epoch"] = trained["fp32 + QAT's extra epoch"][0]
-    ptq = quantize_checkpoint(QuantizeConfig(ckpt, work / "ptq-ckpt", ptq="int8", overwrite=True,
-                                             calib_samples=args.calib_samples))
+    ptq = run_stage(PTQConfig(checkpoint=ckpt, out=work / "ptq-ckpt", overwrite=True, calib_samples=args.calib_samples))
     weight_bits = ptq["scheme"]["weight_bits"]
     variants["PTQ int8 (ours)"] = export(work / "ptq-ckpt", "ptq")
     if not args.speed_only:

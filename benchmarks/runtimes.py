@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     from ernie_compress import progress
     from ernie_compress.checkpoint import load_checkpoint
     from ernie_compress.data.tasks import TaskSpec, load_task
-    from ernie_compress.export import ExportConfig, export_checkpoint, load_manifest
+    from ernie_compress.runtime.manifest import load_manifest
+    from ernie_compress.stages.export import ExportConfig, export_checkpoint
     from ernie_compress.models import model_from_state
     from ernie_compress.paddle_env import import_paddle, set_default_threads
     from ernie_compress.runtime.backends import RuntimeConfig, open_session

@@ -16,7 +16,7 @@ from .runtime.latency import LatencyConfig
 def onnx_cpu_latency(checkpoints: dict[str, Path], latency: LatencyConfig | None = None,
                      threads: int | None = None) -> dict[str, Any]:
     """``{name: [{batch_size, p50_ms, ...}, ...]}`` for each checkpoint."""
-    from .export import ExportConfig, export_checkpoint
+    from .stages.export import ExportConfig, export_checkpoint
     from .runtime.backends import RuntimeConfig
     from .runtime.evaluate_export import EvaluateExportConfig, evaluate_export
 

@@ -12,11 +12,10 @@ from typing import Any
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .data.batching import encode_split
-from .data.tasks import TaskData, TaskSpec, load_task
+from .data.tasks import resolve_task, TaskData, TaskSpec, load_task
 from .errors import UserError
-from .finetune import resolve_task
 from .models import model_from_state
-from .train import evaluate_split
+from .training_loop import evaluate_split
 
 SPLITS = ("train", "dev", "test")
 
@@ -38,7 +37,7 @@ def evaluate_checkpoint(path: str | Path, task_name: str | None = None, data: st
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     ckpt = load_checkpoint(path)
-    task = load_task(resolve_task(task_name, data, ckpt))
+    task = load_task(resolve_task(task_name, data, ckpt.task))
     task.check_labels(ckpt.config.labels)
     split = split or task.held_out
     model = model_from_state(ckpt.config, ckpt.state, str(ckpt.path))

@@ -70,7 +70,7 @@ def soft_label_kd(student_logits, teacher_logits, temperature: float, kind: str 
 
 
 def hard_label_loss(model, batch):
-    """The fine-tuning loss (a :class:`~ernie_compress.train.LossFn`)."""
+    """The fine-tuning loss (a :class:`~ernie_compress.training_loop.LossFn`)."""
     loss = task_loss(task_kind(model), model(batch.input_ids, batch.token_type_ids), batch.labels)
     return loss, {"ce": loss}
 
@@ -107,7 +107,7 @@ class TeacherLogitCache:
 
 
 def logit_kd_loss(teacher, alpha: float = 0.5, temperature: float = 2.0, pad_id: int = 0):
-    """A :class:`~ernie_compress.train.LossFn`: ``(1-alpha) * hard + alpha * KD`` against ``teacher``.
+    """A :class:`~ernie_compress.training_loop.LossFn`: ``(1-alpha) * hard + alpha * KD`` against ``teacher``.
 
     The teacher runs in eval mode without gradients; its logits are cached per example so later
     epochs do not run it again.

@@ -21,7 +21,6 @@ key and line, in the manner of nanoGPT's configurator.
 
 from __future__ import annotations
 
-import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,11 +28,25 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .options import Option, OptionError, coerce_values
+from .stages import STAGES, config_for, stage_options
+from .training_loop import has_train_state
 
-CHECKPOINT_STAGES = ("pretrain", "train", "distill", "prune", "quantize")
-STAGE_KINDS = CHECKPOINT_STAGES + ("export", "evaluate")
-TOP_LEVEL = {"name": str, "task": str, "data": str, "seed": int, "threads": int, "stages": list,
-             "description": str}
+CHECKPOINT_STAGES = tuple(k for k, s in STAGES.items() if s.writes_checkpoint)
+STAGE_KINDS = tuple(STAGES)
+
+
+def run_level_options() -> dict[str, Option]:
+    """The options a recipe sets once at the top for every stage (``scope="run"``)."""
+    return {o.name: o for kind in STAGE_KINDS for o in stage_options(kind).values() if o.spec.scope == "run"}
+
+
+def recipe_options(kind: str) -> dict[str, Option]:
+    """The keys a recipe stage of this kind accepts (besides ``name`` and its input)."""
+    return {n: o for n, o in stage_options(kind).items() if o.spec.scope == "stage"}
+
+
+TOP_LEVEL = {"name": str, "stages": list, "description": str}
 
 
 @dataclass
@@ -54,17 +67,6 @@ class Recipe:
     threads: int | None
     stages: list[StageSpec] = field(default_factory=list)
     text: str = ""
-
-
-# --- option schemas: the keyword parameters of the stage builders ----------------------------
-def stage_options(kind: str) -> dict[str, Any]:
-    """Option name -> annotation, for the recipe keys a stage accepts."""
-    from . import pipeline
-
-    builder = pipeline.BUILDERS[kind]
-    hints = typing.get_type_hints(builder)
-    return {name: hints.get(name, Any) for name, p in inspect.signature(builder).parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and not name.startswith("_")}
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -120,19 +122,24 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
         raise UserError(f"{where}: a recipe is a YAML mapping with 'task' and 'stages'")
     lines = _key_lines(node)
+    run_level = run_level_options()
     for key, value in data.items():
-        if key not in TOP_LEVEL:
+        if key not in TOP_LEVEL and key not in run_level:
             raise UserError(f"{where}:{lines.get(key, '?')}: unknown key '{key}' "
-                            f"(known: {', '.join(TOP_LEVEL)})")
-        if value is not None and not isinstance(value, TOP_LEVEL[key]):
+                            f"(known: {', '.join([*TOP_LEVEL, *run_level])})")
+        if key in TOP_LEVEL and value is not None and not isinstance(value, TOP_LEVEL[key]):
             raise UserError(f"{where}:{lines.get(key, '?')}: '{key}' must be a {TOP_LEVEL[key].__name__}, "
                             f"got {type(value).__name__}")
+        if key in run_level and value is not None and not _type_ok(value, run_level[key].type):
+            raise UserError(f"{where}:{lines.get(key, '?')}: '{key}' must be "
+                            f"{_type_name(run_level[key].type)}, got {value!r}")
     stages_raw = data.get("stages")
     if not stages_raw:
         raise UserError(f"{where}: 'stages' must list at least one stage")
     stage_nodes = next(v for k, v in node.value if k.value == "stages").value
     recipe = Recipe(name=str(data.get("name") or Path(where).stem), task=data.get("task"),
-                    data=data.get("data"), seed=int(data.get("seed", 42)), threads=data.get("threads"),
+                    data=data.get("data"), seed=int(data.get("seed", run_level["seed"].default)),
+                    threads=data.get("threads"),
                     text=text)
     used_names: set[str] = set()
     last_checkpoint: StageSpec | None = None
@@ -149,18 +156,19 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
         if not isinstance(options, dict):
             raise UserError(f"{where}:{line}: the options of '{kind}' must be a mapping")
         option_lines = _key_lines(snode.value[0][1]) if isinstance(snode, yaml.MappingNode) else {}
-        schema = stage_options(kind)
+        schema = recipe_options(kind)
         name = options.pop("name", None)
-        source_key = "teacher" if kind == "distill" else "from"
-        source = options.pop(source_key, None) if kind != "evaluate" else None
+        source_key = next((o.spec.source for o in stage_options(kind).values() if o.spec.source), None)
+        source = options.pop(source_key, None) if source_key else None
+        known = sorted(schema) + ["name"] + ([source_key] if source_key else [])
         for key, value in options.items():
             key_line = option_lines.get(key, line)
             if key not in schema:
                 raise UserError(f"{where}:{key_line}: unknown option '{key}' for stage '{kind}' "
-                                f"(known: {', '.join(sorted(schema) + ['name', source_key])})")
-            if not _type_ok(value, schema[key]):
+                                f"(known: {', '.join(known)})")
+            if not _type_ok(value, schema[key].type):
                 raise UserError(f"{where}:{key_line}: '{key}' of stage '{kind}' must be "
-                                f"{_type_name(schema[key])}, got {value!r}")
+                                f"{_type_name(schema[key].type)}, got {value!r}")
         base = name or kind
         name = base
         n = 2
@@ -189,6 +197,7 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
                             f"prune, distill and train FP32 models, then quantize")
         spec = StageSpec(kind=kind, name=name, options=options, line=line,
                          source=reads.name if reads is not None else external)
+        _check_stage(recipe, spec, option_lines, where)
         if kind in CHECKPOINT_STAGES:
             last_checkpoint = spec
             produced[name] = spec
@@ -196,6 +205,46 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
                 quantized.add(name)
         recipe.stages.append(spec)
     return recipe
+
+
+def stage_values(recipe: Recipe, stage: StageSpec, source: Path | None, out: Path) -> dict[str, Any]:
+    """The option values of one recipe stage: the recipe's run-level keys (task, data, seed,
+    threads), the stage's own keys, and the paths the run decides (its input, ``out``)."""
+    opts = stage_options(stage.kind)
+    values: dict[str, Any] = {}
+    run_level = {"task": recipe.task, "data": recipe.data, "seed": recipe.seed, "threads": recipe.threads}
+    for name, value in run_level.items():
+        if name in opts and value is not None:
+            values[name] = value
+    values.update(stage.options)
+    for opt in opts.values():
+        if opt.spec.source and source is not None:
+            values[opt.name] = str(source) if opt.type is str else source
+    if "out" in opts:
+        values["out"] = out
+    if "path" in opts:  # evaluate: the run directory
+        values["path"] = out.parent
+    if "resume" in opts:  # a stage interrupted in an earlier attempt continues from its saved state
+        values["resume"] = has_train_state(out)
+    return coerce_values(opts, values)
+
+
+def stage_config(recipe: Recipe, stage: StageSpec, source: Path | None, out: Path):
+    """The config a recipe stage runs with (raises :class:`OptionError` naming recipe keys)."""
+    return config_for(stage.kind, stage_values(recipe, stage, source, out), given=set(stage.options))
+
+
+def _check_stage(recipe: Recipe, spec: StageSpec, option_lines: dict[str, int], where: str) -> None:
+    """Build the stage's config now (with stand-in paths), so a bad value or combination is refused
+    before any stage runs, naming the recipe key and its line."""
+    stand_in = Path("<run>") / spec.name
+    try:
+        stage_config(recipe, spec, Path("<input>") if spec.source else None, stand_in)
+    except OptionError as exc:
+        named = [n for n in exc.names if n in spec.options]
+        line = option_lines.get(named[0], spec.line) if named else spec.line
+        message = exc.render(lambda n: f"'{n}'")
+        raise UserError(f"{where}:{line}: stage '{spec.name}' ({spec.kind}): {message}") from None
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -207,3 +256,14 @@ def load_recipe(path: str | Path) -> Recipe:
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
     return parse_recipe(text, str(path))
+
+
+def checkpoint_stages(recipe: Recipe) -> list[StageSpec]:
+    """The checkpoints a report compares: not pre-training, and not a training round that only
+    another training round continues (the teacher is the last round)."""
+    readers: dict[str, set[str]] = {}
+    for s in recipe.stages:
+        if s.source:
+            readers.setdefault(s.source, set()).add(s.kind)
+    return [s for s in recipe.stages if s.kind in CHECKPOINT_STAGES and s.kind != "pretrain"
+            and not (s.kind == "train" and readers.get(s.name) == {"train"})]

@@ -31,10 +31,10 @@ def _variant_label(stage, checkpoint_dir: Path) -> str:
 
 def evaluate_run(run_dir: Path, recipe, runtime, latency) -> dict[str, Any]:
     from .checkpoint import load_checkpoint
-    from .export import ExportConfig, export_checkpoint
+    from .stages.export import ExportConfig, export_checkpoint
     from .inspect_checkpoint import directory_size
     from .models import count_parameters
-    from .pipeline import checkpoint_stages
+    from .recipe import checkpoint_stages
     from .runtime.evaluate_export import EvaluateExportConfig, evaluate_export
 
     exports = {s.source: run_dir / s.name for s in recipe.stages

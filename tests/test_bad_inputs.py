@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ernie_compress.cli import app
-from tests.conftest import train_tiny_checkpoint
+from tests.helpers import train_tiny_checkpoint
 
 runner = CliRunner()
 

@@ -33,7 +33,7 @@ def test_help_does_not_import_paddle():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One real `train` run on a tiny task; later tests evaluate and inspect its checkpoint."""
-    from tests.conftest import write_text_task
+    from tests.helpers import write_text_task
 
     root = tmp_path_factory.mktemp("cli")
     data = write_text_task(root / "data", train_repeats=4)
@@ -51,7 +51,7 @@ def test_train_writes_a_checkpoint_that_learned(trained):
     assert {"config.json", "model.safetensors", "vocab.txt", "compression.json"} <= {p.name for p in out.iterdir()}
     assert result["metrics"]["test"]["accuracy"] >= 0.75  # 8 held-out sentences made of the training words
     lineage = json.loads((out / "compression.json").read_text())
-    assert lineage["stages"][0]["name"] == "train" and lineage["stages"][0]["config"]["type"] == "FinetuneConfig"
+    assert lineage["stages"][0]["name"] == "train" and lineage["stages"][0]["config"]["type"] == "TrainConfig"
 
 
 def test_evaluate_reproduces_the_training_metric(trained):

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ernie_compress.cli import app
-from tests.conftest import NEGATIVE, POSITIVE, cli_json, write_text_task
+from tests.helpers import NEGATIVE, POSITIVE, cli_json, write_text_task
 
 runner = CliRunner()
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.conftest import write_text_task
+from tests.helpers import write_text_task
 
 ARGS = ["--quiet", "--json", "train", "--task", "text", "--preset", "tiny", "--epochs", "60",
         "--batch-size", "8", "--lr", "3e-3", "--save-every", "7", "--seed", "5"]
@@ -111,7 +111,7 @@ STAGES = {  # stage arguments after the parent checkpoint; each trains long enou
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_training_stages_resume_after_sigterm(tmp_path, stage):
     """distill (with its hidden-state projection), prune recovery and QAT save and resume too."""
-    from tests.conftest import train_tiny_checkpoint
+    from tests.helpers import train_tiny_checkpoint
 
     parent, _ = train_tiny_checkpoint(tmp_path, epochs=2)
     args = ["--quiet", "--json", *STAGES[stage](parent), "--batch-size", "8", "--lr", "1e-3",

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ernie_compress.cli import app
-from tests.conftest import write_text_task
+from tests.helpers import write_text_task
 
 runner = CliRunner()
 
@@ -87,7 +87,7 @@ def test_report_of_a_missing_run(tmp_path):
 def test_recipes_run_for_every_task_kind(tmp_path, task):
     """QA (CMRC2018 file), NER (BIO files) and an ERNIE 4.5 causal LM run as recipes; the report
     names the task's metric."""
-    from tests.conftest import NEGATIVE, POSITIVE, write_cmrc_task
+    from tests.helpers import NEGATIVE, POSITIVE, write_cmrc_task
     from tests.test_ner_path import _bio
 
     if task == "qa":

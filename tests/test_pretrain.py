@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from ernie_compress.cli import app
 from ernie_compress.data.tokenizer import ErnieTokenizer, build_vocab
-from ernie_compress.pretrain import mask_tokens
-from tests.conftest import NEGATIVE, POSITIVE, write_jsonl
+from ernie_compress.stages.pretrain import mask_tokens
+from tests.helpers import NEGATIVE, POSITIVE, write_jsonl
 
 runner = CliRunner()
 

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tests.conftest import cli_json, write_cmrc_task
+from tests.helpers import cli_json, write_cmrc_task
 
 
 @pytest.fixture(scope="module")

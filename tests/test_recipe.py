@@ -37,7 +37,7 @@ def test_sources_default_to_the_previous_checkpoint():
 
 
 def test_the_report_compares_the_last_training_round_not_the_ones_it_continues():
-    from ernie_compress.pipeline import checkpoint_stages
+    from ernie_compress.recipe import checkpoint_stages
 
     recipe = parse_recipe("task: demo:sentiment\nstages:\n  - train: {name: round1, preset: tiny}\n"
                           "  - train: {name: teacher, epochs: 1}\n  - prune: {params: 0.15}\n"
@@ -57,7 +57,7 @@ def test_the_report_compares_the_last_training_round_not_the_ones_it_continues()
      "which no earlier checkpoint stage produces"),
     ("task: [1\n", "invalid YAML"),
     ("- just a list\n", "a recipe is a YAML mapping"),
-    ("task: demo:sentiment\nseed: abc\nstages:\n  - train: {preset: tiny}\n", "'seed' must be a int"),
+    ("task: demo:sentiment\nseed: abc\nstages:\n  - train: {preset: tiny}\n", "2: 'seed' must be int"),
 ])
 def test_bad_recipes_name_the_key_and_line(text, message):
     with pytest.raises(UserError, match=message):

@@ -165,6 +165,17 @@ def _load_user_task(spec: TaskSpec) -> TaskData:
     raise UserError(f"unknown task '{spec.name}' (known: {known})")
 
 
+def resolve_task(name: str | None, data: str | None, recorded: dict[str, Any] | None) -> TaskSpec:
+    """The task named by the options, else the one the checkpoint recorded."""
+    if name:
+        return TaskSpec(name=name, data=str(Path(data).expanduser().resolve()) if data else None)
+    if data:
+        raise UserError("--data needs --task to say the file format")
+    if recorded:
+        return TaskSpec.from_dict(recorded)
+    raise UserError("pass --task (the checkpoint does not record one)")
+
+
 def load_task_for_model(spec: TaskSpec | None, recorded: dict[str, Any] | None,
                         model_labels: Sequence[str]) -> TaskData:
     """The task to run a model on: ``spec`` if given, else the one its checkpoint recorded;

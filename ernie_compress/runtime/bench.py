@@ -37,7 +37,7 @@ class BenchConfig:
 
 
 def bench_export(cfg: BenchConfig) -> dict[str, Any]:
-    from ..export import load_manifest
+    from .manifest import load_manifest
 
     export_dir = Path(cfg.export_dir).expanduser().resolve()
     manifest = load_manifest(export_dir)

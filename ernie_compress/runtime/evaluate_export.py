@@ -99,7 +99,7 @@ def latency_inputs(examples, tokenizer, seq_len: int):
 
 
 def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
-    from ..export import load_manifest
+    from .manifest import load_manifest
 
     manifest = load_manifest(cfg.export_dir)
     export_dir = Path(cfg.export_dir).expanduser().resolve()

@@ -6,7 +6,7 @@ import pytest
 
 from ernie_compress.data.tasks import TaskSpec, load_task
 from ernie_compress.errors import UserError
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 
 
 def _dir(tmp_path, files: dict[str, str]):

@@ -33,7 +33,7 @@ def test_no_builtin_pretraining_corpus_holds_a_dev_or_test_text():
     built-in corpus holds a dev/test text of any built-in task (checked text by text and by
     containment in longer texts, since a corpus paragraph could hold a test sentence)."""
     from ernie_compress.data.corpora import PRETRAINING_CORPORA
-    from ernie_compress.pretrain import read_corpus
+    from ernie_compress.stages.pretrain import read_corpus
 
     held_out = {e.text_a for name in ("demo:ner", "demo:sentiment")
                 for split in ("dev", "test") for e in load_task(TaskSpec(name)).split(split)}
@@ -47,7 +47,7 @@ def test_no_builtin_pretraining_corpus_holds_a_dev_or_test_text():
 
 
 def test_user_dev_test_texts_found_in_train_are_warned_about(tmp_path, capsys):
-    from tests.conftest import TEST, write_jsonl, write_text_task
+    from tests.helpers import TEST, write_jsonl, write_text_task
 
     from ernie_compress.data.tasks import warn_held_out_overlap
 

@@ -12,7 +12,7 @@ from ernie_compress.data.spans import EncodedSpanSplit
 from ernie_compress.data.tokenizer import ErnieTokenizer, build_vocab
 from ernie_compress.errors import UserError
 from ernie_compress.metrics import cmrc_exact_match, cmrc_f1, cmrc_segments, span_metrics
-from tests.conftest import cmrc_document
+from tests.helpers import cmrc_document
 
 CONTEXT = "张三住在北京。李四住在上海。王五住在广州。"
 

@@ -7,7 +7,7 @@ import pytest
 from ernie_compress.data.sp_tokenizer import SentencePieceTokenizer, load_tokenizer
 from ernie_compress.data.tokenizer import ErnieTokenizer
 from ernie_compress.errors import UserError
-from tests.conftest import NEGATIVE, POSITIVE
+from tests.helpers import NEGATIVE, POSITIVE
 from tests.test_ernie45_path import _sentencepiece_model
 
 

@@ -16,7 +16,7 @@ from ernie_compress.errors import UserError
 from ernie_compress.losses import soft_label_kd
 from ernie_compress.models import build_model
 from ernie_compress.paddle_env import import_paddle
-from tests.conftest import random_ids, train_tiny_checkpoint, write_jsonl
+from tests.helpers import random_ids, train_tiny_checkpoint, write_jsonl
 
 paddle = import_paddle()
 runner = CliRunner()

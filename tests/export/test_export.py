@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ernie_compress.cli import app
-from tests.conftest import train_tiny_checkpoint
+from tests.helpers import train_tiny_checkpoint
 
 runner = CliRunner()
 
@@ -129,8 +129,8 @@ def test_verification_failure_writes_nothing(tiny_checkpoint, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["evaluate", "{out}", "--device", "tpu"], "unknown device"),
-    (["evaluate", "{out}", "--backend", "tvm"], "unknown backend"),
+    (["evaluate", "{out}", "--device", "tpu"], "--device must be one of cpu, gpu, npu"),
+    (["evaluate", "{out}", "--backend", "tvm"], "--backend must be one of"),
     (["evaluate", "{out}", "--device", "gpu", "--backend", "onnxruntime"], "onnxruntime-gpu"),
     (["evaluate", "{out}", "--task", "demo:sentiment"], "labels the model does not know"),
     (["evaluate", "{out}", "--batch-sizes", "1,x"], "comma-separated"),

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_close, run_reference
+from tests.interop.helpers import assert_close, run_reference
 from ours import REAL, outputs, vocab_tokenizer
 
 pytestmark = pytest.mark.interop

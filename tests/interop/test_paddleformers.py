@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cases import ERNIE45_BASE, ERNIE45_CASES
-from conftest import assert_close, run_reference
+from tests.interop.helpers import assert_close, run_reference
 from ours import REAL, outputs, save_random
 
 pytestmark = pytest.mark.interop

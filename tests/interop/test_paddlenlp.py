@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 from cases import ERNIE3_BASE, ERNIE3_CASES
-from conftest import assert_close, run_reference
+from tests.interop.helpers import assert_close, run_reference
 from ours import REAL, outputs, save_random
 
 pytestmark = pytest.mark.interop

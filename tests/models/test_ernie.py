@@ -14,7 +14,7 @@ from ernie_compress.models import build_model, count_parameters, model_from_stat
 from ernie_compress.models.config import ErnieConfig, config_from_dict
 from ernie_compress.models.presets import PRESETS, resolve_preset
 from ernie_compress.paddle_env import import_paddle
-from tests.conftest import random_ids
+from tests.helpers import random_ids
 
 paddle = import_paddle()
 

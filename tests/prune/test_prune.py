@@ -18,7 +18,7 @@ from ernie_compress.paddle_env import import_paddle
 from ernie_compress.prune.importance import gradient_head_importance, magnitude_head_importance
 from ernie_compress.prune.physical import prune_state
 from ernie_compress.prune.selection import heads_to_keep_by_fraction, select_for_parameter_target
-from tests.conftest import NEGATIVE, POSITIVE, random_ids, train_tiny_checkpoint
+from tests.helpers import NEGATIVE, POSITIVE, random_ids, train_tiny_checkpoint
 
 paddle = import_paddle()
 runner = CliRunner()
@@ -160,8 +160,8 @@ def test_prune_cli_params_target_and_round_trip_to_runtime(trained, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--heads", "1.5"], "fraction in (0, 1)"),
-    (["--heads", "-0.1"], "fraction in (0, 1)"),
+    (["--heads", "1.5"], "--heads must be in (0, 1)"),
+    (["--heads", "-0.1"], "--heads must be in (0, 1)"),
     (["--heads", "0.9"], "no heads"),
     ([], "say what to remove"),
     (["--params", "0.2", "--heads", "0.1"], "do not combine"),

@@ -10,7 +10,7 @@ from ernie_compress.models import build_model
 from ernie_compress.paddle_env import import_paddle
 from ernie_compress.quantize.fake_quant import collect_scales, fake_quant_model, quanted_layers
 from ernie_compress.quantize.scheme import Int8Scheme, quantized_linear_names
-from tests.conftest import random_ids
+from tests.helpers import random_ids
 
 paddle = import_paddle()
 

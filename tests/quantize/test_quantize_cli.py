@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from ernie_compress.cli import app
-from tests.conftest import train_tiny_checkpoint
+from tests.helpers import train_tiny_checkpoint
 
 runner = CliRunner()
 
@@ -179,7 +179,7 @@ def test_ptq(fp32, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--qat", "int4"], "only int8"),
+    (["--qat", "int4"], "--qat must be one of int8"),
     (["--ptq", "int8", "--qat", "int8"], "exactly one"),
     ([], "exactly one"),
     (["--fp16", "--qat", "int8"], "exactly one"),

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.slow.conftest import cli
+from tests.slow.helpers import cli
 
 VARIANTS = ["teacher", "student", "pruned", "int8"]
 BAND_POINTS = 1.5

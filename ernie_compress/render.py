@@ -1,0 +1,217 @@
+"""How each command's result looks on a terminal (``--json`` prints the result itself instead)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _console():
+    """Tables on stdout; wide enough to stay readable when piped to a file or a CI log."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def _metrics_table(metrics: dict[str, dict[str, float]], title: str):
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("split")
+    names = sorted({k for m in metrics.values() for k in m if k != "examples"})
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column("examples", justify="right")
+    for split, values in metrics.items():
+        table.add_row(split, *(f"{values[n]:.4f}" if n in values else "" for n in names),
+                      str(values.get("examples", "")))
+    return table
+
+
+def render_stage(result: dict[str, Any]) -> None:
+    console = _console()
+    console.print(_metrics_table(result["metrics"], f"{result['stage']}: {result['task']}"))
+    p = result["parameters"]
+    console.print(f"parameters: {p['total']:,} total, {p['non_embedding']:,} non-embedding")
+    console.print(f"trained {result['steps']} steps in {result['train_seconds']:.0f} s; "
+                  f"wrote [bold]{result['out']}[/bold]")
+
+
+def render_pretrain(result: dict[str, Any]) -> None:
+    p = result["parameters"]
+    _console().print(f"pre-trained on {result['texts']:,} texts for {result['steps']} steps in "
+                     f"{result['train_seconds']:.0f} s (final masked-LM loss {result['final_loss']:.3f}); "
+                     f"{p['non_embedding']:,} non-embedding parameters; wrote [bold]{result['out']}[/bold]")
+
+
+def render_evaluation(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    where = f"{result['backend']} on {result['device']}"
+    console.print(_metrics_table({result["split"]: result["metrics"]}, f"{result['task']}: {where}"))
+    if result.get("delta_points") is not None:
+        ref = result["reference_metrics"][result["primary_metric"]]
+        console.print(f"{result['primary_metric']} vs the source checkpoint in Paddle dygraph "
+                      f"({ref:.4f}): {result['delta_points']:+.2f} points")
+    if result.get("latency"):
+        table = Table(title=f"latency ({where}, seq {result['latency'][0]['seq_len']})")
+        for col in ("batch", "p50 ms", "p95 ms", "p99 ms", "QPS"):
+            table.add_column(col, justify="right")
+        for row in result["latency"]:
+            table.add_row(str(row["batch_size"]), f"{row['p50_ms']:.2f}", f"{row['p95_ms']:.2f}",
+                          f"{row['p99_ms']:.2f}", f"{row['qps']:.1f}")
+        console.print(table)
+    if result.get("profile"):
+        table = Table(title="where the time goes (per operator type)")
+        for col in ("op", "total ms", "calls", "share"):
+            table.add_column(col, justify="right")
+        for row in result["profile"]:
+            table.add_row(row["op"], f"{row['total_ms']:.2f}", str(row["calls"]), f"{row['share']:.1%}")
+        console.print(table)
+
+
+def render_quantize(result: dict[str, Any]) -> None:
+    console = _console()
+    kind = "fp16" if result["scheme"].get("dtype") == "fp16" else "int8, fake-quant"
+    tables = {f"{split} ({kind})": m for split, m in result["metrics"].items()}
+    tables.update({f"{split} (FP32 parent)": m for split, m in result["parent_metrics"].items()})
+    console.print(_metrics_table(tables, f"{result['stage']}: {result['task']}"))
+    s = result["scheme"]
+    if s.get("dtype") == "fp16":
+        console.print(f"{result['quantized_layers']} tensors in FP16; {result['delta_points']:+.2f} points vs FP32")
+    else:
+        console.print(f"{result['quantized_layers']} Linear layers quantized: {s['weight_bits']}-bit weights per "
+                      f"channel{' (reduce_range)' if s['reduce_range'] else ''}, {s['activation_bits']}-bit "
+                      f"activations ({s['activation_observer']}); {result['delta_points']:+.2f} points vs FP32")
+    console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
+
+
+def render_distill(result: dict[str, Any]) -> None:
+    console = _console()
+    m = result["metric"]
+    p = result["parameters"]
+    console.print(f"teacher {result['teacher_metrics'][m]:.4f}  student {result['student_metrics'][m]:.4f} "
+                  f"({result['percent_of_teacher']:.1f}% of the teacher)"
+                  + (f"  no-distillation baseline {result['baseline']['metrics'][m]:.4f}" if result["baseline"] else ""))
+    console.print(f"non-embedding parameters: teacher {p['teacher']['non_embedding']:,}, student "
+                  f"{p['student']['non_embedding']:,} ({p['non_embedding_ratio']:.1%})")
+    if result.get("latency"):
+        for t, s in zip(result["latency"]["teacher"], result["latency"]["student"]):
+            console.print(f"batch {t['batch_size']}: teacher {t['p50_ms']:.2f} ms -> student {s['p50_ms']:.2f} ms "
+                          f"({t['p50_ms'] / s['p50_ms']:.2f}x)")
+    console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
+
+
+def render_prune(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title=f"prune: {result['task']}")
+    for col in ("layer", "heads before", "heads after", "ffn before", "ffn after"):
+        table.add_column(col, justify="right")
+    for i, row in enumerate(zip(result["heads_before"], result["heads_after"], result["ffn_before"],
+                                result["ffn_after"])):
+        table.add_row(str(i), *(str(v) for v in row))
+    console.print(table)
+    b, a = result["parameters_before"], result["parameters_after"]
+    console.print(f"parameters: {b['total']:,} -> {a['total']:,} total "
+                  f"({result['removed_fraction_total']:.1%} fewer); {b['non_embedding']:,} -> "
+                  f"{a['non_embedding']:,} non-embedding ({result['removed_fraction_non_embedding']:.1%} "
+                  f"fewer); {result['removed_fraction_heads']:.1%} of heads removed")
+    acc, m = result["accuracy"], result["metric"]
+    console.print(f"{m}: parent {acc['parent'][m]:.4f}, pruned {acc['before_recovery'][m]:.4f} "
+                  f"({result['delta_points_before_recovery']:+.2f}), after recovery "
+                  f"{acc['after_recovery'][m]:.4f} ({result['delta_points']:+.2f} points)")
+    if result.get("latency"):
+        for p, q in zip(result["latency"]["parent"], result["latency"]["pruned"]):
+            console.print(f"batch {p['batch_size']}: parent {p['p50_ms']:.2f} ms -> pruned {q['p50_ms']:.2f} ms "
+                          f"({p['p50_ms'] / q['p50_ms']:.2f}x)")
+    console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
+
+
+def render_report(result: dict[str, Any]) -> None:
+    from .report import rich_table
+
+    console = _console()
+    console.print(rich_table(result))
+    console.print(f"report.md, report.json and report.png in {result['run_dir']}")
+
+
+def render_run(result: dict[str, Any]) -> None:
+    console = _console()
+    for name, r in result["stages"].items():
+        console.print(f"{name}: {r.get('stage', 'evaluate')} in {r.get('stage_seconds', 0):.0f} s")
+    if result.get("report"):
+        render_report(result["report"])
+    console.print(f"run finished in {result['seconds']:.0f} s: {result['run_dir']}")
+
+
+def render_export(result: dict[str, Any]) -> None:
+    console = _console()
+    for name, v in result["verification"].items():
+        console.print(f"{name}: verified, max logit difference {v['max_abs_diff']:.2e}, "
+                      f"predictions agree {v['prediction_agreement']:.1%} on {v['samples']} samples")
+    console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.1f} s")
+
+
+def render_bench(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result['requests']} requests from {result['concurrency']} clients "
+                        f"({result['backend']} on {result['device']})")
+    for col in ("mode", "QPS", "p50 ms", "p95 ms", "p99 ms", "mean batch"):
+        table.add_column(col, justify="right")
+    for mode in ("no_batching", "dynamic_batching"):
+        r = result[mode]
+        table.add_row(mode.replace("_", " "), f"{r['qps']:.1f}", f"{r['p50_ms']:.2f}",
+                      f"{r['p95_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['mean_batch']:.1f}")
+    console = _console()
+    console.print(table)
+    console.print(f"dynamic batching: {result['speedup_qps']:.2f}x QPS; predictions agree "
+                  f"{result['predictions_agree']:.1%}, max output difference "
+                  f"{result['outputs_max_abs_diff']:.2e}")
+
+
+def render_info(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    p = result["parameters"]
+    console.print(f"[bold]{result['path']}[/bold]: {result['architecture']} "
+                  f"({result['model_type']}), {result['layers']} layers, hidden {result['hidden_size']}, "
+                  f"vocab {result['vocab_size']}")
+    console.print(f"parameters: {p['total']:,} total, {p['non_embedding']:,} non-embedding; "
+                  f"{result['size_bytes'] / 1e6:.2f} MB on disk")
+    if result.get("task"):
+        console.print(f"task: {result['task']['name']}  labels: {', '.join(result['labels'])}")
+    layers = Table(title="layers")
+    for col in ("layer", "heads", "ffn"):
+        layers.add_column(col, justify="right")
+    for i, (h, f) in enumerate(zip(result["heads_per_layer"], result["ffn_per_layer"])):
+        layers.add_row(str(i), str(h), str(f))
+    console.print(layers)
+    if result.get("head_importance"):
+        scores = result["head_importance"]
+        table = Table(title="head importance at the last pruning (layer x head, normalised per layer)")
+        table.add_column("layer", justify="right")
+        for h in range(max(len(s) for s in scores)):
+            table.add_column(str(h), justify="right")
+        for i, s in enumerate(scores):
+            table.add_row(str(i), *(f"{v:.3f}" for v in s))
+        console.print(table)
+    lineage = Table(title="lineage")
+    for col in ("#", "stage", "time", "metrics"):
+        lineage.add_column(col)
+    for i, stage in enumerate(result["lineage"]):
+        shown = "  ".join(f"{s}: {m.get('accuracy', 0):.4f}" for s, m in stage.get("metrics", {}).items()
+                          if isinstance(m, dict) and "accuracy" in m)
+        lineage.add_row(str(i), stage.get("name", "?"), stage.get("time", ""), shown)
+    console.print(lineage)
+
+
+RENDERERS = {"train": render_stage, "pretrain": render_pretrain, "distill": render_distill,
+             "prune": render_prune, "quantize": render_quantize, "export": render_export,
+             "evaluate": render_evaluation, "bench": render_bench, "run": render_run, "demo": render_run,
+             "report": render_report, "info": render_info}

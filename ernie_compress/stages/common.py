@@ -1,0 +1,82 @@
+"""Options every stage shares, declared once (see ``options.py``), and the stage skeleton's parts.
+
+A stage's config inherits the groups it needs: :class:`TaskOptions` (which task and data),
+:class:`RunOptions` (seed, threads), :class:`CheckpointOutput` (where the new checkpoint goes and in
+which layout), :class:`ThreadsOption` and :class:`TrainingOptions` (the loop's batch, step limit and resumable state).
+Everything else a stage declares itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data.tasks import TaskSpec
+from ..models.layouts import LAYOUT_HELP, LAYOUTS
+from ..options import fail, option
+from ..training_loop import LoopConfig
+
+TASK_HELP = ("Task: demo:sentiment, demo:ner, demo:lm (built in), or with --data: tnews, afqmc, text, "
+             "text-pair, msra-ner, cmrc2018, lm. Default: the task the checkpoint was trained on.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskOptions:
+    task: str | None = option(None, short="-t", scope="run", help=TASK_HELP)
+    data: Path | None = option(None, scope="run", help="Folder with train, dev and (optional) test files "
+                                                       "(.json, .jsonl, .tsv, .txt) for --task.")
+
+    @property
+    def task_spec(self) -> TaskSpec | None:
+        """The task named by the options, or None to use the checkpoint's own."""
+        if self.data is not None and not self.task:
+            fail("{data} needs {task} to say the file format", "data", "task")
+        if not self.task:
+            return None
+        return TaskSpec(name=self.task, data=str(Path(self.data).expanduser().resolve()) if self.data else None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThreadsOption:
+    threads: int | None = option(None, scope="run", at_least=1, help="CPU threads (default: all cores).")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions(ThreadsOption):
+    seed: int = option(42, scope="run", help="Random seed; the same seed gives the same result.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointOutput:
+    out: Path = option(short="-o", scope="cli", help="Output checkpoint directory.")
+    layout: str = option("ours", choices=tuple(LAYOUTS), help=LAYOUT_HELP)
+    overwrite: bool = option(False, scope="cli", help="Replace --out if it exists (default: refuse).")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingOptions(RunOptions):
+    """The loop's options; a stage declares its own ``epochs`` (or ``recover_epochs``) and ``lr``,
+    whose defaults differ between stages."""
+
+    batch_size: int = option(32, at_least=1, help="Examples per optimizer step.")
+    max_steps: int | None = option(None, at_least=1, help="Stop after this many optimizer steps.")
+    save_every: int = option(200, at_least=1, help="Save a resumable training state every N steps (beside "
+                                                   "--out; removed on success).")
+    resume: bool = option(False, scope="cli", help="Continue an interrupted run from its saved state (same "
+                                                   "options and seed); a recipe resumes by itself.")
+
+    def loop_config(self, epochs: int, lr: float, **extra) -> LoopConfig:
+        """The training loop's settings for this stage."""
+        return LoopConfig(epochs=epochs, batch_size=self.batch_size, learning_rate=lr, seed=self.seed,
+                          max_steps=self.max_steps, save_every=self.save_every, **extra)
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParentKDOptions:
+    """Recovery / QAT loss ``(1 - kd_weight) * CE + kd_weight * KD`` against the FP32 parent's logits
+    (Hinton et al. 2015), when ``distill_from_parent`` (declared by the stage: its default differs)."""
+
+    kd_weight: float = option(0.5, at_least=0, at_most=1, help="With --distill-from-parent: weight of the KD "
+                                                               "term (the hard-label loss gets 1 - this).")
+    kd_temperature: float = option(2.0, above=0, help="With --distill-from-parent: KD softmax temperature.")

@@ -1,0 +1,271 @@
+"""The ``distill`` stage: teach a small student to imitate a large teacher on a task.
+
+The loss mixes, with weights from the options: hard-label cross-entropy, soft-label KD on logits
+(Hinton et al. 2015), hidden-state MSE through a learned projection (TinyBERT-style, uniform or
+explicit layer mapping) and MiniLM attention/value relations from one teacher layer to the
+student's last layer (see ``losses.py``). The teacher runs in eval mode without gradients. The
+student uses the teacher's vocabulary; it is a preset (fresh, optionally initialised from every
+k-th teacher layer) or a checkpoint. ``--baseline`` trains the same student with hard labels only
+for the same number of steps, to show what distillation adds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..checkpoint import Checkpoint, config_record, load_checkpoint, save_checkpoint
+from ..models.layouts import check_layout
+from ..data.batching import encode_splits
+from ..data.tasks import load_task_for_model
+from ..errors import UserError
+from ..losses import TeacherLogitCache, hard_label_loss, soft_label_kd, task_loss
+from ..metrics import PRIMARY_METRIC, percent_of
+from ..models import build_model, count_parameters, load_state_, model_from_state
+from ..models.config import ErnieConfig, config_from_dict
+from ..models.presets import is_preset, resolve_preset
+from ..paddle_env import import_paddle, seed_everything
+from ..options import check_options, fail, option
+from ..progress import note
+from .common import CheckpointOutput, TaskOptions, TrainingOptions
+from ..training_loop import LoopConfig, clear_train_state, evaluate_split, resumable, train_model
+from ..distill.losses import hidden_mse, parse_layer_map, relation_kl, relation_log_probs, uniform_layer_map
+from .registry import register
+
+MODELS_DIR_ENV = "ERNIE_COMPRESS_MODELS"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig(CheckpointOutput, TaskOptions, TrainingOptions):
+    """``ernie-compress distill``: a student trained to imitate a teacher (logits, hidden states,
+    MiniLM relations)."""
+
+    teacher: str = option(source="teacher", help="Teacher checkpoint directory, or a name (e.g. xxl) in "
+                                                 "--models-dir / $ERNIE_COMPRESS_MODELS.")
+    student: str = option(help="Student: a preset (mini, micro, nano, demo-mini, tiny, ...) or a checkpoint "
+                               "directory sharing the teacher's vocabulary.")
+    models_dir: Path | None = option(None, help="Where teacher names resolve.")
+    init_from_teacher: bool = option(False, help="Initialise the student from the teacher's embeddings and "
+                                                 "every k-th layer (equal widths).")
+    ce_weight: float = option(0.5, at_least=0, help="Weight of the hard-label cross-entropy.")
+    kd_weight: float = option(0.5, at_least=0, help="Weight of soft-label KD on logits.")
+    kd_temperature: float = option(2.0, above=0, help="KD softmax temperature.")
+    hidden_weight: float = option(0.0, at_least=0, help="Weight of hidden-state MSE (learned projection).")
+    attention_weight: float = option(0.0, at_least=0, help="Weight of MiniLM attention + value-relation KL "
+                                                           "(teacher layer -> student's last).")
+    attention_teacher_layer: int = option(-1, help="Teacher layer for the attention loss (negative counts "
+                                                   "from the end).")
+    relation_heads: int | None = option(None, at_least=1, help="Relation heads for the attention loss "
+                                                               "(default: gcd of the head counts).")
+    layer_map: str | None = option(None, help="Hidden-loss layer pairs student:teacher, e.g. 0:1,1:3 "
+                                              "(default: uniform).")
+    baseline: bool = option(False, help="Also train the student on hard labels alone for the same steps, "
+                                        "for comparison.")
+    epochs: int = option(3, at_least=0, help="Passes over the training data.")
+    lr: float = option(5e-4, above=0, help="Peak learning rate.")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        if self.ce_weight + self.kd_weight + self.hidden_weight + self.attention_weight == 0:
+            fail("every loss weight is 0 ({ce_weight}, {kd_weight}, {hidden_weight}, {attention_weight}): "
+                 "nothing to train on", "ce_weight", "kd_weight", "hidden_weight", "attention_weight")
+
+    @property
+    def train(self) -> LoopConfig:
+        return self.loop_config(self.epochs, self.lr)
+
+
+def resolve_teacher(name: str, models_dir: Path | None) -> Path:
+    """A teacher checkpoint directory from a path or a name in the models directory."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    root = models_dir or (Path(os.environ[MODELS_DIR_ENV]) if os.environ.get(MODELS_DIR_ENV) else None)
+    if root is not None and (Path(root) / name).is_dir():
+        return Path(root) / name
+    where = f" or {root / name}" if root is not None else f" (set --models-dir or ${MODELS_DIR_ENV})"
+    raise UserError(f"teacher '{name}' not found: no directory {path}{where}")
+
+
+def _student(cfg: DistillConfig, teacher: Checkpoint) -> tuple[ErnieConfig, dict | None, str]:
+    """(student config, initial state or None, description)."""
+    if is_preset(cfg.student):
+        keys = resolve_preset(cfg.student)
+        family = keys.get("model_type", "ernie")
+        if family != teacher.config.model_type:
+            raise UserError(f"the student preset '{cfg.student}' is from the {family} family but the teacher is "
+                            f"{teacher.config.model_type}; distill within one family (e.g. an ernie45-* "
+                            f"student for an ERNIE 4.5 teacher)")
+        keys.update(vocab_size=teacher.config.vocab_size, architectures=teacher.config.architectures,
+                    id2label=teacher.config.id2label, pad_token_id=teacher.config.pad_token_id,
+                    max_position_embeddings=max(keys["max_position_embeddings"], teacher.max_seq_length))
+        if family == "ernie" and keys.get("type_vocab_size", 2) < teacher.config.type_vocab_size:
+            keys["type_vocab_size"] = teacher.config.type_vocab_size
+        config = config_from_dict(keys)
+        config.extra["ernie_compress"] = dict(teacher.config.extra.get("ernie_compress", {}))
+        return config, None, f"preset {cfg.student}"
+    path = Path(cfg.student).expanduser()
+    if not path.exists():
+        raise UserError(f"student '{cfg.student}' is neither a preset nor a checkpoint directory")
+    student = load_checkpoint(path)
+    if student.tokenizer().vocab != teacher.tokenizer().vocab:
+        raise UserError(f"the student {path} and the teacher {teacher.path} have different vocabularies; "
+                        f"a student must use its teacher's vocabulary (start from a preset instead)")
+    config = student.config.replace(id2label=teacher.config.id2label, extra=dict(student.config.extra))
+    config.extra["ernie_compress"] = dict(teacher.config.extra.get("ernie_compress", {}))
+    return config, student.state, f"checkpoint {path}"
+
+
+def init_from_teacher(student_config: ErnieConfig, teacher: Checkpoint) -> dict[str, np.ndarray]:
+    """Embeddings, pooler, classifier and every k-th teacher layer, for a student of equal width."""
+    t = teacher.config
+    if student_config.hidden_size != t.hidden_size:
+        raise UserError(f"--init-from-teacher needs equal widths: student hidden {student_config.hidden_size} "
+                        f"vs teacher {t.hidden_size}")
+    if student_config.heads_per_layer[0] != t.heads_per_layer[0] or student_config.intermediate_size != t.ffn_per_layer[0] \
+            or getattr(student_config, "num_key_value_heads", None) != getattr(t, "num_key_value_heads", None):
+        raise UserError("--init-from-teacher needs the same heads and FFN width per layer as the teacher")
+    layers = "ernie.layers." if t.model_type == "ernie4_5" else "ernie.encoder.layers."
+    k = max(1, t.num_hidden_layers // student_config.num_hidden_layers)
+    state = {name: value for name, value in teacher.state.items() if not name.startswith(layers)}
+    for i in range(student_config.num_hidden_layers):
+        src = min(t.num_hidden_layers - 1, (i + 1) * k - 1)
+        prefix = f"{layers}{src}."
+        for name, value in teacher.state.items():
+            if name.startswith(prefix):
+                state[f"{layers}{i}." + name[len(prefix):]] = value
+    return state
+
+
+@register("distill", DistillConfig, summary="Distill a large teacher into a small student (logits, hidden states, MiniLM relations).")
+def distill(cfg: DistillConfig) -> dict[str, Any]:
+    paddle = import_paddle()
+    start = time.perf_counter()
+    teacher_ckpt = load_checkpoint(resolve_teacher(cfg.teacher, cfg.models_dir))
+    if teacher_ckpt.config.extra.get("quantization"):
+        raise UserError(f"the teacher {teacher_ckpt.path} is quantized; distill from an FP32 model")
+    task = load_task_for_model(cfg.task_spec, teacher_ckpt.task, teacher_ckpt.config.labels)
+    metric = PRIMARY_METRIC[task.kind]
+    tokenizer = teacher_ckpt.tokenizer()
+    student_config, student_state, student_source = _student(cfg, teacher_ckpt)
+    check_layout(student_config, cfg.layout)  # before training
+    if cfg.init_from_teacher:
+        student_state = init_from_teacher(student_config, teacher_ckpt)
+
+    t_params = count_parameters({k: v.shape for k, v in teacher_ckpt.state.items()})
+    seed_everything(cfg.train.seed)
+    student = build_model(student_config)
+    if student_state is not None:
+        load_state_(student, student_state, "student", allow_new_head=True)
+    s_params = count_parameters({k: list(v.shape) for k, v in student.state_dict().items()})
+    if s_params["non_embedding"] >= t_params["non_embedding"]:
+        note(f"[yellow]warning: the student ({s_params['non_embedding']:,} non-embedding parameters) is "
+             f"not smaller than its teacher ({t_params['non_embedding']:,})[/yellow]")
+
+    splits = encode_splits(task, tokenizer, teacher_ckpt.config.labels, teacher_ckpt.max_seq_length)
+    held_out = splits[task.held_out]
+    teacher = model_from_state(teacher_ckpt.config, teacher_ckpt.state, str(teacher_ckpt.path))
+    for p in teacher.parameters():
+        p.stop_gradient = True
+    teacher_metrics = evaluate_split(teacher, held_out, task.kind)
+
+    mapping = (parse_layer_map(cfg.layer_map, student_config.num_hidden_layers, teacher_ckpt.config.num_hidden_layers)
+               if cfg.layer_map else uniform_layer_map(student_config.num_hidden_layers,
+                                                       teacher_ckpt.config.num_hidden_layers))
+    t_layer = cfg.attention_teacher_layer % teacher_ckpt.config.num_hidden_layers
+    s_layer = student_config.num_hidden_layers - 1
+    t_heads, s_heads = teacher_ckpt.config.heads_in_layer(t_layer), student_config.heads_in_layer(s_layer)
+    relation_heads = cfg.relation_heads or math.gcd(t_heads, s_heads)
+    if cfg.attention_weight > 0 and teacher_ckpt.config.model_type == "ernie4_5":
+        raise UserError("attention (MiniLM) distillation is for ERNIE 3.0 encoders; distill ERNIE 4.5 "
+                        "decoders with logits (--kd-weight) and hidden states (--hidden-weight)")
+    if cfg.attention_weight > 0:
+        widths = (t_heads * teacher_ckpt.config.head_dim, s_heads * student_config.head_dim)
+        if min(t_heads, s_heads) == 0 or any(w % relation_heads for w in widths):
+            raise UserError(f"--relation-heads {relation_heads} must divide both attention widths {widths}")
+    projection = paddle.nn.Linear(student_config.hidden_size, teacher_ckpt.config.hidden_size)
+    needs_internals = cfg.hidden_weight > 0 or cfg.attention_weight > 0
+    cached_teacher = TeacherLogitCache(teacher, tokenizer.pad_id)
+    kind = teacher.task_kind
+
+    def loss_fn(model, batch):
+        record = {} if needs_internals else None
+        logits = model(batch.input_ids, batch.token_type_ids, record=record)
+        parts = {}
+        total = 0.0
+        if cfg.ce_weight:
+            parts["ce"] = task_loss(kind, logits, batch.labels)
+            total = total + cfg.ce_weight * parts["ce"]
+        t_record = {} if needs_internals else None
+        if needs_internals:
+            with paddle.no_grad():
+                t_logits = teacher(batch.input_ids, batch.token_type_ids, record=t_record)
+        else:
+            t_logits = cached_teacher(batch)
+        if cfg.kd_weight:
+            parts["kd"] = soft_label_kd(logits, t_logits, cfg.kd_temperature, kind, batch.labels)
+            total = total + cfg.kd_weight * parts["kd"]
+        if needs_internals:
+            valid = paddle.cast(batch.input_ids != tokenizer.pad_id, "float32")  # [b, s]
+            if cfg.hidden_weight:
+                h = sum(hidden_mse(record["hidden_states"][s], t_record["hidden_states"][t], projection, valid)
+                        for s, t in mapping) / len(mapping)
+                parts["hidden"] = h
+                total = total + cfg.hidden_weight * h
+            if cfg.attention_weight:
+                bias = paddle.unsqueeze((1.0 - valid) * -1e4, axis=[1, 2])  # [b, 1, 1, s]
+                tq, tk, tv = t_record["qkv"][t_layer]
+                sq, sk, sv = record["qkv"][s_layer]
+                att = relation_kl(relation_log_probs(tq, tk, relation_heads, bias),
+                                  relation_log_probs(sq, sk, relation_heads, bias), valid)
+                val = relation_kl(relation_log_probs(tv, tv, relation_heads, bias),
+                                  relation_log_probs(sv, sv, relation_heads, bias), valid)
+                parts["attn"], parts["value"] = att, val
+                total = total + cfg.attention_weight * (att + val)
+        return total, parts
+
+    params = list(student.parameters()) + (list(projection.parameters()) if cfg.hidden_weight else [])
+    with resumable(cfg.out, cfg.resume) as state_dir:
+        result = train_model(student, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
+                             loss_fn=loss_fn, parameters=params, description="distill", state_dir=state_dir,
+                             resume=cfg.resume, extra_layers={"projection": projection} if cfg.hidden_weight else None)
+    student.set_state_dict(result.best_state)
+    student_metrics = evaluate_split(student, held_out, task.kind)
+
+    baseline = None
+    if cfg.baseline:
+        seed_everything(cfg.train.seed)
+        plain = build_model(student_config)
+        if student_state is not None:
+            load_state_(plain, student_state, "student", allow_new_head=True)
+        base_cfg = replace(cfg.train, max_steps=result.steps)
+        base = train_model(plain, splits["train"], splits.get("dev"), base_cfg, kind=task.kind,
+                           loss_fn=hard_label_loss, description="baseline")
+        plain.set_state_dict(base.best_state)
+        baseline = {"metrics": evaluate_split(plain, held_out, task.kind), "steps": base.steps}
+
+    report = {
+        "teacher": str(teacher_ckpt.path), "student_source": student_source,
+        "teacher_metrics": teacher_metrics, "student_metrics": student_metrics,
+        "percent_of_teacher": percent_of(metric, student_metrics[metric], teacher_metrics[metric]),
+        "baseline": baseline,
+        "parameters": {"teacher": t_params, "student": s_params,
+                       "non_embedding_ratio": s_params["non_embedding"] / t_params["non_embedding"]},
+        "losses": {"ce": cfg.ce_weight, "kd": cfg.kd_weight, "hidden": cfg.hidden_weight,
+                   "attention": cfg.attention_weight},
+        "layer_map": mapping if cfg.hidden_weight else None,
+        "relation_heads": relation_heads if cfg.attention_weight else None,
+    }
+    stage = {"name": "distill", "config": config_record(cfg), "metrics": {task.held_out: student_metrics},
+             "report": report, "steps": result.steps, "seconds": round(time.perf_counter() - start, 1)}
+    out = save_checkpoint(cfg.out, student_config, result.best_state, tokenizer, stage, parent=teacher_ckpt,
+                          overwrite=cfg.overwrite, layout=cfg.layout)
+    clear_train_state(cfg.out)
+    return {"stage": "distill", "out": str(out), "task": task.spec.name, "metric": metric, **report,
+            "steps": result.steps, "steps_run": result.steps_run, "seconds": round(time.perf_counter() - start, 1)}

@@ -1,0 +1,82 @@
+"""The ``evaluate`` stage: the task metric on held-out data, of a checkpoint (Paddle dygraph) or of
+an export (on a runtime, with latency percentiles and throughput; ``runtime/evaluate_export.py``).
+In a recipe it measures every variant of the run and writes the report (``report.evaluate_run``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..evaluate import SPLITS
+from ..options import check_options, option
+from ..runtime.backends import BACKENDS, DEVICES, RuntimeConfig
+from ..runtime.latency import LatencyConfig
+from ..runtime.manifest import MANIFEST_FILE
+from .common import TaskOptions, ThreadsOption
+from .registry import register
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """``"1,32"`` -> ``(1, 32)``."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"--batch-sizes takes comma-separated integers, got '{text}'") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig(TaskOptions, ThreadsOption):
+    """``ernie-compress evaluate``: metric (and for an export latency/QPS) on held-out data."""
+
+    path: Path = option(argument=True, scope="cli", help=(
+        "A checkpoint directory (runs in Paddle dygraph) or an export directory (runs on a runtime, with "
+        "latency and throughput)."))
+    split: str | None = option(None, scope="cli", choices=SPLITS, help=(
+        "Which split: train, dev or test (default: the task's held-out split)."))
+    device: str = option("cpu", choices=DEVICES, help="Export only: cpu, gpu or npu.")
+    backend: str | None = option(None, choices=BACKENDS, help=(
+        "Export only: paddle (Paddle Inference) or onnxruntime. Default: onnxruntime on cpu, paddle on "
+        "gpu/npu; the other one when the export has only its files."))
+    batch_sizes: tuple[int, ...] = option((1, 32), at_least=1, parse=parse_batch_sizes, cli_default="1,32",
+                                          help="Export only: batch sizes to time, comma-separated.")
+    seq_len: int = option(128, at_least=1, at_most=4096, help="Export only: sequence length for timing.")
+    iterations: int = option(30, at_least=1, help="Export only: timed runs per batch size.")
+    warmup: int = option(5, at_least=0, help="Export only: untimed runs first.")
+    tensorrt: bool = option(False, help="Export only, gpu: use TensorRT (FP16).")
+    mkldnn: bool = option(True, flag="--mkldnn/--no-mkldnn", help=(
+        "Export only, paddle on cpu: oneDNN kernels (default) or plain kernels."))
+    profile: bool = option(False, scope="cli", help="Export only: show where the time goes, per operator.")
+    top: int = option(10, scope="cli", at_least=1, help="With --profile: how many operators to list.")
+    batch_size: int = option(32, at_least=1, help="Examples per forward pass for the metric.")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+    def runtime_config(self) -> RuntimeConfig:
+        return RuntimeConfig(device=self.device, backend=self.backend, threads=self.threads,
+                             tensorrt=self.tensorrt, mkldnn=self.mkldnn, profile=self.profile)
+
+    def latency_config(self) -> LatencyConfig:
+        return LatencyConfig(batch_sizes=tuple(self.batch_sizes), seq_len=self.seq_len,
+                             iterations=self.iterations, warmup=self.warmup)
+
+
+@register("evaluate", EvaluateConfig, writes_checkpoint=False, summary="Measure the task metric on held-out data; for an export also latency p50/p95/p99 and QPS.")
+def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    """An export through its runtime, or a checkpoint in Paddle dygraph (on cpu)."""
+    data = None if cfg.data is None else str(cfg.data)
+    if (cfg.path / MANIFEST_FILE).is_file():
+        from ..runtime.evaluate_export import EvaluateExportConfig, evaluate_export
+
+        return evaluate_export(EvaluateExportConfig(
+            export_dir=cfg.path, task=cfg.task, data=data, split=cfg.split, eval_batch_size=cfg.batch_size,
+            runtime=cfg.runtime_config(), latency=cfg.latency_config(), top_ops=cfg.top))
+    if cfg.device != "cpu" or cfg.backend:
+        raise UserError(f"{cfg.path} is a checkpoint (runs in Paddle dygraph on cpu); export it "
+                        f"first to evaluate on --device/--backend")
+    from ..evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(cfg.path, cfg.task, data, cfg.split, cfg.batch_size)

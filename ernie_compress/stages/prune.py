@@ -1,0 +1,164 @@
+"""The ``prune`` stage: score heads (and FFN neurons), remove the least important physically, and
+recover accuracy by fine-tuning with logit distillation from the unpruned parent.
+
+See ``importance.py`` (Michel et al. 2019), ``selection.py`` (what ``--heads``/``--ffn``/``--params``
+mean) and ``physical.py`` (slicing the weights). The report gives heads removed per layer,
+parameters before/after, accuracy before and after recovery against the parent, and (``prune`` on the
+command line) CPU latency of parent and pruned model through ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import config_record, load_checkpoint, save_checkpoint
+from ..data.batching import encode_splits
+from ..data.tasks import load_task_for_model
+from ..errors import UserError
+from ..metrics import PRIMARY_METRIC, metric_delta
+from ..models import count_parameters, model_from_state
+from ..models.layouts import check_layout
+from ..options import check_options, fail, option
+from ..training_loop import LoopConfig, clear_train_state, evaluate_split, resumable, train_model
+from ..prune.importance import HEAD_METHODS, ffn_importance, head_importance
+from ..prune.physical import prune_state
+from ..prune.selection import heads_to_keep_by_fraction, neurons_to_keep_by_fraction, select_for_parameter_target
+from .common import CheckpointOutput, ParentKDOptions, TaskOptions, TrainingOptions
+from .registry import register
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneConfig(CheckpointOutput, TaskOptions, ParentKDOptions, TrainingOptions):
+    """``ernie-compress prune``: remove the least important heads (and FFN neurons), then recover."""
+
+    checkpoint: Path = option(argument=True, scope="cli", source="from", help="The FP32 task checkpoint to prune.")
+    heads: float | None = option(None, above=0, below=1, help="Fraction of all attention heads to remove "
+                                 "(attention is ~1/3 of a layer's parameters, so 0.15 removes ~5% of them; see --params).")
+    ffn: float | None = option(None, above=0, below=1, help="Fraction of every layer's FFN neurons to remove.")
+    params: float | None = option(None, above=0, below=1, help="Fraction of non-embedding parameters to remove, "
+                                                               "choosing heads and FFN neurons.")
+    importance: str = option("gradient", choices=HEAD_METHODS, help="Head scores: gradient (Michel et al. 2019, "
+                                                                    "on task data) or magnitude.")
+    importance_samples: int = option(512, at_least=1, help="Training examples for gradient scores.")
+    gqa: str = option("queries", choices=("queries", "groups"), help=(
+        "ERNIE 4.5 (grouped-query attention): 'queries' removes the same number of query heads from every KV "
+        "group, 'groups' removes whole KV groups; either way every layer keeps the same shape, so the result "
+        "loads in the standard layout."))
+    uniform: bool = option(False, flag="--uniform", help=(
+        "ERNIE 3.0: remove the same number of heads (and FFN neurons) from every layer, so the result stays a "
+        "standard model (what --layout paddlenlp needs for FFN pruning; PaddleNLP cannot express pruned heads "
+        "at all)."))
+    recover_epochs: int = option(1, at_least=0, help="Fine-tuning epochs after pruning (0 = none).")
+    distill_from_parent: bool = option(True, flag="--distill-from-parent/--no-distill", help=(
+        "Recover with hard labels + logit KD from the unpruned parent (default), or hard labels only."))
+    lr: float = option(1e-4, above=0, help="Recovery learning rate.")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        if self.params is None and self.heads is None and self.ffn is None:
+            fail("say what to remove: {heads} R, {ffn} R and/or {params} R", "heads", "ffn", "params")
+        if self.params is not None and (self.heads is not None or self.ffn is not None):
+            fail("{params} chooses heads and FFN neurons itself; do not combine it with {heads} or {ffn}",
+                 "params", "heads", "ffn")
+
+    @property
+    def train(self) -> LoopConfig:
+        return self.loop_config(self.recover_epochs, self.lr)
+
+
+def _select(cfg: PruneConfig, head_scores, neuron_scores, config, before):
+    """ERNIE 3.0: heads and FFN neurons to keep per layer (sizes may differ between layers)."""
+    if cfg.params is not None:
+        return select_for_parameter_target(head_scores, neuron_scores, config, cfg.params, before["non_embedding"],
+                                           cfg.uniform)
+    heads = heads_to_keep_by_fraction(head_scores, cfg.heads, cfg.uniform) if cfg.heads else \
+        [list(range(len(s))) for s in head_scores]
+    neurons = neurons_to_keep_by_fraction(neuron_scores, cfg.ffn) if cfg.ffn else None
+    return heads, neurons, None
+
+
+@register("prune", PruneConfig, summary="Remove the least important attention heads (and FFN neurons), then recover by fine-tuning.")
+def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    parent = load_checkpoint(cfg.checkpoint)
+    check_layout(parent.config, cfg.layout, structure=False)
+    if parent.config.extra.get("quantization"):
+        raise UserError(f"{parent.path} is quantized ({parent.config.extra['quantization'].get('method')}); "
+                        f"prune its FP32 parent, then quantize the pruned model")
+    if parent.config.architecture == "ErnieForMaskedLM":
+        raise UserError(f"{parent.path} is a pre-trained (masked-LM) model; fine-tune it on a task "
+                        f"with `train --from` first: importance is measured on the task loss")
+    task = load_task_for_model(cfg.task_spec, parent.task, parent.config.labels)
+    metric = PRIMARY_METRIC[task.kind]
+    tokenizer = parent.tokenizer()
+    splits = encode_splits(task, tokenizer, parent.config.labels, parent.max_seq_length)
+    held_out = splits[task.held_out]
+
+    model = model_from_state(parent.config, parent.state, str(parent.path))
+    parent_metrics = evaluate_split(model, held_out, task.kind)
+    before = count_parameters({k: v.shape for k, v in parent.state.items()})
+    gqa_report = None
+    if parent.config.model_type == "ernie4_5":  # grouped-query attention: see gqa.py
+        from ..prune import gqa
+
+        removal = gqa.plan_removal(parent.config, cfg.gqa, cfg.heads, cfg.ffn, cfg.params)
+        head_scores = (gqa.magnitude_query_importance(parent.state, parent.config) if cfg.importance == "magnitude"
+                       else head_importance(cfg.importance, model, parent.state, splits["train"],
+                                            cfg.importance_samples))
+        neuron_scores = gqa.swiglu_importance(parent.state, parent.config)
+        heads, groups, neurons = gqa.keep_lists(head_scores, neuron_scores, parent.config, cfg.gqa, *removal)
+        state, config = gqa.prune_gqa_state(parent.state, parent.config, heads, groups, neurons)
+        ratio = cfg.params
+        gqa_report = {"mode": cfg.gqa, "kv_heads": [parent.config.num_key_value_heads, config.num_key_value_heads],
+                      "queries_per_group": [parent.config.queries_per_group, config.queries_per_group],
+                      "kv_groups_kept_per_layer": groups}
+    else:
+        head_scores = head_importance(cfg.importance, model, parent.state, splits["train"], cfg.importance_samples)
+        neuron_scores = ffn_importance(parent.state, parent.config)
+        heads, neurons, ratio = _select(cfg, head_scores, neuron_scores, parent.config, before)
+        state, config = prune_state(parent.state, parent.config, heads, neurons)
+    after = count_parameters({k: v.shape for k, v in state.items()})
+    check_layout(config, cfg.layout)  # before recovery training: a layout the result cannot take is refused now
+
+    pruned = model_from_state(config, state, "pruned model")
+    before_recovery = evaluate_split(pruned, held_out, task.kind)
+    recovered, steps, steps_run = before_recovery, 0, 0
+    if cfg.recover_epochs > 0:
+        from ..losses import hard_label_loss, logit_kd_loss
+
+        loss = (logit_kd_loss(model, cfg.kd_weight, cfg.kd_temperature, tokenizer.pad_id)
+                if cfg.distill_from_parent else hard_label_loss)
+        with resumable(cfg.out, cfg.resume) as state_dir:
+            result = train_model(pruned, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
+                                 loss_fn=loss, description="recover", state_dir=state_dir, resume=cfg.resume)
+        pruned.set_state_dict(result.best_state)
+        state = {k: v for k, v in result.best_state.items()}
+        recovered = evaluate_split(pruned, held_out, task.kind)
+        steps, steps_run = result.steps, result.steps_run
+
+    removed_per_layer = [parent.config.heads_in_layer(i) - len(k) for i, k in enumerate(heads)]
+    report = {
+        "heads_before": parent.config.heads_per_layer, "heads_after": config.heads_per_layer,
+        "heads_removed_per_layer": removed_per_layer,
+        "ffn_before": parent.config.ffn_per_layer, "ffn_after": config.ffn_per_layer,
+        "parameters_before": before, "parameters_after": after,
+        "removed_fraction_total": 1 - after["total"] / before["total"],
+        "removed_fraction_non_embedding": 1 - after["non_embedding"] / before["non_embedding"],
+        "removed_fraction_heads": sum(removed_per_layer) / max(1, sum(parent.config.heads_per_layer)),
+        "params_ratio_used": ratio,
+        "accuracy": {"parent": parent_metrics, "before_recovery": before_recovery, "after_recovery": recovered},
+        "delta_points_before_recovery": metric_delta(metric, before_recovery[metric], parent_metrics[metric]),
+        "delta_points": metric_delta(metric, recovered[metric], parent_metrics[metric]),
+        "head_importance": [s.round(6).tolist() for s in head_scores],
+        "gqa": gqa_report,
+    }
+    stage = {"name": "prune", "config": config_record(cfg), "metrics": {task.held_out: recovered},
+             "report": report, "steps": steps, "seconds": round(time.perf_counter() - start, 1)}
+    out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent, overwrite=cfg.overwrite,
+                          layout=cfg.layout)
+    clear_train_state(cfg.out)
+    return {"stage": "prune", "out": str(out), "parent": str(parent.path), "task": task.spec.name, "metric": metric, **report,
+            "steps": steps, "steps_run": steps_run, "seconds": round(time.perf_counter() - start, 1)}
