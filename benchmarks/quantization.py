@@ -48,7 +48,7 @@ def fp32_control(ckpt: Path, out: Path, train_cfg, kd_weight: float, kd_temperat
     """Fine-tune the FP32 checkpoint exactly as QAT --distill-from-parent does (same loss, schedule
     and seed), without fake quantization."""
     from ernie_compress.checkpoint import load_checkpoint, save_checkpoint
-    from ernie_compress.data.batching import encode_splits
+    from ernie_compress.data.encoding import encode_splits
     from ernie_compress.data.tasks import load_task_for_model
     from ernie_compress.losses import logit_kd_loss
     from ernie_compress.models import model_from_state
@@ -109,7 +109,7 @@ def ort_variant(fp32_dir: Path, out: Path, label: str, reduce_range: bool, nodes
 
 def held_out_correct(export_dir: Path, runtime) -> np.ndarray:
     """Per held-out example, whether the export's prediction equals the label [examples, 1]."""
-    from ernie_compress.data.batching import encode_split
+    from ernie_compress.data.encoding import encode_split
     from ernie_compress.data.sp_tokenizer import load_tokenizer
     from ernie_compress.data.tasks import TaskSpec, load_task
     from ernie_compress.runtime.manifest import load_manifest

@@ -32,8 +32,11 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
-from .models.config import ErnieConfig, config_from_dict
+from .models.config import ErnieConfig
+from .models.families import config_from_dict
 from .models.layouts import check_layout, layout_files, normalize_loaded
+from .data.sp_tokenizer import SentencePieceTokenizer, load_tokenizer
+from .models.ernie3_layout import config_from_model_config_json
 
 CONFIG_FILE = "config.json"
 OLD_CONFIG_FILE = "model_config.json"  # PaddleNLP before 2.5
@@ -217,8 +220,6 @@ class Checkpoint:
         return self.lineage.get("weights_sha256")
 
     def tokenizer(self):
-        from .data.sp_tokenizer import SentencePieceTokenizer, load_tokenizer
-
         if self.path is None:
             raise UserError("this checkpoint has no directory to read a vocabulary from")
         tokenizer = load_tokenizer(self.path)
@@ -263,8 +264,6 @@ def load_checkpoint(path: str | Path, trust_pickle: bool | None = None,
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
         if config_path.name == OLD_CONFIG_FILE:
-            from .models.ernie3_layout import config_from_model_config_json
-
             raw = config_from_model_config_json(raw)
         config = config_from_dict(raw)
     except json.JSONDecodeError as exc:
@@ -296,24 +295,6 @@ def load_checkpoint(path: str | Path, trust_pickle: bool | None = None,
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
     return Checkpoint(path=path, config=config, state=state, lineage=lineage)
-
-
-def check_state_matches(config: ErnieConfig, state: dict[str, np.ndarray],
-                        expected_shapes: dict[str, list[int]], where: str) -> None:
-    """Refuse weights whose names or shapes disagree with the model the config describes."""
-    missing = sorted(set(expected_shapes) - set(state))
-    if missing:
-        raise UserError(f"{where}: the weights lack {len(missing)} parameter(s) the config needs, "
-                        f"e.g. {missing[0]}")
-    for name, shape in expected_shapes.items():
-        if list(state[name].shape) != list(shape):
-            raise UserError(f"{where}: {name} has shape {list(state[name].shape)} but config.json "
-                            f"implies {list(shape)}; config and weights do not match")
-    if "ernie.embeddings.word_embeddings.weight" in state:
-        rows = state["ernie.embeddings.word_embeddings.weight"].shape[0]
-        if rows != config.vocab_size:
-            raise UserError(f"{where}: the embedding has {rows} rows but vocab_size is "
-                            f"{config.vocab_size}")
 
 
 # --- writing ---------------------------------------------------------------------------------

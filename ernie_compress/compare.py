@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from .runtime.latency import LatencyConfig
+from .stages.export import ExportConfig, export_checkpoint
+from .runtime.backends import RuntimeConfig
+from .runtime.evaluate_export import EvaluateExportConfig, evaluate_export
 
 
 def onnx_cpu_latency(checkpoints: dict[str, Path], latency: LatencyConfig | None = None,
                      threads: int | None = None) -> dict[str, Any]:
     """``{name: [{batch_size, p50_ms, ...}, ...]}`` for each checkpoint."""
-    from .stages.export import ExportConfig, export_checkpoint
-    from .runtime.backends import RuntimeConfig
-    from .runtime.evaluate_export import EvaluateExportConfig, evaluate_export
-
     latency = latency or LatencyConfig(batch_sizes=(1, 32), seq_len=128, iterations=20, warmup=3)
     results = {}
     with tempfile.TemporaryDirectory(prefix="ernie-compress-latency-") as tmp:

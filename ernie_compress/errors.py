@@ -12,8 +12,3 @@ class UserError(Exception):
 
     exit_code = 2
 
-
-def require(condition: bool, message: str) -> None:
-    """Raise :class:`UserError` with ``message`` unless ``condition`` holds."""
-    if not condition:
-        raise UserError(message)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .data.batching import encode_split
+from .data.encoding import encode_split
 from .data.tasks import resolve_task, TaskData, TaskSpec, load_task
 from .errors import UserError
 from .models import model_from_state

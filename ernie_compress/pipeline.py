@@ -20,6 +20,7 @@ from .recipe import Recipe, StageSpec, load_recipe, stage_config
 from .report import evaluate_run
 from .stages import run_stage
 from .training_loop import clear_train_state
+from .paddle_env import set_default_threads
 
 RESULTS_DIR = "results"
 RECIPE_FILE = "recipe.yaml"
@@ -41,8 +42,6 @@ def run_recipe(recipe_path: str | Path, out: str | Path | None = None, force: bo
 
 
 def run_parsed_recipe(recipe: Recipe, run_dir: Path, force: bool = False) -> dict[str, Any]:
-    from .paddle_env import set_default_threads
-
     run_dir = run_dir.expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     stored = run_dir / RECIPE_FILE

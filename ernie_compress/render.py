@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
+
 def _console():
     """Tables on stdout; wide enough to stay readable when piped to a file or a CI log."""
     import sys
@@ -132,7 +133,7 @@ def render_prune(result: dict[str, Any]) -> None:
 
 
 def render_report(result: dict[str, Any]) -> None:
-    from .report import rich_table
+    from .report import rich_table  # report imports every stage: not needed for --help
 
     console = _console()
     console.print(rich_table(result))

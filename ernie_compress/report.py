@@ -17,6 +17,15 @@ from typing import Any
 
 from .errors import UserError
 from .metrics import LOWER_IS_BETTER, bootstrap_delta, metric_delta
+from .checkpoint import load_checkpoint
+from .stages.export import ExportConfig, export_checkpoint
+from .inspect_checkpoint import directory_size
+from .models import count_parameters
+from .recipe import checkpoint_stages
+from .runtime.evaluate_export import EvaluateExportConfig, evaluate_export
+from .machine import machine_info, machine_line
+from .baselines import classification_baselines
+from .data.tasks import TaskSpec, load_task
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
 ROLE = {"train": "FP32", "distill": "distilled FP32", "prune": "pruned FP32"}
@@ -30,13 +39,6 @@ def _variant_label(stage, checkpoint_dir: Path) -> str:
 
 
 def evaluate_run(run_dir: Path, recipe, runtime, latency) -> dict[str, Any]:
-    from .checkpoint import load_checkpoint
-    from .stages.export import ExportConfig, export_checkpoint
-    from .inspect_checkpoint import directory_size
-    from .models import count_parameters
-    from .recipe import checkpoint_stages
-    from .runtime.evaluate_export import EvaluateExportConfig, evaluate_export
-
     exports = {s.source: run_dir / s.name for s in recipe.stages
                if s.kind == "export" and (run_dir / s.name / "onnx").exists()}
     rows = []
@@ -77,7 +79,6 @@ def evaluate_run(run_dir: Path, recipe, runtime, latency) -> dict[str, Any]:
         row["speedup_b1"] = base["p50_b1_ms"] / row["p50_b1_ms"]
     for row in rows:
         del row["example_stats"]
-    from .machine import machine_info
 
     report = {"run_dir": str(run_dir), "task": recipe.task, "seq_len": latency.seq_len,
               "threads": runtime.threads, "rows": rows, "context_rows": _baseline_rows(recipe, rows[0]),
@@ -88,9 +89,6 @@ def evaluate_run(run_dir: Path, recipe, runtime, latency) -> dict[str, Any]:
 
 def _baseline_rows(recipe, teacher: dict[str, Any]) -> list[dict[str, Any]]:
     """For classification tasks: the non-ERNIE baselines on the same held-out split, as rows."""
-    from .baselines import classification_baselines
-    from .data.tasks import TaskSpec, load_task
-
     if teacher["metric"] != "accuracy" or not recipe.task:
         return []
     task = load_task(TaskSpec(recipe.task, recipe.data))
@@ -142,8 +140,6 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(_titles(report)) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cells(row)) + " |" for row in _all_rows(report)]
     if report.get("machine"):
-        from .machine import machine_line
-
         lines += ["", f"Task {report.get('task')}, held-out split, ONNX Runtime on CPU, seq "
                       f"{report.get('seq_len')}. " + machine_line(report["machine"])]
     return "\n".join(lines)

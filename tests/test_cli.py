@@ -176,3 +176,24 @@ def test_trust_pickle_loads_a_pickle_with_other_globals(trained, tmp_path):
     assert res.exit_code == 2 and "--trust-pickle" in res.stderr
     res = runner.invoke(app, ["--quiet", "--trust-pickle", "evaluate", str(legacy), "--json"])
     assert res.exit_code == 0, res.output
+
+
+def test_global_options_work_after_the_command_too(trained):
+    out, _, _ = trained
+    before = runner.invoke(app, ["--quiet", "--json", "info", str(out)])
+    after = runner.invoke(app, ["info", str(out), "--quiet", "--json"])
+    assert after.exit_code == 0, after.output
+    assert json.loads(after.stdout) == json.loads(before.stdout)
+    debug = runner.invoke(app, ["info", str(out / "missing"), "--debug"])
+    assert debug.exit_code != 2 and debug.exception is not None  # --debug after the command: the traceback
+    plain = runner.invoke(app, ["info", str(out / "missing")])
+    assert plain.exit_code == 2 and plain.stderr.startswith("error: ")
+
+
+def test_option_errors_name_the_flag_the_user_typed(tmp_path):
+    res = runner.invoke(app, ["train", "--preset", "tiny", "--from", str(tmp_path), "--out", str(tmp_path / "o"),
+                              "--task", "demo:sentiment"])
+    assert res.exit_code == 2 and "pass exactly one of --preset (a fresh model) and --from" in res.stderr
+    res = runner.invoke(app, ["train", "--preset", "tiny", "--out", str(tmp_path / "o"), "--epochs", "-1"])
+    assert res.exit_code == 2 and res.stderr.strip() == "error: --epochs must be >= 0, got -1"
+    assert not (tmp_path / "o").exists()

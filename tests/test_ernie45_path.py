@@ -116,7 +116,7 @@ def test_published_checkpoint_with_sentencepiece_tokenizer_fine_tunes_and_deploy
 
     from ernie_compress.data.sp_tokenizer import SentencePieceTokenizer
     from ernie_compress.models import build_model, model_state
-    from ernie_compress.models.config import config_from_dict
+    from ernie_compress.models.families import config_from_dict
     from ernie_compress.models.presets import resolve_preset
 
     published = tmp_path / "ERNIE-4.5-tiny-Paddle"

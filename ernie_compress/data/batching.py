@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
-from .tasks import Example
+from .ner import bio_viterbi
+from .types import Example
 from .tokenizer import ErnieTokenizer
 
 
@@ -88,8 +89,6 @@ class EncodedSplit:
         """Character-level tags of one example from its token logits [seq, labels]: the most likely
         valid BIO sequence over its characters' first tokens; characters without a token
         (truncated) are tagged O."""
-        from .ner import bio_viterbi
-
         tags = ["O"] * len(self.gold_tags[example])
         positions = np.flatnonzero(self.char_index[example, :len(logits)] >= 0)
         scores = logits[positions].astype(np.float64)  # [chars, labels]
@@ -130,25 +129,6 @@ class EncodedSplit:
         pool = batch_size * pool_batches
         full, rest = divmod(len(self), pool)
         return full * pool_batches + -(-rest // batch_size)
-
-
-def encode_splits(task, tokenizer: ErnieTokenizer, labels: Sequence[str], max_length: int,
-                  names: Sequence[str] = ("train", "dev", "test")) -> dict[str, EncodedSplit]:
-    """Tokenize the named splits of a :class:`~.tasks.TaskData` that it has."""
-    return {name: encode_split(task.kind, task.splits[name], tokenizer, labels, max_length)
-            for name in names if task.splits.get(name)}
-
-
-def encode_split(kind: str, examples: Sequence[Example], tokenizer: ErnieTokenizer,
-                 labels: Sequence[str], max_length: int) -> EncodedSplit:
-    """One split encoded for a task kind (QA rows are question + context windows)."""
-    if kind == "question_answering":
-        from .spans import EncodedSpanSplit
-
-        return EncodedSpanSplit(examples, tokenizer, max_length)
-    if kind == "causal_lm":
-        return EncodedLMSplit(examples, tokenizer, max_length)
-    return EncodedSplit(examples, tokenizer, labels, max_length)
 
 
 class EncodedLMSplit(EncodedSplit):

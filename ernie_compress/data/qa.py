@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .tasks import Example, TaskData, TaskSpec, split_files
+from .types import Example, TaskData, TaskSpec, split_files
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .tokenizer import Encoded
+from .tokenizer import Encoded, ErnieTokenizer, VOCAB_FILE
 
 MODEL_FILE = "tokenizer.model"
 CONFIG_FILE = "tokenizer_config.json"
@@ -100,8 +100,6 @@ class SentencePieceTokenizer:
 def load_tokenizer(directory: Path):
     """The tokenizer a checkpoint or export directory holds: ``vocab.txt`` (WordPiece) or ERNIE
     4.5's sentencepiece ``tokenizer.model``."""
-    from .tokenizer import VOCAB_FILE, ErnieTokenizer
-
     directory = Path(directory)
     if not (directory / VOCAB_FILE).is_file() and (directory / MODEL_FILE).is_file():
         return SentencePieceTokenizer.from_dir(directory)

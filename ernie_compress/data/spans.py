@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import UserError
 from .batching import EncodedSplit
-from .tasks import Example
+from .types import Example
 from .tokenizer import ErnieTokenizer
 
 

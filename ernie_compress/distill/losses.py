@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from ..paddle_env import import_paddle
+from ..errors import UserError
 
 
 def relation_log_probs(a, b, relation_heads: int, attn_bias):
@@ -64,8 +65,6 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[tuple[in
 
 def parse_layer_map(text: str, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
     """``"0:1,1:3"`` -> [(0, 1), (1, 3)], validated against both depths."""
-    from ..errors import UserError
-
     pairs = []
     for item in text.split(","):
         try:

@@ -21,6 +21,8 @@ import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..errors import UserError
+from ..data.tasks import TaskSpec, load_task
+from ..losses import predicted_classes
 
 FORMATS = ("paddle", "onnx", "all")
 LAYOUT_ENGINES = {"ours": "ernie-compress", "paddlenlp": "PaddleNLP from_pretrained",
@@ -29,8 +31,6 @@ LAYOUT_ENGINES = {"ours": "ernie-compress", "paddlenlp": "PaddleNLP from_pretrai
 
 def sample_inputs(ckpt: Checkpoint, tokenizer, count: int) -> tuple[np.ndarray, np.ndarray, str]:
     """Verification inputs: held-out texts of the checkpoint's task, else random token ids."""
-    from ..data.tasks import TaskSpec, load_task
-
     if ckpt.task:
         try:
             task = load_task(TaskSpec.from_dict(ckpt.task))
@@ -54,8 +54,6 @@ OUTPUT_NAMES = {"token_classification": "token_logits", "question_answering": "s
 
 def _agreement(kind: str, outputs: np.ndarray, reference: np.ndarray) -> float:
     """Share of predictions (labels, tags, or span starts/ends) equal to the reference's."""
-    from ..losses import predicted_classes
-
     return float(np.mean(predicted_classes(kind, outputs) == predicted_classes(kind, reference)))
 
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..models.families import family_of
 from ..paddle_env import import_paddle
 
 MODEL_PREFIX = "model"
-INPUT_NAMES = ("input_ids", "token_type_ids")
 
 
 def input_names(model) -> tuple[str, ...]:
     """The inputs a model reads: ERNIE 3.0 encoders take token types, ERNIE 4.5 decoders do not."""
-    return ("input_ids",) if model.config.model_type == "ernie4_5" else INPUT_NAMES
+    return family_of(model.config).input_names
 
 
 def _inference_wrapper(model):

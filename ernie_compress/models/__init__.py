@@ -1,4 +1,4 @@
-"""Model families, found by ``config.json``'s ``model_type`` and ``architectures``.
+"""Building models and moving weights in and out of them; the families are in ``families.py``.
 
 Importing this package does not import Paddle; :func:`build_model` does.
 """
@@ -9,22 +9,19 @@ import math
 from collections.abc import Mapping, Sequence
 
 from ..errors import UserError
+import numpy as np
+
 from .config import ErnieConfig
+from .families import family_of
 
 
 def build_model(config: ErnieConfig):
     """A freshly initialised Paddle model for ``config`` (its architecture and head)."""
-    if config.model_type == "ernie4_5":
-        from .ernie4_5 import ARCHITECTURES
-    elif config.model_type == "ernie":
-        from .ernie import ARCHITECTURES
-    else:
-        raise UserError(f"model_type '{config.model_type}' is not supported (supported: ernie, ernie4_5)")
-
-    cls = ARCHITECTURES.get(config.architecture)
+    architectures = family_of(config).module().ARCHITECTURES
+    cls = architectures.get(config.architecture)
     if cls is None:
         raise UserError(f"architecture '{config.architecture}' is not supported "
-                        f"(supported: {', '.join(ARCHITECTURES)})")
+                        f"(supported: {', '.join(architectures)})")
     return cls(config)
 
 
@@ -53,8 +50,6 @@ def load_state_(model, state: dict, where: str, allow_new_head: bool = False) ->
     With ``allow_new_head`` the task head may be missing or shaped for other labels: it keeps its
     fresh initialisation (fine-tuning a pre-trained encoder on a new task).
     """
-    from ..checkpoint import check_state_matches
-
     expected = {name: list(p.shape) for name, p in model.state_dict().items()}
     config = model.config
     if allow_new_head:
@@ -71,10 +66,25 @@ def load_state_(model, state: dict, where: str, allow_new_head: bool = False) ->
     return sorted(set(state) - set(expected))
 
 
+def check_state_matches(config: ErnieConfig, state: dict[str, np.ndarray],
+                        expected_shapes: dict[str, list[int]], where: str) -> None:
+    """Refuse weights whose names or shapes disagree with the model the config describes."""
+    missing = sorted(set(expected_shapes) - set(state))
+    if missing:
+        raise UserError(f"{where}: the weights lack {len(missing)} parameter(s) the config needs, "
+                        f"e.g. {missing[0]}")
+    for name, shape in expected_shapes.items():
+        if list(state[name].shape) != list(shape):
+            raise UserError(f"{where}: {name} has shape {list(state[name].shape)} but config.json "
+                            f"implies {list(shape)}; config and weights do not match")
+    embedding = family_of(config).word_embedding
+    if embedding in state and state[embedding].shape[0] != config.vocab_size:
+        raise UserError(f"{where}: the embedding has {state[embedding].shape[0]} rows but vocab_size is "
+                        f"{config.vocab_size}")
+
+
 def _as_param_dtype(value):
     """FP16-stored weights compute in FP32 on the CPU (Paddle has no CPU FP16 kernels)."""
-    import numpy as np
-
     return value.astype(np.float32) if value.dtype == np.float16 else value
 
 

@@ -156,12 +156,3 @@ class ErnieConfig(TaskHeadConfig):
             if data[name] is None:
                 del data[name]
         return data
-
-
-def config_from_dict(data: dict[str, Any]):
-    """The config class ``model_type`` names: ERNIE 3.0 (``ernie``) or the ERNIE 4.5 decoder."""
-    if isinstance(data, dict) and str(data.get("model_type", "")).startswith("ernie4_5"):
-        from .ernie4_5_config import Ernie45Config
-
-        return Ernie45Config.from_dict(data)
-    return ErnieConfig.from_dict(data)

@@ -29,7 +29,6 @@ nn = paddle.nn
 F = paddle.nn.functional
 
 # Which Linear plays which role, for the algorithms that need to know (pruning, quantization).
-LAYER_PREFIX = "ernie.encoder.layers."  # + "{i}." : one Transformer layer's parameters
 LINEAR_ROLES = {
     "attention_in": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     "attention_out": ("self_attn.out_proj",),

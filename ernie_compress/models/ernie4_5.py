@@ -24,7 +24,6 @@ paddle = import_paddle()
 nn = paddle.nn
 F = nn.functional
 
-LAYER_PREFIX = "ernie.layers."
 LINEAR_ROLES = {
     "attention_in": ("self_attn.qkv_proj",),
     "attention_out": ("self_attn.o_proj",),

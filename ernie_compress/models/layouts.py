@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from .families import family_of
+from .ernie3_layout import check_paddlenlp_writable, to_paddlenlp
+from .ernie4_5_layout import check_hf_writable, to_hf
 
 LAYOUTS = ("ours", "paddlenlp", "paddleformers", "hf")
 LAYOUT_HELP = ("Checkpoint layout to write: ours (default), paddlenlp (ERNIE 3.0: loads in PaddleNLP), "
                "paddleformers or hf (ERNIE 4.5: loads in PaddleFormers / transformers and the servers that "
                "read them). A model the layout cannot express (e.g. pruned heads for paddlenlp) is refused.")
-_FAMILY_LAYOUTS = {"ernie": ("ours", "paddlenlp"), "ernie4_5": ("ours", "paddleformers", "hf")}
 # config.json keys that describe one saver's files, not the model: dropped when a checkpoint is loaded,
 # so they are never written back under another layout
 SAVER_KEYS = ("source", "paddleformers_version", "transformers_version", "torch_dtype", "dtype",
@@ -39,19 +41,15 @@ def check_layout_name(layout: str) -> str:
 def check_layout(config, layout: str, structure: bool = True) -> None:
     """Refuse a layout the model's family (or, with ``structure``, its pruned shape or head) cannot take."""
     check_layout_name(layout)
-    allowed = _FAMILY_LAYOUTS.get(config.model_type, ("ours",))
-    if layout not in allowed:
-        family = "ERNIE 4.5" if config.model_type == "ernie4_5" else "ERNIE 3.0"
-        raise UserError(f"--layout {layout} is not a layout for {family} models (use one of {', '.join(allowed)})")
+    family = family_of(config)
+    if layout not in family.layouts:
+        raise UserError(f"--layout {layout} is not a layout for {family.title} models "
+                        f"(use one of {', '.join(family.layouts)})")
     if not structure:
         return
     if layout == "paddlenlp":
-        from .ernie3_layout import check_paddlenlp_writable
-
         check_paddlenlp_writable(config)
     elif layout in ("paddleformers", "hf"):
-        from .ernie4_5_layout import check_hf_writable
-
         check_hf_writable(config)
 
 
@@ -60,13 +58,9 @@ def layout_files(config, state: dict[str, np.ndarray], layout: str
     """(config.json keys, weights by name, safetensors metadata) of ``layout``."""
     check_layout(config, layout)
     if layout == "paddlenlp":
-        from .ernie3_layout import to_paddlenlp
-
         keys, state = to_paddlenlp(config, state)
         return keys, state, {"format": "np"}  # PaddleNLP reads "np"/"pd" safetensors
     if layout in ("paddleformers", "hf"):
-        from .ernie4_5_layout import to_hf
-
         keys, state = to_hf(config, state)
         return keys, state, None  # transformers wants "pt" metadata or none; PaddleFormers "np"/"pd" or none
     return config.to_dict(), state, {"format": "np"}
@@ -74,13 +68,6 @@ def layout_files(config, state: dict[str, np.ndarray], layout: str
 
 def normalize_loaded(config, state: dict[str, np.ndarray], raw_config: dict[str, Any], ours: bool):
     """A loaded checkpoint's config and weights in this package's layout, whatever layout it was in."""
-    if config.model_type == "ernie4_5":
-        from .ernie4_5_layout import normalize_ernie45_state
-
-        config, state = normalize_ernie45_state(state, config, raw_config, ours)
-    else:
-        from .ernie3_layout import normalize_paddlenlp
-
-        config, state = normalize_paddlenlp(config, state, foreign=not ours)
+    config, state = family_of(config).normalize(config, state, raw_config, ours)
     extra = {k: v for k, v in config.extra.items() if k not in SAVER_KEYS}
     return config.replace(extra=extra), state

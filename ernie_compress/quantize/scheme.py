@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..models.families import family_of
 
 SCALES_FILE = "quantization_scales.json"
 QUANTIZED_ROLES = ("attention_in", "attention_out", "ffn_in", "ffn_out")
@@ -49,14 +50,11 @@ class Int8Scheme:
 
 def quantized_linear_names(model) -> list[str]:
     """Names of the Linear sublayers that INT8 covers (see the module docstring)."""
-    if model.config.model_type == "ernie4_5":
-        from ..models.ernie4_5 import LAYER_PREFIX, LINEAR_ROLES
-    else:
-        from ..models.ernie import LAYER_PREFIX, LINEAR_ROLES
-
-    suffixes = tuple(s for role in QUANTIZED_ROLES for s in LINEAR_ROLES[role])
+    family = family_of(model.config)
+    roles = family.module().LINEAR_ROLES
+    suffixes = tuple(s for role in QUANTIZED_ROLES for s in roles[role])
     return [name for name, _ in model.named_sublayers()
-            if name.startswith(LAYER_PREFIX) and name.endswith(suffixes)]
+            if name.startswith(family.layer_prefix) and name.endswith(suffixes)]
 
 
 def quantization_info(config) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import UserError
+from ..paddle_env import cpu_threads, import_paddle
 
 DEVICES = ("cpu", "gpu", "npu")
 BACKENDS = ("paddle", "onnxruntime")
@@ -127,7 +128,6 @@ class OnnxRuntimeSession:
     def __init__(self, model_path: Path, config: RuntimeConfig, profile_dir: Path | None = None):
         import onnxruntime as ort
 
-        from ..paddle_env import cpu_threads
 
         self.device = config.device
         providers = onnxruntime_providers(config.device, ort.get_available_providers(),
@@ -177,8 +177,6 @@ class PaddleInferenceSession:
     backend = "paddle"
 
     def __init__(self, model_dir: Path, config: RuntimeConfig, program: str, params: str):
-        from ..paddle_env import cpu_threads, import_paddle
-
         paddle = import_paddle()
         from paddle import inference
 

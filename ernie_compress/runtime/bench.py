@@ -19,6 +19,7 @@ from ..errors import UserError
 from ..losses import predicted_classes
 from .backends import RuntimeConfig, open_session
 from .dynamic_batching import BatcherConfig, serve_load
+from .manifest import load_manifest
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,6 @@ class BenchConfig:
 
 
 def bench_export(cfg: BenchConfig) -> dict[str, Any]:
-    from .manifest import load_manifest
-
     export_dir = Path(cfg.export_dir).expanduser().resolve()
     manifest = load_manifest(export_dir)
     if not manifest.get("task"):

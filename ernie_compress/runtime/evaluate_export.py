@@ -18,13 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from ..data.batching import encode_split
+from ..data.encoding import encode_split
 from ..data.tasks import TaskSpec, load_task
 from ..data.sp_tokenizer import load_tokenizer
 from ..errors import UserError
 from ..metrics import PRIMARY_METRIC, metric_delta, scored_split
 from .backends import RuntimeConfig, open_session
 from .latency import LatencyConfig, measure_latency
+from ..paddle_env import import_paddle
+from .manifest import load_manifest
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,6 @@ def onnxruntime_op_profile(profile_file: str, top_n: int) -> list[dict[str, Any]
 
 def paddle_op_profile(run, ids, types, top_n: int) -> list[dict[str, Any]]:
     """Per-operator CPU time of a Paddle Inference run, via ``paddle.profiler``."""
-    from ..paddle_env import import_paddle
-
     import_paddle()
     import paddle.profiler as profiler
 
@@ -99,8 +99,6 @@ def latency_inputs(examples, tokenizer, seq_len: int):
 
 
 def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
-    from .manifest import load_manifest
-
     manifest = load_manifest(cfg.export_dir)
     export_dir = Path(cfg.export_dir).expanduser().resolve()
     labels = manifest.get("labels") or []

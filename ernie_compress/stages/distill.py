@@ -22,13 +22,14 @@ import numpy as np
 
 from ..checkpoint import Checkpoint, config_record, load_checkpoint, save_checkpoint
 from ..models.layouts import check_layout
-from ..data.batching import encode_splits
+from ..data.encoding import encode_splits
 from ..data.tasks import load_task_for_model
 from ..errors import UserError
 from ..losses import TeacherLogitCache, hard_label_loss, soft_label_kd, task_loss
 from ..metrics import PRIMARY_METRIC, percent_of
 from ..models import build_model, count_parameters, load_state_, model_from_state
-from ..models.config import ErnieConfig, config_from_dict
+from ..models.config import ErnieConfig
+from ..models.families import config_from_dict, family_of
 from ..models.presets import is_preset, resolve_preset
 from ..paddle_env import import_paddle, seed_everything
 from ..options import check_options, fail, option
@@ -131,7 +132,7 @@ def init_from_teacher(student_config: ErnieConfig, teacher: Checkpoint) -> dict[
     if student_config.heads_per_layer[0] != t.heads_per_layer[0] or student_config.intermediate_size != t.ffn_per_layer[0] \
             or getattr(student_config, "num_key_value_heads", None) != getattr(t, "num_key_value_heads", None):
         raise UserError("--init-from-teacher needs the same heads and FFN width per layer as the teacher")
-    layers = "ernie.layers." if t.model_type == "ernie4_5" else "ernie.encoder.layers."
+    layers = family_of(t).layer_prefix
     k = max(1, t.num_hidden_layers // student_config.num_hidden_layers)
     state = {name: value for name, value in teacher.state.items() if not name.startswith(layers)}
     for i in range(student_config.num_hidden_layers):
@@ -182,9 +183,10 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     s_layer = student_config.num_hidden_layers - 1
     t_heads, s_heads = teacher_ckpt.config.heads_in_layer(t_layer), student_config.heads_in_layer(s_layer)
     relation_heads = cfg.relation_heads or math.gcd(t_heads, s_heads)
-    if cfg.attention_weight > 0 and teacher_ckpt.config.model_type == "ernie4_5":
-        raise UserError("attention (MiniLM) distillation is for ERNIE 3.0 encoders; distill ERNIE 4.5 "
-                        "decoders with logits (--kd-weight) and hidden states (--hidden-weight)")
+    if cfg.attention_weight > 0 and not family_of(teacher_ckpt.config).attention_distillation:
+        raise UserError(f"attention (MiniLM) distillation is for ERNIE 3.0 encoders; distill "
+                        f"{family_of(teacher_ckpt.config).title} models with logits (--kd-weight) and hidden "
+                        f"states (--hidden-weight)")
     if cfg.attention_weight > 0:
         widths = (t_heads * teacher_ckpt.config.head_dim, s_heads * student_config.head_dim)
         if min(t_heads, s_heads) == 0 or any(w % relation_heads for w in widths):

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..evaluate import SPLITS
+from ..evaluate import evaluate_checkpoint, SPLITS
 from ..options import check_options, option
 from ..runtime.backends import BACKENDS, DEVICES, RuntimeConfig
 from ..runtime.latency import LatencyConfig
 from ..runtime.manifest import MANIFEST_FILE
 from .common import TaskOptions, ThreadsOption
 from .registry import register
+from ..runtime.evaluate_export import EvaluateExportConfig, evaluate_export
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -69,14 +70,11 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """An export through its runtime, or a checkpoint in Paddle dygraph (on cpu)."""
     data = None if cfg.data is None else str(cfg.data)
     if (cfg.path / MANIFEST_FILE).is_file():
-        from ..runtime.evaluate_export import EvaluateExportConfig, evaluate_export
-
         return evaluate_export(EvaluateExportConfig(
             export_dir=cfg.path, task=cfg.task, data=data, split=cfg.split, eval_batch_size=cfg.batch_size,
             runtime=cfg.runtime_config(), latency=cfg.latency_config(), top_ops=cfg.top))
     if cfg.device != "cpu" or cfg.backend:
         raise UserError(f"{cfg.path} is a checkpoint (runs in Paddle dygraph on cpu); export it "
                         f"first to evaluate on --device/--backend")
-    from ..evaluate import evaluate_checkpoint
 
     return evaluate_checkpoint(cfg.path, cfg.task, data, cfg.split, cfg.batch_size)

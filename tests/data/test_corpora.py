@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ernie_compress.data.corpora import deduplicate_labeled
-from ernie_compress.data.tasks import TaskSpec, load_task, seeded_split
+from ernie_compress.data.tasks import TaskSpec, load_task
+from ernie_compress.data.types import seeded_split
 
 
 def test_deduplicate_drops_conflicts_and_repeats():

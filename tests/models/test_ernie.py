@@ -11,7 +11,8 @@ from ernie_compress.checkpoint import load_checkpoint, save_checkpoint
 from ernie_compress.data.tokenizer import ErnieTokenizer
 from ernie_compress.errors import UserError
 from ernie_compress.models import build_model, count_parameters, model_from_state, model_state
-from ernie_compress.models.config import ErnieConfig, config_from_dict
+from ernie_compress.models.config import ErnieConfig
+from ernie_compress.models.families import config_from_dict
 from ernie_compress.models.presets import PRESETS, resolve_preset
 from ernie_compress.paddle_env import import_paddle
 from tests.helpers import random_ids

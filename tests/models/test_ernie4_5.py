@@ -15,7 +15,7 @@ from ernie_compress.cli import app
 from ernie_compress.data.tokenizer import ErnieTokenizer
 from ernie_compress.errors import UserError
 from ernie_compress.models import build_model, count_parameters, model_from_state, model_state
-from ernie_compress.models.config import config_from_dict
+from ernie_compress.models.families import config_from_dict
 from ernie_compress.models.ernie4_5 import apply_rope, rope_angles
 from ernie_compress.models.presets import resolve_preset
 from ernie_compress.paddle_env import import_paddle

@@ -8,7 +8,7 @@ import pytest
 
 from ernie_compress.errors import UserError
 from ernie_compress.models import build_model, model_from_state, model_state
-from ernie_compress.models.config import config_from_dict
+from ernie_compress.models.families import config_from_dict
 from ernie_compress.models.presets import resolve_preset
 from ernie_compress.paddle_env import import_paddle
 from ernie_compress.prune import gqa

@@ -34,7 +34,7 @@ def test_naive_bayes_baseline(readme):
 
 def test_ernie45_published_size(readme):
     from ernie_compress.models import build_model, count_parameters
-    from ernie_compress.models.config import config_from_dict
+    from ernie_compress.models.families import config_from_dict
     from ernie_compress.models.presets import resolve_preset
 
     model = build_model(config_from_dict(resolve_preset("ernie-4.5-0.3b")))
