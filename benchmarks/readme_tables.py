@@ -4,7 +4,9 @@ Each generated table lives in ``benchmarks/results/NAME.md``, written by the com
 it (``ernie-compress report`` writes ``report.md`` for a run; ``benchmarks/quantization.py
 --markdown FILE``); the README shows it between ``<!-- generated: NAME -->`` and
 ``<!-- /generated: NAME -->``, next to the command. ``tests/test_readme_tables.py`` fails when the
-two differ, so a hand edit of a README table, or a new result not copied in, is caught.
+two differ, so a hand edit of a README table, or a new result not copied in, is caught. One block
+is not measured but generated from the code: ``options`` (every stage's options, from the stage
+configs; ``ernie_compress/option_tables.py``), rewritten on every run of this script.
 
     python benchmarks/readme_tables.py --take demo=runs/demo/report.md   # store a result, update README
     python benchmarks/readme_tables.py                                   # update README from results/
@@ -45,12 +47,21 @@ def updated_readme(text: str) -> str:
     return BLOCK.sub(fill, text)
 
 
+def write_option_tables() -> None:
+    """``results/options.md`` from the stage configs."""
+    sys.path.insert(0, str(ROOT))
+    from ernie_compress.option_tables import markdown
+
+    (RESULTS / "options.md").write_text(markdown(), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--take", action="append", default=[], metavar="NAME=FILE",
                         help="store FILE as benchmarks/results/NAME.md first")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    write_option_tables()
     for item in args.take:
         name, _, file = item.partition("=")
         (RESULTS / f"{name}.md").write_text(Path(file).read_text(encoding="utf-8"), encoding="utf-8")

@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from .data.sp_tokenizer import SentencePieceTokenizer, load_tokenizer
 from .errors import UserError
 from .models.config import ErnieConfig
+from .models.ernie3_layout import config_from_model_config_json
 from .models.families import config_from_dict
 from .models.layouts import check_layout, layout_files, normalize_loaded
-from .data.sp_tokenizer import SentencePieceTokenizer, load_tokenizer
-from .models.ernie3_layout import config_from_model_config_json
 
 CONFIG_FILE = "config.json"
 OLD_CONFIG_FILE = "model_config.json"  # PaddleNLP before 2.5

@@ -10,10 +10,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .runtime.latency import LatencyConfig
-from .stages.export import ExportConfig, export_checkpoint
 from .runtime.backends import RuntimeConfig
 from .runtime.evaluate_export import EvaluateExportConfig, evaluate_export
+from .runtime.latency import LatencyConfig
+from .stages.export import ExportConfig, export_checkpoint
 
 
 def onnx_cpu_latency(checkpoints: dict[str, Path], latency: LatencyConfig | None = None,

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .paddle_env import set_default_threads
 from .progress import note
 from .recipe import Recipe, StageSpec, load_recipe, stage_config
 from .report import evaluate_run
 from .stages import run_stage
 from .training_loop import clear_train_state
-from .paddle_env import set_default_threads
 
 RESULTS_DIR = "results"
 RECIPE_FILE = "recipe.yaml"

@@ -15,17 +15,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .metrics import LOWER_IS_BETTER, bootstrap_delta, metric_delta
+from .baselines import classification_baselines
 from .checkpoint import load_checkpoint
-from .stages.export import ExportConfig, export_checkpoint
+from .data.tasks import TaskSpec, load_task
+from .errors import UserError
 from .inspect_checkpoint import directory_size
+from .machine import machine_info, machine_line
+from .metrics import LOWER_IS_BETTER, bootstrap_delta, metric_delta
 from .models import count_parameters
 from .recipe import checkpoint_stages
 from .runtime.evaluate_export import EvaluateExportConfig, evaluate_export
-from .machine import machine_info, machine_line
-from .baselines import classification_baselines
-from .data.tasks import TaskSpec, load_task
+from .stages.export import ExportConfig, export_checkpoint
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
 ROLE = {"train": "FP32", "distill": "distilled FP32", "prune": "pruned FP32"}

@@ -26,3 +26,9 @@ def test_a_hand_edit_is_seen():
     edited = text.replace(body, body.replace("|", "| 9.99 |", 1), 1)
     assert readme_tables.readme_blocks(edited)[name] != readme_tables.result_text(readme_tables.RESULTS / f"{name}.md")
     assert readme_tables.updated_readme(edited) == text  # and the script restores it
+
+
+def test_the_option_tables_are_the_stage_configs():
+    from ernie_compress.option_tables import markdown
+
+    assert readme_tables.result_text(readme_tables.RESULTS / "options.md") == markdown().strip() + "\n"

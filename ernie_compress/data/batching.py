@@ -16,8 +16,8 @@ import numpy as np
 
 from ..errors import UserError
 from .ner import bio_viterbi
-from .types import Example
 from .tokenizer import ErnieTokenizer
+from .types import Example
 
 
 @dataclass

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..progress import warn
 from . import clue, corpora
 from .ner import load_bio_dir
 from .qa import load_qa_dir
 from .types import Example, TaskData, TaskSpec, split_files
-from ..progress import warn
 
 
 def held_out_overlap(task: TaskData) -> dict[str, int]:

@@ -14,8 +14,8 @@
 
 from __future__ import annotations
 
-from ..paddle_env import import_paddle
 from ..errors import UserError
+from ..paddle_env import import_paddle
 
 
 def relation_log_probs(a, b, relation_heads: int, attn_bias):

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..checkpoint import Checkpoint
-from ..errors import UserError
 from ..data.tasks import TaskSpec, load_task
+from ..errors import UserError
 from ..losses import predicted_classes
 
 FORMATS = ("paddle", "onnx", "all")

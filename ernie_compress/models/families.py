@@ -18,8 +18,8 @@ from typing import Any
 
 from ..errors import UserError
 from .config import ErnieConfig
-from .ernie4_5_config import Ernie45Config
 from .ernie3_layout import normalize_paddlenlp
+from .ernie4_5_config import Ernie45Config
 from .ernie4_5_layout import normalize_ernie45_state
 
 

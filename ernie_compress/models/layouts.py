@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from .families import family_of
 from .ernie3_layout import check_paddlenlp_writable, to_paddlenlp
 from .ernie4_5_layout import check_hf_writable, to_hf
+from .families import family_of
 
 LAYOUTS = ("ours", "paddlenlp", "paddleformers", "hf")
 LAYOUT_HELP = ("Checkpoint layout to write: ours (default), paddlenlp (ERNIE 3.0: loads in PaddleNLP), "

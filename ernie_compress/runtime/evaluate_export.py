@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 
 from ..data.encoding import encode_split
-from ..data.tasks import TaskSpec, load_task
 from ..data.sp_tokenizer import load_tokenizer
+from ..data.tasks import TaskSpec, load_task
 from ..errors import UserError
 from ..metrics import PRIMARY_METRIC, metric_delta, scored_split
+from ..paddle_env import import_paddle
 from .backends import RuntimeConfig, open_session
 from .latency import LatencyConfig, measure_latency
-from ..paddle_env import import_paddle
 from .manifest import load_manifest
 
 

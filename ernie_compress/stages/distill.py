@@ -21,22 +21,22 @@ from typing import Any
 import numpy as np
 
 from ..checkpoint import Checkpoint, config_record, load_checkpoint, save_checkpoint
-from ..models.layouts import check_layout
 from ..data.encoding import encode_splits
 from ..data.tasks import load_task_for_model
+from ..distill.losses import hidden_mse, parse_layer_map, relation_kl, relation_log_probs, uniform_layer_map
 from ..errors import UserError
 from ..losses import TeacherLogitCache, hard_label_loss, soft_label_kd, task_loss
 from ..metrics import PRIMARY_METRIC, percent_of
 from ..models import build_model, count_parameters, load_state_, model_from_state
 from ..models.config import ErnieConfig
 from ..models.families import config_from_dict, family_of
+from ..models.layouts import check_layout
 from ..models.presets import is_preset, resolve_preset
-from ..paddle_env import import_paddle, seed_everything
 from ..options import check_options, fail, option
+from ..paddle_env import import_paddle, seed_everything
 from ..progress import note
-from .common import CheckpointOutput, TaskOptions, TrainingOptions
 from ..training_loop import LoopConfig, clear_train_state, evaluate_split, resumable, train_model
-from ..distill.losses import hidden_mse, parse_layer_map, relation_kl, relation_log_probs, uniform_layer_map
+from .common import CheckpointOutput, TaskOptions, TrainingOptions
 from .registry import register
 
 MODELS_DIR_ENV = "ERNIE_COMPRESS_MODELS"

@@ -13,11 +13,11 @@ from ..errors import UserError
 from ..evaluate import evaluate_checkpoint, SPLITS
 from ..options import check_options, option
 from ..runtime.backends import BACKENDS, DEVICES, RuntimeConfig
+from ..runtime.evaluate_export import EvaluateExportConfig, evaluate_export
 from ..runtime.latency import LatencyConfig
 from ..runtime.manifest import MANIFEST_FILE
 from .common import TaskOptions, ThreadsOption
 from .registry import register
-from ..runtime.evaluate_export import EvaluateExportConfig, evaluate_export
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:

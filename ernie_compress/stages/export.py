@@ -14,24 +14,21 @@ import numpy as np
 
 from ..checkpoint import Checkpoint, atomic_output_dir, load_checkpoint, now_iso, write_model_files
 from ..errors import UserError
+from ..evaluate import evaluate_loaded
 from ..export import (FORMATS, LAYOUT_ENGINES, OUTPUT_NAMES, PADDLE_INT8_REFUSAL, sample_inputs, verify,
                       verify_int8)
+from ..export import onnx_export, onnx_fp16, onnx_int8, static_graph  # by module: tests plant bugs in them
+from ..models import model_from_state
 from ..models.families import family_of
 from ..models.layouts import LAYOUTS, check_layout
 from ..options import check_options, option
+from ..paddle_env import import_paddle
+from ..quantize.fake_quant import fake_quant_model, set_activation_scales_
+from ..quantize.scheme import Int8Scheme, quantization_info, read_scales
+from ..runtime.backends import OnnxRuntimeSession, PaddleInferenceSession, RuntimeConfig
 from ..runtime.manifest import MANIFEST_FILE, MANIFEST_VERSION
 from .common import ThreadsOption
 from .registry import register
-from ..models import model_from_state
-from ..quantize.scheme import Int8Scheme, quantization_info, read_scales
-from ..quantize.fake_quant import fake_quant_model, set_activation_scales_
-from ..paddle_env import import_paddle
-from ..evaluate import evaluate_loaded
-from ..runtime.backends import OnnxRuntimeSession, PaddleInferenceSession, RuntimeConfig
-from ..export.onnx_export import OnnxExportError, convert_to_onnx, rename_output
-from ..export.static_graph import export_static_graph, input_names
-from ..export.onnx_int8 import INTEGER_KERNELS, integer_ops, quantize_onnx_int8
-from ..export.onnx_fp16 import convert_onnx_fp16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,7 +108,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as scratch:
             scratch = Path(scratch)
             graph_dir = tmp / "paddle" if cfg.format in ("paddle", "all") else scratch / "paddle"
-            graph = export_static_graph(model, graph_dir)
+            graph = static_graph.export_static_graph(model, graph_dir)
             if cfg.format in ("paddle", "all"):
                 files["paddle"] = {"dir": "paddle", **graph}
                 if not family_of(model.config).onednn_exact:  # runtimes reading the manifest run it without
@@ -123,27 +120,27 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
                 onnx_path = tmp / "onnx" / "model.onnx"
                 fp32_path = scratch / "model_fp32.onnx" if (int8 or fp16) else onnx_path
                 try:
-                    convert_to_onnx(graph_dir / graph["program"], graph_dir / graph["params"],
+                    onnx_export.convert_to_onnx(graph_dir / graph["program"], graph_dir / graph["params"],
                                     fp32_path, cfg.opset)
-                except OnnxExportError as exc:
+                except onnx_export.OnnxExportError as exc:
                     raise UserError(str(exc)) from None
-                rename_output(fp32_path, output_name)
+                onnx_export.rename_output(fp32_path, output_name)
                 if int8:
                     scheme, scales = int8
                     feeds = [{"input_ids": ids[i:i + 8], "token_type_ids": types[i:i + 8]}
                              for i in range(0, min(len(ids), 32), 8)]
-                    feeds = [{k: v for k, v in f.items() if k in input_names(model)} for f in feeds]
+                    feeds = [{k: v for k, v in f.items() if k in static_graph.input_names(model)} for f in feeds]
                     param_names = {p.name: n for n, p in model.named_parameters()}
                     qdq_path = tmp / "onnx" / "model_qdq.onnx"
-                    extra["int8"] = quantize_onnx_int8(fp32_path, onnx_path, qdq_path, scales,
+                    extra["int8"] = onnx_int8.quantize_onnx_int8(fp32_path, onnx_path, qdq_path, scales,
                                                        scheme.weight_bits, feeds, param_names)
-                    ops = integer_ops(onnx_path)
-                    extra["int8"]["runtime_ops"] = {k: v for k, v in ops.items() if k in INTEGER_KERNELS}
+                    ops = onnx_int8.integer_ops(onnx_path)
+                    extra["int8"]["runtime_ops"] = {k: v for k, v in ops.items() if k in onnx_int8.INTEGER_KERNELS}
                     if not extra["int8"]["runtime_ops"]:
                         raise UserError("ONNX Runtime did not fuse the QDQ model into integer kernels; "
                                         "nothing was written")
                 if fp16:
-                    extra["fp16"] = convert_onnx_fp16(fp32_path, onnx_path)
+                    extra["fp16"] = onnx_fp16.convert_onnx_fp16(fp32_path, onnx_path)
                 files["onnx"] = {"model": "onnx/model.onnx", "opset": cfg.opset}
                 if int8:  # the portable QDQ form, read by the GPU/NPU providers
                     files["onnx"]["qdq_model"] = "onnx/model_qdq.onnx"
@@ -165,7 +162,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
             "labels": ckpt.config.labels, "max_seq_length": ckpt.max_seq_length,
             "architecture": ckpt.config.architecture, "precision": quant["dtype"] if quant else "fp32",
             "quantization": quant, **extra,
-            "inputs": list(input_names(model)), "outputs": [output_name],
+            "inputs": list(static_graph.input_names(model)), "outputs": [output_name],
             "files": files, "verification": {"samples_from": sample_source, **verification},
             "reference": {"backend": "paddle-dygraph" + (" (fake-quant)" if quant else ""),
                           "metrics": reference_metrics},

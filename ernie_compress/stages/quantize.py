@@ -17,22 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import config_record, load_checkpoint, save_checkpoint
-from ..models.layouts import check_layout
 from ..data.encoding import encode_splits
 from ..data.tasks import load_task_for_model
 from ..errors import UserError
+from ..losses import hard_label_loss, logit_kd_loss
+from ..machine import cpu_has_vnni
 from ..metrics import PRIMARY_METRIC, metric_delta
 from ..models import model_from_state
+from ..models.layouts import check_layout
 from ..options import check_options, option
 from ..progress import note
-from ..training_loop import LoopConfig, clear_train_state, evaluate_split, resumable, train_model
-from ..machine import cpu_has_vnni
+from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
+from ..quantize.ptq import calibrate_
 from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantization_info
+from ..training_loop import LoopConfig, clear_train_state, evaluate_split, resumable, train_model
 from .common import CheckpointOutput, ParentKDOptions, RunOptions, TaskOptions, TrainingOptions
 from .registry import register
-from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
-from ..losses import hard_label_loss, logit_kd_loss
-from ..quantize.ptq import calibrate_
 
 PTQ_OBSERVERS = ("abs_max", "percentile", "mse", "kl")
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import config_record, load_checkpoint, save_checkpoint
-from ..models.layouts import check_layout
 from ..data.encoding import encode_splits
 from ..data.tasks import TaskData, load_task, resolve_task
 from ..data.tokenizer import ErnieTokenizer, build_vocab
@@ -21,12 +20,13 @@ from ..errors import UserError
 from ..models import build_model, count_parameters, load_state_
 from ..models.config import ErnieConfig
 from ..models.families import config_from_dict, family_of
+from ..models.layouts import check_layout
 from ..models.presets import resolve_preset
+from ..options import check_options, fail, option
 from ..paddle_env import seed_everything
 from ..progress import note
-from .common import CheckpointOutput, TaskOptions, TrainingOptions
-from ..options import check_options, fail, option
 from ..training_loop import LoopConfig, TrainHooks, clear_train_state, evaluate_split, resumable, train_model
+from .common import CheckpointOutput, TaskOptions, TrainingOptions
 from .registry import register
 
 @dataclass(frozen=True, kw_only=True)
