@@ -20,14 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import Checkpoint, config_record, load_checkpoint, save_checkpoint
-from ..data.encoding import encode_splits
-from ..data.tasks import load_task_for_model
+from ..checkpoint import Checkpoint, load_checkpoint
 from ..distill.losses import hidden_mse, parse_layer_map, relation_kl, relation_log_probs, uniform_layer_map
 from ..errors import UserError
 from ..losses import TeacherLogitCache, hard_label_loss, soft_label_kd, task_loss
-from ..metrics import PRIMARY_METRIC, percent_of
-from ..models import build_model, count_parameters, load_state_, model_from_state
+from ..metrics import percent_of
+from ..models import build_model, count_parameters, load_state_
 from ..models.config import ErnieConfig
 from ..models.families import config_from_dict, family_of
 from ..models.layouts import check_layout
@@ -35,9 +33,10 @@ from ..models.presets import is_preset, resolve_preset
 from ..options import check_options, fail, option
 from ..paddle_env import import_paddle, seed_everything
 from ..progress import note
-from ..training_loop import LoopConfig, clear_train_state, evaluate_split, resumable, train_model
+from ..training_loop import LoopConfig, evaluate_split, train_model
 from .common import CheckpointOutput, TaskOptions, TrainingOptions
 from .registry import register
+from .skeleton import finish, refuse_existing_output, refuse_quantized, start_from, train_resumably
 
 MODELS_DIR_ENV = "ERNIE_COMPRESS_MODELS"
 
@@ -147,13 +146,10 @@ def init_from_teacher(student_config: ErnieConfig, teacher: Checkpoint) -> dict[
 @register("distill", DistillConfig, summary="Distill a large teacher into a small student (logits, hidden states, MiniLM relations).")
 def distill(cfg: DistillConfig) -> dict[str, Any]:
     paddle = import_paddle()
-    start = time.perf_counter()
+    started = time.perf_counter()
+    refuse_existing_output(cfg)
     teacher_ckpt = load_checkpoint(resolve_teacher(cfg.teacher, cfg.models_dir))
-    if teacher_ckpt.config.extra.get("quantization"):
-        raise UserError(f"the teacher {teacher_ckpt.path} is quantized; distill from an FP32 model")
-    task = load_task_for_model(cfg.task_spec, teacher_ckpt.task, teacher_ckpt.config.labels)
-    metric = PRIMARY_METRIC[task.kind]
-    tokenizer = teacher_ckpt.tokenizer()
+    refuse_quantized(teacher_ckpt, "distill from its FP32 parent")
     student_config, student_state, student_source = _student(cfg, teacher_ckpt)
     check_layout(student_config, cfg.layout)  # before training
     if cfg.init_from_teacher:
@@ -169,12 +165,11 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         note(f"[yellow]warning: the student ({s_params['non_embedding']:,} non-embedding parameters) is "
              f"not smaller than its teacher ({t_params['non_embedding']:,})[/yellow]")
 
-    splits = encode_splits(task, tokenizer, teacher_ckpt.config.labels, teacher_ckpt.max_seq_length)
-    held_out = splits[task.held_out]
-    teacher = model_from_state(teacher_ckpt.config, teacher_ckpt.state, str(teacher_ckpt.path))
+    start = start_from(teacher_ckpt, cfg.task_spec)  # the teacher: task, splits, model, held-out metrics
+    task, metric, tokenizer, splits, held_out = start.task, start.metric, start.tokenizer, start.splits, start.held_out
+    teacher, teacher_metrics = start.model, start.metrics
     for p in teacher.parameters():
         p.stop_gradient = True
-    teacher_metrics = evaluate_split(teacher, held_out, task.kind)
 
     mapping = (parse_layer_map(cfg.layer_map, student_config.num_hidden_layers, teacher_ckpt.config.num_hidden_layers)
                if cfg.layer_map else uniform_layer_map(student_config.num_hidden_layers,
@@ -233,11 +228,8 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         return total, parts
 
     params = list(student.parameters()) + (list(projection.parameters()) if cfg.hidden_weight else [])
-    with resumable(cfg.out, cfg.resume) as state_dir:
-        result = train_model(student, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
-                             loss_fn=loss_fn, parameters=params, description="distill", state_dir=state_dir,
-                             resume=cfg.resume, extra_layers={"projection": projection} if cfg.hidden_weight else None)
-    student.set_state_dict(result.best_state)
+    result = train_resumably(student, splits, task.kind, cfg, "distill", loss_fn=loss_fn, parameters=params,
+                             extra_layers={"projection": projection} if cfg.hidden_weight else None)
     student_metrics = evaluate_split(student, held_out, task.kind)
 
     baseline = None
@@ -264,10 +256,8 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         "layer_map": mapping if cfg.hidden_weight else None,
         "relation_heads": relation_heads if cfg.attention_weight else None,
     }
-    stage = {"name": "distill", "config": config_record(cfg), "metrics": {task.held_out: student_metrics},
-             "report": report, "steps": result.steps, "seconds": round(time.perf_counter() - start, 1)}
-    out = save_checkpoint(cfg.out, student_config, result.best_state, tokenizer, stage, parent=teacher_ckpt,
-                          overwrite=cfg.overwrite, layout=cfg.layout)
-    clear_train_state(cfg.out)
+    out = finish(cfg, student_config, result.best_state, tokenizer, {
+        "name": "distill", "metrics": {task.held_out: student_metrics}, "report": report, "steps": result.steps,
+        "seconds": round(time.perf_counter() - started, 1)}, teacher_ckpt)
     return {"stage": "distill", "out": str(out), "task": task.spec.name, "metric": metric, **report,
-            "steps": result.steps, "steps_run": result.steps_run, "seconds": round(time.perf_counter() - start, 1)}
+            "steps": result.steps, "steps_run": result.steps_run, "seconds": round(time.perf_counter() - started, 1)}

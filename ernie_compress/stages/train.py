@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import config_record, load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint
 from ..data.encoding import encode_splits
 from ..data.tasks import TaskData, load_task, resolve_task
 from ..data.tokenizer import ErnieTokenizer, build_vocab
@@ -25,9 +25,10 @@ from ..models.presets import resolve_preset
 from ..options import check_options, fail, option
 from ..paddle_env import seed_everything
 from ..progress import note
-from ..training_loop import LoopConfig, TrainHooks, clear_train_state, evaluate_split, resumable, train_model
+from ..training_loop import LoopConfig, TrainHooks, evaluate_split
 from .common import CheckpointOutput, TaskOptions, TrainingOptions
 from .registry import register
+from .skeleton import finish, refuse_existing_output, train_resumably
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(CheckpointOutput, TaskOptions, TrainingOptions):
@@ -74,9 +75,7 @@ def _fresh_model_config(cfg: TrainConfig, task: TaskData, vocab_size: int) -> Er
 @register("train", TrainConfig, summary="Train a model from a preset (or fine-tune a checkpoint) on a task; keep the best epoch.")
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the train stage; returns its result (metrics, parameters, output path)."""
-    if Path(cfg.out).expanduser().exists() and not cfg.overwrite:
-        raise UserError(f"output {Path(cfg.out).expanduser().resolve()} already exists; choose another "
-                        f"--out or pass --overwrite")
+    refuse_existing_output(cfg)
     parent = load_checkpoint(cfg.init_from) if cfg.init_from else None
     task = load_task(cfg.task_spec or resolve_task(None, None, parent.task if parent else None))
     for line in task.notes:
@@ -104,20 +103,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     splits = encode_splits(task, tokenizer, config.labels, cfg.max_seq_len)
     hooks = TrainHooks(on_eval=lambda step, m: note(
         f"step {step}: dev " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))))
-    with resumable(cfg.out, cfg.resume) as state_dir:
-        result = train_model(model, splits["train"], splits.get("dev"), cfg.train, kind=task.kind,
-                             hooks=hooks, description="train", state_dir=state_dir, resume=cfg.resume)
-    model.set_state_dict(result.best_state)
+    result = train_resumably(model, splits, task.kind, cfg, "train", hooks=hooks)
     held_out = evaluate_split(model, splits[task.held_out], task.kind)
     metrics = {"dev": result.best_metrics, task.held_out: held_out} if task.held_out != "dev" \
         else {"dev": held_out}
     state = {k: v for k, v in result.best_state.items()}
-    stage = {"name": "train", "config": config_record(cfg), "metrics": metrics,
-             "seconds": round(result.seconds, 1), "steps": result.steps,
-             "best_step": result.best_step, "history": result.history}
-    out = save_checkpoint(cfg.out, config, state, tokenizer, stage, parent=parent,
-                          overwrite=cfg.overwrite, layout=cfg.layout)
-    clear_train_state(cfg.out)
+    out = finish(cfg, config, state, tokenizer, {
+        "name": "train", "metrics": metrics, "seconds": round(result.seconds, 1), "steps": result.steps,
+        "best_step": result.best_step, "history": result.history}, parent)
     params = count_parameters({k: v.shape for k, v in state.items()})
     return {"stage": "train", "out": str(out), "task": task.spec.name, "held_out_split": task.held_out,
             "metrics": metrics, "parameters": params, "train_seconds": round(result.seconds, 1),

@@ -178,4 +178,4 @@ def test_pruning_a_quantized_checkpoint_is_refused(trained, tmp_path):
                               "--out", str(tmp_path / "q")])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["--quiet", "prune", str(tmp_path / "q"), "--heads", "0.2", "--out", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "is quantized" in res.stderr
+    assert res.exit_code == 2 and "already quantized" in res.stderr
