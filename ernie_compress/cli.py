@@ -24,8 +24,9 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .errors import UserError
-from .options import Option, OptionError, OptionSpec
+from .options import Option, OptionError, OptionSpec, help_order, options
 from .render import RENDERERS
+from .runtime.bench import BenchConfig, bench_export
 from .stages import STAGES, config_for, run_stage, stage_options
 
 GLOBAL_FLAGS = ("--debug", "--json", "--quiet", "-q", "--trust-pickle", "--ignore-integrity")
@@ -60,7 +61,6 @@ class _Settings:
 
 settings = _Settings()
 
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")]
 
 
 def _version(value: bool) -> None:
@@ -198,44 +198,45 @@ def _cli_parameter(opt: Option) -> inspect.Parameter:
                              annotation=Annotated[_cli_type(opt), info])
 
 
-def _command_options(kind: str) -> list[Option]:
-    return list(stage_options(kind).values()) + ([LATENCY] if kind in LATENCY_PAIRS else [])
-
-
-def _cli_values(kind: str, given: dict[str, Any]) -> dict[str, Any]:
-    """Parsed command-line values as the stage config's fields take them."""
+def _cli_values(opts: dict[str, Option], given: dict[str, Any]) -> dict[str, Any]:
+    """Parsed command-line values as the config's fields take them."""
     values = {}
-    for opt in stage_options(kind).values():
-        if opt.name not in given:
+    for name, value in given.items():
+        opt = opts.get(name)
+        if opt is None:
             continue
-        value = given[opt.name]
         if opt.spec.parse is not None and isinstance(value, str):
             value = opt.spec.parse(value)
-        values[opt.name] = tuple(value) if isinstance(value, list) else value
+        values[name] = tuple(value) if isinstance(value, list) else value
     return values
 
 
-def _add_stage_command(kind: str) -> None:
-    opts = _command_options(kind)
-    flags = {o.name: o.cli_name() for o in opts}
+def _add_config_command(name: str, opts: dict[str, Option], run: Callable[[dict[str, Any]], dict[str, Any]],
+                        summary: str, extra: list[Option] = ()) -> None:
+    """A command whose options are ``opts`` (a config's fields) plus ``extra`` command-line ones;
+    ``run`` gets the values of ``opts`` and ``given`` (everything, for ``extra``)."""
+    shown = list(opts.values()) + list(extra)
+    flags = {o.name: o.cli_name() for o in shown}
 
     def command(**given: Any) -> None:
-        latency = given.pop("latency", False)
+        run_command(lambda: run(_cli_values(opts, given), given), RENDERERS[name], given.get("threads"),
+                    lambda n: flags.get(n, f"--{n.replace('_', '-')}"))
 
-        def body() -> dict[str, Any]:
-            result = run_stage(config_for(kind, _cli_values(kind, given)))
-            if latency:
-                result.update(_latency_comparison(kind, result))
-            return result
-
-        run_command(body, RENDERERS[kind], given.get("threads"), lambda n: flags.get(n, f"--{n.replace('_', '-')}"))
-
-    params = [_cli_parameter(o) for o in opts]
+    params = [_cli_parameter(o) for o in shown]
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
-    command.__doc__ = STAGES[kind].summary
-    command.__name__ = kind
-    app.command(name=kind, epilog=GLOBAL_EPILOG)(command)
+    command.__doc__ = summary
+    command.__name__ = name
+    app.command(name=name, epilog=GLOBAL_EPILOG)(command)
+
+
+def _run_stage_command(kind: str) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    def run(values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+        result = run_stage(config_for(kind, values))
+        if given.get("latency"):
+            result.update(_latency_comparison(kind, result))
+        return result
+    return run
 
 
 def _latency_comparison(kind: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -248,35 +249,17 @@ def _latency_comparison(kind: str, result: dict[str, Any]) -> dict[str, Any]:
 
 
 for _kind in STAGES:
-    _add_stage_command(_kind)
+    _add_config_command(_kind, stage_options(_kind), _run_stage_command(_kind), STAGES[_kind].summary,
+                        [LATENCY] if _kind in LATENCY_PAIRS else [])
 
 
-# --- bench -----------------------------------------------------------------------------------
-@app.command(epilog=GLOBAL_EPILOG)
-def bench(
-    export_dir: Annotated[Path, typer.Argument(help="An export directory.")],
-    concurrency: Annotated[int, typer.Option(help="Client threads sending single requests.")] = 8,
-    requests: Annotated[int, typer.Option(help="Requests in total (held-out texts).")] = 400,
-    max_batch: Annotated[int, typer.Option(help="Largest batch the batcher forms.")] = 32,
-    max_wait_ms: Annotated[float, typer.Option(
-        help="Longest a request waits for others to join its batch.")] = 5.0,
-    device: Annotated[str, typer.Option(help="cpu, gpu or npu.")] = "cpu",
-    backend: Annotated[Optional[str], typer.Option(help="paddle or onnxruntime.")] = None,
-    threads: ThreadsOpt = None,
-) -> None:
-    """Serving-like load: dynamic batching vs one request per run (QPS, latency percentiles)."""
+# --- bench: options from its config, like the stages --------------------------------------------
+def _run_bench(values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    return bench_export(BenchConfig(**values))
 
-    def body():
-        from .runtime.backends import RuntimeConfig
-        from .runtime.bench import BenchConfig, bench_export
-        from .runtime.dynamic_batching import BatcherConfig
 
-        return bench_export(BenchConfig(
-            export_dir=export_dir, concurrency=concurrency, requests=requests,
-            batcher=BatcherConfig(max_batch=max_batch, max_wait_ms=max_wait_ms),
-            runtime=RuntimeConfig(device=device, backend=backend, threads=threads)))
-
-    run_command(body, RENDERERS["bench"], threads)
+_add_config_command("bench", {o.name: o for o in help_order(options(BenchConfig), BenchConfig.__module__)},
+                    _run_bench, "Serving-like load: dynamic batching vs one request per run (QPS, latency percentiles).")
 
 
 # --- run / demo / report ----------------------------------------------------------------------

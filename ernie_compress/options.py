@@ -93,6 +93,17 @@ def options(cls: type) -> list[Option]:
     return list(_options(cls))
 
 
+def help_order(opts: list[Option], own_module: str) -> list[Option]:
+    """The order ``--help`` and the README show: arguments, ``out``, the options the command's own
+    module declares, then the shared ones it inherits."""
+    def rank(i_opt):
+        i, o = i_opt
+        shared = o.owner is not None and o.owner.__module__ != own_module
+        return (not o.spec.argument, o.name != "out", shared, i)
+
+    return [o for _, o in sorted(enumerate(opts), key=rank)]
+
+
 def _options(cls: type) -> Iterator[Option]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):

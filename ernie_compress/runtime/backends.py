@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import UserError
+from ..options import option
 from ..paddle_env import cpu_threads, import_paddle
 
 DEVICES = ("cpu", "gpu", "npu")
@@ -58,6 +59,21 @@ class Session(Protocol):
 
     def run(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
         """Logits for a batch of int64 [batch, seq] inputs."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThreadsOption:
+    threads: int | None = option(None, scope="run", at_least=1, help="CPU threads (default: all cores).")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeOptions(ThreadsOption):
+    """The options of a command that runs an export (``evaluate``, ``bench``)."""
+
+    device: str = option("cpu", choices=DEVICES, help="Where the export runs: cpu, gpu or npu.")
+    backend: str | None = option(None, choices=BACKENDS, help=(
+        "paddle (Paddle Inference) or onnxruntime. Default: onnxruntime on cpu, paddle on gpu/npu; the other "
+        "one when the export has only its files."))
 
 
 @dataclass(frozen=True)

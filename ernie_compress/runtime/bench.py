@@ -7,7 +7,7 @@ receives them). Both runs answer the same requests; their outputs are compared s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +17,24 @@ from ..data.sp_tokenizer import load_tokenizer
 from ..data.tasks import TaskSpec, load_task
 from ..errors import UserError
 from ..losses import predicted_classes
-from .backends import RuntimeConfig, open_session
+from ..options import check_options, option
+from .backends import RuntimeConfig, RuntimeOptions, open_session
 from .dynamic_batching import BatcherConfig, serve_load
 from .manifest import load_manifest
 
 
-@dataclass(frozen=True)
-class BenchConfig:
-    export_dir: Path
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    batcher: BatcherConfig = field(default_factory=BatcherConfig)
-    concurrency: int = 8
-    requests: int = 400
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig(RuntimeOptions):
+    """``ernie-compress bench``: its options, declared once (``options.py``)."""
+
+    export_dir: Path = option(argument=True, scope="cli", help="An export directory.")
+    concurrency: int = option(8, at_least=1, help="Client threads sending single requests.")
+    requests: int = option(400, at_least=1, help="Requests in total (held-out texts).")
+    max_batch: int = option(32, at_least=1, help="Largest batch the batcher forms.")
+    max_wait_ms: float = option(5.0, at_least=0, help="Longest a request waits for others to join its batch.")
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise UserError(f"--concurrency must be >= 1, got {self.concurrency}")
-        if self.requests < 1:
-            raise UserError(f"--requests must be >= 1, got {self.requests}")
+        check_options(self)
 
 
 def bench_export(cfg: BenchConfig) -> dict[str, Any]:
@@ -51,8 +51,9 @@ def bench_export(cfg: BenchConfig) -> dict[str, Any]:
         enc = tokenizer.encode_batch([e.text_a], None if e.text_b is None else [e.text_b],
                                      max_length=manifest.get("max_seq_length", 128))
         requests.append((enc.input_ids[0], enc.token_type_ids[0]))
-    session = open_session(export_dir, manifest, cfg.runtime)
-    batcher = BatcherConfig(cfg.batcher.max_batch, cfg.batcher.max_wait_ms, tokenizer.pad_id)
+    session = open_session(export_dir, manifest, RuntimeConfig(device=cfg.device, backend=cfg.backend,
+                                                               threads=cfg.threads))
+    batcher = BatcherConfig(cfg.max_batch, cfg.max_wait_ms, tokenizer.pad_id)
     session.run(*[np.stack([r[i] for r in requests[:1]]) for i in (0, 1)])  # warm-up
     baseline = serve_load(session.run, requests, cfg.concurrency, None)
     batched = serve_load(session.run, requests, cfg.concurrency, batcher)
@@ -60,7 +61,7 @@ def bench_export(cfg: BenchConfig) -> dict[str, Any]:
     return {
         "export": str(export_dir), "backend": session.backend, "device": session.device,
         "concurrency": cfg.concurrency, "requests": cfg.requests,
-        "max_batch": cfg.batcher.max_batch, "max_wait_ms": cfg.batcher.max_wait_ms,
+        "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
         "no_batching": baseline["stats"], "dynamic_batching": batched["stats"],
         "speedup_qps": batched["stats"]["qps"] / baseline["stats"]["qps"],
         "outputs_max_abs_diff": float(max(np.abs(x - y).max() for x, y in zip(baseline["outputs"], batched["outputs"]))),

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..data.tasks import TaskSpec
 from ..models.layouts import LAYOUT_HELP, LAYOUTS
 from ..options import fail, option
+from ..runtime.backends import ThreadsOption
 from ..training_loop import LoopConfig
 
 TASK_HELP = ("Task: demo:sentiment, demo:ner, demo:lm (built in), or with --data: tnews, afqmc, text, "
@@ -34,11 +35,6 @@ class TaskOptions:
         if not self.task:
             return None
         return TaskSpec(name=self.task, data=str(Path(self.data).expanduser().resolve()) if self.data else None)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ThreadsOption:
-    threads: int | None = option(None, scope="run", at_least=1, help="CPU threads (default: all cores).")
 
 
 @dataclass(frozen=True, kw_only=True)

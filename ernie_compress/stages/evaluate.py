@@ -12,11 +12,11 @@ from typing import Any
 from ..errors import UserError
 from ..evaluate import evaluate_checkpoint, SPLITS
 from ..options import check_options, option
-from ..runtime.backends import BACKENDS, DEVICES, RuntimeConfig
+from ..runtime.backends import RuntimeConfig, RuntimeOptions
 from ..runtime.evaluate_export import EvaluateExportConfig, evaluate_export
 from ..runtime.latency import LatencyConfig
 from ..runtime.manifest import MANIFEST_FILE
-from .common import TaskOptions, ThreadsOption
+from .common import TaskOptions
 from .registry import register
 
 
@@ -29,18 +29,15 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvaluateConfig(TaskOptions, ThreadsOption):
-    """``ernie-compress evaluate``: metric (and for an export latency/QPS) on held-out data."""
+class EvaluateConfig(TaskOptions, RuntimeOptions):
+    """``ernie-compress evaluate``: metric (and for an export latency/QPS) on held-out data; the
+    runtime options apply to an export (a checkpoint runs in Paddle dygraph on cpu)."""
 
     path: Path = option(argument=True, scope="cli", help=(
         "A checkpoint directory (runs in Paddle dygraph) or an export directory (runs on a runtime, with "
         "latency and throughput)."))
     split: str | None = option(None, scope="cli", choices=SPLITS, help=(
         "Which split: train, dev or test (default: the task's held-out split)."))
-    device: str = option("cpu", choices=DEVICES, help="Export only: cpu, gpu or npu.")
-    backend: str | None = option(None, choices=BACKENDS, help=(
-        "Export only: paddle (Paddle Inference) or onnxruntime. Default: onnxruntime on cpu, paddle on "
-        "gpu/npu; the other one when the export has only its files."))
     batch_sizes: tuple[int, ...] = option((1, 32), at_least=1, parse=parse_batch_sizes, cli_default="1,32",
                                           help="Export only: batch sizes to time, comma-separated.")
     seq_len: int = option(128, at_least=1, at_most=4096, help="Export only: sequence length for timing.")

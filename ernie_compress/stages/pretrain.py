@@ -42,10 +42,8 @@ CORPORA_HELP = ("demo:sentiment (its train split's texts), demo:peoples-daily (P
 class PretrainConfig(CheckpointOutput, RunOptions):
     """``ernie-compress pretrain``: masked-LM training of a fresh encoder on unlabeled text."""
 
-    corpus: tuple[str, ...] = option(help="Unlabeled text to learn from (repeatable): demo:sentiment (its train "
-                                          "split), demo:peoples-daily (demo:ner's train sentences), or a UTF-8 "
-                                          "file with one text per line; built-in corpora hold no dev/test text "
-                                          "of any built-in task.")
+    corpus: tuple[str, ...] = option(help=f"Unlabeled text to learn from (repeatable): {CORPORA_HELP}; built-in "
+                                          f"corpora hold no dev/test text of any built-in task.")
     preset: str = option("demo-teacher", help="Model size to pre-train (see `train --help`).")
     steps: int = option(600, at_least=1, help="Optimizer steps of masked-LM training.")
     batch_size: int = option(32, at_least=1, help="Texts per step.")

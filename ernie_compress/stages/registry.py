@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..options import Option, OptionError, options
+from ..options import Option, OptionError, help_order, options
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ def run_stage(config: Any) -> dict[str, Any]:
 
 
 def stage_options(kind: str) -> dict[str, Option]:
-    """The options of stage ``kind`` in the order ``--help`` shows them (arguments, ``out``, the
-    stage's own options, then the shared ones of ``common.py``). For a stage with several methods,
+    """The options of stage ``kind`` in the order ``--help`` shows them (``options.help_order``).
+    For a stage with several methods,
     the union of theirs, where a method selector (``qat``) defaults to None / False since the user
     picks one."""
     merged: dict[str, Option] = {}
@@ -65,13 +65,8 @@ def stage_options(kind: str) -> dict[str, Option]:
             if seen is not None and (seen.default, seen.spec) != (opt.default, opt.spec):
                 raise AssertionError(f"{kind}: option '{opt.name}' is declared differently by its methods")
             merged[opt.name] = opt
-    order = list(merged.values())
-
-    def rank(o: Option) -> tuple:
-        shared = o.owner is not None and o.owner.__module__.endswith("stages.common")
-        return (not o.spec.argument, o.name != "out", shared, order.index(o))
-
-    return {o.name: o for o in sorted(order, key=rank)}
+    ordered = help_order(list(merged.values()), STAGES[kind].configs[0].__module__)
+    return {o.name: o for o in ordered}
 
 
 def selectors(kind: str) -> dict[str, type]:

@@ -32,7 +32,7 @@ def cli_config(kind: str, args: list[str]):
     """The config the command line builds from ``args`` (parsed by Click, not run)."""
     command = typer.main.get_command(app).commands[kind]
     ctx = command.make_context(kind, list(args))
-    return config_for(kind, _cli_values(kind, ctx.params))
+    return config_for(kind, _cli_values(stage_options(kind), ctx.params))
 
 
 def recipe_config(kind: str, options: dict):
