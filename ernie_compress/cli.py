@@ -23,6 +23,7 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
+from .distributed import world
 from .errors import UserError
 from .options import Option, OptionError, OptionSpec, help_order, options
 from .render import RENDERERS
@@ -97,7 +98,7 @@ def run_command(body: Callable[[], dict[str, Any]], render: Callable[[dict[str, 
     ``name_of`` spells an option as this command's flag in an :class:`OptionError`."""
     from . import progress
 
-    progress.set_enabled(not settings.quiet)
+    progress.set_enabled(not settings.quiet and world().main)  # ranks of a launcher: rank 0 speaks
     from .paddle_env import sigterm_as_interrupt
 
     sigterm_as_interrupt()  # SIGTERM unwinds like Ctrl-C: temporary outputs are removed
@@ -124,6 +125,8 @@ def run_command(body: Callable[[], dict[str, Any]], render: Callable[[dict[str, 
         hint = f" ({exc.args[0]})" if exc.args else ""
         typer.echo(f"error: interrupted; no output was written{hint}", err=True)
         raise typer.Exit(130) from None
+    if not world().main:
+        return
     if settings.json:
         typer.echo(json.dumps(result, ensure_ascii=False, default=str))
     elif render is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 
+TRAINING_DEVICES = ("cpu", "gpu", "npu")
 _configured_threads: int | None = None
 _default_threads: int | None = None
 _sigterm_as_interrupt = False
@@ -81,3 +82,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     paddle.seed(seed)
+
+
+def training_device(requested: str | None) -> str:
+    """The device training runs on (``--device``; default gpu when this Paddle has CUDA and sees a
+    GPU, else cpu), refused with what to install when it is missing; Paddle is set to use it."""
+    from .errors import UserError
+
+    paddle = import_paddle()
+    gpus = paddle.device.cuda.device_count() if paddle.is_compiled_with_cuda() else 0
+    device = requested or ("gpu" if gpus else "cpu")
+    if device == "gpu" and not gpus:
+        why = "this Paddle build has no CUDA (pip install paddlepaddle-gpu)" if not paddle.is_compiled_with_cuda() \
+            else "no GPU is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
+        raise UserError(f"--device gpu: {why}")
+    if device == "npu" and "npu" not in (paddle.device.get_all_custom_device_type() or []):
+        raise UserError("--device npu: no 'npu' custom device is registered (install Paddle's NPU plugin, "
+                        "paddle-custom-npu)")
+    paddle.set_device(device)
+    return device

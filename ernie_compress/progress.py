@@ -18,6 +18,10 @@ def set_enabled(enabled: bool) -> None:
     _enabled = enabled
 
 
+def enabled() -> bool:
+    return _enabled
+
+
 class _Bar:
     def __init__(self, progress: Progress | None, task_id):
         self._progress, self._task = progress, task_id

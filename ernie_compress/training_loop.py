@@ -21,7 +21,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .data.batching import Batch, EncodedSplit
+from .data.batching import IGNORE_INDEX, Batch, EncodedSplit
+from .distributed import World, all_reduce_gradients, barrier, shard_rows, world
+from .distributed import init as init_distributed
 from .errors import UserError
 from .losses import hard_label_loss
 from .metrics import PRIMARY_METRIC, is_better, score_split
@@ -42,6 +44,8 @@ class LoopConfig:
     eval_every: int | None = None  # evaluate every N steps as well as at each epoch end
     eval_batch_size: int = 64
     save_every: int | None = None  # steps between resumable training states (with a state dir)
+    grad_accum: int = 1  # micro-batches per optimizer step (each rank's share of a batch, split further)
+    amp: str = "off"  # mixed precision: "fp16" (with loss scaling) or "bf16"; master weights stay FP32
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -66,6 +70,16 @@ class TensorBatch:
     token_type_ids: Any
     labels: Any
     index: np.ndarray
+    whole: Batch | None = None  # the global batch this is a share of (data parallel, --grad-accum)
+
+    def token_share(self, valid, pad_id: int) -> float:
+        """For a loss term that averages over ``valid`` tokens while the loop weights this share
+        by its rows: the factor that makes the term's gradients add up to the whole batch's.
+        1.0 when this is the whole batch."""
+        if self.whole is None or len(self.whole.index) == len(self.index):
+            return 1.0
+        tokens, all_tokens = float(valid.sum()), int((self.whole.input_ids != pad_id).sum())
+        return (tokens / all_tokens) / (len(self.index) / len(self.whole.index)) if all_tokens else 0.0
 
 
 class LossFn(Protocol):
@@ -141,8 +155,9 @@ def resumable(out: Path, resume: bool):
     """Yield the state directory for a stage writing ``out``; a fresh run clears an old state, an
     interrupted one keeps it and says how to continue. Callers remove it once ``out`` is written."""
     state_dir = train_state_dir(out)
-    if not resume and state_dir.exists():
+    if not resume and state_dir.exists() and world().main:
         shutil.rmtree(state_dir)
+    barrier()
     try:
         yield state_dir
     except KeyboardInterrupt:
@@ -172,6 +187,48 @@ def load_train_state(state_dir: Path) -> dict[str, Any] | None:
                         f"delete {state_dir} and start again") from None
 
 
+TOKEN_LEVEL_KINDS = ("token_classification", "causal_lm")  # losses average over labeled tokens
+
+
+def batch_weight(batch: Batch, kind: str) -> int:
+    """What a batch's loss averages over: its labeled tokens for token-level kinds, else its rows."""
+    if kind in TOKEN_LEVEL_KINDS:
+        return int((batch.labels != IGNORE_INDEX).sum())
+    return len(batch.index)
+
+
+def _rows(batch: Batch, rows: slice | np.ndarray) -> Batch:
+    return Batch(batch.input_ids[rows], batch.token_type_ids[rows], batch.labels[rows], batch.index[rows])
+
+
+def _accumulate(model, batch: Batch, loss_fn: LossFn, kind: str, w: World, pieces: int, amp: str,
+                scaler) -> dict[str, float]:
+    """Backward of this rank's share of a global batch, in ``pieces`` micro-batches, each loss
+    scaled by its share of the batch's weight times the world size (so that the all-reduced mean
+    of the gradients is the gradient of the whole batch's loss); the loss parts for the progress
+    bar, weighted the same way. One rank, one piece: the plain ``loss.backward()``."""
+    paddle = import_paddle()
+    mine = _rows(batch, shard_rows(len(batch.index), w))
+    total = batch_weight(batch, kind)
+    values: dict[str, float] = {}
+    for part in range(pieces):
+        piece = _rows(mine, shard_rows(len(mine.index), World(part, pieces)))
+        weight = batch_weight(piece, kind) if len(piece.index) else 0
+        if weight == 0:  # nothing of this batch here: a zero-weighted row keeps the gradients in step
+            piece, weight = _rows(batch, slice(0, 1)), 0
+        tensors = to_tensors(piece)
+        tensors.whole = batch
+        with paddle.amp.auto_cast(enable=amp != "off", dtype="float16" if amp == "fp16" else "bfloat16"):
+            loss, parts = loss_fn(model, tensors)
+        scale = w.size * weight / total if total else 0.0
+        if scale != 1.0:
+            loss = loss * scale
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        for k, v in parts.items():
+            values[k] = values.get(k, 0.0) + float(v) * (weight / total * w.size if total else 0.0)
+    return values
+
+
 def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: LoopConfig,
                 kind: str = "classification", loss_fn: LossFn = hard_label_loss,
                 hooks: TrainHooks | None = None,
@@ -189,6 +246,11 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Lo
     """
     extra_layers = extra_layers or {}
     paddle = import_paddle()
+    w = init_distributed()
+    pieces_per_rank = config.grad_accum
+    if config.batch_size % (w.size * pieces_per_rank):
+        raise UserError(f"--batch-size {config.batch_size} (the global batch) must divide by the number of "
+                        f"processes x --grad-accum ({w.size} x {pieces_per_rank})")
     seed_everything(config.seed)
     hooks = hooks or TrainHooks()
     rng = np.random.default_rng(config.seed)
@@ -213,6 +275,7 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Lo
         learning_rate=schedule, parameters=params, weight_decay=config.weight_decay,
         apply_decay_param_fun=lambda n: n in decay_names,
         grad_clip=paddle.nn.ClipGradByGlobalNorm(config.grad_clip) if config.grad_clip > 0 else None)
+    scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15) if config.amp == "fp16" else None
 
     def state_copy() -> dict[str, np.ndarray]:
         return {k: v.numpy().copy() for k, v in model.state_dict().items()}
@@ -275,14 +338,18 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Lo
             for batch_in_epoch, batch in enumerate(batches, start=skip_batches if epoch == start_epoch else 0):
                 if step >= total:
                     break
-                loss, parts = loss_fn(model, to_tensors(batch))
-                loss.backward()
-                optimizer.step()
+                values = _accumulate(model, batch, loss_fn, kind, w, pieces_per_rank, config.amp, scaler)
+                if w.size > 1:
+                    all_reduce_gradients(params, w)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 optimizer.clear_grad()
                 schedule.step()
                 step += 1
                 steps_run += 1
-                values = {k: float(v) for k, v in parts.items()}
                 if not all(math.isfinite(v) for v in values.values()):
                     raise UserError(f"the loss became {values} at step {step}; lower --lr")
                 bar.advance(values)
@@ -291,7 +358,7 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Lo
                 if config.eval_every and step % config.eval_every == 0:
                     evaluate(step, step / per_epoch)
                     last_eval = step
-                if state_dir is not None and config.save_every and step % config.save_every == 0:
+                if state_dir is not None and config.save_every and step % config.save_every == 0 and w.main:
                     save_state(epoch, batch_in_epoch + 1)
             if last_eval != step:
                 evaluate(step, step / per_epoch)

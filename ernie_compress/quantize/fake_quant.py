@@ -6,7 +6,7 @@ input to the int grid in the forward pass and passes gradients straight through 
 straight-through estimator, Bengio et al. 2013). Built from ``paddle.quantization.QAT`` with:
 
 - activations: Paddle's ``FakeQuanterWithAbsMaxObserver`` — moving-average abs-max scale,
-  symmetric, per tensor;
+  symmetric, per tensor (observing the whole global batch under data parallelism);
 - weights: paddleslim's ``FakeQuanterChannelWiseAbsMaxObserver`` — abs-max per output channel
   (Paddle Linear weights are [in, out]: axis 1), symmetric.
 
@@ -40,11 +40,38 @@ def _require_paddleslim():
     return FakeQuanterChannelWiseAbsMaxObserver
 
 
+def _synced_activation_quanter(moving_rate: float, bit_length: int):
+    """Paddle's moving-average abs-max activation quanter, which under data parallelism observes
+    the abs-max of the whole global batch (the max over the ranks) instead of this rank's rows, so
+    that N ranks learn the scales one process learns. Paddle's own kernel does the work: it is fed
+    this rank's activations plus one extra element holding the global abs-max (gradient-free),
+    which is cut off again. In one process it is Paddle's quanter unchanged."""
+    paddle = import_paddle()
+    from paddle.quantization.quanters import FakeQuanterWithAbsMaxObserver
+    from paddle.quantization.quanters.abs_max import FakeQuanterWithAbsMaxObserverLayer
+
+    from ..distributed import world
+
+    class SyncedLayer(FakeQuanterWithAbsMaxObserverLayer):
+        def dynamic_forward(self, input):
+            if not self.training or world().size == 1:
+                return super().dynamic_forward(input)
+            global_max = paddle.max(paddle.abs(input)).detach()
+            paddle.distributed.all_reduce(global_max, op=paddle.distributed.ReduceOp.MAX)
+            extended = paddle.concat([input.reshape([-1]), global_max.reshape([1]).astype(input.dtype)])
+            return super().dynamic_forward(extended)[:-1].reshape(input.shape)
+
+    class Synced(FakeQuanterWithAbsMaxObserver):
+        def _get_class(self):
+            return SyncedLayer
+
+    return Synced(moving_rate=moving_rate, bit_length=bit_length)
+
+
 def fake_quant_model(model, scheme: Int8Scheme, moving_rate: float = 0.9):
     """A copy of ``model`` whose encoder Linears fake-quantize weights and inputs."""
     paddle = import_paddle()
     from paddle.quantization import QAT, QuantConfig
-    from paddle.quantization.quanters import FakeQuanterWithAbsMaxObserver
 
     channel_wise = _require_paddleslim()
     names = set(quantized_linear_names(model))
@@ -52,8 +79,7 @@ def fake_quant_model(model, scheme: Int8Scheme, moving_rate: float = 0.9):
     config = QuantConfig(activation=None, weight=None)
     config.add_layer_config(
         layers,
-        activation=FakeQuanterWithAbsMaxObserver(moving_rate=moving_rate,
-                                                 bit_length=scheme.activation_bits),
+        activation=_synced_activation_quanter(moving_rate, scheme.activation_bits),
         weight=channel_wise(bit_length=scheme.weight_bits))
     model.train()  # QAT.quantize insists on a model in training mode
     quantized = QAT(config).quantize(model, inplace=False)

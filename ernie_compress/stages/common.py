@@ -14,6 +14,7 @@ from pathlib import Path
 from ..data.tasks import TaskSpec
 from ..models.layouts import LAYOUT_HELP, LAYOUTS
 from ..options import fail, option
+from ..paddle_env import TRAINING_DEVICES
 from ..runtime.backends import ThreadsOption
 from ..training_loop import LoopConfig
 
@@ -50,7 +51,33 @@ class CheckpointOutput:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainingOptions(RunOptions):
+class AcceleratorOptions:
+    """Where and how a training stage runs (``distributed.py``, ``paddle_env.training_device``)."""
+
+    device: str | None = option(None, choices=TRAINING_DEVICES, scope="run", help=(
+        "Where training runs: cpu, gpu or npu (default: gpu when this Paddle has CUDA and sees one, else cpu). "
+        "Teacher and student share it."))
+    amp: str = option("off", choices=("off", "fp16", "bf16"), scope="run", help=(
+        "Mixed precision on a gpu/npu: fp16 (with loss scaling) or bf16; master weights stay FP32 (refused on "
+        "cpu)."))
+    nproc: int = option(1, at_least=1, scope="run", help=(
+        "Data-parallel processes on this machine (paddle.distributed: gloo on cpu, NCCL on gpu); --batch-size "
+        "stays the global batch. Several machines: `python -m paddle.distributed.launch` (README)."))
+    grad_accum: int = option(1, at_least=1, help=(
+        "Micro-batches per optimizer step: a global batch larger than memory, same result."))
+
+    def check_accelerator(self) -> None:
+        if self.amp != "off" and self.device == "cpu":
+            fail(f"{{amp}} {self.amp} needs {{device}} gpu or npu: Paddle has no CPU kernels for {self.amp} "
+                 f"training", "amp", "device")
+        batch = getattr(self, "batch_size", None)
+        if batch is not None and batch % (self.nproc * self.grad_accum):
+            fail(f"{{batch_size}} {batch} (the global batch) must divide by {{nproc}} x {{grad_accum}} "
+                 f"({self.nproc} x {self.grad_accum})", "batch_size", "nproc", "grad_accum")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingOptions(AcceleratorOptions, RunOptions):
     """The loop's options; a stage declares its own ``epochs`` (or ``recover_epochs``) and ``lr``,
     whose defaults differ between stages."""
 
@@ -64,7 +91,8 @@ class TrainingOptions(RunOptions):
     def loop_config(self, epochs: int, lr: float, **extra) -> LoopConfig:
         """The training loop's settings for this stage."""
         return LoopConfig(epochs=epochs, batch_size=self.batch_size, learning_rate=lr, seed=self.seed,
-                          max_steps=self.max_steps, save_every=self.save_every, **extra)
+                          max_steps=self.max_steps, save_every=self.save_every, grad_accum=self.grad_accum,
+                          amp=self.amp, **extra)
 
 
 

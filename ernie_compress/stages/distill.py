@@ -72,6 +72,7 @@ class DistillConfig(CheckpointOutput, TaskOptions, TrainingOptions):
 
     def __post_init__(self) -> None:
         check_options(self)
+        self.check_accelerator()
         if self.ce_weight + self.kd_weight + self.hidden_weight + self.attention_weight == 0:
             fail("every loss weight is 0 ({ce_weight}, {kd_weight}, {hidden_weight}, {attention_weight}): "
                  "nothing to train on", "ce_weight", "kd_weight", "hidden_weight", "attention_weight")
@@ -210,11 +211,12 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             total = total + cfg.kd_weight * parts["kd"]
         if needs_internals:
             valid = paddle.cast(batch.input_ids != tokenizer.pad_id, "float32")  # [b, s]
+            share = batch.token_share(valid, tokenizer.pad_id)  # token-averaged terms, data parallel
             if cfg.hidden_weight:
                 h = sum(hidden_mse(record["hidden_states"][s], t_record["hidden_states"][t], projection, valid)
                         for s, t in mapping) / len(mapping)
                 parts["hidden"] = h
-                total = total + cfg.hidden_weight * h
+                total = total + cfg.hidden_weight * share * h
             if cfg.attention_weight:
                 bias = paddle.unsqueeze((1.0 - valid) * -1e4, axis=[1, 2])  # [b, 1, 1, s]
                 tq, tk, tv = t_record["qkv"][t_layer]
@@ -224,7 +226,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
                 val = relation_kl(relation_log_probs(tv, tv, relation_heads, bias),
                                   relation_log_probs(sv, sv, relation_heads, bias), valid)
                 parts["attn"], parts["value"] = att, val
-                total = total + cfg.attention_weight * (att + val)
+                total = total + cfg.attention_weight * share * (att + val)
         return total, parts
 
     params = list(student.parameters()) + (list(projection.parameters()) if cfg.hidden_weight else [])

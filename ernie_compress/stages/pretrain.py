@@ -30,7 +30,7 @@ from ..options import check_options, fail, option
 from ..paddle_env import import_paddle
 from ..progress import note
 from ..training_loop import TensorBatch, LoopConfig, TrainHooks, train_model
-from .common import CheckpointOutput, RunOptions
+from .common import AcceleratorOptions, CheckpointOutput, RunOptions
 from .registry import register
 from .skeleton import finish, refuse_existing_output
 
@@ -39,7 +39,7 @@ CORPORA_HELP = ("demo:sentiment (its train split's texts), demo:peoples-daily (P
 
 
 @dataclass(frozen=True, kw_only=True)
-class PretrainConfig(CheckpointOutput, RunOptions):
+class PretrainConfig(CheckpointOutput, AcceleratorOptions, RunOptions):
     """``ernie-compress pretrain``: masked-LM training of a fresh encoder on unlabeled text."""
 
     corpus: tuple[str, ...] = option(help=f"Unlabeled text to learn from (repeatable): {CORPORA_HELP}; built-in "
@@ -54,13 +54,14 @@ class PretrainConfig(CheckpointOutput, RunOptions):
 
     def __post_init__(self) -> None:
         check_options(self)
+        self.check_accelerator()
         if not self.corpus:
             fail(f"pass at least one {{corpus}} ({CORPORA_HELP})", "corpus")
 
     @property
     def train(self) -> LoopConfig:
         return LoopConfig(epochs=10**6, batch_size=self.batch_size, learning_rate=self.lr, seed=self.seed,
-                          max_steps=self.steps)
+                          max_steps=self.steps, grad_accum=self.grad_accum, amp=self.amp)
 
 
 def read_corpus(name: str) -> list[str]:

@@ -58,6 +58,7 @@ class PruneConfig(CheckpointOutput, TaskOptions, ParentKDOptions, TrainingOption
 
     def __post_init__(self) -> None:
         check_options(self)
+        self.check_accelerator()
         if self.params is None and self.heads is None and self.ffn is None:
             fail("say what to remove: {heads} R, {ffn} R and/or {params} R", "heads", "ffn", "params")
         if self.params is not None and (self.heads is not None or self.ffn is not None):

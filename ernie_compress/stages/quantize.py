@@ -66,6 +66,7 @@ class QATConfig(QuantizeOptions, IntegerOptions, ParentKDOptions, TrainingOption
 
     def __post_init__(self) -> None:
         check_options(self)
+        self.check_accelerator()
 
     @property
     def train(self) -> LoopConfig:

@@ -14,7 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..distributed import init as init_distributed
+from ..distributed import run_workers
 from ..options import Option, OptionError, help_order, options
+from ..paddle_env import training_device
+from .common import AcceleratorOptions
 
 
 @dataclass(frozen=True)
@@ -43,11 +47,23 @@ def register(kind: str, *configs: type, summary: str, writes_checkpoint: bool = 
 
 
 def run_stage(config: Any) -> dict[str, Any]:
-    """Run the stage whose config this is; returns its result."""
+    """Run the stage whose config this is; returns its result. A training stage first takes its
+    device, and with ``nproc`` > 1 (outside a launcher's processes) runs on that many ranks."""
     try:
         runner = _RUNNERS[type(config)]
     except KeyError:
         raise TypeError(f"no stage runs {type(config).__name__}") from None
+    if isinstance(config, AcceleratorOptions):
+        device = training_device(config.device)
+        if config.amp != "off" and device == "cpu":
+            raise OptionError(f"{{amp}} {config.amp} needs {{device}} gpu or npu: Paddle has no CPU kernels for "
+                              f"{config.amp} training (this machine's default device is cpu)", "amp", "device")
+        here = init_distributed()  # a launcher's process joins its group first
+        if here.size > 1 and config.nproc not in (1, here.size):
+            raise OptionError(f"{{nproc}} {config.nproc} under a launcher that started {here.size} processes: "
+                              f"leave {{nproc}} out", "nproc")
+        if config.nproc > 1 and here.size == 1:
+            return run_workers(run_stage, config, config.nproc, device, threads=config.threads)
     return runner(config)
 
 

@@ -21,6 +21,7 @@ from ..checkpoint import Checkpoint, config_record, load_checkpoint, save_checkp
 from ..data.batching import EncodedSplit
 from ..data.encoding import encode_splits
 from ..data.tasks import TaskData, load_task_for_model
+from ..distributed import world
 from ..errors import UserError
 from ..metrics import PRIMARY_METRIC
 from ..models import model_from_state
@@ -96,6 +97,8 @@ def finish(cfg, config, state: dict, tokenizer, record: dict[str, Any], parent: 
            extra_files: dict[str, Any] | None = None) -> Path:
     """Write the stage's checkpoint (``record`` is its lineage entry; the config is added) in
     ``cfg.layout`` to ``cfg.out``, then drop the resumable training state."""
+    if not world().main:  # data-parallel ranks hold the same weights: rank 0 writes them
+        return Path(cfg.out).expanduser().resolve()
     record = {"name": record["name"], "config": config_record(cfg), **{k: v for k, v in record.items() if k != "name"}}
     out = save_checkpoint(cfg.out, config, state, tokenizer, record, parent=parent, overwrite=cfg.overwrite,
                           extra_files=extra_files, layout=cfg.layout)

@@ -48,6 +48,7 @@ class TrainConfig(CheckpointOutput, TaskOptions, TrainingOptions):
 
     def __post_init__(self) -> None:
         check_options(self)
+        self.check_accelerator()
         if (self.preset is None) == (self.init_from is None):
             fail("pass exactly one of {preset} (a fresh model) and {init_from} (a checkpoint)", "preset", "init_from")
 

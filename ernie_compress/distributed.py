@@ -1,0 +1,146 @@
+"""Data-parallel training on ``paddle.distributed``'s collective backend (gloo on CPUs, NCCL on GPUs).
+
+Every rank draws the same global batch (same seed, same data order) and trains on its contiguous
+share of the rows; each rank's loss is scaled by its share of the batch's weight (examples, or
+labeled tokens for token-level tasks), and the gradients are summed across ranks and divided by the
+world size in one all-reduce (:func:`all_reduce_gradients`). With dropout off, a step on N ranks
+is the step one process takes on the whole batch (Goyal et al. 2017's "linear scaling" setting,
+without changing the batch). Only rank 0 writes files and prints.
+
+Processes come from ``python -m paddle.distributed.launch`` (one or several machines; it sets
+``PADDLE_TRAINER_ID`` and ``PADDLE_TRAINERS_NUM``) or from :func:`run_workers` (``--nproc N``:
+``paddle.distributed.spawn`` on this machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+from .paddle_env import import_paddle
+
+_initialised = False
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def world() -> World:
+    """This process's rank and the number of ranks (1 outside a distributed run)."""
+    return World(int(os.environ.get("PADDLE_TRAINER_ID", 0)), int(os.environ.get("PADDLE_TRAINERS_NUM", 1)))
+
+
+def init() -> World:
+    """Join the process group once (no-op in a one-process run)."""
+    global _initialised
+    w = world()
+    if w.size > 1 and not _initialised:
+        paddle = import_paddle()
+        with contextlib.redirect_stderr(io.StringIO()):  # its banner of modified FLAGS, on every rank
+            paddle.distributed.init_parallel_env()
+        _initialised = True
+    return w
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a one-process run)."""
+    if init().size > 1:
+        import_paddle().distributed.barrier()
+
+
+def shard_rows(rows: int, w: World) -> slice:
+    """This rank's contiguous rows of a global batch (the first ``rows % size`` ranks get one more)."""
+    base, extra = divmod(rows, w.size)
+    start = w.rank * base + min(w.rank, extra)
+    return slice(start, start + base + (1 if w.rank < extra else 0))
+
+
+def all_reduce_gradients(params: Sequence, w: World) -> None:
+    """Sum every parameter's gradient across ranks and divide by the world size (one collective)."""
+    paddle = import_paddle()
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return
+    flat = paddle.concat([p.grad.reshape([-1]) for p in with_grad])  # [sum of sizes]
+    paddle.distributed.all_reduce(flat)
+    flat = flat / w.size
+    offset = 0
+    for p in with_grad:
+        n = int(np.prod(p.shape))
+        p.grad.set_value(flat[offset:offset + n].reshape(p.shape))
+        offset += n
+
+
+# --- --nproc: workers on this machine --------------------------------------------------------
+def _worker(fn: Callable[[Any], dict[str, Any]], arg: Any, outbox: str, show_progress: bool,
+            threads: int | None) -> None:
+    """One spawned rank: stdout to stderr (the parent prints the result), progress on rank 0 only,
+    the CPU threads shared between the ranks unless ``--threads`` says otherwise."""
+    from . import progress
+    from .paddle_env import set_default_threads, sigterm_as_interrupt
+
+    os.dup2(2, 1)
+    sigterm_as_interrupt()
+    w = init()
+    set_default_threads(threads or max(1, (os.cpu_count() or 1) // w.size))
+    progress.set_enabled(show_progress and w.main)
+    try:
+        result = fn(arg)
+    except UserError as exc:
+        Path(outbox, f"error-{w.rank}.txt").write_text(str(exc), encoding="utf-8")
+        sys.exit(2)
+    except KeyboardInterrupt as exc:
+        Path(outbox, f"error-{w.rank}.txt").write_text(f"interrupted{f' ({exc.args[0]})' if exc.args else ''}",
+                                                       encoding="utf-8")
+        sys.exit(130)
+    if w.main:
+        Path(outbox, "result.json").write_text(json.dumps(result, default=str), encoding="utf-8")
+
+
+def run_workers(fn: Callable[[Any], dict[str, Any]], arg: Any, nproc: int, device: str,
+                threads: int | None = None) -> dict[str, Any]:
+    """Run ``fn(arg)`` on ``nproc`` ranks of this machine (``paddle.distributed.spawn``); rank 0's
+    result. A failing rank ends them all; its message is raised here as one :class:`UserError`."""
+    paddle = import_paddle()
+    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ start-up lines in the ranks
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")  # and its import-time warnings
+    with tempfile.TemporaryDirectory(prefix="ernie-compress-ranks-") as outbox:
+        try:
+            from .progress import enabled
+
+            logging.disable(logging.INFO)  # the launcher's "find free ports" line
+            paddle.distributed.spawn(_worker, args=(fn, arg, outbox, enabled(), threads), nprocs=nproc,
+                                     backend="gloo" if device == "cpu" else "auto")
+        except Exception:  # a rank failed: spawn stops the others and raises its traceback
+            logging.disable(logging.NOTSET)
+            errors = sorted(Path(outbox).glob("error-*.txt"))
+            if errors:
+                message = errors[0].read_text(encoding="utf-8")
+                if message.startswith("interrupted"):
+                    raise KeyboardInterrupt(message[len("interrupted"):].strip(" ()")) from None
+                raise UserError(message) from None
+            raise
+        logging.disable(logging.NOTSET)
+        result = Path(outbox, "result.json")
+        if not result.is_file():
+            raise UserError("the workers ended without a result (a rank was killed)")
+        return json.loads(result.read_text(encoding="utf-8"))

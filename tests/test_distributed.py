@@ -1,0 +1,116 @@
+"""Data-parallel training (distributed.py): N processes on gloo end with the weights one process
+reaches with the same seed and global batch; only rank 0 writes; bad settings are one line.
+
+Dropout is off in these runs (the checkpoint they start from has dropout 0): dropout masks are
+drawn per process, so with dropout on the runs agree in distribution, not in every weight.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from tests.helpers import train_tiny_checkpoint
+
+CLI = str(Path(sys.executable).with_name("ernie-compress"))
+TOLERANCE = 1e-5
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([CLI, "--quiet", "--json", *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def max_weight_difference(a: Path, b: Path) -> float:
+    x, y = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert x.keys() == y.keys()
+    return max(float(np.abs(x[k] - y[k]).max()) for k in x)
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory) -> Path:
+    """A tiny trained classifier with dropout off."""
+    root = tmp_path_factory.mktemp("dp")
+    ckpt, _ = train_tiny_checkpoint(root, epochs=2)
+    config = json.loads((ckpt / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (ckpt / "config.json").write_text(json.dumps(config))
+    return ckpt
+
+
+STAGES = {
+    "train": ["train", "--from", "{ckpt}", "--epochs", "2", "--lr", "3e-3"],
+    "distill": ["distill", "--teacher", "{ckpt}", "--student", "{ckpt}", "--epochs", "2", "--lr", "1e-3",
+                "--hidden-weight", "1", "--attention-weight", "1", "--no-latency"],
+    "prune recovery": ["prune", "{ckpt}", "--heads", "0.25", "--recover-epochs", "2", "--no-latency"],
+    "quantize --qat": ["quantize", "{ckpt}", "--qat", "int8", "--epochs", "2", "--lr", "1e-3"],
+}
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_two_processes_end_with_the_weights_of_one(start, tmp_path, stage):
+    args = [a.format(ckpt=start) for a in STAGES[stage]] + ["--batch-size", "8"]
+    one = json.loads(cli(*args, "--out", str(tmp_path / "one")).stdout)
+    two = json.loads(cli(*args, "--out", str(tmp_path / "two"), "--nproc", "2").stdout)
+    assert max_weight_difference(tmp_path / "one", tmp_path / "two") <= TOLERANCE
+    assert two["steps"] == one["steps"] > 0
+    metric = "metrics" if "metrics" in one else "student_metrics" if "student_metrics" in one else "accuracy"
+    assert two[metric] == one[metric]  # every rank scores the whole held-out split
+    if stage == "quantize --qat":  # the activation observers see the whole global batch
+        s1, s2 = (json.loads((tmp_path / n / "quantization_scales.json").read_text()) for n in ("one", "two"))
+        assert max(abs(s1[k]["input_absmax"] - s2[k]["input_absmax"]) for k in s1) <= TOLERANCE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no state, no rank leftovers
+
+
+def test_gradient_accumulation_is_the_same_step(start, tmp_path):
+    args = ["train", "--from", str(start), "--epochs", "2", "--lr", "3e-3", "--batch-size", "8"]
+    cli(*args, "--out", str(tmp_path / "one"))
+    cli(*args, "--out", str(tmp_path / "accum"), "--grad-accum", "4")
+    assert max_weight_difference(tmp_path / "one", tmp_path / "accum") <= TOLERANCE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_localhost_through_paddles_launcher(start, tmp_path):
+    args = ["train", "--from", str(start), "--epochs", "2", "--lr", "3e-3", "--batch-size", "8"]
+    cli(*args, "--out", str(tmp_path / "one"))
+    master = f"127.0.0.1:{free_port()}"
+    nodes = [subprocess.Popen([sys.executable, "-m", "paddle.distributed.launch", "--nnodes", "2", "--master", master,
+                               "--rank", str(rank), "--nproc_per_node", "1", "--log_dir", str(tmp_path / f"log{rank}"),
+                               CLI, "--quiet", "--json", *args, "--out", str(tmp_path / "two")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert json.loads(outputs[0][0].strip().splitlines()[-1])["out"] == str(tmp_path / "two")
+    assert max_weight_difference(tmp_path / "one", tmp_path / "two") <= TOLERANCE
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nproc", "0"], "--nproc must be >= 1, got 0"),
+    (["--nproc", "2", "--batch-size", "7"], "--batch-size 7 (the global batch) must divide by --nproc x --grad-accum"),
+    (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs --device gpu or npu"),
+    (["--device", "gpu"], "--device gpu: "),
+    (["--amp", "bf16", "--device", "tpu"], "--device must be one of cpu, gpu, npu"),
+])
+def test_bad_settings_are_one_line_and_write_nothing(start, tmp_path, args, message):
+    if args == ["--device", "gpu"]:
+        import paddle
+
+        if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count():
+            pytest.skip("this machine has a GPU")
+    result = cli("train", "--from", str(start), "--out", str(tmp_path / "o"), *args, check=False)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
