@@ -40,7 +40,8 @@ HEADER = "| key | flag | where | default | meaning |\n|---|---|---|---|---|"
 
 def markdown() -> str:
     """Every stage's options as Markdown tables."""
-    parts = ["Top of a recipe (every stage shares them; on the command line, options of each command):", "",
+    parts = ["Top of a recipe (every stage shares them, a stage may set its own; on the command line, options "
+             "of each command):", "",
              HEADER, *(_row(o, "run") for o in run_level_options().values()), ""]
     for kind, stage in STAGES.items():
         rows = [_row(o, "CLI only" if o.spec.scope == "cli" else "both")

@@ -9,8 +9,8 @@ from it, so a default cannot differ between the CLI and a recipe. This follows m
 Where an option lives:
 
 - ``scope="stage"`` (default): a CLI option of the command and a key of the recipe stage;
-- ``scope="run"``: a CLI option, and in a recipe a top-level key every stage shares (task, data,
-  seed, threads);
+- ``scope="run"``: a CLI option, and in a recipe a top-level key every stage shares, which a
+  stage may override (task, data, seed, threads, device, amp, nproc);
 - ``scope="cli"``: only on the command line (``--out``, the checkpoint argument, ``--overwrite``,
   the latency comparison of the training commands); a recipe sets these itself.
 

@@ -37,13 +37,14 @@ STAGE_KINDS = tuple(STAGES)
 
 
 def run_level_options() -> dict[str, Option]:
-    """The options a recipe sets once at the top for every stage (``scope="run"``)."""
+    """The options a recipe sets once at the top for every stage (``scope="run"``; a stage may
+    set its own value)."""
     return {o.name: o for kind in STAGE_KINDS for o in stage_options(kind).values() if o.spec.scope == "run"}
 
 
 def recipe_options(kind: str) -> dict[str, Option]:
     """The keys a recipe stage of this kind accepts (besides ``name`` and its input)."""
-    return {n: o for n, o in stage_options(kind).items() if o.spec.scope == "stage"}
+    return {n: o for n, o in stage_options(kind).items() if o.spec.scope in ("stage", "run")}
 
 
 TOP_LEVEL = {"name": str, "stages": list, "description": str}
@@ -67,6 +68,7 @@ class Recipe:
     threads: int | None
     stages: list[StageSpec] = field(default_factory=list)
     text: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)  # every top-level run key given (device, ...)
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -139,8 +141,8 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
     stage_nodes = next(v for k, v in node.value if k.value == "stages").value
     recipe = Recipe(name=str(data.get("name") or Path(where).stem), task=data.get("task"),
                     data=data.get("data"), seed=int(data.get("seed", run_level["seed"].default)),
-                    threads=data.get("threads"),
-                    text=text)
+                    threads=data.get("threads"), text=text,
+                    settings={k: v for k, v in data.items() if k in run_level and v is not None})
     used_names: set[str] = set()
     last_checkpoint: StageSpec | None = None
     produced: dict[str, StageSpec] = {}
@@ -209,10 +211,12 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
 
 def stage_values(recipe: Recipe, stage: StageSpec, source: Path | None, out: Path) -> dict[str, Any]:
     """The option values of one recipe stage: the recipe's run-level keys (task, data, seed,
-    threads), the stage's own keys, and the paths the run decides (its input, ``out``)."""
+    threads, device, ...), the stage's own keys over them, and the paths the run decides (its
+    input, ``out``)."""
     opts = stage_options(stage.kind)
     values: dict[str, Any] = {}
-    run_level = {"task": recipe.task, "data": recipe.data, "seed": recipe.seed, "threads": recipe.threads}
+    run_level = {"task": recipe.task, "data": recipe.data, "seed": recipe.seed, "threads": recipe.threads,
+                 **recipe.settings}
     for name, value in run_level.items():
         if name in opts and value is not None:
             values[name] = value

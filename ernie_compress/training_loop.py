@@ -103,6 +103,7 @@ class TrainResult:
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     steps_run: int = 0  # optimizer steps this process executed (fewer than ``steps`` after --resume)
+    step_seconds: float = 0.0  # time in those steps alone (forward, backward, all-reduce, update)
 
 
 def to_tensors(batch: Batch) -> TensorBatch:
@@ -284,6 +285,7 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Lo
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
     step = last_eval = start_epoch = skip_batches = steps_run = 0
+    step_seconds = 0.0
     epoch_rng_state = rng.bit_generator.state
     saved = load_train_state(state_dir) if (resume and state_dir is not None) else None
     if resume and saved is None:
@@ -338,6 +340,7 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Lo
             for batch_in_epoch, batch in enumerate(batches, start=skip_batches if epoch == start_epoch else 0):
                 if step >= total:
                     break
+                step_start = time.perf_counter()
                 values = _accumulate(model, batch, loss_fn, kind, w, pieces_per_rank, config.amp, scaler)
                 if w.size > 1:
                     all_reduce_gradients(params, w)
@@ -348,6 +351,7 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Lo
                     optimizer.step()
                 optimizer.clear_grad()
                 schedule.step()
+                step_seconds += time.perf_counter() - step_start
                 step += 1
                 steps_run += 1
                 if not all(math.isfinite(v) for v in values.values()):
@@ -367,4 +371,5 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Lo
     model.eval()
     if dev is None:
         best_state, best_step = state_copy(), step
-    return TrainResult(best_state, best_metrics, best_step, step, time.perf_counter() - start, history, steps_run)
+    return TrainResult(best_state, best_metrics, best_step, step, time.perf_counter() - start, history, steps_run,
+                       step_seconds)

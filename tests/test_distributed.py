@@ -114,3 +114,47 @@ def test_bad_settings_are_one_line_and_write_nothing(start, tmp_path, args, mess
     result = cli("train", "--from", str(start), "--out", str(tmp_path / "o"), *args, check=False)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def rank_processes(parent: int) -> list[int]:
+    """The spawned ranks of a CLI process (its children running multiprocessing's spawn_main)."""
+    ranks = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and "spawn_main" in cmdline:
+            ranks.append(int(stat.parent.name))
+    return sorted(ranks)
+
+
+def test_sigterm_to_one_rank_then_resume_matches_the_uninterrupted_run(start, tmp_path):
+    import os
+    import signal
+    import time
+
+    from ernie_compress.paddle_env import import_paddle
+
+    args = ["train", "--from", str(start), "--epochs", "40", "--lr", "3e-3", "--batch-size", "8",
+            "--save-every", "7", "--nproc", "2"]
+    full = json.loads(cli(*args, "--out", str(tmp_path / "full")).stdout)
+    state = tmp_path / ".cut.train-state" / "train_state.pdstate"
+    proc = subprocess.Popen([CLI, "--quiet", "--json", *args, "--out", str(tmp_path / "cut")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    ranks = rank_processes(proc.pid)
+    assert len(ranks) == 2, ranks
+    os.kill(ranks[-1], signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert not (tmp_path / "cut").exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    saved_step = int(import_paddle().load(str(state))["step"])
+    resumed = json.loads(cli(*args, "--out", str(tmp_path / "cut"), "--resume").stdout)
+    assert 0 < saved_step < full["steps"] == resumed["steps"]
+    assert resumed["steps_run"] == full["steps"] - saved_step
+    assert max_weight_difference(tmp_path / "full", tmp_path / "cut") <= TOLERANCE
+    assert not (tmp_path / ".cut.train-state").exists()

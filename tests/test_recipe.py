@@ -62,3 +62,17 @@ def test_the_report_compares_the_last_training_round_not_the_ones_it_continues()
 def test_bad_recipes_name_the_key_and_line(text, message):
     with pytest.raises(UserError, match=message):
         parse_recipe(text, "r.yaml")
+
+
+def test_run_level_settings_apply_to_every_stage_and_a_stage_may_override_them():
+    from ernie_compress.recipe import stage_config
+
+    text = ("task: demo:sentiment\ndevice: cpu\nnproc: 2\nstages:\n  - train: {preset: tiny, nproc: 1}\n"
+            "  - quantize: {qat: int8}\n")
+    recipe = parse_recipe(text, "r.yaml")
+    train, quantize = (stage_config(recipe, s, None if s.kind == "train" else Path("t"), Path("o"))
+                       for s in recipe.stages)
+    assert (train.device, train.nproc) == ("cpu", 1) and (quantize.device, quantize.nproc) == ("cpu", 2)
+    with pytest.raises(UserError, match=r"r.yaml:6: stage 'quantize' \(quantize\): 'batch_size' 7 \(the global "
+                                        r"batch\) must divide by 'nproc' x 'grad_accum'"):
+        parse_recipe(text.replace("{qat: int8}", "{qat: int8, batch_size: 7}"), "r.yaml")

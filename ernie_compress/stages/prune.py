@@ -27,7 +27,7 @@ from ..prune.selection import heads_to_keep_by_fraction, neurons_to_keep_by_frac
 from ..training_loop import LoopConfig, evaluate_split
 from .common import CheckpointOutput, ParentKDOptions, TaskOptions, TrainingOptions
 from .registry import register
-from .skeleton import finish, refuse_existing_output, start_from, train_resumably
+from .skeleton import finish, refuse_existing_output, samples_per_second, start_from, train_resumably
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,14 +113,15 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
 
     pruned = model_from_state(config, state, "pruned model")
     before_recovery = evaluate_split(pruned, start.held_out, task.kind)
-    recovered, steps, steps_run = before_recovery, 0, 0
+    recovered, steps, steps_run, train_seconds, throughput = before_recovery, 0, 0, 0.0, None
     if cfg.recover_epochs > 0:
         loss = (logit_kd_loss(model, cfg.kd_weight, cfg.kd_temperature, start.tokenizer.pad_id)
                 if cfg.distill_from_parent else hard_label_loss)
         result = train_resumably(pruned, splits, task.kind, cfg, "recover", loss_fn=loss)
         state = dict(result.best_state)
         recovered = evaluate_split(pruned, start.held_out, task.kind)
-        steps, steps_run = result.steps, result.steps_run
+        steps, steps_run, train_seconds = result.steps, result.steps_run, result.seconds
+        throughput = samples_per_second(result, cfg.batch_size)
 
     removed_per_layer = [parent.config.heads_in_layer(i) - len(k) for i, k in enumerate(heads)]
     report = {
@@ -142,4 +143,5 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
         "name": "prune", "metrics": {task.held_out: recovered}, "report": report, "steps": steps,
         "seconds": round(time.perf_counter() - started, 1)}, parent)
     return {"stage": "prune", "out": str(out), "parent": str(parent.path), "task": task.spec.name, "metric": metric,
-            **report, "steps": steps, "steps_run": steps_run, "seconds": round(time.perf_counter() - started, 1)}
+            **report, "steps": steps, "steps_run": steps_run, "train_seconds": round(train_seconds, 2),
+            "samples_per_s": throughput, "seconds": round(time.perf_counter() - started, 1)}

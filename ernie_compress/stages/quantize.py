@@ -31,7 +31,7 @@ from ..quantize.scheme import SCALES_FILE, Int8Scheme
 from ..training_loop import LoopConfig, evaluate_split
 from .common import CheckpointOutput, ParentKDOptions, RunOptions, TaskOptions, TrainingOptions
 from .registry import register
-from .skeleton import finish, refuse_existing_output, start_from, train_resumably
+from .skeleton import finish, refuse_existing_output, samples_per_second, start_from, train_resumably
 
 PTQ_OBSERVERS = ("abs_max", "percentile", "mse", "kl")
 FP16_SCHEME = {"method": "fp16", "dtype": "fp16"}  # config.json's quantization entry for FP16
@@ -117,7 +117,7 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
         state = {k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in parent.state.items()}
         qmodel, scheme, extra_files = model_from_state(parent.config, state, str(parent.path)), FP16_SCHEME, None
         steps = steps_run = 0
-        train_seconds = 0.0
+        train_seconds, throughput = 0.0, None
     else:
         reduce_range = (not cpu_has_vnni()) if cfg.reduce_range is None else cfg.reduce_range
         int8 = Int8Scheme(method=cfg.method, weight_bits=7 if reduce_range else 8, reduce_range=reduce_range,
@@ -129,10 +129,11 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
                     if cfg.distill_from_parent else hard_label_loss)
             result = train_resumably(qmodel, start.splits, task.kind, cfg, "qat int8", loss_fn=loss)
             steps, steps_run, train_seconds = result.steps, result.steps_run, result.seconds
+            throughput = samples_per_second(result, cfg.batch_size)
         else:
             calibrate_(qmodel, start.splits["train"], cfg.calib_samples, cfg.observer, cfg.percentile)
             steps = steps_run = 0
-            train_seconds = 0.0
+            train_seconds, throughput = 0.0, None
         qmodel.eval()
         scales = collect_scales(qmodel)
         state, extra_files = float_state(qmodel), {SCALES_FILE: scales}
@@ -152,4 +153,4 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
     return {"stage": name, "out": str(out), "task": task.spec.name, "scheme": scheme,
             "metrics": {task.held_out: metrics}, "parent_metrics": {task.held_out: start.metrics},
             "delta_points": delta, "quantized_layers": quantized, "steps": steps, "steps_run": steps_run,
-            "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - started, 1)}
+            "train_seconds": round(train_seconds, 2), "samples_per_s": throughput, "seconds": round(time.perf_counter() - started, 1)}

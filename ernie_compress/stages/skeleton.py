@@ -93,6 +93,11 @@ def train_resumably(model, splits: dict[str, EncodedSplit], kind: str, cfg, desc
     return result
 
 
+def samples_per_second(result: TrainResult, global_batch: int) -> float | None:
+    """Training throughput of the steps this process ran (evaluation and loading not counted)."""
+    return round(result.steps_run * global_batch / result.step_seconds, 1) if result.step_seconds else None
+
+
 def finish(cfg, config, state: dict, tokenizer, record: dict[str, Any], parent: Checkpoint | None,
            extra_files: dict[str, Any] | None = None) -> Path:
     """Write the stage's checkpoint (``record`` is its lineage entry; the config is added) in

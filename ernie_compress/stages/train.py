@@ -28,7 +28,7 @@ from ..progress import note
 from ..training_loop import LoopConfig, TrainHooks, evaluate_split
 from .common import CheckpointOutput, TaskOptions, TrainingOptions
 from .registry import register
-from .skeleton import finish, refuse_existing_output, train_resumably
+from .skeleton import finish, refuse_existing_output, samples_per_second, train_resumably
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(CheckpointOutput, TaskOptions, TrainingOptions):
@@ -114,5 +114,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "best_step": result.best_step, "history": result.history}, parent)
     params = count_parameters({k: v.shape for k, v in state.items()})
     return {"stage": "train", "out": str(out), "task": task.spec.name, "held_out_split": task.held_out,
-            "metrics": metrics, "parameters": params, "train_seconds": round(result.seconds, 1),
+            "metrics": metrics, "parameters": params, "train_seconds": round(result.seconds, 2),
+            "samples_per_s": samples_per_second(result, cfg.batch_size),
             "steps": result.steps, "steps_run": result.steps_run}
