@@ -125,7 +125,7 @@ def run_command(body: Callable[[], dict[str, Any]], render: Callable[[dict[str, 
         hint = f" ({exc.args[0]})" if exc.args else ""
         typer.echo(f"error: interrupted; no output was written{hint}", err=True)
         raise typer.Exit(130) from None
-    if not world().main:
+    if not world().main or result is None:  # another rank, or a node other than node 0
         return
     if settings.json:
         typer.echo(json.dumps(result, ensure_ascii=False, default=str))

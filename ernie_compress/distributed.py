@@ -116,6 +116,88 @@ def _worker(fn: Callable[[Any], dict[str, Any]], arg: Any, outbox: str, show_pro
         Path(outbox, "result.json").write_text(json.dumps(result, default=str), encoding="utf-8")
 
 
+def _worker_main(job: str, outbox: str) -> None:
+    """Entry of a rank started by ``paddle.distributed.launch`` for :func:`run_nodes`."""
+    import pickle
+
+    fn, arg, show_progress, threads = pickle.loads(Path(job).read_bytes())
+    _worker(fn, arg, outbox, show_progress, threads)
+
+
+def _stderr_fd() -> int | None:
+    """Where the launcher's output goes: our stderr (stdout carries --json), if it is a real file."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+MASTER_TIMEOUT_ENV = "ERNIE_COMPRESS_MASTER_TIMEOUT"  # seconds a node waits for --master (default 120)
+
+
+def check_master(master: str, node_rank: int, timeout: float | None = None) -> None:
+    """Node 0 must be able to serve ``master``'s port; every other node must reach it (node 0 may
+    start a little later: retried until the timeout)."""
+    import socket
+    import time
+
+    host, _, port = master.rpartition(":")
+    if node_rank == 0:
+        try:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("", int(port)))
+        except OSError as exc:
+            raise UserError(f"--master {master}: node 0 cannot serve port {port} ({exc.strerror or exc})") from None
+        return
+    timeout = float(os.environ.get(MASTER_TIMEOUT_ENV, 120)) if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+            return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise UserError(f"--master {master} is unreachable from node {node_rank} after {timeout:.0f} s "
+                                f"({exc.strerror or exc}); start node 0 first and check the address, port and "
+                                f"firewall") from None
+            time.sleep(1)
+
+
+def run_nodes(fn: Callable[[Any], dict[str, Any]], arg: Any, nproc: int, nnodes: int, master: str,
+              node_rank: int, threads: int | None = None) -> dict[str, Any] | None:
+    """Run ``fn(arg)`` as this machine's ``nproc`` ranks of an ``nnodes``-machine run through
+    ``paddle.distributed.launch``; rank 0's result on node 0, None on the other nodes."""
+    import pickle
+    import subprocess
+
+    from .progress import enabled
+
+    check_master(master, node_rank)
+    with tempfile.TemporaryDirectory(prefix="ernie-compress-node-") as outbox:
+        job, script = Path(outbox, "job.pkl"), Path(outbox, "rank.py")
+        job.write_bytes(pickle.dumps((fn, arg, enabled(), threads)))
+        script.write_text("import sys\nfrom ernie_compress.distributed import _worker_main\n"
+                          "_worker_main(sys.argv[1], sys.argv[2])\n", encoding="utf-8")
+        env = dict(os.environ, GLOG_minloglevel="2", PYTHONWARNINGS="ignore::UserWarning")
+        launch = subprocess.run(
+            [sys.executable, "-m", "paddle.distributed.launch", "--nnodes", str(nnodes), "--master", master,
+             "--rank", str(node_rank), "--nproc_per_node", str(nproc), "--log_level", "ERROR",
+             "--log_dir", str(Path(outbox, "log")), str(script), str(job), outbox],
+            stdout=_stderr_fd(), stderr=_stderr_fd(), env=env)
+        errors = sorted(Path(outbox).glob("error-*.txt"))
+        if errors:
+            message = errors[0].read_text(encoding="utf-8")
+            if message.startswith("interrupted"):
+                raise KeyboardInterrupt(message[len("interrupted"):].strip(" ()"))
+            raise UserError(message)
+        if launch.returncode != 0:
+            raise UserError(f"paddle.distributed.launch ended with exit code {launch.returncode} on node "
+                            f"{node_rank}; the ranks' logs were in its --log_dir")
+        result = Path(outbox, "result.json")
+        return json.loads(result.read_text(encoding="utf-8")) if result.is_file() else None
+
+
 def run_workers(fn: Callable[[Any], dict[str, Any]], arg: Any, nproc: int, device: str,
                 threads: int | None = None) -> dict[str, Any]:
     """Run ``fn(arg)`` on ``nproc`` ranks of this machine (``paddle.distributed.spawn``); rank 0's

@@ -100,7 +100,7 @@ def test_two_nodes_on_localhost_through_paddles_launcher(start, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--nproc", "0"], "--nproc must be >= 1, got 0"),
-    (["--nproc", "2", "--batch-size", "7"], "--batch-size 7 (the global batch) must divide by --nproc x --grad-accum"),
+    (["--nproc", "2", "--batch-size", "7"], "--batch-size 7 (the global batch) must divide by --nproc x --nnodes x --grad-accum"),
     (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs --device gpu or npu"),
     (["--device", "gpu"], "--device gpu: "),
     (["--amp", "bf16", "--device", "tpu"], "--device must be one of cpu, gpu, npu"),
@@ -158,3 +158,53 @@ def test_sigterm_to_one_rank_then_resume_matches_the_uninterrupted_run(start, tm
     assert resumed["steps_run"] == full["steps"] - saved_step
     assert max_weight_difference(tmp_path / "full", tmp_path / "cut") <= TOLERANCE
     assert not (tmp_path / ".cut.train-state").exists()
+
+
+def test_uneven_shares_lose_and_duplicate_no_example(start, tmp_path):
+    """47 training rows at a global batch of 8: the last batch has 7 rows, 4 on one rank and 3 on
+    the other (and 8 rows at --grad-accum 4 on 2 ranks: one row per micro-batch), weighted by rows."""
+    data = tmp_path / "data"
+    data.mkdir()
+    source = json.loads((start / "config.json").read_text())["ernie_compress"]["task"]["data"]
+    lines = Path(source, "train.jsonl").read_text(encoding="utf-8").splitlines()[:47]
+    (data / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for split in ("dev", "test"):
+        (data / f"{split}.jsonl").write_text(Path(source, f"{split}.jsonl").read_text(encoding="utf-8"))
+    args = ["train", "--from", str(start), "--task", "text", "--data", str(data), "--epochs", "2", "--lr", "3e-3",
+            "--batch-size", "8"]
+    one = json.loads(cli(*args, "--out", str(tmp_path / "one")).stdout)
+    two = json.loads(cli(*args, "--out", str(tmp_path / "two"), "--nproc", "2", "--grad-accum", "4").stdout)
+    assert one["steps"] == two["steps"] == 12  # 6 batches of 8 per epoch, the last one of 7
+    assert max_weight_difference(tmp_path / "one", tmp_path / "two") <= TOLERANCE
+    assert two["metrics"] == one["metrics"] and one["metrics"]["test"]["examples"] == 8
+
+
+def test_two_nodes_through_our_own_options(start, tmp_path):
+    args = ["train", "--from", str(start), "--epochs", "2", "--lr", "3e-3", "--batch-size", "8"]
+    cli(*args, "--out", str(tmp_path / "one"))
+    master = f"127.0.0.1:{free_port()}"
+    nodes = [subprocess.Popen([CLI, "--quiet", "--json", *args, "--out", str(tmp_path / "two"), "--nnodes", "2",
+                               "--master", master, "--node-rank", str(rank)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert json.loads(outputs[0][0])["out"] == str(tmp_path / "two") and outputs[1][0] == ""  # node 0 reports
+    assert max_weight_difference(tmp_path / "one", tmp_path / "two") <= TOLERANCE
+
+
+def test_an_unreachable_master_is_one_line(start, tmp_path, monkeypatch):
+    monkeypatch.setenv("ERNIE_COMPRESS_MASTER_TIMEOUT", "2")
+    result = cli("train", "--from", str(start), "--out", str(tmp_path / "o"), "--nnodes", "2",
+                 "--master", f"127.0.0.1:{free_port()}", "--node-rank", "1", check=False)
+    assert result.returncode == 2 and "is unreachable from node 1 after 2 s" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nnodes", "2"], "--nnodes > 1 needs --master HOST:PORT"),
+    (["--nnodes", "2", "--master", "node0:http"], "--nnodes > 1 needs --master HOST:PORT"),
+    (["--nnodes", "2", "--master", "127.0.0.1:9999", "--node-rank", "2"], "--node-rank 2 must be below --nnodes 2"),
+])
+def test_bad_node_settings(start, tmp_path, args, message):
+    result = cli("train", "--from", str(start), "--out", str(tmp_path / "o"), *args, check=False)
+    assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -74,5 +74,5 @@ def test_run_level_settings_apply_to_every_stage_and_a_stage_may_override_them()
                        for s in recipe.stages)
     assert (train.device, train.nproc) == ("cpu", 1) and (quantize.device, quantize.nproc) == ("cpu", 2)
     with pytest.raises(UserError, match=r"r.yaml:6: stage 'quantize' \(quantize\): 'batch_size' 7 \(the global "
-                                        r"batch\) must divide by 'nproc' x 'grad_accum'"):
+                                        r"batch\) must divide by 'nproc' x 'nnodes' x 'grad_accum'"):
         parse_recipe(text.replace("{qat: int8}", "{qat: int8, batch_size: 7}"), "r.yaml")

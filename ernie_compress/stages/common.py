@@ -63,6 +63,12 @@ class AcceleratorOptions:
     nproc: int = option(1, at_least=1, scope="run", help=(
         "Data-parallel processes on this machine (paddle.distributed: gloo on cpu, NCCL on gpu); --batch-size "
         "stays the global batch. Several machines: `python -m paddle.distributed.launch` (README)."))
+    nnodes: int = option(1, at_least=1, scope="run", help=(
+        "Machines in the run: start the same command on each with its --node-rank and the same --master "
+        "(each runs --nproc processes; paddle.distributed.launch underneath)."))
+    master: str | None = option(None, scope="run", help="HOST:PORT that node 0 serves and every node reaches "
+                                                        "(with --nnodes > 1).")
+    node_rank: int = option(0, at_least=0, scope="run", help="This machine's number: 0 .. --nnodes - 1.")
     grad_accum: int = option(1, at_least=1, help=(
         "Micro-batches per optimizer step: a global batch larger than memory, same result."))
 
@@ -70,10 +76,18 @@ class AcceleratorOptions:
         if self.amp != "off" and self.device == "cpu":
             fail(f"{{amp}} {self.amp} needs {{device}} gpu or npu: Paddle has no CPU kernels for {self.amp} "
                  f"training", "amp", "device")
+        if self.nnodes > 1:
+            host, _, port = (self.master or "").rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                fail("{nnodes} > 1 needs {master} HOST:PORT (node 0's address and a free port)", "nnodes", "master")
+            if self.node_rank >= self.nnodes:
+                fail(f"{{node_rank}} {self.node_rank} must be below {{nnodes}} {self.nnodes}", "node_rank", "nnodes")
         batch = getattr(self, "batch_size", None)
-        if batch is not None and batch % (self.nproc * self.grad_accum):
-            fail(f"{{batch_size}} {batch} (the global batch) must divide by {{nproc}} x {{grad_accum}} "
-                 f"({self.nproc} x {self.grad_accum})", "batch_size", "nproc", "grad_accum")
+        processes = self.nproc * self.nnodes
+        if batch is not None and batch % (processes * self.grad_accum):
+            fail(f"{{batch_size}} {batch} (the global batch) must divide by {{nproc}} x {{nnodes}} x "
+                 f"{{grad_accum}} ({self.nproc} x {self.nnodes} x {self.grad_accum})",
+                 "batch_size", "nproc", "nnodes", "grad_accum")
 
 
 @dataclass(frozen=True, kw_only=True)

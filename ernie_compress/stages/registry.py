@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..distributed import init as init_distributed
-from ..distributed import run_workers
+from ..distributed import run_nodes, run_workers
 from ..options import Option, OptionError, help_order, options
 from ..paddle_env import training_device
 from .common import AcceleratorOptions
@@ -62,6 +62,9 @@ def run_stage(config: Any) -> dict[str, Any]:
         if here.size > 1 and config.nproc not in (1, here.size):
             raise OptionError(f"{{nproc}} {config.nproc} under a launcher that started {here.size} processes: "
                               f"leave {{nproc}} out", "nproc")
+        if config.nnodes > 1 and here.size == 1:
+            return run_nodes(run_stage, config, config.nproc, config.nnodes, config.master, config.node_rank,
+                             threads=config.threads)
         if config.nproc > 1 and here.size == 1:
             return run_workers(run_stage, config, config.nproc, device, threads=config.threads)
     return runner(config)
