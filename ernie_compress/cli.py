@@ -25,6 +25,7 @@ from typer.core import TyperGroup
 from . import __version__
 from .distributed import world
 from .errors import UserError
+from .generate import GenerateConfig, generate
 from .options import Option, OptionError, OptionSpec, help_order, options
 from .render import RENDERERS
 from .runtime.bench import BenchConfig, bench_export
@@ -263,6 +264,17 @@ def _run_bench(values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
 
 _add_config_command("bench", {o.name: o for o in help_order(options(BenchConfig), BenchConfig.__module__)},
                     _run_bench, "Serving-like load: dynamic batching vs one request per run (QPS, latency percentiles).")
+
+
+# --- generate: options from its config -----------------------------------------------------------
+def _run_generate(values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    values["stream"] = values.get("stream", True) and not settings.json  # stdout carries the JSON then
+    return generate(GenerateConfig(**values))
+
+
+_add_config_command("generate", {o.name: o for o in help_order(options(GenerateConfig), GenerateConfig.__module__)},
+                    _run_generate, "Generate text from an ERNIE 4.5 causal-LM checkpoint (KV cache; greedy or "
+                                   "sampled), with time to first token and tokens/s.")
 
 
 # --- run / demo / report ----------------------------------------------------------------------

@@ -212,7 +212,17 @@ def render_info(result: dict[str, Any]) -> None:
     console.print(lineage)
 
 
+def render_generation(result: dict[str, Any]) -> None:
+    console = _console()
+    for r in result["results"]:
+        if not r.get("streamed"):
+            console.print(f"{r['prompt']}[bold]{r['text']}[/bold]", highlight=False)
+        speed = f", {r['decode_tokens_per_s']:.1f} tokens/s" if r["decode_tokens_per_s"] else ""
+        console.print(f"[dim]{len(r['tokens'])} tokens; first after {r['time_to_first_token_ms']:.1f} ms{speed}"
+                      f"{'' if r['stopped_at_eos'] else ' (stopped at --max-new-tokens)'}[/dim]")
+
+
 RENDERERS = {"train": render_stage, "pretrain": render_pretrain, "distill": render_distill,
              "prune": render_prune, "quantize": render_quantize, "export": render_export,
              "evaluate": render_evaluation, "bench": render_bench, "run": render_run, "demo": render_run,
-             "report": render_report, "info": render_info}
+             "report": render_report, "info": render_info, "generate": render_generation}

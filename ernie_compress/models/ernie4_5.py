@@ -58,11 +58,12 @@ class RMSNorm(nn.Layer):
         return x * paddle.rsqrt(variance + self.eps) * self.weight
 
 
-def rope_angles(seq_len, head_dim: int, theta: float):
-    """cos, sin of shape [seq, head_dim], each frequency repeated for its interleaved pair."""
+def rope_angles(seq_len, head_dim: int, theta: float, start=0):
+    """cos, sin of shape [seq, head_dim] for positions start .. start + seq - 1, each frequency
+    repeated for its interleaved pair."""
     # theta^(-2i/d) written as exp(-2i ln(theta) / d)
     inv_freq = paddle.exp(paddle.arange(0, head_dim, 2, dtype="float32") * (-math.log(theta) / head_dim))  # [d/2]
-    positions = paddle.arange(0, seq_len, dtype="float32")  # [s]
+    positions = paddle.arange(start, start + seq_len, dtype="float32")  # [s]
     angles = paddle.unsqueeze(positions, 1) * paddle.unsqueeze(inv_freq, 0)  # [s, d/2]
     angles = paddle.reshape(paddle.stack([angles, angles], axis=-1), [-1, head_dim])  # [s, d]
     return paddle.cos(angles), paddle.sin(angles)
@@ -92,6 +93,12 @@ class Ernie45Attention(nn.Layer):
 
     def forward(self, x, cos, sin, bias, record: dict | None = None, head_mask=None):
         # x: [b, s, hidden]; bias: [b, 1, s, s] (causal + padding, additive); head_mask: [heads]
+        return self.attend(x, cos, sin, bias, None, record, head_mask)[0]
+
+    def attend(self, x, cos, sin, bias, past=None, record: dict | None = None, head_mask=None):
+        """Attention of the new positions ``x`` [b, s, hidden] over the cached keys/values ``past``
+        (k, v: [b, kv, p, d], or None) and their own; bias [b, 1, s, p + s]. Returns the output and
+        the cache with these positions appended: only the KV heads are kept (GQA)."""
         mix = paddle.reshape(self.qkv_proj(x), [0, 0, self.heads + 2 * self.kv_heads, self.head_dim])
         q, k, v = paddle.split(mix, [self.heads, self.kv_heads, self.kv_heads], axis=2)  # [b, s, h|kv, d]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -100,15 +107,18 @@ class Ernie45Attention(nn.Layer):
         # group axis of 1 and broadcast over it in the matmuls, so they are never copied per head.
         kv, d, g = self.kv_heads, self.head_dim, self.heads // self.kv_heads
         q = paddle.transpose(paddle.reshape(q, [0, 0, kv, g, d]), [0, 2, 3, 1, 4])  # [b, kv, g, s, d]
-        k = paddle.unsqueeze(paddle.transpose(k, [0, 2, 1, 3]), 2)  # [b, kv, 1, s, d]
-        v = paddle.unsqueeze(paddle.transpose(v, [0, 2, 1, 3]), 2)
-        scores = paddle.matmul(q, k, transpose_y=True) * d ** -0.5 + paddle.unsqueeze(bias, 1)  # [b, kv, g, s, s]
+        k = paddle.transpose(k, [0, 2, 1, 3])  # [b, kv, s, d]
+        v = paddle.transpose(v, [0, 2, 1, 3])
+        if past is not None:
+            k, v = paddle.concat([past[0], k], axis=2), paddle.concat([past[1], v], axis=2)  # [b, kv, p+s, d]
+        scores = (paddle.matmul(q, paddle.unsqueeze(k, 2), transpose_y=True) * d ** -0.5
+                  + paddle.unsqueeze(bias, 1))  # [b, kv, g, s, p+s]
         probs = F.dropout(F.softmax(scores, axis=-1), self.dropout, training=self.training)
-        out = paddle.matmul(probs, v)  # [b, kv, g, s, d]
+        out = paddle.matmul(probs, paddle.unsqueeze(v, 2))  # [b, kv, g, s, d]
         out = paddle.reshape(paddle.transpose(out, [0, 3, 1, 2, 4]), [0, 0, self.heads, d])  # [b, s, h, d]
         if head_mask is not None:  # importance scoring: d loss / d mask (Michel et al. 2019)
             out = out * paddle.reshape(head_mask, [1, 1, self.heads, 1])
-        return self.o_proj(paddle.reshape(out, [0, 0, self.heads * self.head_dim]))
+        return self.o_proj(paddle.reshape(out, [0, 0, self.heads * self.head_dim])), (k, v)
 
 
 class Ernie45MLP(nn.Layer):
@@ -135,6 +145,11 @@ class Ernie45DecoderLayer(nn.Layer):
     def forward(self, x, cos, sin, bias, record=None, head_mask=None):
         x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, bias, record, head_mask))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+
+    def forward_cached(self, x, cos, sin, bias, past):
+        attended, present = self.self_attn.attend(self.input_layernorm(x), cos, sin, bias, past)
+        x = x + self.dropout(attended)
+        return x + self.dropout(self.mlp(self.post_attention_layernorm(x))), present
 
 
 class Ernie45Model(nn.Layer):
@@ -165,6 +180,24 @@ class Ernie45Model(nn.Layer):
             _record(record, "hidden_states", x)
         return self.norm(x)
 
+    def forward_cached(self, input_ids, past: list | None = None):
+        """Incremental decoding: ``input_ids`` [b, s] are the positions after the ``past`` cache
+        (per layer (k, v) [b, kv, p, d]; None for the prompt), no padding. Returns the hidden
+        states [b, s, hidden] and the cache grown by s positions."""
+        seq = input_ids.shape[1]
+        offset = 0 if past is None else past[0][0].shape[2]
+        query = paddle.arange(offset, offset + seq, dtype="int64")  # absolute positions [s]
+        key = paddle.arange(0, offset + seq, dtype="int64")  # [p+s]
+        future = paddle.unsqueeze(key, 0) > paddle.unsqueeze(query, 1)  # [s, p+s]: key after query
+        bias = paddle.unsqueeze(paddle.cast(future, "float32") * -1e4, [0, 1])  # [1, 1, s, p+s]
+        cos, sin = rope_angles(seq, self.config.head_dim, self.config.rope_theta, start=offset)
+        x = self.embed_tokens(input_ids)
+        present = []
+        for i, layer in enumerate(self.layers):
+            x, layer_cache = layer.forward_cached(x, cos, sin, bias, None if past is None else past[i])
+            present.append(layer_cache)
+        return self.norm(x), present
+
 
 class Ernie45ForCausalLM(nn.Layer):
     """Next-token logits [b, s, vocab]; ``token_type_ids`` is accepted and ignored (one signature
@@ -180,10 +213,17 @@ class Ernie45ForCausalLM(nn.Layer):
             self.lm_head = _linear(config, config.hidden_size, config.vocab_size, bias=False)
 
     def forward(self, input_ids, token_type_ids=None, head_mask=None, record: dict | None = None):
-        hidden = self.ernie(input_ids, record, head_mask)
+        return self.logits(self.ernie(input_ids, record, head_mask))
+
+    def logits(self, hidden):
         if self.config.tie_word_embeddings:
             return paddle.matmul(hidden, self.ernie.embed_tokens.weight, transpose_y=True)
         return self.lm_head(hidden)
+
+    def forward_cached(self, input_ids, past: list | None = None):
+        """Logits [b, s, vocab] of the new positions and the grown KV cache (see ``Ernie45Model``)."""
+        hidden, present = self.ernie.forward_cached(input_ids, past)
+        return self.logits(hidden), present
 
 
 class Ernie45ForSequenceClassification(nn.Layer):
