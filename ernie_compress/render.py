@@ -75,12 +75,18 @@ def render_evaluation(result: dict[str, Any]) -> None:
 
 def render_quantize(result: dict[str, Any]) -> None:
     console = _console()
-    kind = "fp16" if result["scheme"].get("dtype") == "fp16" else "int8, fake-quant"
+    s = result["scheme"]
+    kind = ("fp16" if s.get("dtype") == "fp16" else f"weight-only {s['dtype']}"
+            if str(s.get("method", "")).startswith("weight_only") else "int8, fake-quant")
     tables = {f"{split} ({kind})": m for split, m in result["metrics"].items()}
     tables.update({f"{split} (FP32 parent)": m for split, m in result["parent_metrics"].items()})
     console.print(_metrics_table(tables, f"{result['stage']}: {result['task']}"))
     s = result["scheme"]
-    if s.get("dtype") == "fp16":
+    if str(s.get("method", "")).startswith("weight_only"):
+        group = f"groups of {s['group_size']} rows" if s["group_size"] else "per output channel"
+        console.print(f"{result['quantized_layers']} Linear layers: {s['weight_bits']}-bit weights ({group}), float "
+                      f"activations; {result['delta_points']:+.2f} points vs FP32")
+    elif s.get("dtype") == "fp16":
         console.print(f"{result['quantized_layers']} tensors in FP16; {result['delta_points']:+.2f} points vs FP32")
     else:
         console.print(f"{result['quantized_layers']} Linear layers quantized: {s['weight_bits']}-bit weights per "

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import NEGATIVE, POSITIVE, write_text_task
+from tests.helpers import NEGATIVE, POSITIVE, cli_json, write_text_task
 
 os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
 
@@ -47,3 +47,17 @@ def _seeded():
     if "paddle" in sys.modules:
         sys.modules["paddle"].seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Path:
+    """An ERNIE 4.5 tiny trained as a causal LM on the tiny task's sentences (character vocabulary)."""
+    root = tmp_path_factory.mktemp("lm")
+    data = root / "data"
+    data.mkdir()
+    texts = POSITIVE + NEGATIVE
+    for split, rows in (("train", texts * 6), ("dev", texts), ("test", texts)):
+        (data / f"{split}.txt").write_text("\n".join(rows), encoding="utf-8")
+    cli_json(["train", "--task", "lm", "--data", str(data), "--preset", "ernie45-tiny", "--out", str(root / "m"),
+              "--epochs", "12", "--lr", "5e-3", "--batch-size", "8"])
+    return root / "m"

@@ -15,7 +15,7 @@ from ernie_compress.models import build_model
 from ernie_compress.models.families import config_from_dict
 from ernie_compress.models.presets import resolve_preset
 from ernie_compress.paddle_env import import_paddle
-from tests.helpers import NEGATIVE, POSITIVE, cli_json
+from tests.helpers import cli_json
 
 paddle = import_paddle()
 runner = CliRunner()
@@ -58,22 +58,8 @@ def test_sampling_is_reproducible_by_seed_and_top_p_keeps_the_nucleus():
     assert pick_token(logits, 0.0, 1.0, np.random.default_rng(0)) == 0
 
 
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    """An ERNIE 4.5 tiny trained on a few sentences as a causal LM (character vocabulary)."""
-    root = tmp_path_factory.mktemp("lm")
-    data = root / "data"
-    data.mkdir()
-    texts = POSITIVE + NEGATIVE
-    for split, rows in (("train", texts * 6), ("dev", texts), ("test", texts)):
-        (data / f"{split}.txt").write_text("\n".join(rows), encoding="utf-8")
-    cli_json(["train", "--task", "lm", "--data", str(data), "--preset", "ernie45-tiny", "--out", str(root / "m"),
-              "--epochs", "12", "--lr", "5e-3", "--batch-size", "8"])
-    return root / "m"
-
-
-def test_generate_continues_a_training_sentence(lm):
-    result = cli_json(["generate", str(lm), "--prompt", "质量太差", "--prompt", "服务态度很", "--max-new-tokens", "12"])
+def test_generate_continues_a_training_sentence(tiny_lm):
+    result = cli_json(["generate", str(tiny_lm), "--prompt", "质量太差", "--prompt", "服务态度很", "--max-new-tokens", "12"])
     texts = [r["prompt"] + r["text"] for r in result["results"]]
     assert all(r["time_to_first_token_ms"] > 0 and r["tokens"] for r in result["results"])
     # the training texts continue 质量太差 with 了 and 服务态度很 with 好 or 差; both end at end-of-text
@@ -81,12 +67,12 @@ def test_generate_continues_a_training_sentence(lm):
     assert all(r["stopped_at_eos"] for r in result["results"]), texts
 
 
-def test_generate_streams_text_to_stdout(lm):
-    res = runner.invoke(app, ["--quiet", "generate", str(lm), "--prompt", "质量", "--max-new-tokens", "5",
+def test_generate_streams_text_to_stdout(tiny_lm):
+    res = runner.invoke(app, ["--quiet", "generate", str(tiny_lm), "--prompt", "质量", "--max-new-tokens", "5",
                               "--temperature", "0.8", "--seed", "1"])
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("质量") and "tokens; first after" in res.stdout
-    again = runner.invoke(app, ["--quiet", "generate", str(lm), "--prompt", "质量", "--max-new-tokens", "5",
+    again = runner.invoke(app, ["--quiet", "generate", str(tiny_lm), "--prompt", "质量", "--max-new-tokens", "5",
                                 "--temperature", "0.8", "--seed", "1"])
     assert again.stdout.splitlines()[0] == res.stdout.splitlines()[0]  # same seed, same text
 
@@ -97,8 +83,8 @@ def test_generate_streams_text_to_stdout(lm):
     (["--prompt", "质量" * 300], "exceed the model's context of 512 positions"),
     (["--prompt", "好", "--top-p", "0"], "--top-p must be in (0, 1]"),
 ])
-def test_bad_input_is_one_line(lm, args, message):
-    res = runner.invoke(app, ["--quiet", "generate", str(lm), *args])
+def test_bad_input_is_one_line(tiny_lm, args, message):
+    res = runner.invoke(app, ["--quiet", "generate", str(tiny_lm), *args])
     assert res.exit_code == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.output
 
 

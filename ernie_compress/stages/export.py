@@ -24,7 +24,7 @@ from ..models.layouts import LAYOUTS, check_layout
 from ..options import check_options, option
 from ..paddle_env import import_paddle
 from ..quantize.fake_quant import fake_quant_model, set_activation_scales_
-from ..quantize.scheme import Int8Scheme, quantization_info, read_scales
+from ..quantize.scheme import Int8Scheme, is_weight_only, quantization_info, read_scales
 from ..runtime.backends import OnnxRuntimeSession, PaddleInferenceSession, RuntimeConfig
 from ..runtime.manifest import MANIFEST_FILE, MANIFEST_VERSION
 from .common import ThreadsOption
@@ -59,7 +59,7 @@ def _reference_model(ckpt: Checkpoint):
     """The model the exported files must reproduce: FP32, or fake-quant with the stored scales."""
     model = model_from_state(ckpt.config, ckpt.state, str(ckpt.path))
     quant = quantization_info(ckpt.config)
-    if not quant or quant.get("dtype") == "fp16":
+    if not quant or quant.get("dtype") == "fp16" or is_weight_only(quant):  # float graphs
         return model, model, None
 
     scheme = Int8Scheme.from_dict(quant)
@@ -84,6 +84,8 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
     if cfg.layout is not None:
         check_layout(ckpt.config, cfg.layout)
     quant = quantization_info(ckpt.config)
+    if is_weight_only(quant):  # exported as the float model of its dequantized weights, for now
+        quant = None
     fp16 = bool(quant) and quant.get("dtype") == "fp16"
     if quant and not fp16 and cfg.format != "onnx":
         raise UserError(PADDLE_INT8_REFUSAL)

@@ -27,7 +27,8 @@ from ..options import check_options, option
 from ..progress import note
 from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
 from ..quantize.ptq import calibrate_
-from ..quantize.scheme import SCALES_FILE, Int8Scheme
+from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantized_linear_names
+from ..quantize.weight_only import BITS, check_group_size, dequantize, quantize_rtn
 from ..training_loop import LoopConfig, evaluate_split
 from .common import CheckpointOutput, ParentKDOptions, RunOptions, TaskOptions, TrainingOptions
 from .registry import register
@@ -101,21 +102,49 @@ class FP16Config(QuantizeOptions):
         check_options(self)
 
 
-QuantizeConfig = QATConfig | PTQConfig | FP16Config
+@dataclass(frozen=True, kw_only=True)
+class WeightOnlyConfig(QuantizeOptions):
+    """``quantize --weight-only int8|int4``: integer weights, float activations (for decoding)."""
+
+    weight_only: str = option("int4", selects=True, choices=tuple(BITS), help=(
+        "Weight-only quantization to int8 (per output channel) or int4 (groups of --group-size input rows): "
+        "round-to-nearest, activations stay float; the checkpoint holds the dequantized weights."))
+    group_size: int | None = option(None, at_least=1, help=(
+        "Weight-only: input rows per scale (default: the whole column for int8, 32 for int4); must divide "
+        "every quantized Linear's input width."))
+    method = "weight_only"
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+    @property
+    def groups(self) -> int | None:
+        return self.group_size or (None if self.weight_only == "int8" else 32)
 
 
-@register("quantize", QATConfig, PTQConfig, FP16Config, summary="INT8 quantization (QAT or PTQ) or FP16 weights; ends with the held-out metric against the FP32 parent.")
+QuantizeConfig = QATConfig | PTQConfig | FP16Config | WeightOnlyConfig
+
+
+@register("quantize", QATConfig, PTQConfig, FP16Config, WeightOnlyConfig, summary=(
+    "INT8 quantization (QAT or PTQ), weight-only INT8/INT4, or FP16 weights; ends with the held-out metric "
+    "against the FP32 parent."))
 def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
     started = time.perf_counter()
     refuse_existing_output(cfg)
     fp16 = isinstance(cfg, FP16Config)
+    no_training = fp16 or isinstance(cfg, WeightOnlyConfig)
     start = start_from(cfg.checkpoint, cfg.task_spec, fp32_for="quantize its FP32 parent instead",
-                       splits=("dev", "test") if fp16 else ("train", "dev", "test"))
+                       splits=("dev", "test") if no_training else ("train", "dev", "test"))
     parent, task, metric = start.parent, start.task, start.metric
     check_layout(parent.config, cfg.layout)
     if fp16:
         state = {k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in parent.state.items()}
         qmodel, scheme, extra_files = model_from_state(parent.config, state, str(parent.path)), FP16_SCHEME, None
+        steps = steps_run = 0
+        train_seconds, throughput = 0.0, None
+    elif isinstance(cfg, WeightOnlyConfig):
+        state, scheme = _weight_only_rtn(cfg, start)
+        qmodel, extra_files = model_from_state(parent.config, state, str(parent.path)), None
         steps = steps_run = 0
         train_seconds, throughput = 0.0, None
     else:
@@ -147,10 +176,27 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
         "name": name, "metrics": {task.held_out: metrics, f"parent_{task.held_out}": start.metrics},
         "delta_points": delta, "steps": steps, "seconds": round(time.perf_counter() - started, 1)},
         parent, extra_files)
-    what = "fp16 weights (Paddle, FP32 compute)" if fp16 else f"{cfg.method} int8 (fake-quant, Paddle)"
+    what = ("fp16 weights (Paddle, FP32 compute)" if fp16 else
+            f"weight-only {scheme['dtype']} (round-to-nearest)" if isinstance(cfg, WeightOnlyConfig) else
+            f"{cfg.method} int8 (fake-quant, Paddle)")
     note(f"{what}: {metric} {metrics[metric]:.4f} vs FP32 parent {start.metrics[metric]:.4f} ({delta:+.2f} points)")
-    quantized = (sum(1 for v in state.values() if v.dtype == np.float16) if fp16 else len(extra_files[SCALES_FILE]))
+    quantized = (sum(1 for v in state.values() if v.dtype == np.float16) if fp16 else
+                 scheme["linears"] if isinstance(cfg, WeightOnlyConfig) else len(extra_files[SCALES_FILE]))
     return {"stage": name, "out": str(out), "task": task.spec.name, "scheme": scheme,
             "metrics": {task.held_out: metrics}, "parent_metrics": {task.held_out: start.metrics},
             "delta_points": delta, "quantized_layers": quantized, "steps": steps, "steps_run": steps_run,
             "train_seconds": round(train_seconds, 2), "samples_per_s": throughput, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _weight_only_rtn(cfg: WeightOnlyConfig, start) -> tuple[dict, dict]:
+    """The parent's weights with every quantized Linear rounded to ``cfg``'s grid (dequantized),
+    and the scheme config.json records."""
+    bits, group = BITS[cfg.weight_only], cfg.groups
+    state = dict(start.parent.state)
+    keys = [f"{name}.weight" for name in quantized_linear_names(start.model)]
+    for key in keys:
+        check_group_size(key[:-len(".weight")], state[key].shape[0], group)
+    for key in keys:
+        state[key] = dequantize(*quantize_rtn(state[key], bits, group), group)
+    return state, {"method": "weight_only_rtn", "dtype": cfg.weight_only, "weight_bits": bits,
+                   "group_size": group, "linears": len(keys)}

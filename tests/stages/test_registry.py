@@ -23,6 +23,7 @@ MINIMAL = {
     "quantize": (["ckpt", "--out", "o", "--qat", "int8"], {"qat": "int8"}),
     "quantize-ptq": (["ckpt", "--out", "o", "--ptq", "int8"], {"ptq": "int8"}),
     "quantize-fp16": (["ckpt", "--out", "o", "--fp16"], {"fp16": True}),
+    "quantize-weight": (["ckpt", "--out", "o", "--weight-only", "int4"], {"weight_only": "int4"}),
     "export": (["ckpt", "--out", "o"], {}),
     "evaluate": (["path"], {}),
 }

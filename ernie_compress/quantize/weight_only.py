@@ -1,0 +1,49 @@
+"""Weight-only quantization by round-to-nearest (RTN): integer weights, float activations.
+
+Decoding reads every weight once per token, so it is bound by memory bandwidth; storing weights in
+8 or 4 bits cuts the bytes read (Dettmers et al. 2022, LLM.int8(); Frantar et al. 2023, GPTQ,
+whose RTN baseline this is). Symmetric: a column (``group_size`` None: per output channel) or a
+group of ``group_size`` consecutive input rows of a column shares one scale ``absmax / qmax``
+(qmax 127 for 8 bits, 7 for 4 bits); codes are ``round(w / scale)`` in [-qmax, qmax]. ONNX
+Runtime's ``MatMulNBits`` stores 4-bit weights in the same blocks of input rows per column.
+
+The checkpoint keeps the dequantized weights (``codes * scale``, exactly representable), so any
+loader runs it and the codes are recovered from them: each group's largest magnitude is exactly
+``qmax * scale``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UserError
+
+BITS = {"int8": 8, "int4": 4}
+
+
+def qmax(bits: int) -> int:
+    return 2 ** (bits - 1) - 1
+
+
+def check_group_size(name: str, rows: int, group_size: int | None) -> None:
+    if group_size is not None and rows % group_size:
+        raise UserError(f"--group-size {group_size} does not divide the input width {rows} of {name}")
+
+
+def quantize_rtn(weight: np.ndarray, bits: int, group_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Codes [in, out] (int8) and scales [groups, out] of a Paddle Linear weight [in, out]."""
+    rows, cols = weight.shape
+    size = rows if group_size is None else group_size
+    grouped = weight.astype(np.float64).reshape(rows // size, size, cols)  # [groups, size, out]
+    scales = np.abs(grouped).max(axis=1) / qmax(bits)  # [groups, out]
+    scales[scales == 0] = 1.0  # an all-zero group: any scale gives zero codes
+    codes = np.clip(np.rint(grouped / scales[:, None, :]), -qmax(bits), qmax(bits))
+    return codes.reshape(rows, cols).astype(np.int8), scales.astype(np.float32)
+
+
+def dequantize(codes: np.ndarray, scales: np.ndarray, group_size: int | None) -> np.ndarray:
+    """Float weights [in, out] from codes [in, out] and scales [groups, out]."""
+    rows, cols = codes.shape
+    size = rows if group_size is None else group_size
+    grouped = codes.astype(np.float32).reshape(rows // size, size, cols) * scales[:, None, :]
+    return grouped.reshape(rows, cols)
