@@ -119,6 +119,10 @@ class EncodedSplit:
         for i in rng.permutation(len(batches)):
             yield self._batch(batches[i])
 
+    def rows(self, indices) -> Batch:
+        """The examples at ``indices`` as one batch (calibration samples)."""
+        return self._batch(np.asarray(indices))
+
     def eval_batches(self, batch_size: int) -> Iterator[Batch]:
         """Batches in length order; ``Batch.index`` says where each row belongs."""
         order = np.argsort(self.lengths, kind="stable")

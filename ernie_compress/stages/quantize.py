@@ -28,6 +28,7 @@ from ..progress import note
 from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
 from ..quantize.ptq import calibrate_
 from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantized_linear_names
+from ..quantize.gptq import collect_hessians, gptq_quantize
 from ..quantize.weight_only import BITS, check_group_size, dequantize, quantize_rtn
 from ..training_loop import LoopConfig, evaluate_split
 from .common import CheckpointOutput, ParentKDOptions, RunOptions, TaskOptions, TrainingOptions
@@ -75,12 +76,17 @@ class QATConfig(QuantizeOptions, IntegerOptions, ParentKDOptions, TrainingOption
 
 
 @dataclass(frozen=True, kw_only=True)
-class PTQConfig(QuantizeOptions, IntegerOptions):
+class CalibrationOptions:
+    calib_samples: int = option(512, at_least=1, help="PTQ, and --weight-only with --method gptq: training "
+                                                      "examples to calibrate on.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PTQConfig(QuantizeOptions, IntegerOptions, CalibrationOptions):
     """``quantize --ptq int8``: scales from calibration samples, no training."""
 
     ptq: str = option("int8", selects=True, choices=("int8",), help=(
         f"Post-training quantization to this type (int8) from calibration samples; no training; {INT8_ONLY}."))
-    calib_samples: int = option(512, at_least=1, help="PTQ: training examples to calibrate on.")
     observer: str = option("abs_max", choices=PTQ_OBSERVERS, help="PTQ activation observer: abs_max, percentile, "
                                                                   "mse or kl.")
     percentile: float = option(99.99, above=50, at_most=100, help="PTQ with --observer percentile: which percentile.")
@@ -103,7 +109,7 @@ class FP16Config(QuantizeOptions):
 
 
 @dataclass(frozen=True, kw_only=True)
-class WeightOnlyConfig(QuantizeOptions):
+class WeightOnlyConfig(QuantizeOptions, CalibrationOptions):
     """``quantize --weight-only int8|int4``: integer weights, float activations (for decoding)."""
 
     weight_only: str = option("int4", selects=True, choices=tuple(BITS), help=(
@@ -112,7 +118,9 @@ class WeightOnlyConfig(QuantizeOptions):
     group_size: int | None = option(None, at_least=1, help=(
         "Weight-only: input rows per scale (default: the whole column for int8, 32 for int4); must divide "
         "every quantized Linear's input width."))
-    method = "weight_only"
+    method: str = option("rtn", choices=("rtn", "gptq"), help=(
+        "Weight-only: rtn (round to nearest) or gptq (rounding errors corrected from calibration inputs, "
+        "Frantar et al. 2023)."))
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -132,7 +140,7 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
     started = time.perf_counter()
     refuse_existing_output(cfg)
     fp16 = isinstance(cfg, FP16Config)
-    no_training = fp16 or isinstance(cfg, WeightOnlyConfig)
+    no_training = fp16 or (isinstance(cfg, WeightOnlyConfig) and cfg.method == "rtn")
     start = start_from(cfg.checkpoint, cfg.task_spec, fp32_for="quantize its FP32 parent instead",
                        splits=("dev", "test") if no_training else ("train", "dev", "test"))
     parent, task, metric = start.parent, start.task, start.metric
@@ -171,13 +179,13 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
 
     config = parent.config.replace(extra=dict(parent.config.extra))
     config.extra["quantization"] = scheme
-    name = f"quantize-{cfg.method}"
+    name = "quantize-weight-only" if isinstance(cfg, WeightOnlyConfig) else f"quantize-{cfg.method}"
     out = finish(cfg, config, state, start.tokenizer, {
         "name": name, "metrics": {task.held_out: metrics, f"parent_{task.held_out}": start.metrics},
         "delta_points": delta, "steps": steps, "seconds": round(time.perf_counter() - started, 1)},
         parent, extra_files)
     what = ("fp16 weights (Paddle, FP32 compute)" if fp16 else
-            f"weight-only {scheme['dtype']} (round-to-nearest)" if isinstance(cfg, WeightOnlyConfig) else
+            f"weight-only {scheme['dtype']} ({cfg.method})" if isinstance(cfg, WeightOnlyConfig) else
             f"{cfg.method} int8 (fake-quant, Paddle)")
     note(f"{what}: {metric} {metrics[metric]:.4f} vs FP32 parent {start.metrics[metric]:.4f} ({delta:+.2f} points)")
     quantized = (sum(1 for v in state.values() if v.dtype == np.float16) if fp16 else
@@ -193,10 +201,18 @@ def _weight_only_rtn(cfg: WeightOnlyConfig, start) -> tuple[dict, dict]:
     and the scheme config.json records."""
     bits, group = BITS[cfg.weight_only], cfg.groups
     state = dict(start.parent.state)
-    keys = [f"{name}.weight" for name in quantized_linear_names(start.model)]
-    for key in keys:
-        check_group_size(key[:-len(".weight")], state[key].shape[0], group)
-    for key in keys:
-        state[key] = dequantize(*quantize_rtn(state[key], bits, group), group)
-    return state, {"method": "weight_only_rtn", "dtype": cfg.weight_only, "weight_bits": bits,
-                   "group_size": group, "linears": len(keys)}
+    names = quantized_linear_names(start.model)
+    for name in names:
+        check_group_size(name, state[f"{name}.weight"].shape[0], group)
+    if cfg.method == "gptq":
+        train = start.splits["train"]
+        order = np.random.default_rng(0).permutation(len(train))[:cfg.calib_samples]  # as PTQ samples
+        batches = [train.rows(np.sort(order[i:i + 32])) for i in range(0, len(order), 32)]
+        hessians = collect_hessians(start.model, names, batches, start.tokenizer.pad_id)
+    for name in names:
+        key = f"{name}.weight"
+        codes, scales = (gptq_quantize(state[key], hessians[name], bits, group) if cfg.method == "gptq"
+                         else quantize_rtn(state[key], bits, group))
+        state[key] = dequantize(codes, scales, group)
+    return state, {"method": f"weight_only_{cfg.method}", "dtype": cfg.weight_only, "weight_bits": bits,
+                   "group_size": group, "linears": len(names)}

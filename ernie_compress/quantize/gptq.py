@@ -1,0 +1,75 @@
+"""GPTQ (Frantar et al. 2023, "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+Transformers"): weight-only quantization that corrects each rounding error with the rows not yet
+quantized, weighted by the inputs' second moments, instead of rounding every weight on its own.
+
+For a Paddle Linear ``y = x W`` (W: [in, out]) and calibration inputs X [n, in], the layer's
+squared output error is governed by H = 2 XᵀX / n. Input rows are quantized in order; after row i
+the error ``(w_i - q_i) / U_ii`` is spread over rows i+1.. by ``U_i,i+1..``, U being the upper
+Cholesky factor of H⁻¹ (the paper's Algorithm 1, unblocked). A group's scale is taken when its
+first row is reached, from the rows as updated so far (the paper's group-wise variant). H is
+damped by 1% of its mean diagonal; inputs that never occur (zero diagonal) get weight 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .weight_only import qmax
+
+
+def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, bits: int, group_size: int | None,
+                  damp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Codes [in, out] (int8) and scales [groups, out] of ``weight`` [in, out] given H [in, in]."""
+    w = weight.astype(np.float64).copy()
+    rows, cols = w.shape
+    h = hessian.astype(np.float64).copy()
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[dead, :] = 0.0
+    h[np.diag_indices(rows)] += damp * np.mean(np.diag(h))
+    upper = np.linalg.cholesky(np.linalg.inv(h)).T  # H^-1 = Uᵀ U
+    size = rows if group_size is None else group_size
+    top = qmax(bits)
+    codes = np.zeros((rows, cols), dtype=np.int8)
+    scales = np.zeros((rows // size, cols))
+    for i in range(rows):
+        if i % size == 0:
+            scale = np.abs(w[i:i + size]).max(axis=0) / top
+            scale[scale == 0] = 1.0
+            scales[i // size] = scale
+        scale = scales[i // size]
+        q = np.clip(np.rint(w[i] / scale), -top, top)
+        codes[i] = q
+        error = (w[i] - q * scale) / upper[i, i]  # [out]
+        w[i + 1:] -= np.outer(upper[i, i + 1:], error)
+    return codes, scales.astype(np.float32)
+
+
+def collect_hessians(model, names: list[str], batches, pad_id: int) -> dict[str, np.ndarray]:
+    """H = 2 XᵀX / n of the inputs of the Linears ``names`` over the non-padding positions of
+    ``batches`` (``Batch`` objects), from one pass through ``model``."""
+    from ..paddle_env import import_paddle
+
+    paddle = import_paddle()
+    layers = dict(model.named_sublayers())
+    sums = {name: np.zeros((layers[name].weight.shape[0],) * 2) for name in names}
+    counts = dict.fromkeys(names, 0)
+    keep = {}
+
+    def hook(name):
+        def record(layer, inputs):
+            x = inputs[0].numpy().reshape(-1, inputs[0].shape[-1])[keep["rows"]].astype(np.float64)  # [tokens, in]
+            sums[name] += x.T @ x
+            counts[name] += len(x)
+        return record
+
+    handles = [layers[name].register_forward_pre_hook(hook(name)) for name in names]
+    try:
+        with paddle.no_grad():
+            for batch in batches:
+                keep["rows"] = (batch.input_ids != pad_id).reshape(-1)
+                model(paddle.to_tensor(batch.input_ids), paddle.to_tensor(batch.token_type_ids))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: 2 * sums[name] / max(1, counts[name]) for name in names}
