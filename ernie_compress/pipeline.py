@@ -49,7 +49,6 @@ def run_parsed_recipe(recipe: Recipe, run_dir: Path, force: bool = False) -> dic
         raise UserError(f"{run_dir} holds a run of a different recipe; use another --out or --force")
     stored.write_text(recipe.text, encoding="utf-8")
     (run_dir / RESULTS_DIR).mkdir(exist_ok=True)
-    set_default_threads(recipe.threads)
     results: dict[str, Any] = {}
     start = time.perf_counter()
     for stage in recipe.stages:
@@ -60,13 +59,13 @@ def run_parsed_recipe(recipe: Recipe, run_dir: Path, force: bool = False) -> dic
             note(f"[dim]{stage.name}: done earlier, skipped (--force to redo)[/dim]")
             results[stage.name] = json.loads(result_file.read_text())
             continue
-        source = _stage_source(run_dir, recipe, stage)
-        cfg = stage_config(recipe, stage, source, out)
-        if force and stage.kind != "evaluate":
+        if force and stage.kind != "evaluate":  # before the config looks for a state to resume
             import shutil
 
             shutil.rmtree(out, ignore_errors=True)
             clear_train_state(out)
+        cfg = stage_config(recipe, stage, _stage_source(run_dir, recipe, stage), out)
+        set_default_threads(cfg.threads)  # the recipe's, or the stage's own
         note(f"[bold]== {stage.name}[/bold] ({stage.kind}{f' from {stage.source}' if stage.source else ''})")
         t = time.perf_counter()
         if stage.kind == "evaluate":

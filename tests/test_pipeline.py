@@ -119,3 +119,19 @@ stages:
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert {r["metric"] for r in report["rows"]} == {metric}
     assert f"| {metric} |" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_force_redoes_a_stage_that_left_a_training_state(tmp_path):
+    """--force removes an interrupted stage's state before the stage looks for one to resume."""
+    data = write_text_task(tmp_path / "data")
+    recipe = tmp_path / "one.yaml"
+    recipe.write_text(f"task: text\ndata: {data}\nstages:\n"
+                      "  - train: {name: teacher, preset: tiny, epochs: 1, batch_size: 8}\n")
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["--quiet", "run", str(recipe), "--out", str(out)]).exit_code == 0
+    state = out / ".teacher.train-state" / "train_state.pdstate"
+    state.parent.mkdir()
+    state.write_bytes(b"left by an interrupted attempt")
+    res = runner.invoke(app, ["--quiet", "run", str(recipe), "--out", str(out), "--force"])
+    assert res.exit_code == 0, res.output
+    assert not state.parent.exists() and (out / "teacher" / "model.safetensors").is_file()
