@@ -26,7 +26,7 @@ from . import __version__
 from .distributed import world
 from .errors import UserError
 from .generate import GenerateConfig, generate
-from .options import Option, OptionError, OptionSpec, help_order, options
+from .options import Option, OptionError, OptionSpec, command_options
 from .render import RENDERERS
 from .runtime.bench import BenchConfig, bench_export
 from .stages import STAGES, config_for, run_stage, stage_options
@@ -262,7 +262,7 @@ def _run_bench(values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     return bench_export(BenchConfig(**values))
 
 
-_add_config_command("bench", {o.name: o for o in help_order(options(BenchConfig), BenchConfig.__module__)},
+_add_config_command("bench", command_options(BenchConfig),
                     _run_bench, "Serving-like load: dynamic batching vs one request per run (QPS, latency percentiles).")
 
 
@@ -272,7 +272,7 @@ def _run_generate(values: dict[str, Any], given: dict[str, Any]) -> dict[str, An
     return generate(GenerateConfig(**values))
 
 
-_add_config_command("generate", {o.name: o for o in help_order(options(GenerateConfig), GenerateConfig.__module__)},
+_add_config_command("generate", command_options(GenerateConfig),
                     _run_generate, "Generate text from an ERNIE 4.5 causal-LM checkpoint (KV cache; greedy or "
                                    "sampled), with time to first token and tokens/s.")
 

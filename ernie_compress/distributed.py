@@ -132,6 +132,21 @@ def _stderr_fd() -> int | None:
         return None
 
 
+QUIET_RANKS = {"GLOG_minloglevel": "2",  # Paddle's C++ start-up lines in every rank
+               "PYTHONWARNINGS": "ignore::UserWarning"}  # and its import-time warnings
+
+
+def _raise_rank_error(outbox: str) -> None:
+    """The first failed rank's message (written by :func:`_worker`) as one error, if any."""
+    errors = sorted(Path(outbox).glob("error-*.txt"))
+    if not errors:
+        return
+    message = errors[0].read_text(encoding="utf-8")
+    if message.startswith("interrupted"):
+        raise KeyboardInterrupt(message[len("interrupted"):].strip(" ()")) from None
+    raise UserError(message) from None
+
+
 MASTER_TIMEOUT_ENV = "ERNIE_COMPRESS_MASTER_TIMEOUT"  # seconds a node waits for --master (default 120)
 
 
@@ -179,18 +194,13 @@ def run_nodes(fn: Callable[[Any], dict[str, Any]], arg: Any, nproc: int, nnodes:
         job.write_bytes(pickle.dumps((fn, arg, enabled(), threads)))
         script.write_text("import sys\nfrom ernie_compress.distributed import _worker_main\n"
                           "_worker_main(sys.argv[1], sys.argv[2])\n", encoding="utf-8")
-        env = dict(os.environ, GLOG_minloglevel="2", PYTHONWARNINGS="ignore::UserWarning")
+        env = {**os.environ, **QUIET_RANKS}
         launch = subprocess.run(
             [sys.executable, "-m", "paddle.distributed.launch", "--nnodes", str(nnodes), "--master", master,
              "--rank", str(node_rank), "--nproc_per_node", str(nproc), "--log_level", "ERROR",
              "--log_dir", str(Path(outbox, "log")), str(script), str(job), outbox],
             stdout=_stderr_fd(), stderr=_stderr_fd(), env=env)
-        errors = sorted(Path(outbox).glob("error-*.txt"))
-        if errors:
-            message = errors[0].read_text(encoding="utf-8")
-            if message.startswith("interrupted"):
-                raise KeyboardInterrupt(message[len("interrupted"):].strip(" ()"))
-            raise UserError(message)
+        _raise_rank_error(outbox)
         if launch.returncode != 0:
             raise UserError(f"paddle.distributed.launch ended with exit code {launch.returncode} on node "
                             f"{node_rank}; the ranks' logs were in its --log_dir")
@@ -202,26 +212,21 @@ def run_workers(fn: Callable[[Any], dict[str, Any]], arg: Any, nproc: int, devic
                 threads: int | None = None) -> dict[str, Any]:
     """Run ``fn(arg)`` on ``nproc`` ranks of this machine (``paddle.distributed.spawn``); rank 0's
     result. A failing rank ends them all; its message is raised here as one :class:`UserError`."""
-    paddle = import_paddle()
-    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ start-up lines in the ranks
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")  # and its import-time warnings
-    with tempfile.TemporaryDirectory(prefix="ernie-compress-ranks-") as outbox:
-        try:
-            from .progress import enabled
+    from .progress import enabled
 
-            logging.disable(logging.INFO)  # the launcher's "find free ports" line
+    paddle = import_paddle()
+    for name, value in QUIET_RANKS.items():  # the spawned ranks inherit this process's environment
+        os.environ.setdefault(name, value)
+    with tempfile.TemporaryDirectory(prefix="ernie-compress-ranks-") as outbox:
+        logging.disable(logging.INFO)  # the launcher's "find free ports" line
+        try:
             paddle.distributed.spawn(_worker, args=(fn, arg, outbox, enabled(), threads), nprocs=nproc,
                                      backend="gloo" if device == "cpu" else "auto")
         except Exception:  # a rank failed: spawn stops the others and raises its traceback
-            logging.disable(logging.NOTSET)
-            errors = sorted(Path(outbox).glob("error-*.txt"))
-            if errors:
-                message = errors[0].read_text(encoding="utf-8")
-                if message.startswith("interrupted"):
-                    raise KeyboardInterrupt(message[len("interrupted"):].strip(" ()")) from None
-                raise UserError(message) from None
+            _raise_rank_error(outbox)
             raise
-        logging.disable(logging.NOTSET)
+        finally:
+            logging.disable(logging.NOTSET)
         result = Path(outbox, "result.json")
         if not result.is_file():
             raise UserError("the workers ended without a result (a rank was killed)")

@@ -13,7 +13,6 @@ are measured per prompt.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -29,9 +28,6 @@ from .options import check_options, fail, option
 from .paddle_env import import_paddle, seed_everything
 from .runtime.backends import ThreadsOption
 from .runtime.manifest import MANIFEST_FILE
-
-CJK_GAP = re.compile(r"(?<=[\u3000-\u9fff\uff00-\uffef]) (?=[\u3000-\u9fff\uff00-\uffef])")
-
 
 @dataclass(frozen=True, kw_only=True)
 class GenerateConfig(ThreadsOption):
@@ -62,16 +58,6 @@ class GenerateConfig(ThreadsOption):
         if not texts or any(not t.strip() for t in texts):
             raise UserError("a prompt is empty")
         return texts
-
-
-def decode(tokenizer, ids: list[int]) -> str:
-    """Token ids as text (sentencepiece's own decoding; WordPiece pieces joined, no spaces between
-    CJK characters)."""
-    if hasattr(tokenizer, "_sp"):
-        return tokenizer._sp.decode(ids)
-    pieces = [tokenizer.vocab[i] for i in ids]
-    text = " ".join(pieces).replace(" ##", "")
-    return CJK_GAP.sub("", text)
 
 
 def prompt_ids(tokenizer, text: str) -> list[int]:
@@ -156,9 +142,9 @@ def generate(cfg: GenerateConfig) -> dict[str, Any]:
         def stream(token: int, shown=shown) -> None:
             if token == tokenizer.sep_id:
                 return
-            before = decode(tokenizer, shown)
+            before = tokenizer.decode(shown)
             shown.append(token)
-            sys.stdout.write(decode(tokenizer, shown)[len(before):])
+            sys.stdout.write(tokenizer.decode(shown)[len(before):])
             sys.stdout.flush()
 
         if cfg.stream:
@@ -168,7 +154,7 @@ def generate(cfg: GenerateConfig) -> dict[str, Any]:
         if cfg.stream:
             sys.stdout.write("\n")
         new = [t for t in out["tokens"] if t != tokenizer.sep_id]
-        results.append({"prompt": text, "prompt_tokens": len(ids), "text": decode(tokenizer, new),
+        results.append({"prompt": text, "prompt_tokens": len(ids), "text": tokenizer.decode(new),
                         "tokens": out["tokens"], "stopped_at_eos": out["tokens"][-1] == tokenizer.sep_id,
                         "streamed": cfg.stream,
                         "time_to_first_token_ms": round(out["time_to_first_token_ms"], 2),

@@ -8,7 +8,7 @@ the run-level ones (task, data, seed, threads) are listed once, for the top of a
 
 from __future__ import annotations
 
-from .options import Option, help_order, options
+from .options import Option, command_options
 from .recipe import run_level_options
 from .runtime.bench import BenchConfig
 from .stages import STAGES, stage_options
@@ -47,7 +47,7 @@ def markdown() -> str:
         rows = [_row(o, "CLI only" if o.spec.scope == "cli" else "both")
                 for o in stage_options(kind).values() if o.spec.scope != "run"]
         parts += [f"`{kind}`: {stage.summary}", "", HEADER, *rows, ""]
-    bench = help_order(options(BenchConfig), BenchConfig.__module__)
+    bench = command_options(BenchConfig).values()
     parts += ["`bench` (command line only): serving-like load on an export.", "", HEADER,
               *(_row(o, "CLI") for o in bench), ""]
     return "\n".join(parts)

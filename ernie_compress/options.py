@@ -104,6 +104,11 @@ def help_order(opts: list[Option], own_module: str) -> list[Option]:
     return [o for _, o in sorted(enumerate(opts), key=rank)]
 
 
+def command_options(cls: type) -> dict[str, Option]:
+    """A command's options from its config class, by name, in ``--help`` order."""
+    return {o.name: o for o in help_order(options(cls), cls.__module__)}
+
+
 def _options(cls: type) -> Iterator[Option]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -131,8 +136,9 @@ class OptionError(UserError):
 
 def check_options(config: Any) -> None:
     """Check every declared option of ``config`` against its choices and range."""
-    flags = {o.name: o.cli_name() for o in options(type(config))}
-    for opt in options(type(config)):
+    opts = options(type(config))
+    flags = {o.name: o.cli_name() for o in opts}
+    for opt in opts:
         value = getattr(config, opt.name)
         if value is None or isinstance(value, bool):
             continue

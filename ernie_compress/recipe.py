@@ -215,9 +215,7 @@ def stage_values(recipe: Recipe, stage: StageSpec, source: Path | None, out: Pat
     input, ``out``)."""
     opts = stage_options(stage.kind)
     values: dict[str, Any] = {}
-    run_level = {"task": recipe.task, "data": recipe.data, "seed": recipe.seed, "threads": recipe.threads,
-                 **recipe.settings}
-    for name, value in run_level.items():
+    for name, value in recipe.settings.items():
         if name in opts and value is not None:
             values[name] = value
     values.update(stage.options)

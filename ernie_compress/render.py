@@ -95,6 +95,15 @@ def render_quantize(result: dict[str, Any]) -> None:
     console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
 
 
+def _render_latency(console, result: dict[str, Any], before: str, after: str) -> None:
+    """The latency comparison the command added (``--latency``), per batch size."""
+    if not result.get("latency"):
+        return
+    for a, b in zip(result["latency"][before], result["latency"][after]):
+        console.print(f"batch {a['batch_size']}: {before} {a['p50_ms']:.2f} ms -> {after} {b['p50_ms']:.2f} ms "
+                      f"({a['p50_ms'] / b['p50_ms']:.2f}x)")
+
+
 def render_distill(result: dict[str, Any]) -> None:
     console = _console()
     m = result["metric"]
@@ -104,10 +113,7 @@ def render_distill(result: dict[str, Any]) -> None:
                   + (f"  no-distillation baseline {result['baseline']['metrics'][m]:.4f}" if result["baseline"] else ""))
     console.print(f"non-embedding parameters: teacher {p['teacher']['non_embedding']:,}, student "
                   f"{p['student']['non_embedding']:,} ({p['non_embedding_ratio']:.1%})")
-    if result.get("latency"):
-        for t, s in zip(result["latency"]["teacher"], result["latency"]["student"]):
-            console.print(f"batch {t['batch_size']}: teacher {t['p50_ms']:.2f} ms -> student {s['p50_ms']:.2f} ms "
-                          f"({t['p50_ms'] / s['p50_ms']:.2f}x)")
+    _render_latency(console, result, "teacher", "student")
     console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
 
 
@@ -131,10 +137,7 @@ def render_prune(result: dict[str, Any]) -> None:
     console.print(f"{m}: parent {acc['parent'][m]:.4f}, pruned {acc['before_recovery'][m]:.4f} "
                   f"({result['delta_points_before_recovery']:+.2f}), after recovery "
                   f"{acc['after_recovery'][m]:.4f} ({result['delta_points']:+.2f} points)")
-    if result.get("latency"):
-        for p, q in zip(result["latency"]["parent"], result["latency"]["pruned"]):
-            console.print(f"batch {p['batch_size']}: parent {p['p50_ms']:.2f} ms -> pruned {q['p50_ms']:.2f} ms "
-                          f"({p['p50_ms'] / q['p50_ms']:.2f}x)")
+    _render_latency(console, result, "parent", "pruned")
     console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
 
 

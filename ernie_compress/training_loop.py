@@ -226,7 +226,7 @@ def _accumulate(model, batch: Batch, loss_fn: LossFn, kind: str, w: World, piece
             loss = loss * scale
         (scaler.scale(loss) if scaler is not None else loss).backward()
         for k, v in parts.items():
-            values[k] = values.get(k, 0.0) + float(v) * (weight / total * w.size if total else 0.0)
+            values[k] = values.get(k, 0.0) + float(v) * scale
     return values
 
 

@@ -67,6 +67,10 @@ class SentencePieceTokenizer:
     def tokenize(self, text: str) -> list[str]:
         return self._sp.encode(text, out_type=str)
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids as text (sentencepiece's own detokenization)."""
+        return self._sp.decode(list(ids))
+
     def encode_batch(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
                      max_length: int = 128, pad_to: int | None = None) -> Encoded:
         """``<s> text </s>`` (or ``<s> a </s> b </s>``) truncated to ``max_length``, padded."""

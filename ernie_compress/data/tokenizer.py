@@ -11,6 +11,7 @@ split into known pieces instead of ``[UNK]``.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+
+CJK_GAP = re.compile(r"(?<=[\u3000-\u9fff\uff00-\uffef]) (?=[\u3000-\u9fff\uff00-\uffef])")
 
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")
 VOCAB_FILE = "vocab.txt"
@@ -116,6 +119,12 @@ class ErnieTokenizer:
         (directory / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
     # --- encoding ----------------------------------------------------------------------------
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids as text: WordPiece continuations (``##``) joined to their word, no space
+        between two CJK characters (the vocabulary splits Chinese text into characters)."""
+        text = " ".join(self.vocab[i] for i in ids).replace(" ##", "")
+        return CJK_GAP.sub("", text)
+
     def tokenize(self, text: str) -> list[str]:
         return self._tok.encode(text, add_special_tokens=False).tokens
 

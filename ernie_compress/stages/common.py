@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.tasks import TaskSpec
+from ..data.tasks import TaskSpec, resolve_task
 from ..models.layouts import LAYOUT_HELP, LAYOUTS
 from ..options import fail, option
 from ..paddle_env import TRAINING_DEVICES
@@ -31,11 +31,11 @@ class TaskOptions:
     @property
     def task_spec(self) -> TaskSpec | None:
         """The task named by the options, or None to use the checkpoint's own."""
-        if self.data is not None and not self.task:
-            fail("{data} needs {task} to say the file format", "data", "task")
         if not self.task:
+            if self.data is not None:
+                fail("{data} needs {task} to say the file format", "data", "task")
             return None
-        return TaskSpec(name=self.task, data=str(Path(self.data).expanduser().resolve()) if self.data else None)
+        return resolve_task(self.task, None if self.data is None else str(self.data), None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,10 +72,15 @@ class AcceleratorOptions:
     grad_accum: int = option(1, at_least=1, help=(
         "Micro-batches per optimizer step: a global batch larger than memory, same result."))
 
-    def check_accelerator(self) -> None:
-        if self.amp != "off" and self.device == "cpu":
+    def check_amp(self, device: str | None) -> None:
+        """Mixed precision needs an accelerator: checked on the options, and again on the device
+        ``--device`` resolved to when it was left out."""
+        if self.amp != "off" and device == "cpu":
             fail(f"{{amp}} {self.amp} needs {{device}} gpu or npu: Paddle has no CPU kernels for {self.amp} "
                  f"training", "amp", "device")
+
+    def check_accelerator(self) -> None:
+        self.check_amp(self.device)
         if self.nnodes > 1:
             host, _, port = (self.master or "").rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:

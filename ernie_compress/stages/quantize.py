@@ -113,8 +113,8 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions):
     """``quantize --weight-only int8|int4``: integer weights, float activations (for decoding)."""
 
     weight_only: str = option("int4", selects=True, choices=tuple(BITS), help=(
-        "Weight-only quantization to int8 (per output channel) or int4 (groups of --group-size input rows): "
-        "round-to-nearest, activations stay float; the checkpoint holds the dequantized weights."))
+        "Weight-only quantization to int8 (per output channel) or int4 (groups of --group-size input rows) "
+        "by --method; activations stay float; the checkpoint holds the dequantized weights."))
     group_size: int | None = option(None, at_least=1, help=(
         "Weight-only: input rows per scale (default: the whole column for int8, 32 for int4); must divide "
         "every quantized Linear's input width."))
@@ -145,16 +145,14 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
                        splits=("dev", "test") if no_training else ("train", "dev", "test"))
     parent, task, metric = start.parent, start.task, start.metric
     check_layout(parent.config, cfg.layout)
+    steps = steps_run = 0  # only QAT trains
+    train_seconds, throughput = 0.0, None
     if fp16:
         state = {k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in parent.state.items()}
         qmodel, scheme, extra_files = model_from_state(parent.config, state, str(parent.path)), FP16_SCHEME, None
-        steps = steps_run = 0
-        train_seconds, throughput = 0.0, None
     elif isinstance(cfg, WeightOnlyConfig):
-        state, scheme = _weight_only_rtn(cfg, start)
+        state, scheme = _weight_only(cfg, start)
         qmodel, extra_files = model_from_state(parent.config, state, str(parent.path)), None
-        steps = steps_run = 0
-        train_seconds, throughput = 0.0, None
     else:
         reduce_range = (not cpu_has_vnni()) if cfg.reduce_range is None else cfg.reduce_range
         int8 = Int8Scheme(method=cfg.method, weight_bits=7 if reduce_range else 8, reduce_range=reduce_range,
@@ -169,8 +167,6 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
             throughput = samples_per_second(result, cfg.batch_size)
         else:
             calibrate_(qmodel, start.splits["train"], cfg.calib_samples, cfg.observer, cfg.percentile)
-            steps = steps_run = 0
-            train_seconds, throughput = 0.0, None
         qmodel.eval()
         scales = collect_scales(qmodel)
         state, extra_files = float_state(qmodel), {SCALES_FILE: scales}
@@ -196,9 +192,9 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
             "train_seconds": round(train_seconds, 2), "samples_per_s": throughput, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def _weight_only_rtn(cfg: WeightOnlyConfig, start) -> tuple[dict, dict]:
-    """The parent's weights with every quantized Linear rounded to ``cfg``'s grid (dequantized),
-    and the scheme config.json records."""
+def _weight_only(cfg: WeightOnlyConfig, start) -> tuple[dict, dict]:
+    """The parent's weights with every quantized Linear on ``cfg``'s grid (``--method``: rounded
+    to nearest, or by GPTQ), dequantized, and the scheme config.json records."""
     bits, group = BITS[cfg.weight_only], cfg.groups
     state = dict(start.parent.state)
     names = quantized_linear_names(start.model)

@@ -55,9 +55,7 @@ def run_stage(config: Any) -> dict[str, Any]:
         raise TypeError(f"no stage runs {type(config).__name__}") from None
     if isinstance(config, AcceleratorOptions):
         device = training_device(config.device)
-        if config.amp != "off" and device == "cpu":
-            raise OptionError(f"{{amp}} {config.amp} needs {{device}} gpu or npu: Paddle has no CPU kernels for "
-                              f"{config.amp} training (this machine's default device is cpu)", "amp", "device")
+        config.check_amp(device)
         here = init_distributed()  # a launcher's process joins its group first
         if here.size > 1 and config.nproc not in (1, here.size):
             raise OptionError(f"{{nproc}} {config.nproc} under a launcher that started {here.size} processes: "
