@@ -14,7 +14,7 @@ from typing import Any
 # The flags that change which kernels run: AVX2 / AVX-512 float paths, VNNI integer dot products
 # (full-range INT8 weights), AMX tiles.
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-LIBRARIES = ("paddlepaddle", "onnxruntime", "numpy", "ernie-compress")
+LIBRARIES = ("paddlepaddle", "onnxruntime", "onnxruntime-gpu", "numpy", "ernie-compress")
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
