@@ -10,11 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from ernie_compress.cli import app
-from ernie_compress.generate import generate_tokens, pick_token
 from ernie_compress.models import build_model
+from ernie_compress.models.ernie4_5 import CachedDecoder
 from ernie_compress.models.families import config_from_dict
 from ernie_compress.models.presets import resolve_preset
 from ernie_compress.paddle_env import import_paddle
+from ernie_compress.runtime.decoding import generate_tokens, pick_token
 from tests.helpers import cli_json
 
 paddle = import_paddle()
@@ -35,7 +36,8 @@ def decoder(**changes):
 def test_cached_decoding_equals_recomputing_the_sequence(kv_heads):
     model = decoder(num_key_value_heads=kv_heads)
     prompt = [1, 7, 9, 23, 5, 41]
-    out = generate_tokens(model, prompt, max_new_tokens=12, eos_id=-1)  # greedy, never stops early
+    cached = CachedDecoder(model)
+    out = generate_tokens(cached, prompt, max_new_tokens=12, eos_id=-1)  # greedy, never stops early
     sequence = prompt + out["tokens"]
     with paddle.no_grad():
         full = model(paddle.to_tensor([sequence[:-1]])).numpy()[0]  # [len - 1, vocab]
@@ -43,13 +45,13 @@ def test_cached_decoding_equals_recomputing_the_sequence(kv_heads):
     np.testing.assert_allclose(out["logits"], full[len(prompt) - 1:], atol=1e-4)
     assert out["tokens"] == [int(np.argmax(row)) for row in full[len(prompt) - 1:]]
     config = model.config
-    for k, v in out["cache"]:  # only the KV heads are cached, for every position but the last token
+    for k, v in cached.cache:  # only the KV heads are cached, for every position but the last token
         assert k.shape == v.shape == [1, kv_heads, len(sequence) - 1, config.head_dim]
 
 
 def test_sampling_is_reproducible_by_seed_and_top_p_keeps_the_nucleus():
     model = decoder()
-    runs = [generate_tokens(model, [1, 7, 9], 10, -1, temperature=1.5, top_p=0.9, rng=np.random.default_rng(s))
+    runs = [generate_tokens(CachedDecoder(model), [1, 7, 9], 10, -1, temperature=1.5, top_p=0.9, rng=np.random.default_rng(s))
             for s in (5, 5, 6)]
     assert runs[0]["tokens"] == runs[1]["tokens"] != runs[2]["tokens"]
     logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))

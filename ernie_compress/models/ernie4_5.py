@@ -250,6 +250,27 @@ class Ernie45ForSequenceClassification(nn.Layer):
         return self.score(self.dropout(pooled))
 
 
+class CachedDecoder:
+    """``runtime.decoding.Decoder`` over ``Ernie45ForCausalLM.forward_cached`` in dygraph: one
+    prompt at a time (no padding)."""
+
+    def __init__(self, model: Ernie45ForCausalLM):
+        self.model, self.cache = model, None
+
+    def prefill(self, rows: list[list[int]]):
+        if len(rows) != 1:
+            raise ValueError("the dygraph decoder runs one prompt at a time")
+        with paddle.no_grad():
+            logits, self.cache = self.model.forward_cached(paddle.to_tensor(rows, dtype="int64"))
+        return logits[:, -1].numpy()  # [1, vocab]
+
+    def step(self, tokens):
+        with paddle.no_grad():
+            logits, self.cache = self.model.forward_cached(paddle.to_tensor([[int(tokens[0])]], dtype="int64"),
+                                                           self.cache)
+        return logits[:, -1].numpy()
+
+
 ARCHITECTURES: dict[str, Any] = {
     "Ernie4_5ForCausalLM": Ernie45ForCausalLM,
     "Ernie4_5ForSequenceClassification": Ernie45ForSequenceClassification,

@@ -7,6 +7,10 @@ group of ``group_size`` consecutive input rows of a column shares one scale ``ab
 (qmax 127 for 8 bits, 7 for 4 bits); codes are ``round(w / scale)`` in [-qmax, qmax]. ONNX
 Runtime's ``MatMulNBits`` stores 4-bit weights in the same blocks of input rows per column.
 
+A causal LM's output head (the tied embedding table included) is as many bytes per token as a
+dozen layers of a small decoder, so it is quantized too, to int8 per vocabulary entry (RTN, as
+weight-only LLM deployments keep the head at 8 bits).
+
 The checkpoint keeps the dequantized weights (``codes * scale``, exactly representable), so any
 loader runs it and the codes are recovered from them: each group's largest magnitude is exactly
 ``qmax * scale``.
@@ -19,6 +23,15 @@ import numpy as np
 from ..errors import UserError
 
 BITS = {"int8": 8, "int4": 4}
+HEAD_BITS = 8  # a causal LM's output head: int8 per vocabulary entry, whatever the Linears get
+
+
+def lm_head_weight(config) -> tuple[str, bool] | None:
+    """A causal LM's output head: (weight name, True when it is the tied embedding table
+    [vocab, hidden], which the head reads transposed); None for other models."""
+    if config.architecture != "Ernie4_5ForCausalLM":
+        return None
+    return ("ernie.embed_tokens.weight", True) if config.tie_word_embeddings else ("lm_head.weight", False)
 
 
 def qmax(bits: int) -> int:

@@ -181,6 +181,11 @@ class OnnxRuntimeSession:
             raise UserError(f"ONNX Runtime could not start {', '.join(dropped)}{reason}; "
                             f"it would run on {', '.join(self.providers)} instead; {hint}")
 
+    @property
+    def session(self):
+        """The ``onnxruntime.InferenceSession`` (for graphs with other inputs, e.g. the decoder's cache)."""
+        return self._session
+
     def run(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": input_ids, "token_type_ids": token_type_ids}
         return self._session.run(None, {k: feeds[k] for k in self.input_names})[0]

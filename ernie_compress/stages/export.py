@@ -17,7 +17,8 @@ from ..errors import UserError
 from ..evaluate import evaluate_loaded
 from ..export import (FORMATS, LAYOUT_ENGINES, OUTPUT_NAMES, PADDLE_INT8_REFUSAL, sample_inputs, verify,
                       verify_int8)
-from ..export import onnx_export, onnx_fp16, onnx_int8, static_graph  # by module: tests plant bugs in them
+from ..export import decoder_onnx, onnx_export, onnx_fp16, onnx_int8, static_graph  # by module: tests plant bugs in them
+from ..data.tasks import TaskSpec, load_task
 from ..models import model_from_state
 from ..models.families import family_of
 from ..models.layouts import LAYOUTS, check_layout
@@ -26,6 +27,7 @@ from ..paddle_env import import_paddle
 from ..quantize.fake_quant import fake_quant_model, set_activation_scales_
 from ..quantize.scheme import Int8Scheme, is_weight_only, quantization_info, read_scales
 from ..runtime.backends import OnnxRuntimeSession, PaddleInferenceSession, RuntimeConfig
+from ..runtime.decoding import OnnxDecoder, generate_tokens, prompt_ids
 from ..runtime.manifest import MANIFEST_FILE, MANIFEST_VERSION
 from .common import ThreadsOption
 from .registry import register
@@ -50,6 +52,9 @@ class ExportConfig(ThreadsOption):
     int8_min_agreement: float = 0.95  # INT8: least share of predictions equal to fake-quant Paddle
     int8_max_relative_diff: float = 0.02  # INT8: most |logit difference| / logit scale vs fake-quant Paddle (measured 0.3-0.4%)
     fp16_tolerance: float = 1e-2  # FP16 ONNX: max |logit difference| / logit scale (half precision)
+    decoder_prompts: int = 4  # causal LMs: held-out prompts the decoder export generates from
+    decoder_prompt_tokens: int = 24  # ... cut to this many tokens
+    decoder_new_tokens: int = 16  # ... greedy tokens compared with dygraph
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -77,6 +82,52 @@ def _logits(model, ids: np.ndarray, types: np.ndarray) -> np.ndarray:
                                for i in range(0, len(ids), 16)])
 
 
+def _decoder_prompts(ckpt: Checkpoint, tokenizer, count: int, length: int) -> list[list[int]]:
+    """Up to ``count`` held-out texts of the checkpoint's task cut to ``length`` tokens (random
+    token ids where the task's data is gone)."""
+    try:
+        task = load_task(TaskSpec.from_dict(ckpt.task))
+        texts = [e.text_a for e in task.split(task.held_out)[:count]]
+        return [prompt_ids(tokenizer, text)[:length] for text in texts]
+    except (UserError, TypeError, KeyError):
+        rng = np.random.default_rng(0)
+        return [[tokenizer.cls_id, *rng.integers(5, ckpt.config.vocab_size, length - 1).tolist()] for _ in range(count)]
+
+
+def _export_decoder(ckpt: Checkpoint, model, weight_only: dict | None, tokenizer, out: Path,
+                    cfg: ExportConfig) -> tuple[dict, dict]:
+    """``onnx/decoder.onnx`` (KV cache; MatMulNBits for weight-only weights), verified: greedy
+    generation from held-out prompts gives the dygraph model's tokens, and every step's logits are
+    within ``cfg.tolerance`` of its logits."""
+    from ..models.ernie4_5 import CachedDecoder  # imports Paddle: not at the module's top (--help)
+
+    weights = decoder_onnx.decoder_weights(ckpt.config, ckpt.state, weight_only)
+    graph = decoder_onnx.build_decoder(ckpt.config, weights)
+    written = decoder_onnx.save_model(graph, out / decoder_onnx.DECODER_FILE)
+    session = OnnxDecoder.open(out / decoder_onnx.DECODER_FILE, RuntimeConfig(device="cpu", threads=cfg.threads),
+                               tokenizer.pad_id)
+    largest, prompts = 0.0, _decoder_prompts(ckpt, tokenizer, cfg.decoder_prompts, cfg.decoder_prompt_tokens)
+    for ids in prompts:
+        expected = generate_tokens(CachedDecoder(model), ids, cfg.decoder_new_tokens, eos_id=-1)
+        got = generate_tokens(session, ids, cfg.decoder_new_tokens, eos_id=-1)
+        diff = float(np.abs(got["logits"] - expected["logits"]).max())
+        largest = max(largest, diff)
+        if got["tokens"] != expected["tokens"] or not diff <= cfg.tolerance:
+            raise UserError(f"decoder export failed verification: greedy tokens {got['tokens']} vs dygraph "
+                            f"{expected['tokens']}, max logit difference {diff:.2e} (tolerance {cfg.tolerance:.0e}); "
+                            f"nothing was written")
+    past, present = decoder_onnx.cache_names(ckpt.config.num_hidden_layers)
+    entry = {"model": decoder_onnx.DECODER_FILE, "files": [f"onnx/{name}" for name in written],
+             "for": "ONNX Runtime (merged decoder: prefill and decode in one graph)",
+             "inputs": ["input_ids", "attention_mask", "position_ids", *past], "outputs": ["logits", *present],
+             "kv_heads": ckpt.config.num_key_value_heads, "head_dim": ckpt.config.head_dim,
+             "layers": ckpt.config.num_hidden_layers, "context": ckpt.config.max_position_embeddings,
+             "kernels": decoder_onnx.kernel_counts(graph)}
+    check = {"prompts": len(prompts), "new_tokens": cfg.decoder_new_tokens, "greedy_tokens_equal": True,
+             "max_abs_diff": largest, "passed": True, "against": "paddle dygraph with a KV cache"}
+    return entry, check
+
+
 @register("export", ExportConfig, writes_checkpoint=False, summary="Export a checkpoint to a Paddle static graph and/or ONNX, verified against dygraph.")
 def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
     start = time.perf_counter()
@@ -84,7 +135,8 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
     if cfg.layout is not None:
         check_layout(ckpt.config, cfg.layout)
     quant = quantization_info(ckpt.config)
-    if is_weight_only(quant):  # exported as the float model of its dequantized weights, for now
+    weight_only = quant if is_weight_only(quant) else None
+    if weight_only:  # model.onnx: the float model of its dequantized weights; decoder.onnx: integer kernels
         quant = None
     fp16 = bool(quant) and quant.get("dtype") == "fp16"
     if quant and not fp16 and cfg.format != "onnx":
@@ -157,13 +209,16 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
                                                            ids, types, *bounds)
                 else:
                     verification["onnx"] = verify("onnx", session, reference, ids, types, cfg.tolerance, kind)
+                if kind == "causal_lm" and not int8:
+                    files["decoder"], verification["decoder"] = _export_decoder(ckpt, model, weight_only, tokenizer,
+                                                                                tmp, cfg)
         manifest = {
             "format_version": MANIFEST_VERSION, "created": now_iso(),
             "source": {"path": str(ckpt.path), "weights_sha256": ckpt.weights_sha256},
             "task": ckpt.task, "task_kind": ckpt.config.extra.get("ernie_compress", {}).get("task_kind"),
             "labels": ckpt.config.labels, "max_seq_length": ckpt.max_seq_length,
             "architecture": ckpt.config.architecture, "precision": quant["dtype"] if quant else "fp32",
-            "quantization": quant, **extra,
+            "quantization": quant or weight_only, **extra,
             "inputs": list(static_graph.input_names(model)), "outputs": [output_name],
             "files": files, "verification": {"samples_from": sample_source, **verification},
             "reference": {"backend": "paddle-dygraph" + (" (fake-quant)" if quant else ""),

@@ -29,7 +29,7 @@ from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
 from ..quantize.ptq import calibrate_
 from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantized_linear_names
 from ..quantize.gptq import collect_hessians, gptq_quantize
-from ..quantize.weight_only import BITS, check_group_size, dequantize, quantize_rtn
+from ..quantize.weight_only import BITS, HEAD_BITS, check_group_size, dequantize, lm_head_weight, quantize_rtn
 from ..training_loop import LoopConfig, evaluate_split
 from .common import CheckpointOutput, ParentKDOptions, RunOptions, TaskOptions, TrainingOptions
 from .registry import register
@@ -114,7 +114,8 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions):
 
     weight_only: str = option("int4", selects=True, choices=tuple(BITS), help=(
         "Weight-only quantization to int8 (per output channel) or int4 (groups of --group-size input rows) "
-        "by --method; activations stay float; the checkpoint holds the dequantized weights."))
+        "by --method; activations stay float; a causal LM's output head gets int8 per vocabulary entry; the "
+        "checkpoint holds the dequantized weights."))
     group_size: int | None = option(None, at_least=1, help=(
         "Weight-only: input rows per scale (default: the whole column for int8, 32 for int4); must divide "
         "every quantized Linear's input width."))
@@ -205,10 +206,19 @@ def _weight_only(cfg: WeightOnlyConfig, start) -> tuple[dict, dict]:
         order = np.random.default_rng(0).permutation(len(train))[:cfg.calib_samples]  # as PTQ samples
         batches = [train.rows(np.sort(order[i:i + 32])) for i in range(0, len(order), 32)]
         hessians = collect_hessians(start.model, names, batches, start.tokenizer.pad_id)
+    weights = {}
     for name in names:
         key = f"{name}.weight"
         codes, scales = (gptq_quantize(state[key], hessians[name], bits, group) if cfg.method == "gptq"
                          else quantize_rtn(state[key], bits, group))
         state[key] = dequantize(codes, scales, group)
+        weights[key] = {"bits": bits, "group_size": group}
+    head = lm_head_weight(start.parent.config)
+    if head is not None:  # int8 per vocabulary entry (see quantize/weight_only.py)
+        key, transposed = head
+        matrix = state[key].T if transposed else state[key]  # [hidden, vocab]
+        matrix = dequantize(*quantize_rtn(matrix, HEAD_BITS, None), None)
+        state[key] = np.ascontiguousarray(matrix.T if transposed else matrix)
+        weights[key] = {"bits": HEAD_BITS, "group_size": None, "transposed": transposed}
     return state, {"method": f"weight_only_{cfg.method}", "dtype": cfg.weight_only, "weight_bits": bits,
-                   "group_size": group, "linears": len(names)}
+                   "group_size": group, "linears": len(names), "weights": weights}

@@ -43,9 +43,15 @@ def test_weight_only_on_a_small_decoder(tiny_lm, tmp_path):
     assert results["w8"]["metrics"]["test"]["perplexity"] <= fp32 * 1.01  # the bound for W8
     assert results["w4"]["metrics"]["test"]["perplexity"] <= fp32 * 1.05
     scheme = {"method": "weight_only_rtn", "dtype": "int4", "weight_bits": 4, "group_size": 16, "linears": 8}
-    assert results["w4"]["scheme"] == scheme == json.loads((tmp_path / "w4" / "config.json").read_text())["quantization"]
+    written = json.loads((tmp_path / "w4" / "config.json").read_text())["quantization"]
+    assert results["w4"]["scheme"] == written and {k: written[k] for k in scheme} == scheme
+    # the 8 Linears at int4, and the tied embedding as the output head at int8 per vocabulary entry
+    assert len(written["weights"]) == 9 and sum(w["bits"] == 4 for w in written["weights"].values()) == 8
+    assert written["weights"]["ernie.embed_tokens.weight"] == {"bits": 8, "group_size": None, "transposed": True}
     exported = cli_json(["export", str(tmp_path / "w4"), "--format", "onnx", "--out", str(tmp_path / "x")])
     assert exported["precision"] == "fp32" and exported["verification"]["onnx"]["max_abs_diff"] < 1e-3
+    assert exported["files"]["decoder"]["kernels"]["MatMulNBits"] == 9  # every quantized weight as its kernel
+    assert exported["verification"]["decoder"]["greedy_tokens_equal"]
 
 
 @pytest.mark.parametrize("args, message", [

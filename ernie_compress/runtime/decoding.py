@@ -1,0 +1,118 @@
+"""Token generation with a KV cache, on any decoder that can prefill a prompt and step one token.
+
+``generate_tokens`` is the loop (greedy, or nucleus sampling: Holtzman et al. 2020) and its
+timings: time to first token is the prefill plus the first pick; decode tokens/s counts the tokens
+after the first. ``OnnxDecoder`` runs an export's ``onnx/decoder.onnx`` (``export/decoder_onnx.py``
+writes it) in ONNX Runtime, for one prompt or a left-padded batch; Paddle is never imported here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Decoder(Protocol):
+    """Logits [batch, vocab] of each row's last position, the cache kept inside."""
+
+    def prefill(self, rows: list[list[int]]) -> np.ndarray: ...
+
+    def step(self, tokens: np.ndarray) -> np.ndarray: ...
+
+
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """``<s>``/``[CLS]`` and the prompt's tokens (no end-of-text: generation continues it)."""
+    row = tokenizer.encode_batch([text], None, max_length=10**6).input_ids[0].tolist()
+    row = [i for i in row if i != tokenizer.pad_id]
+    return row[:-1] if row and row[-1] == tokenizer.sep_id else row
+
+
+def pick_token(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
+    """Greedy (temperature 0) or nucleus sampling from ``logits`` [vocab]."""
+    if temperature == 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / temperature
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs, kind="stable")
+    keep = order[:int(np.searchsorted(np.cumsum(probs[order]), top_p) + 1)]
+    return int(rng.choice(keep, p=probs[keep] / probs[keep].sum()))
+
+
+def generate_tokens(decoder: Decoder, ids: list[int], max_new_tokens: int, eos_id: int, temperature: float = 0.0,
+                    top_p: float = 1.0, rng: np.random.Generator | None = None,
+                    on_token: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Greedy or sampled continuation of one prompt: the new tokens, the logits of every step
+    [steps, vocab] and the timings."""
+    rng = rng or np.random.default_rng(0)
+    tokens: list[int] = []
+    step_logits = []
+    start = time.perf_counter()
+    last = decoder.prefill([ids])[0]
+    first = decode_start = None
+    while len(tokens) < max_new_tokens:
+        step_logits.append(last)
+        token = pick_token(last, temperature, top_p, rng)
+        if first is None:
+            first = time.perf_counter() - start
+            decode_start = time.perf_counter()
+        tokens.append(token)
+        if on_token is not None:
+            on_token(token)
+        if token == eos_id or len(tokens) == max_new_tokens:
+            break
+        last = decoder.step(np.array([token]))[0]
+    decode_seconds = time.perf_counter() - decode_start
+    decoded = len(tokens) - 1  # tokens after the first
+    return {"tokens": tokens, "logits": np.stack(step_logits), "time_to_first_token_ms": first * 1000,
+            "decode_tokens_per_s": decoded / decode_seconds if decoded and decode_seconds > 0 else None}
+
+
+class OnnxDecoder:
+    """``onnx/decoder.onnx`` in an ONNX Runtime session: ``prefill`` left-pads the rows (mask 0,
+    positions counted from each row's first real token), ``step`` feeds one token per row."""
+
+    def __init__(self, session, pad_id: int = 0):
+        self.session = session  # onnxruntime.InferenceSession
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        self.kv_heads, self.head_dim = inputs[self.past_names[0]].shape[1], inputs[self.past_names[0]].shape[3]
+        self.pad_id = pad_id
+        self.cache: list[np.ndarray] = []
+        self.mask = self.positions = None
+
+    @classmethod
+    def open(cls, path: Path, runtime_cfg, pad_id: int = 0) -> "OnnxDecoder":
+        from .backends import OnnxRuntimeSession
+
+        return cls(OnnxRuntimeSession(Path(path), runtime_cfg).session, pad_id)
+
+    def _run(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": ids, "attention_mask": self.mask, "position_ids": positions,
+                 **dict(zip(self.past_names, self.cache))}
+        logits, *self.cache = self.session.run(None, feeds)
+        return logits
+
+    def prefill(self, rows: list[list[int]]) -> np.ndarray:
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        self.mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = row
+            self.mask[i, width - len(row):] = 1
+        positions = np.maximum(np.cumsum(self.mask, axis=1) - 1, 0)  # [b, s]
+        self.positions = positions[:, -1]
+        self.cache = [np.zeros((len(rows), self.kv_heads, 0, self.head_dim), np.float32) for _ in self.past_names]
+        return self._run(ids, positions)
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        self.positions = self.positions + 1
+        self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), np.int64)], axis=1)
+        return self._run(np.asarray(tokens, np.int64).reshape(-1, 1), self.positions.reshape(-1, 1))
+
+    def cache_bytes(self) -> int:
+        return int(sum(c.nbytes for c in self.cache))

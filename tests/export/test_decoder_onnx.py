@@ -1,0 +1,131 @@
+"""export/decoder_onnx.py: the KV-cache decoder graph equals dygraph (prefill and every step, MHA /
+GQA / MQA, left-padded batches); MatMulNBits with our packing equals our dequantized weights; the
+export verifies the decoder and refuses a wrong one; generate on the export gives the checkpoint's text."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from ernie_compress.export import decoder_onnx
+from ernie_compress.export.decoder_onnx import (WeightOnlyLinear, build_decoder, decoder_weights, pack_matmul_nbits,
+                                                recover_codes)
+from ernie_compress.models import build_model, model_state
+from ernie_compress.models.ernie4_5 import CachedDecoder
+from ernie_compress.models.families import config_from_dict
+from ernie_compress.models.presets import resolve_preset
+from ernie_compress.paddle_env import import_paddle
+from ernie_compress.quantize.weight_only import dequantize, quantize_rtn
+from ernie_compress.runtime.decoding import OnnxDecoder, generate_tokens
+from tests.helpers import cli_json
+
+paddle = import_paddle()
+
+
+def _session(model) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _decoder(kv_heads: int):
+    keys = dict(resolve_preset("ernie45-tiny"), vocab_size=70, num_key_value_heads=kv_heads,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    paddle.seed(kv_heads)
+    model = build_model(config_from_dict(keys))
+    model.eval()
+    return model
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])  # MQA, GQA, MHA (4 query heads)
+def test_decoder_graph_equals_dygraph_at_prefill_and_every_step(kv_heads):
+    model = _decoder(kv_heads)
+    graph = build_decoder(model.config, decoder_weights(model.config, model_state(model), None))
+    onnx_decoder = OnnxDecoder(_session(graph))
+    prompt = [1, 7, 9, 23, 5, 41, 2]
+    expected = generate_tokens(CachedDecoder(model), prompt, 10, eos_id=-1)
+    got = generate_tokens(onnx_decoder, prompt, 10, eos_id=-1)
+    np.testing.assert_allclose(got["logits"], expected["logits"], atol=1e-5)
+    assert got["tokens"] == expected["tokens"]
+    # the cache holds the KV heads only, for every position fed so far
+    assert [c.shape for c in onnx_decoder.cache] == [(1, kv_heads, len(prompt) + 9, model.config.head_dim)] * 4
+
+
+def test_a_left_padded_batch_gives_each_row_its_own_logits():
+    model = _decoder(2)
+    session = _session(build_decoder(model.config, decoder_weights(model.config, model_state(model), None)))
+    rows = [[1, 7, 9, 23, 5, 41], [1, 30, 12]]
+    batch = OnnxDecoder(session)
+    first = batch.prefill(rows)  # [2, vocab]; the second row is padded on the left
+    nxt = batch.step(first.argmax(axis=1))
+    for i, row in enumerate(rows):
+        alone = OnnxDecoder(session)
+        np.testing.assert_allclose(first[i], alone.prefill([row])[0], atol=1e-5)
+        np.testing.assert_allclose(nxt[i], alone.step(np.array([first[i].argmax()]))[0], atol=1e-5)
+
+
+def _matmul_nbits(linear: WeightOnlyLinear, block: int) -> ort.InferenceSession:
+    k, n = linear.codes.shape
+    packed, scales = pack_matmul_nbits(linear, block)
+    node = helper.make_node("MatMulNBits", ["x", "b", "s"], ["y"], domain="com.microsoft", K=k, N=n,
+                            bits=linear.bits, block_size=block)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+                              [helper.make_tensor("b", TensorProto.UINT8, packed.shape, packed.tobytes(), raw=True),
+                               helper.make_tensor("s", TensorProto.FLOAT, scales.shape, scales)])
+    return _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                            helper.make_opsetid("com.microsoft", 1)]))
+
+
+@pytest.mark.parametrize("bits, group, block", [(4, 16, 16), (4, 32, 32), (8, None, 32), (8, 64, 64)])
+def test_matmul_nbits_with_our_packing_equals_the_dequantized_weights(bits, group, block):
+    rng = np.random.default_rng(bits)
+    weight = rng.normal(size=(64, 24)).astype(np.float32)  # [in, out]
+    codes, scales = quantize_rtn(weight, bits, group)
+    reference = dequantize(codes, scales, group)
+    x = rng.normal(size=(5, 64)).astype(np.float32)
+    y = _matmul_nbits(WeightOnlyLinear(codes, scales, bits, group), block).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x @ reference, rtol=1e-5, atol=1e-5)
+
+
+def test_codes_are_recovered_when_no_element_reaches_the_grid_end():
+    """GPTQ can leave a group whose largest code is below qmax; any exact (codes, scale) pair works."""
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-5, 6, size=(32, 8)).astype(np.int8)  # int4: |code| <= 5 < qmax 7
+    scales = rng.uniform(0.01, 0.1, size=(2, 8)).astype(np.float32)
+    weight = dequantize(codes, scales, 16)
+    recovered = recover_codes(weight, 4, 16)
+    np.testing.assert_allclose(dequantize(recovered.codes, recovered.scales, 16), weight, rtol=1e-6, atol=1e-9)
+    assert np.abs(recovered.codes).max() <= 7
+    with pytest.raises(Exception, match="not on a 4-bit grid"):
+        recover_codes(rng.normal(size=(32, 8)).astype(np.float32), 4, 16)
+
+
+def test_export_writes_a_verified_decoder_and_generate_runs_it(tiny_lm, tmp_path):
+    out = cli_json(["export", str(tiny_lm), "--format", "onnx", "--out", str(tmp_path / "e")])
+    check = out["verification"]["decoder"]
+    assert check["greedy_tokens_equal"] and check["max_abs_diff"] < 1e-4 and check["prompts"] == 4
+    assert out["files"]["decoder"]["kv_heads"] == 2 and (tmp_path / "e" / "onnx" / "decoder.onnx").is_file()
+    prompts = ["--prompt", "质量太差", "--prompt", "服务态度很", "--max-new-tokens", "12"]
+    from_export = cli_json(["generate", str(tmp_path / "e"), *prompts])
+    from_checkpoint = cli_json(["generate", str(tiny_lm), *prompts])
+    assert from_export["runs_on"].startswith("onnxruntime") and from_checkpoint["runs_on"] == "paddle dygraph"
+    assert [r["tokens"] for r in from_export["results"]] == [r["tokens"] for r in from_checkpoint["results"]]
+
+
+def test_a_wrong_decoder_graph_is_refused_and_nothing_is_written(tiny_lm, tmp_path, monkeypatch):
+    real = decoder_onnx.build_decoder
+
+    def wrong_rope(config, weights):  # a planted bug: RoPE at the wrong base frequency
+        return real(config.replace(rope_theta=config.rope_theta * 2), weights)
+
+    monkeypatch.setattr(decoder_onnx, "build_decoder", wrong_rope)
+    from typer.testing import CliRunner
+
+    from ernie_compress.cli import app
+
+    res = CliRunner().invoke(app, ["--quiet", "export", str(tiny_lm), "--format", "onnx", "--out", str(tmp_path / "e")])
+    assert res.exit_code == 2 and "decoder export failed verification" in res.stderr, res.output
+    assert not (tmp_path / "e").exists()
