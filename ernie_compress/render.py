@@ -162,8 +162,10 @@ def render_export(result: dict[str, Any]) -> None:
     console = _console()
     for name, v in result["verification"].items():
         if "greedy_tokens_equal" in v:  # the decoder with a KV cache
-            console.print(f"{name}: verified, greedy tokens equal dygraph's on {v['prompts']} prompts x "
-                          f"{v['new_tokens']} tokens, max logit difference {v['max_abs_diff']:.2e}")
+            text = "greedy text equal to dygraph's" if v["greedy_tokens_equal"] else "greedy text differs from dygraph's"
+            console.print(f"{name} ({v['compute']} compute): verified on {v['prompts']} prompts x {v['new_tokens']} "
+                          f"tokens, {text}, teacher-forced picks agree {v['teacher_forced_agreement']:.1%}, max "
+                          f"logit difference {v['max_abs_diff']:.2e} ({v['max_relative_diff']:.2%} of the logit scale)")
             continue
         console.print(f"{name}: verified, max logit difference {v['max_abs_diff']:.2e}, "
                       f"predictions agree {v['prediction_agreement']:.1%} on {v['samples']} samples")

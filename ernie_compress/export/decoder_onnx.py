@@ -147,6 +147,9 @@ class DecoderWeights:
     accuracy_level: int = 0  # MatMulNBits: 0 computes in float32; 4 quantizes activations to int8 per block
 
 
+COMPUTE_LEVELS = {"fp32": 0, "int8": 4}  # --weight-only-compute -> MatMulNBits accuracy_level
+
+
 def decoder_weights(config, state: dict[str, np.ndarray], quant: dict | None,
                     accuracy_level: int = 0) -> DecoderWeights:
     """The checkpoint's weights for :func:`build_decoder`; for a weight-only checkpoint, the codes

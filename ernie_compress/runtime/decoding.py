@@ -45,9 +45,10 @@ def pick_token(logits: np.ndarray, temperature: float, top_p: float, rng: np.ran
 
 def generate_tokens(decoder: Decoder, ids: list[int], max_new_tokens: int, eos_id: int, temperature: float = 0.0,
                     top_p: float = 1.0, rng: np.random.Generator | None = None,
-                    on_token: Callable[[int], None] | None = None) -> dict[str, Any]:
+                    on_token: Callable[[int], None] | None = None, forced: list[int] | None = None) -> dict[str, Any]:
     """Greedy or sampled continuation of one prompt: the new tokens, the logits of every step
-    [steps, vocab] and the timings."""
+    [steps, vocab] and the timings. ``forced``: feed these tokens instead of the picks (teacher
+    forcing: another decoder's logits at the same positions)."""
     rng = rng or np.random.default_rng(0)
     tokens: list[int] = []
     step_logits = []
@@ -56,7 +57,7 @@ def generate_tokens(decoder: Decoder, ids: list[int], max_new_tokens: int, eos_i
     first = decode_start = None
     while len(tokens) < max_new_tokens:
         step_logits.append(last)
-        token = pick_token(last, temperature, top_p, rng)
+        token = pick_token(last, temperature, top_p, rng) if forced is None else forced[len(tokens)]
         if first is None:
             first = time.perf_counter() - start
             decode_start = time.perf_counter()

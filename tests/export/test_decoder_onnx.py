@@ -129,3 +129,29 @@ def test_a_wrong_decoder_graph_is_refused_and_nothing_is_written(tiny_lm, tmp_pa
     res = CliRunner().invoke(app, ["--quiet", "export", str(tiny_lm), "--format", "onnx", "--out", str(tmp_path / "e")])
     assert res.exit_code == 2 and "decoder export failed verification" in res.stderr, res.output
     assert not (tmp_path / "e").exists()
+
+
+def test_weight_only_decoder_int8_compute_is_verified_and_a_wrong_scale_is_refused(tiny_lm, tmp_path, monkeypatch):
+    cli_json(["quantize", str(tiny_lm), "--weight-only", "int4", "--group-size", "16", "--out", str(tmp_path / "w4")])
+    out = cli_json(["export", str(tmp_path / "w4"), "--format", "onnx", "--out", str(tmp_path / "e")])
+    check = out["verification"]["decoder"]
+    assert check["compute"] == "int8" and out["files"]["decoder"]["matmul_nbits_accuracy_level"] == 4
+    assert check["teacher_forced_agreement"] >= 0.95 and check["max_relative_diff"] < 0.02
+    exact = cli_json(["export", str(tmp_path / "w4"), "--format", "onnx", "--weight-only-compute", "fp32",
+                      "--out", str(tmp_path / "f")])["verification"]["decoder"]
+    assert exact["greedy_tokens_equal"] and exact["max_abs_diff"] < 1e-4
+    real = decoder_onnx.pack_matmul_nbits
+
+    def wrong_scale(linear, block):  # a planted bug: every scale 25% too large
+        packed, scales = real(linear, block)
+        return packed, scales * 1.25
+
+    monkeypatch.setattr(decoder_onnx, "pack_matmul_nbits", wrong_scale)
+    from typer.testing import CliRunner
+
+    from ernie_compress.cli import app
+
+    res = CliRunner().invoke(app, ["--quiet", "export", str(tmp_path / "w4"), "--format", "onnx", "--out",
+                                   str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "failed verification" in res.stderr, res.output
+    assert not (tmp_path / "bad").exists()

@@ -1,0 +1,194 @@
+"""Decoding speed of the ERNIE 4.5 decoder export at the real ERNIE-4.5-0.3B size: FP32, weight-only
+INT8 and INT4 (MatMulNBits), in ONNX Runtime on this CPU, measured in one run, interleaved.
+
+    python benchmarks/decoding.py [--threads 2] [--rounds 3] [--prompt 128] [--new-tokens 32]
+        [--markdown benchmarks/results/decoding.md] [--json out.json]
+
+Random weights (speed does not depend on their values; no model can be downloaded here): the
+preset ``ernie45-0.3b`` (18 layers, hidden 1024, 16 query / 2 KV heads, vocab 103,424, tied head).
+W8 is int8 per output channel, W4 int4 in groups of 32 rows (RTN: the codes' values do not change
+the kernels' speed, so GPTQ runs as fast); the head is int8 per vocabulary entry in both, as
+``quantize --weight-only`` writes it. The graphs are ``export/decoder_onnx.py``'s, the loop
+``runtime/decoding.py``'s: time to first token = prefill of a ``--prompt``-token prompt plus the
+first pick; decode tokens/s = ``--new-tokens`` greedy steps after it, batch 1. INT4 also runs with
+``accuracy_level=4`` (activations quantized to int8 per block inside MatMulNBits: faster, not exact).
+
+Decoding reads every weight once per token, so its floor is weight bytes per token / memory
+bandwidth; the bandwidth is measured here (``--threads`` numpy copies of 1 GiB in all, at once:
+bytes read + written per second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def random_state(config, seed: int = 0) -> dict[str, np.ndarray]:
+    """Weights of an ``Ernie4_5ForCausalLM`` of ``config``: names and shapes from the Paddle model,
+    values normal(0, 0.02), RMSNorm weights 1."""
+    from ernie_compress.models import build_model
+
+    model = build_model(config)
+    rng = np.random.default_rng(seed)
+    state = {}
+    for name, param in model.named_parameters():
+        shape = tuple(param.shape)
+        state[name] = (np.ones(shape, np.float32) if name.endswith("norm.weight")
+                       else rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02))
+    del model
+    return state
+
+
+def integer_weights(config, state, bits: int, group: int | None) -> dict:
+    """Codes and scales of every Linear (``bits``, ``group``) and of the head (int8 per entry)."""
+    from ernie_compress.export.decoder_onnx import WeightOnlyLinear
+    from ernie_compress.quantize.weight_only import HEAD_BITS, quantize_rtn
+
+    integer = {}
+    for name, weight in state.items():
+        if name.startswith("ernie.layers.") and weight.ndim == 2:
+            integer[name] = WeightOnlyLinear(*quantize_rtn(weight, bits, group), bits, group)
+    head = state["ernie.embed_tokens.weight"].T  # tied: the head reads the table transposed
+    integer["ernie.embed_tokens.weight"] = WeightOnlyLinear(*quantize_rtn(head, HEAD_BITS, None), HEAD_BITS, None)
+    return integer
+
+
+def weight_bytes_per_token(config, state, integer) -> int:
+    """Bytes of weights one decode step reads: every Linear and the head (not the embedding rows)."""
+    total = 0
+    for name, weight in state.items():
+        if name in integer:
+            q = integer[name]
+            total += q.codes.size * q.bits // 8 + q.scales.nbytes
+        elif name.startswith("ernie.layers.") or (name == "ernie.embed_tokens.weight" and config.tie_word_embeddings):
+            total += weight.nbytes
+    return total
+
+
+def copy_bandwidth(threads: int, gib: float = 1.0, repeats: int = 5) -> float:
+    """Bytes per second through memory: ``threads`` numpy copies of ``gib`` / ``threads`` GiB at
+    once (bytes read + written), best of ``repeats``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    src = np.ones(int(gib * 2**30) // 4, np.float32)
+    dst = np.empty_like(src)
+    parts = np.array_split(np.arange(src.size), threads)
+    bounds = [(p[0], p[-1] + 1) for p in parts]
+    with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL while it copies
+        def copy_all():
+            list(pool.map(lambda b: np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]]), bounds))
+        best = min(_timed(copy_all) for _ in range(repeats))
+    return 2 * src.nbytes / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each variant once per round)")
+    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens for time to first token")
+    parser.add_argument("--new-tokens", type=int, default=32, help="greedy decode steps timed per round")
+    parser.add_argument("--preset", default="ernie45-0.3b")
+    parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    import onnxruntime as ort
+
+    from _tables import markdown
+    from ernie_compress import progress
+    from ernie_compress.export.decoder_onnx import DecoderWeights, build_decoder, kernel_counts, save_model
+    from ernie_compress.models.families import config_from_dict
+    from ernie_compress.models.presets import resolve_preset
+    from ernie_compress.runtime.decoding import OnnxDecoder, generate_tokens
+
+    progress.set_enabled(False)
+    config = config_from_dict(resolve_preset(args.preset))
+    print(f"building {args.preset} with random weights ...", file=sys.stderr)
+    state = random_state(config)
+    variants = {"FP32": ({}, 0), "W8 (int8 per channel)": (integer_weights(config, state, 8, None), 0),
+                "W4 (int4, group 32)": (integer_weights(config, state, 4, 32), 0)}
+    variants["W4, accuracy_level 4"] = (variants["W4 (int4, group 32)"][0], 4)
+    bandwidth = copy_bandwidth(args.threads)
+    sessions, info = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (integer, level) in variants.items():
+            print(f"writing {name} ...", file=sys.stderr)
+            graph = build_decoder(config, DecoderWeights(state, integer, level))
+            path = Path(tmp) / f"{len(sessions)}.onnx"
+            save_model(graph, path)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
+            options.log_severity_level = 3
+            sessions[name] = OnnxDecoder(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+            per_token = weight_bytes_per_token(config, state, integer)
+            info[name] = {"kernels": kernel_counts(graph), "weight_bytes_per_token": per_token,
+                          "bandwidth_bound_tokens_per_s": bandwidth / per_token,  # a token reads its weights once
+                          "file_bytes": sum(p.stat().st_size for p in Path(tmp).glob(f"{len(sessions) - 1}.onnx*"))}
+            del graph
+        rng = np.random.default_rng(1)
+        prompt = [1, *rng.integers(5, config.vocab_size, args.prompt - 1).tolist()]
+        for decoder in sessions.values():  # warm-up: first runs allocate
+            generate_tokens(decoder, prompt[:16], 3, eos_id=-1)
+        ttft = {name: [] for name in sessions}
+        decode = {name: [] for name in sessions}
+        for r in range(args.rounds):
+            for name, decoder in sessions.items():
+                out = generate_tokens(decoder, prompt, args.new_tokens, eos_id=-1)
+                ttft[name].append(out["time_to_first_token_ms"])
+                decode[name].append(out["decode_tokens_per_s"])
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    rows, result = [], {"preset": args.preset, "threads": args.threads, "rounds": args.rounds, "prompt": args.prompt,
+                        "new_tokens": args.new_tokens, "copy_bandwidth_gb_s": bandwidth / 1e9, "variants": {}}
+    fp32 = statistics.median(decode["FP32"])
+    for name in sessions:
+        tps = statistics.median(decode[name])
+        bound = info[name]["bandwidth_bound_tokens_per_s"]
+        result["variants"][name] = {**info[name], "ttft_ms": ttft[name], "decode_tokens_per_s": decode[name]}
+        rows.append({"variant": name, "MatMulNBits / float MatMul": f"{info[name]['kernels']['MatMulNBits']} / "
+                                                                     f"{info[name]['kernels']['MatMul'] + info[name]['kernels']['Gemm']}",
+                     "weights read per token": f"{info[name]['weight_bytes_per_token'] / 2**20:.0f} MiB",
+                     f"TTFT ms (prompt {args.prompt})": _interval(ttft[name], 0),
+                     "decode tokens/s (batch 1)": _interval(decode[name], 1),
+                     "bandwidth bound tokens/s": f"{bound:.1f}",
+                     "share of the bound": f"{tps / bound:.0%}",
+                     "decode vs FP32": f"{tps / fp32:.2f}x"})
+    result["int4_vs_fp32_decode"] = statistics.median(decode["W4 (int4, group 32)"]) / fp32
+    result["int4_level4_vs_fp32_decode"] = statistics.median(decode["W4, accuracy_level 4"]) / fp32
+    result["int8_vs_fp32_decode"] = statistics.median(decode["W8 (int8 per channel)"]) / fp32
+    title = (f"Decoding, {args.preset} (random weights), ONNX Runtime {ort.__version__} CPU, batch 1, "
+             f"{args.new_tokens} greedy tokens after a {args.prompt}-token prompt; median (min-max) of {args.rounds} "
+             f"interleaved rounds. Memory bandwidth ({args.threads} numpy copies at once, bytes read + written): "
+             f"{bandwidth / 1e9:.1f} GB/s; bound = bandwidth / weight bytes read per token")
+    table = markdown(title, rows, list(rows[0]), threads=args.threads)
+    print("\n" + table)
+    print("\n" + json.dumps({k: v for k, v in result.items() if k != "variants"}))
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _interval(values: list[float], digits: int) -> str:
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+if __name__ == "__main__":
+    main()
