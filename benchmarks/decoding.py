@@ -10,8 +10,10 @@ W8 is int8 per output channel, W4 int4 in groups of 32 rows (RTN: the codes' val
 the kernels' speed, so GPTQ runs as fast); the head is int8 per vocabulary entry in both, as
 ``quantize --weight-only`` writes it. The graphs are ``export/decoder_onnx.py``'s, the loop
 ``runtime/decoding.py``'s: time to first token = prefill of a ``--prompt``-token prompt plus the
-first pick; decode tokens/s = ``--new-tokens`` greedy steps after it, batch 1. INT4 also runs with
-``accuracy_level=4`` (activations quantized to int8 per block inside MatMulNBits: faster, not exact).
+first pick; decode tokens/s = ``--new-tokens`` greedy steps after it, batch 1. W8 and W4 run as
+``export`` writes them by default (``--weight-only-compute int8``: MatMulNBits ``accuracy_level``
+4, activations quantized to int8 per block inside the kernel) and with ``fp32`` compute (level 0:
+exact to the checkpoint).
 
 Decoding reads every weight once per token, so its floor is weight bytes per token / memory
 bandwidth; the bandwidth is measured here (``--threads`` numpy copies of 1 GiB in all, at once:
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+W8, W4 = "W8 (int8 per channel)", "W4 (int4, group 32)"
 sys.path.insert(0, str(ROOT))
 
 
@@ -122,9 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
     config = config_from_dict(resolve_preset(args.preset))
     print(f"building {args.preset} with random weights ...", file=sys.stderr)
     state = random_state(config)
-    variants = {"FP32": ({}, 0), "W8 (int8 per channel)": (integer_weights(config, state, 8, None), 0),
-                "W4 (int4, group 32)": (integer_weights(config, state, 4, 32), 0)}
-    variants["W4, accuracy_level 4"] = (variants["W4 (int4, group 32)"][0], 4)
+    w8, w4 = integer_weights(config, state, 8, None), integer_weights(config, state, 4, 32)
+    variants = {"FP32": ({}, 0), W8: (w8, 4), W4: (w4, 4),  # what export writes (--weight-only-compute int8)
+                W8 + ", fp32 compute": (w8, 0), W4 + ", fp32 compute": (w4, 0)}  # --weight-only-compute fp32
     bandwidth = copy_bandwidth(args.threads)
     sessions, info = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,9 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
                      "bandwidth bound tokens/s": f"{bound:.1f}",
                      "share of the bound": f"{tps / bound:.0%}",
                      "decode vs FP32": f"{tps / fp32:.2f}x"})
-    result["int4_vs_fp32_decode"] = statistics.median(decode["W4 (int4, group 32)"]) / fp32
-    result["int4_level4_vs_fp32_decode"] = statistics.median(decode["W4, accuracy_level 4"]) / fp32
-    result["int8_vs_fp32_decode"] = statistics.median(decode["W8 (int8 per channel)"]) / fp32
+    result["int4_vs_fp32_decode"] = statistics.median(decode[W4]) / fp32
+    result["int8_vs_fp32_decode"] = statistics.median(decode[W8]) / fp32
+    result["int4_fp32_compute_vs_fp32_decode"] = statistics.median(decode[W4 + ", fp32 compute"]) / fp32
     title = (f"Decoding, {args.preset} (random weights), ONNX Runtime {ort.__version__} CPU, batch 1, "
              f"{args.new_tokens} greedy tokens after a {args.prompt}-token prompt; median (min-max) of {args.rounds} "
              f"interleaved rounds. Memory bandwidth ({args.threads} numpy copies at once, bytes read + written): "

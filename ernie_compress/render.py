@@ -64,6 +64,8 @@ def render_evaluation(result: dict[str, Any]) -> None:
             table.add_row(str(row["batch_size"]), f"{row['p50_ms']:.2f}", f"{row['p95_ms']:.2f}",
                           f"{row['p99_ms']:.2f}", f"{row['qps']:.1f}")
         console.print(table)
+    if result.get("generation"):
+        _render_generation_speed(console, result["generation"], where)
     if result.get("profile"):
         table = Table(title="where the time goes (per operator type)")
         for col in ("op", "total ms", "calls", "share"):
@@ -71,6 +73,30 @@ def render_evaluation(result: dict[str, Any]) -> None:
         for row in result["profile"]:
             table.add_row(row["op"], f"{row['total_ms']:.2f}", str(row["calls"]), f"{row['share']:.1%}")
         console.print(table)
+
+
+def _spread(v: dict[str, float]) -> str:
+    return f"{v['median']:.1f} ({v['min']:.1f}-{v['max']:.1f})"
+
+
+def _render_generation_speed(console, g: dict[str, Any], where: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"time to first token ({where}; decoder with a KV cache)")
+    for col in ("prompt tokens", "TTFT ms (min-max)"):
+        table.add_column(col, justify="right")
+    for row in g["time_to_first_token"]:
+        table.add_row(str(row["prompt_tokens"]), _spread(row["ttft_ms"]))
+    console.print(table)
+    table = Table(title=f"decoding: {g['new_tokens']} greedy steps after {g['decode_prompt_tokens']}-token prompts")
+    for col in ("batch", "prefill ms", "ms per step", "tokens/s", "KV cache MiB"):
+        table.add_column(col, justify="right")
+    for row in g["decode"]:
+        table.add_row(str(row["batch_size"]), _spread(row["prefill_ms"]), _spread(row["ms_per_step"]),
+                      f"{row['tokens_per_s']:.1f}", f"{row['kv_cache_mib']:.2f}")
+    console.print(table)
+    console.print(f"peak memory of the process: {g['peak_rss_mib']:.0f} MiB"
+                  + "".join(f"; skipped {s}" for s in g["skipped"]))
 
 
 def render_quantize(result: dict[str, Any]) -> None:
@@ -174,6 +200,21 @@ def render_export(result: dict[str, Any]) -> None:
 
 def render_bench(result: dict[str, Any]) -> None:
     from rich.table import Table
+
+    if result.get("mode") == "generation":
+        table = Table(title=f"{result['requests']} generation requests ({result['new_tokens']} tokens each) from "
+                            f"{result['concurrency']} clients ({result['backend']} on {result['device']})")
+        for col in ("mode", "tokens/s", "TTFT p50 ms", "TTFT p99 ms", "request p50 ms", "mean decode batch"):
+            table.add_column(col, justify="right")
+        for name, key in (("one at a time", "one_at_a_time"), (f"continuous batching (<= {result['max_batch']})",
+                                                                "continuous_batching")):
+            r = result[key]
+            table.add_row(name, f"{r['tokens_per_s']:.1f}", f"{r['ttft_p50_ms']:.1f}", f"{r['ttft_p99_ms']:.1f}",
+                          f"{r['latency_p50_ms']:.1f}", f"{r['mean_decode_batch']:.2f}")
+        _console().print(table)
+        _console().print(f"continuous batching: {result['speedup_tokens_per_s']:.2f}x the tokens/s; the same greedy "
+                         f"tokens for {result['same_tokens']:.0%} of the requests")
+        return
 
     table = Table(title=f"{result['requests']} requests from {result['concurrency']} clients "
                         f"({result['backend']} on {result['device']})")

@@ -2,7 +2,9 @@
 
 Requests are held-out texts of the export's task, each tokenized to its own length (as a server
 receives them). Both runs answer the same requests; their outputs are compared so a batching bug
-(a lost or swapped row) shows up as a mismatch, not as a better number.
+(a lost or swapped row) shows up as a mismatch, not as a better number. An export with a decoder
+(ERNIE 4.5 causal LM) is benched on generation requests instead: one request at a time against
+continuous batching of decode steps (``continuous_batching.py``), tokens/s and time to first token.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from ..data.tasks import TaskSpec, load_task
 from ..errors import UserError
 from ..losses import predicted_classes
 from ..options import check_options, option
-from .backends import RuntimeConfig, RuntimeOptions, open_session
+from .backends import OnnxRuntimeSession, RuntimeConfig, RuntimeOptions, open_session
+from .continuous_batching import serve_generation
+from .decoding import OnnxDecoder, prompt_ids
 from .dynamic_batching import BatcherConfig, serve_load
 from .manifest import load_manifest
 
@@ -32,9 +36,28 @@ class BenchConfig(RuntimeOptions):
     requests: int = option(400, at_least=1, help="Requests in total (held-out texts).")
     max_batch: int = option(32, at_least=1, help="Largest batch the batcher forms.")
     max_wait_ms: float = option(5.0, at_least=0, help="Longest a request waits for others to join its batch.")
+    new_tokens: int = option(32, at_least=1, help=(
+        "Export with a decoder: tokens generated per request at most (greedy; a request's prompt is the first half "
+        "of a held-out text)."))
 
     def __post_init__(self) -> None:
         check_options(self)
+
+
+def bench_generation(cfg: BenchConfig, export_dir: Path, entry: dict[str, Any], tokenizer, examples) -> dict[str, Any]:
+    """Generation requests, one at a time and with continuous batching (up to ``cfg.max_batch``)."""
+    runtime = RuntimeConfig(device=cfg.device, threads=cfg.threads)
+    decoder = OnnxDecoder(OnnxRuntimeSession(export_dir / entry["model"], runtime).session, tokenizer.pad_id)
+    whole = [prompt_ids(tokenizer, e.text_a) for e in examples]  # a request continues the first half of a text
+    prompts = [ids[:min(max(2, len(ids) // 2), entry["context"] - cfg.new_tokens)] for ids in whole]
+    decoder.prefill([prompts[0]])  # warm-up
+    alone = serve_generation(decoder, prompts, cfg.new_tokens, cfg.concurrency, 1, tokenizer.sep_id)
+    batched = serve_generation(decoder, prompts, cfg.new_tokens, cfg.concurrency, cfg.max_batch, tokenizer.sep_id)
+    return {"export": str(export_dir), "mode": "generation", "backend": "onnxruntime", "device": cfg.device,
+            "concurrency": cfg.concurrency, "requests": len(prompts), "new_tokens": cfg.new_tokens,
+            "max_batch": cfg.max_batch, "one_at_a_time": alone["stats"], "continuous_batching": batched["stats"],
+            "speedup_tokens_per_s": batched["stats"]["tokens_per_s"] / alone["stats"]["tokens_per_s"],
+            "same_tokens": float(np.mean([a == b for a, b in zip(alone["tokens"], batched["tokens"])]))}
 
 
 def bench_export(cfg: BenchConfig) -> dict[str, Any]:
@@ -46,6 +69,8 @@ def bench_export(cfg: BenchConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(export_dir)
     examples = task.split(task.held_out)
     examples = [examples[i % len(examples)] for i in range(cfg.requests)]
+    if manifest.get("files", {}).get("decoder"):
+        return bench_generation(cfg, export_dir, manifest["files"]["decoder"], tokenizer, examples)
     requests = []
     for e in examples:
         enc = tokenizer.encode_batch([e.text_a], None if e.text_b is None else [e.text_b],

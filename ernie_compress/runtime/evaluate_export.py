@@ -24,7 +24,9 @@ from ..data.tasks import TaskSpec, load_task
 from ..errors import UserError
 from ..metrics import PRIMARY_METRIC, metric_delta, scored_split
 from ..paddle_env import import_paddle
-from .backends import RuntimeConfig, open_session
+from .backends import OnnxRuntimeSession, RuntimeConfig, open_session
+from .decoding import OnnxDecoder
+from .generation_metrics import GenerationConfig, measure_generation
 from .latency import LatencyConfig, measure_latency
 from .manifest import load_manifest
 
@@ -40,6 +42,7 @@ class EvaluateExportConfig:
     eval_batch_size: int = 32
     top_ops: int = 10  # with runtime.profile: how many operators to list
     keep_example_stats: bool = False  # add per-example metric statistics (numpy) for bootstrap intervals
+    generation: GenerationConfig | None = field(default_factory=GenerationConfig)  # exports with a decoder
 
 
 def _rank_ops(totals: dict[str, float], calls: dict[str, int], top_n: int) -> list[dict[str, Any]]:
@@ -130,6 +133,15 @@ def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
         latency = [measure_latency(session.run, enc.input_ids, enc.token_type_ids, b, cfg.latency)
                    for b in cfg.latency.batch_sizes]
 
+        generation = None
+        decoder_entry = manifest.get("files", {}).get("decoder")
+        if decoder_entry and cfg.generation is not None:  # the KV-cache decoder always runs on ONNX Runtime
+            runtime = RuntimeConfig(device=cfg.runtime.device, threads=cfg.runtime.threads, tensorrt=cfg.runtime.tensorrt)
+            decoder = OnnxDecoder(OnnxRuntimeSession(export_dir / decoder_entry["model"], runtime).session,
+                                  tokenizer.pad_id)
+            generation = measure_generation(decoder, tokenizer, [e.text_a for e in task.split(split_name)],
+                                            decoder_entry["context"], cfg.generation)
+
         profile = None
         if cfg.runtime.profile:
             if session.backend == "onnxruntime":
@@ -147,7 +159,7 @@ def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
         "providers": getattr(session, "providers", None), "precision": manifest.get("precision"),
         "metrics": metrics, "primary_metric": primary,
         "reference_metrics": reference, "delta_points": delta,
-        "eval_seconds": round(eval_seconds, 2), "latency": latency, "profile": profile,
+        "eval_seconds": round(eval_seconds, 2), "latency": latency, "generation": generation, "profile": profile,
         "threads": cfg.runtime.threads,
         **({"example_stats": example_stats} if cfg.keep_example_stats else {}),
     }

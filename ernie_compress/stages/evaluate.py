@@ -14,6 +14,7 @@ from ..evaluate import evaluate_checkpoint, SPLITS
 from ..options import check_options, option
 from ..runtime.backends import RuntimeConfig, RuntimeOptions
 from ..runtime.evaluate_export import EvaluateExportConfig, evaluate_export
+from ..runtime.generation_metrics import GenerationConfig
 from ..runtime.latency import LatencyConfig
 from ..runtime.manifest import MANIFEST_FILE
 from .common import TaskOptions
@@ -25,7 +26,7 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise UserError(f"--batch-sizes takes comma-separated integers, got '{text}'") from None
+        raise UserError(f"comma-separated integers expected, got '{text}'") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +50,13 @@ class EvaluateConfig(TaskOptions, RuntimeOptions):
     profile: bool = option(False, scope="cli", help="Export only: show where the time goes, per operator.")
     top: int = option(10, scope="cli", at_least=1, help="With --profile: how many operators to list.")
     batch_size: int = option(32, at_least=1, help="Examples per forward pass for the metric.")
+    prompt_lengths: tuple[int, ...] = option((32, 128, 512), at_least=1, parse=parse_batch_sizes,
+                                             cli_default="32,128,512", help=(
+        "Export with a decoder (ERNIE 4.5 causal LM): prompt lengths to time the first token at, comma-separated."))
+    decode_batch_sizes: tuple[int, ...] = option((1, 8), at_least=1, parse=parse_batch_sizes, cli_default="1,8",
+                                                 help=("Export with a decoder: batch sizes to time decoding at "
+                                                       "(prefill and decode steps timed apart)."))
+    new_tokens: int = option(32, at_least=1, help="Export with a decoder: decode steps timed per batch size.")
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -56,6 +64,10 @@ class EvaluateConfig(TaskOptions, RuntimeOptions):
     def runtime_config(self) -> RuntimeConfig:
         return RuntimeConfig(device=self.device, backend=self.backend, threads=self.threads,
                              tensorrt=self.tensorrt, mkldnn=self.mkldnn, profile=self.profile)
+
+    def generation_config(self) -> GenerationConfig:
+        return GenerationConfig(prompt_lengths=tuple(self.prompt_lengths), batch_sizes=tuple(self.decode_batch_sizes),
+                                new_tokens=self.new_tokens)
 
     def latency_config(self) -> LatencyConfig:
         return LatencyConfig(batch_sizes=tuple(self.batch_sizes), seq_len=self.seq_len,
@@ -69,7 +81,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     if (cfg.path / MANIFEST_FILE).is_file():
         return evaluate_export(EvaluateExportConfig(
             export_dir=cfg.path, task=cfg.task, data=data, split=cfg.split, eval_batch_size=cfg.batch_size,
-            runtime=cfg.runtime_config(), latency=cfg.latency_config(), top_ops=cfg.top))
+            runtime=cfg.runtime_config(), latency=cfg.latency_config(), top_ops=cfg.top,
+            generation=cfg.generation_config()))
     if cfg.device != "cpu" or cfg.backend:
         raise UserError(f"{cfg.path} is a checkpoint (runs in Paddle dygraph on cpu); export it "
                         f"first to evaluate on --device/--backend")
