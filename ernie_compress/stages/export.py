@@ -177,12 +177,16 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
             (tmp / "checkpoint").mkdir()
             write_model_files(tmp / "checkpoint", ckpt.config, ckpt.state, tokenizer, cfg.layout)
             files["checkpoint"] = {"dir": "checkpoint", "layout": cfg.layout, "for": LAYOUT_ENGINES[cfg.layout]}
+            if weight_only:  # what a serving engine reads there: float weights that lie on the integer grid
+                files["checkpoint"]["weights"] = (f"float, dequantized from weight-only {weight_only['dtype']} "
+                                                  f"(group size {weight_only['group_size'] or 'per channel'}); "
+                                                  f"config.json's quantization entry gives the grid")
         with tempfile.TemporaryDirectory() as scratch:
             scratch = Path(scratch)
             graph_dir = tmp / "paddle" if cfg.format in ("paddle", "all") else scratch / "paddle"
             graph = static_graph.export_static_graph(model, graph_dir)
             if cfg.format in ("paddle", "all"):
-                files["paddle"] = {"dir": "paddle", **graph}
+                files["paddle"] = {"dir": "paddle", **graph, "for": "Paddle Inference (full-sequence outputs)"}
                 if not family_of(model.config).onednn_exact:  # runtimes reading the manifest run it without
                     files["paddle"]["onednn"] = False
                 paddle_cpu = RuntimeConfig(device="cpu", mkldnn=files["paddle"].get("onednn", True))
@@ -213,7 +217,8 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
                                         "nothing was written")
                 if fp16:
                     extra["fp16"] = onnx_fp16.convert_onnx_fp16(fp32_path, onnx_path)
-                files["onnx"] = {"model": "onnx/model.onnx", "opset": cfg.opset}
+                files["onnx"] = {"model": "onnx/model.onnx", "opset": cfg.opset,
+                                 "for": "ONNX Runtime (full-sequence outputs: task metric, perplexity)"}
                 if int8:  # the portable QDQ form, read by the GPU/NPU providers
                     files["onnx"]["qdq_model"] = "onnx/model_qdq.onnx"
                 session = OnnxRuntimeSession(onnx_path, cpu)

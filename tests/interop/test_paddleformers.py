@@ -43,3 +43,23 @@ def test_our_paddleformers_layout_loads_in_paddleformers(tmp_path, heads, kv_hea
     assert_close(ours, np.load(tmp_path / "theirs.npy"), REAL)
     again, _ = outputs(tmp_path / "ours")  # and our reader takes back what we wrote
     assert_close(again, ours, REAL)
+
+
+def test_a_weight_only_decoder_exported_for_paddleformers_loads_there(tiny_lm, tmp_path):
+    """A weight-only INT4 decoder handed to a serving engine's loader: export --layout paddleformers
+    writes its (dequantized) weights, PaddleFormers reads them with the quantized model's logits,
+    and the manifest says which file is for which engine."""
+    import json
+
+    from tests.helpers import cli_json
+
+    cli_json(["quantize", str(tiny_lm), "--weight-only", "int4", "--group-size", "16", "--out", str(tmp_path / "w4")])
+    cli_json(["export", str(tmp_path / "w4"), "--format", "onnx", "--layout", "paddleformers",
+              "--out", str(tmp_path / "e")])
+    files = json.loads((tmp_path / "e" / "manifest.json").read_text())["files"]
+    assert files["checkpoint"]["for"].startswith("PaddleFormers") and "int4" in files["checkpoint"]["weights"]
+    assert files["decoder"]["for"].startswith("ONNX Runtime") and files["decoder"]["kernels"]["MatMulNBits"] == 9
+    run_reference("paddleformers", "load", "paddleformers", "Ernie4_5ForCausalLM", str(tmp_path / "e" / "checkpoint"),
+                  str(tmp_path / "theirs.npy"))
+    quantized, _ = outputs(tmp_path / "w4")
+    assert_close(quantized, np.load(tmp_path / "theirs.npy"), REAL)
