@@ -38,18 +38,14 @@ sys.path.insert(0, str(ROOT))
 
 
 def random_state(config, seed: int = 0) -> dict[str, np.ndarray]:
-    """Weights of an ``Ernie4_5ForCausalLM`` of ``config``: names and shapes from the Paddle model,
-    values normal(0, 0.02), RMSNorm weights 1."""
-    from ernie_compress.models import build_model
-
-    model = build_model(config)
+    """Weights of an ``Ernie4_5ForCausalLM`` of ``config`` (names and shapes from the config, so no
+    Paddle is needed): normal(0, 0.02), RMSNorm weights 1, biases 0."""
     rng = np.random.default_rng(seed)
     state = {}
-    for name, param in model.named_parameters():
-        shape = tuple(param.shape)
-        state[name] = (np.ones(shape, np.float32) if name.endswith("norm.weight")
-                       else rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02))
-    del model
+    for name, shape in config.causal_lm_shapes().items():
+        state[name] = (np.ones(shape, np.float32) if name.endswith("norm.weight") else
+                       np.zeros(shape, np.float32) if name.endswith(".bias") else
+                       rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02))
     return state
 
 
@@ -95,6 +91,25 @@ def copy_bandwidth(threads: int, gib: float = 1.0, repeats: int = 5) -> float:
     return 2 * src.nbytes / best
 
 
+def gpu_copy_bandwidth(gib: float = 1.0, repeats: int = 5) -> float | None:
+    """Bytes per second through GPU memory (a device-to-device copy, read + written), via PyTorch
+    where it is installed (the GPU machine has no Paddle); None without it."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    src = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32, device="cuda")
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(repeats + 1):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        dst.copy_(src)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 2 * src.numel() * 4 / min(times[1:])
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -108,6 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens for time to first token")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy decode steps timed per round")
     parser.add_argument("--preset", default="ernie45-0.3b")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="gpu: CUDAExecutionProvider (onnxruntime-gpu); the fp32-compute rows are left out "
+                             "there (accuracy_level is a CPU setting)")
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -126,9 +144,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"building {args.preset} with random weights ...", file=sys.stderr)
     state = random_state(config)
     w8, w4 = integer_weights(config, state, 8, None), integer_weights(config, state, 4, 32)
-    variants = {"FP32": ({}, 0), W8: (w8, 4), W4: (w4, 4),  # what export writes (--weight-only-compute int8)
-                W8 + ", fp32 compute": (w8, 0), W4 + ", fp32 compute": (w4, 0)}  # --weight-only-compute fp32
-    bandwidth = copy_bandwidth(args.threads)
+    variants = {"FP32": ({}, 0), W8: (w8, 4), W4: (w4, 4)}  # what export writes (--weight-only-compute int8)
+    if args.device == "cpu":  # --weight-only-compute fp32
+        variants.update({W8 + ", fp32 compute": (w8, 0), W4 + ", fp32 compute": (w4, 0)})
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.device == "gpu" else ["CPUExecutionProvider"]
+    bandwidth = copy_bandwidth(args.threads) if args.device == "cpu" else gpu_copy_bandwidth()
     sessions, info = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (integer, level) in variants.items():
@@ -139,10 +159,13 @@ def main(argv: list[str] | None = None) -> dict:
             options = ort.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
             options.log_severity_level = 3
-            sessions[name] = OnnxDecoder(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+            session = ort.InferenceSession(str(path), options, providers=providers)
+            if session.get_providers()[0] != providers[0]:
+                sys.exit(f"ONNX Runtime runs {session.get_providers()}, not {providers[0]}")
+            sessions[name] = OnnxDecoder(session, cache_on="cuda" if args.device == "gpu" else None)  # cache stays on the GPU
             per_token = weight_bytes_per_token(config, state, integer)
             info[name] = {"kernels": kernel_counts(graph), "weight_bytes_per_token": per_token,
-                          "bandwidth_bound_tokens_per_s": bandwidth / per_token,  # a token reads its weights once
+                          "bandwidth_bound_tokens_per_s": bandwidth / per_token if bandwidth else None,  # reads once
                           "file_bytes": sum(p.stat().st_size for p in Path(tmp).glob(f"{len(sessions) - 1}.onnx*"))}
             del graph
         rng = np.random.default_rng(1)
@@ -157,8 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
                 ttft[name].append(out["time_to_first_token_ms"])
                 decode[name].append(out["decode_tokens_per_s"])
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
-    rows, result = [], {"preset": args.preset, "threads": args.threads, "rounds": args.rounds, "prompt": args.prompt,
-                        "new_tokens": args.new_tokens, "copy_bandwidth_gb_s": bandwidth / 1e9, "variants": {}}
+    rows, result = [], {"preset": args.preset, "device": args.device, "threads": args.threads, "rounds": args.rounds, "prompt": args.prompt,
+                        "new_tokens": args.new_tokens, "copy_bandwidth_gb_s": bandwidth / 1e9 if bandwidth else None,
+                        "variants": {}}
     fp32 = statistics.median(decode["FP32"])
     for name in sessions:
         tps = statistics.median(decode[name])
@@ -169,17 +193,21 @@ def main(argv: list[str] | None = None) -> dict:
                      "weights read per token": f"{info[name]['weight_bytes_per_token'] / 2**20:.0f} MiB",
                      f"TTFT ms (prompt {args.prompt})": _interval(ttft[name], 0),
                      "decode tokens/s (batch 1)": _interval(decode[name], 1),
-                     "bandwidth bound tokens/s": f"{bound:.1f}",
-                     "share of the bound": f"{tps / bound:.0%}",
+                     "bandwidth bound tokens/s": f"{bound:.1f}" if bound else "not measured",
+                     "share of the bound": f"{tps / bound:.0%}" if bound else "",
                      "decode vs FP32": f"{tps / fp32:.2f}x"})
     result["int4_vs_fp32_decode"] = statistics.median(decode[W4]) / fp32
     result["int8_vs_fp32_decode"] = statistics.median(decode[W8]) / fp32
-    result["int4_fp32_compute_vs_fp32_decode"] = statistics.median(decode[W4 + ", fp32 compute"]) / fp32
-    title = (f"Decoding, {args.preset} (random weights), ONNX Runtime {ort.__version__} CPU, batch 1, "
+    if W4 + ", fp32 compute" in decode:
+        result["int4_fp32_compute_vs_fp32_decode"] = statistics.median(decode[W4 + ", fp32 compute"]) / fp32
+    where = "CPU" if args.device == "cpu" else f"{providers[0]} on {_gpu_name()}"
+    measured = (f"{args.threads} numpy copies at once" if args.device == "cpu" else "a device-to-device copy")
+    title = (f"Decoding, {args.preset} (random weights), ONNX Runtime {ort.__version__} {where}, batch 1, "
              f"{args.new_tokens} greedy tokens after a {args.prompt}-token prompt; median (min-max) of {args.rounds} "
-             f"interleaved rounds. Memory bandwidth ({args.threads} numpy copies at once, bytes read + written): "
-             f"{bandwidth / 1e9:.1f} GB/s; bound = bandwidth / weight bytes read per token")
-    table = markdown(title, rows, list(rows[0]), threads=args.threads)
+             f"interleaved rounds. Memory bandwidth ({measured}, bytes read + written): "
+             + (f"{bandwidth / 1e9:.1f} GB/s" if bandwidth else "not measured")
+             + "; bound = bandwidth / weight bytes read per token")
+    table = markdown(title, rows, list(rows[0]), threads=args.threads if args.device == "cpu" else None)
     print("\n" + table)
     print("\n" + json.dumps({k: v for k, v in result.items() if k != "variants"}))
     if args.markdown:
@@ -187,6 +215,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result
+
+
+def _gpu_name() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "a GPU"
 
 
 def _interval(values: list[float], digits: int) -> str:

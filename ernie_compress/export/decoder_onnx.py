@@ -36,6 +36,7 @@ import numpy as np
 from ..errors import UserError
 
 OPSET = 17
+IR_VERSION = 8  # ONNX 1.12, the release that brought opset 17
 MASKED = -1e4  # the additive mask value of models/ernie4_5.py
 DECODER_FILE = "onnx/decoder.onnx"
 
@@ -278,7 +279,9 @@ def build_decoder(config, weights: DecoderWeights) -> Any:
     outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch, KV, total_dim, d]) for n in present_names]
     graph = helper.make_graph(g.nodes, "ernie4_5_decoder", inputs, outputs, g.initializers)
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(graph, opset_imports=opsets, producer_name="ernie-compress")
+    # the IR version of opset 17 (ONNX 1.12), not the installed onnx package's newest: runtimes
+    # refuse a model whose IR version is newer than theirs (ONNX Runtime 1.31 stops at IR 13)
+    return helper.make_model(graph, opset_imports=opsets, producer_name="ernie-compress", ir_version=IR_VERSION)
 
 
 def save_model(model, path: Path) -> list[str]:

@@ -83,6 +83,26 @@ class Ernie45Config(TaskHeadConfig):
     def ffn_per_layer(self) -> list[int]:
         return [self.intermediate_size] * self.num_hidden_layers
 
+    def causal_lm_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Parameter names and shapes of ``Ernie4_5ForCausalLM`` (Paddle layout, [in, out]), without
+        building it: what a tool that makes weights without Paddle (benchmarks/decoding.py) needs."""
+        h, d, f = self.hidden_size, self.head_dim, self.intermediate_size
+        heads, kv = self.num_attention_heads, self.num_key_value_heads
+        shapes: dict[str, tuple[int, ...]] = {"ernie.embed_tokens.weight": (self.vocab_size, h)}
+        for i in range(self.num_hidden_layers):
+            p = f"ernie.layers.{i}."
+            linears = {"self_attn.qkv_proj": (h, (heads + 2 * kv) * d), "self_attn.o_proj": (heads * d, h),
+                       "mlp.up_gate_proj": (h, 2 * f), "mlp.down_proj": (f, h)}
+            for name, shape in linears.items():
+                shapes[f"{p}{name}.weight"] = shape
+                if self.use_bias:
+                    shapes[f"{p}{name}.bias"] = shape[1:]
+            shapes[f"{p}input_layernorm.weight"] = shapes[f"{p}post_attention_layernorm.weight"] = (h,)
+        shapes["ernie.norm.weight"] = (h,)
+        if not self.tie_word_embeddings:
+            shapes["lm_head.weight"] = (h, self.vocab_size)
+        return shapes
+
     # --- (de)serialisation -------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Ernie45Config":

@@ -75,15 +75,21 @@ def generate_tokens(decoder: Decoder, ids: list[int], max_new_tokens: int, eos_i
 
 class OnnxDecoder:
     """``onnx/decoder.onnx`` in an ONNX Runtime session: ``prefill`` left-pads the rows (mask 0,
-    positions counted from each row's first real token), ``step`` feeds one token per row."""
+    positions counted from each row's first real token), ``step`` feeds one token per row.
 
-    def __init__(self, session, pad_id: int = 0):
+    ``cache_on`` ("cuda", "cpu"): keep the KV cache where the session computes, through ONNX
+    Runtime's I/O binding (each step's present keys/values become the next step's past without a
+    copy to the host; only the logits come back). None: plain numpy inputs and outputs."""
+
+    def __init__(self, session, pad_id: int = 0, cache_on: str | None = None):
         self.session = session  # onnxruntime.InferenceSession
         inputs = {i.name: i for i in session.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        self.present_names = [o.name for o in session.get_outputs()][1:]
         self.kv_heads, self.head_dim = inputs[self.past_names[0]].shape[1], inputs[self.past_names[0]].shape[3]
         self.pad_id = pad_id
-        self.cache: list[np.ndarray] = []
+        self.cache_on = cache_on
+        self.cache: list = []  # numpy arrays, or OrtValues where cache_on is set
         self.mask = self.positions = None
 
     @classmethod
@@ -93,10 +99,30 @@ class OnnxDecoder:
         return cls(OnnxRuntimeSession(Path(path), runtime_cfg).session, pad_id)
 
     def _run(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": ids, "attention_mask": self.mask, "position_ids": positions,
-                 **dict(zip(self.past_names, self.cache))}
-        logits, *self.cache = self.session.run(None, feeds)
-        return logits
+        if self.cache_on is None:
+            feeds = {"input_ids": ids, "attention_mask": self.mask, "position_ids": positions,
+                     **dict(zip(self.past_names, self.cache))}
+            logits, *self.cache = self.session.run(None, feeds)
+            return logits
+        binding = self.session.io_binding()
+        for name, value in (("input_ids", ids), ("attention_mask", self.mask), ("position_ids", positions)):
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name, value in zip(self.past_names, self.cache):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self.present_names:
+            binding.bind_output(name, self.cache_on)
+        self.session.run_with_iobinding(binding)
+        logits, *self.cache = binding.get_outputs()
+        return logits.numpy()
+
+    def _empty_cache(self, batch: int) -> list:
+        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
+        if self.cache_on is None:
+            return [empty for _ in self.past_names]
+        from onnxruntime import OrtValue
+
+        return [OrtValue.ortvalue_from_numpy(empty, self.cache_on, 0) for _ in self.past_names]
 
     def prefill(self, rows: list[list[int]]) -> np.ndarray:
         width = max(len(r) for r in rows)
@@ -107,7 +133,7 @@ class OnnxDecoder:
             self.mask[i, width - len(row):] = 1
         positions = np.maximum(np.cumsum(self.mask, axis=1) - 1, 0)  # [b, s]
         self.positions = positions[:, -1]
-        self.cache = [np.zeros((len(rows), self.kv_heads, 0, self.head_dim), np.float32) for _ in self.past_names]
+        self.cache = self._empty_cache(len(rows))
         return self._run(ids, positions)
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
@@ -116,4 +142,4 @@ class OnnxDecoder:
         return self._run(np.asarray(tokens, np.int64).reshape(-1, 1), self.positions.reshape(-1, 1))
 
     def cache_bytes(self) -> int:
-        return int(sum(c.nbytes for c in self.cache))
+        return int(sum(4 * np.prod(c.shape() if callable(c.shape) else c.shape) for c in self.cache))

@@ -138,7 +138,7 @@ def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
         if decoder_entry and cfg.generation is not None:  # the KV-cache decoder always runs on ONNX Runtime
             runtime = RuntimeConfig(device=cfg.runtime.device, threads=cfg.runtime.threads, tensorrt=cfg.runtime.tensorrt)
             decoder = OnnxDecoder(OnnxRuntimeSession(export_dir / decoder_entry["model"], runtime).session,
-                                  tokenizer.pad_id)
+                                  tokenizer.pad_id, cache_on="cuda" if runtime.device == "gpu" else None)
             generation = measure_generation(decoder, tokenizer, [e.text_a for e in task.split(split_name)],
                                             decoder_entry["context"], cfg.generation)
 

@@ -155,3 +155,14 @@ def test_weight_only_decoder_int8_compute_is_verified_and_a_wrong_scale_is_refus
                                    str(tmp_path / "bad")])
     assert res.exit_code == 2 and "failed verification" in res.stderr, res.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_cache_kept_in_the_runtime_gives_the_same_logits_and_the_graph_pins_its_ir_version():
+    model = _decoder(2)
+    graph = build_decoder(model.config, decoder_weights(model.config, model_state(model), None))
+    assert graph.ir_version == decoder_onnx.IR_VERSION == 8  # newer IR versions are refused by older runtimes
+    session = _session(graph)
+    plain, bound = OnnxDecoder(session), OnnxDecoder(session, cache_on="cpu")  # I/O binding, as on a GPU
+    a, b = generate_tokens(plain, [1, 7, 9, 23], 6, eos_id=-1), generate_tokens(bound, [1, 7, 9, 23], 6, eos_id=-1)
+    np.testing.assert_array_equal(a["logits"], b["logits"])
+    assert bound.cache_bytes() == plain.cache_bytes() == 4 * 2 * 2 * 9 * model.config.head_dim * 2

@@ -217,3 +217,15 @@ def test_a_moe_config_is_refused_clearly(tmp_path):
     res = CliRunner().invoke(app, ["info", str(tmp_path)])
     assert res.exit_code == 2
     assert "mixture-of-experts" in res.stderr and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("changes", [{}, {"tie_word_embeddings": False, "use_bias": True, "num_key_value_heads": 1}])
+def test_causal_lm_shapes_are_the_models_parameters(changes):
+    """The shapes benchmarks/decoding.py builds weights from, without Paddle, are the model's."""
+    from ernie_compress.models import build_model
+    from ernie_compress.models.families import config_from_dict
+    from ernie_compress.models.presets import resolve_preset
+
+    config = config_from_dict(dict(resolve_preset("ernie45-tiny"), vocab_size=50, **changes))
+    model = build_model(config)
+    assert config.causal_lm_shapes() == {name: tuple(p.shape) for name, p in model.named_parameters()}
