@@ -2,7 +2,7 @@
 INT8 and INT4 (MatMulNBits), in ONNX Runtime on this CPU, measured in one run, interleaved.
 
     python benchmarks/decoding.py [--threads 2] [--rounds 3] [--prompt 128] [--new-tokens 32]
-        [--markdown benchmarks/results/decoding.md] [--json out.json]
+        [--markdown benchmarks/results/decoding.md] [--json out.json]      # pip install -e ".[bench]" first
 
 Random weights (speed does not depend on their values; no model can be downloaded here): the
 preset ``ernie45-0.3b`` (18 layers, hidden 1024, 16 query / 2 KV heads, vocab 103,424, tied head).
@@ -13,7 +13,9 @@ the kernels' speed, so GPTQ runs as fast); the head is int8 per vocabulary entry
 first pick; decode tokens/s = ``--new-tokens`` greedy steps after it, batch 1. W8 and W4 run as
 ``export`` writes them by default (``--weight-only-compute int8``: MatMulNBits ``accuracy_level``
 4, activations quantized to int8 per block inside the kernel) and with ``fp32`` compute (level 0:
-exact to the checkpoint).
+exact to the checkpoint). The peer row is ONNX Runtime's own ``MatMulNBitsQuantizer`` applied to
+our FP32 graph with the same settings (int4, symmetric, block 32, accuracy level 4) and its default
+coverage (MatMuls with constant weights: the Gemm head stays FP32).
 
 Decoding reads every weight once per token, so its floor is weight bytes per token / memory
 bandwidth; the bandwidth is measured here (``--threads`` numpy copies of 1 GiB in all, at once:
@@ -34,6 +36,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 W8, W4 = "W8 (int8 per channel)", "W4 (int4, group 32)"
+PEER = "peer: ONNX Runtime's MatMulNBitsQuantizer, int4 block 32 (head stays FP32)"
 sys.path.insert(0, str(ROOT))
 
 
@@ -63,16 +66,25 @@ def integer_weights(config, state, bits: int, group: int | None) -> dict:
     return integer
 
 
-def weight_bytes_per_token(config, state, integer) -> int:
-    """Bytes of weights one decode step reads: every Linear and the head (not the embedding rows)."""
-    total = 0
-    for name, weight in state.items():
-        if name in integer:
-            q = integer[name]
-            total += q.codes.size * q.bits // 8 + q.scales.nbytes
-        elif name.startswith("ernie.layers.") or (name == "ernie.embed_tokens.weight" and config.tie_word_embeddings):
-            total += weight.nbytes
-    return total
+def weight_bytes_per_token(graph) -> int:
+    """Bytes of weights one decode step reads: the initializers the MatMul, MatMulNBits and Gemm
+    nodes take (every Linear and the head; the embedding table only where it is the head)."""
+    from onnx import numpy_helper
+
+    sizes = {t.name: numpy_helper.to_array(t).nbytes for t in graph.graph.initializer}
+    used = {name for node in graph.graph.node if node.op_type in ("MatMul", "MatMulNBits", "Gemm")
+            for name in node.input if name in sizes}
+    return sum(sizes[name] for name in used)
+
+
+def ort_matmul_nbits_quantizer(fp32_graph, block_size: int = 32):
+    """The peer: ONNX Runtime's own weight-only quantizer on our FP32 graph (int4, symmetric, its
+    default coverage: MatMuls with constant weights, so the Gemm head stays FP32), accuracy level 4."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(fp32_graph, bits=4, block_size=block_size, is_symmetric=True, accuracy_level=4)
+    quantizer.process()
+    return quantizer.model.model
 
 
 def copy_bandwidth(threads: int, gib: float = 1.0, repeats: int = 5) -> float:
@@ -144,16 +156,18 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"building {args.preset} with random weights ...", file=sys.stderr)
     state = random_state(config)
     w8, w4 = integer_weights(config, state, 8, None), integer_weights(config, state, 4, 32)
-    variants = {"FP32": ({}, 0), W8: (w8, 4), W4: (w4, 4)}  # what export writes (--weight-only-compute int8)
+    build = lambda integer, level: lambda: build_decoder(config, DecoderWeights(state, integer, level))  # noqa: E731
+    variants = {"FP32": build({}, 0), W8: build(w8, 4), W4: build(w4, 4),  # as export writes them (int8 compute)
+                PEER: lambda: ort_matmul_nbits_quantizer(build({}, 0)())}
     if args.device == "cpu":  # --weight-only-compute fp32
-        variants.update({W8 + ", fp32 compute": (w8, 0), W4 + ", fp32 compute": (w4, 0)})
+        variants.update({W8 + ", fp32 compute": build(w8, 0), W4 + ", fp32 compute": build(w4, 0)})
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.device == "gpu" else ["CPUExecutionProvider"]
     bandwidth = copy_bandwidth(args.threads) if args.device == "cpu" else gpu_copy_bandwidth()
     sessions, info = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (integer, level) in variants.items():
+        for name, make in variants.items():
             print(f"writing {name} ...", file=sys.stderr)
-            graph = build_decoder(config, DecoderWeights(state, integer, level))
+            graph = make()
             path = Path(tmp) / f"{len(sessions)}.onnx"
             save_model(graph, path)
             options = ort.SessionOptions()
@@ -163,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
             if session.get_providers()[0] != providers[0]:
                 sys.exit(f"ONNX Runtime runs {session.get_providers()}, not {providers[0]}")
             sessions[name] = OnnxDecoder(session, cache_on="cuda" if args.device == "gpu" else None)  # cache stays on the GPU
-            per_token = weight_bytes_per_token(config, state, integer)
+            per_token = weight_bytes_per_token(graph)
             info[name] = {"kernels": kernel_counts(graph), "weight_bytes_per_token": per_token,
                           "bandwidth_bound_tokens_per_s": bandwidth / per_token if bandwidth else None,  # reads once
                           "file_bytes": sum(p.stat().st_size for p in Path(tmp).glob(f"{len(sessions) - 1}.onnx*"))}
@@ -198,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "decode vs FP32": f"{tps / fp32:.2f}x"})
     result["int4_vs_fp32_decode"] = statistics.median(decode[W4]) / fp32
     result["int8_vs_fp32_decode"] = statistics.median(decode[W8]) / fp32
+    result["int4_vs_peer_decode"] = statistics.median(decode[W4]) / statistics.median(decode[PEER])
     if W4 + ", fp32 compute" in decode:
         result["int4_fp32_compute_vs_fp32_decode"] = statistics.median(decode[W4 + ", fp32 compute"]) / fp32
     where = "CPU" if args.device == "cpu" else f"{providers[0]} on {_gpu_name()}"

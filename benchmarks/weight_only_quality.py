@@ -3,7 +3,7 @@ perplexity of W8 and W4 (RTN and GPTQ, two group sizes) against the FP32 parent,
 export's decoder (``onnx/decoder.onnx``, MatMulNBits, default int8 compute) generates the
 checkpoint's greedy text. Everything runs through the CLI, as a user would:
 
-    python benchmarks/weight_only_quality.py [--preset ernie45-mini] [--epochs 1] [--workdir runs/weight-only]
+    python benchmarks/weight_only_quality.py [--preset ernie45-mini] [--epochs 3] [--lr 3e-3] [--workdir runs/weight-only]
         [--markdown benchmarks/results/weight-only-quality.md] [--json out.json]
 """
 
@@ -36,7 +36,8 @@ def cli(*args: str) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="ernie45-mini")
-    parser.add_argument("--epochs", default="1")
+    parser.add_argument("--epochs", default="3")
+    parser.add_argument("--lr", default="3e-3", help="learning rate of the FP32 training (from scratch)")
     parser.add_argument("--workdir", type=Path, default=Path("runs/weight-only"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--markdown", type=Path, default=None)
@@ -47,12 +48,12 @@ def main(argv: list[str] | None = None) -> dict:
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     fp32 = work / "fp32"
-    trained = cli("train", "--task", "demo:lm", "--preset", args.preset, "--epochs", args.epochs,
+    trained = cli("train", "--task", "demo:lm", "--preset", args.preset, "--epochs", args.epochs, "--lr", args.lr,
                   "--out", str(fp32), "--overwrite", "--threads", str(args.threads))
     base = trained["metrics"]["test"]["perplexity"]
     rows = [{"variant": "FP32", "perplexity": f"{base:.4f}", "vs FP32": "", "decoder kernels": "float MatMul",
              "export greedy text = checkpoint's": "", "teacher-forced picks equal": ""}]
-    result = {"preset": args.preset, "epochs": args.epochs, "fp32_perplexity": base, "variants": {}}
+    result = {"preset": args.preset, "epochs": args.epochs, "lr": args.lr, "fp32_perplexity": base, "variants": {}}
     for name, options in VARIANTS:
         slug = name.lower().replace(", ", "-").replace(" ", "-")
         q = cli("quantize", str(fp32), "--weight-only", *options, "--out", str(work / slug), "--overwrite",
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "decoder kernels": f"{kernels['MatMulNBits']} MatMulNBits",
                      "export greedy text = checkpoint's": "yes" if check["greedy_tokens_equal"] else "no",
                      "teacher-forced picks equal": f"{check['teacher_forced_agreement']:.0%}"})
-    title = (f"Weight-only quantization of `{args.preset}` trained {args.epochs} epoch(s) on demo:lm: held-out "
+    title = (f"Weight-only quantization of `{args.preset}` trained {args.epochs} epoch(s) on demo:lm (lr {args.lr}): held-out "
              f"perplexity against the FP32 parent (the LM head int8 per vocabulary entry in every variant), and "
              f"the export's decoder (int8 compute) against the checkpoint on "
              f"{check['prompts']} held-out prompts x {check['new_tokens']} greedy tokens")
