@@ -80,8 +80,11 @@ def weight_bytes_per_token(graph) -> int:
 def ort_matmul_nbits_quantizer(fp32_graph, block_size: int = 32):
     """The peer: ONNX Runtime's own weight-only quantizer on our FP32 graph (int4, symmetric, its
     default coverage: MatMuls with constant weights, so the Gemm head stays FP32), accuracy level 4."""
+    import logging
+
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
     quantizer = MatMulNBitsQuantizer(fp32_graph, bits=4, block_size=block_size, is_symmetric=True, accuracy_level=4)
     quantizer.process()
     return quantizer.model.model

@@ -18,4 +18,10 @@ python benchmarks/quantization.py runs/base-1step --speed-only --threads 2 --rou
 ernie-compress --quiet run recipes/ernie45-demo.yaml --out runs/ernie45-demo --force
 python benchmarks/readme_tables.py --take ernie45-demo=runs/ernie45-demo/report.md
 python benchmarks/sentiment_baselines.py --markdown "$R/sentiment-baselines.md"
+python benchmarks/decoding.py --rounds 3 --new-tokens 32 --markdown "$R/decoding.md"
+python benchmarks/weight_only_quality.py --markdown "$R/weight-only-quality.md"
+# On a GPU machine (onnxruntime-gpu, no Paddle needed), not here: decoding-gpu.md and gpu-runtimes.md
+#   python3 benchmarks/decoding.py --device gpu --rounds 3 --new-tokens 32 --markdown "$R/decoding-gpu.md"
+#   python3 benchmarks/gpu_runtimes.py measure gpucheck --markdown "$R/gpu-runtimes.md" --log "$R/gpu-runtimes.log"
+#   (gpucheck from `python benchmarks/gpu_runtimes.py prepare` here)
 python benchmarks/readme_tables.py
