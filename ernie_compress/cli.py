@@ -11,6 +11,7 @@ prints one JSON object with the result on stdout. Global options go before or af
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import os
@@ -28,6 +29,7 @@ from .errors import UserError
 from .generate import GenerateConfig, generate
 from .options import Option, OptionError, OptionSpec, command_options
 from .render import RENDERERS
+from .results import Result
 from .runtime.bench import BenchConfig, bench_export
 from .stages import STAGES, config_for, run_stage, stage_options
 
@@ -129,7 +131,8 @@ def run_command(body: Callable[[], dict[str, Any]], render: Callable[[dict[str, 
     if not world().main or result is None:  # another rank, or a node other than node 0
         return
     if settings.json:
-        typer.echo(json.dumps(result, ensure_ascii=False, default=str))
+        typer.echo(json.dumps(result.to_dict() if isinstance(result, Result) else result, ensure_ascii=False,
+                              default=str))
     elif render is not None:
         render(result)
 
@@ -238,7 +241,7 @@ def _run_stage_command(kind: str) -> Callable[[dict[str, Any], dict[str, Any]], 
     def run(values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
         result = run_stage(config_for(kind, values))
         if given.get("latency"):
-            result.update(_latency_comparison(kind, result))
+            result = dataclasses.replace(result, **_latency_comparison(kind, result))
         return result
     return run
 

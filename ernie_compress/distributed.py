@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import sys
@@ -91,7 +90,7 @@ def all_reduce_gradients(params: Sequence, w: World) -> None:
 
 
 # --- --nproc: workers on this machine --------------------------------------------------------
-def _worker(fn: Callable[[Any], dict[str, Any]], arg: Any, outbox: str, show_progress: bool,
+def _worker(fn: Callable[[Any], Any], arg: Any, outbox: str, show_progress: bool,
             threads: int | None) -> None:
     """One spawned rank: stdout to stderr (the parent prints the result), progress on rank 0 only,
     the CPU threads shared between the ranks unless ``--threads`` says otherwise."""
@@ -112,8 +111,10 @@ def _worker(fn: Callable[[Any], dict[str, Any]], arg: Any, outbox: str, show_pro
         Path(outbox, f"error-{w.rank}.txt").write_text(f"interrupted{f' ({exc.args[0]})' if exc.args else ''}",
                                                        encoding="utf-8")
         sys.exit(130)
-    if w.main:
-        Path(outbox, "result.json").write_text(json.dumps(result, default=str), encoding="utf-8")
+    if w.main:  # the typed result, as the stage returned it (results.py)
+        import pickle
+
+        Path(outbox, RESULT_FILE).write_bytes(pickle.dumps(result))
 
 
 def _worker_main(job: str, outbox: str) -> None:
@@ -179,8 +180,8 @@ def check_master(master: str, node_rank: int, timeout: float | None = None) -> N
             time.sleep(1)
 
 
-def run_nodes(fn: Callable[[Any], dict[str, Any]], arg: Any, nproc: int, nnodes: int, master: str,
-              node_rank: int, threads: int | None = None) -> dict[str, Any] | None:
+def run_nodes(fn: Callable[[Any], Any], arg: Any, nproc: int, nnodes: int, master: str,
+              node_rank: int, threads: int | None = None) -> Any:
     """Run ``fn(arg)`` as this machine's ``nproc`` ranks of an ``nnodes``-machine run through
     ``paddle.distributed.launch``; rank 0's result on node 0, None on the other nodes."""
     import pickle
@@ -204,12 +205,26 @@ def run_nodes(fn: Callable[[Any], dict[str, Any]], arg: Any, nproc: int, nnodes:
         if launch.returncode != 0:
             raise UserError(f"paddle.distributed.launch ended with exit code {launch.returncode} on node "
                             f"{node_rank}; the ranks' logs were in its --log_dir")
-        result = Path(outbox, "result.json")
-        return json.loads(result.read_text(encoding="utf-8")) if result.is_file() else None
+        return _read_result(outbox, required=False)
 
 
-def run_workers(fn: Callable[[Any], dict[str, Any]], arg: Any, nproc: int, device: str,
-                threads: int | None = None) -> dict[str, Any]:
+RESULT_FILE = "result.pkl"
+
+
+def _read_result(outbox: str, required: bool) -> Any:
+    """Rank 0's result; None (or, when ``required``, an error) where it left none."""
+    import pickle
+
+    path = Path(outbox, RESULT_FILE)
+    if not path.is_file():
+        if required:
+            raise UserError("the workers ended without a result (a rank was killed)")
+        return None
+    return pickle.loads(path.read_bytes())
+
+
+def run_workers(fn: Callable[[Any], Any], arg: Any, nproc: int, device: str,
+                threads: int | None = None) -> Any:
     """Run ``fn(arg)`` on ``nproc`` ranks of this machine (``paddle.distributed.spawn``); rank 0's
     result. A failing rank ends them all; its message is raised here as one :class:`UserError`."""
     from .progress import enabled
@@ -227,7 +242,4 @@ def run_workers(fn: Callable[[Any], dict[str, Any]], arg: Any, nproc: int, devic
             raise
         finally:
             logging.disable(logging.NOTSET)
-        result = Path(outbox, "result.json")
-        if not result.is_file():
-            raise UserError("the workers ended without a result (a rank was killed)")
-        return json.loads(result.read_text(encoding="utf-8"))
+        return _read_result(outbox, required=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .data.encoding import encode_split
@@ -16,6 +15,7 @@ from .data.tasks import resolve_task, TaskData, TaskSpec, load_task
 from .errors import UserError
 from .models import model_from_state
 from .training_loop import evaluate_split
+from .results import CheckpointEvaluation
 
 SPLITS = ("train", "dev", "test")
 
@@ -31,7 +31,7 @@ def evaluate_loaded(ckpt: Checkpoint, model, tokenizer, task: TaskData | None = 
 
 
 def evaluate_checkpoint(path: str | Path, task_name: str | None = None, data: str | None = None,
-                        split: str | None = None, batch_size: int = 64) -> dict[str, Any]:
+                        split: str | None = None, batch_size: int = 64) -> CheckpointEvaluation:
     if split is not None and split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
     if batch_size < 1:
@@ -43,6 +43,5 @@ def evaluate_checkpoint(path: str | Path, task_name: str | None = None, data: st
     model = model_from_state(ckpt.config, ckpt.state, str(ckpt.path))
     start = time.perf_counter()
     metrics = evaluate_loaded(ckpt, model, ckpt.tokenizer(), task, split, batch_size)
-    return {"path": str(ckpt.path), "task": task.spec.name, "split": split,
-            "backend": "paddle-dygraph", "device": "cpu", "metrics": metrics,
-            "seconds": round(time.perf_counter() - start, 2)}
+    return CheckpointEvaluation(path=str(ckpt.path), task=task.spec.name, split=split, metrics=metrics,
+                                seconds=round(time.perf_counter() - start, 2))

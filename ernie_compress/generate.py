@@ -18,7 +18,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -30,6 +29,7 @@ from .paddle_env import seed_everything
 from .runtime.backends import RuntimeConfig, ThreadsOption
 from .runtime.decoding import OnnxDecoder, generate_tokens, prompt_ids
 from .runtime.manifest import MANIFEST_FILE, load_manifest
+from .results import GenerationResult
 
 DECODER_NAME = "onnx/decoder.onnx"
 
@@ -91,7 +91,7 @@ def _open_decoder(cfg: GenerateConfig):
     return CachedDecoder(model), ckpt.tokenizer(), ckpt.config.max_position_embeddings, "paddle dygraph"
 
 
-def generate(cfg: GenerateConfig) -> dict[str, Any]:
+def generate(cfg: GenerateConfig) -> GenerationResult:
     """Continue every prompt; streams the text to stdout unless ``cfg.stream`` is off."""
     texts = cfg.prompt_texts()
     decoder, tokenizer, context, runs_on = _open_decoder(cfg)
@@ -125,5 +125,5 @@ def generate(cfg: GenerateConfig) -> dict[str, Any]:
                         "time_to_first_token_ms": round(out["time_to_first_token_ms"], 2),
                         "decode_tokens_per_s": (round(out["decode_tokens_per_s"], 1)
                                                 if out["decode_tokens_per_s"] else None)})
-    return {"path": str(Path(cfg.path).expanduser().resolve()), "runs_on": runs_on, "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed,
-            "results": results}
+    return GenerationResult(path=str(Path(cfg.path).expanduser().resolve()), runs_on=runs_on,
+                            temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, results=results)

@@ -21,6 +21,7 @@ from .recipe import Recipe, StageSpec, load_recipe, stage_config
 from .report import evaluate_run
 from .stages import run_stage
 from .training_loop import clear_train_state
+from .results import RunResult
 
 RESULTS_DIR = "results"
 RECIPE_FILE = "recipe.yaml"
@@ -35,13 +36,13 @@ def _stage_source(run_dir: Path, recipe: Recipe, stage: StageSpec) -> Path | Non
     return Path(stage.source)
 
 
-def run_recipe(recipe_path: str | Path, out: str | Path | None = None, force: bool = False) -> dict[str, Any]:
+def run_recipe(recipe_path: str | Path, out: str | Path | None = None, force: bool = False) -> RunResult:
     """Run every stage of the recipe in order; returns the per-stage results and the report."""
     recipe = load_recipe(recipe_path)
     return run_parsed_recipe(recipe, Path(out) if out else Path("runs") / recipe.name, force)
 
 
-def run_parsed_recipe(recipe: Recipe, run_dir: Path, force: bool = False) -> dict[str, Any]:
+def run_parsed_recipe(recipe: Recipe, run_dir: Path, force: bool = False) -> RunResult:
     run_dir = run_dir.expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     stored = run_dir / RECIPE_FILE
@@ -71,10 +72,10 @@ def run_parsed_recipe(recipe: Recipe, run_dir: Path, force: bool = False) -> dic
         if stage.kind == "evaluate":
             result = evaluate_run(run_dir, recipe, cfg.runtime_config(), cfg.latency_config())
         else:
-            result = run_stage(cfg)
+            result = run_stage(cfg).to_dict()
         result["stage_seconds"] = round(time.perf_counter() - t, 1)
         result_file.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
         results[stage.name] = result
-    return {"run_dir": str(run_dir), "recipe": recipe.name, "stages": results,
-            "seconds": round(time.perf_counter() - start, 1),
-            "report": results.get(next((s.name for s in reversed(recipe.stages) if s.kind == "evaluate"), ""), None)}
+    return RunResult(run_dir=str(run_dir), recipe=recipe.name, stages=results,
+                     seconds=round(time.perf_counter() - start, 1),
+                     report=results.get(next((s.name for s in reversed(recipe.stages) if s.kind == "evaluate"), ""), None))

@@ -20,6 +20,7 @@ from ..data.tasks import TaskSpec, load_task
 from ..errors import UserError
 from ..losses import predicted_classes
 from ..options import check_options, option
+from ..results import BenchResult, GenerationBenchResult
 from .backends import OnnxRuntimeSession, RuntimeConfig, RuntimeOptions, open_session
 from .continuous_batching import serve_generation
 from .decoding import OnnxDecoder, prompt_ids
@@ -44,7 +45,7 @@ class BenchConfig(RuntimeOptions):
         check_options(self)
 
 
-def bench_generation(cfg: BenchConfig, export_dir: Path, entry: dict[str, Any], tokenizer, examples) -> dict[str, Any]:
+def bench_generation(cfg: BenchConfig, export_dir: Path, entry: dict[str, Any], tokenizer, examples) -> GenerationBenchResult:
     """Generation requests, one at a time and with continuous batching (up to ``cfg.max_batch``)."""
     runtime = RuntimeConfig(device=cfg.device, threads=cfg.threads)
     decoder = OnnxDecoder(OnnxRuntimeSession(export_dir / entry["model"], runtime).session, tokenizer.pad_id)
@@ -53,14 +54,15 @@ def bench_generation(cfg: BenchConfig, export_dir: Path, entry: dict[str, Any], 
     decoder.prefill([prompts[0]])  # warm-up
     alone = serve_generation(decoder, prompts, cfg.new_tokens, cfg.concurrency, 1, tokenizer.sep_id)
     batched = serve_generation(decoder, prompts, cfg.new_tokens, cfg.concurrency, cfg.max_batch, tokenizer.sep_id)
-    return {"export": str(export_dir), "mode": "generation", "backend": "onnxruntime", "device": cfg.device,
-            "concurrency": cfg.concurrency, "requests": len(prompts), "new_tokens": cfg.new_tokens,
-            "max_batch": cfg.max_batch, "one_at_a_time": alone["stats"], "continuous_batching": batched["stats"],
-            "speedup_tokens_per_s": batched["stats"]["tokens_per_s"] / alone["stats"]["tokens_per_s"],
-            "same_tokens": float(np.mean([a == b for a, b in zip(alone["tokens"], batched["tokens"])]))}
+    return GenerationBenchResult(
+        export=str(export_dir), backend="onnxruntime", device=cfg.device, concurrency=cfg.concurrency,
+        requests=len(prompts), new_tokens=cfg.new_tokens, max_batch=cfg.max_batch, one_at_a_time=alone["stats"],
+        continuous_batching=batched["stats"],
+        speedup_tokens_per_s=batched["stats"]["tokens_per_s"] / alone["stats"]["tokens_per_s"],
+        same_tokens=float(np.mean([a == b for a, b in zip(alone["tokens"], batched["tokens"])])))
 
 
-def bench_export(cfg: BenchConfig) -> dict[str, Any]:
+def bench_export(cfg: BenchConfig) -> BenchResult | GenerationBenchResult:
     export_dir = Path(cfg.export_dir).expanduser().resolve()
     manifest = load_manifest(export_dir)
     if not manifest.get("task"):
@@ -83,13 +85,11 @@ def bench_export(cfg: BenchConfig) -> dict[str, Any]:
     baseline = serve_load(session.run, requests, cfg.concurrency, None)
     batched = serve_load(session.run, requests, cfg.concurrency, batcher)
     kind = manifest.get("task_kind") or "classification"
-    return {
-        "export": str(export_dir), "backend": session.backend, "device": session.device,
-        "concurrency": cfg.concurrency, "requests": cfg.requests,
-        "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
-        "no_batching": baseline["stats"], "dynamic_batching": batched["stats"],
-        "speedup_qps": batched["stats"]["qps"] / baseline["stats"]["qps"],
-        "outputs_max_abs_diff": float(max(np.abs(x - y).max() for x, y in zip(baseline["outputs"], batched["outputs"]))),
-        "predictions_agree": float(np.mean([np.array_equal(predicted_classes(kind, x[None]), predicted_classes(kind, y[None]))
-                                            for x, y in zip(baseline["outputs"], batched["outputs"])])),
-    }
+    return BenchResult(
+        export=str(export_dir), backend=session.backend, device=session.device, concurrency=cfg.concurrency,
+        requests=cfg.requests, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
+        no_batching=baseline["stats"], dynamic_batching=batched["stats"],
+        speedup_qps=batched["stats"]["qps"] / baseline["stats"]["qps"],
+        outputs_max_abs_diff=float(max(np.abs(x - y).max() for x, y in zip(baseline["outputs"], batched["outputs"]))),
+        predictions_agree=float(np.mean([np.array_equal(predicted_classes(kind, x[None]), predicted_classes(kind, y[None]))
+                                         for x, y in zip(baseline["outputs"], batched["outputs"])])))

@@ -24,6 +24,7 @@ from ..data.tasks import TaskSpec, load_task
 from ..errors import UserError
 from ..metrics import PRIMARY_METRIC, metric_delta, scored_split
 from ..paddle_env import import_paddle
+from ..results import ExportEvaluation
 from .backends import OnnxRuntimeSession, RuntimeConfig, open_session
 from .decoding import OnnxDecoder
 from .generation_metrics import GenerationConfig, measure_generation
@@ -101,7 +102,7 @@ def latency_inputs(examples, tokenizer, seq_len: int):
     return tokenizer.encode_batch([e.text_a for e in examples], pairs, max_length=seq_len, pad_to=seq_len)
 
 
-def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
+def evaluate_export(cfg: EvaluateExportConfig) -> ExportEvaluation:
     manifest = load_manifest(cfg.export_dir)
     export_dir = Path(cfg.export_dir).expanduser().resolve()
     labels = manifest.get("labels") or []
@@ -153,13 +154,9 @@ def evaluate_export(cfg: EvaluateExportConfig) -> dict[str, Any]:
     finally:
         if profile_dir is not None:  # the raw trace was summarised into the result
             shutil.rmtree(profile_dir, ignore_errors=True)
-    return {
-        "export": str(export_dir), "task": spec.name, "split": split_name,
-        "backend": session.backend, "device": session.device,
-        "providers": getattr(session, "providers", None), "precision": manifest.get("precision"),
-        "metrics": metrics, "primary_metric": primary,
-        "reference_metrics": reference, "delta_points": delta,
-        "eval_seconds": round(eval_seconds, 2), "latency": latency, "generation": generation, "profile": profile,
-        "threads": cfg.runtime.threads,
-        **({"example_stats": example_stats} if cfg.keep_example_stats else {}),
-    }
+    return ExportEvaluation(
+        export=str(export_dir), task=spec.name, split=split_name, backend=session.backend, device=session.device,
+        providers=getattr(session, "providers", None), precision=manifest.get("precision"), metrics=metrics,
+        primary_metric=primary, reference_metrics=reference, delta_points=delta, eval_seconds=round(eval_seconds, 2),
+        latency=latency, generation=generation, profile=profile, threads=cfg.runtime.threads,
+        example_stats=example_stats if cfg.keep_example_stats else None)

@@ -16,7 +16,6 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -34,6 +33,7 @@ from ..options import check_options, fail, option
 from ..paddle_env import import_paddle, seed_everything
 from ..progress import note
 from ..training_loop import LoopConfig, evaluate_split, train_model
+from ..results import DistillResult
 from .common import CheckpointOutput, TaskOptions, TrainingOptions
 from .registry import register
 from .skeleton import finish, refuse_existing_output, refuse_quantized, samples_per_second, start_from, train_resumably
@@ -145,7 +145,7 @@ def init_from_teacher(student_config: ErnieConfig, teacher: Checkpoint) -> dict[
 
 
 @register("distill", DistillConfig, summary="Distill a large teacher into a small student (logits, hidden states, MiniLM relations).")
-def distill(cfg: DistillConfig) -> dict[str, Any]:
+def distill(cfg: DistillConfig) -> DistillResult:
     paddle = import_paddle()
     started = time.perf_counter()
     refuse_existing_output(cfg)
@@ -261,7 +261,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     out = finish(cfg, student_config, result.best_state, tokenizer, {
         "name": "distill", "metrics": {task.held_out: student_metrics}, "report": report, "steps": result.steps,
         "seconds": round(time.perf_counter() - started, 1)}, teacher_ckpt)
-    return {"stage": "distill", "out": str(out), "task": task.spec.name, "metric": metric, **report,
-            "steps": result.steps, "steps_run": result.steps_run, "train_seconds": round(result.seconds, 2),
-            "samples_per_s": samples_per_second(result, cfg.batch_size),
-            "seconds": round(time.perf_counter() - started, 1)}
+    return DistillResult(out=str(out), task=task.spec.name, metric=metric, details=report, steps=result.steps,
+                         steps_run=result.steps_run, train_seconds=round(result.seconds, 2),
+                         samples_per_s=samples_per_second(result, cfg.batch_size),
+                         seconds=round(time.perf_counter() - started, 1))

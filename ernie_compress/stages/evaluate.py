@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import UserError
 from ..evaluate import evaluate_checkpoint, SPLITS
 from ..options import check_options, option
+from ..results import CheckpointEvaluation, ExportEvaluation
 from ..runtime.backends import RuntimeConfig, RuntimeOptions
 from ..runtime.evaluate_export import EvaluateExportConfig, evaluate_export
 from ..runtime.generation_metrics import GenerationConfig
@@ -75,7 +75,7 @@ class EvaluateConfig(TaskOptions, RuntimeOptions):
 
 
 @register("evaluate", EvaluateConfig, writes_checkpoint=False, summary="Measure the task metric on held-out data; for an export also latency p50/p95/p99 and QPS.")
-def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+def evaluate(cfg: EvaluateConfig) -> ExportEvaluation | CheckpointEvaluation:
     """An export through its runtime, or a checkpoint in Paddle dygraph (on cpu)."""
     data = None if cfg.data is None else str(cfg.data)
     if (cfg.path / MANIFEST_FILE).is_file():

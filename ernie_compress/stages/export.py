@@ -29,6 +29,7 @@ from ..quantize.scheme import Int8Scheme, is_weight_only, quantization_info, rea
 from ..runtime.backends import OnnxRuntimeSession, PaddleInferenceSession, RuntimeConfig
 from ..runtime.decoding import OnnxDecoder, generate_tokens, prompt_ids
 from ..runtime.manifest import MANIFEST_FILE, MANIFEST_VERSION
+from ..results import ExportResult
 from .common import ThreadsOption
 from .registry import register
 
@@ -147,7 +148,7 @@ def _export_decoder(ckpt: Checkpoint, model, weight_only: dict | None, tokenizer
 
 
 @register("export", ExportConfig, writes_checkpoint=False, summary="Export a checkpoint to a Paddle static graph and/or ONNX, verified against dygraph.")
-def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
+def export_checkpoint(cfg: ExportConfig) -> ExportResult:
     start = time.perf_counter()
     ckpt = load_checkpoint(cfg.checkpoint)
     if cfg.layout is not None:
@@ -248,7 +249,7 @@ def export_checkpoint(cfg: ExportConfig) -> dict[str, Any]:
                           "metrics": reference_metrics},
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    return {"stage": "export", "out": str(Path(cfg.out).expanduser().resolve()), "format": cfg.format,
-            "precision": manifest["precision"], "files": files, "verification": verification,
-            "reference_metrics": reference_metrics, **extra,
-            "seconds": round(time.perf_counter() - start, 1)}
+    return ExportResult(out=str(Path(cfg.out).expanduser().resolve()), format=cfg.format,
+                        precision=manifest["precision"], files=files, verification=verification,
+                        reference_metrics=reference_metrics, details=extra,
+                        seconds=round(time.perf_counter() - start, 1))

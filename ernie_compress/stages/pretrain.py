@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -30,6 +29,7 @@ from ..options import check_options, fail, option
 from ..paddle_env import import_paddle
 from ..progress import note
 from ..training_loop import TensorBatch, LoopConfig, TrainHooks, train_model
+from ..results import PretrainResult
 from .common import AcceleratorOptions, CheckpointOutput, RunOptions
 from .registry import register
 from .skeleton import finish, refuse_existing_output, samples_per_second
@@ -108,7 +108,7 @@ def mask_tokens(input_ids: np.ndarray, tokenizer: ErnieTokenizer, probability: f
 
 
 @register("pretrain", PretrainConfig, summary="Masked-LM pre-training of a fresh encoder on unlabeled text (then `train --from` it).")
-def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+def pretrain(cfg: PretrainConfig) -> PretrainResult:
     refuse_existing_output(cfg)
     paddle = import_paddle()
     F = paddle.nn.functional
@@ -144,7 +144,6 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         "metrics": {"mlm_loss": final_loss}, "corpus_texts": len(texts)}, None)
     params = count_parameters({k: v.shape for k, v in result.best_state.items()
                                if not k.startswith("cls.")})
-    return {"stage": "pretrain", "out": str(out), "texts": len(texts), "steps": result.steps,
-            "train_seconds": round(result.seconds, 2),
-            "samples_per_s": samples_per_second(result, cfg.batch_size), "parameters": params,
-            "final_loss": final_loss}
+    return PretrainResult(out=str(out), texts=len(texts), steps=result.steps, train_seconds=round(result.seconds, 2),
+                          samples_per_s=samples_per_second(result, cfg.batch_size), parameters=params,
+                          final_loss=final_loss)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..losses import hard_label_loss, logit_kd_loss
 from ..metrics import metric_delta
@@ -25,6 +24,7 @@ from ..prune.importance import HEAD_METHODS, ffn_importance, head_importance
 from ..prune.physical import prune_state
 from ..prune.selection import heads_to_keep_by_fraction, neurons_to_keep_by_fraction, select_for_parameter_target
 from ..training_loop import LoopConfig, evaluate_split
+from ..results import PruneResult
 from .common import CheckpointOutput, ParentKDOptions, TaskOptions, TrainingOptions
 from .registry import register
 from .skeleton import finish, refuse_existing_output, samples_per_second, start_from, train_resumably
@@ -82,7 +82,7 @@ def _select(cfg: PruneConfig, head_scores, neuron_scores, config, before):
 
 
 @register("prune", PruneConfig, summary="Remove the least important attention heads (and FFN neurons), then recover by fine-tuning.")
-def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
+def prune_checkpoint(cfg: PruneConfig) -> PruneResult:
     started = time.perf_counter()
     refuse_existing_output(cfg)
     start = start_from(cfg.checkpoint, cfg.task_spec,
@@ -142,6 +142,6 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
     out = finish(cfg, config, state, start.tokenizer, {
         "name": "prune", "metrics": {task.held_out: recovered}, "report": report, "steps": steps,
         "seconds": round(time.perf_counter() - started, 1)}, parent)
-    return {"stage": "prune", "out": str(out), "parent": str(parent.path), "task": task.spec.name, "metric": metric,
-            **report, "steps": steps, "steps_run": steps_run, "train_seconds": round(train_seconds, 2),
-            "samples_per_s": throughput, "seconds": round(time.perf_counter() - started, 1)}
+    return PruneResult(out=str(out), parent=str(parent.path), task=task.spec.name, metric=metric, details=report,
+                       steps=steps, steps_run=steps_run, train_seconds=round(train_seconds, 2),
+                       samples_per_s=throughput, seconds=round(time.perf_counter() - started, 1))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -31,6 +30,7 @@ from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantized_linear_names
 from ..quantize.gptq import collect_hessians, gptq_quantize
 from ..quantize.weight_only import BITS, HEAD_BITS, check_group_size, dequantize, lm_head_weight, quantize_rtn
 from ..training_loop import LoopConfig, evaluate_split
+from ..results import QuantizeResult
 from .common import CheckpointOutput, ParentKDOptions, RunOptions, TaskOptions, TrainingOptions
 from .registry import register
 from .skeleton import finish, refuse_existing_output, samples_per_second, start_from, train_resumably
@@ -137,7 +137,7 @@ QuantizeConfig = QATConfig | PTQConfig | FP16Config | WeightOnlyConfig
 @register("quantize", QATConfig, PTQConfig, FP16Config, WeightOnlyConfig, summary=(
     "INT8 quantization (QAT or PTQ), weight-only INT8/INT4, or FP16 weights; ends with the held-out metric "
     "against the FP32 parent."))
-def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
+def quantize_checkpoint(cfg: QuantizeConfig) -> QuantizeResult:
     started = time.perf_counter()
     refuse_existing_output(cfg)
     fp16 = isinstance(cfg, FP16Config)
@@ -187,10 +187,11 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> dict[str, Any]:
     note(f"{what}: {metric} {metrics[metric]:.4f} vs FP32 parent {start.metrics[metric]:.4f} ({delta:+.2f} points)")
     quantized = (sum(1 for v in state.values() if v.dtype == np.float16) if fp16 else
                  scheme["linears"] if isinstance(cfg, WeightOnlyConfig) else len(extra_files[SCALES_FILE]))
-    return {"stage": name, "out": str(out), "task": task.spec.name, "scheme": scheme,
-            "metrics": {task.held_out: metrics}, "parent_metrics": {task.held_out: start.metrics},
-            "delta_points": delta, "quantized_layers": quantized, "steps": steps, "steps_run": steps_run,
-            "train_seconds": round(train_seconds, 2), "samples_per_s": throughput, "seconds": round(time.perf_counter() - started, 1)}
+    return QuantizeResult(stage=name, out=str(out), task=task.spec.name, scheme=scheme,
+                          metrics={task.held_out: metrics}, parent_metrics={task.held_out: start.metrics},
+                          delta_points=delta, quantized_layers=quantized, steps=steps, steps_run=steps_run,
+                          train_seconds=round(train_seconds, 2), samples_per_s=throughput,
+                          seconds=round(time.perf_counter() - started, 1))
 
 
 def _weight_only(cfg: WeightOnlyConfig, start) -> tuple[dict, dict]:

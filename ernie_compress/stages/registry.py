@@ -18,6 +18,7 @@ from ..distributed import init as init_distributed
 from ..distributed import run_nodes, run_workers
 from ..options import Option, OptionError, help_order, options
 from ..paddle_env import training_device
+from ..results import Result
 from .common import AcceleratorOptions
 
 
@@ -46,7 +47,7 @@ def register(kind: str, *configs: type, summary: str, writes_checkpoint: bool = 
     return wrap
 
 
-def run_stage(config: Any) -> dict[str, Any]:
+def run_stage(config: Any) -> Result:
     """Run the stage whose config this is; returns its result. A training stage first takes its
     device, and with ``nproc`` > 1 (outside a launcher's processes) runs on that many ranks."""
     try:

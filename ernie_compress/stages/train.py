@@ -26,6 +26,7 @@ from ..options import check_options, fail, option
 from ..paddle_env import seed_everything
 from ..progress import note
 from ..training_loop import LoopConfig, TrainHooks, evaluate_split
+from ..results import TrainResult
 from .common import CheckpointOutput, TaskOptions, TrainingOptions
 from .registry import register
 from .skeleton import finish, refuse_existing_output, samples_per_second, train_resumably
@@ -74,7 +75,7 @@ def _fresh_model_config(cfg: TrainConfig, task: TaskData, vocab_size: int) -> Er
 
 
 @register("train", TrainConfig, summary="Train a model from a preset (or fine-tune a checkpoint) on a task; keep the best epoch.")
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig) -> TrainResult:
     """Run the train stage; returns its result (metrics, parameters, output path)."""
     refuse_existing_output(cfg)
     parent = load_checkpoint(cfg.init_from) if cfg.init_from else None
@@ -113,7 +114,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "name": "train", "metrics": metrics, "seconds": round(result.seconds, 1), "steps": result.steps,
         "best_step": result.best_step, "history": result.history}, parent)
     params = count_parameters({k: v.shape for k, v in state.items()})
-    return {"stage": "train", "out": str(out), "task": task.spec.name, "held_out_split": task.held_out,
-            "metrics": metrics, "parameters": params, "train_seconds": round(result.seconds, 2),
-            "samples_per_s": samples_per_second(result, cfg.batch_size),
-            "steps": result.steps, "steps_run": result.steps_run}
+    return TrainResult(out=str(out), task=task.spec.name, held_out_split=task.held_out, metrics=metrics,
+                       parameters=params, train_seconds=round(result.seconds, 2),
+                       samples_per_s=samples_per_second(result, cfg.batch_size), steps=result.steps,
+                       steps_run=result.steps_run)
