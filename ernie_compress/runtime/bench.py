@@ -1,6 +1,6 @@
 """``bench EXPORT_DIR``: serving-like load from N client threads, with and without dynamic batching.
 
-Requests are held-out texts of the export's task, each tokenized to its own length (as a server
+Requests are held-out texts of the export's task (or of ``--task``/``--data``), each tokenized to its own length (as a server
 receives them). Both runs answer the same requests; their outputs are compared so a batching bug
 (a lost or swapped row) shows up as a mismatch, not as a better number. An export with a decoder
 (ERNIE 4.5 causal LM) is benched on generation requests instead: one request at a time against
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..data.sp_tokenizer import load_tokenizer
+from ..data.task_options import TaskOptions
 from ..data.tasks import TaskSpec, load_task
 from ..errors import UserError
 from ..losses import predicted_classes
@@ -29,7 +30,7 @@ from .manifest import load_manifest
 
 
 @dataclass(frozen=True, kw_only=True)
-class BenchConfig(RuntimeOptions):
+class BenchConfig(RuntimeOptions, TaskOptions):
     """``ernie-compress bench``: its options, declared once (``options.py``)."""
 
     export_dir: Path = option(argument=True, scope="cli", help="An export directory.")
@@ -65,9 +66,10 @@ def bench_generation(cfg: BenchConfig, export_dir: Path, entry: dict[str, Any], 
 def bench_export(cfg: BenchConfig) -> BenchResult | GenerationBenchResult:
     export_dir = Path(cfg.export_dir).expanduser().resolve()
     manifest = load_manifest(export_dir)
-    if not manifest.get("task"):
-        raise UserError(f"{export_dir}: the export records no task to draw requests from")
-    task = load_task(TaskSpec.from_dict(manifest["task"]))
+    spec = cfg.task_spec or (TaskSpec.from_dict(manifest["task"]) if manifest.get("task") else None)
+    if spec is None:
+        raise UserError(f"{export_dir}: the export records no task to draw requests from; pass --task (and --data)")
+    task = load_task(spec)
     tokenizer = load_tokenizer(export_dir)
     examples = task.split(task.held_out)
     examples = [examples[i % len(examples)] for i in range(cfg.requests)]

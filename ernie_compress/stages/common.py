@@ -1,7 +1,7 @@
 """Options every stage shares, declared once (see ``options.py``), and the stage skeleton's parts.
 
-A stage's config inherits the groups it needs: :class:`TaskOptions` (which task and data),
-:class:`RunOptions` (seed, threads), :class:`CheckpointOutput` (where the new checkpoint goes and in
+A stage's config inherits the groups it needs: ``data.task_options.TaskOptions`` (which task and
+data), :class:`RunOptions` (seed, threads), :class:`CheckpointOutput` (where the new checkpoint goes and in
 which layout), :class:`ThreadsOption` and :class:`TrainingOptions` (the loop's batch, step limit and resumable state).
 Everything else a stage declares itself.
 """
@@ -11,32 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.tasks import TaskSpec, resolve_task
 from ..models.layouts import LAYOUT_HELP, LAYOUTS
 from ..options import fail, option
 from ..paddle_env import TRAINING_DEVICES
 from ..runtime.backends import ThreadsOption
 from ..training_loop import LoopConfig
-
-TASK_HELP = ("Task: demo:sentiment, demo:ner, demo:lm (built in), or with --data: tnews, afqmc, text, "
-             "text-pair, msra-ner, cmrc2018, lm. Default: the task the checkpoint was trained on.")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TaskOptions:
-    task: str | None = option(None, short="-t", scope="run", help=TASK_HELP)
-    data: Path | None = option(None, scope="run", help="Folder with train, dev and (optional) test files "
-                                                       "(.json, .jsonl, .tsv, .txt) for --task.")
-
-    @property
-    def task_spec(self) -> TaskSpec | None:
-        """The task named by the options, or None to use the checkpoint's own."""
-        if not self.task:
-            if self.data is not None:
-                fail("{data} needs {task} to say the file format", "data", "task")
-            return None
-        return resolve_task(self.task, None if self.data is None else str(self.data), None)
-
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions(ThreadsOption):

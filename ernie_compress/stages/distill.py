@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import Checkpoint, load_checkpoint
+from ..data.task_options import TaskOptions
 from ..distill.losses import hidden_mse, parse_layer_map, relation_kl, relation_log_probs, uniform_layer_map
 from ..errors import UserError
 from ..losses import TeacherLogitCache, hard_label_loss, soft_label_kd, task_loss
@@ -34,7 +35,7 @@ from ..paddle_env import import_paddle, seed_everything
 from ..progress import note
 from ..training_loop import LoopConfig, evaluate_split, train_model
 from ..results import DistillResult
-from .common import CheckpointOutput, TaskOptions, TrainingOptions
+from .common import CheckpointOutput, TrainingOptions
 from .registry import register
 from .skeleton import finish, refuse_existing_output, refuse_quantized, samples_per_second, start_from, train_resumably
 

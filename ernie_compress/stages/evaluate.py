@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.task_options import TaskOptions
 from ..errors import UserError
 from ..evaluate import evaluate_checkpoint, SPLITS
 from ..options import check_options, option
@@ -17,7 +18,6 @@ from ..runtime.evaluate_export import EvaluateExportConfig, evaluate_export
 from ..runtime.generation_metrics import GenerationConfig
 from ..runtime.latency import LatencyConfig
 from ..runtime.manifest import MANIFEST_FILE
-from .common import TaskOptions
 from .registry import register
 
 

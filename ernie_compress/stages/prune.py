@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.task_options import TaskOptions
 from ..losses import hard_label_loss, logit_kd_loss
 from ..metrics import metric_delta
 from ..models import count_parameters, model_from_state
@@ -25,7 +26,7 @@ from ..prune.physical import prune_state
 from ..prune.selection import heads_to_keep_by_fraction, neurons_to_keep_by_fraction, select_for_parameter_target
 from ..training_loop import LoopConfig, evaluate_split
 from ..results import PruneResult
-from .common import CheckpointOutput, ParentKDOptions, TaskOptions, TrainingOptions
+from .common import CheckpointOutput, ParentKDOptions, TrainingOptions
 from .registry import register
 from .skeleton import finish, refuse_existing_output, samples_per_second, start_from, train_resumably
 

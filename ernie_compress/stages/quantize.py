@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.task_options import TaskOptions
 from ..losses import hard_label_loss, logit_kd_loss
 from ..machine import cpu_has_vnni
 from ..metrics import metric_delta
@@ -31,7 +32,7 @@ from ..quantize.gptq import collect_hessians, gptq_quantize
 from ..quantize.weight_only import BITS, HEAD_BITS, check_group_size, dequantize, lm_head_weight, quantize_rtn
 from ..training_loop import LoopConfig, evaluate_split
 from ..results import QuantizeResult
-from .common import CheckpointOutput, ParentKDOptions, RunOptions, TaskOptions, TrainingOptions
+from .common import CheckpointOutput, ParentKDOptions, RunOptions, TrainingOptions
 from .registry import register
 from .skeleton import finish, refuse_existing_output, samples_per_second, start_from, train_resumably
 

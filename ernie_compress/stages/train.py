@@ -14,6 +14,7 @@ from typing import Any
 
 from ..checkpoint import load_checkpoint
 from ..data.encoding import encode_splits
+from ..data.task_options import TaskOptions
 from ..data.tasks import TaskData, load_task, resolve_task
 from ..data.tokenizer import ErnieTokenizer, build_vocab
 from ..errors import UserError
@@ -27,7 +28,7 @@ from ..paddle_env import seed_everything
 from ..progress import note
 from ..training_loop import LoopConfig, TrainHooks, evaluate_split
 from ..results import TrainResult
-from .common import CheckpointOutput, TaskOptions, TrainingOptions
+from .common import CheckpointOutput, TrainingOptions
 from .registry import register
 from .skeleton import finish, refuse_existing_output, samples_per_second, train_resumably
 

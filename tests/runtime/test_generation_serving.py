@@ -54,3 +54,13 @@ def test_bench_on_a_decoder_export_serves_generation_requests(lm_export):
     assert r["continuous_batching"]["mean_decode_batch"] > 1 and r["one_at_a_time"]["mean_decode_batch"] <= 1
     for key in ("one_at_a_time", "continuous_batching"):
         assert r[key]["ttft_p99_ms"] >= r[key]["ttft_p50_ms"] > 0
+
+
+def test_bench_takes_requests_from_user_data(lm_export, tmp_path):
+    data = tmp_path / "texts"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.txt").write_text("质量很好\n服务态度很差\n物流太慢了\n", encoding="utf-8")
+    r = cli_json(["bench", str(lm_export), "--task", "lm", "--data", str(data), "--requests", "6",
+                  "--concurrency", "2", "--max-batch", "2", "--new-tokens", "4"])
+    assert r["mode"] == "generation" and r["requests"] == 6 and r["same_tokens"] == 1.0
