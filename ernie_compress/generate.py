@@ -26,7 +26,7 @@ from .data.sp_tokenizer import load_tokenizer
 from .errors import UserError
 from .options import check_options, fail, option
 from .paddle_env import seed_everything
-from .runtime.backends import RuntimeConfig, ThreadsOption
+from .runtime.backends import DEVICES, RuntimeConfig, ThreadsOption
 from .runtime.decoding import OnnxDecoder, generate_tokens, prompt_ids
 from .runtime.manifest import MANIFEST_FILE, load_manifest
 from .results import GenerationResult
@@ -48,6 +48,9 @@ class GenerateConfig(ThreadsOption):
                                                         "of tokens whose probability reaches this.")
     seed: int = option(42, help="Seed of the sampling generator: the same seed gives the same text.")
     stream: bool = option(True, flag="--stream/--no-stream", help="Print tokens as they come (not with --json).")
+    device: str = option("cpu", choices=DEVICES, help=(
+        "Export only: where onnx/decoder.onnx runs (ONNX Runtime: cpu, gpu via CUDA with the KV cache kept on the "
+        "GPU, npu via CANN); a checkpoint generates in Paddle dygraph on cpu."))
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -76,12 +79,15 @@ def _open_decoder(cfg: GenerateConfig):
             raise UserError(f"{path} has no decoder with a KV cache ({DECODER_NAME}): export an ERNIE 4.5 causal-LM "
                             f"checkpoint with --format onnx or all")
         tokenizer = load_tokenizer(path)
-        decoder = OnnxDecoder.open(path / entry["model"], RuntimeConfig(device="cpu", threads=cfg.threads),
-                                   tokenizer.pad_id)
-        return decoder, tokenizer, entry["context"], f"onnxruntime ({entry['model']})"
+        decoder = OnnxDecoder.open(path / entry["model"], RuntimeConfig(device=cfg.device, threads=cfg.threads),
+                                   tokenizer.pad_id, cache_on="cuda" if cfg.device == "gpu" else None)
+        return decoder, tokenizer, entry["context"], f"onnxruntime on {cfg.device} ({entry['model']})"
     from .models import model_from_state
     from .models.ernie4_5 import CachedDecoder
 
+    if cfg.device != "cpu":
+        raise UserError(f"{path} is a checkpoint (generates in Paddle dygraph on cpu); export it to generate on "
+                        f"--device {cfg.device}")
     ckpt = load_checkpoint(path)
     if ckpt.config.architecture != "Ernie4_5ForCausalLM":
         raise UserError(f"generate needs an ERNIE 4.5 causal-LM checkpoint (Ernie4_5ForCausalLM); {ckpt.path} "

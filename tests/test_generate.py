@@ -84,6 +84,7 @@ def test_generate_streams_text_to_stdout(tiny_lm):
     ([], "pass --prompt TEXT or --prompts FILE"),
     (["--prompt", "质量" * 300], "exceed the model's context of 512 positions"),
     (["--prompt", "好", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--prompt", "好", "--device", "gpu"], "export it to generate on --device gpu"),
 ])
 def test_bad_input_is_one_line(tiny_lm, args, message):
     res = runner.invoke(app, ["--quiet", "generate", str(tiny_lm), *args])

@@ -93,10 +93,10 @@ class OnnxDecoder:
         self.mask = self.positions = None
 
     @classmethod
-    def open(cls, path: Path, runtime_cfg, pad_id: int = 0) -> "OnnxDecoder":
+    def open(cls, path: Path, runtime_cfg, pad_id: int = 0, cache_on: str | None = None) -> "OnnxDecoder":
         from .backends import OnnxRuntimeSession
 
-        return cls(OnnxRuntimeSession(Path(path), runtime_cfg).session, pad_id)
+        return cls(OnnxRuntimeSession(Path(path), runtime_cfg).session, pad_id, cache_on)
 
     def _run(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         if self.cache_on is None:

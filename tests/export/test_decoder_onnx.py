@@ -113,6 +113,13 @@ def test_export_writes_a_verified_decoder_and_generate_runs_it(tiny_lm, tmp_path
     from_checkpoint = cli_json(["generate", str(tiny_lm), *prompts])
     assert from_export["runs_on"].startswith("onnxruntime") and from_checkpoint["runs_on"] == "paddle dygraph"
     assert [r["tokens"] for r in from_export["results"]] == [r["tokens"] for r in from_checkpoint["results"]]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():  # this machine: a one-line error
+        from typer.testing import CliRunner
+
+        from ernie_compress.cli import app
+
+        res = CliRunner().invoke(app, ["--quiet", "generate", str(tmp_path / "e"), *prompts, "--device", "gpu"])
+        assert res.exit_code == 2 and "onnxruntime-gpu" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_a_wrong_decoder_graph_is_refused_and_nothing_is_written(tiny_lm, tmp_path, monkeypatch):
