@@ -55,14 +55,15 @@ def random_state(config, seed: int = 0) -> dict[str, np.ndarray]:
 def integer_weights(config, state, bits: int, group: int | None) -> dict:
     """Codes and scales of every Linear (``bits``, ``group``) and of the head (int8 per entry)."""
     from ernie_compress.export.decoder_onnx import WeightOnlyLinear
-    from ernie_compress.quantize.weight_only import HEAD_BITS, quantize_rtn
+    from ernie_compress.quantize.weight_only import HEAD_BITS, lm_head_weight, quantize_rtn
 
     integer = {}
     for name, weight in state.items():
         if name.startswith("ernie.layers.") and weight.ndim == 2:
             integer[name] = WeightOnlyLinear(*quantize_rtn(weight, bits, group), bits, group)
-    head = state["ernie.embed_tokens.weight"].T  # tied: the head reads the table transposed
-    integer["ernie.embed_tokens.weight"] = WeightOnlyLinear(*quantize_rtn(head, HEAD_BITS, None), HEAD_BITS, None)
+    name, transposed = lm_head_weight(config)  # a tied table [vocab, hidden] is read transposed
+    head = state[name].T if transposed else state[name]
+    integer[name] = WeightOnlyLinear(*quantize_rtn(head, HEAD_BITS, None), HEAD_BITS, None)
     return integer
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from .checkpoint import load_checkpoint
 from .data.sp_tokenizer import load_tokenizer
 from .errors import UserError
+from .export.decoder_onnx import DECODER_FILE
 from .options import check_options, fail, option
 from .paddle_env import seed_everything
 from .runtime.backends import DEVICES, RuntimeConfig, ThreadsOption
@@ -31,7 +32,6 @@ from .runtime.decoding import OnnxDecoder, generate_tokens, prompt_ids
 from .runtime.manifest import MANIFEST_FILE, load_manifest
 from .results import GenerationResult
 
-DECODER_NAME = "onnx/decoder.onnx"
 
 @dataclass(frozen=True, kw_only=True)
 class GenerateConfig(ThreadsOption):
@@ -76,11 +76,11 @@ def _open_decoder(cfg: GenerateConfig):
         manifest = load_manifest(path)
         entry = manifest.get("files", {}).get("decoder")
         if entry is None:
-            raise UserError(f"{path} has no decoder with a KV cache ({DECODER_NAME}): export an ERNIE 4.5 causal-LM "
+            raise UserError(f"{path} has no decoder with a KV cache ({DECODER_FILE}): export an ERNIE 4.5 causal-LM "
                             f"checkpoint with --format onnx or all")
         tokenizer = load_tokenizer(path)
         decoder = OnnxDecoder.open(path / entry["model"], RuntimeConfig(device=cfg.device, threads=cfg.threads),
-                                   tokenizer.pad_id, cache_on="cuda" if cfg.device == "gpu" else None)
+                                   tokenizer.pad_id)
         return decoder, tokenizer, entry["context"], f"onnxruntime on {cfg.device} ({entry['model']})"
     from .models import model_from_state
     from .models.ernie4_5 import CachedDecoder

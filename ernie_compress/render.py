@@ -101,14 +101,15 @@ def _render_generation_speed(console, g: dict[str, Any], where: str) -> None:
 
 def render_quantize(result: dict[str, Any]) -> None:
     console = _console()
+    from .quantize.scheme import is_weight_only
+
     s = result["scheme"]
-    kind = ("fp16" if s.get("dtype") == "fp16" else f"weight-only {s['dtype']}"
-            if str(s.get("method", "")).startswith("weight_only") else "int8, fake-quant")
+    kind = ("fp16" if s.get("dtype") == "fp16" else f"weight-only {s['dtype']}" if is_weight_only(s)
+            else "int8, fake-quant")
     tables = {f"{split} ({kind})": m for split, m in result["metrics"].items()}
     tables.update({f"{split} (FP32 parent)": m for split, m in result["parent_metrics"].items()})
     console.print(_metrics_table(tables, f"{result['stage']}: {result['task']}"))
-    s = result["scheme"]
-    if str(s.get("method", "")).startswith("weight_only"):
+    if is_weight_only(s):
         group = f"groups of {s['group_size']} rows" if s["group_size"] else "per output channel"
         console.print(f"{result['quantized_layers']} Linear layers: {s['weight_bits']}-bit weights ({group}), float "
                       f"activations; {result['delta_points']:+.2f} points vs FP32")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Result:
     """Base: ``to_dict()`` for JSON, read access by key."""
 
@@ -43,21 +43,27 @@ def _optional(default: Any = None) -> Any:
     return field(default=default, metadata={"omit_if_none": True})
 
 
-@dataclass
-class TrainResult(Result):
+@dataclass(kw_only=True)
+class _Trained(Result):
+    """What every stage that trains reports of its training."""
+
+    steps: int
+    steps_run: int  # steps this invocation ran (fewer than ``steps`` after --resume)
+    train_seconds: float
+    samples_per_s: float | None
+
+
+@dataclass(kw_only=True)
+class TrainResult(_Trained):
     out: str
     task: str
     held_out_split: str
     metrics: dict[str, dict[str, float]]
     parameters: dict[str, int]
-    steps: int
-    steps_run: int
-    train_seconds: float
-    samples_per_s: float | None
     stage: str = "train"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PretrainResult(Result):
     out: str
     texts: int
@@ -69,41 +75,32 @@ class PretrainResult(Result):
     stage: str = "pretrain"
 
 
-@dataclass
-class DistillResult(Result):
+@dataclass(kw_only=True)
+class _SmallerModel(_Trained):
+    """A stage that makes a smaller model from a larger one and can time both (``--latency``)."""
+
     out: str
     task: str
     metric: str
-    steps: int
-    steps_run: int
-    train_seconds: float
-    samples_per_s: float | None
     seconds: float
-    details: dict[str, Any]  # the distillation report: teacher, student metrics, parameters, losses, ...
-    latency: dict[str, Any] | None = _optional()  # --latency: teacher and student on ONNX Runtime
+    details: dict[str, Any]  # the stage's report: parameters and metrics before and after, ...
+    latency: dict[str, Any] | None = _optional()  # --latency: both models on ONNX Runtime
     speedup: dict[str, float] | None = _optional()
+
+
+@dataclass(kw_only=True)
+class DistillResult(_SmallerModel):
     stage: str = "distill"
 
 
-@dataclass
-class PruneResult(Result):
-    out: str
+@dataclass(kw_only=True)
+class PruneResult(_SmallerModel):
     parent: str
-    task: str
-    metric: str
-    steps: int
-    steps_run: int
-    train_seconds: float
-    samples_per_s: float | None
-    seconds: float
-    details: dict[str, Any]  # the pruning report: heads/FFN before and after, parameters, accuracy
-    latency: dict[str, Any] | None = _optional()  # --latency: parent and pruned model on ONNX Runtime
-    speedup: dict[str, float] | None = _optional()
     stage: str = "prune"
 
 
-@dataclass
-class QuantizeResult(Result):
+@dataclass(kw_only=True)
+class QuantizeResult(_Trained):
     stage: str  # quantize-qat, quantize-ptq, quantize-fp16, quantize-weight-only
     out: str
     task: str
@@ -112,14 +109,10 @@ class QuantizeResult(Result):
     parent_metrics: dict[str, dict[str, float]]
     delta_points: float | None
     quantized_layers: int
-    steps: int
-    steps_run: int
-    train_seconds: float
-    samples_per_s: float | None
     seconds: float
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportResult(Result):
     out: str
     format: str
@@ -132,7 +125,7 @@ class ExportResult(Result):
     stage: str = "export"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CheckpointEvaluation(Result):
     """``evaluate CKPT``: the metric in Paddle dygraph."""
 
@@ -145,7 +138,7 @@ class CheckpointEvaluation(Result):
     device: str = "cpu"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportEvaluation(Result):
     """``evaluate EXPORT``: the metric through a runtime, latency, and for a decoder generation speed."""
 
@@ -168,9 +161,9 @@ class ExportEvaluation(Result):
     example_stats: Any = _optional()  # numpy per-example statistics (benchmarks' bootstrap intervals)
 
 
-@dataclass
-class BenchResult(Result):
-    """``bench EXPORT``: dynamic batching against one request per run."""
+@dataclass(kw_only=True)
+class _ServedLoad(Result):
+    """What both kinds of ``bench`` report of the load they served."""
 
     export: str
     backend: str
@@ -178,6 +171,12 @@ class BenchResult(Result):
     concurrency: int
     requests: int
     max_batch: int
+
+
+@dataclass(kw_only=True)
+class BenchResult(_ServedLoad):
+    """``bench EXPORT``: dynamic batching against one request per run."""
+
     max_wait_ms: float
     no_batching: dict[str, float]
     dynamic_batching: dict[str, float]
@@ -186,17 +185,11 @@ class BenchResult(Result):
     predictions_agree: float
 
 
-@dataclass
-class GenerationBenchResult(Result):
+@dataclass(kw_only=True)
+class GenerationBenchResult(_ServedLoad):
     """``bench EXPORT`` of a decoder: continuous batching against one request at a time."""
 
-    export: str
-    backend: str
-    device: str
-    concurrency: int
-    requests: int
     new_tokens: int
-    max_batch: int
     one_at_a_time: dict[str, float]
     continuous_batching: dict[str, float]
     speedup_tokens_per_s: float
@@ -204,7 +197,7 @@ class GenerationBenchResult(Result):
     mode: str = "generation"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GenerationResult(Result):
     """``generate``: the continuation of every prompt and its timings."""
 
@@ -216,7 +209,7 @@ class GenerationResult(Result):
     results: list[dict[str, Any]]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunResult(Result):
     """``run`` / ``demo``: every stage's result (as its result file holds it) and the report."""
 
@@ -227,7 +220,7 @@ class RunResult(Result):
     report: dict[str, Any] | None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CheckpointInfo(Result):
     """``info CKPT``."""
 

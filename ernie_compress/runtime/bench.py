@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..losses import predicted_classes
 from ..options import check_options, option
 from ..results import BenchResult, GenerationBenchResult
-from .backends import OnnxRuntimeSession, RuntimeConfig, RuntimeOptions, open_session
+from .backends import RuntimeConfig, RuntimeOptions, open_session
 from .continuous_batching import serve_generation
 from .decoding import OnnxDecoder, prompt_ids
 from .dynamic_batching import BatcherConfig, serve_load
@@ -49,7 +49,7 @@ class BenchConfig(RuntimeOptions, TaskOptions):
 def bench_generation(cfg: BenchConfig, export_dir: Path, entry: dict[str, Any], tokenizer, examples) -> GenerationBenchResult:
     """Generation requests, one at a time and with continuous batching (up to ``cfg.max_batch``)."""
     runtime = RuntimeConfig(device=cfg.device, threads=cfg.threads)
-    decoder = OnnxDecoder(OnnxRuntimeSession(export_dir / entry["model"], runtime).session, tokenizer.pad_id)
+    decoder = OnnxDecoder.open(export_dir / entry["model"], runtime, tokenizer.pad_id, host_cache=True)
     whole = [prompt_ids(tokenizer, e.text_a) for e in examples]  # a request continues the first half of a text
     prompts = [ids[:min(max(2, len(ids) // 2), entry["context"] - cfg.new_tokens)] for ids in whole]
     decoder.prefill([prompts[0]])  # warm-up

@@ -31,46 +31,45 @@ class _Running:
 
 
 class _Batch:
-    """The running sequences' shared state: caches [b, kv, T, d], mask [b, T], positions [b]."""
+    """The running sequences: their rows, and an ``OnnxDecoder`` over the same session whose
+    state (caches [b, kv, T, d], mask [b, T], positions [b]) is the whole batch's, so a decode step
+    is that decoder's own ``step``."""
 
     def __init__(self, decoder: OnnxDecoder):
-        self.decoder = decoder
         self.rows: list[_Running] = []
-        self.cache: list[np.ndarray] = []
-        self.mask = np.zeros((0, 0), np.int64)
-        self.positions = np.zeros(0, np.int64)
+        self.state = OnnxDecoder(decoder.session, decoder.pad_id)
+        self._reset()
+
+    def _reset(self) -> None:
+        state = self.state
+        state.cache, state.mask, state.positions = [], np.zeros((0, 0), np.int64), np.zeros(0, np.int64)
 
     def join(self, row: _Running, cache: list[np.ndarray], length: int) -> None:
         """Add a prefilled sequence (its cache [1, kv, length, d]): everything is left-padded to the longer."""
-        width = max(self.mask.shape[1], length)
+        state = self.state
+        width = max(state.mask.shape[1], length)
         pad = lambda a, n: np.pad(a, [(0, 0), (0, 0), (n, 0), (0, 0)]) if n else a  # noqa: E731
-        self.cache = [np.concatenate([pad(old, width - self.mask.shape[1]), pad(new, width - length)])
-                      if self.rows else new for old, new in zip(self.cache or cache, cache)]
+        state.cache = [np.concatenate([pad(old, width - state.mask.shape[1]), pad(new, width - length)])
+                       if self.rows else new for old, new in zip(state.cache or cache, cache)]
         mask = np.zeros((1, width), np.int64)
         mask[0, width - length:] = 1
-        self.mask = np.concatenate([np.pad(self.mask, [(0, 0), (width - self.mask.shape[1], 0)]), mask])
-        self.positions = np.append(self.positions, length - 1)
+        state.mask = np.concatenate([np.pad(state.mask, [(0, 0), (width - state.mask.shape[1], 0)]), mask])
+        state.positions = np.append(state.positions, length - 1)
         self.rows.append(row)
 
     def keep(self, keep: list[int]) -> None:
         """Drop the rows not in ``keep``, then the columns no remaining row uses."""
+        state = self.state
         self.rows = [self.rows[i] for i in keep]
-        self.mask, self.positions = self.mask[keep], self.positions[keep]
-        self.cache = [c[keep] for c in self.cache]
         if not self.rows:  # empty: the next sequence starts a new batch
-            self.cache, self.mask, self.positions = [], np.zeros((0, 0), np.int64), np.zeros(0, np.int64)
+            self._reset()
             return
-        unused = int(np.argmax(self.mask.any(axis=0)))  # leading columns that are padding in every row
-        self.mask, self.cache = self.mask[:, unused:], [c[:, :, unused:] for c in self.cache]
+        state.mask, state.positions = state.mask[keep], state.positions[keep]
+        unused = int(np.argmax(state.mask.any(axis=0)))  # leading columns that are padding in every row
+        state.mask, state.cache = state.mask[:, unused:], [c[keep][:, :, unused:] for c in state.cache]
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
-        self.positions = self.positions + 1
-        self.mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), np.int64)], axis=1)
-        d = self.decoder
-        feeds = {"input_ids": tokens.reshape(-1, 1).astype(np.int64), "attention_mask": self.mask,
-                 "position_ids": self.positions.reshape(-1, 1), **dict(zip(d.past_names, self.cache))}
-        logits, *self.cache = d.session.run(None, feeds)
-        return logits
+        return self.state.step(tokens)
 
 
 def serve_generation(decoder: OnnxDecoder, prompts: list[list[int]], new_tokens: int, concurrency: int,

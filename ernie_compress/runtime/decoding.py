@@ -93,9 +93,12 @@ class OnnxDecoder:
         self.mask = self.positions = None
 
     @classmethod
-    def open(cls, path: Path, runtime_cfg, pad_id: int = 0, cache_on: str | None = None) -> "OnnxDecoder":
+    def open(cls, path: Path, runtime_cfg, pad_id: int = 0, host_cache: bool = False) -> "OnnxDecoder":
+        """A session for ``runtime_cfg``; on a GPU the cache stays there unless ``host_cache`` (for
+        callers that rearrange it with numpy, as continuous batching does)."""
         from .backends import OnnxRuntimeSession
 
+        cache_on = "cuda" if runtime_cfg.device == "gpu" and not host_cache else None
         return cls(OnnxRuntimeSession(Path(path), runtime_cfg).session, pad_id, cache_on)
 
     def _run(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:

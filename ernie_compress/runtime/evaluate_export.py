@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..metrics import PRIMARY_METRIC, metric_delta, scored_split
 from ..paddle_env import import_paddle
 from ..results import ExportEvaluation
-from .backends import OnnxRuntimeSession, RuntimeConfig, open_session
+from .backends import RuntimeConfig, open_session
 from .decoding import OnnxDecoder
 from .generation_metrics import GenerationConfig, measure_generation
 from .latency import LatencyConfig, measure_latency
@@ -43,7 +43,7 @@ class EvaluateExportConfig:
     eval_batch_size: int = 32
     top_ops: int = 10  # with runtime.profile: how many operators to list
     keep_example_stats: bool = False  # add per-example metric statistics (numpy) for bootstrap intervals
-    generation: GenerationConfig | None = field(default_factory=GenerationConfig)  # exports with a decoder
+    generation: GenerationConfig | None = None  # exports with a decoder: time generation too (evaluate asks)
 
 
 def _rank_ops(totals: dict[str, float], calls: dict[str, int], top_n: int) -> list[dict[str, Any]]:
@@ -138,8 +138,7 @@ def evaluate_export(cfg: EvaluateExportConfig) -> ExportEvaluation:
         decoder_entry = manifest.get("files", {}).get("decoder")
         if decoder_entry and cfg.generation is not None:  # the KV-cache decoder always runs on ONNX Runtime
             runtime = RuntimeConfig(device=cfg.runtime.device, threads=cfg.runtime.threads, tensorrt=cfg.runtime.tensorrt)
-            decoder = OnnxDecoder(OnnxRuntimeSession(export_dir / decoder_entry["model"], runtime).session,
-                                  tokenizer.pad_id, cache_on="cuda" if runtime.device == "gpu" else None)
+            decoder = OnnxDecoder.open(export_dir / decoder_entry["model"], runtime, tokenizer.pad_id)
             generation = measure_generation(decoder, tokenizer, [e.text_a for e in task.split(split_name)],
                                             decoder_entry["context"], cfg.generation)
 
