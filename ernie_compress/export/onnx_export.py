@@ -50,6 +50,25 @@ def convert_to_onnx(program: Path, params: Path, out: Path, opset: int = DEFAULT
     return out
 
 
+ONNX_OPS = ("onnxruntime", "standard")
+
+
+def rewrite_for_onnxruntime(path: Path) -> dict[str, int]:
+    """Rewrite the model at ``path`` for ONNX Runtime's CPU session (in place): attention cores as
+    ``MultiHeadAttention`` (:mod:`.onnx_attention`), residual sums before a LayerNormalization as
+    ``Sum`` (:mod:`.onnx_layer_norm`). Returns how many of each were rewritten."""
+    import onnx
+
+    from .onnx_attention import fuse_attention
+    from .onnx_layer_norm import residual_sums_as_sum
+
+    model = onnx.load(str(path))
+    counts = {"fused_attention": fuse_attention(model), "residual_sums": residual_sums_as_sum(model)}
+    if any(counts.values()):
+        onnx.save(model, str(path))
+    return counts
+
+
 def rename_output(path: Path, name: str) -> None:
     """Give the model's single output a task name (``logits``, ``token_logits``, ``span_logits``)."""
     import onnx

@@ -53,6 +53,12 @@ class ExportConfig(ThreadsOption):
         "block (ONNX Runtime's accuracy_level 4: its fast CPU kernels, as ONNX Runtime GenAI deploys INT4; "
         "verified teacher-forced against dygraph), fp32 computes with the dequantized weights (equal to the "
         "checkpoint: greedy text verified equal; slow for int8 weights on CPU)."))
+    onnx_ops: str = option("onnxruntime", choices=onnx_export.ONNX_OPS, help=(
+        "Encoder ONNX (FP32 and the INT8 CPU model): onnxruntime writes each attention core as ONNX "
+        "Runtime's fused MultiHeadAttention and each residual sum before a LayerNormalization as Sum, "
+        "which ONNX Runtime leaves to its fast LayerNormalization kernel instead of fusing it into its "
+        "slow CPU SkipLayerNormalization; standard keeps the converter's standard ONNX ops (other "
+        "runtimes). FP16 and model_qdq.onnx are standard either way."))
     overwrite: bool = option(False, scope="cli", help="Replace --out if it exists (default: refuse).")
     verify_samples: int = 64  # held-out examples the exported files are checked on
     int8_min_agreement: float = 0.95  # INT8: least share of predictions equal to fake-quant Paddle
@@ -219,6 +225,8 @@ def export_checkpoint(cfg: ExportConfig) -> ExportResult:
                                         "nothing was written")
                 if fp16:
                     extra["fp16"] = onnx_fp16.convert_onnx_fp16(fp32_path, onnx_path)
+                elif cfg.onnx_ops == "onnxruntime":  # model.onnx: FP32, or INT8 with ORT's integer kernels
+                    extra["onnx_ops"] = {"ops": cfg.onnx_ops, **onnx_export.rewrite_for_onnxruntime(onnx_path)}
                 files["onnx"] = {"model": "onnx/model.onnx", "opset": cfg.opset,
                                  "for": "ONNX Runtime (full-sequence outputs: task metric, perplexity)"}
                 if int8:  # the portable QDQ form, read by the GPU/NPU providers

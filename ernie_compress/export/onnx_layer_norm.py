@@ -1,0 +1,43 @@
+"""Keep ONNX Runtime's CPU session on its fast LayerNormalization kernel for the residual sums.
+
+Every post-LN encoder layer ends twice in ``LayerNormalization(x + sublayer(x))`` (Ba et al., 2016,
+"Layer Normalization"; Vaswani et al., 2017, section 3.1). At load, ONNX Runtime's
+``SkipLayerNormFusion`` turns each ``Add -> LayerNormalization`` into its contrib op
+``SkipLayerNormalization``, whose CPU kernel (onnxruntime 1.32, contrib_ops/cpu/skip_layer_norm.cc)
+is a scalar loop with a division per element: measured here ~5x slower than ``Add`` +
+``LayerNormalization`` on a [32, 128, 768] tensor, about a tenth of an INT8 ERNIE 3.0 base's time
+at batch 32. The fusion matches the op type ``Add`` only, so writing the residual sum as the
+standard ``Sum`` (same arithmetic: one float addition per element) keeps both kernels fast. A
+session can get the same with ``disabled_optimizers=["SkipLayerNormFusion"]``; the graph rewrite
+makes it the default for anyone who loads the file.
+"""
+
+from __future__ import annotations
+
+NORMALIZATIONS = ("LayerNormalization",)
+
+
+def residual_sums_as_sum(model) -> int:
+    """Rewrite each ``Add`` whose only reader is a LayerNormalization (and whose inputs are both
+    computed tensors, not constants: a residual sum, not a bias) as ``Sum``, in place on the
+    ``onnx.ModelProto``; returns how many were rewritten."""
+    graph = model.graph
+    constants = {init.name for init in graph.initializer}
+    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+    rewritten = 0
+    for node in graph.node:
+        if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            continue
+        out = node.output[0]
+        consumers = readers.get(out, [])
+        if (out in graph_outputs or len(consumers) != 1 or consumers[0].op_type not in NORMALIZATIONS
+                or consumers[0].input[0] != out or any(name in constants for name in node.input)):
+            continue
+        node.op_type = "Sum"
+        rewritten += 1
+    return rewritten
