@@ -4,11 +4,16 @@ interleaved.
 
 Variants (all through ONNX Runtime on CPU, the same held-out texts):
 
-* ``fp32`` — the checkpoint's FP32 ONNX export; every ratio is against it.
+* ``fp32, standard ONNX ops`` — the checkpoint's FP32 export with ``--onnx-ops standard`` (the
+  converter's graph, which every ONNX Runtime tool below starts from); every ratio is against it.
+* ``fp32 (ours)`` — the default export: attention fused into ``MultiHeadAttention``, residual sums
+  kept out of ONNX Runtime's CPU ``SkipLayerNormalization`` (``export/onnx_attention.py``,
+  ``export/onnx_layer_norm.py``).
 * ``fp32 + QAT's extra epoch`` — the same fine-tuning QAT does (logit KD from the parent, same
   epochs, learning rate and seed) without fake quantization: what the extra training alone gives.
 * ``PTQ int8 (ours)``, ``QAT int8 (ours)`` — our exports (``weight_bits`` as ``quantize`` picks it:
-  8 on CPUs with VNNI, else 7), encoder Linears only.
+  8 on CPUs with VNNI, else 7), encoder Linears only; ``PTQ int8 (ours, standard ops)`` is the same
+  with ``--onnx-ops standard``: what the graph rewrite adds to INT8.
 * ``ORT dynamic 8-bit / 7-bit, encoder Linears`` — ``onnxruntime.quantization.quantize_dynamic``
   (per-channel QInt8 weights, activation ranges computed per batch) restricted to the MatMuls our
   INT8 quantizes: equal coverage.
@@ -18,6 +23,12 @@ Variants (all through ONNX Runtime on CPU, the same held-out texts):
   tools: ``onnxruntime.transformers.optimizer`` (model_type bert: fused Attention, SkipLayerNorm,
   BiasGelu where it recognises the graph) then ``quantize_dynamic``; the table says how many
   Attention nodes it fused.
+* ``ORT dynamic 8-bit, encoder Linears, SkipLayerNormFusion off`` — the same model in a session
+  created with ``disabled_optimizers=["SkipLayerNormFusion"]``: what a user who knows that session
+  option gets without our graph.
+* ``ORT dynamic 8-bit, encoder Linears, on our FP32 graph`` — ``quantize_dynamic`` of ``fp32 (ours)``:
+  the graph rewrite given to the peer, so that the row against ``PTQ int8 (ours)`` compares the
+  quantization alone.
 
 Accuracy differences against FP32 come with a 95% paired-bootstrap interval over the test texts;
 with ``--seeds N`` the trained variants (QAT, FP32 control) are repeated with N seeds. Latency:
@@ -107,20 +118,54 @@ def ort_variant(fp32_dir: Path, out: Path, label: str, reduce_range: bool, nodes
     return info
 
 
-def held_out_correct(export_dir: Path, runtime) -> np.ndarray:
+BASELINE = "fp32, standard ONNX ops"
+SESSION_TUNED = "ORT dynamic 8-bit, encoder Linears, SkipLayerNormFusion off"
+
+
+class TunedSession:
+    """ONNX Runtime on CPU as ``runtime.backends.OnnxRuntimeSession`` opens it, less some of its
+    graph optimizers."""
+
+    def __init__(self, model_path: Path, threads: int, disabled_optimizers: list[str]):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"],
+                                             disabled_optimizers=disabled_optimizers)
+        self._inputs = [i.name for i in self._session.get_inputs()]
+
+    def run(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": input_ids, "token_type_ids": token_type_ids}
+        return self._session.run(None, {k: feeds[k] for k in self._inputs})[0]
+
+
+def open_variant(name: str, path: Path, runtime):
+    """The session a variant is measured in (the tuned-session row: its own; the rest: ours)."""
+    from ernie_compress.runtime.backends import open_session
+    from ernie_compress.runtime.manifest import load_manifest
+
+    if name == SESSION_TUNED:
+        return TunedSession(path / "onnx" / "model.onnx", runtime.threads, ["SkipLayerNormFusion"])
+    return open_session(path, load_manifest(path), runtime)
+
+
+def held_out_correct(name: str, export_dir: Path, runtime) -> np.ndarray:
     """Per held-out example, whether the export's prediction equals the label [examples, 1]."""
     from ernie_compress.data.encoding import encode_split
     from ernie_compress.data.sp_tokenizer import load_tokenizer
     from ernie_compress.data.tasks import TaskSpec, load_task
     from ernie_compress.runtime.manifest import load_manifest
     from ernie_compress.metrics import scored_split
-    from ernie_compress.runtime.backends import open_session
 
     manifest = load_manifest(export_dir)
     task = load_task(TaskSpec.from_dict(manifest["task"]))
     split = encode_split(task.kind, task.split(task.held_out), load_tokenizer(export_dir), manifest["labels"],
                          manifest.get("max_seq_length", 128))
-    return scored_split(open_session(export_dir, manifest, runtime).run, split)[1]  # [examples, 1]
+    return scored_split(open_variant(name, export_dir, runtime).run, split)[1]  # [examples, 1]
 
 
 def latency_timers(variants: dict[str, Path], runtime, seq_len: int, iterations: dict[int, int]):
@@ -128,7 +173,6 @@ def latency_timers(variants: dict[str, Path], runtime, seq_len: int, iterations:
     from ernie_compress.data.sp_tokenizer import load_tokenizer
     from ernie_compress.data.tasks import TaskSpec, load_task
     from ernie_compress.runtime.manifest import load_manifest
-    from ernie_compress.runtime.backends import open_session
     from ernie_compress.runtime.evaluate_export import latency_inputs
     from ernie_compress.runtime.latency import LatencyConfig, measure_latency
 
@@ -138,7 +182,7 @@ def latency_timers(variants: dict[str, Path], runtime, seq_len: int, iterations:
     enc = latency_inputs(task.split(task.held_out), load_tokenizer(first), seq_len)
     timers = {}
     for name, path in variants.items():
-        session = open_session(path, load_manifest(path), runtime)
+        session = open_variant(name, path, runtime)
         for batch, n in iterations.items():
             config = LatencyConfig(batch_sizes=(batch,), seq_len=seq_len, iterations=n, warmup=2)
             timers[(name, batch)] = (lambda s=session, b=batch, c=config:
@@ -183,10 +227,12 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt = args.checkpoint
     config = load_checkpoint(ckpt).config
 
-    def export(src: Path, name: str) -> Path:
-        return Path(run_stage(ExportConfig(checkpoint=src, out=work / name, format="onnx", overwrite=True))["out"])
+    def export(src: Path, name: str, onnx_ops: str = "onnxruntime") -> Path:
+        return Path(run_stage(ExportConfig(checkpoint=src, out=work / name, format="onnx", overwrite=True,
+                                           onnx_ops=onnx_ops))["out"])
 
-    variants: dict[str, Path] = {"fp32": export(ckpt, "fp32")}
+    variants: dict[str, Path] = {BASELINE: export(ckpt, "fp32-standard", "standard"),
+                                 "fp32 (ours)": export(ckpt, "fp32")}
     trained: dict[str, list[Path]] = {}
     if not args.speed_only:
         for seed in range(args.seeds):
@@ -201,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     ptq = run_stage(PTQConfig(checkpoint=ckpt, out=work / "ptq-ckpt", overwrite=True, calib_samples=args.calib_samples))
     weight_bits = ptq["scheme"]["weight_bits"]
     variants["PTQ int8 (ours)"] = export(work / "ptq-ckpt", "ptq")
+    variants["PTQ int8 (ours, standard ops)"] = export(work / "ptq-ckpt", "ptq-standard", "standard")
     if not args.speed_only:
         variants["QAT int8 (ours)"] = trained["QAT int8 (ours)"][0]
     nodes = encoder_linear_nodes(variants["PTQ int8 (ours)"] / "onnx" / "model_qdq.onnx")
@@ -208,24 +255,28 @@ def main(argv: list[str] | None = None) -> dict:
         for coverage, chosen in (("encoder Linears", nodes), ("default ops", None)):
             name = f"ORT dynamic {bits}-bit, {coverage}"
             variants[name] = work / f"ort-{bits}-{'linears' if chosen else 'default'}"
-            ort_variant(variants["fp32"], variants[name], name, bits == 7, chosen)
+            ort_variant(variants[BASELINE], variants[name], name, bits == 7, chosen)
     name = "ORT optimizer + dynamic 8-bit"
     variants[name] = work / "ort-optimized-8"
-    fused = ort_variant(variants["fp32"], variants[name], name, False, None, optimize=True,
+    fused = ort_variant(variants[BASELINE], variants[name], name, False, None, optimize=True,
                         num_heads=config.num_attention_heads, hidden_size=config.hidden_size)["fused"]
+    variants[SESSION_TUNED] = variants["ORT dynamic 8-bit, encoder Linears"]  # the same file, another session
+    name = "ORT dynamic 8-bit, encoder Linears, on our FP32 graph"
+    variants[name] = work / "ort-8-linears-our-graph"
+    ort_variant(variants["fp32 (ours)"], variants[name], name, False, nodes)
 
     runtime = RuntimeConfig("cpu", "onnxruntime", args.threads)
     rows = {name: {"variant": name} for name in variants}
-    for name in ("PTQ int8 (ours)", "QAT int8 (ours)"):
+    for name in ("PTQ int8 (ours)", "PTQ int8 (ours, standard ops)", "QAT int8 (ours)"):
         if name in rows:
             rows[name]["weight_bits"] = weight_bits
     if not args.speed_only:
-        correct = {name: held_out_correct(path, runtime) for name, path in variants.items()}
+        correct = {name: held_out_correct(name, path, runtime) for name, path in variants.items()}
         for name, row in rows.items():
-            delta, low, high = bootstrap_delta("accuracy", correct[name], correct["fp32"], resamples=2000)
+            delta, low, high = bootstrap_delta("accuracy", correct[name], correct[BASELINE], resamples=2000)
             row.update(accuracy=float(correct[name].mean()), delta_points=delta, delta_low=low, delta_high=high)
         for name, paths in trained.items():  # every seed's accuracy
-            rows[name]["accuracy_by_seed"] = [float(held_out_correct(p, runtime).mean()) for p in paths]
+            rows[name]["accuracy_by_seed"] = [float(held_out_correct(name, p, runtime).mean()) for p in paths]
 
     iterations = {1: args.iterations_b1, 32: args.iterations_b32}
     timings = interleaved_rounds(latency_timers(variants, runtime, args.seq_len, iterations), args.rounds)
@@ -233,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
         for batch in iterations:
             t = timings[(name, batch)]
             row[f"b{batch}_ms"] = t
-            row[f"speedup_b{batch}"] = ratio_rounds(timings[("fp32", batch)]["rounds"], t["rounds"])
+            row[f"speedup_b{batch}"] = ratio_rounds(timings[(BASELINE, batch)]["rounds"], t["rounds"])
         row["size_mb"] = (variants[name] / "onnx" / "model.onnx").stat().st_size / 1e6
 
     machine = machine_info(args.threads)
@@ -259,7 +310,7 @@ def render(result: dict, speed_only: bool) -> str:
            ["b1 p50 ms", "b32 p50 ms", "speed-up b1", "speed-up b32", "MB"]
     lines = [f"{result['checkpoint']} ({result['architecture']}), ONNX Runtime CPU, seq {result['seq_len']}, "
              f"{result['machine']['threads']} threads; latency: median (min–max) of {result['rounds']} interleaved "
-             f"rounds, speed-ups per round; our weights {result['weight_bits_ours']}-bit; ORT's transformer "
+             f"rounds, speed-ups per round against {BASELINE}; our weights {result['weight_bits_ours']}-bit; ORT's transformer "
              f"optimizer fused " + ", ".join(f"{n} {op}" for op, n in result["ort_optimizer_fused"].items()), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
@@ -268,7 +319,7 @@ def render(result: dict, speed_only: bool) -> str:
             seeds = row.get("accuracy_by_seed")
             accuracy = f"{row['accuracy']:.4f}" + (f" (seeds: {', '.join(f'{a:.4f}' for a in seeds)})"
                                                    if seeds and len(seeds) > 1 else "")
-            delta = "" if row["variant"] == "fp32" else \
+            delta = "" if row["variant"] == BASELINE else \
                 f"{row['delta_points']:+.2f} ({row['delta_low']:+.2f} to {row['delta_high']:+.2f})"
             cells += [accuracy, delta]
         cells += [_interval(row["b1_ms"], 2), _interval(row["b32_ms"], 1),
