@@ -313,8 +313,9 @@ def render(result: dict, speed_only: bool) -> str:
            ["b1 p50 ms", "b32 p50 ms", "speed-up b1", "speed-up b32", "time / ours b1", "time / ours b32", "MB"]
     lines = [f"{result['checkpoint']} ({result['architecture']}), ONNX Runtime CPU, seq {result['seq_len']}, "
              f"{result['machine']['threads']} threads; latency: median (min–max) of {result['rounds']} interleaved "
-             f"rounds; speed-up = the time of "{BASELINE}" / the row's, time / ours = the row's time / that of "{OURS}", both per round (median, min–max); our weights {result['weight_bits_ours']}-bit; ORT's transformer "
-             f"optimizer fused " + ", ".join(f"{n} {op}" for op, n in result["ort_optimizer_fused"].items()), "",
+             f"rounds; speed-up = the time of \"{BASELINE}\" / the row's, time / ours = the row's time / that of "
+             f"\"{OURS}\", both per round (median, min–max); our weights {result['weight_bits_ours']}-bit; "
+             f"ORT's transformer optimizer fused " + ", ".join(f"{n} {op}" for op, n in result["ort_optimizer_fused"].items()), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
         cells = [row["variant"]]

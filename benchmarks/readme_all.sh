@@ -15,6 +15,7 @@ ernie-compress --quiet train --task demo:sentiment --preset base --max-steps 1 -
 python benchmarks/quantization.py runs/base-1step --speed-only --threads 2 --rounds 5 --iterations-b1 10 \
   --iterations-b32 3 --calib-samples 64 --keep runs/quant-base --markdown "$R/quantization-base-speed.md" \
   --json runs/quant-base.json
+python benchmarks/layer_norm_kernels.py --markdown "$R/layer-norm-kernels.md"
 ernie-compress --quiet run recipes/ernie45-demo.yaml --out runs/ernie45-demo --force
 python benchmarks/readme_tables.py --take ernie45-demo=runs/ernie45-demo/report.md
 python benchmarks/sentiment_baselines.py --markdown "$R/sentiment-baselines.md"

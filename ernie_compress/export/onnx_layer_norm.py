@@ -4,12 +4,13 @@ Every post-LN encoder layer ends twice in ``LayerNormalization(x + sublayer(x))`
 "Layer Normalization"; Vaswani et al., 2017, section 3.1). At load, ONNX Runtime's
 ``SkipLayerNormFusion`` turns each ``Add -> LayerNormalization`` into its contrib op
 ``SkipLayerNormalization``, whose CPU kernel (onnxruntime 1.32, contrib_ops/cpu/skip_layer_norm.cc)
-is a scalar loop with a division per element: measured here ~5x slower than ``Add`` +
-``LayerNormalization`` on a [32, 128, 768] tensor, about a tenth of an INT8 ERNIE 3.0 base's time
-at batch 32. The fusion matches the op type ``Add`` only, so writing the residual sum as the
-standard ``Sum`` (same arithmetic: one float addition per element) keeps both kernels fast. A
-session can get the same with ``disabled_optimizers=["SkipLayerNormFusion"]``; the graph rewrite
-makes it the default for anyone who loads the file.
+is a scalar loop with a division per element, several times slower than ``Add`` +
+``LayerNormalization`` (``benchmarks/layer_norm_kernels.py`` times both; in an INT8 ERNIE 3.0 base
+at batch 32 it is a large share of what is not integer GEMM). The fusion matches the op type
+``Add`` only, so writing the residual sum as the standard ``Sum`` (same arithmetic: one float
+addition per element) keeps both kernels fast. A session can get the same with
+``disabled_optimizers=["SkipLayerNormFusion"]``; the graph rewrite makes it the default for anyone
+who loads the file.
 """
 
 from __future__ import annotations
