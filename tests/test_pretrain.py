@@ -57,3 +57,20 @@ def test_pretrain_then_fine_tune(tmp_path):
 def test_unknown_corpus_is_an_error(tmp_path):
     res = runner.invoke(app, ["--quiet", "pretrain", "--corpus", "nosuch.txt", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "neither built in nor a file" in res.stderr
+
+
+def test_the_same_seed_gives_the_same_model(tmp_path):
+    """Initial weights included: two runs in one process (the second starts from whatever global
+    random state the first left) must write identical weights."""
+    from safetensors.numpy import load_file
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(POSITIVE + NEGATIVE) + "\n", encoding="utf-8")
+    for name in ("a", "b"):
+        res = runner.invoke(app, ["--quiet", "pretrain", "--corpus", str(corpus), "--preset", "tiny", "--steps", "2",
+                                  "--batch-size", "4", "--out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("a", "b"))
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)

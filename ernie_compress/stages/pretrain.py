@@ -26,7 +26,7 @@ from ..models import build_model, count_parameters
 from ..models.config import ErnieConfig
 from ..models.presets import resolve_preset
 from ..options import check_options, fail, option
-from ..paddle_env import import_paddle
+from ..paddle_env import import_paddle, seed_everything
 from ..progress import note
 from ..training_loop import TensorBatch, LoopConfig, TrainHooks, train_model
 from ..results import PretrainResult
@@ -122,6 +122,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
                         f"{keys['model_type']} decoder preset")
     keys.update(vocab_size=tokenizer.vocab_size, architectures=["ErnieForMaskedLM"], id2label={})
     config = ErnieConfig.from_dict(keys)
+    seed_everything(cfg.train.seed)  # the initial weights too: the same seed gives the same model
     model = build_model(config)
     corpus = EncodedSplit([Example(t, None, None) for t in texts], tokenizer, [], cfg.max_seq_len)
     rng = np.random.default_rng(cfg.train.seed)
