@@ -123,34 +123,14 @@ OURS = "PTQ int8 (ours)"
 SESSION_TUNED = "ORT dynamic 8-bit, encoder Linears, SkipLayerNormFusion off"
 
 
-class TunedSession:
-    """ONNX Runtime on CPU as ``runtime.backends.OnnxRuntimeSession`` opens it, less some of its
-    graph optimizers."""
-
-    def __init__(self, model_path: Path, threads: int, disabled_optimizers: list[str]):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"],
-                                             disabled_optimizers=disabled_optimizers)
-        self._inputs = [i.name for i in self._session.get_inputs()]
-
-    def run(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": input_ids, "token_type_ids": token_type_ids}
-        return self._session.run(None, {k: feeds[k] for k in self._inputs})[0]
-
-
 def open_variant(name: str, path: Path, runtime):
     """The session a variant is measured in (the tuned-session row: its own; the rest: ours)."""
-    from ernie_compress.runtime.backends import open_session
+    from ernie_compress.runtime.backends import OnnxRuntimeSession, open_session
     from ernie_compress.runtime.manifest import load_manifest
 
     if name == SESSION_TUNED:
-        return TunedSession(path / "onnx" / "model.onnx", runtime.threads, ["SkipLayerNormFusion"])
+        return OnnxRuntimeSession(path / "onnx" / "model.onnx", runtime,
+                                  disabled_optimizers=("SkipLayerNormFusion",))
     return open_session(path, load_manifest(path), runtime)
 
 
@@ -315,7 +295,8 @@ def render(result: dict, speed_only: bool) -> str:
              f"{result['machine']['threads']} threads; latency: median (min–max) of {result['rounds']} interleaved "
              f"rounds; speed-up = the time of \"{BASELINE}\" / the row's, time / ours = the row's time / that of "
              f"\"{OURS}\", both per round (median, min–max); our weights {result['weight_bits_ours']}-bit; "
-             f"ORT's transformer optimizer fused " + ", ".join(f"{n} {op}" for op, n in result["ort_optimizer_fused"].items()), "",
+             f"ORT's transformer optimizer fused "
+             + ", ".join(f"{n} {op}" for op, n in result["ort_optimizer_fused"].items()), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
         cells = [row["variant"]]

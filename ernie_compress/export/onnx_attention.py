@@ -24,56 +24,17 @@ the fused graph against dygraph like any other.
 
 from __future__ import annotations
 
-import numpy as np
+from .onnx_graph import GraphIndex
 
 FUSED_OP = "MultiHeadAttention"
 ORT_DOMAIN = "com.microsoft"
-
-
-class _Graph:
-    """Producer/reader lookups over an ``onnx.GraphProto``'s nodes and its constant initializers."""
-
-    def __init__(self, graph):
-        from onnx import numpy_helper
-
-        self.graph = graph
-        self.nodes = list(graph.node)
-        self.producer = {out: node for node in self.nodes for out in node.output}
-        self.readers: dict[str, list] = {}
-        for node in self.nodes:
-            for name in node.input:
-                self.readers.setdefault(name, []).append(node)
-        self.outputs = {o.name for o in graph.output}
-        self._init = {init.name: init for init in graph.initializer}
-        self._to_array = numpy_helper.to_array
-
-    def const(self, name: str) -> np.ndarray | None:
-        init = self._init.get(name)
-        if init is not None:
-            return self._to_array(init)
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant":
-            return self._to_array(node.attribute[0].t)
-        return None
-
-    def parent(self, name: str, op_type: str):
-        """The node of type ``op_type`` that produces ``name``, or None."""
-        node = self.producer.get(name)
-        return node if node is not None and node.op_type == op_type else None
-
-    def only_reader(self, name: str, op_type: str):
-        """The single node reading ``name`` when it is of ``op_type`` (and ``name`` is no graph output)."""
-        readers = self.readers.get(name, [])
-        if len(readers) != 1 or name in self.outputs or readers[0].op_type != op_type:
-            return None
-        return readers[0]
 
 
 def _perm(node) -> list[int]:
     return next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
 
 
-def _heads(g: _Graph, transpose, perm: list[int]) -> tuple[str, int, int, list] | None:
+def _heads(g: GraphIndex, transpose, perm: list[int]) -> tuple[str, int, int, list] | None:
     """Follow ``Transpose(perm) <- Reshape(x, [0, 0, N, D])`` up to x: (x, N, D, the two nodes)."""
     if transpose is None or _perm(transpose) != perm:
         return None
@@ -86,7 +47,7 @@ def _heads(g: _Graph, transpose, perm: list[int]) -> tuple[str, int, int, list] 
     return reshape.input[0], int(shape[2]), int(shape[3]), [reshape, transpose]
 
 
-def _padding_mask(g: _Graph, name: str) -> tuple[str, str, float] | None:
+def _padding_mask(g: GraphIndex, name: str) -> tuple[str, str, float] | None:
     """``Unsqueeze(Mul(Cast(Equal(ids, pad)), c), [1, 2])`` -> (ids, pad tensor name, c)."""
     unsqueeze = g.parent(name, "Unsqueeze")
     axes = None if unsqueeze is None or len(unsqueeze.input) < 2 else g.const(unsqueeze.input[1])
@@ -107,7 +68,7 @@ def _padding_mask(g: _Graph, name: str) -> tuple[str, str, float] | None:
     return None
 
 
-def _match(g: _Graph, softmax) -> dict | None:
+def _match(g: GraphIndex, softmax) -> dict | None:
     """The attention core around one Softmax, or None when it is not exactly the form above."""
     axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1)
     if axis != -1:
@@ -157,7 +118,7 @@ def fuse_attention(model) -> int:
     ``MultiHeadAttention`` node; returns how many were fused (0 leaves the model unchanged)."""
     from onnx import TensorProto, helper
 
-    g = _Graph(model.graph)
+    g = GraphIndex(model.graph)
     matches = [m for m in (_match(g, n) for n in g.nodes if n.op_type == "Softmax") if m is not None]
     if not matches:
         return 0
@@ -189,11 +150,11 @@ def fuse_attention(model) -> int:
     read = {name for n in nodes for name in n.input} | g.outputs
     # the old float mask chain (Equal -> Cast -> Mul -> Unsqueeze) has no reader left: drop it
     while True:
-        dead = [n for n in nodes if n.output and all(o not in read for o in n.output)
-                and n.op_type in ("Unsqueeze", "Mul", "Cast", "Equal")]
+        dead = {id(n) for n in nodes if n.output and all(o not in read for o in n.output)
+                and n.op_type in ("Unsqueeze", "Mul", "Cast", "Equal")}
         if not dead:
             break
-        nodes = [n for n in nodes if all(n is not d for d in dead)]
+        nodes = [n for n in nodes if id(n) not in dead]
         read = {name for n in nodes for name in n.input} | g.outputs
     del model.graph.node[:]
     model.graph.node.extend(nodes)

@@ -15,29 +15,20 @@ who loads the file.
 
 from __future__ import annotations
 
-NORMALIZATIONS = ("LayerNormalization",)
+from .onnx_graph import GraphIndex
 
 
 def residual_sums_as_sum(model) -> int:
     """Rewrite each ``Add`` whose only reader is a LayerNormalization (and whose inputs are both
     computed tensors, not constants: a residual sum, not a bias) as ``Sum``, in place on the
     ``onnx.ModelProto``; returns how many were rewritten."""
-    graph = model.graph
-    constants = {init.name for init in graph.initializer}
-    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    graph_outputs = {o.name for o in graph.output}
+    g = GraphIndex(model.graph)
     rewritten = 0
-    for node in graph.node:
+    for node in g.nodes:
         if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
             continue
-        out = node.output[0]
-        consumers = readers.get(out, [])
-        if (out in graph_outputs or len(consumers) != 1 or consumers[0].op_type not in NORMALIZATIONS
-                or consumers[0].input[0] != out or any(name in constants for name in node.input)):
+        norm = g.only_reader(node.output[0], "LayerNormalization")
+        if norm is None or norm.input[0] != node.output[0] or any(map(g.is_constant, node.input)):
             continue
         node.op_type = "Sum"
         rewritten += 1

@@ -141,7 +141,10 @@ def _without_source_location(message: str, limit: int = 200) -> str:
 class OnnxRuntimeSession:
     backend = "onnxruntime"
 
-    def __init__(self, model_path: Path, config: RuntimeConfig, profile_dir: Path | None = None):
+    def __init__(self, model_path: Path, config: RuntimeConfig, profile_dir: Path | None = None,
+                 disabled_optimizers: tuple[str, ...] = ()):
+        """``disabled_optimizers``: ONNX Runtime graph optimizers this session skips (by name, e.g.
+        ``SkipLayerNormFusion``); none by default."""
         import onnxruntime as ort
 
 
@@ -165,7 +168,8 @@ class OnnxRuntimeSession:
             # when a provider fails to start, ONNX Runtime print()s an "EP Error" banner and
             # silently retries on the remaining providers: keep the banner for our own message
             with contextlib.redirect_stdout(fallback_notice):
-                self._session = ort.InferenceSession(str(model_path), options, providers=providers)
+                skip = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
+                self._session = ort.InferenceSession(str(model_path), options, providers=providers, **skip)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise UserError(f"{model_path}: ONNX Runtime cannot load the model ({exc})") from None
         self.input_names = [i.name for i in self._session.get_inputs()]

@@ -56,3 +56,11 @@ def test_an_add_read_elsewhere_too_is_left_alone():
     model = _residual_block()
     model.graph.output.append(helper.make_tensor_value_info("res", TensorProto.FLOAT, [2, 5, 8]))
     assert residual_sums_as_sum(model) == 0
+
+
+def test_a_bias_read_by_the_layer_norm_is_left_alone():
+    """An Add of a constant straight before a LayerNormalization is a bias, not a residual sum."""
+    model = _residual_block()
+    residual = model.graph.node[2]
+    residual.input[0] = "b"  # LayerNorm(b + sub): one input is an initializer
+    assert residual_sums_as_sum(model) == 0
