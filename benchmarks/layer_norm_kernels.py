@@ -1,9 +1,11 @@
-"""Why the export writes residual sums as ``Sum``: ONNX Runtime's CPU kernels for a residual block's
-``LayerNormalization(x + y)`` — ``Add`` then ``LayerNormalization`` (what the rewritten graph runs),
-against the ``SkipLayerNormalization`` that ONNX Runtime fuses an ``Add`` into — on one encoder
-activation ([batch, seq, hidden], float32), interleaved rounds, median with min-max.
+"""Why the export writes residual sums as ``Sum``, and where that stops paying: ONNX Runtime's CPU
+kernels for a residual block's ``LayerNormalization(x + y)`` — ``Sum`` then ``LayerNormalization`` (what
+the rewritten graph runs), the ``SkipLayerNormalization`` that ONNX Runtime fuses an ``Add`` into (what
+the standard graph runs by default), and ``Add`` then ``LayerNormalization`` in a session without that
+fusion — on one encoder activation ([batch, seq, hidden], float32), at each thread count, interleaved
+rounds, median with min-max.
 
-    python benchmarks/layer_norm_kernels.py [--shape 32 128 768] [--threads 2] [--rounds 7] [--markdown FILE]
+    python benchmarks/layer_norm_kernels.py [--shape 32 128 768] [--threads 2,16] [--rounds 7] [--markdown FILE]
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stats import interleaved_rounds, ratio_rounds  # noqa: E402
 
 
 def _model(kind: str, shape: list[int]) -> bytes:
-    """``y = LN(x + s)`` written as Sum + LayerNormalization, or as one SkipLayerNormalization."""
+    """``y = LN(x + s)`` written as Sum or Add + LayerNormalization, or as one SkipLayerNormalization."""
     from onnx import TensorProto, helper, numpy_helper
 
     hidden = shape[-1]
@@ -29,8 +32,12 @@ def _model(kind: str, shape: list[int]) -> bytes:
     if kind == "skip":
         nodes = [helper.make_node("SkipLayerNormalization", ["x", "s", "gamma", "beta"], ["y"],
                                   domain="com.microsoft", epsilon=1e-12)]
+    elif kind == "reshape":  # a no-op Reshape between them: ORT's fusion needs LayerNormalization to read the Add
+        inits.append(numpy_helper.from_array(np.array([0, 0, hidden], np.int64), "shape"))
+        nodes = [helper.make_node("Add", ["x", "s"], ["r"]), helper.make_node("Reshape", ["r", "shape"], ["r2"]),
+                 helper.make_node("LayerNormalization", ["r2", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-12)]
     else:
-        nodes = [helper.make_node("Sum", ["x", "s"], ["r"]),
+        nodes = [helper.make_node("Sum" if kind == "sum" else "Add", ["x", "s"], ["r"]),
                  helper.make_node("LayerNormalization", ["r", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-12)]
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("x", "s")]
     output = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
@@ -40,58 +47,71 @@ def _model(kind: str, shape: list[int]) -> bytes:
     return model.SerializeToString()
 
 
+LABELS = {"sum": "Sum + LayerNormalization (the export's graph)",
+          "skip": "SkipLayerNormalization (ORT's fusion of Add + LayerNormalization)",
+          "add": "Add + LayerNormalization, session without SkipLayerNormFusion",
+          "reshape": "Add + no-op Reshape + LayerNormalization (not fused)"}
+
+
+def measure(shape: list[int], threads: int, rounds: int, iterations: int) -> dict:
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(size=shape).astype(np.float32), "s": rng.normal(size=shape).astype(np.float32)}
+    sessions, outputs = {}, {}
+    for kind in LABELS:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        disabled = ["SkipLayerNormFusion"] if kind == "add" else []
+        sessions[kind] = ort.InferenceSession(_model(kind, shape), options, providers=["CPUExecutionProvider"],
+                                              disabled_optimizers=disabled)
+        outputs[kind] = sessions[kind].run(None, feeds)[0]  # also the warm-up
+
+    def timer(session):
+        def run() -> float:
+            start = time.perf_counter()
+            for _ in range(iterations):
+                session.run(None, feeds)
+            return (time.perf_counter() - start) / iterations * 1e3
+        return run
+
+    timings = interleaved_rounds({kind: timer(s) for kind, s in sessions.items()}, rounds)
+    return {kind: {**t, "over_sum": ratio_rounds(t["rounds"], timings["sum"]["rounds"]),
+                   "max_abs_diff": float(np.abs(outputs[kind] - outputs["sum"]).max())}
+            for kind, t in timings.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[32, 128, 768])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="2", help="comma-separated intra-op thread counts")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    import onnxruntime as ort
-
     from ernie_compress.machine import machine_info, machine_line
 
-    rng = np.random.default_rng(0)
-    feeds = {"x": rng.normal(size=args.shape).astype(np.float32), "s": rng.normal(size=args.shape).astype(np.float32)}
-    labels = {"sum": "Sum + LayerNormalization (the export's graph)", "skip": "SkipLayerNormalization (ORT's fusion)"}
-    sessions, outputs = {}, {}
-    for kind in labels:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        options.log_severity_level = 3
-        sessions[kind] = ort.InferenceSession(_model(kind, args.shape), options, providers=["CPUExecutionProvider"])
-        outputs[kind] = sessions[kind].run(None, feeds)[0]
-    max_diff = float(np.abs(outputs["sum"] - outputs["skip"]).max())
-
-    def timer(session):
-        def run() -> float:
-            start = time.perf_counter()
-            for _ in range(args.iterations):
-                session.run(None, feeds)
-            return (time.perf_counter() - start) / args.iterations * 1e3
-        return run
-
-    for session in sessions.values():
-        session.run(None, feeds)
-    timings = interleaved_rounds({kind: timer(s) for kind, s in sessions.items()}, args.rounds)
-    ratio = ratio_rounds(timings["skip"]["rounds"], timings["sum"]["rounds"])
-    machine = machine_info(args.threads)
+    threads = [int(t) for t in args.threads.split(",")]
     lines = [f"ONNX Runtime CPU, one residual block's normalization of a {'x'.join(map(str, args.shape))} float32 "
-             f"activation, {args.threads} threads; ms per call: median (min–max) of {args.rounds} interleaved rounds "
-             f"of {args.iterations} calls; outputs differ by at most {max_diff:.1e}", "",
-             "| kernels | ms per call | time / Sum + LayerNormalization |", "|---|---|---|"]
-    for kind, label in labels.items():
-        t = timings[kind]
-        r = ratio if kind == "skip" else {"median": 1.0, "min": 1.0, "max": 1.0}
-        lines.append(f"| {label} | {t['median']:.2f} ({t['min']:.2f}–{t['max']:.2f}) | "
-                     f"{r['median']:.2f} ({r['min']:.2f}–{r['max']:.2f}) |")
+             f"activation; ms per call: median (min–max) of {args.rounds} interleaved rounds of {args.iterations} "
+             "calls, per thread count", "",
+             "| threads | kernels | ms per call | time / Sum + LayerNormalization | max abs diff |", "|---|---|---|---|---|"]
+    results = {}
+    for t in threads:
+        results[t] = measure(args.shape, t, args.rounds, args.iterations)
+        for kind, label in LABELS.items():
+            r, o = results[t][kind], results[t][kind]["over_sum"]
+            lines.append(f"| {t} | {label} | {r['median']:.2f} ({r['min']:.2f}–{r['max']:.2f}) | "
+                         f"{o['median']:.2f} ({o['min']:.2f}–{o['max']:.2f}) | {r['max_abs_diff']:.1e} |")
+    machine = machine_info()
+    machine["threads"] = " or ".join(map(str, threads))  # the table's threads column says which
     markdown = "\n".join(lines) + "\n\n" + machine_line(machine)
     print(markdown)
     if args.markdown:
         args.markdown.write_text(markdown + "\n")
-    return {"timings": timings, "skip_over_sum": ratio, "max_abs_diff": max_diff}
+    return results
 
 
 if __name__ == "__main__":
