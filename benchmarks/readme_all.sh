@@ -15,7 +15,7 @@ ernie-compress --quiet train --task demo:sentiment --preset base --max-steps 1 -
 python benchmarks/quantization.py runs/base-1step --speed-only --threads 2 --rounds 5 --iterations-b1 10 \
   --iterations-b32 3 --calib-samples 64 --keep runs/quant-base --markdown "$R/quantization-base-speed.md" \
   --json runs/quant-base.json
-python benchmarks/layer_norm_kernels.py --markdown "$R/layer-norm-kernels.md"
+python benchmarks/layer_norm_kernels.py --threads 1,2 --markdown "$R/layer-norm-kernels.md"
 ernie-compress --quiet run recipes/ernie45-demo.yaml --out runs/ernie45-demo --force
 python benchmarks/readme_tables.py --take ernie45-demo=runs/ernie45-demo/report.md
 python benchmarks/sentiment_baselines.py --markdown "$R/sentiment-baselines.md"
@@ -25,4 +25,9 @@ python benchmarks/weight_only_quality.py --markdown "$R/weight-only-quality.md"
 #   python3 benchmarks/decoding.py --device gpu --rounds 3 --new-tokens 32 --markdown "$R/decoding-gpu.md"
 #   python3 benchmarks/gpu_runtimes.py measure gpucheck --markdown "$R/gpu-runtimes.md" --log "$R/gpu-runtimes.log"
 #   (gpucheck from `python benchmarks/gpu_runtimes.py prepare` here)
+# On a many-core host (ONNX Runtime only; layer-norm-kernels-many-core.md, onnx-rewrites-many-core.md):
+#   python3 benchmarks/layer_norm_kernels.py --threads 1,2,4,8,16 --rounds 9 --iterations 20 --markdown "$R/layer-norm-kernels-many-core.md"
+#   python3 benchmarks/onnx_rewrites.py gpucheck/ernie30-fp32-standard gpucheck/ernie30-int8-standard \
+#     --threads 2,4,8,16 --rounds 5 --markdown "$R/onnx-rewrites-many-core.md"
+#   (the exports: ernie-compress export runs/demo/teacher|int8 --format onnx --onnx-ops standard --out gpucheck/...)
 python benchmarks/readme_tables.py
