@@ -3,9 +3,20 @@ per-round ratios. Accuracy intervals are ``ernie_compress.metrics.bootstrap_delt
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
+
+
+def ms_per_call(call: Callable[[], object], iterations: int) -> Callable[[], float]:
+    """A timer for :func:`interleaved_rounds`: ``call`` run ``iterations`` times, ms per call."""
+    def timed() -> float:
+        start = time.perf_counter()
+        for _ in range(iterations):
+            call()
+        return (time.perf_counter() - start) / iterations * 1e3
+    return timed
 
 
 def interleaved_rounds(timers: dict[str, Callable[[], float]], rounds: int) -> dict[str, dict[str, float]]:

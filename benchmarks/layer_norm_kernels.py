@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stats import interleaved_rounds, ratio_rounds  # noqa: E402
+from _stats import interleaved_rounds, ms_per_call, ratio_rounds  # noqa: E402
 
 
 def _model(kind: str, shape: list[int]) -> bytes:
@@ -68,15 +67,8 @@ def measure(shape: list[int], threads: int, rounds: int, iterations: int) -> dic
                                               disabled_optimizers=disabled)
         outputs[kind] = sessions[kind].run(None, feeds)[0]  # also the warm-up
 
-    def timer(session):
-        def run() -> float:
-            start = time.perf_counter()
-            for _ in range(iterations):
-                session.run(None, feeds)
-            return (time.perf_counter() - start) / iterations * 1e3
-        return run
-
-    timings = interleaved_rounds({kind: timer(s) for kind, s in sessions.items()}, rounds)
+    timings = interleaved_rounds({kind: ms_per_call(lambda s=s: s.run(None, feeds), iterations)
+                                  for kind, s in sessions.items()}, rounds)
     return {kind: {**t, "over_sum": ratio_rounds(t["rounds"], timings["sum"]["rounds"]),
                    "max_abs_diff": float(np.abs(outputs[kind] - outputs["sum"]).max())}
             for kind, t in timings.items()}

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stats import interleaved_rounds, ratio_rounds  # noqa: E402
+from _stats import interleaved_rounds, ms_per_call, ratio_rounds  # noqa: E402
 
 VARIANTS = {"standard": "standard ONNX ops (--onnx-ops standard)",
             "attention": "MultiHeadAttention only",
@@ -71,15 +70,8 @@ def measure_export(export: Path, threads: int, batch: int, seq: int, rounds: int
         sessions[name] = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         outputs[name] = sessions[name].run(None, feeds)[0]  # also the warm-up
 
-    def timer(session):
-        def run() -> float:
-            start = time.perf_counter()
-            for _ in range(iterations):
-                session.run(None, feeds)
-            return (time.perf_counter() - start) / iterations * 1e3
-        return run
-
-    timings = interleaved_rounds({name: timer(s) for name, s in sessions.items()}, rounds)
+    timings = interleaved_rounds({name: ms_per_call(lambda s=s: s.run(None, feeds), iterations)
+                                  for name, s in sessions.items()}, rounds)
     base = timings["standard"]["rounds"]
     return {name: {**t, "over_standard": ratio_rounds(t["rounds"], base),
                    "max_abs_diff": float(np.abs(outputs[name] - outputs["standard"]).max())}
