@@ -61,20 +61,30 @@ def _run_all(session, ids: np.ndarray, types: np.ndarray) -> np.ndarray:
     return np.concatenate([session.run(ids[i:i + 16], types[i:i + 16]) for i in range(0, len(ids), 16)])
 
 
+# heads with one output row per input token, read only at real tokens: padding rows are not compared
+PER_TOKEN_KINDS = ("token_classification", "causal_lm")
+
+
 def _compare(session, reference: np.ndarray, ids: np.ndarray, types: np.ndarray,
-             kind: str) -> tuple[float, float, float]:
+             kind: str, pad_id: int | None = None) -> tuple[float, float, float]:
     """Run ``session`` on the samples: (max |logit difference|, the same / :func:`logit_scale`,
-    share of predictions equal to the reference's)."""
+    share of predictions equal to the reference's). For per-token heads and a known ``pad_id``,
+    over the real tokens only ([batch, seq, labels] -> [tokens, labels]): no one reads a padding
+    position's tags, and INT8 rounding moves them more (their attention reads only other tokens)."""
     outputs = _run_all(session, ids, types)
+    if pad_id is not None and kind in PER_TOKEN_KINDS:
+        real = ids != pad_id  # [batch, seq]
+        outputs, reference = outputs[real], reference[real]
     diff = float(np.abs(outputs - reference).max())
     return diff, diff / logit_scale(reference), _agreement(kind, outputs, reference)
 
 
 def verify(name: str, session, reference: np.ndarray, ids: np.ndarray, types: np.ndarray,
-           tolerance: float, kind: str = "classification", relative: bool = False) -> dict[str, Any]:
+           tolerance: float, kind: str = "classification", relative: bool = False,
+           pad_id: int | None = None) -> dict[str, Any]:
     """Run ``session`` on the samples and compare with the dygraph logits: the largest difference
     must stay within ``tolerance`` (of the logit scale when ``relative``, else absolute)."""
-    diff, rel, agree = _compare(session, reference, ids, types, kind)
+    diff, rel, agree = _compare(session, reference, ids, types, kind, pad_id)
     if not (rel if relative else diff) <= tolerance:
         what = f"{rel:.2%} of the logit scale" if relative else f"{diff:.2e}"
         raise UserError(f"{name} export failed verification: max logit difference {what} "
@@ -98,12 +108,12 @@ def logit_scale(reference: np.ndarray) -> float:
 
 def verify_int8(session, reference: np.ndarray, ids: np.ndarray, types: np.ndarray,
                 min_agreement: float, max_relative_diff: float,
-                kind: str = "classification") -> dict[str, Any]:
+                kind: str = "classification", pad_id: int | None = None) -> dict[str, Any]:
     """INT8 kernels round differently from fake-quant float math, so the bound is not float
     precision: predictions must agree on ``min_agreement`` of the samples, and the largest logit
     difference must stay within ``max_relative_diff`` of the logit scale (a wrong scale, a
     transposed weight or a dropped bias moves logits by far more than integer rounding does)."""
-    diff, relative, agree = _compare(session, reference, ids, types, kind)
+    diff, relative, agree = _compare(session, reference, ids, types, kind, pad_id)
     if agree < min_agreement or relative > max_relative_diff:
         raise UserError(f"int8 onnx export failed verification: predictions agree with the fake-quant "
                         f"Paddle model on {agree:.1%} of samples (least {min_agreement:.0%}), max logit "

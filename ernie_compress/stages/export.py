@@ -199,7 +199,8 @@ def export_checkpoint(cfg: ExportConfig) -> ExportResult:
                     files["paddle"]["onednn"] = False
                 paddle_cpu = RuntimeConfig(device="cpu", mkldnn=files["paddle"].get("onednn", True))
                 session = PaddleInferenceSession(graph_dir, paddle_cpu, graph["program"], graph["params"])
-                verification["paddle"] = verify("paddle", session, reference, ids, types, cfg.tolerance, kind)
+                verification["paddle"] = verify("paddle", session, reference, ids, types, cfg.tolerance, kind,
+                                                 pad_id=tokenizer.pad_id)
             if cfg.format in ("onnx", "all"):
                 onnx_path = tmp / "onnx" / "model.onnx"
                 fp32_path = scratch / "model_fp32.onnx" if (int8 or fp16) else onnx_path
@@ -234,14 +235,15 @@ def export_checkpoint(cfg: ExportConfig) -> ExportResult:
                 session = OnnxRuntimeSession(onnx_path, cpu)
                 if fp16:
                     verification["onnx"] = verify("onnx fp16", session, reference, ids, types,
-                                                  cfg.fp16_tolerance, kind, relative=True)
+                                                  cfg.fp16_tolerance, kind, relative=True, pad_id=tokenizer.pad_id)
                 elif int8:
-                    bounds = (cfg.int8_min_agreement, cfg.int8_max_relative_diff, kind)
+                    bounds = (cfg.int8_min_agreement, cfg.int8_max_relative_diff, kind, tokenizer.pad_id)
                     verification["onnx"] = verify_int8(session, reference, ids, types, *bounds)
                     verification["onnx_qdq"] = verify_int8(OnnxRuntimeSession(qdq_path, cpu), reference,
                                                            ids, types, *bounds)
                 else:
-                    verification["onnx"] = verify("onnx", session, reference, ids, types, cfg.tolerance, kind)
+                    verification["onnx"] = verify("onnx", session, reference, ids, types, cfg.tolerance, kind,
+                                                  pad_id=tokenizer.pad_id)
                 if kind == "causal_lm" and not int8:
                     files["decoder"], verification["decoder"] = _export_decoder(ckpt, model, weight_only, tokenizer,
                                                                                 tmp, cfg)
