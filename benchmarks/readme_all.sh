@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-measure every generated table of the README on this machine, in order, then copy the results
-# into the README (benchmarks/readme_tables.py). About an hour on 2 cores; run it on a quiet
+# into the README (benchmarks/readme_tables.py). About three hours on 2 cores; run it on a quiet
 # machine. Each line is also the command the README names next to its table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,8 @@ python benchmarks/quantization.py runs/base-1step --speed-only --threads 2 --rou
 python benchmarks/layer_norm_kernels.py --threads 1,2 --markdown "$R/layer-norm-kernels.md"
 ernie-compress --quiet run recipes/ernie45-demo.yaml --out runs/ernie45-demo --force
 python benchmarks/readme_tables.py --take ernie45-demo=runs/ernie45-demo/report.md
+ernie-compress --quiet run recipes/ner-demo.yaml --out runs/ner-demo --force   # about 2 hours
+python benchmarks/readme_tables.py --take ner-demo=runs/ner-demo/report.md
 python benchmarks/sentiment_baselines.py --markdown "$R/sentiment-baselines.md"
 python benchmarks/decoding.py --rounds 3 --new-tokens 32 --markdown "$R/decoding.md"
 python benchmarks/weight_only_quality.py --markdown "$R/weight-only-quality.md"
