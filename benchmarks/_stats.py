@@ -34,3 +34,22 @@ def ratio_rounds(base: list[float], other: list[float]) -> dict[str, float]:
     """``base / other`` per round (the same round's numbers: drift cancels), median and min-max."""
     ratios = np.asarray(base) / np.asarray(other)
     return {"median": float(np.median(ratios)), "min": float(ratios.min()), "max": float(ratios.max())}
+
+
+def interval(t: dict[str, float], digits: int = 2) -> str:
+    """``median (min–max)`` of a timing or ratio from :func:`interleaved_rounds` / :func:`ratio_rounds`."""
+    return f"{t['median']:.{digits}f} ({t['min']:.{digits}f}–{t['max']:.{digits}f})"
+
+
+def finish_table(lines: list[str], threads: list[int], markdown) -> dict:
+    """The table and its machine line (the thread counts its rows were measured at), printed and
+    written to ``markdown`` when given; returns the machine's description."""
+    from ernie_compress.machine import machine_info, machine_line
+
+    machine = machine_info()
+    machine["threads"] = " or ".join(map(str, threads))  # the table's threads column says which
+    text = "\n".join(lines) + "\n\n" + machine_line(machine)
+    print(text)
+    if markdown:
+        markdown.write_text(text + "\n")
+    return machine

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stats import interleaved_rounds, ms_per_call, ratio_rounds  # noqa: E402
+from _stats import finish_table, interleaved_rounds, interval, ms_per_call, ratio_rounds  # noqa: E402
 
 
 def _model(kind: str, shape: list[int]) -> bytes:
@@ -83,8 +83,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from ernie_compress.machine import machine_info, machine_line
-
     threads = [int(t) for t in args.threads.split(",")]
     lines = [f"ONNX Runtime CPU, one residual block's normalization of a {'x'.join(map(str, args.shape))} float32 "
              f"activation; ms per call: median (min–max) of {args.rounds} interleaved rounds of {args.iterations} "
@@ -95,14 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
         results[t] = measure(args.shape, t, args.rounds, args.iterations)
         for kind, label in LABELS.items():
             r, o = results[t][kind], results[t][kind]["over_sum"]
-            lines.append(f"| {t} | {label} | {r['median']:.2f} ({r['min']:.2f}–{r['max']:.2f}) | "
-                         f"{o['median']:.2f} ({o['min']:.2f}–{o['max']:.2f}) | {r['max_abs_diff']:.1e} |")
-    machine = machine_info()
-    machine["threads"] = " or ".join(map(str, threads))  # the table's threads column says which
-    markdown = "\n".join(lines) + "\n\n" + machine_line(machine)
-    print(markdown)
-    if args.markdown:
-        args.markdown.write_text(markdown + "\n")
+            lines.append(f"| {t} | {label} | {interval(r)} | {interval(o)} | {r['max_abs_diff']:.1e} |")
+    finish_table(lines, threads, args.markdown)
     return results
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stats import interleaved_rounds, ms_per_call, ratio_rounds  # noqa: E402
+from _stats import finish_table, interleaved_rounds, interval, ms_per_call, ratio_rounds  # noqa: E402
 
 VARIANTS = {"standard": "standard ONNX ops (--onnx-ops standard)",
             "attention": "MultiHeadAttention only",
@@ -93,8 +93,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     import onnxruntime as ort
 
-    from ernie_compress.machine import machine_info, machine_line
-
     threads = [int(t) for t in args.threads.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     results = []
@@ -110,15 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
                 results.append({"export": str(export), "threads": t, "batch": b, "variants": rows})
                 for name, label in VARIANTS.items():
                     r, o = rows[name], rows[name]["over_standard"]
-                    lines.append(f"| {export.name} | {t} | {b} | {label} | {r['median']:.2f} ({r['min']:.2f}–{r['max']:.2f}) "
-                                 f"| {o['median']:.2f} ({o['min']:.2f}–{o['max']:.2f}) | {r['max_abs_diff']:.1e} |")
+                    lines.append(f"| {export.name} | {t} | {b} | {label} | {interval(r)} | {interval(o)} "
+                                 f"| {r['max_abs_diff']:.1e} |")
                 print(lines[-1], flush=True)
-    machine = machine_info()
-    machine["threads"] = " or ".join(map(str, threads))  # the table's threads column says which
-    markdown = "\n".join(lines) + "\n\n" + machine_line(machine)
-    print(markdown)
-    if args.markdown:
-        args.markdown.write_text(markdown + "\n")
+    machine = finish_table(lines, threads, args.markdown)
     if args.json:
         args.json.write_text(json.dumps({"results": results, "machine": machine}, indent=2))
     return {"results": results}

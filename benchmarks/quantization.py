@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stats import interleaved_rounds, ratio_rounds  # noqa: E402
+from _stats import interleaved_rounds, interval, ratio_rounds  # noqa: E402
 
 
 def fp32_control(ckpt: Path, out: Path, train_cfg, kd_weight: float, kd_temperature: float) -> None:
@@ -284,10 +284,6 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def _interval(t: dict, digits: int) -> str:
-    return f"{t['median']:.{digits}f} ({t['min']:.{digits}f}–{t['max']:.{digits}f})"
-
-
 def render(result: dict, speed_only: bool) -> str:
     head = ["variant"] + ([] if speed_only else ["accuracy", "Δ pt vs FP32 (95% CI)"]) + \
            ["b1 p50 ms", "b32 p50 ms", "speed-up b1", "speed-up b32", "time / ours b1", "time / ours b32", "MB"]
@@ -307,9 +303,9 @@ def render(result: dict, speed_only: bool) -> str:
             delta = "" if row["variant"] == BASELINE else \
                 f"{row['delta_points']:+.2f} ({row['delta_low']:+.2f} to {row['delta_high']:+.2f})"
             cells += [accuracy, delta]
-        cells += [_interval(row["b1_ms"], 2), _interval(row["b32_ms"], 1),
-                  _interval(row["speedup_b1"], 2) + "x", _interval(row["speedup_b32"], 2) + "x",
-                  _interval(row["vs_ours_b1"], 2), _interval(row["vs_ours_b32"], 2), f"{row['size_mb']:.1f}"]
+        cells += [interval(row["b1_ms"], 2), interval(row["b32_ms"], 1),
+                  interval(row["speedup_b1"], 2) + "x", interval(row["speedup_b32"], 2) + "x",
+                  interval(row["vs_ours_b1"], 2), interval(row["vs_ours_b32"], 2), f"{row['size_mb']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
