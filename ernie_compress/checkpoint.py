@@ -298,6 +298,31 @@ def load_checkpoint(path: str | Path, trust_pickle: bool | None = None,
 
 
 # --- writing ---------------------------------------------------------------------------------
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it: POSIX has no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_umask_modes(root: Path) -> None:
+    """Give ``root`` and everything under it the modes a plain ``mkdir()`` / ``open()`` would.
+
+    ``tempfile.mkdtemp`` creates ``drwx------`` and safetensors writes ``-rw-------``; after the
+    atomic rename those private modes would stay, so a serving container running as another user
+    could not read the checkpoint. Directories get ``0o777 & ~umask``, files ``0o666 & ~umask``
+    (``0o777 & ~umask`` if the owner could execute them)."""
+    mask = current_umask()
+    for path in (root, *root.rglob("*")):
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            os.chmod(path, 0o777 & ~mask)
+        else:
+            executable = os.stat(path).st_mode & 0o100
+            os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; on success rename it to ``out``, else remove it."""
@@ -313,6 +338,7 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
         raise UserError(f"cannot create output {out}: {exc.strerror}") from None
     try:
         yield tmp
+        give_umask_modes(tmp)
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, trash / out.name)
