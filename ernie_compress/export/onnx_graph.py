@@ -23,6 +23,9 @@ class GraphIndex:
         self._init = {init.name: init for init in graph.initializer}
         self._to_array = numpy_helper.to_array
 
+    def is_initializer(self, name: str) -> bool:
+        return name in self._init
+
     def is_constant(self, name: str) -> bool:
         node = self.producer.get(name)
         return name in self._init or (node is not None and node.op_type == "Constant")

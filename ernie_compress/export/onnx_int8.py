@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from .onnx_graph import GraphIndex
 
 
 class _SampleReader:
@@ -170,59 +171,48 @@ def fuse_bias_into_integer_matmuls(model) -> int:
     This writes the fused form itself (same integers, same scales, same arithmetic). Operates on
     the ``onnx.ModelProto`` in place; returns how many Linears were rewritten.
     """
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
-    graph = model.graph
-    nodes = list(graph.node)  # positions below index this list
-    initializers = {init.name: init for init in graph.initializer}
-    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
-    readers: dict[str, list[int]] = {}
-    for i, node in enumerate(nodes):
-        for name in node.input:
-            readers.setdefault(name, []).append(i)
-    graph_outputs = {o.name for o in graph.output}
-
-    def dequantized(name: str):
-        dq = nodes[producer[name]] if name in producer else None
-        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3:
-            return None
-        return dq
-
-    def per_output_channel(w_dq) -> bool:  # [in, out] weight: scales along axis 1, or one scale
-        axis = next((a.i for a in w_dq.attribute if a.name == "axis"), 1)
-        return axis in (1, -1) or numpy_helper.to_array(initializers[w_dq.input[1]]).size == 1
-
-    replacement, dropped = {}, set()  # Add position -> fused node; MatMul positions dropped
-    for i, node in enumerate(nodes):
-        if node.op_type != "MatMul":
-            continue
-        x_dq, w_dq = dequantized(node.input[0]), dequantized(node.input[1])
-        if x_dq is None or w_dq is None or w_dq.input[0] not in initializers or not per_output_channel(w_dq):
-            continue
-        x_scale = initializers.get(x_dq.input[1])
-        if x_scale is None or numpy_helper.to_array(x_scale).size != 1:
-            continue  # MatMulIntegerToFloat takes one activation scale
-        consumers = readers.get(node.output[0], [])
-        if len(consumers) != 1 or node.output[0] in graph_outputs or nodes[consumers[0]].op_type != "Add":
-            continue
-        add = nodes[consumers[0]]
-        bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
-        if bias not in initializers or numpy_helper.to_array(initializers[bias]).ndim != 1:
-            continue
-        replacement[consumers[0]] = helper.make_node(
-            "MatMulIntegerToFloat",
-            [x_dq.input[0], w_dq.input[0], x_dq.input[1], w_dq.input[1], x_dq.input[2], w_dq.input[2],
-             bias],
-            [add.output[0]], name=f"{node.name}_int8_bias", domain="com.microsoft")
-        dropped.add(i)
+    index = GraphIndex(model.graph)
+    replacement, dropped = {}, set()  # Add node id -> fused node; MatMul node ids dropped
+    for node in index.nodes:
+        fused = _integer_linear_with_bias(index, node) if node.op_type == "MatMul" else None
+        if fused is not None:
+            add, inputs = fused
+            replacement[id(add)] = helper.make_node("MatMulIntegerToFloat", inputs, [add.output[0]],
+                                                    name=f"{node.name}_int8_bias", domain="com.microsoft")
+            dropped.add(id(node))
     if not replacement:
         return 0
     # the fused node takes the Add's place: every input it reads is produced before the MatMul
-    nodes = [replacement.get(i, n) for i, n in enumerate(nodes) if i not in dropped]
-    read = {name for n in nodes for name in n.input} | graph_outputs
+    nodes = [replacement.get(id(n), n) for n in index.nodes if id(n) not in dropped]
+    read = {name for n in nodes for name in n.input} | index.outputs
     nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in read]
-    del graph.node[:]
-    graph.node.extend(nodes)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
     if not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(replacement)
+
+
+def _integer_linear_with_bias(index: GraphIndex, matmul):
+    """(the bias Add, MatMulIntegerToFloat's inputs) when ``matmul`` multiplies a dequantized activation
+    (one scale) by a dequantized constant weight [in, out] (one scale per output column, or one in all)
+    and only a 1-D constant bias Add reads it; else None."""
+    x_dq, w_dq = (index.parent(name, "DequantizeLinear") for name in matmul.input[:2])
+    if x_dq is None or w_dq is None or len(x_dq.input) < 3 or len(w_dq.input) < 3:
+        return None
+    if not all(index.is_initializer(name) for name in (w_dq.input[0], w_dq.input[1], x_dq.input[1])):
+        return None
+    axis = next((a.i for a in w_dq.attribute if a.name == "axis"), 1)
+    if axis not in (1, -1) and index.const(w_dq.input[1]).size != 1:
+        return None  # MatMulIntegerToFloat takes one scale per output column [in, out], or one in all
+    if index.const(x_dq.input[1]).size != 1:
+        return None  # and one activation scale
+    add = index.only_reader(matmul.output[0], "Add")
+    if add is None:
+        return None
+    bias = add.input[1] if add.input[0] == matmul.output[0] else add.input[0]
+    if not index.is_initializer(bias) or index.const(bias).ndim != 1:
+        return None
+    return add, [x_dq.input[0], w_dq.input[0], x_dq.input[1], w_dq.input[1], x_dq.input[2], w_dq.input[2], bias]
