@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Re-measure every generated table of the README on this machine, in order, then copy the results
-# into the README (benchmarks/readme_tables.py). About three hours on 2 cores; run it on a quiet
-# machine. Each line is also the command the README names next to its table.
+# Re-measure every generated table (README.md and docs/*.md) on this machine, in order, then copy the results
+# into those pages (benchmarks/readme_tables.py). About three hours on 2 cores; run it on a quiet
+# machine. Each line is also the command the page names next to its table (mostly docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=benchmarks/results

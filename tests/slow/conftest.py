@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]  # the user docs the numbers are stated in
 
 
 def pytest_collection_modifyitems(items):
@@ -19,4 +20,5 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def readme() -> str:
-    return README.read_text(encoding="utf-8")
+    """The text of the README and every docs page, one after another."""
+    return "\n".join(page.read_text(encoding="utf-8") for page in DOC_PAGES)

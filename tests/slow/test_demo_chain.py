@@ -2,7 +2,7 @@
 output is there, every variant stays within a stated band of the teacher, INT8 is faster than the
 FP32 model it was quantized from at batch 32 in the same run, and the report holds its context rows.
 
-The bands (the README states them): every compressed variant >= teacher - 1.5 accuracy points (the
+The bands (docs/benchmarks.md states them): every compressed variant >= teacher - 1.5 accuracy points (the
 demo measures +0.8 to +1.4: the student learns from labels and soft labels); the teacher between
 0.79 and 0.84 (training is seeded; runs on other CPUs differ by float rounding only)."""
 

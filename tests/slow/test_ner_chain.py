@@ -22,7 +22,7 @@ def chain(tmp_path_factory):
 def test_the_tagger_learned_entities(chain):
     trained, _, _, _ = chain
     test = trained["metrics"]["test"]
-    assert test["examples"] == 4273 and test["entities"] == 4920  # the README's held-out numbers
+    assert test["examples"] == 4273 and test["entities"] == 4920  # the held-out numbers docs/data.md states
     assert test["f1"] >= 0.12  # 0.177 measured after 300 steps; tagging every character O gives 0
 
 

@@ -1,5 +1,5 @@
-"""Numbers the README states that a test can hold: split sizes, deduplication counts, baseline
-accuracies and parameter counts are recomputed here and looked up in the README text."""
+"""Numbers the user docs state that a test can hold: split sizes, deduplication counts, baseline
+accuracies and parameter counts are recomputed here and looked up in the text of README.md and docs/*.md."""
 
 from __future__ import annotations
 
