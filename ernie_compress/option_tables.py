@@ -1,9 +1,9 @@
-"""The README's option tables, generated from the stage configs (``options.py``).
+"""The option tables of docs/options.md, generated from the stage configs (``options.py``).
 
 One table per stage: the recipe key (= the CLI flag in snake_case), the flag, the default and the
 help text; options only the command line has (``--out``, ``--overwrite``, ...) are marked, and
 the run-level ones (task, data, seed, threads) are listed once, for the top of a recipe.
-``benchmarks/readme_tables.py`` writes this into ``benchmarks/results/options.md`` and the README.
+``benchmarks/readme_tables.py`` writes this into ``benchmarks/results/options.md`` and docs/options.md.
 """
 
 from __future__ import annotations

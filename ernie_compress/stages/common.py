@@ -41,7 +41,7 @@ class AcceleratorOptions:
         "cpu)."))
     nproc: int = option(1, at_least=1, scope="run", help=(
         "Data-parallel processes on this machine (paddle.distributed: gloo on cpu, NCCL on gpu); --batch-size "
-        "stays the global batch. Several machines: `python -m paddle.distributed.launch` (README)."))
+        "stays the global batch. Several machines: `python -m paddle.distributed.launch` (docs/distributed.md)."))
     nnodes: int = option(1, at_least=1, scope="run", help=(
         "Machines in the run: start the same command on each with its --node-rank and the same --master "
         "(each runs --nproc processes; paddle.distributed.launch underneath)."))
