@@ -210,7 +210,7 @@ def build_decoder(config, weights: DecoderWeights) -> Any:
     last = g.op("Gather", x, g.const("last", i64(-1)), axis=1)  # [b, hidden]: only the last position
     last = blocks.rms_norm(g, last, names.final_norm, config.rms_norm_eps)
     blocks.head(g, last, config, names, name="logits")  # [b, vocab]
-    return g.model("ernie4_5_decoder", *_interface(config))
+    return g.model(blocks.GRAPH_NAME, *_interface(config))
 
 
 def save_model(model, path: Path) -> list[str]:

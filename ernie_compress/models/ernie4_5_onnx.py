@@ -62,6 +62,7 @@ class DecoderNames:
                           up_gate=p + "mlp.up_gate_proj", down=p + "mlp.down_proj")
 
 
+GRAPH_NAME = "ernie4_5_decoder"  # the exported decoder graph's name
 NAMES = DecoderNames(embedding="ernie.embed_tokens.weight", layer_prefix="ernie.layers.",
                      final_norm="ernie.norm.weight", lm_head="lm_head")
 
