@@ -36,7 +36,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..models import ernie4_5_onnx as blocks  # the family's ONNX blocks (at merge: asked of the family)
-from ..models.onnx_graph import IR_VERSION, OPSET, GraphBuilder, MatMul, f32, float_matmul, i64  # noqa: F401
+# IR_VERSION is re-exported: the export's contract (tests pin it)
+from ..models.onnx_graph import IR_VERSION, GraphBuilder, MatMul, f32, float_matmul, i64  # noqa: F401
 
 MASKED = -1e4  # the additive mask value of models/ernie4_5.py
 DECODER_FILE = "onnx/decoder.onnx"

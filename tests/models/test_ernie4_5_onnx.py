@@ -71,7 +71,8 @@ def _attention_feeds(config, rng, past: int) -> dict[str, np.ndarray]:
 
 def _attention_io(g: GraphBuilder, config) -> blocks.AttentionIO:
     cos, sin = blocks.rope_tables(g, "position_ids", config)
-    return blocks.AttentionIO(cos, sin, "bias", past=("past_key", "past_value"), present=("present_key", "present_value"))
+    return blocks.AttentionIO(cos, sin, "bias", past=("past_key", "past_value"),
+                              present=("present_key", "present_value"))
 
 
 def _paddle_attention_args(config, feeds):
