@@ -1,0 +1,160 @@
+"""ERNIE 4.5's layers as ONNX graph blocks: the math of ``ernie4_5.py``, written once more for ONNX.
+
+Each block mirrors one Paddle layer and is checked equal to it on random weights by
+``tests/models/test_ernie4_5_onnx.py``:
+
+==================  ==================================  ==========================================
+block               Paddle layer                        reads
+==================  ==================================  ==========================================
+:func:`embedding`   ``Ernie45Model.embed_tokens``       token ids [b, s] -> [b, s, hidden]
+:func:`rms_norm`    ``RMSNorm`` (Zhang & Sennrich 2019)  [..., hidden]
+:func:`rope_tables` ``rope_angles`` (Su et al. 2021)    position ids [b, s] -> cos, sin [b, s, 1, d]
+:func:`attention`   ``Ernie45Attention.attend``         GQA (Ainslie et al. 2023) with a KV cache
+:func:`mlp`         ``Ernie45MLP`` (SwiGLU, Shazeer 2020)  [b, s, hidden]
+:func:`decoder_layer` ``Ernie45DecoderLayer.forward_cached``  pre-norm residual attention + MLP
+:func:`head`        ``Ernie45ForCausalLM.logits``       tied to the embedding table or ``lm_head``
+==================  ==================================  ==========================================
+
+A block takes a :class:`~.onnx_graph.GraphBuilder`, the names of its input tensors and its
+layer's parameter names (:data:`NAMES`), and returns the names of its outputs. Linears go through
+``g.linear``, so the export decides how their weights are stored (float or integer kernels).
+``export/decoder_onnx.py`` composes the blocks into the cached decoder graph.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ernie4_5_config import Ernie45Config
+from .onnx_graph import GraphBuilder, f32, i64
+
+ONNX_FLOAT = 1  # onnx.TensorProto.FLOAT (a Cast target), without importing onnx here
+
+
+@dataclass(frozen=True)
+class LayerNames:
+    """Parameter names of one decoder layer (Linears by prefix, norms by weight)."""
+
+    input_norm: str
+    qkv: str  # fused: all query heads, then the KV heads' keys, then their values
+    out: str
+    post_norm: str
+    up_gate: str  # fused: the gate half, then the up half
+    down: str
+
+
+@dataclass(frozen=True)
+class DecoderNames:
+    """The parameter names of ``Ernie45ForCausalLM`` (``ernie4_5.py``'s attribute paths)."""
+
+    embedding: str
+    layer_prefix: str  # layer i's parameters start with f"{layer_prefix}{i}."
+    final_norm: str
+    lm_head: str  # the untied head Linear (absent when tie_word_embeddings)
+
+    def layer(self, i: int) -> LayerNames:
+        p = f"{self.layer_prefix}{i}."
+        return LayerNames(input_norm=p + "input_layernorm.weight", qkv=p + "self_attn.qkv_proj",
+                          out=p + "self_attn.o_proj", post_norm=p + "post_attention_layernorm.weight",
+                          up_gate=p + "mlp.up_gate_proj", down=p + "mlp.down_proj")
+
+
+GRAPH_NAME = "ernie4_5_decoder"  # the exported decoder graph's name
+NAMES = DecoderNames(embedding="ernie.embed_tokens.weight", layer_prefix="ernie.layers.",
+                     final_norm="ernie.norm.weight", lm_head="lm_head")
+
+
+@dataclass(frozen=True)
+class AttentionIO:
+    """What attention reads besides its input: RoPE tables, the additive mask, the cache in and
+    the names its grown cache takes (graph outputs in the exported decoder)."""
+
+    cos: str  # [b, s, 1, d]
+    sin: str
+    bias: str  # [b, 1, 1, s, past + s]: 0 where a key is visible, MASKED where not
+    past: tuple[str, str]  # key, value [b, kv, past, d]
+    present: tuple[str, str]  # names of key, value [b, kv, past + s, d]
+
+
+def embedding(g: GraphBuilder, ids: str, table: str) -> str:
+    """Rows of the embedding table: ids [b, s] int64 -> [b, s, hidden]."""
+    return g.op("Gather", g.weight(table), ids, axis=0)
+
+
+def rms_norm(g: GraphBuilder, x: str, weight: str, eps: float) -> str:
+    """``x / sqrt(mean(x^2) + eps) * weight`` over the last axis (the pattern ONNX Runtime fuses
+    into SimplifiedLayerNormalization)."""
+    ms = g.op("ReduceMean", g.op("Pow", x, g.const("two", f32(2.0))), axes=[-1], keepdims=1)
+    normed = g.op("Div", x, g.op("Sqrt", g.op("Add", ms, g.const(f"{weight}.eps", f32(eps)))))
+    return g.op("Mul", normed, g.weight(weight))
+
+
+def rope_tables(g: GraphBuilder, position_ids: str, config: Ernie45Config) -> tuple[str, str]:
+    """cos, sin [b, s, 1, d] of the positions [b, s]; each frequency ``theta^(-2i/d)`` repeated for
+    its interleaved pair, as ``rope_angles``."""
+    d = config.head_dim
+    inv_freq = np.exp(np.arange(0, d, 2, dtype=np.float32) * np.float32(-math.log(config.rope_theta) / d))  # [d/2]
+    angles = g.op("Mul", g.op("Unsqueeze", g.op("Cast", position_ids, to=ONNX_FLOAT), g.const("axis_last", i64([-1]))),
+                  g.const("rope.inv_freq", f32(np.repeat(inv_freq, 2))))  # [b, s, d]
+    cos = g.op("Unsqueeze", g.op("Cos", angles), g.const("axis2", i64([2])))
+    sin = g.op("Unsqueeze", g.op("Sin", angles), "axis2")
+    return cos, sin
+
+
+def _rope(g: GraphBuilder, x: str, heads: int, d: int, cos: str, sin: str) -> str:
+    """``apply_rope``: x [b, s, heads, d], interleaved pairs (2i, 2i+1) rotated."""
+    pairs = g.op("Reshape", x, g.const(f"rope.shape5.{heads}", i64([0, 0, heads, d // 2, 2])))
+    even, odd = g.op("Split", pairs, g.const("rope.split", i64([1, 1])), outputs=2, axis=-1)
+    rotated = g.op("Reshape", g.op("Concat", g.op("Neg", odd), even, axis=-1),
+                   g.const(f"rope.shape4.{heads}", i64([0, 0, heads, d])))  # [-x1, x0, -x3, x2 ...]
+    return g.op("Add", g.op("Mul", x, cos), g.op("Mul", rotated, sin))
+
+
+def attention(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames,
+              io: AttentionIO) -> tuple[str, tuple[str, str]]:
+    """``Ernie45Attention.attend``: x [b, s, hidden] over the cache and itself; returns the output
+    [b, s, hidden] and the grown cache (key, value) named ``io.present``. Only the KV heads are
+    cached; the query heads of a group read theirs through a broadcast MatMul, never a copy."""
+    H, KV, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    mix = g.op("Reshape", g.linear(x, names.qkv), g.const("qkv.shape", i64([0, 0, H + 2 * KV, d])))
+    q, k, v = g.op("Split", mix, g.const("qkv.split", i64([H, KV, KV])), outputs=3, axis=2)  # [b, s, h|kv, d]
+    q, k = _rope(g, q, H, d, io.cos, io.sin), _rope(g, k, KV, d, io.cos, io.sin)
+    k = g.op("Concat", io.past[0], g.op("Transpose", k, perm=[0, 2, 1, 3]), axis=2, name=io.present[0])  # [b, kv, T, d]
+    v = g.op("Concat", io.past[1], g.op("Transpose", v, perm=[0, 2, 1, 3]), axis=2, name=io.present[1])
+    q = g.op("Transpose", g.op("Reshape", q, g.const("q.groups", i64([0, 0, KV, H // KV, d]))),
+             perm=[0, 2, 3, 1, 4])  # [b, kv, g, s, d]
+    keys = g.op("Transpose", g.op("Unsqueeze", k, "axis2"), perm=[0, 1, 2, 4, 3])  # [b, kv, 1, d, T]
+    scores = g.op("Add", g.op("Mul", g.op("MatMul", q, keys), g.const("attention.scale", f32(d ** -0.5))),
+                  io.bias)  # [b, kv, g, s, T]
+    out = g.op("MatMul", g.op("Softmax", scores, axis=-1), g.op("Unsqueeze", v, "axis2"))  # [b, kv, g, s, d]
+    out = g.op("Reshape", g.op("Transpose", out, perm=[0, 3, 1, 2, 4]), g.const("attn.flat", i64([0, 0, H * d])))
+    return g.linear(out, names.out), (k, v)
+
+
+def mlp(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames) -> str:
+    """``Ernie45MLP``: ``down_proj(silu(gate) * up)``, gate and up from the fused ``up_gate_proj``."""
+    gate, up = g.op("Split", g.linear(x, names.up_gate), g.const("ffn.split", i64([config.intermediate_size] * 2)),
+                    outputs=2, axis=-1)  # [b, s, ffn] each
+    act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)  # SiLU(gate) * up
+    return g.linear(act, names.down)
+
+
+def decoder_layer(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames,
+                  io: AttentionIO) -> tuple[str, tuple[str, str]]:
+    """``Ernie45DecoderLayer.forward_cached``: ``x + attn(rms(x))``, then ``x + mlp(rms(x))``;
+    returns the layer's output and its grown cache."""
+    attended, present = attention(g, rms_norm(g, x, names.input_norm, config.rms_norm_eps), config, names, io)
+    x = g.op("Add", x, attended)
+    return g.op("Add", x, mlp(g, rms_norm(g, x, names.post_norm, config.rms_norm_eps), config, names)), present
+
+
+def head(g: GraphBuilder, x: str, config: Ernie45Config, names: DecoderNames, name: str | None = None) -> str:
+    """``Ernie45ForCausalLM.logits``: x [b, hidden] -> [b, vocab] (one position per row: the
+    decoder's last), through the embedding table [vocab, hidden] read transposed (one Gemm) when the
+    head is tied, else the ``lm_head`` Linear."""
+    if config.tie_word_embeddings:
+        return g.matmul(g, x, names.embedding, transposed=True, name=name)
+    return g.linear(x, names.lm_head, name=name)

@@ -1,0 +1,97 @@
+"""Writing an ONNX graph node by node: the builder every family's ONNX blocks (``*_onnx.py``) share.
+
+A block builder receives a :class:`GraphBuilder`, the names of the tensors it reads, and the
+parameter names of its layer; it appends nodes and initializers and returns the names of its
+outputs (the way ONNX Runtime's generative model builder writes a decoder, rather than tracing
+one). How a Linear's weight is applied is the builder's ``matmul`` strategy: a float MatMul here;
+the export swaps in integer kernels (``export/decoder_onnx.py``: ``com.microsoft.MatMulNBits``)
+without any block knowing.
+
+Only numpy is imported at module level; onnx is imported where a node is made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+OPSET = 17
+IR_VERSION = 8  # ONNX 1.12, the release that brought opset 17
+
+
+def f32(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32)
+
+
+def i64(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.int64)
+
+
+def float_matmul(g: GraphBuilder, x: str, weight: str, transposed: bool = False, name: str | None = None) -> str:
+    """``x @ W`` for a Paddle weight W [in, out]; ``transposed``: W is stored [out, in] (a tied
+    embedding table [vocab, hidden] read as the head), one Gemm with ``transB``."""
+    if transposed:
+        return g.op("Gemm", x, g.weight(weight), transB=1, name=name)
+    return g.op("MatMul", x, g.weight(weight), name=name)
+
+
+MatMul = Callable[..., str]  # (g, x, weight name, transposed=False, name=None) -> output name
+
+
+@dataclass
+class GraphBuilder:
+    """Nodes and initializers with generated names, over a checkpoint's weights (by parameter name)."""
+
+    weights: Mapping[str, np.ndarray]
+    matmul: MatMul = float_matmul
+    nodes: list = field(default_factory=list)
+    initializers: list = field(default_factory=list)
+    names: set = field(default_factory=set)
+    count: int = 0
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        """An initializer (one per name: the shape constants every layer shares are written once)."""
+        from onnx import numpy_helper
+
+        if name not in self.names:
+            self.names.add(name)
+            self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def weight(self, name: str) -> str:
+        """The checkpoint's parameter ``name`` as a float32 initializer of the same name."""
+        return self.const(name, f32(self.weights[name]))
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, name: str | None = None, domain: str | None = None,
+           **attrs) -> Any:
+        """Append one node; returns its output name (a list of them for ``outputs`` > 1). ``name``
+        names the output (a graph output, a cache tensor); otherwise one is generated."""
+        from onnx import helper
+
+        self.count += 1
+        base = name or f"{op_type.lower()}_{self.count}"
+        outs = [base] if outputs == 1 else [f"{base}:{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=f"n{self.count}_{op_type}",
+                                           domain=domain, **attrs))
+        return outs[0] if outputs == 1 else outs
+
+    def linear(self, x: str, prefix: str, name: str | None = None) -> str:
+        """A Paddle ``nn.Linear`` named ``prefix``: ``x @ {prefix}.weight (+ {prefix}.bias where the
+        checkpoint has one)``; ``name`` names the last node's output."""
+        bias = f"{prefix}.bias"
+        if bias not in self.weights:
+            return self.matmul(self, x, f"{prefix}.weight", name=name)
+        return self.op("Add", self.matmul(self, x, f"{prefix}.weight"), self.weight(bias), name=name)
+
+    def model(self, graph_name: str, inputs: Sequence, outputs: Sequence) -> Any:
+        """The ONNX model of the nodes so far; ``inputs``/``outputs`` are ``make_tensor_value_info``s.
+        Its IR version is opset 17's (ONNX 1.12), not the installed onnx package's newest: runtimes
+        refuse a model whose IR version is newer than theirs (ONNX Runtime 1.31 stops at IR 13)."""
+        from onnx import helper
+
+        graph = helper.make_graph(self.nodes, graph_name, list(inputs), list(outputs), self.initializers)
+        opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
+        return helper.make_model(graph, opset_imports=opsets, producer_name="ernie-compress", ir_version=IR_VERSION)
