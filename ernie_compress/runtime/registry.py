@@ -59,7 +59,7 @@ class Runtime:
     devices: tuple[str, ...]  # where it runs
     precisions: tuple[str, ...]  # manifest precisions it runs ("fp32", "fp16", "int8")
     preferred_on: tuple[str, ...] = ()  # devices where it is the default when the export has its files
-    profiles: bool = False  # its sessions have op_profile (evaluate --profile)
+    profiles: bool = False  # its sessions are session.OperatorProfiler (evaluate --profile)
     probe: Callable[[str], str | None] | None = None  # why a device is not usable here (what to install), or None
 
     def __post_init__(self) -> None:

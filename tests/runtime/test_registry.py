@@ -55,6 +55,8 @@ def test_every_runtime_declares_what_it_runs():
         assert set(runtime.precisions) <= PRECISIONS and runtime.precisions
         for support in runtime.kinds.values():
             assert support.entry and support.what and support.export_format and callable(support.open)
+    with pytest.raises(ValueError, match="unknown kinds: \\['tagger'\\]"):  # a kind no caller asks for
+        Runtime(name="x", kinds={"tagger": TOY.kinds[ENCODER]}, devices=("cpu",), precisions=("fp32",))
     for kind in KINDS:  # every kind runs on cpu, and each device has a default for what runs there
         assert any(r.runs(kind, "cpu") for r in runtimes())
         for device in DEVICES:
