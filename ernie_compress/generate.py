@@ -28,8 +28,10 @@ from .export.decoder_onnx import DECODER_FILE
 from .options import check_options, fail, option
 from .paddle_env import seed_everything
 from .runtime.backends import DEVICES, RuntimeConfig, ThreadsOption
-from .runtime.decoding import OnnxDecoder, generate_tokens, prompt_ids
+from .runtime.decoding import generate_tokens, prompt_ids
 from .runtime.manifest import MANIFEST_FILE, load_manifest
+from .runtime.registry import open_session
+from .runtime.session import DECODER
 from .results import GenerationResult
 
 
@@ -79,9 +81,9 @@ def _open_decoder(cfg: GenerateConfig):
             raise UserError(f"{path} has no decoder with a KV cache ({DECODER_FILE}): export an ERNIE 4.5 causal-LM "
                             f"checkpoint with --format onnx or all")
         tokenizer = load_tokenizer(path)
-        decoder = OnnxDecoder.open(path / entry["model"], RuntimeConfig(device=cfg.device, threads=cfg.threads),
-                                   tokenizer.pad_id)
-        return decoder, tokenizer, entry["context"], f"onnxruntime on {cfg.device} ({entry['model']})"
+        decoder = open_session(path, manifest, RuntimeConfig(device=cfg.device, threads=cfg.threads), kind=DECODER,
+                               pad_id=tokenizer.pad_id)
+        return decoder, tokenizer, entry["context"], f"{decoder.backend} on {cfg.device} ({entry['model']})"
     from .models import model_from_state
     from .models.ernie4_5 import CachedDecoder
 

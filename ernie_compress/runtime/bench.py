@@ -22,11 +22,13 @@ from ..errors import UserError
 from ..losses import predicted_classes
 from ..options import check_options, option
 from ..results import BenchResult, GenerationBenchResult
-from .backends import RuntimeConfig, RuntimeOptions, open_session
+from .backends import RuntimeConfig, RuntimeOptions
 from .continuous_batching import serve_generation
-from .decoding import OnnxDecoder, prompt_ids
+from .decoding import prompt_ids
 from .dynamic_batching import BatcherConfig, serve_load
 from .manifest import load_manifest
+from .registry import open_session
+from .session import DECODER
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,17 +48,19 @@ class BenchConfig(RuntimeOptions, TaskOptions):
         check_options(self)
 
 
-def bench_generation(cfg: BenchConfig, export_dir: Path, entry: dict[str, Any], tokenizer, examples) -> GenerationBenchResult:
+def bench_generation(cfg: BenchConfig, export_dir: Path, manifest: dict[str, Any], tokenizer,
+                     examples) -> GenerationBenchResult:
     """Generation requests, one at a time and with continuous batching (up to ``cfg.max_batch``)."""
-    runtime = RuntimeConfig(device=cfg.device, threads=cfg.threads)
-    decoder = OnnxDecoder.open(export_dir / entry["model"], runtime, tokenizer.pad_id, host_cache=True)
+    runtime = RuntimeConfig(device=cfg.device, backend=cfg.backend, threads=cfg.threads).for_kind(DECODER)
+    decoder = open_session(export_dir, manifest, runtime, kind=DECODER, pad_id=tokenizer.pad_id, host_cache=True)
+    entry = manifest["files"]["decoder"]
     whole = [prompt_ids(tokenizer, e.text_a) for e in examples]  # a request continues the first half of a text
     prompts = [ids[:min(max(2, len(ids) // 2), entry["context"] - cfg.new_tokens)] for ids in whole]
     decoder.prefill([prompts[0]])  # warm-up
     alone = serve_generation(decoder, prompts, cfg.new_tokens, cfg.concurrency, 1, tokenizer.sep_id)
     batched = serve_generation(decoder, prompts, cfg.new_tokens, cfg.concurrency, cfg.max_batch, tokenizer.sep_id)
     return GenerationBenchResult(
-        export=str(export_dir), backend="onnxruntime", device=cfg.device, concurrency=cfg.concurrency,
+        export=str(export_dir), backend=decoder.backend, device=cfg.device, concurrency=cfg.concurrency,
         requests=len(prompts), new_tokens=cfg.new_tokens, max_batch=cfg.max_batch, one_at_a_time=alone["stats"],
         continuous_batching=batched["stats"],
         speedup_tokens_per_s=batched["stats"]["tokens_per_s"] / alone["stats"]["tokens_per_s"],
@@ -74,7 +78,7 @@ def bench_export(cfg: BenchConfig) -> BenchResult | GenerationBenchResult:
     examples = task.split(task.held_out)
     examples = [examples[i % len(examples)] for i in range(cfg.requests)]
     if manifest.get("files", {}).get("decoder"):
-        return bench_generation(cfg, export_dir, manifest["files"]["decoder"], tokenizer, examples)
+        return bench_generation(cfg, export_dir, manifest, tokenizer, examples)
     requests = []
     for e in examples:
         enc = tokenizer.encode_batch([e.text_a], None if e.text_b is None else [e.text_b],

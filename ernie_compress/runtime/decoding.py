@@ -3,7 +3,9 @@
 ``generate_tokens`` is the loop (greedy, or nucleus sampling: Holtzman et al. 2020) and its
 timings: time to first token is the prefill plus the first pick; decode tokens/s counts the tokens
 after the first. ``OnnxDecoder`` runs an export's ``onnx/decoder.onnx`` (``export/decoder_onnx.py``
-writes it) in ONNX Runtime, for one prompt or a left-padded batch; Paddle is never imported here.
+writes it) in ONNX Runtime, for one prompt or a left-padded batch: it is the ``onnxruntime``
+runtime's decoder session (``session.DecoderSession``; ``registry.open_session(..., kind="decoder")``
+opens it). Paddle is never imported here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from .session import DECODER
 
 
 class Decoder(Protocol):
@@ -81,8 +85,15 @@ class OnnxDecoder:
     Runtime's I/O binding (each step's present keys/values become the next step's past without a
     copy to the host; only the logits come back). None: plain numpy inputs and outputs."""
 
+    backend = "onnxruntime"
+    kind = DECODER
+
     def __init__(self, session, pad_id: int = 0, cache_on: str | None = None):
+        from .onnxruntime_backend import device_of
+
         self.session = session  # onnxruntime.InferenceSession
+        self.device = device_of(session.get_providers())
+        self.input_names = [i.name for i in session.get_inputs()]
         inputs = {i.name: i for i in session.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
         self.present_names = [o.name for o in session.get_outputs()][1:]
@@ -96,10 +107,19 @@ class OnnxDecoder:
     def open(cls, path: Path, runtime_cfg, pad_id: int = 0, host_cache: bool = False) -> "OnnxDecoder":
         """A session for ``runtime_cfg``; on a GPU the cache stays there unless ``host_cache`` (for
         callers that rearrange it with numpy, as continuous batching does)."""
-        from .backends import OnnxRuntimeSession
+        from .onnxruntime_backend import OnnxRuntimeSession
 
         cache_on = "cuda" if runtime_cfg.device == "gpu" and not host_cache else None
         return cls(OnnxRuntimeSession(Path(path), runtime_cfg).session, pad_id, cache_on)
+
+    def fork(self) -> "OnnxDecoder":
+        """A decoder over the same session with its own, empty cache (where this one keeps its cache)."""
+        return type(self)(self.session, self.pad_id, self.cache_on)
+
+    def run(self, input_ids: np.ndarray, token_type_ids: np.ndarray | None = None) -> np.ndarray:
+        """Logits [batch, vocab] at the last position of rows of equal length [batch, seq], every
+        position a real token; this decoder's cache is left as it was."""
+        return self.fork().prefill(np.asarray(input_ids).tolist())
 
     def _run(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         if self.cache_on is None:

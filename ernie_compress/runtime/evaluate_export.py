@@ -7,12 +7,10 @@ Nothing here imports Paddle unless the Paddle backend is chosen.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +21,13 @@ from ..data.sp_tokenizer import load_tokenizer
 from ..data.tasks import TaskSpec, load_task
 from ..errors import UserError
 from ..metrics import PRIMARY_METRIC, metric_delta, scored_split
-from ..paddle_env import import_paddle
 from ..results import ExportEvaluation
-from .backends import RuntimeConfig, open_session
-from .decoding import OnnxDecoder
+from .backends import RuntimeConfig
 from .generation_metrics import GenerationConfig, measure_generation
 from .latency import LatencyConfig, measure_latency
 from .manifest import load_manifest
+from .registry import open_session
+from .session import DECODER
 
 
 @dataclass(frozen=True)
@@ -46,60 +44,24 @@ class EvaluateExportConfig:
     generation: GenerationConfig | None = None  # exports with a decoder: time generation too (evaluate asks)
 
 
-def _rank_ops(totals: dict[str, float], calls: dict[str, int], top_n: int) -> list[dict[str, Any]]:
-    """Operators by total time, with their share of all operator time, largest first."""
-    grand = sum(totals.values()) or 1.0
-    rows = [{"op": op, "total_ms": ms, "calls": calls[op], "share": ms / grand}
-            for op, ms in totals.items()]
-    return sorted(rows, key=lambda r: -r["total_ms"])[:top_n]
-
-
-def onnxruntime_op_profile(profile_file: str, top_n: int) -> list[dict[str, Any]]:
-    """Sum ONNX Runtime's per-node kernel times by operator type, largest first."""
-    events = json.loads(Path(profile_file).read_text())
-    totals: dict[str, float] = defaultdict(float)
-    calls: dict[str, int] = defaultdict(int)
-    for event in events:
-        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-            op = event.get("args", {}).get("op_name", "?")
-            totals[op] += event.get("dur", 0) / 1000.0
-            calls[op] += 1
-    return _rank_ops(totals, calls, top_n)
-
-
-def paddle_op_profile(run, ids, types, top_n: int) -> list[dict[str, Any]]:
-    """Per-operator CPU time of a Paddle Inference run, via ``paddle.profiler``."""
-    import_paddle()
-    import paddle.profiler as profiler
-
-    with tempfile.TemporaryDirectory() as tmp:
-        prof = profiler.Profiler(targets=[profiler.ProfilerTarget.CPU],
-                                 on_trace_ready=profiler.export_chrome_tracing(tmp))
-        prof.start()
-        for _ in range(5):
-            run(ids, types)
-            prof.step()
-        prof.stop()
-        traces = list(Path(tmp).glob("*.json"))
-        if not traces:
-            return []
-        events = json.loads(traces[0].read_text()).get("traceEvents", [])
-    totals: dict[str, float] = defaultdict(float)
-    calls: dict[str, int] = defaultdict(int)
-    for event in events:
-        if event.get("cat") in ("Operator", "OperatorInner") and event.get("ph") == "X":
-            name = event.get("name", "?").split("::")[-1]
-            totals[name] += event.get("dur", 0) / 1000.0
-            calls[name] += 1
-    return _rank_ops(totals, calls, top_n)
-
-
 def latency_inputs(examples, tokenizer, seq_len: int):
     """What latency is timed on: up to 64 of the split's texts, padded/truncated to ``seq_len``
     (the timed batches cycle through them)."""
     examples = examples[:64]
     pairs = None if examples[0].text_b is None else [e.text_b for e in examples]
     return tokenizer.encode_batch([e.text_a for e in examples], pairs, max_length=seq_len, pad_to=seq_len)
+
+
+def _tiled(rows: np.ndarray, batch: int) -> np.ndarray:
+    """``batch`` rows [batch, seq], cycling through ``rows``."""
+    return np.tile(rows, (-(-batch // len(rows)), 1))[:batch]
+
+
+def _open_decoder(export_dir: Path, manifest: dict[str, Any], runtime: RuntimeConfig, pad_id: int):
+    """The export's KV-cache decoder on the evaluation's device: through ``--backend`` where that
+    runtime runs decoders, else where the registry finds one; unprofiled."""
+    decoder_runtime = replace(runtime, profile=False, mkldnn=True).for_kind(DECODER)
+    return open_session(export_dir, manifest, decoder_runtime, kind=DECODER, pad_id=pad_id)
 
 
 def evaluate_export(cfg: EvaluateExportConfig) -> ExportEvaluation:
@@ -136,20 +98,15 @@ def evaluate_export(cfg: EvaluateExportConfig) -> ExportEvaluation:
 
         generation = None
         decoder_entry = manifest.get("files", {}).get("decoder")
-        if decoder_entry and cfg.generation is not None:  # the KV-cache decoder always runs on ONNX Runtime
-            runtime = RuntimeConfig(device=cfg.runtime.device, threads=cfg.runtime.threads, tensorrt=cfg.runtime.tensorrt)
-            decoder = OnnxDecoder.open(export_dir / decoder_entry["model"], runtime, tokenizer.pad_id)
-            generation = measure_generation(decoder, tokenizer, [e.text_a for e in task.split(split_name)],
+        if decoder_entry and cfg.generation is not None:
+            generation = measure_generation(_open_decoder(export_dir, manifest, cfg.runtime, tokenizer.pad_id),
+                                            tokenizer, [e.text_a for e in task.split(split_name)],
                                             decoder_entry["context"], cfg.generation)
 
         profile = None
         if cfg.runtime.profile:
-            if session.backend == "onnxruntime":
-                profile = onnxruntime_op_profile(session.end_profiling(), cfg.top_ops)
-            else:
-                b = max(cfg.latency.batch_sizes)
-                profile = paddle_op_profile(session.run, np.tile(enc.input_ids, (-(-b // 64), 1))[:b],
-                                            np.tile(enc.token_type_ids, (-(-b // 64), 1))[:b], cfg.top_ops)
+            b = max(cfg.latency.batch_sizes)
+            profile = session.op_profile(_tiled(enc.input_ids, b), _tiled(enc.token_type_ids, b), cfg.top_ops)
     finally:
         if profile_dir is not None:  # the raw trace was summarised into the result
             shutil.rmtree(profile_dir, ignore_errors=True)

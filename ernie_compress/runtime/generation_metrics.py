@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .decoding import OnnxDecoder
+from .session import DecoderSession
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure_generation(decoder: OnnxDecoder, tokenizer, texts: list[str], context: int,
+def measure_generation(decoder: DecoderSession, tokenizer, texts: list[str], context: int,
                        cfg: GenerationConfig) -> dict[str, Any]:
     """TTFT per prompt length and decode speed per batch size (greedy picks), on ``decoder``."""
     longest = max([*cfg.prompt_lengths, cfg.decode_prompt])
