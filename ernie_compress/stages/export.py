@@ -73,7 +73,7 @@ class ExportConfig(ThreadsOption):
         "slow CPU SkipLayerNormalization; standard keeps the converter's standard ONNX ops (other "
         "runtimes). FP16 and model_qdq.onnx are standard either way."))
     overwrite: bool = option(False, scope="cli", help="Replace --out if it exists (default: refuse).")
-    # verification bounds (not options; see export/__init__.py for how each is measured)
+    # verification bounds: fixed here, not options (export/__init__.py: verify, verify_int8)
     verify_samples: int = 64  # held-out examples the exported files are checked on
     int8_min_agreement: float = 0.95  # INT8: least share of predictions equal to fake-quant Paddle
     int8_max_relative_diff: float = 0.02  # INT8: most |logit difference| / logit scale vs fake-quant Paddle (measured 0.3-0.4%)
@@ -116,7 +116,7 @@ class Sources:
     cfg: ExportConfig
     ckpt: Checkpoint
     scheme: Scheme  # quantize/registry.py's entry for the checkpoint's quantization
-    path: "ExportPath"  # the scheme's export path
+    path: ExportPath  # the scheme's export path (EXPORT_PATHS)
     tokenizer: Any
     model: Any  # the float model (its dequantized or FP16 weights)
     reference_model: Any  # what the exports must reproduce (INT8: fake-quant with the stored scales)
