@@ -1,12 +1,19 @@
 """The ``export`` stage: a checkpoint as deployable files (Paddle static graph, ONNX), verified
-against the dygraph model before they land (see ``export/`` for the layout and the checks)."""
+against the dygraph model before they land (see ``export/`` for the layout and the checks).
+
+One function per format (``checkpoint/`` in a layout, ``paddle/``, ``onnx/``, the decoder) and
+one manifest writer. How ``onnx/model.onnx`` is made and checked depends on the checkpoint's
+quantization scheme: ``quantize/registry.py`` names the scheme's export path, and
+:data:`EXPORT_PATHS` here holds each path's conversion, verification and refusals.
+"""
 
 from __future__ import annotations
 
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +32,19 @@ from ..models.layouts import LAYOUTS, check_layout
 from ..options import check_options, option
 from ..paddle_env import import_paddle
 from ..quantize.fake_quant import fake_quant_model, set_activation_scales_
-from ..quantize.scheme import Int8Scheme, is_weight_only, quantization_info, read_scales
+from ..quantize.registry import Scheme, scheme_of
+from ..quantize.scheme import Int8Scheme, quantization_info, read_scales
 from ..runtime.backends import OnnxRuntimeSession, PaddleInferenceSession, RuntimeConfig
 from ..runtime.decoding import OnnxDecoder, generate_tokens, prompt_ids
 from ..runtime.manifest import MANIFEST_FILE, MANIFEST_VERSION
 from ..results import ExportResult
 from .common import ThreadsOption
 from .registry import register
+
+REFERENCE_BATCH = 16  # examples per dygraph forward pass when computing the reference outputs
+QDQ_FILE = "model_qdq.onnx"  # INT8: the portable QDQ model beside model.onnx
+QDQ_FEED_SAMPLES, QDQ_FEED_BATCH = 32, 8  # INT8: the QDQ quantizer's calibration feeds
+CPU = RuntimeConfig(device="cpu")  # where every export is verified
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +73,7 @@ class ExportConfig(ThreadsOption):
         "slow CPU SkipLayerNormalization; standard keeps the converter's standard ONNX ops (other "
         "runtimes). FP16 and model_qdq.onnx are standard either way."))
     overwrite: bool = option(False, scope="cli", help="Replace --out if it exists (default: refuse).")
+    # verification bounds: fixed here, not options (export/__init__.py: verify, verify_int8)
     verify_samples: int = 64  # held-out examples the exported files are checked on
     int8_min_agreement: float = 0.95  # INT8: least share of predictions equal to fake-quant Paddle
     int8_max_relative_diff: float = 0.02  # INT8: most |logit difference| / logit scale vs fake-quant Paddle (measured 0.3-0.4%)
@@ -72,27 +86,206 @@ class ExportConfig(ThreadsOption):
         check_options(self)
 
 
-def _reference_model(ckpt: Checkpoint):
+def _reference_model(ckpt: Checkpoint, scheme: Scheme):
     """The model the exported files must reproduce: FP32, or fake-quant with the stored scales."""
     model = model_from_state(ckpt.config, ckpt.state, str(ckpt.path))
-    quant = quantization_info(ckpt.config)
-    if not quant or quant.get("dtype") == "fp16" or is_weight_only(quant):  # float graphs
+    if not scheme.fake_quant:  # float graphs
         return model, model, None
 
-    scheme = Int8Scheme.from_dict(quant)
+    int8 = Int8Scheme.from_dict(quantization_info(ckpt.config))
     scales = read_scales(ckpt.path)
-    qmodel = fake_quant_model(model, scheme)
+    qmodel = fake_quant_model(model, int8)
     set_activation_scales_(qmodel, scales)
     qmodel.eval()
-    return model, qmodel, (scheme, scales)
+    return model, qmodel, (int8, scales)
 
 
 def _logits(model, ids: np.ndarray, types: np.ndarray) -> np.ndarray:
     paddle = import_paddle()
     with paddle.no_grad():
-        return np.concatenate([model(paddle.to_tensor(ids[i:i + 16]), paddle.to_tensor(types[i:i + 16])).numpy()
-                               for i in range(0, len(ids), 16)])
+        return np.concatenate([model(paddle.to_tensor(ids[i:i + REFERENCE_BATCH]),
+                                     paddle.to_tensor(types[i:i + REFERENCE_BATCH])).numpy()
+                               for i in range(0, len(ids), REFERENCE_BATCH)])
 
+
+@dataclass
+class Sources:
+    """What every format of one export reads: the checkpoint, its scheme, the model the graphs
+    are traced from, the reference they must reproduce, and the verification samples."""
+
+    cfg: ExportConfig
+    ckpt: Checkpoint
+    scheme: Scheme  # quantize/registry.py's entry for the checkpoint's quantization
+    path: ExportPath  # the scheme's export path (EXPORT_PATHS)
+    tokenizer: Any
+    model: Any  # the float model (its dequantized or FP16 weights)
+    reference_model: Any  # what the exports must reproduce (INT8: fake-quant with the stored scales)
+    int8: tuple[Int8Scheme, dict] | None  # INT8: its scheme and scales
+    kind: str  # the model's task kind
+    output_name: str
+    ids: np.ndarray  # verification inputs [samples, seq]
+    types: np.ndarray  # [samples, seq]
+    samples_from: str
+    reference: np.ndarray  # the reference model's outputs on them
+    reference_metrics: dict[str, float] | None
+
+
+@dataclass
+class Written:
+    """What the export has written and checked so far: the manifest's files, verification and details."""
+
+    files: dict[str, Any] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # details per precision and rewrite (int8, fp16, onnx_ops)
+
+
+def _sources(cfg: ExportConfig) -> Sources:
+    """Load the checkpoint, refuse what its scheme cannot deploy in ``cfg.format``, and compute the reference."""
+    ckpt = load_checkpoint(cfg.checkpoint)
+    if cfg.layout is not None:
+        check_layout(ckpt.config, cfg.layout)
+    scheme = scheme_of(quantization_info(ckpt.config))
+    path = EXPORT_PATHS[scheme.export]
+    if path.paddle_refusal and cfg.format != "onnx":
+        raise UserError(path.paddle_refusal)
+    tokenizer = ckpt.tokenizer()
+    model, reference_model, int8 = _reference_model(ckpt, scheme)
+    kind = getattr(model, "task_kind", "classification")
+    ids, types, samples_from = sample_inputs(ckpt, tokenizer, cfg.verify_samples)
+    reference = _logits(reference_model, ids, types)
+    reference_metrics = evaluate_loaded(ckpt, reference_model, tokenizer) if ckpt.task else None
+    return Sources(cfg, ckpt, scheme, path, tokenizer, model, reference_model, int8, kind,
+                   OUTPUT_NAMES.get(kind, "logits"), ids, types, samples_from, reference, reference_metrics)
+
+
+# -- per format ------------------------------------------------------------------------------------
+
+def _export_layout(src: Sources, tmp: Path, written: Written) -> None:
+    """``checkpoint/``: the weights in ``cfg.layout`` for a serving engine or library."""
+    layout = src.cfg.layout
+    (tmp / "checkpoint").mkdir()
+    write_model_files(tmp / "checkpoint", src.ckpt.config, src.ckpt.state, src.tokenizer, layout)
+    entry = {"dir": "checkpoint", "layout": layout, "for": LAYOUT_ENGINES[layout]}
+    if src.path.integer_weights:  # what a serving engine reads there: float weights that lie on the integer grid
+        quant = quantization_info(src.ckpt.config)
+        entry["weights"] = (f"float, dequantized from weight-only {quant['dtype']} "
+                            f"(group size {quant['group_size'] or 'per channel'}); "
+                            f"config.json's quantization entry gives the grid")
+    written.files["checkpoint"] = entry
+
+
+def _export_paddle(src: Sources, graph_dir: Path, graph: dict[str, Any], written: Written) -> None:
+    """``paddle/``: the static graph, verified in Paddle Inference on CPU."""
+    entry = {"dir": "paddle", **graph, "for": "Paddle Inference (full-sequence outputs)"}
+    if not family_of(src.model.config).onednn_exact:  # runtimes reading the manifest run it without
+        entry["onednn"] = False
+    paddle_cpu = RuntimeConfig(device="cpu", mkldnn=entry.get("onednn", True))
+    session = PaddleInferenceSession(graph_dir, paddle_cpu, graph["program"], graph["params"])
+    written.files["paddle"] = entry
+    written.verification["paddle"] = verify("paddle", session, src.reference, src.ids, src.types, src.cfg.tolerance,
+                                            src.kind, pad_id=src.tokenizer.pad_id)
+
+
+def _export_onnx(src: Sources, graph_dir: Path, graph: dict[str, Any], tmp: Path, scratch: Path,
+                 written: Written) -> None:
+    """``onnx/model.onnx`` as the scheme's export path makes it from the FP32 conversion of the
+    static graph, verified in ONNX Runtime on CPU; a causal LM also gets ``onnx/decoder.onnx``."""
+    cfg, path = src.cfg, src.path
+    onnx_path = tmp / "onnx" / "model.onnx"
+    fp32_path = scratch / "model_fp32.onnx" if path.convert else onnx_path
+    try:
+        onnx_export.convert_to_onnx(graph_dir / graph["program"], graph_dir / graph["params"], fp32_path, cfg.opset)
+    except onnx_export.OnnxExportError as exc:
+        raise UserError(str(exc)) from None
+    onnx_export.rename_output(fp32_path, src.output_name)
+    if path.convert:
+        written.extra.update(path.convert(src, fp32_path, onnx_path))
+    if path.onnxruntime_ops and cfg.onnx_ops == "onnxruntime":  # model.onnx: FP32, or INT8 with ORT's integer kernels
+        written.extra["onnx_ops"] = {"ops": cfg.onnx_ops, **onnx_export.rewrite_for_onnxruntime(onnx_path)}
+    written.files["onnx"] = {"model": "onnx/model.onnx", "opset": cfg.opset,
+                             "for": "ONNX Runtime (full-sequence outputs: task metric, perplexity)", **path.files}
+    written.verification.update(path.verify(src, onnx_path))
+    if src.kind == "causal_lm" and path.decoder:
+        written.files["decoder"], written.verification["decoder"] = _export_decoder(src, tmp)
+
+
+# -- the export paths of the quantization schemes (quantize/registry.py names them) ----------------
+
+def _int8_qdq(src: Sources, fp32_path: Path, onnx_path: Path) -> dict[str, Any]:
+    """INT8 with the checkpoint's scales: ``model.onnx`` with ONNX Runtime's CPU integer kernels and
+    the portable QDQ ``model_qdq.onnx``; refused when ONNX Runtime runs none of the scheme's kernels."""
+    scheme, scales = src.int8
+    param_names = {p.name: n for n, p in src.model.named_parameters()}
+    details = onnx_int8.quantize_onnx_int8(fp32_path, onnx_path, onnx_path.parent / QDQ_FILE, scales,
+                                           scheme.weight_bits, _qdq_feeds(src), param_names)
+    ops = onnx_int8.integer_ops(onnx_path)
+    details["runtime_ops"] = {k: v for k, v in ops.items() if k in src.scheme.kernels}
+    if not details["runtime_ops"]:
+        raise UserError("ONNX Runtime did not fuse the QDQ model into integer kernels; nothing was written")
+    return {"int8": details}
+
+
+def _qdq_feeds(src: Sources) -> list[dict[str, np.ndarray]]:
+    """The first ``QDQ_FEED_SAMPLES`` verification inputs in batches of ``QDQ_FEED_BATCH``, as the
+    QDQ quantizer's calibration reader (the checkpoint's scales override what it measures)."""
+    names = static_graph.input_names(src.model)
+    feeds = [{"input_ids": src.ids[i:i + QDQ_FEED_BATCH], "token_type_ids": src.types[i:i + QDQ_FEED_BATCH]}
+             for i in range(0, min(len(src.ids), QDQ_FEED_SAMPLES), QDQ_FEED_BATCH)]
+    return [{k: v for k, v in feed.items() if k in names} for feed in feeds]
+
+
+def _fp16(src: Sources, fp32_path: Path, onnx_path: Path) -> dict[str, Any]:
+    """FP16 weights, FP32 inputs and outputs."""
+    return {"fp16": onnx_fp16.convert_onnx_fp16(fp32_path, onnx_path)}
+
+
+def _verify_float(src: Sources, onnx_path: Path) -> dict[str, Any]:
+    session = OnnxRuntimeSession(onnx_path, CPU)
+    return {"onnx": verify("onnx", session, src.reference, src.ids, src.types, src.cfg.tolerance, src.kind,
+                           pad_id=src.tokenizer.pad_id)}
+
+
+def _verify_fp16(src: Sources, onnx_path: Path) -> dict[str, Any]:
+    session = OnnxRuntimeSession(onnx_path, CPU)
+    return {"onnx": verify("onnx fp16", session, src.reference, src.ids, src.types, src.cfg.fp16_tolerance,
+                           src.kind, relative=True, pad_id=src.tokenizer.pad_id)}
+
+
+def _verify_int8(src: Sources, onnx_path: Path) -> dict[str, Any]:
+    """Both INT8 models against the fake-quant Paddle model, within the INT8 bounds."""
+    cfg = src.cfg
+    bounds = (cfg.int8_min_agreement, cfg.int8_max_relative_diff, src.kind, src.tokenizer.pad_id)
+    return {name: verify_int8(OnnxRuntimeSession(path, CPU), src.reference, src.ids, src.types, *bounds)
+            for name, path in (("onnx", onnx_path), ("onnx_qdq", onnx_path.parent / QDQ_FILE))}
+
+
+@dataclass(frozen=True)
+class ExportPath:
+    """How checkpoints of one quantization scheme become ``onnx/`` files and are verified."""
+
+    verify: Callable[[Sources, Path], dict[str, Any]]  # model.onnx -> verification entries
+    convert: Callable[[Sources, Path, Path], dict[str, Any]] | None = None  # FP32 ONNX -> model.onnx (+ details);
+    #   None: the FP32 conversion is model.onnx
+    onnxruntime_ops: bool = True  # --onnx-ops onnxruntime rewrites model.onnx (fused attention, Sum)
+    files: dict[str, str] = field(default_factory=dict)  # more files in the manifest's onnx entry
+    paddle_refusal: str | None = None  # why --format paddle|all cannot deploy it
+    decoder: bool = True  # a causal LM also gets onnx/decoder.onnx ...
+    integer_weights: bool = False  # ... with integer (MatMulNBits) weights from config.json's grid
+    reference: str = "paddle-dygraph"  # what the manifest says the exports were checked against
+
+
+EXPORT_PATHS: dict[str, ExportPath] = {
+    "fp32": ExportPath(verify=_verify_float),
+    "weight_only": ExportPath(verify=_verify_float, integer_weights=True),
+    "fp16": ExportPath(verify=_verify_fp16, convert=_fp16, onnxruntime_ops=False,
+                       reference="paddle-dygraph (fake-quant)"),  # as it always said, though FP16 is not fake-quant
+    "int8_qdq": ExportPath(verify=_verify_int8, convert=_int8_qdq, files={"qdq_model": f"onnx/{QDQ_FILE}"},
+                           paddle_refusal=PADDLE_INT8_REFUSAL, decoder=False,
+                           reference="paddle-dygraph (fake-quant)"),
+}
+
+
+# -- the decoder (causal LMs) ------------------------------------------------------------------------
 
 def _decoder_prompts(ckpt: Checkpoint, tokenizer, count: int, length: int) -> list[list[int]]:
     """Up to ``count`` held-out texts of the checkpoint's task cut to ``length`` tokens (random
@@ -107,32 +300,59 @@ def _decoder_prompts(ckpt: Checkpoint, tokenizer, count: int, length: int) -> li
     return [[tokenizer.cls_id, *rng.integers(5, ckpt.config.vocab_size, length - 1).tolist()] for _ in range(count)]
 
 
-def _export_decoder(ckpt: Checkpoint, model, weight_only: dict | None, tokenizer, out: Path,
-                    cfg: ExportConfig) -> tuple[dict, dict]:
+def _export_decoder(src: Sources, out: Path) -> tuple[dict, dict]:
     """``onnx/decoder.onnx`` (KV cache; MatMulNBits for weight-only weights), verified: greedy
     generation from held-out prompts gives the dygraph model's tokens, and every step's logits are
-    within ``cfg.tolerance`` of its logits."""
-    from ..models.ernie4_5 import CachedDecoder  # imports Paddle: not at the module's top (--help)
-
+    within ``cfg.tolerance`` of its logits (int8 compute: the INT8 bounds)."""
+    cfg, config = src.cfg, src.ckpt.config
+    weight_only = quantization_info(config) if src.path.integer_weights else None
     level = decoder_onnx.COMPUTE_LEVELS[cfg.weight_only_compute] if weight_only else 0
-    weights = decoder_onnx.decoder_weights(ckpt.config, ckpt.state, weight_only, level)
-    graph = decoder_onnx.build_decoder(ckpt.config, weights)
+    weights = decoder_onnx.decoder_weights(config, src.ckpt.state, weight_only, level)
+    graph = decoder_onnx.build_decoder(config, weights)
     written = decoder_onnx.save_model(graph, out / decoder_onnx.DECODER_FILE)
     exported = OnnxDecoder.open(out / decoder_onnx.DECODER_FILE, RuntimeConfig(device="cpu", threads=cfg.threads),
-                                tokenizer.pad_id)
-    prompts = _decoder_prompts(ckpt, tokenizer, cfg.decoder_prompts, cfg.decoder_prompt_tokens)
+                                src.tokenizer.pad_id)
+    check = _compare_decoder(src, exported, level)
+    past, present = decoder_onnx.cache_names(config.num_hidden_layers)
+    entry = {"model": decoder_onnx.DECODER_FILE, "matmul_nbits_accuracy_level": level,
+             "files": [f"onnx/{name}" for name in written],
+             "for": "ONNX Runtime (merged decoder: prefill and decode in one graph)",
+             "inputs": ["input_ids", "attention_mask", "position_ids", *past], "outputs": ["logits", *present],
+             "kv_heads": config.num_key_value_heads, "head_dim": config.head_dim,
+             "layers": config.num_hidden_layers, "context": config.max_position_embeddings,
+             "kernels": decoder_onnx.kernel_counts(graph)}
+    return entry, {**check, "compute": cfg.weight_only_compute if weight_only else "fp32", "passed": True,
+                   "against": "paddle dygraph with a KV cache"}
+
+
+def _compare_decoder(src: Sources, exported, level: int) -> dict[str, Any]:
+    """Generate from held-out prompts with dygraph and with ``exported`` (free, and teacher-forced
+    with dygraph's tokens); refused unless they agree as :func:`_check_decoder` asks."""
+    from ..models.ernie4_5 import CachedDecoder  # imports Paddle: not at the module's top (--help)
+
+    cfg = src.cfg
+    prompts = _decoder_prompts(src.ckpt, src.tokenizer, cfg.decoder_prompts, cfg.decoder_prompt_tokens)
     largest = relative = 0.0
     same_text, agree = True, []
     for ids in prompts:
-        expected = generate_tokens(CachedDecoder(model), ids, cfg.decoder_new_tokens, eos_id=-1)
+        expected = generate_tokens(CachedDecoder(src.model), ids, cfg.decoder_new_tokens, eos_id=-1)
         # teacher-forced (dygraph's tokens fed): the logits of the same positions
         forced = generate_tokens(exported, ids, cfg.decoder_new_tokens, eos_id=-1, forced=expected["tokens"])
         diff = float(np.abs(forced["logits"] - expected["logits"]).max())
         largest, relative = max(largest, diff), max(relative, diff / logit_scale(expected["logits"]))
         agree += list(forced["logits"].argmax(axis=1) == expected["logits"].argmax(axis=1))
         same_text &= generate_tokens(exported, ids, cfg.decoder_new_tokens, eos_id=-1)["tokens"] == expected["tokens"]
-    share = float(np.mean(agree))
-    if level == 0 and (not same_text or not largest <= cfg.tolerance):
+    check = {"prompts": len(prompts), "new_tokens": cfg.decoder_new_tokens, "greedy_tokens_equal": same_text,
+             "teacher_forced_agreement": float(np.mean(agree)), "max_abs_diff": largest, "max_relative_diff": relative}
+    _check_decoder(cfg, level, check)
+    return check
+
+
+def _check_decoder(cfg: ExportConfig, level: int, check: dict[str, Any]) -> None:
+    """FP32 compute (``level`` 0): the same greedy text and logits within ``cfg.tolerance``; int8
+    compute: next-token picks and logits within the INT8 bounds."""
+    largest, share, relative = check["max_abs_diff"], check["teacher_forced_agreement"], check["max_relative_diff"]
+    if level == 0 and (not check["greedy_tokens_equal"] or not largest <= cfg.tolerance):
         raise UserError(f"decoder export failed verification: greedy text differs from dygraph's or the logits "
                         f"by {largest:.2e} (tolerance {cfg.tolerance:.0e}); nothing was written")
     if level and (share < cfg.int8_min_agreement or relative > cfg.int8_max_relative_diff):
@@ -140,127 +360,58 @@ def _export_decoder(ckpt: Checkpoint, model, weight_only: dict | None, tokenizer
                         f"{share:.1%} of steps (least {cfg.int8_min_agreement:.0%}), max logit difference "
                         f"{relative:.1%} of the logit scale (most {cfg.int8_max_relative_diff:.0%}); "
                         f"nothing was written")
-    past, present = decoder_onnx.cache_names(ckpt.config.num_hidden_layers)
-    entry = {"model": decoder_onnx.DECODER_FILE, "matmul_nbits_accuracy_level": level, "files": [f"onnx/{name}" for name in written],
-             "for": "ONNX Runtime (merged decoder: prefill and decode in one graph)",
-             "inputs": ["input_ids", "attention_mask", "position_ids", *past], "outputs": ["logits", *present],
-             "kv_heads": ckpt.config.num_key_value_heads, "head_dim": ckpt.config.head_dim,
-             "layers": ckpt.config.num_hidden_layers, "context": ckpt.config.max_position_embeddings,
-             "kernels": decoder_onnx.kernel_counts(graph)}
-    check = {"prompts": len(prompts), "new_tokens": cfg.decoder_new_tokens, "greedy_tokens_equal": same_text,
-             "teacher_forced_agreement": share, "max_abs_diff": largest, "max_relative_diff": relative,
-             "compute": cfg.weight_only_compute if weight_only else "fp32", "passed": True,
-             "against": "paddle dygraph with a KV cache"}
-    return entry, check
 
+
+# -- the stage -------------------------------------------------------------------------------------
 
 @register("export", ExportConfig, writes_checkpoint=False, summary="Export a checkpoint to a Paddle static graph and/or ONNX, verified against dygraph.")
 def export_checkpoint(cfg: ExportConfig) -> ExportResult:
+    """Every format ``cfg`` asks for, each verified, and the manifest, written at once (atomically)."""
     start = time.perf_counter()
-    ckpt = load_checkpoint(cfg.checkpoint)
-    if cfg.layout is not None:
-        check_layout(ckpt.config, cfg.layout)
-    quant = quantization_info(ckpt.config)
-    weight_only = quant if is_weight_only(quant) else None
-    if weight_only:  # model.onnx: the float model of its dequantized weights; decoder.onnx: integer kernels
-        quant = None
-    fp16 = bool(quant) and quant.get("dtype") == "fp16"
-    if quant and not fp16 and cfg.format != "onnx":
-        raise UserError(PADDLE_INT8_REFUSAL)
-    tokenizer = ckpt.tokenizer()
-    model, reference_model, int8 = _reference_model(ckpt)
-    kind = getattr(model, "task_kind", "classification")
-    output_name = OUTPUT_NAMES.get(kind, "logits")
-    ids, types, sample_source = sample_inputs(ckpt, tokenizer, cfg.verify_samples)
-    reference = _logits(reference_model, ids, types)
-    reference_metrics = evaluate_loaded(ckpt, reference_model, tokenizer) if ckpt.task else None
-
-    files: dict[str, Any] = {}
-    verification: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    cpu = RuntimeConfig(device="cpu")
+    src = _sources(cfg)
+    written = Written()
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
-        tokenizer.save(tmp)
+        src.tokenizer.save(tmp)
         if cfg.layout is not None:
-            (tmp / "checkpoint").mkdir()
-            write_model_files(tmp / "checkpoint", ckpt.config, ckpt.state, tokenizer, cfg.layout)
-            files["checkpoint"] = {"dir": "checkpoint", "layout": cfg.layout, "for": LAYOUT_ENGINES[cfg.layout]}
-            if weight_only:  # what a serving engine reads there: float weights that lie on the integer grid
-                files["checkpoint"]["weights"] = (f"float, dequantized from weight-only {weight_only['dtype']} "
-                                                  f"(group size {weight_only['group_size'] or 'per channel'}); "
-                                                  f"config.json's quantization entry gives the grid")
-        with tempfile.TemporaryDirectory() as scratch:
-            scratch = Path(scratch)
-            graph_dir = tmp / "paddle" if cfg.format in ("paddle", "all") else scratch / "paddle"
-            graph = static_graph.export_static_graph(model, graph_dir)
-            if cfg.format in ("paddle", "all"):
-                files["paddle"] = {"dir": "paddle", **graph, "for": "Paddle Inference (full-sequence outputs)"}
-                if not family_of(model.config).onednn_exact:  # runtimes reading the manifest run it without
-                    files["paddle"]["onednn"] = False
-                paddle_cpu = RuntimeConfig(device="cpu", mkldnn=files["paddle"].get("onednn", True))
-                session = PaddleInferenceSession(graph_dir, paddle_cpu, graph["program"], graph["params"])
-                verification["paddle"] = verify("paddle", session, reference, ids, types, cfg.tolerance, kind,
-                                                 pad_id=tokenizer.pad_id)
-            if cfg.format in ("onnx", "all"):
-                onnx_path = tmp / "onnx" / "model.onnx"
-                fp32_path = scratch / "model_fp32.onnx" if (int8 or fp16) else onnx_path
-                try:
-                    onnx_export.convert_to_onnx(graph_dir / graph["program"], graph_dir / graph["params"],
-                                    fp32_path, cfg.opset)
-                except onnx_export.OnnxExportError as exc:
-                    raise UserError(str(exc)) from None
-                onnx_export.rename_output(fp32_path, output_name)
-                if int8:
-                    scheme, scales = int8
-                    feeds = [{"input_ids": ids[i:i + 8], "token_type_ids": types[i:i + 8]}
-                             for i in range(0, min(len(ids), 32), 8)]
-                    feeds = [{k: v for k, v in f.items() if k in static_graph.input_names(model)} for f in feeds]
-                    param_names = {p.name: n for n, p in model.named_parameters()}
-                    qdq_path = tmp / "onnx" / "model_qdq.onnx"
-                    extra["int8"] = onnx_int8.quantize_onnx_int8(fp32_path, onnx_path, qdq_path, scales,
-                                                       scheme.weight_bits, feeds, param_names)
-                    ops = onnx_int8.integer_ops(onnx_path)
-                    extra["int8"]["runtime_ops"] = {k: v for k, v in ops.items() if k in onnx_int8.INTEGER_KERNELS}
-                    if not extra["int8"]["runtime_ops"]:
-                        raise UserError("ONNX Runtime did not fuse the QDQ model into integer kernels; "
-                                        "nothing was written")
-                if fp16:
-                    extra["fp16"] = onnx_fp16.convert_onnx_fp16(fp32_path, onnx_path)
-                elif cfg.onnx_ops == "onnxruntime":  # model.onnx: FP32, or INT8 with ORT's integer kernels
-                    extra["onnx_ops"] = {"ops": cfg.onnx_ops, **onnx_export.rewrite_for_onnxruntime(onnx_path)}
-                files["onnx"] = {"model": "onnx/model.onnx", "opset": cfg.opset,
-                                 "for": "ONNX Runtime (full-sequence outputs: task metric, perplexity)"}
-                if int8:  # the portable QDQ form, read by the GPU/NPU providers
-                    files["onnx"]["qdq_model"] = "onnx/model_qdq.onnx"
-                session = OnnxRuntimeSession(onnx_path, cpu)
-                if fp16:
-                    verification["onnx"] = verify("onnx fp16", session, reference, ids, types,
-                                                  cfg.fp16_tolerance, kind, relative=True, pad_id=tokenizer.pad_id)
-                elif int8:
-                    bounds = (cfg.int8_min_agreement, cfg.int8_max_relative_diff, kind, tokenizer.pad_id)
-                    verification["onnx"] = verify_int8(session, reference, ids, types, *bounds)
-                    verification["onnx_qdq"] = verify_int8(OnnxRuntimeSession(qdq_path, cpu), reference,
-                                                           ids, types, *bounds)
-                else:
-                    verification["onnx"] = verify("onnx", session, reference, ids, types, cfg.tolerance, kind,
-                                                  pad_id=tokenizer.pad_id)
-                if kind == "causal_lm" and not int8:
-                    files["decoder"], verification["decoder"] = _export_decoder(ckpt, model, weight_only, tokenizer,
-                                                                                tmp, cfg)
-        manifest = {
-            "format_version": MANIFEST_VERSION, "created": now_iso(),
-            "source": {"path": str(ckpt.path), "weights_sha256": ckpt.weights_sha256},
-            "task": ckpt.task, "task_kind": ckpt.config.extra.get("ernie_compress", {}).get("task_kind"),
-            "labels": ckpt.config.labels, "max_seq_length": ckpt.max_seq_length,
-            "architecture": ckpt.config.architecture, "precision": quant["dtype"] if quant else "fp32",
-            "quantization": quant or weight_only, **extra,
-            "inputs": list(static_graph.input_names(model)), "outputs": [output_name],
-            "files": files, "verification": {"samples_from": sample_source, **verification},
-            "reference": {"backend": "paddle-dygraph" + (" (fake-quant)" if quant else ""),
-                          "metrics": reference_metrics},
-        }
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+            _export_layout(src, tmp, written)
+        _export_graphs(src, tmp, written)
+        manifest = _manifest(src, written)
+        write_manifest(tmp, manifest)
     return ExportResult(out=str(Path(cfg.out).expanduser().resolve()), format=cfg.format,
-                        precision=manifest["precision"], files=files, verification=verification,
-                        reference_metrics=reference_metrics, details=extra,
+                        precision=manifest["precision"], files=written.files, verification=written.verification,
+                        reference_metrics=src.reference_metrics, details=written.extra,
                         seconds=round(time.perf_counter() - start, 1))
+
+
+def _export_graphs(src: Sources, tmp: Path, written: Written) -> None:
+    """The static graph (in ``paddle/``, or in scratch space when only ONNX is asked for: ONNX is
+    converted from it), then each asked-for format from it."""
+    wanted = ("paddle", "onnx") if src.cfg.format == "all" else (src.cfg.format,)
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        graph_dir = (tmp if "paddle" in wanted else scratch) / "paddle"
+        graph = static_graph.export_static_graph(src.model, graph_dir)
+        if "paddle" in wanted:
+            _export_paddle(src, graph_dir, graph, written)
+        if "onnx" in wanted:
+            _export_onnx(src, graph_dir, graph, tmp, scratch, written)
+
+
+def _manifest(src: Sources, written: Written) -> dict[str, Any]:
+    """The export's ``manifest.json`` (``runtime/manifest.py`` reads it)."""
+    ckpt = src.ckpt
+    return {
+        "format_version": MANIFEST_VERSION, "created": now_iso(),
+        "source": {"path": str(ckpt.path), "weights_sha256": ckpt.weights_sha256},
+        "task": ckpt.task, "task_kind": ckpt.config.extra.get("ernie_compress", {}).get("task_kind"),
+        "labels": ckpt.config.labels, "max_seq_length": ckpt.max_seq_length,
+        "architecture": ckpt.config.architecture, "precision": src.scheme.precision,
+        "quantization": quantization_info(ckpt.config) or None, **written.extra,
+        "inputs": list(static_graph.input_names(src.model)), "outputs": [src.output_name],
+        "files": written.files, "verification": {"samples_from": src.samples_from, **written.verification},
+        "reference": {"backend": src.path.reference, "metrics": src.reference_metrics},
+    }
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")

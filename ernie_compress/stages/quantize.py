@@ -1,19 +1,29 @@
 """The ``quantize`` stage: INT8 by quantization-aware training (``--qat int8``) or post-training
-calibration (``--ptq int8``), or FP16 weights (``--fp16``).
+calibration (``--ptq int8``), weight-only INT8/INT4 (``--weight-only``, rounded to nearest or by
+GPTQ), or FP16 weights (``--fp16``).
 
 INT8 writes a checkpoint holding FP32 weights (QAT-trained, or the parent's for PTQ) plus the
 learned scales (``quantization_scales.json``, see ``scheme.py``); ``export --format onnx`` turns it
 into an INT8 QDQ model for ONNX Runtime that uses exactly those scales. FP16 stores the weights in
 half precision; its export is an ONNX model with FP16 weights and FP32 inputs/outputs (GPU/NPU
-deployment; also runs, for the accuracy check, in ONNX Runtime on CPU). Every run ends by
-evaluating the result on held-out data against its parent.
+deployment; also runs, for the accuracy check, in ONNX Runtime on CPU). Weight-only keeps the
+dequantized weights (``quantize/weight_only.py``). Every run ends by evaluating the result on
+held-out data against its parent.
+
+One runner per method, registered by its config type (:func:`runs`): it gets the shared start
+(parent, task, splits) and returns what it made (:class:`Quantized`); :func:`quantize_checkpoint`
+looks the runner up and hands its output to the shared finish (evaluation, checkpoint, lineage,
+result). A new method is a config class, a runner, and, where it deploys differently from the
+existing schemes, an entry in ``quantize/registry.py`` with its export path in ``stages/export.py``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -30,15 +40,17 @@ from ..quantize.ptq import calibrate_
 from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantized_linear_names
 from ..quantize.gptq import collect_hessians, gptq_quantize
 from ..quantize.weight_only import BITS, HEAD_BITS, check_group_size, dequantize, lm_head_weight, quantize_rtn
-from ..training_loop import LoopConfig, evaluate_split
+from ..training_loop import LoopConfig, TrainResult, evaluate_split
 from ..results import QuantizeResult
 from .common import CheckpointOutput, ParentKDOptions, RunOptions, TrainingOptions
 from .registry import register
-from .skeleton import finish, refuse_existing_output, samples_per_second, start_from, train_resumably
+from .skeleton import Start, finish, refuse_existing_output, samples_per_second, start_from, train_resumably
 
 PTQ_OBSERVERS = ("abs_max", "percentile", "mse", "kl")
 FP16_SCHEME = {"method": "fp16", "dtype": "fp16"}  # config.json's quantization entry for FP16
 INT8_ONLY = "only int8 (ONNX Runtime's CPU integer kernels are 8-bit)"
+SUMMARY = ("INT8 quantization (QAT or PTQ), weight-only INT8/INT4, or FP16 weights; ends with the held-out metric "
+           "against the FP32 parent.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +58,7 @@ class QuantizeOptions(CheckpointOutput, TaskOptions, RunOptions):
     """What every quantization method shares: the FP32 parent, the task it is checked on, the output."""
 
     checkpoint: Path = option(argument=True, scope="cli", source="from", help="The FP32 checkpoint to quantize.")
+    reads_train: ClassVar[bool] = True  # the method trains or calibrates on the training split
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,9 +117,42 @@ class FP16Config(QuantizeOptions):
     fp16: bool = option(True, selects=True, flag="--fp16", help=(
         "Half-precision weights, for GPU/NPU deployment (ONNX FP16, TensorRT FP16)."))
     method = "fp16"
+    reads_train: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_options(self)
+
+
+# -- weight-only roundings (``--weight-only ... --method``) ---------------------------------------
+
+Rounder = Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (name, weight [in, out]) -> codes, scales
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """A weight-only ``--method``: ``prepare(cfg, start, names)`` returns the function that puts
+    each named Linear's weight on the grid."""
+
+    prepare: Callable[[Any, Start, list[str]], Rounder]
+    calibrates: bool  # reads ``--calib-samples`` training examples
+
+
+def _rtn(cfg, start: Start, names: list[str]) -> Rounder:
+    """Round to nearest: every weight on its own (``quantize/weight_only.py``)."""
+    return lambda name, weight: quantize_rtn(weight, BITS[cfg.weight_only], cfg.groups)
+
+
+def _gptq(cfg, start: Start, names: list[str]) -> Rounder:
+    """GPTQ (Frantar et al. 2023, ``quantize/gptq.py``): rounding errors corrected with the input
+    second moments of ``cfg.calib_samples`` training examples, taken from the FP32 parent."""
+    train = start.splits["train"]
+    order = np.random.default_rng(0).permutation(len(train))[:cfg.calib_samples]  # as PTQ samples
+    batches = [train.rows(np.sort(order[i:i + 32])) for i in range(0, len(order), 32)]
+    hessians = collect_hessians(start.model, names, batches, start.tokenizer.pad_id)
+    return lambda name, weight: gptq_quantize(weight, hessians[name], BITS[cfg.weight_only], cfg.groups)
+
+
+ROUNDINGS = {"rtn": Rounding(_rtn, calibrates=False), "gptq": Rounding(_gptq, calibrates=True)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,12 +166,16 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions):
     group_size: int | None = option(None, at_least=1, help=(
         "Weight-only: input rows per scale (default: the whole column for int8, 32 for int4); must divide "
         "every quantized Linear's input width."))
-    method: str = option("rtn", choices=("rtn", "gptq"), help=(
+    method: str = option("rtn", choices=tuple(ROUNDINGS), help=(
         "Weight-only: rtn (round to nearest) or gptq (rounding errors corrected from calibration inputs, "
         "Frantar et al. 2023)."))
 
     def __post_init__(self) -> None:
         check_options(self)
+
+    @property
+    def reads_train(self) -> bool:
+        return ROUNDINGS[self.method].calibrates
 
     @property
     def groups(self) -> int | None:
@@ -135,67 +185,155 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions):
 QuantizeConfig = QATConfig | PTQConfig | FP16Config | WeightOnlyConfig
 
 
-@register("quantize", QATConfig, PTQConfig, FP16Config, WeightOnlyConfig, summary=(
-    "INT8 quantization (QAT or PTQ), weight-only INT8/INT4, or FP16 weights; ends with the held-out metric "
-    "against the FP32 parent."))
-def quantize_checkpoint(cfg: QuantizeConfig) -> QuantizeResult:
-    started = time.perf_counter()
-    refuse_existing_output(cfg)
-    fp16 = isinstance(cfg, FP16Config)
-    no_training = fp16 or (isinstance(cfg, WeightOnlyConfig) and cfg.method == "rtn")
-    start = start_from(cfg.checkpoint, cfg.task_spec, fp32_for="quantize its FP32 parent instead",
-                       splits=("dev", "test") if no_training else ("train", "dev", "test"))
-    parent, task, metric = start.parent, start.task, start.metric
-    check_layout(parent.config, cfg.layout)
-    steps = steps_run = 0  # only QAT trains
-    train_seconds, throughput = 0.0, None
-    if fp16:
-        state = {k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in parent.state.items()}
-        qmodel, scheme, extra_files = model_from_state(parent.config, state, str(parent.path)), FP16_SCHEME, None
-    elif isinstance(cfg, WeightOnlyConfig):
-        state, scheme = _weight_only(cfg, start)
-        qmodel, extra_files = model_from_state(parent.config, state, str(parent.path)), None
-    else:
-        reduce_range = (not cpu_has_vnni()) if cfg.reduce_range is None else cfg.reduce_range
-        int8 = Int8Scheme(method=cfg.method, weight_bits=7 if reduce_range else 8, reduce_range=reduce_range,
-                          activation_observer="moving_average_abs_max" if isinstance(cfg, QATConfig) else cfg.observer)
-        scheme = int8.to_dict()
-        qmodel = fake_quant_model(model_from_state(parent.config, parent.state, str(parent.path)), int8)
-        if isinstance(cfg, QATConfig):
-            loss = (logit_kd_loss(start.model, cfg.kd_weight, cfg.kd_temperature, start.tokenizer.pad_id)
-                    if cfg.distill_from_parent else hard_label_loss)
-            result = train_resumably(qmodel, start.splits, task.kind, cfg, "qat int8", loss_fn=loss)
-            steps, steps_run, train_seconds = result.steps, result.steps_run, result.seconds
-            throughput = samples_per_second(result, cfg.batch_size)
-        else:
-            calibrate_(qmodel, start.splits["train"], cfg.calib_samples, cfg.observer, cfg.percentile)
-        qmodel.eval()
-        scales = collect_scales(qmodel)
-        state, extra_files = float_state(qmodel), {SCALES_FILE: scales}
-    metrics = evaluate_split(qmodel, start.held_out, task.kind)
-    delta = metric_delta(metric, metrics[metric], start.metrics[metric])
+# -- the shared start and finish, and the runner lookup ----------------------------------------------
 
+@dataclass(frozen=True)
+class Quantized:
+    """What a method's runner made, for the shared finish."""
+
+    name: str  # the lineage entry and the result's stage: quantize-qat, quantize-weight-only, ...
+    model: Any  # what is evaluated on the held-out split
+    state: dict[str, np.ndarray]  # the weights written
+    scheme: dict[str, Any]  # config.json's quantization entry; its method names a quantize/registry scheme
+    description: str  # how the progress line names the result
+    layers: int  # the result's quantized_layers
+    extra_files: dict[str, Any] | None = None  # written beside the weights (INT8: the scales)
+    training: TrainResult | None = None  # QAT: the fine-tuning run
+
+
+@dataclass(frozen=True)
+class Runner:
+    run: Callable[[Any, Start], Quantized]
+    methods: tuple[str, ...]  # the scheme methods it writes (each registered in quantize/registry.py)
+
+
+RUNNERS: dict[type, Runner] = {}
+
+
+def runs(config_type: type, methods: tuple[str, ...]):
+    """Decorator: ``fn(cfg, start) -> Quantized`` is the runner of ``config_type`` (a method of the
+    quantize stage from now on), writing schemes with these ``methods``."""
+
+    def wrap(fn: Callable[[Any, Start], Quantized]):
+        RUNNERS[config_type] = Runner(fn, methods)
+        register("quantize", config_type, summary=SUMMARY)(quantize_checkpoint)
+        return fn
+
+    return wrap
+
+
+def quantize_checkpoint(cfg: QuantizeConfig) -> QuantizeResult:
+    """Quantize as ``cfg``'s method says: the runner registered for its config type, between the
+    shared start and finish."""
+    started = time.perf_counter()
+    runner = RUNNERS[type(cfg)]
+    start = _start(cfg)
+    made = runner.run(cfg, start)
+    assert made.scheme["method"] in runner.methods, f"{made.name} wrote an undeclared method"
+    return _finish(cfg, start, made, started)
+
+
+def _start(cfg: QuantizeConfig) -> Start:
+    """The parent and its task (the training split only for methods that read it)."""
+    refuse_existing_output(cfg)
+    start = start_from(cfg.checkpoint, cfg.task_spec, fp32_for="quantize its FP32 parent instead",
+                       splits=("train", "dev", "test") if cfg.reads_train else ("dev", "test"))
+    check_layout(start.parent.config, cfg.layout)
+    return start
+
+
+def _finish(cfg: QuantizeConfig, start: Start, made: Quantized, started: float) -> QuantizeResult:
+    """Every method ends here: ``made`` evaluated on the held-out split against the parent, written
+    as a checkpoint (config.json's quantization entry, the lineage record), reported."""
+    task, metric, parent = start.task, start.metric, start.parent
+    metrics = evaluate_split(made.model, start.held_out, task.kind)
+    delta = metric_delta(metric, metrics[metric], start.metrics[metric])
     config = parent.config.replace(extra=dict(parent.config.extra))
-    config.extra["quantization"] = scheme
-    name = "quantize-weight-only" if isinstance(cfg, WeightOnlyConfig) else f"quantize-{cfg.method}"
-    out = finish(cfg, config, state, start.tokenizer, {
-        "name": name, "metrics": {task.held_out: metrics, f"parent_{task.held_out}": start.metrics},
+    config.extra["quantization"] = made.scheme
+    trained = made.training
+    steps = trained.steps if trained else 0
+    out = finish(cfg, config, made.state, start.tokenizer, {
+        "name": made.name, "metrics": {task.held_out: metrics, f"parent_{task.held_out}": start.metrics},
         "delta_points": delta, "steps": steps, "seconds": round(time.perf_counter() - started, 1)},
-        parent, extra_files)
-    what = ("fp16 weights (Paddle, FP32 compute)" if fp16 else
-            f"weight-only {scheme['dtype']} ({cfg.method})" if isinstance(cfg, WeightOnlyConfig) else
-            f"{cfg.method} int8 (fake-quant, Paddle)")
-    note(f"{what}: {metric} {metrics[metric]:.4f} vs FP32 parent {start.metrics[metric]:.4f} ({delta:+.2f} points)")
-    quantized = (sum(1 for v in state.values() if v.dtype == np.float16) if fp16 else
-                 scheme["linears"] if isinstance(cfg, WeightOnlyConfig) else len(extra_files[SCALES_FILE]))
-    return QuantizeResult(stage=name, out=str(out), task=task.spec.name, scheme=scheme,
+        parent, made.extra_files)
+    note(f"{made.description}: {metric} {metrics[metric]:.4f} vs FP32 parent {start.metrics[metric]:.4f} "
+         f"({delta:+.2f} points)")
+    return QuantizeResult(stage=made.name, out=str(out), task=task.spec.name, scheme=made.scheme,
                           metrics={task.held_out: metrics}, parent_metrics={task.held_out: start.metrics},
-                          delta_points=delta, quantized_layers=quantized, steps=steps, steps_run=steps_run,
-                          train_seconds=round(train_seconds, 2), samples_per_s=throughput,
+                          delta_points=delta, quantized_layers=made.layers, steps=steps,
+                          steps_run=trained.steps_run if trained else 0,
+                          train_seconds=round(trained.seconds if trained else 0.0, 2),
+                          samples_per_s=samples_per_second(trained, cfg.batch_size) if trained else None,
                           seconds=round(time.perf_counter() - started, 1))
 
 
-def _weight_only(cfg: WeightOnlyConfig, start) -> tuple[dict, dict]:
+# -- one runner per method ------------------------------------------------------------------------
+
+@runs(QATConfig, methods=("qat",))
+def _qat(cfg: QATConfig, start: Start) -> Quantized:
+    """Fake-quantized weights and activations fine-tuned on the task, on the hard labels or with
+    logit distillation from the FP32 parent (``--distill-from-parent``)."""
+    int8 = _int8_scheme(cfg, "moving_average_abs_max")
+    qmodel = _fake_quant(start, int8)
+    loss = (logit_kd_loss(start.model, cfg.kd_weight, cfg.kd_temperature, start.tokenizer.pad_id)
+            if cfg.distill_from_parent else hard_label_loss)
+    trained = train_resumably(qmodel, start.splits, start.task.kind, cfg, "qat int8", loss_fn=loss)
+    return _int8_result(cfg, int8, qmodel, trained)
+
+
+@runs(PTQConfig, methods=("ptq",))
+def _ptq(cfg: PTQConfig, start: Start) -> Quantized:
+    """The parent's weights; activation scales from ``--calib-samples`` training examples by ``--observer``."""
+    int8 = _int8_scheme(cfg, cfg.observer)
+    qmodel = _fake_quant(start, int8)
+    calibrate_(qmodel, start.splits["train"], cfg.calib_samples, cfg.observer, cfg.percentile)
+    return _int8_result(cfg, int8, qmodel)
+
+
+@runs(FP16Config, methods=(FP16_SCHEME["method"],))
+def _fp16(cfg: FP16Config, start: Start) -> Quantized:
+    """Every float tensor of the parent in half precision (the Paddle model computes in FP32)."""
+    parent = start.parent
+    state = {k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in parent.state.items()}
+    return Quantized(f"quantize-{cfg.method}", model_from_state(parent.config, state, str(parent.path)), state,
+                     FP16_SCHEME, "fp16 weights (Paddle, FP32 compute)",
+                     layers=sum(1 for v in state.values() if v.dtype == np.float16))
+
+
+@runs(WeightOnlyConfig, methods=tuple(f"weight_only_{name}" for name in ROUNDINGS))
+def _weight_only(cfg: WeightOnlyConfig, start: Start) -> Quantized:
+    """Integer weights on ``cfg``'s grid by its rounding (``--method``), stored dequantized."""
+    state, scheme = _weight_only_state(cfg, start)
+    return Quantized("quantize-weight-only", model_from_state(start.parent.config, state, str(start.parent.path)),
+                     state, scheme, f"weight-only {scheme['dtype']} ({cfg.method})", layers=scheme["linears"])
+
+
+# -- what the runners share -----------------------------------------------------------------------
+
+def _int8_scheme(cfg: QATConfig | PTQConfig, observer: str) -> Int8Scheme:
+    """7-bit weights where ``--reduce-range`` says so (default: on CPUs without VNNI)."""
+    reduce_range = (not cpu_has_vnni()) if cfg.reduce_range is None else cfg.reduce_range
+    return Int8Scheme(method=cfg.method, weight_bits=7 if reduce_range else 8, reduce_range=reduce_range,
+                      activation_observer=observer)
+
+
+def _fake_quant(start: Start, int8: Int8Scheme):
+    """A fresh copy of the parent with fake-quantized Linears (the parent's model stays FP32)."""
+    parent = start.parent
+    return fake_quant_model(model_from_state(parent.config, parent.state, str(parent.path)), int8)
+
+
+def _int8_result(cfg: QATConfig | PTQConfig, int8: Int8Scheme, qmodel,
+                 trained: TrainResult | None = None) -> Quantized:
+    """A fake-quant model as an INT8 checkpoint: its float weights and learned scales."""
+    qmodel.eval()
+    scales = collect_scales(qmodel)
+    return Quantized(f"quantize-{cfg.method}", qmodel, float_state(qmodel), int8.to_dict(),
+                     f"{cfg.method} int8 (fake-quant, Paddle)", layers=len(scales),
+                     extra_files={SCALES_FILE: scales}, training=trained)
+
+
+def _weight_only_state(cfg: WeightOnlyConfig, start: Start) -> tuple[dict, dict]:
     """The parent's weights with every quantized Linear on ``cfg``'s grid (``--method``: rounded
     to nearest, or by GPTQ), dequantized, and the scheme config.json records."""
     bits, group = BITS[cfg.weight_only], cfg.groups
@@ -203,16 +341,11 @@ def _weight_only(cfg: WeightOnlyConfig, start) -> tuple[dict, dict]:
     names = quantized_linear_names(start.model)
     for name in names:
         check_group_size(name, state[f"{name}.weight"].shape[0], group)
-    if cfg.method == "gptq":
-        train = start.splits["train"]
-        order = np.random.default_rng(0).permutation(len(train))[:cfg.calib_samples]  # as PTQ samples
-        batches = [train.rows(np.sort(order[i:i + 32])) for i in range(0, len(order), 32)]
-        hessians = collect_hessians(start.model, names, batches, start.tokenizer.pad_id)
+    rounder = ROUNDINGS[cfg.method].prepare(cfg, start, names)
     weights = {}
     for name in names:
         key = f"{name}.weight"
-        codes, scales = (gptq_quantize(state[key], hessians[name], bits, group) if cfg.method == "gptq"
-                         else quantize_rtn(state[key], bits, group))
+        codes, scales = rounder(name, state[key])
         state[key] = dequantize(codes, scales, group)
         weights[key] = {"bits": bits, "group_size": group}
     head = lm_head_weight(start.parent.config)
