@@ -157,10 +157,6 @@ def integer_ops(onnx_path: Path, threads: int = 1) -> dict[str, int]:
     return counts
 
 
-INTEGER_KERNELS = ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul",
-                   "QGemm")
-
-
 def fuse_bias_into_integer_matmuls(model) -> int:
     """Rewrite each quantized Linear (DQ(x), DQ(W) -> MatMul -> Add(bias)) as one
     ``com.microsoft.MatMulIntegerToFloat(x_q, W_q, x_scale, W_scale, x_zp, W_zp, bias)``.

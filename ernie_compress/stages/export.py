@@ -277,8 +277,7 @@ class ExportPath:
 EXPORT_PATHS: dict[str, ExportPath] = {
     "fp32": ExportPath(verify=_verify_float),
     "weight_only": ExportPath(verify=_verify_float, integer_weights=True),
-    "fp16": ExportPath(verify=_verify_fp16, convert=_fp16, onnxruntime_ops=False,
-                       reference="paddle-dygraph (fake-quant)"),  # as it always said, though FP16 is not fake-quant
+    "fp16": ExportPath(verify=_verify_fp16, convert=_fp16, onnxruntime_ops=False),
     "int8_qdq": ExportPath(verify=_verify_int8, convert=_int8_qdq, files={"qdq_model": f"onnx/{QDQ_FILE}"},
                            paddle_refusal=PADDLE_INT8_REFUSAL, decoder=False,
                            reference="paddle-dygraph (fake-quant)"),
