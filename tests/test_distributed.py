@@ -56,6 +56,7 @@ STAGES = {
 }
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_two_processes_end_with_the_weights_of_one(start, tmp_path, stage):
     args = [a.format(ckpt=start) for a in STAGES[stage]] + ["--batch-size", "8"]
@@ -148,6 +149,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.multiprocess
 def test_two_nodes_on_localhost_through_paddles_launcher(start, tmp_path):
     args = ["train", "--from", str(start), "--epochs", "2", "--lr", "3e-3", "--batch-size", "8"]
     cli(*args, "--out", str(tmp_path / "one"))
@@ -194,6 +196,7 @@ def rank_processes(parent: int) -> list[int]:
     return sorted(ranks)
 
 
+@pytest.mark.multiprocess
 def test_sigterm_to_one_rank_then_resume_matches_the_uninterrupted_run(start, tmp_path):
     import os
     import signal
@@ -224,6 +227,7 @@ def test_sigterm_to_one_rank_then_resume_matches_the_uninterrupted_run(start, tm
     assert not (tmp_path / ".cut.train-state").exists()
 
 
+@pytest.mark.multiprocess
 def test_uneven_shares_lose_and_duplicate_no_example(start, tmp_path):
     """47 training rows at a global batch of 8: the last batch has 7 rows, 4 on one rank and 3 on
     the other (and 8 rows at --grad-accum 4 on 2 ranks: one row per micro-batch), weighted by rows."""
@@ -243,6 +247,7 @@ def test_uneven_shares_lose_and_duplicate_no_example(start, tmp_path):
     assert two["metrics"] == one["metrics"] and one["metrics"]["test"]["examples"] == 8
 
 
+@pytest.mark.multiprocess
 def test_two_nodes_through_our_own_options(start, tmp_path):
     args = ["train", "--from", str(start), "--epochs", "2", "--lr", "3e-3", "--batch-size", "8"]
     cli(*args, "--out", str(tmp_path / "one"))
@@ -256,6 +261,7 @@ def test_two_nodes_through_our_own_options(start, tmp_path):
     assert max_weight_difference(tmp_path / "one", tmp_path / "two") <= TOLERANCE
 
 
+@pytest.mark.multiprocess
 def test_an_unreachable_master_is_one_line(start, tmp_path, monkeypatch):
     monkeypatch.setenv("ERNIE_COMPRESS_MASTER_TIMEOUT", "2")
     result = cli("train", "--from", str(start), "--out", str(tmp_path / "o"), "--nnodes", "2",
