@@ -71,15 +71,18 @@ class TensorBatch:
     labels: Any
     index: np.ndarray
     whole: Batch | None = None  # the global batch this is a share of (data parallel, --grad-accum)
+    weight_share: float | None = None  # the loop's weight for this share, as a fraction of the whole's
 
     def token_share(self, valid, pad_id: int) -> float:
         """For a loss term that averages over ``valid`` tokens while the loop weights this share
-        by its rows: the factor that makes the term's gradients add up to the whole batch's.
-        1.0 when this is the whole batch."""
+        by ``weight_share`` (its rows, or its labelled tokens for token-level heads; see
+        :func:`batch_weight`): the factor that makes the term's gradients add up to the whole
+        batch's. 1.0 when this is the whole batch."""
         if self.whole is None or len(self.whole.index) == len(self.index):
             return 1.0
+        share = len(self.index) / len(self.whole.index) if self.weight_share is None else self.weight_share
         tokens, all_tokens = float(valid.sum()), int((self.whole.input_ids != pad_id).sum())
-        return (tokens / all_tokens) / (len(self.index) / len(self.whole.index)) if all_tokens else 0.0
+        return (tokens / all_tokens) / share if all_tokens and share else 0.0
 
 
 class LossFn(Protocol):
@@ -218,7 +221,7 @@ def _accumulate(model, batch: Batch, loss_fn: LossFn, kind: str, w: World, piece
         if weight == 0:  # nothing of this batch here: a zero-weighted row keeps the gradients in step
             piece, weight = _rows(batch, slice(0, 1)), 0
         tensors = to_tensors(piece)
-        tensors.whole = batch
+        tensors.whole, tensors.weight_share = batch, weight / total if total else 0.0
         with paddle.amp.auto_cast(enable=amp != "off", dtype="float16" if amp == "fp16" else "bfloat16"):
             loss, parts = loss_fn(model, tensors)
         scale = w.size * weight / total if total else 0.0

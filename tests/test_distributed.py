@@ -116,7 +116,8 @@ def _write_token_task(kind: str, data: Path) -> list[str]:
 
 @pytest.fixture(scope="module", params=["ner", "causal lm"])
 def token_level(request, tmp_path_factory) -> tuple[list[str], Path]:
-    """A token-level head, trained one epoch with dropout off: (train args from it, one-process result)."""
+    """A token-level head (``root/start``), trained one epoch with dropout off: (train args from it,
+    one-process result)."""
     root = tmp_path_factory.mktemp(request.param.replace(" ", "-"))
     texts = NER_TEXTS if request.param == "ner" else LM_TEXTS
     assert len({len(t) for t in texts}) > 4  # label density differs between the shares of a batch
@@ -141,6 +142,17 @@ def test_token_level_two_processes_end_with_the_weights_of_one(token_level, tmp_
     args, one = token_level
     cli(*args, "--out", str(tmp_path / "two"), "--nproc", "2")
     assert max_weight_difference(one, tmp_path / "two") <= TOLERANCE
+
+
+def test_token_level_distillation_with_hidden_states_accumulates_the_same_step(token_level, tmp_path):
+    """The hidden-state term averages over real tokens while the loop weights a token-level share by
+    its labelled tokens (TensorBatch.token_share reconciles the two); CE and KD average over labelled ones."""
+    start = token_level[1].parent / "start"
+    args = ["distill", "--teacher", str(start), "--student", str(start), "--epochs", "2", "--lr", "1e-3",
+            "--kd-weight", "0.5", "--hidden-weight", "1", "--no-latency", "--batch-size", "8"]
+    cli(*args, "--out", str(tmp_path / "one"))
+    cli(*args, "--out", str(tmp_path / "accum"), "--grad-accum", "4")
+    assert max_weight_difference(tmp_path / "one", tmp_path / "accum") <= TOLERANCE
 
 
 def free_port() -> int:
