@@ -83,10 +83,10 @@ def test_gradient_accumulation_is_the_same_step(start, tmp_path):
 # the loss must be a mean over labelled tokens too. The texts differ in length (2 to 14 characters), so
 # the shares of a batch hold different fractions of labelled positions: a loss divided by every position
 # (Paddle's reduction="mean" with ignore_index) no longer adds up to the one-process step.
-NER_TEXTS = ["李鹏", "新华社报道", "江泽民访问北京", "李鹏在上海会见了记者", "新华社记者在北京和上海报道了这件事情",
-             "上海", "北京新华社", "江泽民在北京"]
-LM_TEXTS = ["很好", "质量很好，推荐", "太差了，浪费钱，不会再买了", "服务很差", "非常满意，下次还来买这家的东西", "好",
-            "包装破损，退货", "物流很快，包装完好，东西也不错"]
+NER_TEXTS = ["李鹏", "新华社报道", "江泽民访问北京", "李鹏在上海会见了记者",
+             "新华社记者在北京和上海报道了这件事情", "上海", "北京新华社", "江泽民在北京"]
+LM_TEXTS = ["很好", "质量很好，推荐", "太差了，浪费钱，不会再买了", "服务很差",
+            "非常满意，下次还来买这家的东西", "好", "包装破损，退货", "物流很快，包装完好，东西也不错"]
 
 
 def _bio_tags(text: str) -> list[str]:
