@@ -36,12 +36,30 @@ def _span_major(logits):
     return import_paddle().transpose(logits, [0, 2, 1])
 
 
+def labelled_mean_cross_entropy(logits, labels):
+    """Cross-entropy averaged over the positions whose label is not :data:`IGNORE_INDEX`
+    (logits [b, s, classes], labels [b, s]); 0, with zero gradients, when none is labelled.
+
+    Computed here because Paddle's ``cross_entropy(..., ignore_index=..., reduction="mean")``
+    divides the sum by every position (PaddlePaddle/Paddle#48663), which would scale the loss by
+    the batch's label density and break the token weighting of ``training_loop.batch_weight``.
+    """
+    paddle = import_paddle()
+    per_position = paddle.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX,
+                                                      reduction="none")
+    per_position = paddle.cast(paddle.reshape(per_position, labels.shape), "float32")  # [b, s], 0 if ignored
+    labelled = paddle.cast(labels != IGNORE_INDEX, "float32")  # [b, s]
+    return paddle.sum(per_position * labelled) / paddle.clip(paddle.sum(labelled), min=1.0)
+
+
 def task_loss(kind: str, logits, labels):
-    """The hard-label loss of one batch (mean over examples, or over tagged positions)."""
+    """The hard-label loss of one batch (mean over examples, or over labelled positions)."""
     F = import_paddle().nn.functional
     if kind == "question_answering":
         return F.cross_entropy(_span_major(logits), labels)  # labels [b, 2]
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    if kind in ("token_classification", "causal_lm"):  # labels [b, s], next tokens for causal LM
+        return labelled_mean_cross_entropy(logits, labels)
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)  # labels [b]
 
 
 def _masked_kl(student_logits, teacher_logits, mask, temperature: float):

@@ -71,15 +71,18 @@ class TensorBatch:
     labels: Any
     index: np.ndarray
     whole: Batch | None = None  # the global batch this is a share of (data parallel, --grad-accum)
+    weight_share: float | None = None  # the loop's weight for this share, as a fraction of the whole's
 
     def token_share(self, valid, pad_id: int) -> float:
         """For a loss term that averages over ``valid`` tokens while the loop weights this share
-        by its rows: the factor that makes the term's gradients add up to the whole batch's.
-        1.0 when this is the whole batch."""
+        by ``weight_share`` (its rows, or its labelled tokens for token-level heads; see
+        :func:`batch_weight`): the factor that makes the term's gradients add up to the whole
+        batch's. 1.0 when this is the whole batch."""
         if self.whole is None or len(self.whole.index) == len(self.index):
             return 1.0
+        share = len(self.index) / len(self.whole.index) if self.weight_share is None else self.weight_share
         tokens, all_tokens = float(valid.sum()), int((self.whole.input_ids != pad_id).sum())
-        return (tokens / all_tokens) / (len(self.index) / len(self.whole.index)) if all_tokens else 0.0
+        return (tokens / all_tokens) / share if all_tokens and share else 0.0
 
 
 class LossFn(Protocol):
@@ -218,7 +221,7 @@ def _accumulate(model, batch: Batch, loss_fn: LossFn, kind: str, w: World, piece
         if weight == 0:  # nothing of this batch here: a zero-weighted row keeps the gradients in step
             piece, weight = _rows(batch, slice(0, 1)), 0
         tensors = to_tensors(piece)
-        tensors.whole = batch
+        tensors.whole, tensors.weight_share = batch, weight / total if total else 0.0
         with paddle.amp.auto_cast(enable=amp != "off", dtype="float16" if amp == "fp16" else "bfloat16"):
             loss, parts = loss_fn(model, tensors)
         scale = w.size * weight / total if total else 0.0
@@ -228,6 +231,192 @@ def _accumulate(model, batch: Batch, loss_fn: LossFn, kind: str, w: World, piece
         for k, v in parts.items():
             values[k] = values.get(k, 0.0) + float(v) * scale
     return values
+
+
+@dataclass
+class _Optimizer:
+    """What updates the weights: the trained parameters, AdamW, its learning-rate schedule and
+    the fp16 loss scaler (None without ``--amp fp16``)."""
+
+    params: list
+    adamw: Any
+    schedule: Any
+    scaler: Any
+
+    def step(self) -> None:
+        """Apply the accumulated (and all-reduced) gradients, clear them, advance the schedule."""
+        if self.scaler is not None:
+            self.scaler.step(self.adamw)
+            self.scaler.update()
+        else:
+            self.adamw.step()
+        self.adamw.clear_grad()
+        self.schedule.step()
+
+
+def _build_optimizer(model, parameters: Sequence | None, config: LoopConfig, total: int) -> _Optimizer:
+    """AdamW with linear warm-up over ``warmup_ratio`` of ``total`` steps then linear decay to 0,
+    no weight decay on biases and norms, global-norm clipping (Loshchilov & Hutter 2019)."""
+    paddle = import_paddle()
+    params = [p for p in (parameters or model.parameters()) if not p.stop_gradient]
+    names = {id(p): n for n, p in model.named_parameters()}
+    warmup = int(total * config.warmup_ratio)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    schedule = paddle.optimizer.lr.LambdaDecay(config.learning_rate, lr_factor)
+    decay_names = {p.name for p in params if not _no_decay(names.get(id(p), ""))}
+    adamw = paddle.optimizer.AdamW(
+        learning_rate=schedule, parameters=params, weight_decay=config.weight_decay,
+        apply_decay_param_fun=lambda n: n in decay_names,
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(config.grad_clip) if config.grad_clip > 0 else None)
+    scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15) if config.amp == "fp16" else None
+    return _Optimizer(params, adamw, schedule, scaler)
+
+
+def _weights(model) -> dict[str, np.ndarray]:
+    return {k: v.numpy().copy() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class LoopState:
+    """Where the loop stands and the best weights so far: with the model, optimizer and random
+    generators, what a resumable training state holds. ``epoch_rng_state`` draws the data order of
+    ``epoch``, of which ``batch_in_epoch`` batches are done."""
+
+    best_state: dict[str, np.ndarray]
+    epoch_rng_state: dict[str, Any]
+    step: int = 0
+    last_eval: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    best_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps_run: int = 0  # optimizer steps this process executed (not counting those before --resume)
+    step_seconds: float = 0.0
+
+    @classmethod
+    def restore(cls, saved: dict[str, Any], model, optimizer: _Optimizer,
+                extra_layers: dict[str, Any]) -> LoopState:
+        """Load a saved state (see :meth:`save`) into the model, optimizer and Paddle's generator."""
+        model.set_state_dict(saved["model"])
+        for name, layer in extra_layers.items():
+            layer.set_state_dict(saved["extra"][name])
+        optimizer.adamw.set_state_dict(saved["optimizer"])
+        optimizer.schedule.set_state_dict(saved["schedule"])
+        import_paddle().set_rng_state(saved["paddle_rng"])
+        return cls(saved["best_state"], saved["epoch_rng_state"], step=saved["step"], last_eval=saved["last_eval"],
+                   epoch=saved["epoch"], batch_in_epoch=saved["batch_in_epoch"],
+                   best_metrics=saved["best_metrics"], best_step=saved["best_step"], history=saved["history"])
+
+    def save(self, state_dir: Path, run: dict[str, int], model, optimizer: _Optimizer,
+             extra_layers: dict[str, Any]) -> None:
+        """Write the resumable state of this point; ``run`` (total steps, seed) identifies the run."""
+        _save_state(Path(state_dir) / STATE_FILE, {
+            **run, "step": self.step, "last_eval": self.last_eval, "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch, "epoch_rng_state": self.epoch_rng_state,
+            "model": model.state_dict(), "optimizer": optimizer.adamw.state_dict(),
+            "extra": {name: layer.state_dict() for name, layer in extra_layers.items()},
+            "schedule": optimizer.schedule.state_dict(), "paddle_rng": import_paddle().get_rng_state(),
+            "best_state": self.best_state, "best_metrics": self.best_metrics, "best_step": self.best_step,
+            "history": self.history})
+
+
+def _initial_state(model, optimizer: _Optimizer, config: LoopConfig, total: int, rng, state_dir: Path | None,
+                   resume: bool, extra_layers: dict[str, Any]) -> LoopState:
+    """A fresh state, or with ``resume`` the one saved in ``state_dir`` (same steps and seed only)."""
+    if not resume:
+        return LoopState(_weights(model), rng.bit_generator.state)
+    saved = load_train_state(state_dir) if state_dir is not None else None
+    if saved is None:
+        raise UserError(f"nothing to resume: no saved training state in {state_dir}")
+    if saved["total"] != total or saved["seed"] != config.seed:
+        raise UserError(f"the saved state in {state_dir} is from a run with other settings "
+                        f"(steps {saved['total']}, seed {saved['seed']}); start again without --resume")
+    return LoopState.restore(saved, model, optimizer, extra_layers)
+
+
+@dataclass
+class _Loop:
+    """One training run: what it trains on and with, and its :class:`LoopState`."""
+
+    model: Any
+    train: EncodedSplit
+    dev: EncodedSplit | None
+    config: LoopConfig
+    kind: str
+    loss_fn: LossFn
+    hooks: TrainHooks
+    world: World
+    optimizer: _Optimizer
+    state: LoopState
+    total: int
+    state_dir: Path | None
+    extra_layers: dict[str, Any]
+
+    def run(self, rng, bar) -> None:
+        """The remaining epochs, each in the data order its random state draws."""
+        start_epoch, skip = self.state.epoch, self.state.batch_in_epoch
+        for epoch in range(start_epoch, self.config.epochs):
+            if self.state.step >= self.total:
+                break
+            rng.bit_generator.state = self.state.epoch_rng_state  # the data order of this epoch
+            self.state.epoch, self.state.batch_in_epoch = epoch, skip if epoch == start_epoch else 0
+            batches = self.train.train_batches(self.config.batch_size, rng)
+            for _ in range(self.state.batch_in_epoch):
+                next(batches)
+            for batch in batches:
+                if self.state.step >= self.total:
+                    break
+                self.step(batch, bar)
+            if self.state.last_eval != self.state.step:
+                self.evaluate()
+            self.state.epoch_rng_state = rng.bit_generator.state
+
+    def step(self, batch: Batch, bar) -> None:
+        """One optimizer step on a global batch, then the hooks, evaluation and state saving it is due."""
+        state, config = self.state, self.config
+        start = time.perf_counter()
+        values = _accumulate(self.model, batch, self.loss_fn, self.kind, self.world, config.grad_accum,
+                             config.amp, self.optimizer.scaler)
+        if self.world.size > 1:
+            all_reduce_gradients(self.optimizer.params, self.world)
+        self.optimizer.step()
+        state.step_seconds += time.perf_counter() - start
+        state.step += 1
+        state.steps_run += 1
+        state.batch_in_epoch += 1
+        if not all(math.isfinite(v) for v in values.values()):
+            raise UserError(f"the loss became {values} at step {state.step}; lower --lr")
+        bar.advance(values)
+        if self.hooks.on_step:
+            self.hooks.on_step(state.step, values)
+        if config.eval_every and state.step % config.eval_every == 0:
+            self.evaluate()
+        if self.state_dir is not None and config.save_every and state.step % config.save_every == 0 \
+                and self.world.main:
+            state.save(self.state_dir, {"total": self.total, "seed": config.seed}, self.model, self.optimizer,
+                       self.extra_layers)
+
+    def evaluate(self) -> None:
+        """Score dev (when there is one), record it, keep the weights if they are the best so far."""
+        state = self.state
+        state.last_eval = state.step
+        if self.dev is None:
+            return
+        metrics = evaluate_split(self.model, self.dev, self.kind, self.config.eval_batch_size)
+        epoch = state.step / self.train.num_train_batches(self.config.batch_size)
+        state.history.append({"step": state.step, "epoch": round(epoch, 3),
+                              **{f"dev_{k}": v for k, v in metrics.items()}})
+        if self.hooks.on_eval:
+            self.hooks.on_eval(state.step, metrics)
+        metric = PRIMARY_METRIC[self.kind]
+        if not state.best_metrics or is_better(metric, metrics[metric], state.best_metrics[metric]):
+            state.best_state, state.best_metrics, state.best_step = _weights(self.model), metrics, state.step
 
 
 def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: LoopConfig,
@@ -246,130 +435,26 @@ def train_model(model, train: EncodedSplit, dev: EncodedSplit | None, config: Lo
     trained layers outside ``model`` (distillation's projection) whose weights the state keeps too.
     """
     extra_layers = extra_layers or {}
-    paddle = import_paddle()
     w = init_distributed()
-    pieces_per_rank = config.grad_accum
-    if config.batch_size % (w.size * pieces_per_rank):
+    if config.batch_size % (w.size * config.grad_accum):
         raise UserError(f"--batch-size {config.batch_size} (the global batch) must divide by the number of "
-                        f"processes x --grad-accum ({w.size} x {pieces_per_rank})")
+                        f"processes x --grad-accum ({w.size} x {config.grad_accum})")
     seed_everything(config.seed)
-    hooks = hooks or TrainHooks()
     rng = np.random.default_rng(config.seed)
-    per_epoch = train.num_train_batches(config.batch_size)
-    total = per_epoch * config.epochs
+    total = train.num_train_batches(config.batch_size) * config.epochs
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    metric = PRIMARY_METRIC[kind]
-
-    params = [p for p in (parameters or model.parameters()) if not p.stop_gradient]
-    names = {id(p): n for n, p in model.named_parameters()}
-    warmup = int(total * config.warmup_ratio)
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    schedule = paddle.optimizer.lr.LambdaDecay(config.learning_rate, lr_factor)
-    decay_names = {p.name for p in params if not _no_decay(names.get(id(p), ""))}
-    optimizer = paddle.optimizer.AdamW(
-        learning_rate=schedule, parameters=params, weight_decay=config.weight_decay,
-        apply_decay_param_fun=lambda n: n in decay_names,
-        grad_clip=paddle.nn.ClipGradByGlobalNorm(config.grad_clip) if config.grad_clip > 0 else None)
-    scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15) if config.amp == "fp16" else None
-
-    def state_copy() -> dict[str, np.ndarray]:
-        return {k: v.numpy().copy() for k, v in model.state_dict().items()}
-
-    best_state, best_metrics, best_step = state_copy(), {}, 0
-    history: list[dict[str, Any]] = []
+    optimizer = _build_optimizer(model, parameters, config, total)
     start = time.perf_counter()
-    step = last_eval = start_epoch = skip_batches = steps_run = 0
-    step_seconds = 0.0
-    epoch_rng_state = rng.bit_generator.state
-    saved = load_train_state(state_dir) if (resume and state_dir is not None) else None
-    if resume and saved is None:
-        raise UserError(f"nothing to resume: no saved training state in {state_dir}")
-    if saved is not None:
-        if saved["total"] != total or saved["seed"] != config.seed:
-            raise UserError(f"the saved state in {state_dir} is from a run with other settings "
-                            f"(steps {saved['total']}, seed {saved['seed']}); start again without --resume")
-        model.set_state_dict(saved["model"])
-        for name, layer in extra_layers.items():
-            layer.set_state_dict(saved["extra"][name])
-        optimizer.set_state_dict(saved["optimizer"])
-        schedule.set_state_dict(saved["schedule"])
-        paddle.set_rng_state(saved["paddle_rng"])
-        step, last_eval = saved["step"], saved["last_eval"]
-        start_epoch, skip_batches = saved["epoch"], saved["batch_in_epoch"]
-        epoch_rng_state = saved["epoch_rng_state"]
-        best_state, best_metrics, best_step = saved["best_state"], saved["best_metrics"], saved["best_step"]
-        history = saved["history"]
-
-    def save_state(epoch: int, batch_in_epoch: int) -> None:
-        _save_state(Path(state_dir) / STATE_FILE, {
-            "total": total, "seed": config.seed, "step": step, "last_eval": last_eval,
-            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "epoch_rng_state": epoch_rng_state,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "extra": {name: layer.state_dict() for name, layer in extra_layers.items()},
-            "schedule": schedule.state_dict(), "paddle_rng": paddle.get_rng_state(),
-            "best_state": best_state, "best_metrics": best_metrics, "best_step": best_step,
-            "history": history})
-
-    def evaluate(step: int, epoch: float) -> None:
-        nonlocal best_state, best_metrics, best_step
-        if dev is None:
-            return
-        metrics = evaluate_split(model, dev, kind, config.eval_batch_size)
-        history.append({"step": step, "epoch": round(epoch, 3), **{f"dev_{k}": v for k, v in metrics.items()}})
-        if hooks.on_eval:
-            hooks.on_eval(step, metrics)
-        if not best_metrics or is_better(metric, metrics[metric], best_metrics[metric]):
-            best_state, best_metrics, best_step = state_copy(), metrics, step
-
+    state = _initial_state(model, optimizer, config, total, rng, state_dir, resume, extra_layers)
+    loop = _Loop(model, train, dev, config, kind, loss_fn, hooks or TrainHooks(), w, optimizer, state, total,
+                 state_dir, extra_layers)
     model.train()
     with progress_bar(total, description) as bar:
-        bar.advance(steps=step)
-        for epoch in range(start_epoch, config.epochs):
-            if step >= total:
-                break
-            rng.bit_generator.state = epoch_rng_state  # the data order of this epoch
-            batches = train.train_batches(config.batch_size, rng)
-            for _ in range(skip_batches if epoch == start_epoch else 0):
-                next(batches)
-            for batch_in_epoch, batch in enumerate(batches, start=skip_batches if epoch == start_epoch else 0):
-                if step >= total:
-                    break
-                step_start = time.perf_counter()
-                values = _accumulate(model, batch, loss_fn, kind, w, pieces_per_rank, config.amp, scaler)
-                if w.size > 1:
-                    all_reduce_gradients(params, w)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.clear_grad()
-                schedule.step()
-                step_seconds += time.perf_counter() - step_start
-                step += 1
-                steps_run += 1
-                if not all(math.isfinite(v) for v in values.values()):
-                    raise UserError(f"the loss became {values} at step {step}; lower --lr")
-                bar.advance(values)
-                if hooks.on_step:
-                    hooks.on_step(step, values)
-                if config.eval_every and step % config.eval_every == 0:
-                    evaluate(step, step / per_epoch)
-                    last_eval = step
-                if state_dir is not None and config.save_every and step % config.save_every == 0 and w.main:
-                    save_state(epoch, batch_in_epoch + 1)
-            if last_eval != step:
-                evaluate(step, step / per_epoch)
-                last_eval = step
-            epoch_rng_state = rng.bit_generator.state
+        bar.advance(steps=state.step)
+        loop.run(rng, bar)
     model.eval()
     if dev is None:
-        best_state, best_step = state_copy(), step
-    return TrainResult(best_state, best_metrics, best_step, step, time.perf_counter() - start, history, steps_run,
-                       step_seconds)
+        state.best_state, state.best_step = _weights(model), state.step
+    return TrainResult(state.best_state, state.best_metrics, state.best_step, state.step,
+                       time.perf_counter() - start, state.history, state.steps_run, state.step_seconds)

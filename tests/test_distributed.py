@@ -56,6 +56,7 @@ STAGES = {
 }
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_two_processes_end_with_the_weights_of_one(start, tmp_path, stage):
     args = [a.format(ckpt=start) for a in STAGES[stage]] + ["--batch-size", "8"]
@@ -78,12 +79,89 @@ def test_gradient_accumulation_is_the_same_step(start, tmp_path):
     assert max_weight_difference(tmp_path / "one", tmp_path / "accum") <= TOLERANCE
 
 
+# Token-level heads weight each micro-batch / rank by its labelled tokens (training_loop.batch_weight), so
+# the loss must be a mean over labelled tokens too. The texts differ in length (2 to 14 characters), so
+# the shares of a batch hold different fractions of labelled positions: a loss divided by every position
+# (Paddle's reduction="mean" with ignore_index) no longer adds up to the one-process step.
+NER_TEXTS = ["李鹏", "新华社报道", "江泽民访问北京", "李鹏在上海会见了记者",
+             "新华社记者在北京和上海报道了这件事情", "上海", "北京新华社", "江泽民在北京"]
+LM_TEXTS = ["很好", "质量很好，推荐", "太差了，浪费钱，不会再买了", "服务很差",
+            "非常满意，下次还来买这家的东西", "好", "包装破损，退货", "物流很快，包装完好，东西也不错"]
+
+
+def _bio_tags(text: str) -> list[str]:
+    names = {"李鹏": "PER", "江泽民": "PER", "新华社": "ORG", "北京": "LOC", "上海": "LOC"}
+    tags = ["O"] * len(text)
+    for name, kind in names.items():
+        at = text.find(name)
+        while at >= 0:
+            tags[at:at + len(name)] = [f"B-{kind}"] + [f"I-{kind}"] * (len(name) - 1)
+            at = text.find(name, at + len(name))
+    return tags
+
+
+def _write_token_task(kind: str, data: Path) -> list[str]:
+    """The train/dev/test files of a tiny NER or LM task in ``data``; the command-line task options."""
+    data.mkdir()
+    for split, repeat in (("train", 4), ("dev", 1), ("test", 1)):
+        if kind == "ner":
+            blocks = ["\n".join(f"{c} {t}" for c, t in zip(text, _bio_tags(text))) for text in NER_TEXTS * repeat]
+            (data / f"{split}.txt").write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+        else:
+            (data / f"{split}.txt").write_text("\n".join(LM_TEXTS * repeat) + "\n", encoding="utf-8")
+    if kind == "ner":
+        return ["--task", "msra-ner", "--data", str(data), "--preset", "tiny"]
+    return ["--task", "lm", "--data", str(data), "--preset", "ernie45-tiny"]
+
+
+@pytest.fixture(scope="module", params=["ner", "causal lm"])
+def token_level(request, tmp_path_factory) -> tuple[list[str], Path]:
+    """A token-level head (``root/start``), trained one epoch with dropout off: (train args from it,
+    one-process result)."""
+    root = tmp_path_factory.mktemp(request.param.replace(" ", "-"))
+    texts = NER_TEXTS if request.param == "ner" else LM_TEXTS
+    assert len({len(t) for t in texts}) > 4  # label density differs between the shares of a batch
+    cli("train", *_write_token_task(request.param, root / "data"), "--epochs", "1", "--batch-size", "8",
+        "--out", str(root / "start"))
+    config = json.loads((root / "start" / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (root / "start" / "config.json").write_text(json.dumps(config))
+    args = ["train", "--from", str(root / "start"), "--epochs", "2", "--lr", "3e-3", "--batch-size", "8"]
+    cli(*args, "--out", str(root / "one"))
+    return args, root / "one"
+
+
+def test_token_level_gradient_accumulation_is_the_same_step(token_level, tmp_path):
+    args, one = token_level
+    cli(*args, "--out", str(tmp_path / "accum"), "--grad-accum", "4")
+    assert max_weight_difference(one, tmp_path / "accum") <= TOLERANCE
+
+
+@pytest.mark.multiprocess
+def test_token_level_two_processes_end_with_the_weights_of_one(token_level, tmp_path):
+    args, one = token_level
+    cli(*args, "--out", str(tmp_path / "two"), "--nproc", "2")
+    assert max_weight_difference(one, tmp_path / "two") <= TOLERANCE
+
+
+def test_token_level_distillation_with_hidden_states_accumulates_the_same_step(token_level, tmp_path):
+    """The hidden-state term averages over real tokens while the loop weights a token-level share by
+    its labelled tokens (TensorBatch.token_share reconciles the two); CE and KD average over labelled ones."""
+    start = token_level[1].parent / "start"
+    args = ["distill", "--teacher", str(start), "--student", str(start), "--epochs", "2", "--lr", "1e-3",
+            "--kd-weight", "0.5", "--hidden-weight", "1", "--no-latency", "--batch-size", "8"]
+    cli(*args, "--out", str(tmp_path / "one"))
+    cli(*args, "--out", str(tmp_path / "accum"), "--grad-accum", "4")
+    assert max_weight_difference(tmp_path / "one", tmp_path / "accum") <= TOLERANCE
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+@pytest.mark.multiprocess
 def test_two_nodes_on_localhost_through_paddles_launcher(start, tmp_path):
     args = ["train", "--from", str(start), "--epochs", "2", "--lr", "3e-3", "--batch-size", "8"]
     cli(*args, "--out", str(tmp_path / "one"))
@@ -130,6 +208,7 @@ def rank_processes(parent: int) -> list[int]:
     return sorted(ranks)
 
 
+@pytest.mark.multiprocess
 def test_sigterm_to_one_rank_then_resume_matches_the_uninterrupted_run(start, tmp_path):
     import os
     import signal
@@ -160,6 +239,7 @@ def test_sigterm_to_one_rank_then_resume_matches_the_uninterrupted_run(start, tm
     assert not (tmp_path / ".cut.train-state").exists()
 
 
+@pytest.mark.multiprocess
 def test_uneven_shares_lose_and_duplicate_no_example(start, tmp_path):
     """47 training rows at a global batch of 8: the last batch has 7 rows, 4 on one rank and 3 on
     the other (and 8 rows at --grad-accum 4 on 2 ranks: one row per micro-batch), weighted by rows."""
@@ -179,6 +259,7 @@ def test_uneven_shares_lose_and_duplicate_no_example(start, tmp_path):
     assert two["metrics"] == one["metrics"] and one["metrics"]["test"]["examples"] == 8
 
 
+@pytest.mark.multiprocess
 def test_two_nodes_through_our_own_options(start, tmp_path):
     args = ["train", "--from", str(start), "--epochs", "2", "--lr", "3e-3", "--batch-size", "8"]
     cli(*args, "--out", str(tmp_path / "one"))
@@ -192,6 +273,7 @@ def test_two_nodes_through_our_own_options(start, tmp_path):
     assert max_weight_difference(tmp_path / "one", tmp_path / "two") <= TOLERANCE
 
 
+@pytest.mark.multiprocess
 def test_an_unreachable_master_is_one_line(start, tmp_path, monkeypatch):
     monkeypatch.setenv("ERNIE_COMPRESS_MASTER_TIMEOUT", "2")
     result = cli("train", "--from", str(start), "--out", str(tmp_path / "o"), "--nnodes", "2",

@@ -69,6 +69,7 @@ def _resume_and_compare(args, tmp_path, out, full):
     return resumed
 
 
+@pytest.mark.multiprocess
 def test_sigterm_then_resume_matches_uninterrupted(tmp_path):
     data = write_text_task(tmp_path / "data")
     args = ARGS + ["--data", str(data)]
@@ -108,6 +109,7 @@ STAGES = {  # stage arguments after the parent checkpoint; each trains long enou
 }
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_training_stages_resume_after_sigterm(tmp_path, stage):
     """distill (with its hidden-state projection), prune recovery and QAT save and resume too."""
