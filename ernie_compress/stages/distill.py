@@ -27,7 +27,7 @@ from ..losses import TeacherLogitCache, hard_label_loss, soft_label_kd, task_los
 from ..metrics import percent_of
 from ..models import build_model, count_parameters, load_state_
 from ..models.config import ErnieConfig
-from ..models.families import config_from_dict, family_of
+from ..models.families import config_from_dict, family_of, family_of_keys, require_distillation
 from ..models.layouts import check_layout
 from ..models.presets import is_preset, resolve_preset
 from ..options import check_options, fail, option
@@ -99,16 +99,15 @@ def _student(cfg: DistillConfig, teacher: Checkpoint) -> tuple[ErnieConfig, dict
     """(student config, initial state or None, description)."""
     if is_preset(cfg.student):
         keys = resolve_preset(cfg.student)
-        family = keys.get("model_type", "ernie")
-        if family != teacher.config.model_type:
-            raise UserError(f"the student preset '{cfg.student}' is from the {family} family but the teacher is "
-                            f"{teacher.config.model_type}; distill within one family (e.g. an ernie45-* "
+        family = family_of_keys(keys)
+        if family is not family_of(teacher.config):
+            raise UserError(f"the student preset '{cfg.student}' is from the {family.model_type} family but the "
+                            f"teacher is {teacher.config.model_type}; distill within one family (e.g. an ernie45-* "
                             f"student for an ERNIE 4.5 teacher)")
         keys.update(vocab_size=teacher.config.vocab_size, architectures=teacher.config.architectures,
                     id2label=teacher.config.id2label, pad_token_id=teacher.config.pad_token_id,
                     max_position_embeddings=max(keys["max_position_embeddings"], teacher.max_seq_length))
-        if family == "ernie" and keys.get("type_vocab_size", 2) < teacher.config.type_vocab_size:
-            keys["type_vocab_size"] = teacher.config.type_vocab_size
+        family.student_keys(keys, teacher.config)
         config = config_from_dict(keys)
         config.extra["ernie_compress"] = dict(teacher.config.extra.get("ernie_compress", {}))
         return config, None, f"preset {cfg.student}"
@@ -180,10 +179,8 @@ def distill(cfg: DistillConfig) -> DistillResult:
     s_layer = student_config.num_hidden_layers - 1
     t_heads, s_heads = teacher_ckpt.config.heads_in_layer(t_layer), student_config.heads_in_layer(s_layer)
     relation_heads = cfg.relation_heads or math.gcd(t_heads, s_heads)
-    if cfg.attention_weight > 0 and not family_of(teacher_ckpt.config).attention_distillation:
-        raise UserError(f"attention (MiniLM) distillation is for ERNIE 3.0 encoders; distill "
-                        f"{family_of(teacher_ckpt.config).title} models with logits (--kd-weight) and hidden "
-                        f"states (--hidden-weight)")
+    if cfg.attention_weight > 0:
+        require_distillation(teacher_ckpt.config, "attention_relations")
     if cfg.attention_weight > 0:
         widths = (t_heads * teacher_ckpt.config.head_dim, s_heads * student_config.head_dim)
         if min(t_heads, s_heads) == 0 or any(w % relation_heads for w in widths):
