@@ -55,8 +55,8 @@ def config_from_dict(data: dict[str, Any]):
 def require_distillation(config, signal: str) -> None:
     """Refuse a distillation signal (``architecture.DISTILLATION_SIGNALS``) the teacher's family
     does not give, naming the families that do."""
-    supported = [f"{f.title} models" for f in FAMILIES.values() if signal in f.distillation.signals]
     if signal not in DISTILLATION_SIGNALS:
         raise ValueError(f"unknown distillation signal '{signal}'")
+    supported = [f"{f.title} models" for f in FAMILIES.values() if signal in f.distillation.signals]
     family = family_of(config)
     family.distillation.require(signal, family.title, " and ".join(supported))
