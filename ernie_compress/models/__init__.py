@@ -12,7 +12,7 @@ from ..errors import UserError
 import numpy as np
 
 from .config import ErnieConfig
-from .families import family_of
+from .families import FAMILIES, family_of
 
 
 def build_model(config: ErnieConfig):
@@ -36,7 +36,8 @@ def count_parameters(shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
     return {"total": total, "embeddings": embeddings, "non_embedding": total - embeddings}
 
 
-HEAD_PREFIXES = ("classifier.", "score.", "lm_head.")  # task-specific parameters, re-initialised for a new label set
+# task-specific parameters, re-initialised for a new label set
+HEAD_PREFIXES = tuple(dict.fromkeys(f"{head}." for f in FAMILIES.values() for head in f.names.task_heads))
 
 
 def model_state(model) -> dict:

@@ -28,14 +28,6 @@ paddle = import_paddle()
 nn = paddle.nn
 F = paddle.nn.functional
 
-# Which Linear plays which role, for the algorithms that need to know (pruning, quantization).
-LINEAR_ROLES = {
-    "attention_in": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-    "attention_out": ("self_attn.out_proj",),
-    "ffn_in": ("linear1",),
-    "ffn_out": ("linear2",),
-}
-
 _ACTIVATIONS = {
     "gelu": F.gelu,
     "relu": F.relu,

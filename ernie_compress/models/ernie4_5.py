@@ -24,13 +24,6 @@ paddle = import_paddle()
 nn = paddle.nn
 F = nn.functional
 
-LINEAR_ROLES = {
-    "attention_in": ("self_attn.qkv_proj",),
-    "attention_out": ("self_attn.o_proj",),
-    "ffn_in": ("mlp.up_gate_proj",),
-    "ffn_out": ("mlp.down_proj",),
-}
-
 
 @paddle.jit.not_to_static
 def _record(record: dict | None, key: str, value) -> None:

@@ -24,21 +24,20 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..models.families import family_of
 
 MODES = ("queries", "groups")
-
-
-def _prefix(i: int) -> str:
-    return f"ernie.layers.{i}."
 
 
 def magnitude_query_importance(state: dict[str, np.ndarray], config) -> list[np.ndarray]:
     """Per layer, the L2 norm of each query head's qkv_proj columns and o_proj rows: [heads]."""
     d = config.head_dim
+    names = family_of(config).names
+    (qkv_proj,) = names.attention_in  # fused: [query heads | KV keys | KV values] columns
     scores = []
     for i in range(config.num_hidden_layers):
-        qkv = state[_prefix(i) + "self_attn.qkv_proj.weight"]  # [hidden, (h + 2 kv) d]
-        o = state[_prefix(i) + "self_attn.o_proj.weight"]  # [h d, hidden]
+        qkv = state[names.in_layer(i, qkv_proj)]  # [hidden, (h + 2 kv) d]
+        o = state[names.in_layer(i, names.attention_out)]  # [h d, hidden]
         scores.append(np.array([np.sqrt(np.sum(qkv[:, h * d:(h + 1) * d] ** 2) + np.sum(o[h * d:(h + 1) * d] ** 2))
                                 for h in range(config.num_attention_heads)]))
     return scores
@@ -47,10 +46,12 @@ def magnitude_query_importance(state: dict[str, np.ndarray], config) -> list[np.
 def swiglu_importance(state: dict[str, np.ndarray], config) -> list[np.ndarray]:
     """Per layer, ``||gate[:, j]|| * ||up[:, j]|| * ||down[j, :]||`` for each FFN neuron j."""
     f = config.intermediate_size
+    names = family_of(config).names
+    (up_gate_proj,) = names.ffn_in  # fused: [gate | up] columns
     scores = []
     for i in range(config.num_hidden_layers):
-        up_gate = state[_prefix(i) + "mlp.up_gate_proj.weight"]  # [hidden, 2 f]: gate | up
-        down = state[_prefix(i) + "mlp.down_proj.weight"]  # [f, hidden]
+        up_gate = state[names.in_layer(i, up_gate_proj)]  # [hidden, 2 f]: gate | up
+        down = state[names.in_layer(i, names.ffn_out)]  # [f, hidden]
         scores.append(np.linalg.norm(up_gate[:, :f], axis=0) * np.linalg.norm(up_gate[:, f:], axis=0)
                       * np.linalg.norm(down, axis=1))
     return scores
@@ -144,17 +145,18 @@ def prune_gqa_state(state: dict[str, np.ndarray], config, heads: Sequence[Sequen
     def span(blocks, base=0):
         return np.concatenate([base + np.arange(b * d, (b + 1) * d) for b in blocks])
 
+    names = family_of(config).names
+    (qkv_proj,), (up_gate_proj,) = names.attention_in, names.ffn_in
     out = dict(state)
     for i in range(config.num_hidden_layers):
-        p = _prefix(i)
         q_cols = span(heads[i])
         cols = np.concatenate([q_cols, span(groups[i], h * d), span(groups[i], (h + kv) * d)])
         ffn_cols = np.concatenate([np.asarray(neurons[i]), f + np.asarray(neurons[i])])
-        for name, axis, index in (("self_attn.qkv_proj", 1, cols), ("self_attn.o_proj", 0, q_cols),
-                                  ("mlp.up_gate_proj", 1, ffn_cols), ("mlp.down_proj", 0, np.asarray(neurons[i]))):
-            weight = state[p + name + ".weight"]
-            out[p + name + ".weight"] = np.ascontiguousarray(np.take(weight, index, axis=axis))
-            bias = p + name + ".bias"
+        for module, axis, index in ((qkv_proj, 1, cols), (names.attention_out, 0, q_cols),
+                                    (up_gate_proj, 1, ffn_cols), (names.ffn_out, 0, np.asarray(neurons[i]))):
+            weight = names.in_layer(i, module)
+            out[weight] = np.ascontiguousarray(np.take(state[weight], index, axis=axis))
+            bias = names.in_layer(i, module, "bias")
             if bias in state and axis == 1:
                 out[bias] = np.ascontiguousarray(state[bias][index])
     new_config = config.replace(num_attention_heads=new_heads, num_key_value_heads=new_kv, intermediate_size=new_ffn)

@@ -7,7 +7,7 @@ scores within each layer by their L2 norm so that layers compare. ``magnitude`` 
 alternative: the L2 norm of the head's slices of the q/k/v and output projections.
 
 FFN neurons — the product of the L2 norms of a neuron's input column (``linear1``) and output
-row (``linear2``), normalised per layer the same way.
+row (``linear2``) — the family's FFN input and output Linears — normalised per layer the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 from ..data.batching import EncodedSplit
 from ..errors import UserError
 from ..losses import task_kind, task_loss
+from ..models.families import family_of
 from ..paddle_env import import_paddle
 from ..progress import progress_bar
 
@@ -61,32 +62,33 @@ def gradient_head_importance(model, split: EncodedSplit, samples: int = 512, bat
 
 
 def magnitude_head_importance(state: dict[str, np.ndarray], config) -> list[np.ndarray]:
-    """Per layer, the L2 norm of each head's q/k/v columns and out_proj rows."""
+    """Per layer, the L2 norm of each head's q/k/v columns and output-projection rows."""
     d = config.head_dim
+    names = family_of(config).names
     scores = []
     for i in range(config.num_hidden_layers):
         heads = config.heads_in_layer(i)
-        prefix = f"ernie.encoder.layers.{i}.self_attn."
         s = np.zeros(heads)
         for h in range(heads):
             cols = slice(h * d, (h + 1) * d)
-            for proj in ("q_proj", "k_proj", "v_proj"):
-                s[h] += np.sum(state[prefix + proj + ".weight"][:, cols] ** 2)
-            s[h] += np.sum(state[prefix + "out_proj.weight"][cols, :] ** 2)
+            for proj in names.attention_in:
+                s[h] += np.sum(state[names.in_layer(i, proj)][:, cols] ** 2)
+            s[h] += np.sum(state[names.in_layer(i, names.attention_out)][cols, :] ** 2)
         scores.append(np.sqrt(s))
     return _normalise_per_layer(scores)
 
 
 def ffn_importance(state: dict[str, np.ndarray], config) -> list[np.ndarray]:
     """Per layer, ``||W1[:, j]|| * ||W2[j, :]||`` for each FFN neuron j."""
+    names = family_of(config).names
+    (ffn_in,) = names.ffn_in
     scores = []
     for i in range(config.num_hidden_layers):
-        prefix = f"ernie.encoder.layers.{i}."
         if config.ffn_in_layer(i) == 0:
             scores.append(np.zeros(0))
             continue
-        w1 = state[prefix + "linear1.weight"]  # [hidden, ffn]
-        w2 = state[prefix + "linear2.weight"]  # [ffn, hidden]
+        w1 = state[names.in_layer(i, ffn_in)]  # [hidden, ffn]
+        w2 = state[names.in_layer(i, names.ffn_out)]  # [ffn, hidden]
         scores.append(np.linalg.norm(w1, axis=0) * np.linalg.norm(w2, axis=1))
     return _normalise_per_layer(scores)
 

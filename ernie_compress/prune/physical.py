@@ -2,7 +2,8 @@
 
 Paddle Linear weights are [in, out]. Head ``h`` of a layer owns columns ``h*d:(h+1)*d`` of the
 q/k/v projections (and those bias entries) and rows ``h*d:(h+1)*d`` of the output projection; FFN
-neuron ``j`` owns column ``j`` of ``linear1`` (and its bias entry) and row ``j`` of ``linear2``.
+neuron ``j`` owns column ``j`` of the FFN's input Linear (and its bias entry) and row ``j`` of its
+output Linear (the family's ``names`` say which those are).
 Slicing them out computes exactly what the unpruned model computes with those heads masked to
 zero (a masked head contributes a zero block to the output projection's input). A layer left with
 no heads loses its attention block entirely (its residual and LayerNorm stay); the config records
@@ -15,11 +16,43 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..models.architecture import ParameterNames
 from ..models.config import ErnieConfig
+from ..models.families import family_of
 
 
 def _keep_columns(w: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w[:, keep])
+
+
+def _keep_heads(out: dict, state: dict, names: ParameterNames, i: int, keep_heads: list[int], d: int) -> None:
+    """Slice layer i's attention to ``keep_heads``; none kept removes the attention block."""
+    if not keep_heads:
+        attention = names.layer(i) + names.attention + "."
+        for name in [k for k in out if k.startswith(attention)]:
+            del out[name]
+        return
+    cols = np.concatenate([np.arange(h * d, (h + 1) * d) for h in keep_heads])
+    for proj in names.attention_in:
+        weight, bias = names.in_layer(i, proj), names.in_layer(i, proj, "bias")
+        out[weight] = _keep_columns(state[weight], cols)
+        out[bias] = np.ascontiguousarray(state[bias][cols])
+    weight = names.in_layer(i, names.attention_out)
+    out[weight] = np.ascontiguousarray(state[weight][cols, :])
+
+
+def _keep_neurons(out: dict, state: dict, names: ParameterNames, i: int, keep: np.ndarray) -> None:
+    """Slice layer i's FFN to the neurons ``keep``; none kept removes it."""
+    (ffn_in,), ffn_out = names.ffn_in, names.ffn_out
+    if not keep.size:
+        for module in (ffn_in, ffn_out):
+            for parameter in ("weight", "bias"):
+                out.pop(names.in_layer(i, module, parameter), None)
+        return
+    w1, b1, w2 = names.in_layer(i, ffn_in), names.in_layer(i, ffn_in, "bias"), names.in_layer(i, ffn_out)
+    out[w1] = _keep_columns(state[w1], keep)
+    out[b1] = np.ascontiguousarray(state[b1][keep])
+    out[w2] = np.ascontiguousarray(state[w2][keep, :])
 
 
 def prune_state(state: dict[str, np.ndarray], config: ErnieConfig,
@@ -28,36 +61,20 @@ def prune_state(state: dict[str, np.ndarray], config: ErnieConfig,
                 ) -> tuple[dict[str, np.ndarray], ErnieConfig]:
     """A new state dict and config keeping the listed heads/neurons of each layer (sorted order)."""
     d = config.head_dim
+    names = family_of(config).names
     out = dict(state)
     heads_per_layer, ffn_per_layer = [], []
     for i in range(config.num_hidden_layers):
-        prefix = f"ernie.encoder.layers.{i}."
         keep_heads = sorted(int(h) for h in heads_to_keep[i])
-        attn = prefix + "self_attn."
         if config.heads_in_layer(i) > 0:
-            if keep_heads:
-                cols = np.concatenate([np.arange(h * d, (h + 1) * d) for h in keep_heads])
-                for proj in ("q_proj", "k_proj", "v_proj"):
-                    out[attn + proj + ".weight"] = _keep_columns(state[attn + proj + ".weight"], cols)
-                    out[attn + proj + ".bias"] = np.ascontiguousarray(state[attn + proj + ".bias"][cols])
-                out[attn + "out_proj.weight"] = np.ascontiguousarray(state[attn + "out_proj.weight"][cols, :])
-            else:
-                for name in [k for k in out if k.startswith(attn)]:
-                    del out[name]
+            _keep_heads(out, state, names, i, keep_heads, d)
         heads_per_layer.append(len(keep_heads))
-
         width = config.ffn_in_layer(i)
         if neurons_to_keep is None or width == 0:
             ffn_per_layer.append(width)
             continue
         keep = np.array(sorted(int(j) for j in neurons_to_keep[i]), dtype=np.int64)
-        if keep.size:
-            out[prefix + "linear1.weight"] = _keep_columns(state[prefix + "linear1.weight"], keep)
-            out[prefix + "linear1.bias"] = np.ascontiguousarray(state[prefix + "linear1.bias"][keep])
-            out[prefix + "linear2.weight"] = np.ascontiguousarray(state[prefix + "linear2.weight"][keep, :])
-        else:
-            for suffix in ("linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"):
-                out.pop(prefix + suffix, None)
+        _keep_neurons(out, state, names, i, keep)
         ffn_per_layer.append(int(keep.size))
     new_config = config.replace(num_attention_heads_per_layer=heads_per_layer,
                                 intermediate_size_per_layer=ffn_per_layer,

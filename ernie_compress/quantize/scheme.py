@@ -51,10 +51,7 @@ class Int8Scheme:
 def quantized_linear_names(model) -> list[str]:
     """Names of the Linear sublayers that INT8 covers (see the module docstring)."""
     family = family_of(model.config)
-    roles = family.module().LINEAR_ROLES
-    suffixes = tuple(s for role in QUANTIZED_ROLES for s in roles[role])
-    return [name for name, _ in model.named_sublayers()
-            if name.startswith(family.layer_prefix) and name.endswith(suffixes)]
+    return [name for name, _ in model.named_sublayers() if family.linear_role(name) in QUANTIZED_ROLES]
 
 
 def quantization_info(config) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
+from ..models.families import family_of
 
 BITS = {"int8": 8, "int4": 4}
 HEAD_BITS = 8  # a causal LM's output head: int8 per vocabulary entry, whatever the Linears get
@@ -28,10 +29,8 @@ HEAD_BITS = 8  # a causal LM's output head: int8 per vocabulary entry, whatever 
 
 def lm_head_weight(config) -> tuple[str, bool] | None:
     """A causal LM's output head: (weight name, True when it is the tied embedding table
-    [vocab, hidden], which the head reads transposed); None for other models."""
-    if config.architecture != "Ernie4_5ForCausalLM":
-        return None
-    return ("ernie.embed_tokens.weight", True) if config.tie_word_embeddings else ("lm_head.weight", False)
+    [vocab, hidden], which the head reads transposed); None for other models. The family knows."""
+    return family_of(config).output_head(config)
 
 
 def qmax(bits: int) -> int:

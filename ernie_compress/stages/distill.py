@@ -27,7 +27,7 @@ from ..losses import TeacherLogitCache, hard_label_loss, soft_label_kd, task_los
 from ..metrics import percent_of
 from ..models import build_model, count_parameters, load_state_
 from ..models.config import ErnieConfig
-from ..models.families import config_from_dict, family_of
+from ..models.families import config_from_dict, family_of, family_of_keys, require_distillation
 from ..models.layouts import check_layout
 from ..models.presets import is_preset, resolve_preset
 from ..options import check_options, fail, option
@@ -99,16 +99,15 @@ def _student(cfg: DistillConfig, teacher: Checkpoint) -> tuple[ErnieConfig, dict
     """(student config, initial state or None, description)."""
     if is_preset(cfg.student):
         keys = resolve_preset(cfg.student)
-        family = keys.get("model_type", "ernie")
-        if family != teacher.config.model_type:
-            raise UserError(f"the student preset '{cfg.student}' is from the {family} family but the teacher is "
-                            f"{teacher.config.model_type}; distill within one family (e.g. an ernie45-* "
+        family = family_of_keys(keys)
+        if family is not family_of(teacher.config):
+            raise UserError(f"the student preset '{cfg.student}' is from the {family.model_type} family but the "
+                            f"teacher is {teacher.config.model_type}; distill within one family (e.g. an ernie45-* "
                             f"student for an ERNIE 4.5 teacher)")
         keys.update(vocab_size=teacher.config.vocab_size, architectures=teacher.config.architectures,
                     id2label=teacher.config.id2label, pad_token_id=teacher.config.pad_token_id,
                     max_position_embeddings=max(keys["max_position_embeddings"], teacher.max_seq_length))
-        if family == "ernie" and keys.get("type_vocab_size", 2) < teacher.config.type_vocab_size:
-            keys["type_vocab_size"] = teacher.config.type_vocab_size
+        family.student_keys(keys, teacher.config)
         config = config_from_dict(keys)
         config.extra["ernie_compress"] = dict(teacher.config.extra.get("ernie_compress", {}))
         return config, None, f"preset {cfg.student}"
@@ -145,52 +144,86 @@ def init_from_teacher(student_config: ErnieConfig, teacher: Checkpoint) -> dict[
     return state
 
 
-@register("distill", DistillConfig, summary="Distill a large teacher into a small student (logits, hidden states, MiniLM relations).")
-def distill(cfg: DistillConfig) -> DistillResult:
-    paddle = import_paddle()
-    started = time.perf_counter()
-    refuse_existing_output(cfg)
-    teacher_ckpt = load_checkpoint(resolve_teacher(cfg.teacher, cfg.models_dir))
-    refuse_quantized(teacher_ckpt, "distill from its FP32 parent")
-    student_config, student_state, student_source = _student(cfg, teacher_ckpt)
-    check_layout(student_config, cfg.layout)  # before training
+@dataclass(frozen=True)
+class _Student:
+    config: ErnieConfig
+    initial_state: dict | None  # what the student starts from (None: a fresh initialisation)
+    source: str  # for the report
+    model: object
+    parameters: dict[str, int]  # count_parameters
+
+
+def _build_student(cfg: DistillConfig, teacher_ckpt: Checkpoint, teacher_params: dict[str, int]) -> _Student:
+    """The student model (seeded), warning when it is not smaller than the teacher."""
+    config, state, source = _student(cfg, teacher_ckpt)
+    check_layout(config, cfg.layout)  # before training
     if cfg.init_from_teacher:
-        student_state = init_from_teacher(student_config, teacher_ckpt)
-
-    t_params = count_parameters({k: v.shape for k, v in teacher_ckpt.state.items()})
+        state = init_from_teacher(config, teacher_ckpt)
     seed_everything(cfg.train.seed)
-    student = build_model(student_config)
-    if student_state is not None:
-        load_state_(student, student_state, "student", allow_new_head=True)
-    s_params = count_parameters({k: list(v.shape) for k, v in student.state_dict().items()})
-    if s_params["non_embedding"] >= t_params["non_embedding"]:
-        note(f"[yellow]warning: the student ({s_params['non_embedding']:,} non-embedding parameters) is "
-             f"not smaller than its teacher ({t_params['non_embedding']:,})[/yellow]")
+    model = build_model(config)
+    if state is not None:
+        load_state_(model, state, "student", allow_new_head=True)
+    params = count_parameters({k: list(v.shape) for k, v in model.state_dict().items()})
+    if params["non_embedding"] >= teacher_params["non_embedding"]:
+        note(f"[yellow]warning: the student ({params['non_embedding']:,} non-embedding parameters) is "
+             f"not smaller than its teacher ({teacher_params['non_embedding']:,})[/yellow]")
+    return _Student(config, state, source, model, params)
 
-    start = start_from(teacher_ckpt, cfg.task_spec)  # the teacher: task, splits, model, held-out metrics
-    task, metric, tokenizer, splits, held_out = start.task, start.metric, start.tokenizer, start.splits, start.held_out
-    teacher, teacher_metrics = start.model, start.metrics
-    for p in teacher.parameters():
-        p.stop_gradient = True
 
-    mapping = (parse_layer_map(cfg.layer_map, student_config.num_hidden_layers, teacher_ckpt.config.num_hidden_layers)
-               if cfg.layer_map else uniform_layer_map(student_config.num_hidden_layers,
-                                                       teacher_ckpt.config.num_hidden_layers))
-    t_layer = cfg.attention_teacher_layer % teacher_ckpt.config.num_hidden_layers
-    s_layer = student_config.num_hidden_layers - 1
-    t_heads, s_heads = teacher_ckpt.config.heads_in_layer(t_layer), student_config.heads_in_layer(s_layer)
+@dataclass(frozen=True)
+class _Alignment:
+    """Which student layer learns from which teacher layer."""
+
+    layer_map: list[tuple[int, int]]  # hidden-state pairs (student, teacher)
+    teacher_layer: int  # attention relations: this teacher layer ...
+    student_layer: int  # ... to the student's last
+    relation_heads: int
+
+
+def _alignment(cfg: DistillConfig, teacher, student) -> _Alignment:
+    """Layer pairs for the hidden-state and attention losses, checked against both configs."""
+    mapping = (parse_layer_map(cfg.layer_map, student.num_hidden_layers, teacher.num_hidden_layers)
+               if cfg.layer_map else uniform_layer_map(student.num_hidden_layers, teacher.num_hidden_layers))
+    t_layer = cfg.attention_teacher_layer % teacher.num_hidden_layers
+    s_layer = student.num_hidden_layers - 1
+    t_heads, s_heads = teacher.heads_in_layer(t_layer), student.heads_in_layer(s_layer)
     relation_heads = cfg.relation_heads or math.gcd(t_heads, s_heads)
-    if cfg.attention_weight > 0 and not family_of(teacher_ckpt.config).attention_distillation:
-        raise UserError(f"attention (MiniLM) distillation is for ERNIE 3.0 encoders; distill "
-                        f"{family_of(teacher_ckpt.config).title} models with logits (--kd-weight) and hidden "
-                        f"states (--hidden-weight)")
     if cfg.attention_weight > 0:
-        widths = (t_heads * teacher_ckpt.config.head_dim, s_heads * student_config.head_dim)
+        require_distillation(teacher, "attention_relations")
+        widths = (t_heads * teacher.head_dim, s_heads * student.head_dim)
         if min(t_heads, s_heads) == 0 or any(w % relation_heads for w in widths):
             raise UserError(f"--relation-heads {relation_heads} must divide both attention widths {widths}")
-    projection = paddle.nn.Linear(student_config.hidden_size, teacher_ckpt.config.hidden_size)
+    return _Alignment(mapping, t_layer, s_layer, relation_heads)
+
+
+def _internal_losses(cfg: DistillConfig, record, t_record, batch, pad_id: int, projection, align: _Alignment):
+    """Hidden-state MSE and MiniLM relation KLs (weighted sum, parts) from both models' records."""
+    paddle = import_paddle()
+    valid = paddle.cast(batch.input_ids != pad_id, "float32")  # [b, s]
+    share = batch.token_share(valid, pad_id)  # token-averaged terms, data parallel
+    parts, total = {}, 0.0
+    if cfg.hidden_weight:
+        h = sum(hidden_mse(record["hidden_states"][s], t_record["hidden_states"][t], projection, valid)
+                for s, t in align.layer_map) / len(align.layer_map)
+        parts["hidden"] = h
+        total = total + cfg.hidden_weight * share * h
+    if cfg.attention_weight:
+        bias = paddle.unsqueeze((1.0 - valid) * -1e4, axis=[1, 2])  # [b, 1, 1, s]
+        tq, tk, tv = t_record["qkv"][align.teacher_layer]
+        sq, sk, sv = record["qkv"][align.student_layer]
+        heads = align.relation_heads
+        att = relation_kl(relation_log_probs(tq, tk, heads, bias), relation_log_probs(sq, sk, heads, bias), valid)
+        val = relation_kl(relation_log_probs(tv, tv, heads, bias), relation_log_probs(sv, sv, heads, bias), valid)
+        parts["attn"], parts["value"] = att, val
+        total = total + cfg.attention_weight * share * (att + val)
+    return total, parts
+
+
+def _distill_loss(cfg: DistillConfig, teacher, pad_id: int, projection, align: _Alignment):
+    """The training loss: hard labels, logit KD, and the internal losses when weighted."""
+    paddle = import_paddle()
     needs_internals = cfg.hidden_weight > 0 or cfg.attention_weight > 0
-    cached_teacher = TeacherLogitCache(teacher, tokenizer.pad_id)
+    cached_teacher = TeacherLogitCache(teacher, pad_id)
     kind = teacher.task_kind
 
     def loss_fn(model, batch):
@@ -211,44 +244,54 @@ def distill(cfg: DistillConfig) -> DistillResult:
             parts["kd"] = soft_label_kd(logits, t_logits, cfg.kd_temperature, kind, batch.labels)
             total = total + cfg.kd_weight * parts["kd"]
         if needs_internals:
-            valid = paddle.cast(batch.input_ids != tokenizer.pad_id, "float32")  # [b, s]
-            share = batch.token_share(valid, tokenizer.pad_id)  # token-averaged terms, data parallel
-            if cfg.hidden_weight:
-                h = sum(hidden_mse(record["hidden_states"][s], t_record["hidden_states"][t], projection, valid)
-                        for s, t in mapping) / len(mapping)
-                parts["hidden"] = h
-                total = total + cfg.hidden_weight * share * h
-            if cfg.attention_weight:
-                bias = paddle.unsqueeze((1.0 - valid) * -1e4, axis=[1, 2])  # [b, 1, 1, s]
-                tq, tk, tv = t_record["qkv"][t_layer]
-                sq, sk, sv = record["qkv"][s_layer]
-                att = relation_kl(relation_log_probs(tq, tk, relation_heads, bias),
-                                  relation_log_probs(sq, sk, relation_heads, bias), valid)
-                val = relation_kl(relation_log_probs(tv, tv, relation_heads, bias),
-                                  relation_log_probs(sv, sv, relation_heads, bias), valid)
-                parts["attn"], parts["value"] = att, val
-                total = total + cfg.attention_weight * share * (att + val)
+            internal, internal_parts = _internal_losses(cfg, record, t_record, batch, pad_id, projection, align)
+            parts.update(internal_parts)
+            total = total + internal
         return total, parts
 
-    params = list(student.parameters()) + (list(projection.parameters()) if cfg.hidden_weight else [])
-    result = train_resumably(student, splits, task.kind, cfg, "distill", loss_fn=loss_fn, parameters=params,
+    return loss_fn
+
+
+def _baseline(cfg: DistillConfig, student: _Student, splits, held_out, kind: str, steps: int) -> dict:
+    """The same student trained on hard labels alone for the same number of steps."""
+    seed_everything(cfg.train.seed)
+    plain = build_model(student.config)
+    if student.initial_state is not None:
+        load_state_(plain, student.initial_state, "student", allow_new_head=True)
+    base = train_model(plain, splits["train"], splits.get("dev"), replace(cfg.train, max_steps=steps), kind=kind,
+                       loss_fn=hard_label_loss, description="baseline")
+    plain.set_state_dict(base.best_state)
+    return {"metrics": evaluate_split(plain, held_out, kind), "steps": base.steps}
+
+
+@register("distill", DistillConfig, summary="Distill a large teacher into a small student (logits, hidden states, MiniLM relations).")
+def distill(cfg: DistillConfig) -> DistillResult:
+    paddle = import_paddle()
+    started = time.perf_counter()
+    refuse_existing_output(cfg)
+    teacher_ckpt = load_checkpoint(resolve_teacher(cfg.teacher, cfg.models_dir))
+    refuse_quantized(teacher_ckpt, "distill from its FP32 parent")
+    t_params = count_parameters({k: v.shape for k, v in teacher_ckpt.state.items()})
+    student = _build_student(cfg, teacher_ckpt, t_params)
+
+    start = start_from(teacher_ckpt, cfg.task_spec)  # the teacher: task, splits, model, held-out metrics
+    task, metric, tokenizer, splits, held_out = start.task, start.metric, start.tokenizer, start.splits, start.held_out
+    teacher, teacher_metrics = start.model, start.metrics
+    for p in teacher.parameters():
+        p.stop_gradient = True
+
+    align = _alignment(cfg, teacher_ckpt.config, student.config)
+    projection = paddle.nn.Linear(student.config.hidden_size, teacher_ckpt.config.hidden_size)
+    loss_fn = _distill_loss(cfg, teacher, tokenizer.pad_id, projection, align)
+    params = list(student.model.parameters()) + (list(projection.parameters()) if cfg.hidden_weight else [])
+    result = train_resumably(student.model, splits, task.kind, cfg, "distill", loss_fn=loss_fn, parameters=params,
                              extra_layers={"projection": projection} if cfg.hidden_weight else None)
-    student_metrics = evaluate_split(student, held_out, task.kind)
+    student_metrics = evaluate_split(student.model, held_out, task.kind)
+    baseline = _baseline(cfg, student, splits, held_out, task.kind, result.steps) if cfg.baseline else None
 
-    baseline = None
-    if cfg.baseline:
-        seed_everything(cfg.train.seed)
-        plain = build_model(student_config)
-        if student_state is not None:
-            load_state_(plain, student_state, "student", allow_new_head=True)
-        base_cfg = replace(cfg.train, max_steps=result.steps)
-        base = train_model(plain, splits["train"], splits.get("dev"), base_cfg, kind=task.kind,
-                           loss_fn=hard_label_loss, description="baseline")
-        plain.set_state_dict(base.best_state)
-        baseline = {"metrics": evaluate_split(plain, held_out, task.kind), "steps": base.steps}
-
+    s_params = student.parameters
     report = {
-        "teacher": str(teacher_ckpt.path), "student_source": student_source,
+        "teacher": str(teacher_ckpt.path), "student_source": student.source,
         "teacher_metrics": teacher_metrics, "student_metrics": student_metrics,
         "percent_of_teacher": percent_of(metric, student_metrics[metric], teacher_metrics[metric]),
         "baseline": baseline,
@@ -256,10 +299,10 @@ def distill(cfg: DistillConfig) -> DistillResult:
                        "non_embedding_ratio": s_params["non_embedding"] / t_params["non_embedding"]},
         "losses": {"ce": cfg.ce_weight, "kd": cfg.kd_weight, "hidden": cfg.hidden_weight,
                    "attention": cfg.attention_weight},
-        "layer_map": mapping if cfg.hidden_weight else None,
-        "relation_heads": relation_heads if cfg.attention_weight else None,
+        "layer_map": align.layer_map if cfg.hidden_weight else None,
+        "relation_heads": align.relation_heads if cfg.attention_weight else None,
     }
-    out = finish(cfg, student_config, result.best_state, tokenizer, {
+    out = finish(cfg, student.config, result.best_state, tokenizer, {
         "name": "distill", "metrics": {task.held_out: student_metrics}, "report": report, "steps": result.steps,
         "seconds": round(time.perf_counter() - started, 1)}, teacher_ckpt)
     return DistillResult(out=str(out), task=task.spec.name, metric=metric, details=report, steps=result.steps,

@@ -23,7 +23,7 @@ from ..data.tasks import Example
 from ..data.tokenizer import ErnieTokenizer, build_vocab
 from ..errors import UserError
 from ..models import build_model, count_parameters
-from ..models.config import ErnieConfig
+from ..models.families import family_of_keys
 from ..models.presets import resolve_preset
 from ..options import check_options, fail, option
 from ..paddle_env import import_paddle, seed_everything
@@ -117,11 +117,12 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     if tokenizer.mask_id is None:  # pragma: no cover - build_vocab always adds it
         raise UserError("the vocabulary has no [MASK] token")
     keys = resolve_preset(cfg.preset)
-    if keys.get("model_type", "ernie") != "ernie":
+    family = family_of_keys(keys)
+    if "masked_lm" not in family.architecture_for_kind:
         raise UserError(f"pretrain trains ERNIE 3.0 encoders with masked LM; '{cfg.preset}' is a "
-                        f"{keys['model_type']} decoder preset")
-    keys.update(vocab_size=tokenizer.vocab_size, architectures=["ErnieForMaskedLM"], id2label={})
-    config = ErnieConfig.from_dict(keys)
+                        f"{family.model_type} decoder preset")
+    keys.update(vocab_size=tokenizer.vocab_size, architectures=[family.architecture_for("masked_lm")], id2label={})
+    config = family.config_class.from_dict(keys)
     seed_everything(cfg.train.seed)  # the initial weights too: the same seed gives the same model
     model = build_model(config)
     corpus = EncodedSplit([Example(t, None, None) for t in texts], tokenizer, [], cfg.max_seq_len)

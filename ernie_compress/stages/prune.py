@@ -2,9 +2,10 @@
 recover accuracy by fine-tuning with logit distillation from the unpruned parent.
 
 See ``importance.py`` (Michel et al. 2019), ``selection.py`` (what ``--heads``/``--ffn``/``--params``
-mean) and ``physical.py`` (slicing the weights). The report gives heads removed per layer,
-parameters before/after, accuracy before and after recovery against the parent, and (``prune`` on the
-command line) CPU latency of parent and pruned model through ONNX Runtime.
+mean), ``physical.py`` (slicing the weights) and ``strategies.py`` (the strategy the model family's
+head layout picks). The report gives heads removed per layer, parameters before/after, accuracy
+before and after recovery against the parent, and (``prune`` on the command line) CPU latency of
+parent and pruned model through ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -17,13 +18,10 @@ from ..data.task_options import TaskOptions
 from ..losses import hard_label_loss, logit_kd_loss
 from ..metrics import metric_delta
 from ..models import count_parameters, model_from_state
-from ..models.families import family_of
 from ..models.layouts import check_layout
 from ..options import check_options, fail, option
-from ..prune import gqa
-from ..prune.importance import HEAD_METHODS, ffn_importance, head_importance
-from ..prune.physical import prune_state
-from ..prune.selection import heads_to_keep_by_fraction, neurons_to_keep_by_fraction, select_for_parameter_target
+from ..prune.importance import HEAD_METHODS
+from ..prune.strategies import PruneRequest, pruning_strategy
 from ..training_loop import LoopConfig, evaluate_split
 from ..results import PruneResult
 from .common import CheckpointOutput, ParentKDOptions, TrainingOptions
@@ -71,15 +69,9 @@ class PruneConfig(CheckpointOutput, TaskOptions, ParentKDOptions, TrainingOption
         return self.loop_config(self.recover_epochs, self.lr)
 
 
-def _select(cfg: PruneConfig, head_scores, neuron_scores, config, before):
-    """ERNIE 3.0: heads and FFN neurons to keep per layer (sizes may differ between layers)."""
-    if cfg.params is not None:
-        return select_for_parameter_target(head_scores, neuron_scores, config, cfg.params, before["non_embedding"],
-                                           cfg.uniform)
-    heads = heads_to_keep_by_fraction(head_scores, cfg.heads, cfg.uniform) if cfg.heads else \
-        [list(range(len(s))) for s in head_scores]
-    neurons = neurons_to_keep_by_fraction(neuron_scores, cfg.ffn) if cfg.ffn else None
-    return heads, neurons, None
+def _request(cfg: PruneConfig) -> PruneRequest:
+    return PruneRequest(heads=cfg.heads, ffn=cfg.ffn, params=cfg.params, importance=cfg.importance,
+                        importance_samples=cfg.importance_samples, gqa=cfg.gqa, uniform=cfg.uniform)
 
 
 @register("prune", PruneConfig, summary="Remove the least important attention heads (and FFN neurons), then recover by fine-tuning.")
@@ -91,24 +83,9 @@ def prune_checkpoint(cfg: PruneConfig) -> PruneResult:
     parent, task, metric, splits, model = start.parent, start.task, start.metric, start.splits, start.model
     check_layout(parent.config, cfg.layout, structure=False)
     before = count_parameters({k: v.shape for k, v in parent.state.items()})
-    gqa_report = None
-    if family_of(parent.config).grouped_query_attention:  # see gqa.py
-        removal = gqa.plan_removal(parent.config, cfg.gqa, cfg.heads, cfg.ffn, cfg.params)
-        head_scores = (gqa.magnitude_query_importance(parent.state, parent.config) if cfg.importance == "magnitude"
-                       else head_importance(cfg.importance, model, parent.state, splits["train"],
-                                            cfg.importance_samples))
-        neuron_scores = gqa.swiglu_importance(parent.state, parent.config)
-        heads, groups, neurons = gqa.keep_lists(head_scores, neuron_scores, parent.config, cfg.gqa, *removal)
-        state, config = gqa.prune_gqa_state(parent.state, parent.config, heads, groups, neurons)
-        ratio = cfg.params
-        gqa_report = {"mode": cfg.gqa, "kv_heads": [parent.config.num_key_value_heads, config.num_key_value_heads],
-                      "queries_per_group": [parent.config.queries_per_group, config.queries_per_group],
-                      "kv_groups_kept_per_layer": groups}
-    else:
-        head_scores = head_importance(cfg.importance, model, parent.state, splits["train"], cfg.importance_samples)
-        neuron_scores = ffn_importance(parent.state, parent.config)
-        heads, neurons, ratio = _select(cfg, head_scores, neuron_scores, parent.config, before)
-        state, config = prune_state(parent.state, parent.config, heads, neurons)
+    outcome = pruning_strategy(parent.config).prune(_request(cfg), model, parent.state, parent.config,
+                                                    splits["train"], before["non_embedding"])
+    state, config, heads, head_scores = outcome.state, outcome.config, outcome.heads, outcome.head_scores
     after = count_parameters({k: v.shape for k, v in state.items()})
     check_layout(config, cfg.layout)  # before recovery training: a layout the result cannot take is refused now
 
@@ -133,12 +110,12 @@ def prune_checkpoint(cfg: PruneConfig) -> PruneResult:
         "removed_fraction_total": 1 - after["total"] / before["total"],
         "removed_fraction_non_embedding": 1 - after["non_embedding"] / before["non_embedding"],
         "removed_fraction_heads": sum(removed_per_layer) / max(1, sum(parent.config.heads_per_layer)),
-        "params_ratio_used": ratio,
+        "params_ratio_used": outcome.ratio,
         "accuracy": {"parent": start.metrics, "before_recovery": before_recovery, "after_recovery": recovered},
         "delta_points_before_recovery": metric_delta(metric, before_recovery[metric], start.metrics[metric]),
         "delta_points": metric_delta(metric, recovered[metric], start.metrics[metric]),
         "head_importance": [s.round(6).tolist() for s in head_scores],
-        "gqa": gqa_report,
+        "gqa": outcome.details,
     }
     out = finish(cfg, config, state, start.tokenizer, {
         "name": "prune", "metrics": {task.held_out: recovered}, "report": report, "steps": steps,

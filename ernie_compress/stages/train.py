@@ -20,7 +20,7 @@ from ..data.tokenizer import ErnieTokenizer, build_vocab
 from ..errors import UserError
 from ..models import build_model, count_parameters, load_state_
 from ..models.config import ErnieConfig
-from ..models.families import config_from_dict, family_of
+from ..models.families import config_from_dict, family_of, family_of_keys
 from ..models.layouts import check_layout
 from ..models.presets import resolve_preset
 from ..options import check_options, fail, option
@@ -67,7 +67,7 @@ def task_metadata(task: TaskData, max_seq_length: int) -> dict[str, Any]:
 
 def _fresh_model_config(cfg: TrainConfig, task: TaskData, vocab_size: int) -> ErnieConfig:
     keys = resolve_preset(cfg.preset)
-    keys.update(vocab_size=vocab_size, architectures=[family_of(keys.get("model_type", "ernie")).architecture_for(task.kind)],
+    keys.update(vocab_size=vocab_size, architectures=[family_of_keys(keys).architecture_for(task.kind)],
                 id2label=dict(enumerate(task.labels)))
     if cfg.max_seq_len > keys["max_position_embeddings"]:
         raise UserError(f"--max-seq-len {cfg.max_seq_len} exceeds the preset's "

@@ -1,0 +1,79 @@
+"""The :class:`ModelFamily` record: everything the stages and algorithms need to know about one
+kind of model. Each family fills one in its own module (``ernie3_family.py``,
+``ernie4_5_family.py``); ``families.py`` registers them by ``model_type``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from ..errors import UserError
+from .architecture import Distillation, HeadLayout, LinearRoles, ParameterNames, ScaleMapping
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    model_type: str
+    title: str  # for messages: "ERNIE 3.0"
+    config_class: type
+    implementation: str  # module with ARCHITECTURES (imports Paddle)
+    architecture_for_kind: Mapping[str, str]  # task kind -> model class
+    other_kinds_hint: str  # what to say for a task kind the family does not serve
+    names: ParameterNames  # where the weights live
+    linear_roles: LinearRoles  # which Linear does what (quantization, smoothing)
+    smoothing: tuple[ScaleMapping, ...]  # per layer: which norm/Linear feeds which Linears
+    head_layout: HeadLayout  # how heads sit in the weights: picks the pruning strategy
+    distillation: Distillation  # what a teacher of the family can give a student
+    input_names: tuple[str, ...]  # of the exported graph
+    layouts: tuple[str, ...]  # checkpoint layouts it can be written in (models/layouts.py)
+    normalize: Callable[..., Any]  # (config, state, raw config.json, ours) -> (config, state) in our layout
+    onednn_exact: bool  # Paddle Inference's oneDNN CPU kernels compute its graph correctly
+    student_keys: Callable[[dict, Any], None] = lambda keys, teacher_config: None  # fit a preset to a teacher
+
+    def module(self) -> ModuleType:
+        """The Paddle implementation (imports Paddle)."""
+        return importlib.import_module(self.implementation)
+
+    def architecture_for(self, kind: str) -> str:
+        """The model class that serves a task kind."""
+        if kind not in self.architecture_for_kind:
+            raise UserError(f"{self.title} models do not do {kind} here; {self.other_kinds_hint}")
+        return self.architecture_for_kind[kind]
+
+    @property
+    def layer_prefix(self) -> str:
+        """Parameter names of layer i start with f"{layer_prefix}{i}."."""
+        return self.names.layer_prefix
+
+    @property
+    def word_embedding(self) -> str:
+        """The embedding parameter whose rows are the vocabulary."""
+        return self.names.word_embedding
+
+    def linear_role(self, name: str) -> str | None:
+        """The role (``architecture.LinearRoles``) of the sublayer ``name`` of a model, or None for
+        a sublayer outside the layers or without a role."""
+        prefix = self.names.layer_prefix
+        if not name.startswith(prefix):
+            return None
+        index, _, rest = name[len(prefix):].partition(".")
+        return self.linear_roles.role_of(rest) if index.isdigit() and rest else None
+
+    def output_head(self, config) -> tuple[str, bool] | None:
+        """A causal LM's output head: (weight name, True when it is the tied embedding table
+        [vocab, hidden], read transposed); None for a model of another task."""
+        if config.architecture != self.architecture_for_kind.get("causal_lm"):
+            return None
+        if config.tie_word_embeddings or self.names.lm_head is None:
+            return self.names.word_embedding, True
+        return f"{self.names.lm_head}.weight", False
+
+    def smoothing_map(self, num_layers: int) -> Iterator[ScaleMapping]:
+        """The smoothing edges of a model with ``num_layers`` layers, in full module names."""
+        for i in range(num_layers):
+            layer = self.names.layer(i)
+            for edge in self.smoothing:
+                yield ScaleMapping(layer + edge.prev, tuple(layer + name for name in edge.layers), edge.part)
