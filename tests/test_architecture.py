@@ -45,11 +45,6 @@ def test_an_import_up_the_layers_breaks_a_contract(tmp_path):
 # ("self_attn.q_proj", "mlp.down_proj", "q_proj", "linear1", "input_layernorm") as whole dotted
 # components.
 # The vocabulary comes from the registered families, so a new family's names are covered too.
-EXEMPT = {
-    "export/decoder_onnx.py",  # cleaned on branch h-onnxblocks
-}
-
-
 def _vocabulary() -> tuple[tuple[str, ...], tuple[str, ...]]:
     from ernie_compress.models.families import FAMILIES
 
@@ -105,7 +100,7 @@ def test_no_parameter_name_or_model_type_test_outside_models():
     found = []
     for path in sorted(package.rglob("*.py")):
         relative = path.relative_to(package).as_posix()
-        if relative.startswith("models/") or relative in EXEMPT:
+        if relative.startswith("models/"):
             continue
         found += [f"{relative}:{line}" for line in architecture_knowledge(path.read_text())]
     assert not found, "ask the model family (models/families.py) instead:\n" + "\n".join(found)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..models import ernie4_5_onnx as blocks  # the family's ONNX blocks (at merge: asked of the family)
+from ..models.families import family_of
 # IR_VERSION is re-exported: the export's contract (tests pin it)
 from ..models.onnx_graph import IR_VERSION, GraphBuilder, MatMul, f32, float_matmul, i64  # noqa: F401
 
@@ -197,7 +197,8 @@ def _interface(config) -> tuple[list, list]:
 
 def build_decoder(config, weights: DecoderWeights) -> Any:
     """The ONNX model (see the module docstring) of an ``Ernie4_5ForCausalLM`` ``config``, composed
-    from the family's blocks (``models/ernie4_5_onnx.py``)."""
+    from the family's blocks (for ERNIE 4.5 ``models/ernie4_5_onnx.py``)."""
+    blocks = family_of(config).graph_blocks()
     names = blocks.NAMES
     g = GraphBuilder(weights.state, matmul=_weight_only_matmul(weights))
     past, present = cache_names(config.num_hidden_layers)

@@ -49,7 +49,7 @@ def _normalize(config, state, raw: dict[str, Any], ours: bool):
 
 FAMILY = ModelFamily(
     model_type="ernie4_5", title="ERNIE 4.5", config_class=Ernie45Config,
-    implementation="ernie_compress.models.ernie4_5",
+    implementation="ernie_compress.models.ernie4_5", onnx_blocks="ernie_compress.models.ernie4_5_onnx",
     architecture_for_kind={"classification": "Ernie4_5ForSequenceClassification",
                            "pair_classification": "Ernie4_5ForSequenceClassification",
                            "causal_lm": "Ernie4_5ForCausalLM"},

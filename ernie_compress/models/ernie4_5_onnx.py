@@ -28,7 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .architecture import ParameterNames
 from .ernie4_5_config import Ernie45Config
+from .ernie4_5_family import NAMES as FAMILY_NAMES
 from .onnx_graph import GraphBuilder, f32, i64
 
 ONNX_FLOAT = 1  # onnx.TensorProto.FLOAT (a Cast target), without importing onnx here
@@ -48,23 +50,32 @@ class LayerNames:
 
 @dataclass(frozen=True)
 class DecoderNames:
-    """The parameter names of ``Ernie45ForCausalLM`` (``ernie4_5.py``'s attribute paths)."""
+    """The parameter names the blocks read, taken from the family's table (``ernie4_5_family.NAMES``)."""
 
-    embedding: str
-    layer_prefix: str  # layer i's parameters start with f"{layer_prefix}{i}."
-    final_norm: str
-    lm_head: str  # the untied head Linear (absent when tie_word_embeddings)
+    table: ParameterNames
+
+    @property
+    def embedding(self) -> str:
+        return self.table.word_embedding
+
+    @property
+    def final_norm(self) -> str:
+        return f"{self.table.final_norm}.weight"
+
+    @property
+    def lm_head(self) -> str:  # the untied head Linear (absent when tie_word_embeddings)
+        return self.table.lm_head
 
     def layer(self, i: int) -> LayerNames:
-        p = f"{self.layer_prefix}{i}."
-        return LayerNames(input_norm=p + "input_layernorm.weight", qkv=p + "self_attn.qkv_proj",
-                          out=p + "self_attn.o_proj", post_norm=p + "post_attention_layernorm.weight",
-                          up_gate=p + "mlp.up_gate_proj", down=p + "mlp.down_proj")
+        t, p = self.table, self.table.layer(i)
+        input_norm, post_norm = t.norms
+        (qkv,), (up_gate,) = t.attention_in, t.ffn_in
+        return LayerNames(input_norm=f"{p}{input_norm}.weight", qkv=p + qkv, out=p + t.attention_out,
+                          post_norm=f"{p}{post_norm}.weight", up_gate=p + up_gate, down=p + t.ffn_out)
 
 
 GRAPH_NAME = "ernie4_5_decoder"  # the exported decoder graph's name
-NAMES = DecoderNames(embedding="ernie.embed_tokens.weight", layer_prefix="ernie.layers.",
-                     final_norm="ernie.norm.weight", lm_head="lm_head")
+NAMES = DecoderNames(FAMILY_NAMES)
 
 
 @dataclass(frozen=True)

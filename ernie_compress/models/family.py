@@ -32,10 +32,18 @@ class ModelFamily:
     normalize: Callable[..., Any]  # (config, state, raw config.json, ours) -> (config, state) in our layout
     onednn_exact: bool  # Paddle Inference's oneDNN CPU kernels compute its graph correctly
     student_keys: Callable[[dict, Any], None] = lambda keys, teacher_config: None  # fit a preset to a teacher
+    onnx_blocks: str | None = None  # module with its layers as ONNX graph blocks (the cached decoder export)
 
     def module(self) -> ModuleType:
         """The Paddle implementation (imports Paddle)."""
         return importlib.import_module(self.implementation)
+
+    def graph_blocks(self) -> ModuleType:
+        """Its layers as ONNX graph blocks (``GRAPH_NAME``, ``NAMES`` and one builder per block), which
+        ``export/decoder_onnx.py`` composes into the cached decoder."""
+        if self.onnx_blocks is None:
+            raise UserError(f"{self.title} models have no cached-decoder ONNX export here")
+        return importlib.import_module(self.onnx_blocks)
 
     def architecture_for(self, kind: str) -> str:
         """The model class that serves a task kind."""

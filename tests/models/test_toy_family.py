@@ -1,6 +1,6 @@
-"""A family registered from its own file alone (tests/models/toy_family.py: ERNIE 4.5 renamed, with
-a different MLP) is quantized, pruned and smoothed by the generic code, which finds every name
-through the family."""
+"""A family registered from its own files alone (tests/models/toy_family.py: ERNIE 4.5 renamed, with
+a different MLP; toy_family_onnx.py: its graph blocks) is quantized, pruned, smoothed and exported as a
+cached decoder by the generic code, which finds every name through the family."""
 
 from __future__ import annotations
 
@@ -67,3 +67,32 @@ def test_smoothing_the_toy_by_its_map_leaves_it_unchanged(toy):
     after = _logits(toy, ids)
     assert np.abs(after - before).max() < 1e-4 * max(1.0, np.abs(before).max())
     assert not np.allclose(before, _logits(build_model(toy.config), ids))  # the check can tell models apart
+
+
+def test_the_toy_exports_its_cached_decoder_through_its_own_blocks(toy):
+    """The export composes the graph from the family's blocks module: the toy's decoder (its own names)
+    gives the Paddle toy's next-token logits and a cache that continues the sequence."""
+    import onnxruntime as ort
+
+    from ernie_compress.export.decoder_onnx import build_decoder, cache_names, decoder_weights
+
+    config = toy.config
+    rng = np.random.default_rng(3)
+    for name, param in toy.named_parameters():  # norms start at 1: make each one count
+        if name.endswith("norm.weight"):
+            param.set_value(rng.uniform(0.5, 1.5, param.shape).astype(np.float32))
+    graph = build_decoder(config, decoder_weights(config, model_state(toy), None))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids = np.random.default_rng(2).integers(3, 50, size=(2, 7)).astype("int64")
+    past, _ = cache_names(config.num_hidden_layers)
+    empty = np.zeros((2, config.num_key_value_heads, 0, config.head_dim), np.float32)
+
+    def run(tokens, start, cache):
+        feed = {"input_ids": tokens, "attention_mask": np.ones((2, start + tokens.shape[1]), "int64"),
+                "position_ids": np.broadcast_to(np.arange(start, start + tokens.shape[1]), tokens.shape).copy()}
+        return session.run(None, {**feed, **dict(zip(past, cache))})
+
+    prompt = run(ids[:, :6], 0, [empty] * len(past))
+    np.testing.assert_allclose(prompt[0], _logits(toy, ids[:, :6])[:, -1], rtol=1e-4, atol=1e-4)
+    step = run(ids[:, 6:], 6, prompt[1:])
+    np.testing.assert_allclose(step[0], _logits(toy, ids)[:, -1], rtol=1e-4, atol=1e-4)

@@ -54,7 +54,7 @@ NAMES = ParameterNames(
 
 FAMILY = dataclasses.replace(
     ERNIE4_5, model_type="toy", title="Toy", implementation=__name__,
-    architecture_for_kind={"causal_lm": "ToyForCausalLM"}, names=NAMES,
+    architecture_for_kind={"causal_lm": "ToyForCausalLM"}, names=NAMES, onnx_blocks="tests.models.toy_family_onnx",
     linear_roles=LinearRoles({"attention_in": (r"self_attn\.qkv_proj",), "attention_out": (r"self_attn\.o_proj",),
                               "ffn_in": (r"mlp\.fc_in",), "ffn_out": (r"mlp\.fc_out",)}),
     smoothing=(ScaleMapping("input_layernorm", ("self_attn.qkv_proj",)),
