@@ -85,18 +85,20 @@ def _open_decoder(cfg: GenerateConfig):
                                pad_id=tokenizer.pad_id)
         return decoder, tokenizer, entry["context"], f"{decoder.backend} on {cfg.device} ({entry['model']})"
     from .models import model_from_state
-    from .models.ernie4_5 import CachedDecoder
+    from .models.families import FAMILIES, family_of
 
     if cfg.device != "cpu":
         raise UserError(f"{path} is a checkpoint (generates in Paddle dygraph on cpu); export it to generate on "
                         f"--device {cfg.device}")
     ckpt = load_checkpoint(path)
-    if ckpt.config.architecture != "Ernie4_5ForCausalLM":
-        raise UserError(f"generate needs an ERNIE 4.5 causal-LM checkpoint (Ernie4_5ForCausalLM); {ckpt.path} "
-                        f"is {ckpt.config.architecture}")
+    family = family_of(ckpt.config)
+    if not family.serves(ckpt.config, "causal_lm"):
+        wanted = ", ".join(f.architecture_for_kind["causal_lm"] for f in FAMILIES.values()
+                           if "causal_lm" in f.architecture_for_kind)
+        raise UserError(f"generate needs a causal-LM checkpoint ({wanted}); {ckpt.path} is {ckpt.config.architecture}")
     seed_everything(cfg.seed)
     model = model_from_state(ckpt.config, ckpt.state, str(ckpt.path))
-    return CachedDecoder(model), ckpt.tokenizer(), ckpt.config.max_position_embeddings, "paddle dygraph"
+    return family.cached_decoder(model), ckpt.tokenizer(), ckpt.config.max_position_embeddings, "paddle dygraph"
 
 
 def generate(cfg: GenerateConfig) -> GenerationResult:

@@ -53,6 +53,11 @@ def test_pretrain_then_fine_tune(tmp_path):
     lineage = json.loads((tmp_path / "ft" / "compression.json").read_text())
     assert [s["name"] for s in lineage["stages"]] == ["pretrain", "train"]
 
+    # a stage that needs a task model refuses the masked-LM model in one line, pointing to train --from
+    res = runner.invoke(app, ["--quiet", "prune", str(tmp_path / "pt"), "--task", "text", "--data", str(data),
+                              "--heads", "0.5", "--out", str(tmp_path / "pruned")])
+    assert res.exit_code == 2 and "is a pre-trained (masked-LM) model" in res.stderr and "train --from" in res.stderr
+
 
 def test_unknown_corpus_is_an_error(tmp_path):
     res = runner.invoke(app, ["--quiet", "pretrain", "--corpus", "nosuch.txt", "--out", str(tmp_path / "x")])

@@ -45,6 +45,18 @@ class ModelFamily:
             raise UserError(f"{self.title} models have no cached-decoder ONNX export here")
         return importlib.import_module(self.onnx_blocks)
 
+    def serves(self, config, kind: str) -> bool:
+        """Whether ``config``'s architecture is the family's model for task kind ``kind``."""
+        return self.architecture_for_kind.get(kind) == config.architecture
+
+    def cached_decoder(self, model):
+        """A causal LM ``model`` wrapped for incremental generation with a KV cache (the implementation's
+        ``CachedDecoder``)."""
+        decoder = getattr(self.module(), "CachedDecoder", None)
+        if decoder is None or not self.serves(model.config, "causal_lm"):
+            raise UserError(f"{self.title} {model.config.architecture} models do not generate here")
+        return decoder(model)
+
     def architecture_for(self, kind: str) -> str:
         """The model class that serves a task kind."""
         if kind not in self.architecture_for_kind:
@@ -73,7 +85,7 @@ class ModelFamily:
     def output_head(self, config) -> tuple[str, bool] | None:
         """A causal LM's output head: (weight name, True when it is the tied embedding table
         [vocab, hidden], read transposed); None for a model of another task."""
-        if config.architecture != self.architecture_for_kind.get("causal_lm"):
+        if not self.serves(config, "causal_lm"):
             return None
         if config.tie_word_embeddings or self.names.lm_head is None:
             return self.names.word_embedding, True

@@ -25,6 +25,7 @@ from ..distributed import world
 from ..errors import UserError
 from ..metrics import PRIMARY_METRIC
 from ..models import model_from_state
+from ..models.families import family_of
 from ..quantize.scheme import quantization_info
 from ..training_loop import TrainResult, clear_train_state, evaluate_split, resumable, train_model
 
@@ -71,7 +72,7 @@ def start_from(checkpoint: Checkpoint | Path | str, task_spec, fp32_for: str | N
     parent = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     if fp32_for:
         refuse_quantized(parent, fp32_for)
-    if parent.config.architecture == "ErnieForMaskedLM":
+    if family_of(parent.config).serves(parent.config, "masked_lm"):
         raise UserError(f"{parent.path} is a pre-trained (masked-LM) model; fine-tune it on a task with "
                         f"`train --from` first")
     task = load_task_for_model(task_spec, parent.task, parent.config.labels)
