@@ -145,7 +145,7 @@ def init_from_teacher(student_config: ErnieConfig, teacher: Checkpoint) -> dict[
     return state
 
 
-@register("distill", DistillConfig, summary="Distill a large teacher into a small student (logits, hidden states, MiniLM relations).")
+@register("distill", DistillConfig)
 def distill(cfg: DistillConfig) -> DistillResult:
     paddle = import_paddle()
     started = time.perf_counter()

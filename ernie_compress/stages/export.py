@@ -154,7 +154,7 @@ def _export_decoder(ckpt: Checkpoint, model, weight_only: dict | None, tokenizer
     return entry, check
 
 
-@register("export", ExportConfig, writes_checkpoint=False, summary="Export a checkpoint to a Paddle static graph and/or ONNX, verified against dygraph.")
+@register("export", ExportConfig)
 def export_checkpoint(cfg: ExportConfig) -> ExportResult:
     start = time.perf_counter()
     ckpt = load_checkpoint(cfg.checkpoint)

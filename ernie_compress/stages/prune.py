@@ -82,7 +82,7 @@ def _select(cfg: PruneConfig, head_scores, neuron_scores, config, before):
     return heads, neurons, None
 
 
-@register("prune", PruneConfig, summary="Remove the least important attention heads (and FFN neurons), then recover by fine-tuning.")
+@register("prune", PruneConfig)
 def prune_checkpoint(cfg: PruneConfig) -> PruneResult:
     started = time.perf_counter()
     refuse_existing_output(cfg)

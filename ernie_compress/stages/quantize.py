@@ -135,9 +135,7 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions):
 QuantizeConfig = QATConfig | PTQConfig | FP16Config | WeightOnlyConfig
 
 
-@register("quantize", QATConfig, PTQConfig, FP16Config, WeightOnlyConfig, summary=(
-    "INT8 quantization (QAT or PTQ), weight-only INT8/INT4, or FP16 weights; ends with the held-out metric "
-    "against the FP32 parent."))
+@register("quantize", QATConfig, PTQConfig, FP16Config, WeightOnlyConfig)
 def quantize_checkpoint(cfg: QuantizeConfig) -> QuantizeResult:
     started = time.perf_counter()
     refuse_existing_output(cfg)
