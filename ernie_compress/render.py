@@ -32,7 +32,8 @@ def renderer_for(command: str) -> Renderer:
     try:
         return RENDERERS[command]
     except KeyError:
-        raise LookupError(f"no renderer for '{command}': decorate one in render.py with @renders({command!r})") from None
+        raise LookupError(f"no renderer for '{command}': decorate one in render.py with "
+                          f"@renders({command!r})") from None
 
 
 def _console():

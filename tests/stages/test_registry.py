@@ -193,7 +193,8 @@ def test_a_declared_registered_rendered_stage_is_a_command_and_a_recipe_stage(to
     assert shown.exit_code == 0 and f"shrunk by 3.0 into {tmp_path / 'a'}" in shown.output
     as_json = cli.invoke(app, ["--json", "shrink", "ckpt", "--out", str(tmp_path / "b")])
     assert json.loads(as_json.stdout) == {"out": str(tmp_path / "b"), "factor": 2.0, "stage": "shrink"}
-    text = "task: demo:sentiment\nstages:\n  - train: {preset: tiny}\n  - quantize: {qat: int8}\n  - shrink: {factor: 4}\n"
+    text = ("task: demo:sentiment\nstages:\n  - train: {preset: tiny}\n  - quantize: {qat: int8}\n"
+            "  - shrink: {factor: 4}\n")
     recipe = parse_recipe(text, "r.yaml")
     assert (recipe.stages[-1].source, recipe.stages[-1].options) == ("quantize", {"factor": 4})
     STAGES["shrink"] = dataclasses.replace(STAGES["shrink"], needs_fp32=True)  # the recipe rule is the declaration's
