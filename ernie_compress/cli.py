@@ -28,7 +28,6 @@ from typer.core import TyperCommand, TyperGroup
 from . import __version__
 from .errors import UserError
 from .options import Option, OptionError, OptionSpec, command_options
-from .render import renderer_for
 from .stages import STAGES, config_for, run_stage, stage_options
 
 GLOBAL_FLAGS = ("--debug", "--json", "--quiet", "-q", "--trust-pickle", "--ignore-integrity")
@@ -180,6 +179,13 @@ def _native_stdout_to_stderr(active: bool):
         os.close(saved)
 
 
+def _renderer(command: str) -> Callable[[dict[str, Any]], None]:
+    """How ``command``'s result prints (``render.py``, imported when a command runs, not for ``--help``)."""
+    from .render import renderer_for
+
+    return renderer_for(command)
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -264,7 +270,7 @@ def _config_command(name: str, opts: dict[str, Option], run: Callable[[dict[str,
     ``run`` gets the values of ``opts`` and ``given`` (everything, for ``extra``)."""
     shown = list(opts.values()) + list(extra)
     flags = {o.name: o.cli_name() for o in shown}
-    render = renderer_for(name)
+    render = _renderer(name)
 
     def command(**given: Any) -> None:
         run_command(lambda: run(_cli_values(opts, given), given), render, given.get("threads"),
@@ -337,7 +343,7 @@ def run(
 
         return run_recipe(recipe, out, force)
 
-    run_command(body, renderer_for("run"))
+    run_command(body, _renderer("run"))
 
 
 @app.command(epilog=GLOBAL_EPILOG)
@@ -352,7 +358,7 @@ def demo(
 
         return run_recipe(Path(__file__).parent / "recipes" / "demo.yaml", out, force)
 
-    run_command(body, renderer_for("run"))
+    run_command(body, _renderer("run"))
 
 
 @app.command(epilog=GLOBAL_EPILOG)
@@ -368,7 +374,7 @@ def report(
         write_report(run_dir, result)  # regenerate report.md and report.png
         return result
 
-    run_command(body, renderer_for("report"))
+    run_command(body, _renderer("report"))
 
 
 # --- info ------------------------------------------------------------------------------------
@@ -383,7 +389,7 @@ def info(
 
         return describe_checkpoint(path)
 
-    run_command(body, renderer_for("info"))
+    run_command(body, _renderer("info"))
 
 
 if __name__ == "__main__":  # pragma: no cover
