@@ -2,8 +2,10 @@
 
 The stage commands (train, pretrain, distill, prune, quantize, export, evaluate) are generated
 from the stage configs (``stages/``): each option's flag, type, default and help come from its
-field (``options.py``), so the command line and recipes cannot disagree. Paddle, paddleslim and
-onnxruntime are imported inside the stage functions, so ``--help`` answers at once. Errors the
+field (``options.py``), so the command line and recipes cannot disagree. ``--help`` lists them
+from the stage declarations alone (``stages/registry.py``); a command's config, and with it NumPy,
+the models and the stage's module, is imported when the command runs or shows its own help, and
+Paddle and onnxruntime only inside the stage functions, so ``--help`` answers at once. Errors the
 user can fix are one line on stderr with exit code 2 (``--debug`` shows the traceback); ``--json``
 prints one JSON object with the result on stdout. Global options go before or after the command.
 """
@@ -21,16 +23,11 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
-from .distributed import world
 from .errors import UserError
-from .generate import GenerateConfig, generate
 from .options import Option, OptionError, OptionSpec, command_options
-from .render import RENDERERS
-from .results import Result
-from .runtime.bench import BenchConfig, bench_export
 from .stages import STAGES, config_for, run_stage, stage_options
 
 GLOBAL_FLAGS = ("--debug", "--json", "--quiet", "-q", "--trust-pickle", "--ignore-integrity")
@@ -38,9 +35,24 @@ GLOBAL_EPILOG = ("Global options (--json, --quiet, --debug, --trust-pickle, --ig
                  "after the command; see `ernie-compress --help`.")
 
 
-class _GlobalOptionsAnywhere(TyperGroup):
-    """Accept the global flags after the command too (``ernie-compress train ... --quiet``): they
-    are moved in front of it before parsing (never past a ``--``)."""
+class _LazyCommand(TyperCommand):
+    """A command that ``ernie-compress --help`` lists by its name and summary alone. Its options
+    come from a config whose module imports NumPy, the models and more, so the command is built
+    (:attr:`build`) only when it runs or shows its own help."""
+
+    def __init__(self, name: str, summary: str, build: Callable[[], TyperCommand]):
+        super().__init__(name, help=summary)
+        self.build = build
+
+
+class _Commands(TyperGroup):
+    """The command group: the commands built from configs (the stages, ``bench``, ``generate``;
+    :func:`_lazy_commands`) first, built when used; the global flags accepted after the command
+    too (``ernie-compress train ... --quiet``): they are moved in front of it before parsing
+    (never past a ``--``)."""
+
+    def __init__(self, *args: Any, commands: dict[str, TyperCommand] | None = None, **kwargs: Any):
+        super().__init__(*args, commands={**_lazy_commands(), **(commands or {})}, **kwargs)
 
     def parse_args(self, ctx, args):
         end = args.index("--") if "--" in args else len(args)
@@ -48,9 +60,15 @@ class _GlobalOptionsAnywhere(TyperGroup):
         kept = [a for a in args[:end] if a not in GLOBAL_FLAGS]
         return super().parse_args(ctx, moved + kept + args[end:])
 
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if isinstance(command, _LazyCommand):
+            command = self.commands[name] = command.build()
+        return name, command, rest
+
 
 app = typer.Typer(
-    name="ernie-compress", cls=_GlobalOptionsAnywhere,
+    name="ernie-compress", cls=_Commands,
     help="Make ERNIE models small and fast: train, distill, prune, quantize, export, evaluate.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -100,6 +118,8 @@ def run_command(body: Callable[[], dict[str, Any]], render: Callable[[dict[str, 
     """Run a command body: configure output, map errors to exit code 2, print the result.
     ``name_of`` spells an option as this command's flag in an :class:`OptionError`."""
     from . import progress
+    from .distributed import world
+    from .results import Result
 
     progress.set_enabled(not settings.quiet and world().main)  # ranks of a launcher: rank 0 speaks
     from .paddle_env import sigterm_as_interrupt
@@ -159,19 +179,45 @@ def _native_stdout_to_stderr(active: bool):
         os.close(saved)
 
 
+def _renderer(command: str) -> Callable[[dict[str, Any]], None]:
+    """How ``command``'s result prints (``render.py``, imported when a command runs, not for ``--help``)."""
+    from .render import renderer_for
+
+    return renderer_for(command)
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
 
-# --- stage commands, generated from the stage configs ------------------------------------------
-# The one option that belongs to the command line rather than to a stage: after `distill` and
-# `prune`, time the input and the output checkpoint (a recipe's `evaluate` stage measures every variant).
+# --- commands built from configs: the stages, bench, generate -------------------------------------
+# The one option that belongs to the command line rather than to a stage: after a stage declared
+# with ``latency`` pairs (distill, prune), time the input and the output checkpoint (a recipe's
+# `evaluate` stage measures every variant).
 LATENCY = Option("latency", bool, True, OptionSpec(
     flag="--latency/--no-latency", scope="cli",
     help="Afterwards, time the input and the output checkpoint on CPU (ONNX Runtime) and report the speed-up."))
-LATENCY_PAIRS = {"distill": (("teacher", "teacher"), ("student", "out")),
-                 "prune": (("parent", "parent"), ("pruned", "out"))}
+BENCH_SUMMARY = "Serving-like load: dynamic batching vs one request per run (QPS, latency percentiles)."
+GENERATE_SUMMARY = ("Generate text from an ERNIE 4.5 causal-LM checkpoint (KV cache; greedy or sampled), with time to "
+                    "first token and tokens/s.")
+
+
+def _lazy_commands() -> dict[str, _LazyCommand]:
+    """Every command whose options come from a config, in the order ``--help`` lists them: the
+    stages in the order a run uses them (``stages/registry.py``), then ``bench`` and ``generate``."""
+    commands = {kind: _LazyCommand(kind, stage.summary, lambda kind=kind: _stage_command(kind))
+                for kind, stage in STAGES.items()}
+    commands["bench"] = _LazyCommand("bench", BENCH_SUMMARY, _bench_command)
+    commands["generate"] = _LazyCommand("generate", GENERATE_SUMMARY, _generate_command)
+    return commands
+
+
+def built_command(name: str) -> TyperCommand:
+    """Command ``name`` as running it builds it (e.g. to parse arguments in a test)."""
+    group = typer.main.get_command(app)
+    found = group.get_command(typer.Context(group), name)
+    return found.build() if isinstance(found, _LazyCommand) else found
 
 
 def _cli_type(opt: Option) -> Any:
@@ -218,15 +264,16 @@ def _cli_values(opts: dict[str, Option], given: dict[str, Any]) -> dict[str, Any
     return values
 
 
-def _add_config_command(name: str, opts: dict[str, Option], run: Callable[[dict[str, Any]], dict[str, Any]],
-                        summary: str, extra: list[Option] = ()) -> None:
+def _config_command(name: str, opts: dict[str, Option], run: Callable[[dict[str, Any], dict[str, Any]], Any],
+                    summary: str, extra: list[Option] = ()) -> TyperCommand:
     """A command whose options are ``opts`` (a config's fields) plus ``extra`` command-line ones;
     ``run`` gets the values of ``opts`` and ``given`` (everything, for ``extra``)."""
     shown = list(opts.values()) + list(extra)
     flags = {o.name: o.cli_name() for o in shown}
+    render = _renderer(name)
 
     def command(**given: Any) -> None:
-        run_command(lambda: run(_cli_values(opts, given), given), RENDERERS[name], given.get("threads"),
+        run_command(lambda: run(_cli_values(opts, given), given), render, given.get("threads"),
                     lambda n: flags.get(n, f"--{n.replace('_', '-')}"))
 
     params = [_cli_parameter(o) for o in shown]
@@ -234,11 +281,19 @@ def _add_config_command(name: str, opts: dict[str, Option], run: Callable[[dict[
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = summary
     command.__name__ = name
-    app.command(name=name, epilog=GLOBAL_EPILOG)(command)
+    alone = typer.Typer(add_completion=False)
+    alone.command(name=name, epilog=GLOBAL_EPILOG)(command)
+    return typer.main.get_command(alone)
 
 
-def _run_stage_command(kind: str) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
-    def run(values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+def _stage_command(kind: str) -> TyperCommand:
+    stage = STAGES[kind]
+    return _config_command(kind, stage_options(kind), _run_stage_command(kind), stage.summary,
+                           [LATENCY] if stage.latency else [])
+
+
+def _run_stage_command(kind: str) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
+    def run(values: dict[str, Any], given: dict[str, Any]) -> Any:
         result = run_stage(config_for(kind, values))
         if given.get("latency"):
             result = dataclasses.replace(result, **_latency_comparison(kind, result))
@@ -246,38 +301,32 @@ def _run_stage_command(kind: str) -> Callable[[dict[str, Any], dict[str, Any]], 
     return run
 
 
-def _latency_comparison(kind: str, result: dict[str, Any]) -> dict[str, Any]:
+def _latency_comparison(kind: str, result: Any) -> dict[str, Any]:
     from .compare import latency_comparison
     from .progress import note
 
-    (a_name, a_key), (b_name, b_key) = LATENCY_PAIRS[kind]
+    (a_name, a_key), (b_name, b_key) = STAGES[kind].latency
     note(f"measuring CPU latency of {a_name} and {b_name} (ONNX Runtime)")
     return latency_comparison((a_name, Path(result[a_key])), (b_name, Path(result[b_key])))
 
 
-for _kind in STAGES:
-    _add_config_command(_kind, stage_options(_kind), _run_stage_command(_kind), STAGES[_kind].summary,
-                        [LATENCY] if _kind in LATENCY_PAIRS else [])
+def _bench_command() -> TyperCommand:
+    from .runtime.bench import BenchConfig, bench_export
+
+    def run(values: dict[str, Any], given: dict[str, Any]) -> Any:
+        return bench_export(BenchConfig(**values))
+
+    return _config_command("bench", command_options(BenchConfig), run, BENCH_SUMMARY)
 
 
-# --- bench: options from its config, like the stages --------------------------------------------
-def _run_bench(values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    return bench_export(BenchConfig(**values))
+def _generate_command() -> TyperCommand:
+    from .generate import GenerateConfig, generate
 
+    def run(values: dict[str, Any], given: dict[str, Any]) -> Any:
+        values["stream"] = values.get("stream", True) and not settings.json  # stdout carries the JSON then
+        return generate(GenerateConfig(**values))
 
-_add_config_command("bench", command_options(BenchConfig),
-                    _run_bench, "Serving-like load: dynamic batching vs one request per run (QPS, latency percentiles).")
-
-
-# --- generate: options from its config -----------------------------------------------------------
-def _run_generate(values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    values["stream"] = values.get("stream", True) and not settings.json  # stdout carries the JSON then
-    return generate(GenerateConfig(**values))
-
-
-_add_config_command("generate", command_options(GenerateConfig),
-                    _run_generate, "Generate text from an ERNIE 4.5 causal-LM checkpoint (KV cache; greedy or "
-                                   "sampled), with time to first token and tokens/s.")
+    return _config_command("generate", command_options(GenerateConfig), run, GENERATE_SUMMARY)
 
 
 # --- run / demo / report ----------------------------------------------------------------------
@@ -294,7 +343,7 @@ def run(
 
         return run_recipe(recipe, out, force)
 
-    run_command(body, RENDERERS["run"])
+    run_command(body, _renderer("run"))
 
 
 @app.command(epilog=GLOBAL_EPILOG)
@@ -309,7 +358,7 @@ def demo(
 
         return run_recipe(Path(__file__).parent / "recipes" / "demo.yaml", out, force)
 
-    run_command(body, RENDERERS["run"])
+    run_command(body, _renderer("run"))
 
 
 @app.command(epilog=GLOBAL_EPILOG)
@@ -325,7 +374,7 @@ def report(
         write_report(run_dir, result)  # regenerate report.md and report.png
         return result
 
-    run_command(body, RENDERERS["report"])
+    run_command(body, _renderer("report"))
 
 
 # --- info ------------------------------------------------------------------------------------
@@ -340,7 +389,7 @@ def info(
 
         return describe_checkpoint(path)
 
-    run_command(body, RENDERERS["info"])
+    run_command(body, _renderer("info"))
 
 
 if __name__ == "__main__":  # pragma: no cover

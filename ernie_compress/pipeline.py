@@ -3,8 +3,8 @@
 A stage whose output already exists is skipped when the recipe runs again (resume), unless
 ``force``; outputs are written atomically, so an existing output is always a finished one. The
 recipe text is stored in the run directory, and every stage's result in ``results/NAME.json``.
-The ``evaluate`` stage exports every variant that has no export yet, measures each through the
-runtime and writes the report (``report.py``).
+A stage declared ``reports_run`` (``evaluate``) exports every variant that has no export yet,
+measures each through the runtime and writes the report (``report.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .paddle_env import set_default_threads
 from .progress import note
 from .recipe import Recipe, StageSpec, load_recipe, stage_config
 from .report import evaluate_run
-from .stages import run_stage
+from .stages import STAGES, run_stage
 from .training_loop import clear_train_state
 from .results import RunResult
 
@@ -53,29 +53,36 @@ def run_parsed_recipe(recipe: Recipe, run_dir: Path, force: bool = False) -> Run
     results: dict[str, Any] = {}
     start = time.perf_counter()
     for stage in recipe.stages:
-        out = run_dir / stage.name
-        result_file = run_dir / RESULTS_DIR / f"{stage.name}.json"
-        done = result_file.is_file() and (out.exists() or stage.kind == "evaluate")
-        if done and not force and stage.kind != "evaluate":
+        results[stage.name] = _run_or_resume(run_dir, recipe, stage, force)
+    report = next((s.name for s in reversed(recipe.stages) if STAGES[s.kind].reports_run), "")
+    return RunResult(run_dir=str(run_dir), recipe=recipe.name, stages=results,
+                     seconds=round(time.perf_counter() - start, 1), report=results.get(report, None))
+
+
+def _run_or_resume(run_dir: Path, recipe: Recipe, stage: StageSpec, force: bool) -> dict[str, Any]:
+    """One stage's result: read back when an earlier attempt finished it (unless ``force``), else
+    run now and stored in ``results/NAME.json``. A stage that reports on the run (evaluate) has no
+    folder of its own and runs every time: it measures every variant the run holds now."""
+    declared = STAGES[stage.kind]
+    out = run_dir / stage.name
+    result_file = run_dir / RESULTS_DIR / f"{stage.name}.json"
+    if not declared.reports_run:
+        if result_file.is_file() and out.exists() and not force:
             note(f"[dim]{stage.name}: done earlier, skipped (--force to redo)[/dim]")
-            results[stage.name] = json.loads(result_file.read_text())
-            continue
-        if force and stage.kind != "evaluate":  # before the config looks for a state to resume
+            return json.loads(result_file.read_text())
+        if force:  # before the config looks for a state to resume
             import shutil
 
             shutil.rmtree(out, ignore_errors=True)
             clear_train_state(out)
-        cfg = stage_config(recipe, stage, _stage_source(run_dir, recipe, stage), out)
-        set_default_threads(cfg.threads)  # the recipe's, or the stage's own
-        note(f"[bold]== {stage.name}[/bold] ({stage.kind}{f' from {stage.source}' if stage.source else ''})")
-        t = time.perf_counter()
-        if stage.kind == "evaluate":
-            result = evaluate_run(run_dir, recipe, cfg.runtime_config(), cfg.latency_config())
-        else:
-            result = run_stage(cfg).to_dict()
-        result["stage_seconds"] = round(time.perf_counter() - t, 1)
-        result_file.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
-        results[stage.name] = result
-    return RunResult(run_dir=str(run_dir), recipe=recipe.name, stages=results,
-                     seconds=round(time.perf_counter() - start, 1),
-                     report=results.get(next((s.name for s in reversed(recipe.stages) if s.kind == "evaluate"), ""), None))
+    cfg = stage_config(recipe, stage, _stage_source(run_dir, recipe, stage), out)
+    set_default_threads(cfg.threads)  # the recipe's, or the stage's own
+    note(f"[bold]== {stage.name}[/bold] ({stage.kind}{f' from {stage.source}' if stage.source else ''})")
+    t = time.perf_counter()
+    if declared.reports_run:
+        result = evaluate_run(run_dir, recipe, cfg.runtime_config(), cfg.latency_config())
+    else:
+        result = run_stage(cfg).to_dict()
+    result["stage_seconds"] = round(time.perf_counter() - t, 1)
+    result_file.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+    return result

@@ -29,17 +29,14 @@ from typing import Any
 
 from .errors import UserError
 from .options import Option, OptionError, coerce_values
-from .stages import STAGES, config_for, stage_options
+from .stages import STAGES, StageDef, config_for, stage_options
 from .training_loop import has_train_state
-
-CHECKPOINT_STAGES = tuple(k for k, s in STAGES.items() if s.writes_checkpoint)
-STAGE_KINDS = tuple(STAGES)
 
 
 def run_level_options() -> dict[str, Option]:
     """The options a recipe sets once at the top for every stage (``scope="run"``; a stage may
     set its own value)."""
-    return {o.name: o for kind in STAGE_KINDS for o in stage_options(kind).values() if o.spec.scope == "run"}
+    return {o.name: o for kind in STAGES for o in stage_options(kind).values() if o.spec.scope == "run"}
 
 
 def recipe_options(kind: str) -> dict[str, Option]:
@@ -108,23 +105,44 @@ def _load_yaml_with_lines(text: str, where: str):
     return node, data
 
 
-def _key_lines(mapping_node) -> dict[str, int]:
+def _is_mapping(node) -> bool:
     import yaml
 
-    if not isinstance(mapping_node, yaml.MappingNode):
+    return isinstance(node, yaml.MappingNode)
+
+
+def _key_lines(mapping_node) -> dict[str, int]:
+    if not _is_mapping(mapping_node):
         return {}
     return {k.value: k.start_mark.line + 1 for k, _ in mapping_node.value}
 
 
 def parse_recipe(text: str, where: str = "recipe") -> Recipe:
     """Parse and validate a recipe (raises :class:`UserError` naming the key and line)."""
-    import yaml
-
     node, data = _load_yaml_with_lines(text, where)
     if not isinstance(data, dict):
         raise UserError(f"{where}: a recipe is a YAML mapping with 'task' and 'stages'")
-    lines = _key_lines(node)
     run_level = run_level_options()
+    _check_top_level(data, _key_lines(node), run_level, where)
+    stages_raw = data.get("stages")
+    if not stages_raw:
+        raise UserError(f"{where}: 'stages' must list at least one stage")
+    stage_nodes = next(v for k, v in node.value if k.value == "stages").value
+    recipe = Recipe(name=str(data.get("name") or Path(where).stem), task=data.get("task"),
+                    data=data.get("data"), seed=int(data.get("seed", run_level["seed"].default)),
+                    threads=data.get("threads"), text=text,
+                    settings={k: v for k, v in data.items() if k in run_level and v is not None})
+    produced = _Produced()
+    for raw, snode in zip(stages_raw, stage_nodes):
+        spec, option_lines = _parse_stage(raw, snode, produced, where)
+        _check_stage(recipe, spec, option_lines, where)
+        produced.add(spec)
+        recipe.stages.append(spec)
+    return recipe
+
+
+def _check_top_level(data: dict[str, Any], lines: dict[str, int], run_level: dict[str, Option], where: str) -> None:
+    """The recipe's top-level keys: its own (name, stages, description) and the run-level options."""
     for key, value in data.items():
         if key not in TOP_LEVEL and key not in run_level:
             raise UserError(f"{where}:{lines.get(key, '?')}: unknown key '{key}' "
@@ -135,78 +153,95 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
         if key in run_level and value is not None and not _type_ok(value, run_level[key].type):
             raise UserError(f"{where}:{lines.get(key, '?')}: '{key}' must be "
                             f"{_type_name(run_level[key].type)}, got {value!r}")
-    stages_raw = data.get("stages")
-    if not stages_raw:
-        raise UserError(f"{where}: 'stages' must list at least one stage")
-    stage_nodes = next(v for k, v in node.value if k.value == "stages").value
-    recipe = Recipe(name=str(data.get("name") or Path(where).stem), task=data.get("task"),
-                    data=data.get("data"), seed=int(data.get("seed", run_level["seed"].default)),
-                    threads=data.get("threads"), text=text,
-                    settings={k: v for k, v in data.items() if k in run_level and v is not None})
-    used_names: set[str] = set()
-    last_checkpoint: StageSpec | None = None
-    produced: dict[str, StageSpec] = {}
-    quantized: set[str] = set()
-    for raw, snode in zip(stages_raw, stage_nodes):
-        line = snode.start_mark.line + 1
-        if not isinstance(raw, dict) or len(raw) != 1:
-            raise UserError(f"{where}:{line}: a stage is a one-key mapping like '- train: {{...}}'")
-        kind, options = next(iter(raw.items()))
-        if kind not in STAGE_KINDS:
-            raise UserError(f"{where}:{line}: unknown stage '{kind}' (known: {', '.join(STAGE_KINDS)})")
-        options = dict(options or {})
-        if not isinstance(options, dict):
-            raise UserError(f"{where}:{line}: the options of '{kind}' must be a mapping")
-        option_lines = _key_lines(snode.value[0][1]) if isinstance(snode, yaml.MappingNode) else {}
-        schema = recipe_options(kind)
-        name = options.pop("name", None)
-        source_key = next((o.spec.source for o in stage_options(kind).values() if o.spec.source), None)
-        source = options.pop(source_key, None) if source_key else None
-        known = sorted(schema) + ["name"] + ([source_key] if source_key else [])
-        for key, value in options.items():
-            key_line = option_lines.get(key, line)
-            if key not in schema:
-                raise UserError(f"{where}:{key_line}: unknown option '{key}' for stage '{kind}' "
-                                f"(known: {', '.join(known)})")
-            if not _type_ok(value, schema[key].type):
-                raise UserError(f"{where}:{key_line}: '{key}' of stage '{kind}' must be "
-                                f"{_type_name(schema[key].type)}, got {value!r}")
-        base = name or kind
-        name = base
-        n = 2
-        while name in used_names:
+
+
+def _parse_stage(raw: Any, snode, produced: _Produced, where: str) -> tuple[StageSpec, dict[str, int]]:
+    """One entry of ``stages``: its kind and checked options, its folder name and the checkpoint it
+    reads; also the line of each option key."""
+    line = snode.start_mark.line + 1
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise UserError(f"{where}:{line}: a stage is a one-key mapping like '- train: {{...}}'")
+    kind, options = next(iter(raw.items()))
+    if kind not in STAGES:
+        raise UserError(f"{where}:{line}: unknown stage '{kind}' (known: {', '.join(STAGES)})")
+    if not isinstance(options or {}, dict):
+        raise UserError(f"{where}:{line}: the options of '{kind}' must be a mapping")
+    options = dict(options or {})
+    option_lines = _key_lines(snode.value[0][1]) if _is_mapping(snode) else {}
+    name = options.pop("name", None)
+    source_key = next((o.spec.source for o in stage_options(kind).values() if o.spec.source), None)
+    source = options.pop(source_key, None) if source_key else None
+    _check_stage_keys(kind, options, option_lines, line, source_key, where)
+    name = produced.unique_name(name or kind, line, where)
+    reads = produced.source_of(STAGES[kind], name, options, source, line, where)
+    return StageSpec(kind=kind, name=name, options=options, line=line, source=reads), option_lines
+
+
+def _check_stage_keys(kind: str, options: dict[str, Any], option_lines: dict[str, int], line: int,
+                      source_key: str | None, where: str) -> None:
+    """Every option key of a stage is one of its recipe options, with a value of the option's type."""
+    schema = recipe_options(kind)
+    known = sorted(schema) + ["name"] + ([source_key] if source_key else [])
+    for key, value in options.items():
+        key_line = option_lines.get(key, line)
+        if key not in schema:
+            raise UserError(f"{where}:{key_line}: unknown option '{key}' for stage '{kind}' "
+                            f"(known: {', '.join(known)})")
+        if not _type_ok(value, schema[key].type):
+            raise UserError(f"{where}:{key_line}: '{key}' of stage '{kind}' must be "
+                            f"{_type_name(schema[key].type)}, got {value!r}")
+
+
+@dataclass
+class _Produced:
+    """What the stages parsed so far produced: folder names, checkpoints, which are quantized."""
+
+    names: set[str] = field(default_factory=set)
+    checkpoints: dict[str, StageSpec] = field(default_factory=dict)
+    last: StageSpec | None = None  # the checkpoint a stage reads unless it names another
+    quantized: set[str] = field(default_factory=set)
+
+    def unique_name(self, base: Any, line: int, where: str) -> str:
+        """The stage's folder: its ``name`` or kind, numbered if taken (``prune-2``)."""
+        name, n = base, 2
+        while name in self.names:
             name, n = f"{base}-{n}", n + 1
         if not isinstance(name, str) or "/" in name:
             raise UserError(f"{where}:{line}: stage name must be a plain folder name")
-        used_names.add(name)
-        fresh = kind == "pretrain" or (kind == "train" and bool(options.get("preset")))
-        external = None  # a teacher path or model name outside the run
-        if fresh:
-            reads = None
-        elif source is None:
-            reads = last_checkpoint
-        elif source in produced:
-            reads = produced[source]
-        elif kind == "distill":
-            reads, external = None, source
+        self.names.add(name)
+        return name
+
+    def source_of(self, stage: StageDef, name: str, options: dict[str, Any], source: str | None, line: int,
+                  where: str) -> str | None:
+        """What the stage reads: None when it builds a fresh model, else an earlier checkpoint's name
+        (the last one unless ``source`` names one) or, where the stage allows it, a path or model
+        name outside the run."""
+        fresh_option = stage.fresh_with is not None and bool(options.get(stage.fresh_with))
+        if not stage.reads_checkpoint or fresh_option:
+            return None
+        if source is None:
+            reads = self.last
+        elif source in self.checkpoints:
+            reads = self.checkpoints[source]
+        elif stage.external_source:
+            return source
         else:
             raise UserError(f"{where}:{line}: stage '{name}' reads from '{source}', which no earlier "
                             f"checkpoint stage produces")
-        if not fresh and reads is None and external is None:
-            raise UserError(f"{where}:{line}: stage '{name}' ({kind}) needs a checkpoint before it")
-        if reads is not None and reads.name in quantized and kind in ("prune", "distill", "quantize", "train"):
-            raise UserError(f"{where}:{line}: '{kind}' after quantization ('{reads.name}') is not possible: "
+        if reads is None:
+            raise UserError(f"{where}:{line}: stage '{name}' ({stage.kind}) needs a checkpoint before it")
+        if reads.name in self.quantized and stage.needs_fp32:
+            raise UserError(f"{where}:{line}: '{stage.kind}' after quantization ('{reads.name}') is not possible: "
                             f"prune, distill and train FP32 models, then quantize")
-        spec = StageSpec(kind=kind, name=name, options=options, line=line,
-                         source=reads.name if reads is not None else external)
-        _check_stage(recipe, spec, option_lines, where)
-        if kind in CHECKPOINT_STAGES:
-            last_checkpoint = spec
-            produced[name] = spec
-            if kind == "quantize":
-                quantized.add(name)
-        recipe.stages.append(spec)
-    return recipe
+        return reads.name
+
+    def add(self, spec: StageSpec) -> None:
+        stage = STAGES[spec.kind]
+        if stage.writes_checkpoint:
+            self.last = spec
+            self.checkpoints[spec.name] = spec
+            if stage.writes_quantized:
+                self.quantized.add(spec.name)
 
 
 def stage_values(recipe: Recipe, stage: StageSpec, source: Path | None, out: Path) -> dict[str, Any]:
@@ -261,11 +296,12 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def checkpoint_stages(recipe: Recipe) -> list[StageSpec]:
-    """The checkpoints a report compares: not pre-training, and not a training round that only
-    another training round continues (the teacher is the last round)."""
+    """The checkpoints a report compares: those of stages declared ``compared`` (not pre-training),
+    and not a training round that only another round of its kind continues (the teacher is the
+    last round)."""
     readers: dict[str, set[str]] = {}
     for s in recipe.stages:
         if s.source:
             readers.setdefault(s.source, set()).add(s.kind)
-    return [s for s in recipe.stages if s.kind in CHECKPOINT_STAGES and s.kind != "pretrain"
-            and not (s.kind == "train" and readers.get(s.name) == {"train"})]
+    return [s for s in recipe.stages if STAGES[s.kind].writes_checkpoint and STAGES[s.kind].compared
+            and not (STAGES[s.kind].rounds and readers.get(s.name) == {s.kind})]

@@ -1,9 +1,39 @@
-"""How each command's result looks on a terminal (``--json`` prints the result itself instead)."""
+"""How each command's result looks on a terminal (``--json`` prints the result itself instead).
+
+Each renderer registers itself for its command's name (``@renders("prune")``); the command line
+looks its commands' renderers up in :data:`RENDERERS`, and a contract test checks that every
+declared stage (``stages/registry.py``) has one.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+Renderer = Callable[[dict[str, Any]], None]
+RENDERERS: dict[str, Renderer] = {}  # command name -> how its result is shown
+
+
+def renders(*commands: str) -> Callable[[Renderer], Renderer]:
+    """Decorator: ``fn`` shows the result of each command in ``commands``."""
+
+    def wrap(fn: Renderer) -> Renderer:
+        for name in commands:
+            if name in RENDERERS:
+                raise AssertionError(f"two renderers for '{name}': {RENDERERS[name].__name__} and {fn.__name__}")
+            RENDERERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def renderer_for(command: str) -> Renderer:
+    """The renderer of ``command``; a clear error (not a KeyError at first use) when it has none."""
+    try:
+        return RENDERERS[command]
+    except KeyError:
+        raise LookupError(f"no renderer for '{command}': decorate one in render.py with "
+                          f"@renders({command!r})") from None
 
 
 def _console():
@@ -30,6 +60,7 @@ def _metrics_table(metrics: dict[str, dict[str, float]], title: str):
     return table
 
 
+@renders("train")
 def render_stage(result: dict[str, Any]) -> None:
     console = _console()
     console.print(_metrics_table(result["metrics"], f"{result['stage']}: {result['task']}"))
@@ -39,6 +70,7 @@ def render_stage(result: dict[str, Any]) -> None:
                   f"wrote [bold]{result['out']}[/bold]")
 
 
+@renders("pretrain")
 def render_pretrain(result: dict[str, Any]) -> None:
     p = result["parameters"]
     _console().print(f"pre-trained on {result['texts']:,} texts for {result['steps']} steps in "
@@ -46,6 +78,7 @@ def render_pretrain(result: dict[str, Any]) -> None:
                      f"{p['non_embedding']:,} non-embedding parameters; wrote [bold]{result['out']}[/bold]")
 
 
+@renders("evaluate")
 def render_evaluation(result: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -99,6 +132,7 @@ def _render_generation_speed(console, g: dict[str, Any], where: str) -> None:
                   + "".join(f"; skipped {s}" for s in g["skipped"]))
 
 
+@renders("quantize")
 def render_quantize(result: dict[str, Any]) -> None:
     console = _console()
     from .quantize.scheme import is_weight_only
@@ -131,6 +165,7 @@ def _render_latency(console, result: dict[str, Any], before: str, after: str) ->
                       f"({a['p50_ms'] / b['p50_ms']:.2f}x)")
 
 
+@renders("distill")
 def render_distill(result: dict[str, Any]) -> None:
     console = _console()
     m = result["metric"]
@@ -144,6 +179,7 @@ def render_distill(result: dict[str, Any]) -> None:
     console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
 
 
+@renders("prune")
 def render_prune(result: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -168,6 +204,7 @@ def render_prune(result: dict[str, Any]) -> None:
     console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
 
 
+@renders("report")
 def render_report(result: dict[str, Any]) -> None:
     from .report import rich_table  # report imports every stage: not needed for --help
 
@@ -176,6 +213,7 @@ def render_report(result: dict[str, Any]) -> None:
     console.print(f"report.md, report.json and report.png in {result['run_dir']}")
 
 
+@renders("run", "demo")
 def render_run(result: dict[str, Any]) -> None:
     console = _console()
     for name, r in result["stages"].items():
@@ -185,6 +223,7 @@ def render_run(result: dict[str, Any]) -> None:
     console.print(f"run finished in {result['seconds']:.0f} s: {result['run_dir']}")
 
 
+@renders("export")
 def render_export(result: dict[str, Any]) -> None:
     console = _console()
     for name, v in result["verification"].items():
@@ -199,6 +238,7 @@ def render_export(result: dict[str, Any]) -> None:
     console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.1f} s")
 
 
+@renders("bench")
 def render_bench(result: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -232,6 +272,7 @@ def render_bench(result: dict[str, Any]) -> None:
                   f"{result['outputs_max_abs_diff']:.2e}")
 
 
+@renders("info")
 def render_info(result: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -269,6 +310,7 @@ def render_info(result: dict[str, Any]) -> None:
     console.print(lineage)
 
 
+@renders("generate")
 def render_generation(result: dict[str, Any]) -> None:
     console = _console()
     for r in result["results"]:
@@ -277,9 +319,3 @@ def render_generation(result: dict[str, Any]) -> None:
         speed = f", {r['decode_tokens_per_s']:.1f} tokens/s" if r["decode_tokens_per_s"] else ""
         console.print(f"[dim]{len(r['tokens'])} tokens; first after {r['time_to_first_token_ms']:.1f} ms{speed}"
                       f"{'' if r['stopped_at_eos'] else ' (stopped at --max-new-tokens)'}[/dim]")
-
-
-RENDERERS = {"train": render_stage, "pretrain": render_pretrain, "distill": render_distill,
-             "prune": render_prune, "quantize": render_quantize, "export": render_export,
-             "evaluate": render_evaluation, "bench": render_bench, "run": render_run, "demo": render_run,
-             "report": render_report, "info": render_info, "generate": render_generation}

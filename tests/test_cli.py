@@ -30,6 +30,17 @@ def test_help_does_not_import_paddle():
     subprocess.run([sys.executable, "-c", code], check=True)  # its time is measured in benchmarks/cli_startup.py
 
 
+def test_the_command_list_imports_no_stage_module_nor_numpy():
+    """`ernie-compress --help` lists the commands from the stage declarations alone: no stage module,
+    NumPy, YAML or runtime is imported (what keeps it fast; benchmarks/cli_startup.py times it)."""
+    code = ("import sys; from typer.testing import CliRunner; from ernie_compress.cli import app; "
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0 and 'quantize' in r.output; "
+            "heavy = ('numpy', 'yaml', 'paddle', 'onnx', 'onnxruntime', 'safetensors', 'ernie_compress.stages.train', "
+            "'ernie_compress.runtime', 'ernie_compress.generate'); "
+            "assert not [m for m in heavy if m in sys.modules], [m for m in heavy if m in sys.modules]")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One real `train` run on a tiny task; later tests evaluate and inspect its checkpoint."""

@@ -55,6 +55,7 @@ def test_the_report_compares_the_last_training_round_not_the_ones_it_continues()
     ("task: demo:sentiment\nstages:\n  - export: {format: onnx}\n", "needs a checkpoint before it"),
     ("task: demo:sentiment\nstages:\n  - train: {preset: tiny}\n  - prune: {from: nowhere, heads: 0.1}\n",
      "which no earlier checkpoint stage produces"),
+    ("task: demo:sentiment\nstages:\n  - train: [preset, tiny]\n", "3: the options of 'train' must be a mapping"),
     ("task: [1\n", "invalid YAML"),
     ("- just a list\n", "a recipe is a YAML mapping"),
     ("task: demo:sentiment\nseed: abc\nstages:\n  - train: {preset: tiny}\n", "2: 'seed' must be int"),

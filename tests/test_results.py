@@ -10,7 +10,9 @@ import typing
 import pytest
 
 from ernie_compress.results import DistillResult, ExportEvaluation, Result
-from ernie_compress.stages.registry import _RUNNERS
+from ernie_compress.stages import STAGES
+
+RUNNERS = {config: runner for stage in STAGES.values() for config, runner in stage.runners.items()}
 
 
 def _distill(**changes) -> DistillResult:
@@ -35,7 +37,7 @@ def test_example_stats_appear_only_when_kept():
     assert ExportEvaluation(**{**kept, "example_stats": [1]}).to_dict()["example_stats"] == [1]
 
 
-@pytest.mark.parametrize("config, runner", sorted(_RUNNERS.items(), key=lambda kv: kv[0].__name__),
+@pytest.mark.parametrize("config, runner", sorted(RUNNERS.items(), key=lambda kv: kv[0].__name__),
                          ids=lambda x: getattr(x, "__name__", str(x)))
 def test_every_stage_runner_declares_a_typed_result(config, runner):
     hints = typing.get_type_hints(runner)

@@ -264,7 +264,7 @@ def _baseline(cfg: DistillConfig, student: _Student, splits, held_out, kind: str
     return {"metrics": evaluate_split(plain, held_out, kind), "steps": base.steps}
 
 
-@register("distill", DistillConfig, summary="Distill a large teacher into a small student (logits, hidden states, MiniLM relations).")
+@register("distill", DistillConfig)
 def distill(cfg: DistillConfig) -> DistillResult:
     paddle = import_paddle()
     started = time.perf_counter()

@@ -74,7 +74,7 @@ class EvaluateConfig(TaskOptions, RuntimeOptions):
                              iterations=self.iterations, warmup=self.warmup)
 
 
-@register("evaluate", EvaluateConfig, writes_checkpoint=False, summary="Measure the task metric on held-out data; for an export also latency p50/p95/p99 and QPS.")
+@register("evaluate", EvaluateConfig)
 def evaluate(cfg: EvaluateConfig) -> ExportEvaluation | CheckpointEvaluation:
     """An export through its runtime, or a checkpoint in Paddle dygraph (on cpu)."""
     data = None if cfg.data is None else str(cfg.data)

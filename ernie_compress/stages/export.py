@@ -363,7 +363,7 @@ def _check_decoder(cfg: ExportConfig, level: int, check: dict[str, Any]) -> None
 
 # -- the stage -------------------------------------------------------------------------------------
 
-@register("export", ExportConfig, writes_checkpoint=False, summary="Export a checkpoint to a Paddle static graph and/or ONNX, verified against dygraph.")
+@register("export", ExportConfig)
 def export_checkpoint(cfg: ExportConfig) -> ExportResult:
     """Every format ``cfg`` asks for, each verified, and the manifest, written at once (atomically)."""
     start = time.perf_counter()

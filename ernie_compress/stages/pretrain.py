@@ -107,7 +107,7 @@ def mask_tokens(input_ids: np.ndarray, tokenizer: ErnieTokenizer, probability: f
     return masked, positions.astype(np.int64), input_ids.flat[positions].astype(np.int64)
 
 
-@register("pretrain", PretrainConfig, summary="Masked-LM pre-training of a fresh encoder on unlabeled text (then `train --from` it).")
+@register("pretrain", PretrainConfig)
 def pretrain(cfg: PretrainConfig) -> PretrainResult:
     refuse_existing_output(cfg)
     paddle = import_paddle()

@@ -74,7 +74,7 @@ def _request(cfg: PruneConfig) -> PruneRequest:
                         importance_samples=cfg.importance_samples, gqa=cfg.gqa, uniform=cfg.uniform)
 
 
-@register("prune", PruneConfig, summary="Remove the least important attention heads (and FFN neurons), then recover by fine-tuning.")
+@register("prune", PruneConfig)
 def prune_checkpoint(cfg: PruneConfig) -> PruneResult:
     started = time.perf_counter()
     refuse_existing_output(cfg)

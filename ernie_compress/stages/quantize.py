@@ -49,8 +49,6 @@ from .skeleton import Start, finish, refuse_existing_output, samples_per_second,
 PTQ_OBSERVERS = ("abs_max", "percentile", "mse", "kl")
 FP16_SCHEME = {"method": "fp16", "dtype": "fp16"}  # config.json's quantization entry for FP16
 INT8_ONLY = "only int8 (ONNX Runtime's CPU integer kernels are 8-bit)"
-SUMMARY = ("INT8 quantization (QAT or PTQ), weight-only INT8/INT4, or FP16 weights; ends with the held-out metric "
-           "against the FP32 parent.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,7 +214,7 @@ def runs(config_type: type, methods: tuple[str, ...]):
 
     def wrap(fn: Callable[[Any, Start], Quantized]):
         RUNNERS[config_type] = Runner(fn, methods)
-        register("quantize", config_type, summary=SUMMARY)(quantize_checkpoint)
+        register("quantize", config_type)(quantize_checkpoint)
         return fn
 
     return wrap

@@ -75,7 +75,7 @@ def _fresh_model_config(cfg: TrainConfig, task: TaskData, vocab_size: int) -> Er
     return config_from_dict(keys)
 
 
-@register("train", TrainConfig, summary="Train a model from a preset (or fine-tune a checkpoint) on a task; keep the best epoch.")
+@register("train", TrainConfig)
 def train(cfg: TrainConfig) -> TrainResult:
     """Run the train stage; returns its result (metrics, parameters, output path)."""
     refuse_existing_output(cfg)
