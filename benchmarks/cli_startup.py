@@ -1,4 +1,4 @@
-"""How long `ernie-compress --help` and `ernie-compress train --help` take (target < 0.5 s).
+"""How long `ernie-compress --help` and `ernie-compress train --help` take (target: `--help` at most 0.25 s median).
 
     python benchmarks/cli_startup.py [--runs 5]
 """
