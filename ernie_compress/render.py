@@ -133,26 +133,36 @@ def _render_generation_speed(console, g: dict[str, Any], where: str) -> None:
 
 
 @renders("quantize")
+def _int8_line(s: dict[str, Any], result: dict[str, Any]) -> str:
+    return (f"{result['quantized_layers']} Linear layers quantized: {s['weight_bits']}-bit weights per "
+            f"channel{' (reduce_range)' if s['reduce_range'] else ''}, {s['activation_bits']}-bit "
+            f"activations ({s['activation_observer']})")
+
+
+def _weight_only_line(s: dict[str, Any], result: dict[str, Any]) -> str:
+    group = f"groups of {s['group_size']} rows" if s["group_size"] else "per output channel"
+    return f"{result['quantized_layers']} Linear layers: {s['weight_bits']}-bit weights ({group}), float activations"
+
+
+# per quantization scheme (quantize/registry.py): (how the metrics table names it, the summary line)
+_SCHEME_LINES = {
+    "int8": (lambda s: "int8, fake-quant", _int8_line),
+    "weight_only": (lambda s: f"weight-only {s['dtype']}", _weight_only_line),
+    "fp16": (lambda s: "fp16", lambda s, result: f"{result['quantized_layers']} tensors in FP16"),
+}
+
+
 def render_quantize(result: dict[str, Any]) -> None:
     console = _console()
-    from .quantize.scheme import is_weight_only
+    from .quantize.registry import scheme_of
 
     s = result["scheme"]
-    kind = ("fp16" if s.get("dtype") == "fp16" else f"weight-only {s['dtype']}" if is_weight_only(s)
-            else "int8, fake-quant")
-    tables = {f"{split} ({kind})": m for split, m in result["metrics"].items()}
+    label, line = _SCHEME_LINES.get(scheme_of(s).name, (
+        lambda s: s["method"], lambda s, result: f"{result['quantized_layers']} layers quantized ({s['method']})"))
+    tables = {f"{split} ({label(s)})": m for split, m in result["metrics"].items()}
     tables.update({f"{split} (FP32 parent)": m for split, m in result["parent_metrics"].items()})
     console.print(_metrics_table(tables, f"{result['stage']}: {result['task']}"))
-    if is_weight_only(s):
-        group = f"groups of {s['group_size']} rows" if s["group_size"] else "per output channel"
-        console.print(f"{result['quantized_layers']} Linear layers: {s['weight_bits']}-bit weights ({group}), float "
-                      f"activations; {result['delta_points']:+.2f} points vs FP32")
-    elif s.get("dtype") == "fp16":
-        console.print(f"{result['quantized_layers']} tensors in FP16; {result['delta_points']:+.2f} points vs FP32")
-    else:
-        console.print(f"{result['quantized_layers']} Linear layers quantized: {s['weight_bits']}-bit weights per "
-                      f"channel{' (reduce_range)' if s['reduce_range'] else ''}, {s['activation_bits']}-bit "
-                      f"activations ({s['activation_observer']}); {result['delta_points']:+.2f} points vs FP32")
+    console.print(f"{line(s, result)}; {result['delta_points']:+.2f} points vs FP32")
     console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
 
 
