@@ -132,7 +132,6 @@ def _render_generation_speed(console, g: dict[str, Any], where: str) -> None:
                   + "".join(f"; skipped {s}" for s in g["skipped"]))
 
 
-@renders("quantize")
 def _int8_line(s: dict[str, Any], result: dict[str, Any]) -> str:
     return (f"{result['quantized_layers']} Linear layers quantized: {s['weight_bits']}-bit weights per "
             f"channel{' (reduce_range)' if s['reduce_range'] else ''}, {s['activation_bits']}-bit "
@@ -152,6 +151,7 @@ _SCHEME_LINES = {
 }
 
 
+@renders("quantize")
 def render_quantize(result: dict[str, Any]) -> None:
     console = _console()
     from .quantize.registry import scheme_of

@@ -30,3 +30,9 @@ def test_each_scheme_prints_its_own_summary(capsys, method):
     for line in expected:
         assert line in out, out
     assert "test (FP32 parent)" in out and "wrote /tmp/q in 3 s" in out
+
+
+def test_the_quantize_stage_renders_through_this_function():
+    from ernie_compress.render import renderer_for
+
+    assert renderer_for("quantize") is render_quantize

@@ -42,23 +42,25 @@ def gradient_head_importance(model, split: EncodedSplit, samples: int = 512, bat
     order = np.random.default_rng(seed).permutation(len(split))[:samples]
     with progress_bar(-(-len(order) // batch_size), "head importance") as bar:
         for start in range(0, len(order), batch_size):
-            idx = np.sort(order[start:start + batch_size])
-            seq = int(split.lengths[idx].max())
-            logits = model(paddle.to_tensor(split.input_ids[idx, :seq]),
-                           paddle.to_tensor(split.token_type_ids[idx, :seq]),
-                           head_mask=[m if m.shape[0] else None for m in masks])
-            labels = split.labels[idx, :seq] if split.token_level else split.labels[idx]
-            loss = task_loss(task_kind(model), logits, paddle.to_tensor(labels))
-            grads = paddle.grad(loss, [m for m in masks if m.shape[0]], allow_unused=True)
-            grads = iter(grads)
-            for i, m in enumerate(masks):
-                if m.shape[0]:
-                    g = next(grads)
-                    if g is not None:
-                        totals[i] += np.abs(g.numpy())
+            _add_mask_gradients(model, split, np.sort(order[start:start + batch_size]), masks, totals)
             bar.advance()
     model.clear_gradients()
     return _normalise_per_layer(totals)
+
+
+def _add_mask_gradients(model, split: EncodedSplit, idx: np.ndarray, masks: list, totals: list[np.ndarray]) -> None:
+    """Add ``|dL/d mask|`` of the rows ``idx`` to ``totals`` (layers without heads have empty masks)."""
+    paddle = import_paddle()
+    seq = int(split.lengths[idx].max())
+    logits = model(paddle.to_tensor(split.input_ids[idx, :seq]), paddle.to_tensor(split.token_type_ids[idx, :seq]),
+                   head_mask=[m if m.shape[0] else None for m in masks])
+    labels = split.labels[idx, :seq] if split.token_level else split.labels[idx]
+    loss = task_loss(task_kind(model), logits, paddle.to_tensor(labels))
+    live = [i for i, m in enumerate(masks) if m.shape[0]]
+    grads = paddle.grad(loss, [masks[i] for i in live], allow_unused=True)
+    for i, g in zip(live, grads):
+        if g is not None:
+            totals[i] += np.abs(g.numpy())
 
 
 def magnitude_head_importance(state: dict[str, np.ndarray], config) -> list[np.ndarray]:
