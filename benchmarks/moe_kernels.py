@@ -20,9 +20,8 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from ernie_compress.export.decoder_onnx import DecoderWeights, WeightOnlyLinear,
 from ernie_compress.models import ernie4_5_moe_onnx as moe_onnx  # noqa: E402
 from ernie_compress.models.onnx_graph import GraphBuilder  # noqa: E402
 
+DECODE_CALLS = 5  # calls a round at 1 token (1 at 128 tokens)
 BLOCK = 128  # MatMulNBits' block for per-channel codes of 2560 / 1536 inputs (export: kernel_block_size)
 
 
@@ -114,28 +114,50 @@ VARIANTS = {
 }
 
 
-def build_session(shape: LayerShape, names, weights, integer, variant: Variant, threads: int, folder: Path):
-    """The layer as an ONNX Runtime session (the model saved with external data: > 2 GB in float32)."""
-    import onnx
+@dataclass
+class InMemoryGraph(GraphBuilder):
+    """A graph builder that keeps large initializers as numpy arrays, handed to ONNX Runtime as
+    external initializers (``SessionOptions.add_external_initializers``): a float32 layer is over
+    protobuf's 2 GB, and neither a serialized copy nor a file is then needed."""
+
+    arrays: dict = field(default_factory=dict)
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        from onnx import TensorProto, helper
+
+        array = np.asarray(array)
+        if array.nbytes < 1 << 20 or name in self.names:
+            return super().const(name, array)
+        self.names.add(name)
+        self.arrays[name] = np.ascontiguousarray(array)
+        stub = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape,
+                           data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", "memory"), ("offset", "0"), ("length", str(array.nbytes))):
+            stub.external_data.add(key=key, value=value)
+        self.initializers.append(stub)
+        return name
+
+
+def build_session(shape: LayerShape, names, weights, integer, variant: Variant, threads: int):
+    """The layer as an ONNX Runtime session whose large weights stay numpy arrays."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
     matmul = _weight_only_matmul(DecoderWeights({}, integer or {}, variant.level))
-    g = GraphBuilder(weights, matmul=matmul)
+    g = InMemoryGraph(weights, matmul=matmul)
     experts = integer if variant.bits and variant.fused else None
     moe_onnx.moe(g, "x", shape, names, integer=experts, fused=variant.fused, block_size=variant.block_size,
                  accuracy_level=variant.level, name="y")
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, None, shape.hidden_size]) for n in ("x", "y")]
-    model = g.model("moe", io[:1], io[1:])
-    del g
-    path = folder / f"{variant.label.replace(' ', '_').replace(',', '')}.{variant.bits}.onnx"
-    onnx.save_model(model, path, save_as_external_data=True, location=path.name + ".data")
-    del model
-    gc.collect()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in g.arrays.values()]
+    options.add_external_initializers(list(g.arrays), values)
+    session = ort.InferenceSession(g.model("moe", io[:1], io[1:]).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    session.keep_alive = (g.arrays, values)  # the session reads these buffers
+    return session
 
 
 def measure(shape: LayerShape, precision: str, threads: int, rounds: int, weights, names) -> dict:
@@ -145,21 +167,22 @@ def measure(shape: LayerShape, precision: str, threads: int, rounds: int, weight
     feeds = {n: np.random.default_rng(n).standard_normal((1, n, shape.hidden_size), dtype=np.float32)
              for n in (1, 128)}
     results = {}
-    with tempfile.TemporaryDirectory() as folder:
-        sessions = {v.label: build_session(shape, names, weights, integer, v, threads, Path(folder))
-                    for v in VARIANTS[precision]}
-        for tokens, iterations in ((1, 10), (128, 1)):
-            feed = {"x": feeds[tokens]}
-            outputs = {k: s.run(None, feed)[0] for k, s in sessions.items()}  # also the warm-up
-            timers = {k: ms_per_call(lambda s=s: s.run(None, feed), iterations) for k, s in sessions.items()}
-            timings = interleaved_rounds(timers, rounds)
-            first = VARIANTS[precision][0].label
-            for k, t in timings.items():
-                results[tokens, k] = {**t, "over_fused": ratio_rounds(t["rounds"], timings[first]["rounds"]),
-                                      "diff": float(np.abs(outputs[k] - outputs[first]).max() /
-                                                    np.abs(outputs[first]).max())}
-        del sessions
-        gc.collect()
+    sessions = {}
+    for v in VARIANTS[precision]:
+        sessions[v.label] = build_session(shape, names, weights, integer, v, threads)
+        print(f"{precision}: {v.label} built", file=sys.stderr, flush=True)
+    first = VARIANTS[precision][0].label
+    for tokens, iterations in ((1, DECODE_CALLS), (128, 1)):
+        feed = {"x": feeds[tokens]}
+        outputs = {k: s.run(None, feed)[0] for k, s in sessions.items()}  # also the warm-up
+        timings = interleaved_rounds({k: ms_per_call(lambda s=s: s.run(None, feed), iterations)
+                                      for k, s in sessions.items()}, rounds)
+        for k, t in timings.items():
+            diff = np.abs(outputs[k] - outputs[first]).max() / np.abs(outputs[first]).max()
+            results[tokens, k] = {**t, "over_fused": ratio_rounds(t["rounds"], timings[first]["rounds"]),
+                                  "diff": float(diff)}
+    del sessions
+    gc.collect()
     return results
 
 
@@ -175,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--experts", type=int, default=64)
     parser.add_argument("--precisions", default="fp32,int8,int4")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -185,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     lines = [f"ONNX Runtime CPU, one ERNIE 4.5 MoE layer (hidden {shape.hidden_size}, {shape.moe_num_experts} "
              f"experts of {shape.moe_intermediate_size}, top-{shape.moe_k}, {shape.moe_num_shared_experts} shared; "
              f"random weights), {args.threads} threads; ms per call: median (min–max) of {args.rounds} "
-             "interleaved rounds (10 calls a round at 1 token, 1 at 128)", "",
+             f"interleaved rounds ({DECODE_CALLS} calls a round at 1 token, 1 at 128)", "",
              "| tokens | precision | kernels | ms per call | time / fused (first row) | max diff / max output |",
              "|---|---|---|---|---|---|"]
     results = {}
