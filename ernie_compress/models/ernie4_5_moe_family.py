@@ -12,7 +12,8 @@ Smoothing: in every layer ``input_layernorm`` feeds the fused qkv and the values
 whose output picks the experts), so no MLP edge is declared: a scale moved into the experts' rows
 would have to move into the router's rows as well, which the map cannot say. Checkpoints are read and
 written in this package's layout only so far (``layouts``); models of this family have no
-cached-decoder ONNX blocks yet, so ``export`` refuses them.
+cached-decoder ONNX blocks yet, so ``export`` refuses them, and no pruning strategy yet
+(:class:`GroupedQueryHeadsAndExperts`), so ``prune`` refuses them.
 """
 
 from __future__ import annotations
@@ -22,10 +23,20 @@ import re
 from typing import Any
 
 from ..errors import UserError
-from .architecture import Distillation, GroupedQueryHeads, ScaleMapping
+from .architecture import Distillation, HeadLayout, ScaleMapping
 from .ernie4_5_family import LINEAR_ROLES, NAMES
 from .ernie4_5_moe_config import Ernie45MoeConfig
 from .family import ModelFamily
+
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupedQueryHeadsAndExperts(HeadLayout):
+    """Attention heads as :class:`~.architecture.GroupedQueryHeads` (one fused qkv, query heads
+    grouped per KV head), and MLPs that are routed and shared experts in the MoE layers. Not a
+    ``GroupedQueryHeads``: its pruning strategy would look for a dense MLP in every layer. No
+    strategy is registered for it yet, so ``prune`` refuses these models in one line."""
+
 
 SMOOTHING = (
     ScaleMapping("input_layernorm", ("self_attn.qkv_proj",)),
@@ -50,7 +61,7 @@ FAMILY = ModelFamily(
     architecture_for_kind={"causal_lm": "Ernie4_5_MoeForCausalLM"},
     other_kinds_hint="they serve causal LM (lm, demo:lm) so far",
     names=dataclasses.replace(NAMES, task_heads=("lm_head",)), linear_roles=LINEAR_ROLES, smoothing=SMOOTHING,
-    head_layout=GroupedQueryHeads(),
+    head_layout=GroupedQueryHeadsAndExperts(),
     distillation=Distillation(frozenset({"logits", "hidden_states"}),
                               instead="logits (--kd-weight) and hidden states (--hidden-weight)"),
     input_names=("input_ids",), layouts=("ours",), normalize=_normalize,
