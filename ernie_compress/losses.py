@@ -87,10 +87,21 @@ def soft_label_kd(student_logits, teacher_logits, temperature: float, kind: str 
                       paddle.ones(student_logits.shape[:1], dtype="float32"), temperature)
 
 
+def auxiliary_loss(model):
+    """The model's own training term from its last forward (``model.auxiliary_loss()``: a
+    mixture-of-experts router's weighted load-balancing loss), or None for a model without one."""
+    term = getattr(model, "auxiliary_loss", None)
+    return None if term is None else term()
+
+
 def hard_label_loss(model, batch):
-    """The fine-tuning loss (a :class:`~ernie_compress.training_loop.LossFn`)."""
+    """The fine-tuning loss (a :class:`~ernie_compress.training_loop.LossFn`), plus the model's
+    auxiliary loss (reported as ``aux``) when it has one."""
     loss = task_loss(task_kind(model), model(batch.input_ids, batch.token_type_ids), batch.labels)
-    return loss, {"ce": loss}
+    aux = auxiliary_loss(model)
+    if aux is None:
+        return loss, {"ce": loss}
+    return loss + aux, {"ce": loss, "aux": aux}
 
 
 class TeacherLogitCache:

@@ -291,16 +291,18 @@ def render_info(result: dict[str, Any]) -> None:
     console.print(f"[bold]{result['path']}[/bold]: {result['architecture']} "
                   f"({result['model_type']}), {result['layers']} layers, hidden {result['hidden_size']}, "
                   f"vocab {result['vocab_size']}")
-    console.print(f"parameters: {p['total']:,} total, {p['non_embedding']:,} non-embedding; "
-                  f"{result['size_bytes'] / 1e6:.2f} MB on disk")
+    stored = (f"no weights (from config.json; {4 * p['total'] / 1e9:.2f} GB in FP32)" if result.get("config_only")
+              else f"{result['size_bytes'] / 1e6:.2f} MB on disk")
+    console.print(f"parameters: {p['total']:,} total, {p['non_embedding']:,} non-embedding; {stored}")
+    experts = result.get("experts_per_layer")
+    if experts is not None:
+        routed = [e for e in experts if e]
+        console.print(f"mixture of experts: {p['active']:,} parameters active per token "
+                      f"({p['active'] / p['total']:.1%}); {len(routed)} of {len(experts)} layers route each token "
+                      f"to {result['experts_per_token']} of {max(routed, default=0)} experts")
     if result.get("task"):
         console.print(f"task: {result['task']['name']}  labels: {', '.join(result['labels'])}")
-    layers = Table(title="layers")
-    for col in ("layer", "heads", "ffn"):
-        layers.add_column(col, justify="right")
-    for i, (h, f) in enumerate(zip(result["heads_per_layer"], result["ffn_per_layer"])):
-        layers.add_row(str(i), str(h), str(f))
-    console.print(layers)
+    console.print(_layers_table(result))
     if result.get("head_importance"):
         scores = result["head_importance"]
         table = Table(title="head importance at the last pruning (layer x head, normalised per layer)")
@@ -318,6 +320,20 @@ def render_info(result: dict[str, Any]) -> None:
                           if isinstance(m, dict) and "accuracy" in m)
         lineage.add_row(str(i), stage.get("name", "?"), stage.get("time", ""), shown)
     console.print(lineage)
+
+
+def _layers_table(result: dict[str, Any]):
+    """Heads and FFN width per layer (a mixture-of-experts layer's FFN is its experts' width), and
+    routed experts per layer when the model has any."""
+    from rich.table import Table
+
+    experts = result.get("experts_per_layer")
+    layers = Table(title="layers")
+    for col in ("layer", "heads", "ffn", *(("experts",) if experts is not None else ())):
+        layers.add_column(col, justify="right")
+    for i, (h, f) in enumerate(zip(result["heads_per_layer"], result["ffn_per_layer"])):
+        layers.add_row(str(i), str(h), str(f), *((str(experts[i]) if experts[i] else "dense",) if experts else ()))
+    return layers
 
 
 @renders("generate")

@@ -239,3 +239,6 @@ class CheckpointInfo(Result):
     weights_sha256: str
     lineage: list[dict[str, Any]]
     head_importance: Any
+    experts_per_layer: list[int] | None = _optional()  # mixture of experts: routed experts (0: a dense layer)
+    experts_per_token: int | None = _optional()  # ... and how many of them each token uses (moe_k)
+    config_only: bool | None = _optional()  # True: described from config.json or a preset, no weights read

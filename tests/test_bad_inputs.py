@@ -81,7 +81,8 @@ def _files(world, tmp):
     (badlm / "dev.txt").write_text("好\n", encoding="utf-8")
     moe = tmp / "moe"
     moe.mkdir()
-    (moe / "config.json").write_text(json.dumps({"model_type": "ernie4_5_moe", "moe_num_experts": 64}))
+    (moe / "config.json").write_text(json.dumps({"model_type": "ernie4_5_moe", "moe_num_experts": 64,
+                                                 "moe_group_experts": True}))  # expert groups: not computed here
     missing_shard = tmp / "missing_shard"  # a sharded save whose index names a shard that is not there
     shutil.copytree(world["ckpt"], missing_shard)
     (missing_shard / "model.safetensors").rename(missing_shard / "model-00001-of-00002.safetensors")
@@ -134,7 +135,7 @@ CASES = {
     "evaluate: bad batch sizes": ["evaluate", "{export}", "--batch-sizes", "0"],
     "info: not a checkpoint": ["info", "{empty}"],
     "info: compression.json invalid": ["info", "{badlineage}"],
-    "info: ERNIE 4.5 mixture of experts": ["info", "{moe}"],
+    "info: ERNIE 4.5 MoE with expert groups": ["info", "{moe}"],
     "info: sharded index names a missing shard": ["info", "{missing_shard}"],
     "info: two weight layouts in one folder": ["info", "{two_layouts}"],
     # export / bench

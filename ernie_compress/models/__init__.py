@@ -25,15 +25,22 @@ def build_model(config: ErnieConfig):
     return cls(config)
 
 
-def count_parameters(shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
-    """Total parameters and those outside the embeddings (the part that compression shrinks)."""
+def count_parameters(shapes: Mapping[str, Sequence[int]], config=None) -> dict[str, int]:
+    """Total parameters and those outside the embeddings (the part that compression shrinks); with
+    the ``config`` of a mixture-of-experts model (one with ``active_parameters``), also ``active``:
+    the parameters one token's forward pass reads (embeddings included, ``moe_k`` of each layer's
+    routed experts)."""
     total = embeddings = 0
     for name, shape in shapes.items():
         n = int(math.prod(shape))
         total += n
         if ".embeddings." in f".{name}" or ".embed_tokens." in f".{name}" or name == "lm_head.weight":
             embeddings += n
-    return {"total": total, "embeddings": embeddings, "non_embedding": total - embeddings}
+    counts = {"total": total, "embeddings": embeddings, "non_embedding": total - embeddings}
+    active = getattr(config, "active_parameters", None)
+    if active is not None:
+        counts["active"] = active(shapes)
+    return counts
 
 
 # task-specific parameters, re-initialised for a new label set

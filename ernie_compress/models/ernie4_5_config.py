@@ -4,7 +4,8 @@ Keys follow PaddleFormers' ``Ernie4_5Config`` (``model_type: ernie4_5``) as in t
 release (Baidu 2025, "ERNIE 4.5 Technical Report"): grouped-query attention (``num_key_value_heads``
 KV heads shared by ``num_attention_heads`` query heads, Ainslie et al. 2023), an explicit
 ``head_dim``, SwiGLU FFN, RMSNorm, RoPE with ``rope_theta`` and tied input/output embeddings.
-Mixture-of-experts configs (``ernie4_5_moe``, ``moe_num_experts``) are refused: not supported yet.
+Mixture-of-experts configs are ``ernie4_5_moe_config.py``'s (``model_type: ernie4_5_moe``); this
+config refuses MoE keys under the dense ``model_type``.
 """
 
 from __future__ import annotations
@@ -106,8 +107,15 @@ class Ernie45Config(TaskHeadConfig):
     # --- (de)serialisation -------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Ernie45Config":
-        if isinstance(data, dict) and (data.get("moe_num_experts") or "moe" in str(data.get("model_type", ""))):
-            raise UserError("config.json describes an ERNIE 4.5 mixture-of-experts model "
-                            f"(model_type '{data.get('model_type')}'); only the dense ERNIE 4.5 "
-                            "models (model_type 'ernie4_5', e.g. ERNIE-4.5-0.3B) are supported yet")
+        if isinstance(data, dict):
+            cls.check_model_type(data)
         return super().from_dict(data)
+
+    @classmethod
+    def check_model_type(cls, data: dict[str, Any]) -> None:
+        """Refuse a mixture-of-experts config: the dense config reads dense models only."""
+        model_type = str(data.get("model_type", MODEL_TYPE))
+        if data.get("moe_num_experts") or "moe" in model_type:
+            raise UserError(f"config.json describes an ERNIE 4.5 mixture-of-experts model (model_type '{model_type}') "
+                            f"that the dense ERNIE 4.5 config does not read: text MoE models say model_type "
+                            f"'ernie4_5_moe' (the multimodal 'ernie4_5_moe_vl' ones are not supported)")

@@ -17,11 +17,12 @@ from ..errors import UserError
 from .architecture import DISTILLATION_SIGNALS
 from .ernie3_family import FAMILY as ERNIE3
 from .ernie4_5_family import FAMILY as ERNIE4_5
+from .ernie4_5_moe_family import FAMILY as ERNIE4_5_MOE
 from .family import ModelFamily
 
 __all__ = ["FAMILIES", "ModelFamily", "config_from_dict", "family_of", "family_of_keys", "require_distillation"]
 
-FAMILIES: dict[str, ModelFamily] = {f.model_type: f for f in (ERNIE3, ERNIE4_5)}
+FAMILIES: dict[str, ModelFamily] = {f.model_type: f for f in (ERNIE3, ERNIE4_5, ERNIE4_5_MOE)}
 DEFAULT_MODEL_TYPE = ERNIE3.model_type  # PaddleNLP's ERNIE 3.0 files carry no model_type
 
 
@@ -45,10 +46,11 @@ def family_of_keys(keys: dict[str, Any]) -> ModelFamily:
 
 
 def config_from_dict(data: dict[str, Any]):
-    """The config class ``model_type`` names (a missing one is ERNIE 3.0, as PaddleNLP's files;
-    ``ernie4_5_moe`` and the like reach the ERNIE 4.5 config, which says what it cannot read)."""
+    """The config class ``model_type`` names (a missing one is ERNIE 3.0, as PaddleNLP's files; another
+    ``ernie4_5*`` type, such as ``ernie4_5_moe_vl``, reaches the ERNIE 4.5 config, which says what it
+    cannot read)."""
     model_type = model_type_of(data)
-    family = ERNIE4_5 if model_type.startswith(ERNIE4_5.model_type) else ERNIE3
+    family = FAMILIES.get(model_type) or (ERNIE4_5 if model_type.startswith(ERNIE4_5.model_type) else ERNIE3)
     return family.config_class.from_dict(data)
 
 

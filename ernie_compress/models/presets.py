@@ -1,8 +1,10 @@
 """Model presets: the published ERNIE 3.0 sizes and small ones that train on 2 CPU cores.
 
 Real sizes from PaddleNLP's ERNIE 3.0 configurations (vocab 40000, gelu, 2048 positions).
-The ERNIE 4.5 presets (``ernie45-*``) are the dense decoder: ``ernie45-0.3b`` is ERNIE-4.5-0.3B's
-published config. The ``demo-*`` presets exist for the embedded demo and tests; their vocabulary size is set
+The ERNIE 4.5 presets (``ernie45-*``) are the dense decoder (``ernie45-0.3b`` is ERNIE-4.5-0.3B's
+published config) and the mixture-of-experts decoder (``ernie45-21b-a3b`` and ``ernie45-300b-a47b``
+as published, for random-weight benchmarks and memory planning; ``ernie45-moe-demo`` and
+``ernie45-moe-tiny`` train here). The ``demo-*`` presets exist for the embedded demo and tests; their vocabulary size is set
 from the tokenizer built on the training data, so it is left out here.
 """
 
@@ -55,9 +57,36 @@ PRESETS.update({
     "ernie45-mini": _decoder(2, 64, 8, 2, 8, 192, _ERNIE45_DEMO),  # 4 query heads per KV group
     "ernie45-tiny": _decoder(2, 32, 4, 2, 8, 64, _ERNIE45_DEMO),
 })
+# ERNIE 4.5 mixture-of-experts decoders. The published shapes: ERNIE-4.5-21B-A3B as transformers'
+# Ernie4_5_MoeConfig defaults ("similar to baidu/ERNIE-4.5-21B-A3B-PT") with head_dim = 2560 / 20, and
+# ERNIE-4.5-300B-A47B as the release's weights show it (64 + 2*8 heads of 128 in qkv_proj [8192, 10240],
+# experts' up_gate_proj [8192, 7168], no shared experts, MoE from layer 3, an untied lm_head
+# [8192, 103424]); both with 64 experts, RMSNorm eps 1e-5, rope_theta 500000 and 131072 positions.
+_ERNIE45_MOE = dict(_ERNIE45, model_type="ernie4_5_moe", architectures=["Ernie4_5_MoeForCausalLM"],
+                    moe_layer_end_index=-1, moe_layer_interval=1, moe_norm_min=1e-12, moe_use_aux_free=True,
+                    moe_gate="topk", router_aux_loss_coef=1e-2)
+_ERNIE45_MOE_DEMO = dict(_ERNIE45_MOE, **{k: _ERNIE45_DEMO[k] for k in (
+    "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob", "rope_theta")})
+
+
+def _moe(experts: int, k: int, expert_ffn: int, shared: int, start: int, base: dict) -> dict:
+    return dict(base, moe_num_experts=experts, moe_k=k, moe_intermediate_size=expert_ffn,
+                moe_num_shared_experts=shared, moe_layer_start_index=start)
+
+
+PRESETS.update({
+    "ernie45-21b-a3b": dict(_decoder(28, 2560, 20, 4, 128, 12288, _moe(64, 6, 1536, 2, 1, _ERNIE45_MOE)),
+                            vocab_size=103424, max_position_embeddings=131072),
+    "ernie45-300b-a47b": dict(_decoder(54, 8192, 64, 8, 128, 28672, _moe(64, 8, 3584, 0, 3, _ERNIE45_MOE)),
+                              vocab_size=103424, max_position_embeddings=131072, tie_word_embeddings=False),
+    # ernie45-demo's attention and width; 8 experts of a quarter of its MLP, 2 per token, one shared
+    "ernie45-moe-demo": _decoder(4, 128, 8, 2, 16, 384, _moe(8, 2, 96, 1, 1, _ERNIE45_MOE_DEMO)),
+    "ernie45-moe-tiny": _decoder(3, 32, 4, 2, 8, 64, _moe(4, 2, 16, 1, 1, _ERNIE45_MOE_DEMO)),  # layer 0 dense
+})
 ALIASES = {"xxl": "xbase", "ernie-3.0-xbase-zh": "xbase", "ernie-3.0-base-zh": "base",
            "ernie-3.0-medium-zh": "medium", "ernie-3.0-mini-zh": "mini",
-           "ernie-3.0-micro-zh": "micro", "ernie-3.0-nano-zh": "nano", "ernie-4.5-0.3b": "ernie45-0.3b"}
+           "ernie-3.0-micro-zh": "micro", "ernie-3.0-nano-zh": "nano", "ernie-4.5-0.3b": "ernie45-0.3b",
+           "ernie-4.5-21b-a3b": "ernie45-21b-a3b", "ernie-4.5-300b-a47b": "ernie45-300b-a47b"}
 
 
 def resolve_preset(name: str) -> dict:

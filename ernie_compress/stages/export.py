@@ -142,6 +142,10 @@ class Written:
 def _sources(cfg: ExportConfig) -> Sources:
     """Load the checkpoint, refuse what its scheme cannot deploy in ``cfg.format``, and compute the reference."""
     ckpt = load_checkpoint(cfg.checkpoint)
+    family = family_of(ckpt.config)
+    if family.serves(ckpt.config, "causal_lm") and family.onnx_blocks is None:
+        raise UserError(f"{family.title} models cannot be exported yet (no cached-decoder ONNX blocks, and their "
+                        f"routing does not trace to a static graph); nothing was written")
     if cfg.layout is not None:
         check_layout(ckpt.config, cfg.layout)
     scheme = scheme_of(quantization_info(ckpt.config))

@@ -210,13 +210,16 @@ def test_a_fused_file_of_unknown_qkv_order_is_refused_not_misread(tmp_path):
                                _run(model_from_state(cfg, original, "x"), ids), atol=1e-5)
 
 
-def test_a_moe_config_is_refused_clearly(tmp_path):
+@pytest.mark.parametrize("changes", [{"model_type": "ernie4_5_moe_vl"}, {"moe_num_experts": 64}])
+def test_a_moe_config_the_dense_config_cannot_read_is_refused_clearly(tmp_path, changes):
+    """The multimodal MoE type, and MoE keys under the dense model_type (text MoE models are
+    ernie4_5_moe, tests/models/test_ernie4_5_moe.py)."""
     keys = tiny().to_dict()
-    keys.update(model_type="ernie4_5_moe", moe_num_experts=64)
+    keys.update(changes)
     (tmp_path / "config.json").write_text(json.dumps(keys))
     res = CliRunner().invoke(app, ["info", str(tmp_path)])
     assert res.exit_code == 2
-    assert "mixture-of-experts" in res.stderr and "Traceback" not in res.output
+    assert "mixture-of-experts" in res.stderr and "'ernie4_5_moe'" in res.stderr and "Traceback" not in res.output
 
 
 @pytest.mark.parametrize("changes", [{}, {"tie_word_embeddings": False, "use_bias": True, "num_key_value_heads": 1}])

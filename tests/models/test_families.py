@@ -1,8 +1,11 @@
 """Each family's declarations (models/architecture.py) name the real parameters of a built model:
 parameter names, Linear roles (experts included), the smoothing map (checked to leave the model's
-function unchanged), the output head and the distillation signals."""
+function unchanged), the output head and the distillation signals. A mixture-of-experts layer has
+routed and shared experts where a dense layer has its FFN (``config.is_moe_layer``)."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from ernie_compress.paddle_env import import_paddle
 
 paddle = import_paddle()
 
-PRESET = {"ernie": "tiny", "ernie4_5": "ernie45-tiny"}
+PRESET = {"ernie": "tiny", "ernie4_5": "ernie45-tiny", "ernie4_5_moe": "ernie45-moe-tiny"}
 # (family, task kind, config changes): every architecture each family builds
 CASES = [(model_type, kind, {}) for model_type, family in FAMILIES.items() for kind in family.architecture_for_kind
          ] + [("ernie4_5", "causal_lm", {"tie_word_embeddings": False, "use_bias": True})]
@@ -42,12 +45,26 @@ def _linears_in_layers(model) -> dict[str, object]:
             if name.startswith(prefix) and isinstance(layer, paddle.nn.Linear)}
 
 
+def _is_moe_layer(config, i: int) -> bool:
+    return getattr(config, "is_moe_layer", lambda _: False)(i)
+
+
+def _expert_free(relative: str) -> str:
+    """A routed or shared expert's Linear named as the dense FFN's ("mlp.experts.3.down_proj" -> "mlp.down_proj")."""
+    return re.sub(r"\.(?:experts\.\d+|shared_experts)\.", ".", relative)
+
+
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_parameter_names_are_the_models_parameters(case):
     model = _model(*case)
     names, state = family_of(model.config).names, model.state_dict()
     for i in range(model.config.num_hidden_layers):
+        ffn = (*names.ffn_in, names.ffn_out)
         for module in names.layer_modules():
+            if module in ffn and _is_moe_layer(model.config, i):  # experts instead, each with the FFN's names
+                assert any(_expert_free(k[len(names.layer(i)):]) == f"{module}.weight" and ".experts." in k
+                           for k in state), (i, module)
+                continue
             assert names.in_layer(i, module) in state, (i, module)
         assert any(k.startswith(names.layer(i) + names.attention + ".") for k in state)
     assert names.word_embedding in state
@@ -68,10 +85,15 @@ def test_every_linear_in_a_layer_has_the_role_its_names_say(case):
     expected = {**{m: "attention_in" for m in names.attention_in}, names.attention_out: "attention_out",
                 **{m: "ffn_in" for m in names.ffn_in}, names.ffn_out: "ffn_out"}
     linears = _linears_in_layers(model)
-    assert len(linears) == len(expected) * model.config.num_hidden_layers
+    moe_layers = sum(_is_moe_layer(model.config, i) for i in range(model.config.num_hidden_layers))
+    if not moe_layers:
+        assert len(linears) == len(expected) * model.config.num_hidden_layers
+    routers = 0
     for name in linears:
         relative = name[len(names.layer_prefix):].partition(".")[2]
-        assert family.linear_role(name) == expected[relative], name
+        routers += relative == "mlp.gate"
+        assert family.linear_role(name) == expected.get(_expert_free(relative)), name  # the router: no role
+    assert routers == moe_layers
 
 
 @pytest.mark.parametrize("name, role", [

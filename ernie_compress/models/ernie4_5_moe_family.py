@@ -1,0 +1,68 @@
+"""The ERNIE 4.5 mixture-of-experts family: the dense ERNIE 4.5 declarations plus the MoE MLP.
+
+Parameter names as the Paddle release (``ernie4_5_moe.py`` lists every name and shape): the dense
+family's attention, norms, embedding and head, and in MoE layers ``mlp.gate`` (the router, no
+Linear role: it stays FP32 and unquantized, as both references keep it), ``mlp.experts.{e}`` and
+``mlp.shared_experts`` (each a fused SwiGLU ``up_gate_proj`` and a ``down_proj``: the dense MLP's
+roles, through the ERNIE 4.5 role patterns) and ``mlp.moe_statics.e_score_correction_bias``.
+``ParameterNames.ffn_in``/``ffn_out`` name the dense MLP; MoE layers have experts there instead.
+
+Smoothing: in every layer ``input_layernorm`` feeds the fused qkv and the values feed ``o_proj``
+(as dense). ``post_attention_layernorm`` feeds more than Linears in an MoE layer (the router too,
+whose output picks the experts), so no MLP edge is declared: a scale moved into the experts' rows
+would have to move into the router's rows as well, which the map cannot say. Checkpoints are read and
+written in this package's layout only so far (``layouts``); models of this family have no
+cached-decoder ONNX blocks yet, so ``export`` refuses them, and no pruning strategy yet
+(:class:`GroupedQueryHeadsAndExperts`), so ``prune`` refuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from ..errors import UserError
+from .architecture import Distillation, HeadLayout, ScaleMapping
+from .ernie4_5_family import LINEAR_ROLES, NAMES
+from .ernie4_5_moe_config import Ernie45MoeConfig
+from .family import ModelFamily
+
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupedQueryHeadsAndExperts(HeadLayout):
+    """Attention heads as :class:`~.architecture.GroupedQueryHeads` (one fused qkv, query heads
+    grouped per KV head), and MLPs that are routed and shared experts in the MoE layers. Not a
+    ``GroupedQueryHeads``: its pruning strategy would look for a dense MLP in every layer. No
+    strategy is registered for it yet, so ``prune`` refuses these models in one line."""
+
+
+SMOOTHING = (
+    ScaleMapping("input_layernorm", ("self_attn.qkv_proj",)),
+    ScaleMapping("self_attn.qkv_proj", ("self_attn.o_proj",), part="v"),
+)
+_MTP = re.compile(r"^(?:ernie|model)\.mtp_")  # multi-token-prediction weights: not part of the model
+
+
+def _normalize(config: Ernie45MoeConfig, state: dict[str, Any], raw: dict[str, Any], ours: bool):
+    """This package's own checkpoints as they are; multi-token-prediction weights dropped, as
+    transformers drops them. Other tools' files (the Hugging Face / PaddleFormers layouts, the Paddle
+    release, whose fused qkv column order the files do not tell) are refused for now."""
+    if not ours:
+        raise UserError("ERNIE 4.5 MoE checkpoints written by other tools (Paddle release, PaddleFormers, Hugging "
+                        "Face) are not read yet; this toolkit reads the MoE checkpoints it wrote itself")
+    return config, {name: value for name, value in state.items() if not _MTP.match(name)}
+
+
+FAMILY = ModelFamily(
+    model_type="ernie4_5_moe", title="ERNIE 4.5 MoE", config_class=Ernie45MoeConfig,
+    implementation="ernie_compress.models.ernie4_5_moe", onnx_blocks=None,
+    architecture_for_kind={"causal_lm": "Ernie4_5_MoeForCausalLM"},
+    other_kinds_hint="they serve causal LM (lm, demo:lm) so far",
+    names=dataclasses.replace(NAMES, task_heads=("lm_head",)), linear_roles=LINEAR_ROLES, smoothing=SMOOTHING,
+    head_layout=GroupedQueryHeadsAndExperts(),
+    distillation=Distillation(frozenset({"logits", "hidden_states"}),
+                              instead="logits (--kd-weight) and hidden states (--hidden-weight)"),
+    input_names=("input_ids",), layouts=("ours",), normalize=_normalize,
+    onednn_exact=False)  # the dense ERNIE 4.5 graph already computes wrongly under Paddle 3.3.1's oneDNN kernels
