@@ -380,9 +380,12 @@ def report(
 # --- info ------------------------------------------------------------------------------------
 @app.command(epilog=GLOBAL_EPILOG)
 def info(
-    path: Annotated[Path, typer.Argument(help="A checkpoint directory.")],
+    path: Annotated[Path, typer.Argument(help=(
+        "A checkpoint directory, a folder holding only a config.json, or a preset name "
+        "(e.g. ernie45-21b-a3b: parameters and memory planning without weights)."))],
 ) -> None:
-    """Architecture, parameters, heads per layer, size on disk and lineage of a checkpoint."""
+    """Architecture, parameters (total and, for MoE, active), heads and experts per layer, size on disk
+    and lineage of a checkpoint."""
 
     def body():
         from .inspect_checkpoint import describe_checkpoint
