@@ -63,7 +63,8 @@ def _generated_cases(count: int, seed: int = 0):
             prediction = context[a:b]
         elif kind < 0.85:  # the answer with its neighbourhood's punctuation or spacing
             cased = rng.choice([str, str.upper, str.swapcase])(answers[0])  # a reader may not keep the case
-            prediction = rng.choice(["", " ", "《", "“", "."]) + cased + rng.choice(["", "。", "…", ".", " ", "）"])
+            before, after = rng.choice(["", " ", "《", "“", "."]), rng.choice(["", "。", "…", ".", " ", "）"])
+            prediction = before + cased + after
         else:  # anything from the context
             a = rng.randrange(len(context))
             prediction = context[a:a + rng.randint(0, 10)]

@@ -181,7 +181,8 @@ def test_the_cache_kept_in_the_runtime_gives_the_same_logits_and_the_graph_pins_
 
 
 @pytest.mark.parametrize("rows, group, block", [
-    (256, None, 128), (512, None, 128), (96, None, 32), (48, None, 16), (40, None, None),  # per channel: largest power of two <= 128
+    # per channel: the largest power of two up to 128 dividing the rows
+    (256, None, 128), (512, None, 128), (96, None, 32), (48, None, 16), (40, None, None),
     (64, 16, 16), (64, 32, 32), (256, 128, 128), (96, 24, None), (64, 8, None), (72, 12, None),  # a group is the block
 ])
 def test_kernel_block_size_is_the_group_or_the_largest_power_of_two_up_to_128(rows, group, block):

@@ -1,7 +1,7 @@
 """models/ernie4_5_onnx.py: every ONNX block, built alone and run in ONNX Runtime, equals its Paddle
 layer on the same random weights and inputs (one generic test over the blocks, for a GQA model with
-biases and tied head and an MQA model with an untied head, its own RMSNorm epsilon and RoPE base); the name table names exactly the Paddle
-model's parameters.
+biases and tied head and an MQA model with an untied head and its own RMSNorm epsilon and RoPE
+base); the name table names exactly the Paddle model's parameters.
 
 A new block is one entry in ``BLOCKS``: how to build it, which Paddle layer it mirrors, what it reads.
 """

@@ -103,7 +103,8 @@ def reference_gptq(weight, hessian, bits, group_size, damp=0.01):
     codes, scales = np.zeros(w.shape, dtype=np.int8), np.zeros((rows // size, w.shape[1]))
     for i in range(rows):
         if i % size == 0:
-            scales[i // size] = np.where(np.abs(w[i:i + size]).max(axis=0) > 0, np.abs(w[i:i + size]).max(axis=0) / top, 1.0)
+            peak = np.abs(w[i:i + size]).max(axis=0)  # [out]
+            scales[i // size] = np.where(peak > 0, peak / top, 1.0)
         codes[i] = np.clip(np.rint(w[i] / scales[i // size]), -top, top)
         error = (w[i] - codes[i] * scales[i // size]) / inverse[i, i]  # [out]
         w[i + 1:] -= np.outer(inverse[i + 1:, i], error)

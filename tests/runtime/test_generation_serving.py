@@ -57,7 +57,10 @@ def test_continuous_batching_equals_decoding_each_prompt_alone_and_stops_at_eos(
     session = OnnxRuntimeSession(lm_export / "onnx" / "decoder.onnx", RuntimeConfig()).session
     rng = np.random.default_rng(1)
     prompts = [[2, *rng.integers(5, 60, size=n).tolist()] for n in (3, 11, 6, 17, 4, 9, 14, 5)]
-    alone = lambda eos: [generate_tokens(OnnxDecoder(session), p, 10, eos_id=eos)["tokens"] for p in prompts]  # noqa: E731
+
+    def alone(eos: int) -> list[list[int]]:
+        return [generate_tokens(OnnxDecoder(session), p, 10, eos_id=eos)["tokens"] for p in prompts]
+
     free = alone(-1)
     # an emitted token that ends some rows early and not others
     eos = next(t for t in sorted({t for row in free for t in row[1:-1]})
