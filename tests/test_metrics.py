@@ -26,6 +26,8 @@ from tests import cmrc2018_official as official
     ("don't", ["do not"]),
     ("", ["北京"]),
     ("北京", ["——", "北京市"]),
+    ("iPhone", ["IPHONE"]),         # EM and F1 lowercase both sides
+    (" U.S. ", ["u.s."]),
 ])
 def test_cmrc_named_cases_equal_the_official_scorer(prediction, answers):
     assert cmrc_exact_match(prediction, answers) == official.calc_em_score(answers, prediction)
@@ -60,7 +62,9 @@ def _generated_cases(count: int, seed: int = 0):
             b = max(a, min(len(context), end + rng.randint(-4, 4)))
             prediction = context[a:b]
         elif kind < 0.85:  # the answer with its neighbourhood's punctuation or spacing
-            prediction = rng.choice(["", " ", "《", "“", "."]) + answers[0] + rng.choice(["", "。", "…", ".", " ", "）"])
+            cased = rng.choice([str, str.upper, str.swapcase])(answers[0])  # a reader may not keep the case
+            before, after = rng.choice(["", " ", "《", "“", "."]), rng.choice(["", "。", "…", ".", " ", "）"])
+            prediction = before + cased + after
         else:  # anything from the context
             a = rng.randrange(len(context))
             prediction = context[a:a + rng.randint(0, 10)]
@@ -150,3 +154,23 @@ def test_paired_bootstrap_interval():
     assert bootstrap_delta("accuracy", reference, reference) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="same examples"):
         bootstrap_delta("accuracy", reference[:10], reference)
+
+
+def test_paired_bootstrap_interval_is_the_95_percent_one():
+    """The interval's level, not only its order: on continuous per-example scores (QA F1) whose
+    paired differences have standard error se, the 95% percentile interval is about point +- 1.96 se
+    (a 90% one would be +- 1.64 se). And it is paired: a constant gain on every example has no spread."""
+    from ernie_compress.metrics import bootstrap_delta
+
+    rng = np.random.default_rng(4)
+    reference = np.stack([np.zeros(600), rng.random(600)], axis=1)  # [questions, (EM, F1)]
+    stats = reference.copy()
+    stats[:, 1] = np.clip(stats[:, 1] + rng.normal(0.02, 0.2, size=600), 0, 1)
+    diff = (stats[:, 1] - reference[:, 1]) * 100  # points
+    se = diff.std() / np.sqrt(len(diff))
+    point, low, high = bootstrap_delta("f1", stats, reference, resamples=4000)
+    assert point == pytest.approx(diff.mean())
+    assert (point - low) / se == pytest.approx(1.96, rel=0.06) and (high - point) / se == pytest.approx(1.96, rel=0.06)
+    shifted = reference.copy()
+    shifted[:, 1] += 0.01
+    assert bootstrap_delta("f1", shifted, reference) == pytest.approx((1.0, 1.0, 1.0))

@@ -32,7 +32,8 @@ def _session(model) -> ort.InferenceSession:
 
 def _decoder(kv_heads: int):
     keys = dict(resolve_preset("ernie45-tiny"), vocab_size=70, num_key_value_heads=kv_heads,
-                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                rms_norm_eps=0.1 if kv_heads == 1 else 1e-5)  # MQA: an epsilon a hard-coded one would miss
     paddle.seed(kv_heads)
     model = build_model(config_from_dict(keys))
     model.eval()
@@ -90,14 +91,18 @@ def test_matmul_nbits_with_our_packing_equals_the_dequantized_weights(bits, grou
     np.testing.assert_allclose(y, x @ reference, rtol=1e-5, atol=1e-5)
 
 
-def test_codes_are_recovered_when_no_element_reaches_the_grid_end():
-    """GPTQ can leave a group whose largest code is below qmax; any exact (codes, scale) pair works."""
+@pytest.mark.parametrize("magnitude", [1.0, 1e-9])
+def test_codes_are_recovered_when_no_element_reaches_the_grid_end(magnitude):
+    """GPTQ can leave a group whose largest code is below qmax; any exact (codes, scale) pair works.
+    Exact relative to the group's size: at 1e-9-sized weights an absolute tolerance accepts any grid."""
     rng = np.random.default_rng(0)
     codes = rng.integers(-5, 6, size=(32, 8)).astype(np.int8)  # int4: |code| <= 5 < qmax 7
-    scales = rng.uniform(0.01, 0.1, size=(2, 8)).astype(np.float32)
+    codes[0], codes[16] = 5, -5  # every group's largest |code| is 5
+    scales = (rng.uniform(0.01, 0.1, size=(2, 8)) * magnitude).astype(np.float32)
     weight = dequantize(codes, scales, 16)
     recovered = recover_codes(weight, 4, 16)
-    np.testing.assert_allclose(dequantize(recovered.codes, recovered.scales, 16), weight, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(dequantize(recovered.codes, recovered.scales, 16), weight, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(recovered.codes, codes)  # the one exact pair with |code| <= 7 here
     assert np.abs(recovered.codes).max() <= 7
     with pytest.raises(Exception, match="not on a 4-bit grid"):
         recover_codes(rng.normal(size=(32, 8)).astype(np.float32), 4, 16)
@@ -173,3 +178,28 @@ def test_the_cache_kept_in_the_runtime_gives_the_same_logits_and_the_graph_pins_
     a, b = generate_tokens(plain, [1, 7, 9, 23], 6, eos_id=-1), generate_tokens(bound, [1, 7, 9, 23], 6, eos_id=-1)
     np.testing.assert_array_equal(a["logits"], b["logits"])
     assert bound.cache_bytes() == plain.cache_bytes() == 4 * 2 * 2 * 9 * model.config.head_dim * 2
+
+
+@pytest.mark.parametrize("rows, group, block", [
+    # per channel: the largest power of two up to 128 dividing the rows
+    (256, None, 128), (512, None, 128), (96, None, 32), (48, None, 16), (40, None, None),
+    (64, 16, 16), (64, 32, 32), (256, 128, 128), (96, 24, None), (64, 8, None), (72, 12, None),  # a group is the block
+])
+def test_kernel_block_size_is_the_group_or_the_largest_power_of_two_up_to_128(rows, group, block):
+    assert decoder_onnx.kernel_block_size(rows, group) == block
+
+
+@pytest.mark.parametrize("magnitude", [1.0, 1e-9])
+def test_recovered_codes_are_the_quantizers_codes_with_zero_groups_and_tiny_weights(magnitude):
+    """The codes themselves, not a dequantized round trip (which a wrong code of a tiny weight would
+    pass): RTN codes reach qmax in every group, so they are the only exact pair. An all-zero group
+    (a pruned block) gives zero codes and a finite scale; 1e-9-sized weights are still on their grid."""
+    rng = np.random.default_rng(5)
+    weight = (rng.normal(size=(48, 6)) * magnitude).astype(np.float32)  # [in, out]
+    weight[16:32, 1] = 0.0  # group 1 of column 1
+    for bits in (4, 8):
+        codes, scales = quantize_rtn(weight, bits, 16)
+        recovered = recover_codes(dequantize(codes, scales, 16), bits, 16)
+        np.testing.assert_array_equal(recovered.codes, codes)
+        assert np.isfinite(recovered.scales).all()
+        np.testing.assert_allclose(recovered.scales[[0, 2]], scales[[0, 2]], rtol=1e-6)

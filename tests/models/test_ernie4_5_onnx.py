@@ -1,7 +1,7 @@
 """models/ernie4_5_onnx.py: every ONNX block, built alone and run in ONNX Runtime, equals its Paddle
 layer on the same random weights and inputs (one generic test over the blocks, for a GQA model with
-biases and tied head and an MQA model with an untied head); the name table names exactly the Paddle
-model's parameters.
+biases and tied head and an MQA model with an untied head and its own RMSNorm epsilon and RoPE
+base); the name table names exactly the Paddle model's parameters.
 
 A new block is one entry in ``BLOCKS``: how to build it, which Paddle layer it mirrors, what it reads.
 """
@@ -28,7 +28,8 @@ from ernie_compress.paddle_env import import_paddle
 paddle = import_paddle()
 BATCH, SEQ, PAST, LAYER = 2, 5, 3, 1  # LAYER: the blocks read the second layer's parameters
 VARIANTS = {"gqa_tied_bias": dict(num_key_value_heads=2, tie_word_embeddings=True, use_bias=True),
-            "mqa_untied": dict(num_key_value_heads=1, tie_word_embeddings=False, use_bias=False)}
+            "mqa_untied": dict(num_key_value_heads=1, tie_word_embeddings=False, use_bias=False,
+                               rms_norm_eps=1e-3, rope_theta=500000.0)}  # not the preset's: a constant would pass
 
 
 @lru_cache(maxsize=None)

@@ -85,3 +85,64 @@ def test_gptq_beats_rtn_on_the_small_decoder(tiny_lm, tmp_path):
     ppl = {m: cli_json(["quantize", str(tiny_lm), "--weight-only", "int4", "--group-size", "16", "--method", m,
                         "--out", str(tmp_path / m)])["metrics"]["test"]["perplexity"] for m in ("rtn", "gptq")}
     assert ppl["gptq"] < ppl["rtn"], ppl
+
+
+def reference_gptq(weight, hessian, bits, group_size, damp=0.01):
+    """GPTQ in its Optimal-Brain-Quantizer form (Frantar et al. 2023, eqs. 2-3; no Cholesky): after
+    row i is rounded, the rows not yet quantized F absorb ``-(w_i - q_i) / [H_F^-1]_ii * [H_F^-1]_{F,i}``
+    and row/column i leave H_F^-1 by Gaussian elimination. Dead inputs (zero diagonal) are dropped,
+    H damped by ``damp`` times its mean diagonal, a group's scale taken from its rows as updated."""
+    w = weight.astype(np.float64).copy()  # [in, out]
+    rows = len(w)
+    h = hessian.astype(np.float64).copy()  # [in, in]
+    for j in np.flatnonzero(np.diag(hessian) == 0):
+        h[j, j], w[j] = 1.0, 0.0
+    h += damp * np.mean(np.diag(h)) * np.eye(rows)
+    inverse = np.linalg.inv(h)  # H_F^-1 over F = all rows, shrunk row by row
+    size, top = group_size or rows, qmax(bits)
+    codes, scales = np.zeros(w.shape, dtype=np.int8), np.zeros((rows // size, w.shape[1]))
+    for i in range(rows):
+        if i % size == 0:
+            peak = np.abs(w[i:i + size]).max(axis=0)  # [out]
+            scales[i // size] = np.where(peak > 0, peak / top, 1.0)
+        codes[i] = np.clip(np.rint(w[i] / scales[i // size]), -top, top)
+        error = (w[i] - codes[i] * scales[i // size]) / inverse[i, i]  # [out]
+        w[i + 1:] -= np.outer(inverse[i + 1:, i], error)
+        inverse = inverse - np.outer(inverse[:, i], inverse[i, :]) / inverse[i, i]  # eliminate row/column i
+    return codes, scales
+
+
+@pytest.mark.parametrize("case", ["ill-conditioned", "dead inputs"])
+def test_gptq_equals_the_optimal_brain_quantizer_form(case):
+    """Against an independent implementation (no Cholesky factor), on Hessians where the safeguards
+    matter: rank-deficient inputs (fewer samples than inputs: undamped, H is singular) and inputs
+    that never occur (zero rows and columns of H)."""
+    from ernie_compress.quantize.gptq import gptq_quantize
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(24, 4)) @ rng.normal(size=(4, 32))  # [24 samples, 32 inputs], rank 4
+    if case == "dead inputs":
+        x = rng.normal(size=(200, 32)) @ rng.normal(size=(32, 32))
+        x[:, [3, 17, 18]] = 0.0  # inputs 3, 17 and 18 never occur
+    w = rng.normal(size=(32, 12)).astype(np.float32)  # [in, out]
+    hessian = 2 * x.T @ x / len(x)
+    for bits, group in ((4, 8), (4, None), (8, 16)):
+        codes, scales = gptq_quantize(w, hessian, bits, group)
+        ref_codes, ref_scales = reference_gptq(w, hessian, bits, group)
+        np.testing.assert_allclose(scales, ref_scales, rtol=1e-5)
+        assert np.mean(codes != ref_codes) < 0.01, (bits, group)  # a rare rounding tie may differ
+        if case == "dead inputs":
+            assert not codes[[3, 17, 18]].any()  # a weight no input reaches is stored as zero
+
+
+def test_rtn_an_all_zero_group_gives_zero_codes_and_a_finite_scale():
+    """A pruned or never-trained group (all zeros) must not divide by a zero scale: codes 0, scale
+    finite, and the other groups of that column unaffected."""
+    w = np.random.default_rng(2).normal(size=(32, 6)).astype(np.float32)  # [in, out]
+    w[8:16, 2] = 0.0  # group 1 of column 2 (group size 8)
+    w[:, 4] = 0.0  # all of column 4
+    codes, scales = quantize_rtn(w, 4, 8)
+    assert np.isfinite(scales).all() and (scales > 0).all()
+    assert not codes[8:16, 2].any() and not codes[:, 4].any()
+    np.testing.assert_array_equal(dequantize(codes, scales, 8)[:, 4], 0.0)
+    np.testing.assert_array_equal(codes[:8, 2], quantize_rtn(w[:8, 2:3], 4, 8)[0][:, 0])

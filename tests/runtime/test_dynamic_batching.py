@@ -64,3 +64,24 @@ def test_model_errors_reach_the_client():
         future = batcher.submit(np.array([1, 2]), np.array([0, 0]))
         with pytest.raises(RuntimeError, match="boom"):
             future.result(timeout=5)
+
+
+def test_per_position_outputs_come_back_cut_with_their_own_types_and_padding():
+    """A token-level model ([b, s, ...] out): each client gets its own ids and token types back, cut
+    to its length; padded positions hold the configured pad id (not 0) and type 0."""
+    pad = 5000
+    padded = []
+
+    def echo_positions(ids, types):
+        padded.append(int((ids == pad).sum()))
+        return np.stack([ids, types], axis=-1)  # [b, s, 2]
+
+    rng = np.random.default_rng(1)
+    reqs = [(ids, rng.integers(0, 2, size=len(ids)).astype(np.int64)) for ids, _ in _requests(120)]
+    result = serve_load(echo_positions, reqs, 8, BatcherConfig(max_batch=6, max_wait_ms=5, pad_id=pad))
+    for (ids, types), out in zip(reqs, result["outputs"]):
+        assert out.shape == (len(ids), 2)
+        np.testing.assert_array_equal(out[:, 0], ids)
+        np.testing.assert_array_equal(out[:, 1], types)
+    assert result["stats"]["mean_batch"] > 1
+    assert sum(padded) > 0  # mixed lengths: some rows were padded, and with the pad id

@@ -47,6 +47,31 @@ def test_continuous_batching_gives_each_request_its_own_tokens(lm_export):
     assert batched["stats"]["tokens"] == alone["stats"]["tokens"] == 80
 
 
+def test_continuous_batching_equals_decoding_each_prompt_alone_and_stops_at_eos(lm_export):
+    """Against an independent path (``generate_tokens``, one prompt, no batch rows or joins) rather
+    than the scheduler at max_batch 1, which shares join/step with the batched run. The end-of-text
+    id is one the model really emits (eos -1 never ends a row), so rows leave the batch mid-way."""
+    from ernie_compress.runtime.backends import OnnxRuntimeSession, RuntimeConfig
+    from ernie_compress.runtime.decoding import generate_tokens
+
+    session = OnnxRuntimeSession(lm_export / "onnx" / "decoder.onnx", RuntimeConfig()).session
+    rng = np.random.default_rng(1)
+    prompts = [[2, *rng.integers(5, 60, size=n).tolist()] for n in (3, 11, 6, 17, 4, 9, 14, 5)]
+
+    def alone(eos: int) -> list[list[int]]:
+        return [generate_tokens(OnnxDecoder(session), p, 10, eos_id=eos)["tokens"] for p in prompts]
+
+    free = alone(-1)
+    # an emitted token that ends some rows early and not others
+    eos = next(t for t in sorted({t for row in free for t in row[1:-1]})
+               if 0 < sum(t in row[:-1] for row in free) < len(prompts))
+    expected = alone(eos)
+    assert len({len(row) for row in expected}) > 1
+    batched = serve_generation(OnnxDecoder(session), prompts, 10, concurrency=4, max_batch=4, eos_id=eos)
+    assert batched["tokens"] == expected
+    assert serve_generation(OnnxDecoder(session), prompts, 10, concurrency=4, max_batch=4, eos_id=-1)["tokens"] == free
+
+
 def test_bench_on_a_decoder_export_serves_generation_requests(lm_export):
     r = cli_json(["bench", str(lm_export), "--requests", "12", "--concurrency", "4", "--max-batch", "4",
                   "--new-tokens", "6"])
