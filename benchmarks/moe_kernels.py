@@ -42,14 +42,12 @@ DECODE_CALLS = 5  # calls a round at 1 token (1 at 128 tokens)
 BLOCK = 128  # MatMulNBits' block for per-channel codes of 2560 / 1536 inputs (export: kernel_block_size)
 
 
-@dataclass(frozen=True)
-class LayerShape:
-    hidden_size: int = 2560
-    moe_num_experts: int = 64
-    moe_k: int = 6
-    moe_intermediate_size: int = 1536
-    moe_num_shared_experts: int = 2
-    moe_norm_min: float = 1e-12
+def layer_shape(experts: int):
+    """ERNIE-4.5-21B-A3B's MoE layer (the ``ernie45-21b-a3b`` preset), with ``experts`` routed experts."""
+    from ernie_compress.models.families import config_from_dict
+    from ernie_compress.models.presets import resolve_preset
+
+    return config_from_dict(dict(resolve_preset("ernie45-21b-a3b"), moe_num_experts=experts))
 
 
 class Float32View(Mapping):
@@ -68,7 +66,7 @@ class Float32View(Mapping):
         return len(self.store)
 
 
-def random_layer(shape: LayerShape, names: moe_onnx.MoENames) -> Float32View:
+def random_layer(shape, names: moe_onnx.MoENames) -> Float32View:
     """Paddle-layout weights [in, out] of one MoE layer, std 0.02 as the models initialize."""
     rng = np.random.default_rng(0)
     h, i = shape.hidden_size, shape.moe_intermediate_size
@@ -144,7 +142,7 @@ class InMemoryGraph(GraphBuilder):
         return name
 
 
-def build_session(shape: LayerShape, names, weights, integer, variant: Variant, threads: int):
+def build_session(shape, names, weights, integer, variant: Variant, threads: int):
     """The layer as an ONNX Runtime session whose large weights stay numpy arrays."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -166,7 +164,7 @@ def build_session(shape: LayerShape, names, weights, integer, variant: Variant, 
     return session
 
 
-def measure(shape: LayerShape, precision: str, threads: int, rounds: int, weights, names) -> dict:
+def measure(shape, precision: str, threads: int, rounds: int, weights, names) -> dict:
     """Every variant of one precision at decode (1 token) and prefill (128 tokens)."""
     bits = VARIANTS[precision][0].bits
     integer = rtn_codes(weights, bits) if bits else None
@@ -192,7 +190,7 @@ def measure(shape: LayerShape, precision: str, threads: int, rounds: int, weight
     return results
 
 
-def active_bytes(shape: LayerShape, bits: int | None) -> float:
+def active_bytes(shape, bits: int | None) -> float:
     """Bytes of expert weights one decode token reads: k routed experts and the shared MLP."""
     h, i = shape.hidden_size, shape.moe_intermediate_size
     params = (shape.moe_k + shape.moe_num_shared_experts) * 3 * h * i
@@ -208,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    shape = LayerShape(moe_num_experts=args.experts)
+    shape = layer_shape(args.experts)
     names = moe_onnx.paddle_names(1)
     weights = random_layer(shape, names)
     lines = [f"ONNX Runtime CPU, one ERNIE 4.5 MoE layer (hidden {shape.hidden_size}, {shape.moe_num_experts} "

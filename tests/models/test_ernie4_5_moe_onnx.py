@@ -22,19 +22,18 @@ import pytest
 from onnx import TensorProto, helper
 
 from ernie_compress.models import ernie4_5_moe_onnx as moe_onnx
+from ernie_compress.models.families import config_from_dict
 from ernie_compress.models.onnx_graph import GraphBuilder
+from ernie_compress.models.presets import resolve_preset
 
 LAYER = 1
 
 
-@dataclass(frozen=True)
-class Config:
-    hidden_size: int = 64
-    moe_num_experts: int = 8
-    moe_k: int = 2
-    moe_intermediate_size: int = 32
-    moe_num_shared_experts: int = 2
-    moe_norm_min: float = 1e-12
+def Config(**changes):  # noqa: N802 - reads as the config it builds
+    """A small ERNIE 4.5 MoE config (the real config class): 8 experts, top-2, 2 shared experts."""
+    keys = dict(resolve_preset("ernie45-moe-tiny"), hidden_size=64, moe_num_experts=8, moe_k=2,
+                moe_intermediate_size=32, moe_num_shared_experts=2, moe_norm_min=1e-12)
+    return config_from_dict({**keys, **changes})
 
 
 VARIANTS = {"shared": Config(), "no_shared": Config(moe_num_shared_experts=0),
