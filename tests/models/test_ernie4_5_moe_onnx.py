@@ -264,3 +264,36 @@ def test_dispatched_experts_sum_every_route_with_threads():
     expected = reference(x, w, config)
     for _ in range(10):  # the race (old graph) showed in about half the runs of 10 calls
         _close(session.run(None, {"x": x})[0], expected, 1e-5)
+
+
+# --- the block against the Paddle MoE layer -----------------------------------------------------------
+
+@pytest.mark.parametrize("shared", [2, 0])
+def test_the_block_equals_the_paddle_moe_layer_on_its_own_weights(shared):
+    """The family's two writings of the MoE layer agree: ``models/ernie4_5_moe.py``'s
+    ``Ernie45MoeBlock`` and this block, fed the Paddle model's own parameters by the names
+    ``paddle_names`` gives (so a name or layout disagreement between them fails here too)."""
+    from ernie_compress.models import build_model, model_state
+    from ernie_compress.paddle_env import import_paddle
+
+    paddle = import_paddle()
+    config = Config(vocab_size=40, moe_num_shared_experts=shared)
+    paddle.seed(0)
+    model = build_model(config)
+    model.eval()
+    rng = np.random.default_rng(5)
+    layer = next(i for i in range(config.num_hidden_layers) if config.is_moe_layer(i))
+    block = model.ernie.layers[layer].mlp
+    bias = rng.normal(0, 0.1, (1, config.moe_num_experts)).astype(np.float32)  # large enough to reroute
+    block.moe_statics.e_score_correction_bias.set_value(bias)
+    x = rng.normal(0, 1, (2, 5, config.hidden_size)).astype(np.float32)
+    with paddle.no_grad():
+        expected = block(paddle.to_tensor(x)).numpy()
+
+    state = model_state(model)
+    g = GraphBuilder(state)
+    moe_onnx.moe(g, "x", config, moe_onnx.paddle_names(layer, shared=shared > 0), name="y")
+    onnx_model = g.model("moe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    got = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
