@@ -96,5 +96,6 @@ def test_generation_on_an_encoder_is_refused(tmp_path):
 
     ckpt, _ = train_tiny_checkpoint(tmp_path, epochs=1)
     res = runner.invoke(app, ["--quiet", "generate", str(ckpt), "--prompt", "好"])
-    assert res.exit_code == 2 and "needs a causal-LM checkpoint (Ernie4_5ForCausalLM)" in res.stderr
+    assert res.exit_code == 2 and "needs a causal-LM checkpoint (Ernie4_5ForCausalLM, Ernie4_5_MoeForCausalLM)" in res.stderr
+    assert "is ErnieForSequenceClassification" in res.stderr
     assert json.loads((ckpt / "config.json").read_text())["architectures"] == ["ErnieForSequenceClassification"]
