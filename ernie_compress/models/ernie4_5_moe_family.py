@@ -10,8 +10,9 @@ roles, through the ERNIE 4.5 role patterns) and ``mlp.moe_statics.e_score_correc
 Smoothing: in every layer ``input_layernorm`` feeds the fused qkv and the values feed ``o_proj``
 (as dense). ``post_attention_layernorm`` feeds more than Linears in an MoE layer (the router too,
 whose output picks the experts), so no MLP edge is declared: a scale moved into the experts' rows
-would have to move into the router's rows as well, which the map cannot say. Checkpoints are read and
-written in this package's layout only so far (``layouts``); models of this family have no
+would have to move into the router's rows as well, which the map cannot say. Checkpoints are read in
+ours, the Paddle release's and the Hugging Face layout and written as ours or as PaddleFormers saves
+them (``ernie4_5_moe_layout.py``); models of this family have no
 cached-decoder ONNX blocks yet, so ``export`` refuses them, and no pruning strategy yet
 (:class:`GroupedQueryHeadsAndExperts`), so ``prune`` refuses them.
 """
@@ -19,13 +20,11 @@ cached-decoder ONNX blocks yet, so ``export`` refuses them, and no pruning strat
 from __future__ import annotations
 
 import dataclasses
-import re
-from typing import Any
 
-from ..errors import UserError
 from .architecture import Distillation, HeadLayout, ScaleMapping
 from .ernie4_5_family import LINEAR_ROLES, NAMES
 from .ernie4_5_moe_config import Ernie45MoeConfig
+from .ernie4_5_moe_layout import normalize_moe_state
 from .family import ModelFamily
 
 
@@ -42,17 +41,6 @@ SMOOTHING = (
     ScaleMapping("input_layernorm", ("self_attn.qkv_proj",)),
     ScaleMapping("self_attn.qkv_proj", ("self_attn.o_proj",), part="v"),
 )
-_MTP = re.compile(r"^(?:ernie|model)\.mtp_")  # multi-token-prediction weights: not part of the model
-
-
-def _normalize(config: Ernie45MoeConfig, state: dict[str, Any], raw: dict[str, Any], ours: bool):
-    """This package's own checkpoints as they are; multi-token-prediction weights dropped, as
-    transformers drops them. Other tools' files (the Hugging Face / PaddleFormers layouts, the Paddle
-    release, whose fused qkv column order the files do not tell) are refused for now."""
-    if not ours:
-        raise UserError("ERNIE 4.5 MoE checkpoints written by other tools (Paddle release, PaddleFormers, Hugging "
-                        "Face) are not read yet; this toolkit reads the MoE checkpoints it wrote itself")
-    return config, {name: value for name, value in state.items() if not _MTP.match(name)}
 
 
 FAMILY = ModelFamily(
@@ -64,5 +52,5 @@ FAMILY = ModelFamily(
     head_layout=GroupedQueryHeadsAndExperts(),
     distillation=Distillation(frozenset({"logits", "hidden_states"}),
                               instead="logits (--kd-weight) and hidden states (--hidden-weight)"),
-    input_names=("input_ids",), layouts=("ours",), normalize=_normalize,
+    input_names=("input_ids",), layouts=("ours", "paddleformers", "hf"), normalize=normalize_moe_state,
     onednn_exact=False)  # the dense ERNIE 4.5 graph already computes wrongly under Paddle 3.3.1's oneDNN kernels

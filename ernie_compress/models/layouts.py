@@ -4,7 +4,8 @@
                    fused names for ERNIE 4.5, per-layer head/FFN counts once pruned
 ``paddlenlp``      ERNIE 3.0 as PaddleNLP's ``from_pretrained`` loads it (``ernie3_layout.py``)
 ``paddleformers``  ERNIE 4.5 as PaddleFormers' default ``save_pretrained`` writes it: the Hugging
-                   Face layout (``ernie4_5_layout.py``), which FastDeploy-style servers read
+                   Face layout (``ernie4_5_layout.py``; MoE: ``ernie4_5_moe_layout.py``), which
+                   FastDeploy-style servers read
 ``hf``             ERNIE 4.5 for transformers' ``Ernie4_5ForCausalLM`` (the same tensors)
 
 A layout the model's family or structure cannot take is refused with the reason before anything
@@ -20,6 +21,7 @@ import numpy as np
 from ..errors import UserError
 from .ernie3_layout import check_paddlenlp_writable, to_paddlenlp
 from .ernie4_5_layout import check_hf_writable, to_hf
+from .ernie4_5_moe_layout import check_moe_hf_writable, moe_to_hf
 from .families import family_of
 
 LAYOUTS = ("ours", "paddlenlp", "paddleformers", "hf")
@@ -49,6 +51,8 @@ def check_layout(config, layout: str, structure: bool = True) -> None:
         return
     if layout == "paddlenlp":
         check_paddlenlp_writable(config)
+    elif layout in ("paddleformers", "hf") and family.model_type == "ernie4_5_moe":
+        check_moe_hf_writable(config)
     elif layout in ("paddleformers", "hf"):
         check_hf_writable(config)
 
@@ -61,7 +65,7 @@ def layout_files(config, state: dict[str, np.ndarray], layout: str
         keys, state = to_paddlenlp(config, state)
         return keys, state, {"format": "np"}  # PaddleNLP reads "np"/"pd" safetensors
     if layout in ("paddleformers", "hf"):
-        keys, state = to_hf(config, state)
+        keys, state = (moe_to_hf if family_of(config).model_type == "ernie4_5_moe" else to_hf)(config, state)
         return keys, state, None  # transformers wants "pt" metadata or none; PaddleFormers "np"/"pd" or none
     return config.to_dict(), state, {"format": "np"}
 

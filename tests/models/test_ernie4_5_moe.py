@@ -319,7 +319,7 @@ def test_export_pruning_and_classification_of_an_moe_model_are_refused(trained, 
 def test_the_family_is_registered_with_its_model():
     family = FAMILIES["ernie4_5_moe"]
     assert family.module().ARCHITECTURES["Ernie4_5_MoeForCausalLM"] is Ernie45MoeForCausalLM
-    assert family.layouts == ("ours",) and family.onnx_blocks is None
+    assert family.layouts == ("ours", "paddleformers", "hf") and family.onnx_blocks is None
     assert family.linear_role("ernie.layers.1.mlp.experts.3.up_gate_proj") == "ffn_in"
     assert family.linear_role("ernie.layers.1.mlp.shared_experts.down_proj") == "ffn_out"
     assert family.linear_role("ernie.layers.1.mlp.gate") is None

@@ -1,0 +1,104 @@
+"""ERNIE 4.5 MoE weights in the layouts the ecosystem saves, read into ours and written back out.
+
+Ours is the Paddle release's (``ernie4_5_moe.py`` lists every name and shape): ``ernie.*``, Linear
+weights [in, out], fused ``qkv_proj`` and ``up_gate_proj`` (gate then up), the router
+``mlp.gate.weight`` [h, E]. The attention, norms, embedding, head and dense-layer MLPs are the dense
+ERNIE 4.5 tensors and go through ``ernie4_5_layout`` unchanged; this module adds the MoE MLP's.
+
+Checked against PaddleFormers 1.2.0's default ``save_pretrained`` of ``Ernie4_5_MoeForCausalLM``
+(the Hugging Face layout, which transformers' ``Ernie4_5_Moe`` loads too):
+
+=========================================================  ============  ====================
+Hugging Face name (``model.layers.{i}.mlp.``...)           shape         ours
+=========================================================  ============  ====================
+``gate.weight`` (the router)                               [E, h]        ``gate.weight`` [h, E]
+``experts.{e}.gate_proj.weight``, ``up_proj.weight``       [f, h] each   ``experts.{e}.up_gate_proj.weight`` [h, 2f]
+``experts.{e}.down_proj.weight``                           [h, f]        ``experts.{e}.down_proj.weight`` [f, h]
+``shared_experts.{gate,up}_proj.weight``                   [S*f, h]      ``shared_experts.up_gate_proj.weight`` [h, 2*S*f]
+``shared_experts.down_proj.weight``                        [h, S*f]      ``shared_experts.down_proj.weight`` [S*f, h]
+``moe_statics.e_score_correction_bias``                    [1, E]        the same, [1, E]
+=========================================================  ============  ====================
+
+Multi-token-prediction weights (``model.mtp_*``) are dropped on read, as transformers drops them.
+The fused 3-D expert tensors (``experts.gate_up_proj``) some transformers versions use in memory are
+not read: PaddleFormers' and transformers' saves checked here are per expert.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from .ernie4_5_layout import detect_layout, normalize_ernie45_state, to_hf
+from .ernie4_5_moe_config import Ernie45MoeConfig
+
+_MTP = re.compile(r"^(?:ernie|model)\.mtp_")  # multi-token-prediction weights: not part of the model
+_EXPERT_MLPS = re.compile(r"^(.*\.mlp\.(?:experts\.\d+|shared_experts))\.")  # group 1: one expert's MLP
+_ROUTER = re.compile(r"^(?:ernie|model)\.layers\.\d+\.mlp\.gate\.weight$")
+_FUSED_EXPERTS = re.compile(r"\.mlp\.experts\.(?:gate_up_proj|down_proj)$")
+
+
+def _expert_prefixes(state: dict[str, np.ndarray]) -> set[str]:
+    return {m.group(1) for k in state if (m := _EXPERT_MLPS.match(k))}
+
+
+def _refuse_fused_experts(state: dict[str, np.ndarray]) -> None:
+    fused = sorted(k for k in state if _FUSED_EXPERTS.search(k))
+    if fused:
+        raise UserError(f"these MoE weights store all experts in one 3-D tensor ('{fused[0]}'); only per-expert "
+                        "weights (mlp.experts.{e}.gate_proj/up_proj/down_proj, as PaddleFormers saves) are read")
+
+
+def _fuse_expert_gate_up(state: dict[str, np.ndarray]) -> None:
+    """``{p}.gate_proj`` [h, f] and ``{p}.up_proj`` [h, f] -> ``{p}.up_gate_proj`` [h, 2f] (gate then up), in place."""
+    for prefix in _expert_prefixes(state):
+        for suffix in (".weight", ".bias"):
+            gate, up = f"{prefix}.gate_proj{suffix}", f"{prefix}.up_proj{suffix}"
+            if gate in state and up in state:
+                state[f"{prefix}.up_gate_proj{suffix}"] = np.concatenate([state.pop(gate), state.pop(up)], axis=-1)
+
+
+def _split_expert_gate_up(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inverse of :func:`_fuse_expert_gate_up` (a new dict, still [in, out])."""
+    out = dict(state)
+    for prefix in _expert_prefixes(state):
+        for suffix in (".weight", ".bias"):
+            fused = out.pop(f"{prefix}.up_gate_proj{suffix}", None)
+            if fused is not None:
+                gate, up = np.split(fused, 2, axis=-1)  # [h, 2f] -> [h, f], [h, f]
+                out[f"{prefix}.gate_proj{suffix}"], out[f"{prefix}.up_proj{suffix}"] = gate, up
+    return out
+
+
+def normalize_moe_state(config: Ernie45MoeConfig, state: dict[str, np.ndarray], raw_config: dict[str, Any],
+                        ours: bool) -> tuple[Ernie45MoeConfig, dict[str, np.ndarray]]:
+    """Config and state in this package's layout (new objects) from ours, the Paddle release's or the
+    Hugging Face layout: the dense tensors through :func:`normalize_ernie45_state` (which also
+    transposes the experts' [out, in] ``gate_proj``/``up_proj``/``down_proj`` and refuses what it
+    cannot tell apart), then the router transposed and each expert's gate/up fused."""
+    state = {name: value for name, value in state.items() if not _MTP.match(name)}
+    _refuse_fused_experts(state)
+    hf = detect_layout(state, ours) == "hf"
+    config, state = normalize_ernie45_state(state, config, raw_config, ours)
+    if hf:
+        state = {k: (v.T if _ROUTER.match(k) else v) for k, v in state.items()}  # [E, h] -> [h, E]
+    _fuse_expert_gate_up(state)
+    return config, state
+
+
+def check_moe_hf_writable(config: Ernie45MoeConfig) -> None:
+    if config.architecture != "Ernie4_5_MoeForCausalLM":
+        raise UserError(f"this layout has no {config.architecture} (PaddleFormers and transformers define ERNIE 4.5 "
+                        f"MoE as Ernie4_5_MoeForCausalLM); write it with --layout ours")
+
+
+def moe_to_hf(config: Ernie45MoeConfig, state: dict[str, np.ndarray]
+              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``config.json`` keys and weights as PaddleFormers' default ``save_pretrained`` writes them (the
+    table above), for a model that passed :func:`check_moe_hf_writable`."""
+    keys, out = to_hf(config, _split_expert_gate_up(state))  # the split [in, out] halves come out [out, in]
+    out = {k: (v.T if _ROUTER.match(k) else v) for k, v in out.items()}  # [h, E] -> [E, h]
+    return keys, out

@@ -1,0 +1,112 @@
+"""ERNIE 4.5 MoE checkpoint layouts (models/ernie4_5_moe_layout.py): each layout written and read back
+gives the same tensors and logits, and the file holds the names and shapes PaddleFormers 1.2.0's
+default ``save_pretrained`` writes (checked here against the documented table, not our reader)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from ernie_compress.checkpoint import load_checkpoint, save_checkpoint
+from ernie_compress.data.tokenizer import ErnieTokenizer
+from ernie_compress.errors import UserError
+from ernie_compress.models import build_model, model_from_state, model_state
+from ernie_compress.models.families import config_from_dict
+from ernie_compress.models.presets import resolve_preset
+from ernie_compress.paddle_env import import_paddle
+
+paddle = import_paddle()
+IDS = np.array([[5, 9, 12, 30, 7, 2], [3, 4, 5, 6, 0, 0]], dtype="int64")
+# name -> config changes: GQA (4 heads, 2 KV) throughout
+CASES = {
+    "shared_untied": dict(moe_num_shared_experts=1, tie_word_embeddings=False),
+    "two_shared_tied": dict(moe_num_shared_experts=2, tie_word_embeddings=True),
+    "no_shared_interval2": dict(moe_num_shared_experts=0, moe_layer_interval=2, moe_layer_start_index=1,
+                                tie_word_embeddings=False),
+}
+
+
+def _config(**changes):
+    keys = dict(resolve_preset("ernie45-moe-tiny"), vocab_size=40, hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0)
+    return config_from_dict(dict(keys, **changes))
+
+
+def _tokenizer(size: int) -> ErnieTokenizer:
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    return ErnieTokenizer(specials + [chr(0x4E00 + i) for i in range(size - len(specials))])
+
+
+def _logits(model) -> np.ndarray:
+    with paddle.no_grad():
+        return model(paddle.to_tensor(IDS)).numpy()
+
+
+def _saved(tmp_path, case: str, layout: str):
+    config = _config(**CASES[case])
+    paddle.seed(3)
+    model = build_model(config)
+    model.eval()
+    for name, p in model.named_parameters():  # so that a swapped norm or bias would show
+        if name.endswith(("norm.weight", "e_score_correction_bias")):
+            p.set_value(paddle.uniform(p.shape, min=0.5, max=1.5))
+    state = model_state(model)
+    out = save_checkpoint(tmp_path / layout, config, state, _tokenizer(config.vocab_size), {"name": "init"},
+                          layout=layout)
+    return config, state, _logits(model), out
+
+
+@pytest.mark.parametrize("layout", ["paddleformers", "hf", "ours"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_layout_reads_back_to_the_same_tensors_and_logits(tmp_path, case, layout):
+    config, state, logits, out = _saved(tmp_path, case, layout)
+    ckpt = load_checkpoint(out)
+    assert sorted(ckpt.state) == sorted(state)
+    for name, value in state.items():
+        np.testing.assert_array_equal(ckpt.state[name], value, err_msg=name)
+    again = model_from_state(ckpt.config, ckpt.state, str(out))
+    np.testing.assert_allclose(_logits(again), logits, rtol=0, atol=1e-6)
+    assert ckpt.config.moe_layers == config.moe_layers
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_paddleformers_file_has_the_documented_names_and_shapes(tmp_path, case):
+    config, state, _, out = _saved(tmp_path, case, "paddleformers")
+    written = load_file(out / "model.safetensors")
+    h, E, f = config.hidden_size, config.moe_num_experts, config.moe_intermediate_size
+    s = config.moe_num_shared_experts * f
+    assert not any(k.startswith("ernie.") for k in written)
+    assert ("lm_head.weight" in written) == (not config.tie_word_embeddings)
+    if not config.tie_word_embeddings:
+        np.testing.assert_array_equal(written["lm_head.weight"], state["lm_head.weight"].T)  # [vocab, h]
+    for i in config.moe_layers:
+        hf, ernie = f"model.layers.{i}.mlp.", f"ernie.layers.{i}.mlp."
+        np.testing.assert_array_equal(written[hf + "gate.weight"], state[ernie + "gate.weight"].T)  # [E, h]
+        assert written[hf + "gate.weight"].shape == (E, h)
+        np.testing.assert_array_equal(written[hf + "moe_statics.e_score_correction_bias"],
+                                      state[ernie + "moe_statics.e_score_correction_bias"])
+        assert written[hf + "moe_statics.e_score_correction_bias"].shape == (1, E)
+        experts = [(f"experts.{e}.", f) for e in range(E)] + ([("shared_experts.", s)] if s else [])
+        assert (hf + "shared_experts.gate_proj.weight" in written) == bool(s)
+        for expert, width in experts:
+            fused = state[ernie + expert + "up_gate_proj.weight"]  # [h, 2w]: gate columns, then up
+            np.testing.assert_array_equal(written[hf + expert + "gate_proj.weight"], fused[:, :width].T)  # [w, h]
+            np.testing.assert_array_equal(written[hf + expert + "up_proj.weight"], fused[:, width:].T)
+            np.testing.assert_array_equal(written[hf + expert + "down_proj.weight"],
+                                          state[ernie + expert + "down_proj.weight"].T)  # [h, w]
+            assert written[hf + expert + "down_proj.weight"].shape == (h, width)
+    dense = next(i for i in range(config.num_hidden_layers) if i not in config.moe_layers)
+    assert written[f"model.layers.{dense}.mlp.gate_proj.weight"].shape == (config.intermediate_size, h)
+    heads, kv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    assert written["model.layers.1.self_attn.q_proj.weight"].shape == (heads * d, h)
+    assert written["model.layers.1.self_attn.k_proj.weight"].shape == (kv * d, h)
+
+
+def test_fused_3d_expert_tensors_are_refused(tmp_path):
+    from ernie_compress.models.ernie4_5_moe_layout import normalize_moe_state
+
+    config = _config()
+    state = {"model.layers.1.mlp.experts.gate_up_proj": np.zeros((4, 32, 32), "float32")}
+    with pytest.raises(UserError, match="one 3-D tensor"):
+        normalize_moe_state(config, state, {}, False)
