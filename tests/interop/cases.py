@@ -34,6 +34,18 @@ ERNIE45_CASES = {
                                dict(save_checkpoint_format="", save_to_hf=False, safe_serialization=True)),
 }
 
+ERNIE45_MOE_BASE = dict(ERNIE45_BASE, num_attention_heads=4, num_key_value_heads=2, moe_num_experts=4, moe_k=2,
+                        moe_intermediate_size=16, moe_layer_interval=1, num_nextn_predict_layers=0)
+# name -> config changes. PaddleFormers 1.2.0 saves only with shared experts and moe_layer_interval 1
+ERNIE45_MOE_CASES = {
+    "moe_start1_untied": dict(num_hidden_layers=2, moe_layer_start_index=1, moe_num_shared_experts=1,
+                              tie_word_embeddings=False),
+    "moe_start2_tied_shared2": dict(num_hidden_layers=3, moe_layer_start_index=2, moe_num_shared_experts=2,
+                                    tie_word_embeddings=True),
+    "moe_start1_mqa_tied": dict(num_hidden_layers=3, moe_layer_start_index=1, moe_num_shared_experts=1,
+                                num_key_value_heads=1, tie_word_embeddings=True),
+}
+
 # a right-padded batch (pad id 0) every case runs on
 INPUT_IDS = [[5, 9, 12, 30, 7, 2, 11, 3],
              [3, 4, 5, 6, 0, 0, 0, 0],

@@ -2,10 +2,14 @@
 
     python reference.py save paddlenlp|paddleformers CASE DIR   # the library builds, saves, runs a model
     python reference.py load paddlenlp|paddleformers ARCH MODEL_DIR OUT.npy   # it loads ours and runs it
+    python reference.py save_moe CASE DIR          # PaddleFormers builds and saves a tiny MoE LM
+    python reference.py load_moe MODEL_DIR OUT.npz  # PaddleFormers loads an MoE LM: its state dict
 
 ``save`` writes DIR/model (the library's own save_pretrained), DIR/logits.npy; ``load`` runs
 ``from_pretrained(MODEL_DIR)`` on the cases' padded batch and writes its outputs to OUT.npy.
-Outputs: classification [b, labels], tokens [b, s, labels], QA [b, s, 2] (start, end), LMs [b, s, vocab].
+``save_moe`` writes DIR/model and DIR/state.npz (the model's state dict, PaddleFormers' own names);
+no logits: PaddleFormers 1.2.0's MoE layer runs a GPU-only kernel, so its MoE forward cannot run on
+a CPU. Outputs: classification [b, labels], tokens [b, s, labels], QA [b, s, 2] (start, end), LMs [b, s, vocab].
 """
 
 import os
@@ -14,7 +18,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cases import ERNIE3_BASE, ERNIE3_CASES, ERNIE45_BASE, ERNIE45_CASES, INPUT_IDS  # noqa: E402
+from cases import (ERNIE3_BASE, ERNIE3_CASES, ERNIE45_BASE, ERNIE45_CASES, ERNIE45_MOE_BASE,  # noqa: E402
+                   ERNIE45_MOE_CASES, INPUT_IDS)
 
 
 def _outputs(model, arch):
@@ -67,6 +72,33 @@ def load(library, arch, model_dir, out_file):
     np.save(out_file, _outputs(model, arch))
 
 
+def _moe_state(model):
+    return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def save_moe(case, out_dir):
+    import paddle
+    from paddleformers.transformers import Ernie4_5_MoeConfig
+    from paddleformers.transformers.ernie4_5_moe import modeling
+
+    paddle.seed(1234)
+    config = Ernie4_5_MoeConfig(**dict(ERNIE45_MOE_BASE, **ERNIE45_MOE_CASES[case]), fuse_rms_norm=False)
+    model = modeling.Ernie4_5_MoeForCausalLM(config)
+    with paddle.no_grad():  # norms and correction biases away from their constant init, so a mix-up shows
+        for name, p in model.named_parameters():
+            if name.endswith(("norm.weight", "e_score_correction_bias")):
+                p.set_value(paddle.uniform(p.shape, min=0.5, max=1.5))
+    model.save_pretrained(os.path.join(out_dir, "model"))
+    np.savez(os.path.join(out_dir, "state.npz"), **_moe_state(model))
+
+
+def load_moe(model_dir, out_file):
+    from paddleformers.transformers.ernie4_5_moe import modeling
+
+    model = modeling.Ernie4_5_MoeForCausalLM.from_pretrained(model_dir, fuse_rms_norm=False)
+    np.savez(out_file, **_moe_state(model))
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    {"save": save, "load": load}[command](*args)
+    {"save": save, "load": load, "save_moe": save_moe, "load_moe": load_moe}[command](*args)
