@@ -11,14 +11,16 @@ Checked against PaddleFormers 1.2.0's default ``save_pretrained`` of ``Ernie4_5_
 =========================================================  ============  ====================
 Hugging Face name (``model.layers.{i}.mlp.``...)           shape         ours
 =========================================================  ============  ====================
-``gate.weight`` (the router)                               [E, h]        ``gate.weight`` [h, E]
-``experts.{e}.gate_proj.weight``, ``up_proj.weight``       [f, h] each   ``experts.{e}.up_gate_proj.weight`` [h, 2f]
-``experts.{e}.down_proj.weight``                           [h, f]        ``experts.{e}.down_proj.weight`` [f, h]
-``shared_experts.{gate,up}_proj.weight``                   [S*f, h]      ``shared_experts.up_gate_proj.weight`` [h, 2*S*f]
-``shared_experts.down_proj.weight``                        [h, S*f]      ``shared_experts.down_proj.weight`` [S*f, h]
+``gate.weight`` (the router)                               [E, h]        ``gate`` [h, E]
+``experts.{e}.gate_proj.weight``, ``up_proj.weight``       [f, h] each   ``experts.{e}.up_gate_proj`` [h, 2f]
+``experts.{e}.down_proj.weight``                           [h, f]        ``experts.{e}.down_proj`` [f, h]
+``shared_experts.{gate,up}_proj.weight``                   [S*f, h]      ``shared_experts.up_gate_proj`` [h, 2*S*f]
+``shared_experts.down_proj.weight``                        [h, S*f]      ``shared_experts.down_proj`` [S*f, h]
 ``moe_statics.e_score_correction_bias``                    [1, E]        the same, [1, E]
 =========================================================  ============  ====================
 
+The Paddle release's ``ernie.*`` files are ours; one not written here whose fused ``qkv_proj`` has
+several KV groups is refused as the dense family refuses it (its column order cannot be told).
 Multi-token-prediction weights (``model.mtp_*``) are dropped on read, as transformers drops them.
 The fused 3-D expert tensors (``experts.gate_up_proj``) some transformers versions use in memory are
 not read: PaddleFormers' and transformers' saves checked here are per expert.

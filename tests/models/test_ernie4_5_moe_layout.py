@@ -110,3 +110,14 @@ def test_fused_3d_expert_tensors_are_refused(tmp_path):
     state = {"model.layers.1.mlp.experts.gate_up_proj": np.zeros((4, 32, 32), "float32")}
     with pytest.raises(UserError, match="one 3-D tensor"):
         normalize_moe_state(config, state, {}, False)
+
+
+def test_release_names_read_as_ours_and_an_ambiguous_fused_qkv_is_refused(tmp_path):
+    from ernie_compress.models.ernie4_5_moe_layout import normalize_moe_state
+
+    config, state, _, _ = _saved(tmp_path, "shared_untied", "ours")
+    mtp = dict(state, **{"ernie.mtp_linear_proj.0.weight": np.zeros((2, 2), "float32")})
+    _, read = normalize_moe_state(config, mtp, {}, True)
+    assert sorted(read) == sorted(state)  # ours, multi-token-prediction weights dropped
+    with pytest.raises(UserError, match="column order|KV group|queries, keys and values"):
+        normalize_moe_state(config, state, {}, False)  # 'ernie.*' from another tool, 2 KV groups
