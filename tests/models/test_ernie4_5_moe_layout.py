@@ -121,3 +121,21 @@ def test_release_names_read_as_ours_and_an_ambiguous_fused_qkv_is_refused(tmp_pa
     assert sorted(read) == sorted(state)  # ours, multi-token-prediction weights dropped
     with pytest.raises(UserError, match="column order|KV group|queries, keys and values"):
         normalize_moe_state(config, state, {}, False)  # 'ernie.*' from another tool, 2 KV groups
+
+
+def test_train_writes_an_moe_model_with_layout_paddleformers_and_info_reads_it(tmp_path):
+    from tests.helpers import NEGATIVE, POSITIVE, cli_json
+
+    data = tmp_path / "lm"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.txt").write_text("\n".join(POSITIVE + NEGATIVE), encoding="utf-8")
+    cli_json(["train", "--task", "lm", "--data", str(data), "--preset", "ernie45-moe-tiny", "--epochs", "1",
+              "--batch-size", "8", "--layout", "paddleformers", "--out", str(tmp_path / "m")])
+    written = load_file(tmp_path / "m" / "model.safetensors")
+    assert "model.layers.1.mlp.experts.0.gate_proj.weight" in written
+    assert not any(k.startswith("ernie.") for k in written)
+    info = cli_json(["info", str(tmp_path / "m")])
+    assert info["architecture"] == "Ernie4_5_MoeForCausalLM" and info["experts_per_layer"] == [0, 4, 4]
+    generated = cli_json(["generate", str(tmp_path / "m"), "--prompt", "质量太差", "--max-new-tokens", "2"])
+    assert len(generated["results"][0]["tokens"]) == 2
