@@ -36,14 +36,17 @@ ERNIE45_CASES = {
 
 ERNIE45_MOE_BASE = dict(ERNIE45_BASE, num_attention_heads=4, num_key_value_heads=2, moe_num_experts=4, moe_k=2,
                         moe_intermediate_size=16, moe_layer_interval=1, num_nextn_predict_layers=0)
-# name -> config changes. PaddleFormers 1.2.0 saves only with shared experts and moe_layer_interval 1
+# name -> (config changes, save_pretrained keyword arguments). PaddleFormers 1.2.0 saves only with shared
+# experts and moe_layer_interval 1
 ERNIE45_MOE_CASES = {
-    "moe_start1_untied": dict(num_hidden_layers=2, moe_layer_start_index=1, moe_num_shared_experts=1,
-                              tie_word_embeddings=False),
-    "moe_start2_tied_shared2": dict(num_hidden_layers=3, moe_layer_start_index=2, moe_num_shared_experts=2,
-                                    tie_word_embeddings=True),
-    "moe_start1_mqa_tied": dict(num_hidden_layers=3, moe_layer_start_index=1, moe_num_shared_experts=1,
-                                num_key_value_heads=1, tie_word_embeddings=True),
+    "moe_start1_untied": (dict(num_hidden_layers=2, moe_layer_start_index=1, moe_num_shared_experts=1,
+                               tie_word_embeddings=False), {}),
+    "moe_start2_tied_shared2": (dict(num_hidden_layers=3, moe_layer_start_index=2, moe_num_shared_experts=2,
+                                     tie_word_embeddings=True), {}),
+    "moe_start1_mqa_tied": (dict(num_hidden_layers=3, moe_layer_start_index=1, moe_num_shared_experts=1,
+                                 num_key_value_heads=1, tie_word_embeddings=True), {}),
+    "moe_start1_untied_sharded": (dict(num_hidden_layers=3, moe_layer_start_index=1, moe_num_shared_experts=1,
+                                       tie_word_embeddings=False), dict(max_shard_size="20KB")),
 }
 
 # a right-padded batch (pad id 0) every case runs on

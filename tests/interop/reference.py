@@ -82,13 +82,14 @@ def save_moe(case, out_dir):
     from paddleformers.transformers.ernie4_5_moe import modeling
 
     paddle.seed(1234)
-    config = Ernie4_5_MoeConfig(**dict(ERNIE45_MOE_BASE, **ERNIE45_MOE_CASES[case]), fuse_rms_norm=False)
+    changes, kwargs = ERNIE45_MOE_CASES[case]
+    config = Ernie4_5_MoeConfig(**dict(ERNIE45_MOE_BASE, **changes), fuse_rms_norm=False)
     model = modeling.Ernie4_5_MoeForCausalLM(config)
     with paddle.no_grad():  # norms and correction biases away from their constant init, so a mix-up shows
         for name, p in model.named_parameters():
             if name.endswith(("norm.weight", "e_score_correction_bias")):
                 p.set_value(paddle.uniform(p.shape, min=0.5, max=1.5))
-    model.save_pretrained(os.path.join(out_dir, "model"))
+    model.save_pretrained(os.path.join(out_dir, "model"), **kwargs)
     np.savez(os.path.join(out_dir, "state.npz"), **_moe_state(model))
 
 

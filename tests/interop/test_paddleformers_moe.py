@@ -1,10 +1,11 @@
 """ERNIE 4.5 MoE against PaddleFormers 1.2.0, both directions, tensor by tensor.
 
 PaddleFormers -> us: its default ``save_pretrained`` (the Hugging Face layout: per-expert
-``gate_proj``/``up_proj``/``down_proj`` [out, in], router [E, h]) loads in our reader with every tensor
-equal to PaddleFormers' in-memory state dict. Us -> PaddleFormers: what we write with ``--layout
-paddleformers`` loads in its ``from_pretrained`` with its state dict equal to ours. No logits:
-PaddleFormers' MoE layer calls a GPU-only kernel, so its MoE forward cannot run on a CPU.
+``gate_proj``/``up_proj``/``down_proj`` [out, in], router [E, h]; one case sharded into several files
+with an index) loads in our reader with every tensor equal to PaddleFormers' in-memory state dict.
+Us -> PaddleFormers: what we write with ``--layout paddleformers`` loads in its ``from_pretrained``
+with its state dict equal to our model's. No logits: PaddleFormers' MoE layer calls a GPU-only
+kernel, so its MoE forward cannot run on a CPU.
 
 PaddleFormers' state dict is mapped to our names here, independently of our reader: ``model.`` ->
 ``ernie.``, its ``qkv_proj`` columns per KV group (each group's queries, key, value) -> all queries,
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.interop
 def _config(case: str):
     from ernie_compress.models.families import config_from_dict
 
-    return config_from_dict(dict(ERNIE45_MOE_BASE, **ERNIE45_MOE_CASES[case], model_type="ernie4_5_moe",
+    return config_from_dict(dict(ERNIE45_MOE_BASE, **ERNIE45_MOE_CASES[case][0], model_type="ernie4_5_moe",
                                  architectures=["Ernie4_5_MoeForCausalLM"]))
 
 
@@ -64,6 +65,8 @@ def test_a_paddleformers_moe_save_loads_with_its_tensors(tmp_path, case):
     from ernie_compress.checkpoint import load_checkpoint
 
     run_reference("paddleformers", "save_moe", case, str(tmp_path))
+    if "max_shard_size" in ERNIE45_MOE_CASES[case][1]:
+        assert len(list((tmp_path / "model").glob("model-*-of-*.safetensors"))) > 1
     ckpt = load_checkpoint(tmp_path / "model")
     config = _config(case)
     assert ckpt.config.moe_layers == config.moe_layers and ckpt.config.architecture == "Ernie4_5_MoeForCausalLM"
