@@ -11,8 +11,8 @@ from typing import Any
 
 from .architecture import (Distillation, LinearRoles, ParameterNames, ScaleMapping, SeparateHeads)
 from .config import ErnieConfig
-from .ernie3_layout import normalize_paddlenlp
-from .family import ModelFamily
+from .ernie3_layout import check_paddlenlp_writable, normalize_paddlenlp, to_paddlenlp
+from .family import LayoutWriter, ModelFamily
 
 NAMES = ParameterNames(
     layer_prefix="ernie.encoder.layers.", attention="self_attn",
@@ -55,5 +55,6 @@ FAMILY = ModelFamily(
     other_kinds_hint="use an ERNIE 4.5 preset (ernie45-*)",
     names=NAMES, linear_roles=LINEAR_ROLES, smoothing=SMOOTHING, head_layout=SeparateHeads(),
     distillation=Distillation(frozenset({"logits", "hidden_states", "attention_relations"})),
-    input_names=("input_ids", "token_type_ids"), layouts=("ours", "paddlenlp"),
+    input_names=("input_ids", "token_type_ids"),
+    writers={"paddlenlp": LayoutWriter(check_paddlenlp_writable, to_paddlenlp, {"format": "np"})},  # "np"/"pd" only
     normalize=_normalize, onednn_exact=True, student_keys=_student_keys)

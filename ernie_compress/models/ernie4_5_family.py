@@ -13,8 +13,8 @@ from typing import Any
 
 from .architecture import Distillation, GroupedQueryHeads, LinearRoles, ParameterNames, ScaleMapping
 from .ernie4_5_config import Ernie45Config
-from .ernie4_5_layout import normalize_ernie45_state
-from .family import ModelFamily
+from .ernie4_5_layout import check_hf_writable, normalize_ernie45_state, to_hf
+from .family import LayoutWriter, ModelFamily
 
 NAMES = ParameterNames(
     layer_prefix="ernie.layers.", attention="self_attn",
@@ -47,6 +47,10 @@ def _normalize(config, state, raw: dict[str, Any], ours: bool):
     return normalize_ernie45_state(state, config, raw, ours)
 
 
+# PaddleFormers' default save and transformers read the same files; transformers wants "pt" metadata or
+# none, PaddleFormers "np"/"pd" or none
+HF_WRITER = LayoutWriter(check_hf_writable, to_hf, None)
+
 FAMILY = ModelFamily(
     model_type="ernie4_5", title="ERNIE 4.5", config_class=Ernie45Config,
     implementation="ernie_compress.models.ernie4_5", onnx_blocks="ernie_compress.models.ernie4_5_onnx",
@@ -57,7 +61,7 @@ FAMILY = ModelFamily(
     names=NAMES, linear_roles=LINEAR_ROLES, smoothing=SMOOTHING, head_layout=GroupedQueryHeads(),
     distillation=Distillation(frozenset({"logits", "hidden_states"}),
                               instead="logits (--kd-weight) and hidden states (--hidden-weight)"),
-    input_names=("input_ids",), layouts=("ours", "paddleformers", "hf"), normalize=_normalize,
+    input_names=("input_ids",), writers=dict.fromkeys(("paddleformers", "hf"), HF_WRITER), normalize=_normalize,
     # Paddle 3.3.1's oneDNN CPU kernels compute the ERNIE 4.5 graph wrongly (logits off by up to
     # 0.76 with every fusion pass off; exact with plain kernels)
     onednn_exact=False)

@@ -24,8 +24,8 @@ import dataclasses
 from .architecture import Distillation, HeadLayout, ScaleMapping
 from .ernie4_5_family import LINEAR_ROLES, NAMES
 from .ernie4_5_moe_config import Ernie45MoeConfig
-from .ernie4_5_moe_layout import normalize_moe_state
-from .family import ModelFamily
+from .ernie4_5_moe_layout import check_moe_hf_writable, moe_to_hf, normalize_moe_state
+from .family import LayoutWriter, ModelFamily
 
 
 
@@ -52,5 +52,6 @@ FAMILY = ModelFamily(
     head_layout=GroupedQueryHeadsAndExperts(),
     distillation=Distillation(frozenset({"logits", "hidden_states"}),
                               instead="logits (--kd-weight) and hidden states (--hidden-weight)"),
-    input_names=("input_ids",), layouts=("ours", "paddleformers", "hf"), normalize=normalize_moe_state,
+    input_names=("input_ids",), normalize=normalize_moe_state,
+    writers=dict.fromkeys(("paddleformers", "hf"), LayoutWriter(check_moe_hf_writable, moe_to_hf, None)),
     onednn_exact=False)  # the dense ERNIE 4.5 graph already computes wrongly under Paddle 3.3.1's oneDNN kernels

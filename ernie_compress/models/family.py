@@ -15,6 +15,15 @@ from .architecture import Distillation, HeadLayout, LinearRoles, ParameterNames,
 
 
 @dataclass(frozen=True)
+class LayoutWriter:
+    """How a family writes one foreign checkpoint layout (``--layout``)."""
+
+    check: Callable[[Any], None]  # refuse (UserError) a model the layout cannot express, before writing
+    write: Callable[[Any, dict], tuple[dict, dict]]  # (config, state) -> (config.json keys, weights)
+    metadata: dict[str, str] | None  # the safetensors metadata its readers accept
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     model_type: str
     title: str  # for messages: "ERNIE 3.0"
@@ -28,11 +37,16 @@ class ModelFamily:
     head_layout: HeadLayout  # how heads sit in the weights: picks the pruning strategy
     distillation: Distillation  # what a teacher of the family can give a student
     input_names: tuple[str, ...]  # of the exported graph
-    layouts: tuple[str, ...]  # checkpoint layouts it can be written in (models/layouts.py)
+    writers: Mapping[str, LayoutWriter]  # the foreign layouts it can be written in, besides ours
     normalize: Callable[..., Any]  # (config, state, raw config.json, ours) -> (config, state) in our layout
     onednn_exact: bool  # Paddle Inference's oneDNN CPU kernels compute its graph correctly
     student_keys: Callable[[dict, Any], None] = lambda keys, teacher_config: None  # fit a preset to a teacher
     onnx_blocks: str | None = None  # module with its layers as ONNX graph blocks (the cached decoder export)
+
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        """Checkpoint layouts it can be written in (``models/layouts.py``): ours, then its writers'."""
+        return ("ours", *self.writers)
 
     def module(self) -> ModuleType:
         """The Paddle implementation (imports Paddle)."""

@@ -19,9 +19,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from .ernie3_layout import check_paddlenlp_writable, to_paddlenlp
-from .ernie4_5_layout import check_hf_writable, to_hf
-from .ernie4_5_moe_layout import check_moe_hf_writable, moe_to_hf
 from .families import family_of
 
 LAYOUTS = ("ours", "paddlenlp", "paddleformers", "hf")
@@ -47,27 +44,19 @@ def check_layout(config, layout: str, structure: bool = True) -> None:
     if layout not in family.layouts:
         raise UserError(f"--layout {layout} is not a layout for {family.title} models "
                         f"(use one of {', '.join(family.layouts)})")
-    if not structure:
-        return
-    if layout == "paddlenlp":
-        check_paddlenlp_writable(config)
-    elif layout in ("paddleformers", "hf") and family.model_type == "ernie4_5_moe":
-        check_moe_hf_writable(config)
-    elif layout in ("paddleformers", "hf"):
-        check_hf_writable(config)
+    if structure and layout != "ours":
+        family.writers[layout].check(config)
 
 
 def layout_files(config, state: dict[str, np.ndarray], layout: str
                  ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, str] | None]:
     """(config.json keys, weights by name, safetensors metadata) of ``layout``."""
     check_layout(config, layout)
-    if layout == "paddlenlp":
-        keys, state = to_paddlenlp(config, state)
-        return keys, state, {"format": "np"}  # PaddleNLP reads "np"/"pd" safetensors
-    if layout in ("paddleformers", "hf"):
-        keys, state = (moe_to_hf if family_of(config).model_type == "ernie4_5_moe" else to_hf)(config, state)
-        return keys, state, None  # transformers wants "pt" metadata or none; PaddleFormers "np"/"pd" or none
-    return config.to_dict(), state, {"format": "np"}
+    if layout == "ours":
+        return config.to_dict(), state, {"format": "np"}
+    writer = family_of(config).writers[layout]
+    keys, state = writer.write(config, state)
+    return keys, state, writer.metadata
 
 
 def normalize_loaded(config, state: dict[str, np.ndarray], raw_config: dict[str, Any], ours: bool):
