@@ -37,6 +37,7 @@ from _stats import finish_table, interleaved_rounds, interval, ms_per_call, rati
 from ernie_compress.export.decoder_onnx import DecoderWeights, WeightOnlyLinear, _weight_only_matmul  # noqa: E402
 from ernie_compress.models import ernie4_5_moe_onnx as moe_onnx  # noqa: E402
 from ernie_compress.models.onnx_graph import GraphBuilder  # noqa: E402
+from ernie_compress.quantize.weight_only import quantize_rtn  # noqa: E402
 
 DECODE_CALLS = 5  # calls a round at 1 token (1 at 128 tokens)
 BLOCK = 128  # MatMulNBits' block for per-channel codes of 2560 / 1536 inputs (export: kernel_block_size)
@@ -84,17 +85,10 @@ def random_layer(shape, names: moe_onnx.MoENames) -> Float32View:
 
 
 def rtn_codes(weights: Mapping[str, np.ndarray], bits: int) -> dict[str, WeightOnlyLinear]:
-    """Per-channel symmetric RTN codes of every Linear (router excluded: it stays float32)."""
-    qmax = 2 ** (bits - 1) - 1
-    out = {}
-    for name in weights:
-        if not name.endswith("proj.weight"):
-            continue
-        w = weights[name]  # [in, out]
-        scales = np.maximum(np.abs(w).max(axis=0, keepdims=True), 1e-12) / qmax  # [1, out]
-        codes = np.clip(np.rint(w / scales), -qmax, qmax).astype(np.int8)
-        out[name] = WeightOnlyLinear(codes, scales.astype(np.float32), bits, None)
-    return out
+    """Per-channel symmetric RTN codes of every Linear, as the quantize stage makes them (router
+    excluded: it stays float32)."""
+    return {name: WeightOnlyLinear(*quantize_rtn(weights[name], bits, None), bits, None)
+            for name in weights if name.endswith("proj.weight")}
 
 
 @dataclass(frozen=True)

@@ -157,8 +157,7 @@ def render_quantize(result: dict[str, Any]) -> None:
     from .quantize.registry import scheme_of
 
     s = result["scheme"]
-    label, line = _SCHEME_LINES.get(scheme_of(s).name, (
-        lambda s: s["method"], lambda s, result: f"{result['quantized_layers']} layers quantized ({s['method']})"))
+    label, line = _SCHEME_LINES[scheme_of(s).name]
     tables = {f"{split} ({label(s)})": m for split, m in result["metrics"].items()}
     tables.update({f"{split} (FP32 parent)": m for split, m in result["parent_metrics"].items()})
     console.print(_metrics_table(tables, f"{result['stage']}: {result['task']}"))

@@ -186,8 +186,8 @@ class Ernie45MoeForCausalLM(Ernie45ForCausalLM):
         self._real_tokens = None  # [b*s] float: 1 for non-pad tokens of the last training forward
 
     def forward(self, input_ids, token_type_ids=None, head_mask=None, record: dict | None = None):
-        real = paddle.cast(paddle.reshape(input_ids != self.config.pad_token_id, [-1]), "float32")  # [b*s]
-        self._real_tokens = real if self.training else None
+        self._real_tokens = (paddle.cast(paddle.reshape(input_ids != self.config.pad_token_id, [-1]), "float32")
+                             if self.training else None)  # [b*s]: only the auxiliary loss reads it
         return super().forward(input_ids, token_type_ids, head_mask, record)
 
     def moe_blocks(self) -> list[Ernie45MoeBlock]:

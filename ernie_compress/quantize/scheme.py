@@ -59,11 +59,6 @@ def quantization_info(config) -> dict[str, Any] | None:
     return config.extra.get("quantization")
 
 
-def is_weight_only(quant: dict[str, Any] | None) -> bool:
-    """Weight-only schemes (``quantize/weight_only.py``) keep float weights and activations."""
-    return bool(quant) and str(quant.get("method", "")).startswith("weight_only")
-
-
 def read_scales(checkpoint_dir: Path) -> dict[str, dict[str, Any]]:
     path = Path(checkpoint_dir) / SCALES_FILE
     if not path.is_file():

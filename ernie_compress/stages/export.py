@@ -119,7 +119,6 @@ class Sources:
     path: ExportPath  # the scheme's export path (EXPORT_PATHS)
     tokenizer: Any
     model: Any  # the float model (its dequantized or FP16 weights)
-    reference_model: Any  # what the exports must reproduce (INT8: fake-quant with the stored scales)
     int8: tuple[Int8Scheme, dict] | None  # INT8: its scheme and scales
     kind: str  # the model's task kind
     output_name: str
@@ -158,7 +157,7 @@ def _sources(cfg: ExportConfig) -> Sources:
     ids, types, samples_from = sample_inputs(ckpt, tokenizer, cfg.verify_samples)
     reference = _logits(reference_model, ids, types)
     reference_metrics = evaluate_loaded(ckpt, reference_model, tokenizer) if ckpt.task else None
-    return Sources(cfg, ckpt, scheme, path, tokenizer, model, reference_model, int8, kind,
+    return Sources(cfg, ckpt, scheme, path, tokenizer, model, int8, kind,
                    OUTPUT_NAMES.get(kind, "logits"), ids, types, samples_from, reference, reference_metrics)
 
 
@@ -331,14 +330,12 @@ def _export_decoder(src: Sources, out: Path) -> tuple[dict, dict]:
 def _compare_decoder(src: Sources, exported, level: int) -> dict[str, Any]:
     """Generate from held-out prompts with dygraph and with ``exported`` (free, and teacher-forced
     with dygraph's tokens); refused unless they agree as :func:`_check_decoder` asks."""
-    from ..models.ernie4_5 import CachedDecoder  # imports Paddle: not at the module's top (--help)
-
-    cfg = src.cfg
+    cfg, family = src.cfg, family_of(src.model.config)
     prompts = _decoder_prompts(src.ckpt, src.tokenizer, cfg.decoder_prompts, cfg.decoder_prompt_tokens)
     largest = relative = 0.0
     same_text, agree = True, []
     for ids in prompts:
-        expected = generate_tokens(CachedDecoder(src.model), ids, cfg.decoder_new_tokens, eos_id=-1)
+        expected = generate_tokens(family.cached_decoder(src.model), ids, cfg.decoder_new_tokens, eos_id=-1)
         # teacher-forced (dygraph's tokens fed): the logits of the same positions
         forced = generate_tokens(exported, ids, cfg.decoder_new_tokens, eos_id=-1, forced=expected["tokens"])
         diff = float(np.abs(forced["logits"] - expected["logits"]).max())
