@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import UserError
 from ..models.families import family_of
 # IR_VERSION is re-exported: the export's contract (tests pin it)
-from ..models.onnx_graph import IR_VERSION, GraphBuilder, MatMul, f32, float_matmul, i64  # noqa: F401
+from ..models.onnx_graph import IR_VERSION, GraphBuilder, MatMul, f32, float_matmul, i64, pack_codes  # noqa: F401
 
 MASKED = -1e4  # the additive mask value of models/ernie4_5.py
 DECODER_FILE = "onnx/decoder.onnx"
@@ -104,11 +104,8 @@ def pack_matmul_nbits(linear: WeightOnlyLinear, block: int) -> tuple[np.ndarray,
     rows, cols = linear.codes.shape
     blocks = rows // block
     scales = linear.scales if linear.group_size is not None else np.repeat(linear.scales, blocks, axis=0)
-    unsigned = (linear.codes.astype(np.int16) + 2 ** (linear.bits - 1)).astype(np.uint8)  # [in, out]
-    per_column = unsigned.T.reshape(cols, blocks, block)  # [N, blocks, block]
-    if linear.bits == 4:
-        per_column = per_column[..., 0::2] | (per_column[..., 1::2] << 4)  # low nibble first
-    return np.ascontiguousarray(per_column), np.ascontiguousarray(scales.T).reshape(-1).astype(np.float32)
+    per_column = pack_codes(linear.codes.T.reshape(cols, blocks, block), linear.bits)  # [N, blocks, block * bits / 8]
+    return per_column, np.ascontiguousarray(scales.T).reshape(-1).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .onnx_graph import GraphBuilder, f32, float_matmul, i64
+from .onnx_graph import GraphBuilder, f32, float_matmul, i64, pack_codes
 
 FILL = -1e30  # router logit of an expert not chosen: exp(FILL - max) is 0 in float32
 ONNX_FLOAT = 1  # onnx.TensorProto.FLOAT (a Cast target)
@@ -196,15 +196,6 @@ def _expert_biases(g: GraphBuilder, config: MoEShape, names: MoENames) -> tuple[
     return fc1, fc2
 
 
-def _pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Signed codes [..., K] -> QMoE's uint8 [..., K * bits / 8] (zero point 2^(bits-1); int4: the
-    even input in the low nibble)."""
-    unsigned = (codes.astype(np.int16) + 2 ** (bits - 1)).astype(np.uint8)
-    if bits == 4:
-        unsigned = unsigned[..., 0::2] | (unsigned[..., 1::2] << 4)
-    return np.ascontiguousarray(unsigned)
-
-
 def _scales(scales: np.ndarray, rows: int, block: int | None) -> np.ndarray:
     """[out, groups] scales -> [out] (row-wise) or [out, rows / block] (blocks; a per-channel scale
     repeated over its row's blocks)."""
@@ -232,8 +223,8 @@ def _integer_experts(integer: Mapping[str, IntegerWeight], config: MoEShape, nam
     if len(bits) != 1 or bits - {4, 8}:
         raise ValueError(f"QMoE needs every expert weight at one width, 4 or 8 bits; got {sorted(bits)}")
     (width,) = bits
-    return {"fc1": _pack_codes(np.stack(fc1), width), "fc1_scales": f32(np.stack(s1)),
-            "fc2": _pack_codes(np.stack(fc2), width), "fc2_scales": f32(np.stack(s2))}, width
+    return {"fc1": pack_codes(np.stack(fc1), width), "fc1_scales": f32(np.stack(s1)),
+            "fc2": pack_codes(np.stack(fc2), width), "fc2_scales": f32(np.stack(s2))}, width
 
 
 def kernel_block(integer: Mapping[str, IntegerWeight], config: MoEShape, names: MoENames,

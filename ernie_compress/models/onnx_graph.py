@@ -95,3 +95,13 @@ class GraphBuilder:
         graph = helper.make_graph(self.nodes, graph_name, list(inputs), list(outputs), self.initializers)
         opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
         return helper.make_model(graph, opset_imports=opsets, producer_name="ernie-compress", ir_version=IR_VERSION)
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Signed integer codes [..., K] -> ONNX Runtime's packed uint8 [..., K * bits / 8], as MatMulNBits
+    and QMoE read them: zero point 2^(bits-1), and for int4 two codes a byte, the even one in the low
+    nibble."""
+    unsigned = (codes.astype(np.int16) + 2 ** (bits - 1)).astype(np.uint8)
+    if bits == 4:
+        unsigned = unsigned[..., 0::2] | (unsigned[..., 1::2] << 4)
+    return np.ascontiguousarray(unsigned)
