@@ -1,6 +1,6 @@
 """`ernie-compress demo` end to end on demo:sentiment (about 7 minutes on 2 cores): every stage's
 output is there, every variant stays within a stated band of the teacher, INT8 is faster than the
-FP32 model it was quantized from at batch 32 in the same run, and the report holds its context rows.
+FP32 model it was quantized from at batch 32 (interleaved rounds on the run's exports), and the report holds its context rows.
 
 The bands (docs/benchmarks.md states them): every compressed variant >= teacher - 1.5 accuracy points (the
 demo measures +0.8 to +1.4: the student learns from labels and soft labels); the teacher between
@@ -50,10 +50,22 @@ def test_variants_stay_within_the_band_of_the_teacher(demo_run):
     assert rows["pruned"]["non_embedding_parameters"] <= 0.85 * rows["student"]["non_embedding_parameters"]
 
 
+ROUNDS = 5  # interleaved timing rounds of the two exports
+
+
 def test_int8_is_faster_than_its_fp32_parent_at_batch_32(demo_run):
-    _, _, report = demo_run
-    p50 = {r["stage"]: {b["batch_size"]: b["p50_ms"] for b in r["latency"]} for r in report["rows"]}
-    assert p50["int8"][32] <= p50["pruned"][32], p50
+    """The run's INT8 export against the FP32 export of the checkpoint it was quantized from, timed
+    in interleaved rounds (the report's single p50 of each, measured minutes apart on a shared
+    machine, can swap two exports whose times are within its noise); the medians decide."""
+    out, _, _ = demo_run
+    exports = {"pruned": out / "exports" / "pruned", "int8": out / "int8-onnx"}
+    rounds: dict[str, list[float]] = {name: [] for name in exports}
+    for _ in range(ROUNDS):
+        for name, path in exports.items():
+            result = cli("evaluate", str(path), "--batch-sizes", "32", "--iterations", "20")
+            rounds[name].append(next(b["p50_ms"] for b in result["latency"] if b["batch_size"] == 32))
+    median = {name: sorted(times)[ROUNDS // 2] for name, times in rounds.items()}
+    assert median["int8"] <= median["pruned"], rounds
 
 
 def test_int8_export_is_verified_on_logits(demo_run):
