@@ -55,6 +55,7 @@ model: transformers drops them on load too.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..paddle_env import import_paddle
@@ -66,7 +67,19 @@ paddle = import_paddle()
 nn = paddle.nn
 F = nn.functional
 
-__all__ = ["ARCHITECTURES", "CachedDecoder", "Ernie45MoeBlock", "Ernie45MoeForCausalLM", "load_balancing_loss"]
+__all__ = ["ARCHITECTURES", "CachedDecoder", "Dispatch", "Ernie45MoeBlock", "Ernie45MoeForCausalLM",
+           "load_balancing_loss"]
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Where one forward of an MoE block sent its tokens (kept while ``Ernie45MoeBlock.keep_dispatch``
+    is set, for calibration: GPTQ's per-expert Hessians, expert importance). Tokens are rows of the
+    block's flattened input [T, h] (row-major over [b, s])."""
+
+    tokens: int  # T
+    rows: list  # per expert: the token rows routed to it [n_e] int64 (in the order the expert sees them)
+    weights: list  # per expert: their mixing weights [n_e] (the router's, after renormalisation)
 
 
 class MoeStatics(nn.Layer):
@@ -104,6 +117,8 @@ class Ernie45MoeBlock(nn.Layer):
                                if config.moe_num_shared_experts else None)
         self.moe_statics = MoeStatics(config.moe_num_experts) if config.moe_use_aux_free else None
         self.routing = None  # (probs, unbiased top-k) of the last training forward, for the auxiliary loss
+        self.keep_dispatch = False  # set by calibration: record each forward's Dispatch in self.dispatch
+        self.dispatch: Dispatch | None = None
 
     def route(self, tokens):
         """tokens [T, h] -> softmax probabilities [T, E] (FP32), chosen experts [T, k] and their mixing
@@ -135,6 +150,11 @@ class Ernie45MoeBlock(nn.Layer):
         token_of = order // k  # [T*k]: the token of each sorted slot
         counts = paddle.bincount(flat, minlength=len(self.experts)).tolist()
         inputs = paddle.gather(tokens, token_of)  # [T*k, h]
+        slot_weights = paddle.gather(paddle.reshape(weights, [-1]), order)  # [T*k]
+        if self.keep_dispatch:  # before the experts run: hooks on their Linears read it
+            bounds = [sum(counts[:e]) for e in range(len(counts) + 1)]
+            self.dispatch = Dispatch(tokens.shape[0], [token_of[a:b] for a, b in zip(bounds, bounds[1:])],
+                                     [slot_weights[a:b] for a, b in zip(bounds, bounds[1:])])
         outputs, start, unused = [], 0, 0.0
         for expert, n in zip(self.experts, counts):
             if n:
@@ -142,7 +162,6 @@ class Ernie45MoeBlock(nn.Layer):
             elif self.training:  # no tokens: a zero term still gives its weights (zero) gradients
                 unused = unused + 0.0 * paddle.sum(expert(tokens[:1]))
             start += n
-        slot_weights = paddle.gather(paddle.reshape(weights, [-1]), order)  # [T*k]
         mixed = paddle.concat(outputs) * paddle.unsqueeze(slot_weights, -1) + unused  # [T*k, h]
         return paddle.index_add(paddle.zeros_like(tokens), token_of, 0, mixed)  # [T, h]
 

@@ -323,3 +323,30 @@ def test_the_family_is_registered_with_its_model():
     assert family.linear_role("ernie.layers.1.mlp.experts.3.up_gate_proj") == "ffn_in"
     assert family.linear_role("ernie.layers.1.mlp.shared_experts.down_proj") == "ffn_out"
     assert family.linear_role("ernie.layers.1.mlp.gate") is None
+
+
+def test_the_dispatch_record_names_each_experts_tokens_and_weights():
+    """``keep_dispatch``: expert e's recorded rows are the tokens whose chosen experts hold e, with
+    their mixing weights; its Linears see exactly those rows (calibration relies on both)."""
+    block = _block_with_random_weights(1e-12)[0]
+    x = paddle.to_tensor(np.random.default_rng(3).normal(size=(2, 5, 16)).astype("float32"))
+    seen = {}
+
+    def record(layer, inputs):
+        seen["x"] = inputs[0].numpy()  # returns None: the inputs stay as they are
+
+    handle = block.experts[1].up_gate_proj.register_forward_pre_hook(record)
+    block.keep_dispatch = True
+    with paddle.no_grad():
+        block(x)
+    handle.remove()
+    tokens = x.numpy().reshape(-1, 16)
+    _, chosen, weights = block.route(paddle.to_tensor(tokens))
+    chosen, weights = chosen.numpy(), weights.numpy()
+    record = block.dispatch
+    assert record.tokens == 10
+    for e in range(len(block.experts)):
+        rows = record.rows[e].numpy()
+        assert sorted(rows.tolist()) == sorted(np.nonzero((chosen == e).any(axis=1))[0].tolist())
+        np.testing.assert_allclose(record.weights[e].numpy(), weights[rows][chosen[rows] == e], rtol=1e-6)
+    np.testing.assert_array_equal(seen["x"], tokens[record.rows[1].numpy()])
