@@ -244,6 +244,13 @@ def render_export(result: dict[str, Any]) -> None:
             continue
         console.print(f"{name}: verified, max logit difference {v['max_abs_diff']:.2e}, "
                       f"predictions agree {v['prediction_agreement']:.1%} on {v['samples']} samples")
+    kernels = result["files"].get("decoder", {}).get("kernels", {})
+    if "MoE" in kernels or "QMoE" in kernels:
+        fused = ", ".join(f"{kernels[op]} {op}" for op in ("MoE", "QMoE") if op in kernels)
+        console.print(f"decoder experts: {fused} layer(s); {kernels['MatMulNBits']} MatMulNBits, "
+                      f"{kernels['MatMul']} MatMul")
+    for fmt, why in result.get("skipped", {}).items():
+        console.print(f"{fmt}: skipped ({why})")
     console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.1f} s")
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import UserError
 from ..models.families import family_of
 # IR_VERSION is re-exported: the export's contract (tests pin it)
-from ..models.onnx_graph import IR_VERSION, GraphBuilder, MatMul, f32, float_matmul, i64, pack_codes  # noqa: F401
+from ..models.onnx_graph import IR_VERSION, OPSET, GraphBuilder, MatMul, f32, float_matmul, i64, pack_codes  # noqa: F401
 
 MASKED = -1e4  # the additive mask value of models/ernie4_5.py
 DECODER_FILE = "onnx/decoder.onnx"
@@ -115,13 +115,15 @@ class DecoderWeights:
     state: dict[str, np.ndarray]
     integer: dict[str, WeightOnlyLinear]  # weight name -> codes/scales (Paddle layout [in, out])
     accuracy_level: int = 0  # MatMulNBits: 0 computes in float32; 4 quantizes activations to int8 per block
+    experts: str = "auto"  # mixture-of-experts layers: fused kernels, one Linear per expert, or as measured best
 
 
 COMPUTE_LEVELS = {"fp32": 0, "int8": 4}  # --weight-only-compute -> MatMulNBits accuracy_level
+EXPERT_KERNELS = ("auto", "fused", "dispatch")  # --moe-experts
 
 
 def decoder_weights(config, state: dict[str, np.ndarray], quant: dict | None,
-                    accuracy_level: int = 0) -> DecoderWeights:
+                    accuracy_level: int = 0, experts: str = "auto") -> DecoderWeights:
     """The checkpoint's weights for :func:`build_decoder`; for a weight-only checkpoint, the codes
     and scales of every quantized weight (``quant['weights']`` names them)."""
     integer: dict[str, WeightOnlyLinear] = {}
@@ -131,7 +133,7 @@ def decoder_weights(config, state: dict[str, np.ndarray], quant: dict | None,
             if spec.get("transposed"):  # a tied embedding [vocab, hidden] is the head's [hidden, vocab]
                 weight = weight.T
             integer[name] = recover_codes(weight, spec["bits"], spec["group_size"])
-    return DecoderWeights(state, integer, accuracy_level)
+    return DecoderWeights(state, integer, accuracy_level, experts)
 
 
 def _kernel_block(weights: DecoderWeights, name: str) -> int | None:
@@ -176,15 +178,18 @@ def _attention_bias(g: GraphBuilder) -> str:
                 g.const("visible", f32(0.0)))  # [b, 1, 1, s, T]
 
 
-def _interface(config) -> tuple[list, list]:
-    """The graph's inputs and outputs (the module docstring's table)."""
+def _interface(config, full_sequence: bool = False) -> tuple[list, list]:
+    """The graph's inputs and outputs (the module docstring's table); ``full_sequence``: input_ids
+    in, logits [batch, sequence, vocab] out (``onnx/model.onnx`` of a family without a static graph)."""
     from onnx import TensorProto, helper
 
     KV, d = config.num_key_value_heads, config.head_dim
     past_names, present_names = cache_names(config.num_hidden_layers)
     batch, seq_dim, past_dim, total_dim = "batch", "sequence", "past_sequence", "total_sequence"
-    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [batch, seq_dim]),
-              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, total_dim]),
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [batch, seq_dim])
+    if full_sequence:
+        return [ids], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, seq_dim, config.vocab_size])]
+    inputs = [ids, helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, total_dim]),
               helper.make_tensor_value_info("position_ids", TensorProto.INT64, [batch, seq_dim])]
     inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch, KV, past_dim, d]) for n in past_names]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, config.vocab_size])]
@@ -192,13 +197,29 @@ def _interface(config) -> tuple[list, list]:
     return inputs, outputs
 
 
-def build_decoder(config, weights: DecoderWeights) -> Any:
+def _full_sequence_feeds(g: GraphBuilder, config) -> str:
+    """What a full-sequence graph computes in place of the cached interface's inputs: attention_mask
+    all ones and position_ids 0..s-1 [b, s], and an empty cache [b, kv, 0, d] (returned)."""
+    shape = g.op("Shape", "input_ids")  # [b, s]
+    g.op("Expand", g.const("one", i64(1)), shape, name="attention_mask")
+    seq = g.op("Gather", shape, g.const("one_index", i64(1)), axis=0)
+    g.op("Expand", g.op("Range", g.const("zero", i64(0)), seq, g.const("step", i64(1))), shape, name="position_ids")
+    batch = g.op("Slice", shape, g.const("axis0", i64([0])), g.const("axis1", i64([1])))  # [1]
+    empty = g.op("Concat", batch, g.const("cache.tail", i64([config.num_key_value_heads, 0, config.head_dim])), axis=0)
+    return g.op("ConstantOfShape", empty)  # [b, kv, 0, d] float32 zeros
+
+
+def build_decoder(config, weights: DecoderWeights, full_sequence: bool = False) -> Any:
     """The ONNX model (see the module docstring) of an ``Ernie4_5ForCausalLM`` ``config``, composed
-    from the family's blocks (for ERNIE 4.5 ``models/ernie4_5_onnx.py``)."""
+    from the family's blocks (for ERNIE 4.5 ``models/ernie4_5_onnx.py``). ``full_sequence``: no
+    cache, logits of every position (``onnx/model.onnx`` where the model cannot be traced)."""
     blocks = family_of(config).graph_blocks()
     names = blocks.NAMES
-    g = GraphBuilder(weights.state, matmul=_weight_only_matmul(weights))
+    g = GraphBuilder(weights.state, matmul=_weight_only_matmul(weights), integer=weights.integer,
+                     accuracy_level=weights.accuracy_level, experts=weights.experts)
     past, present = cache_names(config.num_hidden_layers)
+    if full_sequence:
+        past = [_full_sequence_feeds(g, config)] * len(past)
     bias = _attention_bias(g)
     cos, sin = blocks.rope_tables(g, "position_ids", config)
     x = blocks.embedding(g, "input_ids", names.embedding)  # [b, s, hidden]
@@ -206,10 +227,16 @@ def build_decoder(config, weights: DecoderWeights) -> Any:
         io = blocks.AttentionIO(cos, sin, bias, past=(past[2 * i], past[2 * i + 1]),
                                 present=(present[2 * i], present[2 * i + 1]))
         x, _ = blocks.decoder_layer(g, x, config, names.layer(i), io)
-    last = g.op("Gather", x, g.const("last", i64(-1)), axis=1)  # [b, hidden]: only the last position
-    last = blocks.rms_norm(g, last, names.final_norm, config.rms_norm_eps)
-    blocks.head(g, last, config, names, name="logits")  # [b, vocab]
-    return g.model(blocks.GRAPH_NAME, *_interface(config))
+    if full_sequence:  # [b, s, hidden] -> [b * s, hidden] rows for the head, then [b, s, vocab]
+        rows = g.op("Reshape", x, g.const("rows", i64([-1, config.hidden_size])))
+        rows = blocks.rms_norm(g, rows, names.final_norm, config.rms_norm_eps)
+        shape = g.op("Concat", g.op("Shape", "input_ids"), g.const("vocab", i64([config.vocab_size])), axis=0)
+        g.op("Reshape", blocks.head(g, rows, config, names), shape, name="logits")
+    else:
+        last = g.op("Gather", x, g.const("last", i64(-1)), axis=1)  # [b, hidden]: only the last position
+        last = blocks.rms_norm(g, last, names.final_norm, config.rms_norm_eps)
+        blocks.head(g, last, config, names, name="logits")  # [b, vocab]
+    return g.model(blocks.GRAPH_NAME, *_interface(config, full_sequence))
 
 
 def save_model(model, path: Path) -> list[str]:
@@ -228,6 +255,8 @@ def save_model(model, path: Path) -> list[str]:
 
 
 def kernel_counts(model) -> dict[str, int]:
-    """How many MatMuls run as integer-weight kernels and how many as float ones."""
+    """How many MatMuls run as integer-weight kernels and how many as float ones (and, in mixture-of-experts
+    models, how many layers run their experts as fused float or integer kernels)."""
     ops = [n.op_type for n in model.graph.node]
-    return {"MatMulNBits": ops.count("MatMulNBits"), "MatMul": ops.count("MatMul"), "Gemm": ops.count("Gemm")}
+    counts = {op: ops.count(op) for op in ("MatMulNBits", "MatMul", "Gemm")}
+    return {**counts, **{op: ops.count(op) for op in ("MoE", "QMoE") if op in ops}}

@@ -12,9 +12,9 @@ Smoothing: in every layer ``input_layernorm`` feeds the fused qkv and the values
 whose output picks the experts), so no MLP edge is declared: a scale moved into the experts' rows
 would have to move into the router's rows as well, which the map cannot say. Checkpoints are read in
 ours, the Paddle release's and the Hugging Face layout and written as ours or as PaddleFormers saves
-them (``ernie4_5_moe_layout.py``); models of this family have no
-cached-decoder ONNX blocks yet, so ``export`` refuses them, and no pruning strategy yet
-(:class:`GroupedQueryHeadsAndExperts`), so ``prune`` refuses them.
+them (``ernie4_5_moe_layout.py``). Its ONNX blocks are ``ernie4_5_moe_onnx.py`` (the MoE layer as
+ONNX Runtime's fused MoE / QMoE kernels); its models do not trace to a Paddle static graph, so
+``export`` writes ONNX only.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ SMOOTHING = (
 
 FAMILY = ModelFamily(
     model_type="ernie4_5_moe", title="ERNIE 4.5 MoE", config_class=Ernie45MoeConfig,
-    implementation="ernie_compress.models.ernie4_5_moe", onnx_blocks=None,
+    implementation="ernie_compress.models.ernie4_5_moe", onnx_blocks="ernie_compress.models.ernie4_5_moe_onnx",
     architecture_for_kind={"causal_lm": "Ernie4_5_MoeForCausalLM"},
     other_kinds_hint="they serve causal LM (lm, demo:lm) so far",
     names=dataclasses.replace(NAMES, task_heads=("lm_head",)), linear_roles=LINEAR_ROLES, smoothing=SMOOTHING,
@@ -54,4 +54,7 @@ FAMILY = ModelFamily(
                               instead="logits (--kd-weight) and hidden states (--hidden-weight)"),
     input_names=("input_ids",), normalize=normalize_moe_state,
     writers=dict.fromkeys(("paddleformers", "hf"), LayoutWriter(check_moe_hf_writable, moe_to_hf, None)),
+    static_graph_refusal=("ERNIE 4.5 MoE models have no Paddle static-graph export: the token dispatch (each "
+                          "expert runs on the tokens routed to it, a data-dependent count) does not trace in "
+                          "Paddle 3.3.1's paddle.jit"),
     onednn_exact=False)  # the dense ERNIE 4.5 graph already computes wrongly under Paddle 3.3.1's oneDNN kernels

@@ -59,11 +59,14 @@ threshold (0 for MoE, 1e-8 for QMoE) or ties in the biased scores are broken dif
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import numpy as np
 
+from .ernie4_5_moe_family import FAMILY as MOE_FAMILY
+from .ernie4_5_onnx import (AttentionIO, DecoderNames, LayerNames, attention, embedding, head,  # noqa: F401 - blocks
+                            mlp, rms_norm, rope_tables)  # the decoder export composes: embedding, head, rope_tables
 from .onnx_graph import GraphBuilder, f32, float_matmul, i64, pack_codes
 
 FILL = -1e30  # router logit of an expert not chosen: exp(FILL - max) is 0 in float32
@@ -335,3 +338,86 @@ def moe(g: GraphBuilder, x: str, config: MoEShape, names: MoENames, integer: Map
     if names.shared_in is not None:
         out = g.op("Add", out, _swiglu(g, x2, names.shared_in, names.shared_down))
     return g.op("Reshape", out, g.op("Shape", x), name=name)
+
+
+# --- the decoder's blocks (the family's ``onnx_blocks``; ``export/decoder_onnx.py`` composes them) --
+
+GRAPH_NAME = "ernie4_5_moe_decoder"
+QMOE_BLOCKS = (128, 64, 32, 16)  # QMoE block sizes tried for per-channel codes, largest first
+
+
+@dataclass(frozen=True)
+class MoeLayerNames(LayerNames):
+    """A decoder layer's names (the dense ones) and its index, which says whether it is an MoE layer."""
+
+    index: int
+    prefix: str  # of every layer: "ernie.layers."
+
+
+@dataclass(frozen=True)
+class MoeDecoderNames(DecoderNames):
+    def layer(self, i: int) -> MoeLayerNames:
+        dense = super().layer(i)
+        return MoeLayerNames(**{f.name: getattr(dense, f.name) for f in fields(dense)}, index=i,
+                             prefix=self.table.layer_prefix)
+
+
+NAMES = MoeDecoderNames(MOE_FAMILY.names)
+
+
+def _expert_weights(config: MoEShape, names: MoENames) -> list[str]:
+    return [f"{p}.weight" for e in range(config.moe_num_experts) for p in _prefixes(names.expert(e))]
+
+
+def qmoe_block(integer: Mapping[str, IntegerWeight], config: MoEShape, names: MoENames) -> int | None:
+    """QMoE's block for these experts: their group size, or for per-channel codes the largest of
+    :data:`QMOE_BLOCKS` dividing hidden and the expert width (the kernel's MatMulNBits path; a
+    per-row scale is repeated over the row's blocks); None: one scale per row (dequantizing kernel)."""
+    fitting = [b for b in QMOE_BLOCKS if not config.hidden_size % b and not config.moe_intermediate_size % b]
+    return kernel_block(integer, config, names, fitting[0] if fitting else None)
+
+
+def expert_kernel(g: GraphBuilder, config: MoEShape, names: MoENames) -> str:
+    """How one MoE layer's experts run: ``moe`` (float fused), ``qmoe`` (integer fused) or
+    ``dispatch`` (one Linear per expert: MatMul, or MatMulNBits for integer weights). ``g.experts``
+    "auto" takes ``moe`` for float experts, ``qmoe`` for 4-bit ones, and ``dispatch`` for 8-bit
+    ones and mixed layers: measured at ERNIE-4.5-21B-A3B's layer shape (``benchmarks/moe_kernels.py``,
+    2 threads), int4 QMoE in blocks of 128 decodes 2.3x faster than MatMulNBits per expert, while
+    int8 QMoE is 9x slower than int8 MatMulNBits at accuracy level 4. "fused" asks for ``moe``/``qmoe``
+    (refused where the weights cannot be fed to QMoE), "dispatch" for ``dispatch``."""
+    weights = _expert_weights(config, names)
+    quantized = [w in g.integer for w in weights]
+    if g.experts == "dispatch" or (any(quantized) and not all(quantized)):
+        return "dispatch"
+    if not any(quantized):
+        return "moe"
+    bits = {g.integer[w].bits for w in weights}
+    if g.experts == "fused":
+        qmoe_block(g.integer, config, names)  # raises where QMoE cannot hold them
+        return "qmoe"
+    try:
+        qmoe_block(g.integer, config, names)
+    except ValueError:
+        return "dispatch"
+    return "qmoe" if bits == {4} else "dispatch"
+
+
+def moe_layer(g: GraphBuilder, x: str, config, names: MoeLayerNames) -> str:
+    """Layer ``names.index``'s MoE MLP on x [b, s, hidden], its experts run as :func:`expert_kernel` says."""
+    layer = paddle_names(names.index, names.prefix, shared=config.moe_num_shared_experts > 0)
+    kernel = expert_kernel(g, config, layer)
+    if kernel == "qmoe":
+        return moe(g, x, config, layer, integer=g.integer, block_size=qmoe_block(g.integer, config, layer),
+                   accuracy_level=g.accuracy_level)
+    return moe(g, x, config, layer, fused=kernel == "moe")
+
+
+def decoder_layer(g: GraphBuilder, x: str, config, names: MoeLayerNames,
+                  io: AttentionIO) -> tuple[str, tuple[str, str]]:
+    """``Ernie45MoeDecoderLayer.forward_cached``: the dense layer's ``x + attn(rms(x))``, then
+    ``x + mlp(rms(x))`` with the MoE MLP in the layers the config names."""
+    attended, present = attention(g, rms_norm(g, x, names.input_norm, config.rms_norm_eps), config, names, io)
+    x = g.op("Add", x, attended)
+    normed = rms_norm(g, x, names.post_norm, config.rms_norm_eps)
+    out = moe_layer(g, normed, config, names) if config.is_moe_layer(names.index) else mlp(g, normed, config, names)
+    return g.op("Add", x, out), present

@@ -42,6 +42,8 @@ class ModelFamily:
     onednn_exact: bool  # Paddle Inference's oneDNN CPU kernels compute its graph correctly
     student_keys: Callable[[dict, Any], None] = lambda keys, teacher_config: None  # fit a preset to a teacher
     onnx_blocks: str | None = None  # module with its layers as ONNX graph blocks (the cached decoder export)
+    static_graph_refusal: str | None = None  # why its models do not trace to a Paddle static graph (None: they
+    #   do); export then writes ONNX only, model.onnx built from its ONNX blocks
 
     @property
     def layouts(self) -> tuple[str, ...]:

@@ -47,6 +47,12 @@ class GraphBuilder:
 
     weights: Mapping[str, np.ndarray]
     matmul: MatMul = float_matmul
+    # what the export decided, for blocks that apply more than one weight at a time (a mixture of
+    # experts' fused kernel): integer codes/scales by weight name (``export/decoder_onnx.WeightOnlyLinear``),
+    # the integer kernels' accuracy_level, and how experts run ("auto", "fused" or "dispatch")
+    integer: Mapping[str, Any] = field(default_factory=dict)
+    accuracy_level: int = 0
+    experts: str = "auto"
     nodes: list = field(default_factory=list)
     initializers: list = field(default_factory=list)
     names: set = field(default_factory=set)

@@ -66,6 +66,11 @@ class ExportConfig(ThreadsOption):
         "block (ONNX Runtime's accuracy_level 4: its fast CPU kernels, as ONNX Runtime GenAI deploys INT4; "
         "verified teacher-forced against dygraph), fp32 computes with the dequantized weights (equal to the "
         "checkpoint: greedy text verified equal; slow for int8 weights on CPU)."))
+    moe_experts: str = option("auto", choices=decoder_onnx.EXPERT_KERNELS, help=(
+        "Mixture-of-experts decoders: how each MoE layer runs its experts in onnx/decoder.onnx. fused: ONNX "
+        "Runtime's MoE (float) or QMoE (int4/int8 experts) kernel; dispatch: one MatMul or MatMulNBits per "
+        "expert on the tokens routed to it; auto: MoE for float and QMoE for int4 experts, dispatch for int8 "
+        "(QMoE's int8 CPU kernel is slower than MatMulNBits; docs/decoders.md has the measurements)."))
     onnx_ops: str = option("onnxruntime", choices=onnx_export.ONNX_OPS, help=(
         "Encoder ONNX (FP32 and the INT8 CPU model): onnxruntime writes each attention core as ONNX "
         "Runtime's fused MultiHeadAttention and each residual sum before a LayerNormalization as Sum, "
@@ -141,16 +146,13 @@ class Written:
 def _sources(cfg: ExportConfig) -> Sources:
     """Load the checkpoint, refuse what its scheme cannot deploy in ``cfg.format``, and compute the reference."""
     ckpt = load_checkpoint(cfg.checkpoint)
-    family = family_of(ckpt.config)
-    if family.serves(ckpt.config, "causal_lm") and family.onnx_blocks is None:
-        raise UserError(f"{family.title} models cannot be exported yet (no cached-decoder ONNX blocks, and their "
-                        f"routing does not trace to a static graph); nothing was written")
     if cfg.layout is not None:
         check_layout(ckpt.config, cfg.layout)
     scheme = scheme_of(quantization_info(ckpt.config))
     path = EXPORT_PATHS[scheme.export]
     if path.paddle_refusal and cfg.format != "onnx":
         raise UserError(path.paddle_refusal)
+    _check_untraceable(cfg, ckpt.config, scheme, path)
     tokenizer = ckpt.tokenizer()
     model, reference_model, int8 = _reference_model(ckpt, scheme)
     kind = getattr(model, "task_kind", "classification")
@@ -159,6 +161,22 @@ def _sources(cfg: ExportConfig) -> Sources:
     reference_metrics = evaluate_loaded(ckpt, reference_model, tokenizer) if ckpt.task else None
     return Sources(cfg, ckpt, scheme, path, tokenizer, model, int8, kind,
                    OUTPUT_NAMES.get(kind, "logits"), ids, types, samples_from, reference, reference_metrics)
+
+
+def _check_untraceable(cfg: ExportConfig, config, scheme: Scheme, path: ExportPath) -> None:
+    """A family whose models do not trace to a static graph exports ONNX built from its blocks: refuse
+    ``--format paddle`` and what only a traced graph can carry, before any weight is converted."""
+    family = family_of(config)
+    if family.static_graph_refusal is None:
+        return
+    if cfg.format == "paddle":
+        raise UserError(f"{family.static_graph_refusal}; use --format onnx (nothing was written)")
+    if family.onnx_blocks is None or not family.serves(config, "causal_lm"):
+        raise UserError(f"{family.static_graph_refusal}, and it has no ONNX blocks for "
+                        f"{config.architecture}; nothing was written")
+    if path.convert is not None:
+        raise UserError(f"{scheme.precision} {family.title} checkpoints cannot be exported yet (their ONNX is "
+                        f"converted from a static graph); export the float or weight-only checkpoint")
 
 
 # -- per format ------------------------------------------------------------------------------------
@@ -207,8 +225,27 @@ def _export_onnx(src: Sources, graph_dir: Path, graph: dict[str, Any], tmp: Path
         written.extra["onnx_ops"] = {"ops": cfg.onnx_ops, **onnx_export.rewrite_for_onnxruntime(onnx_path)}
     written.files["onnx"] = {"model": "onnx/model.onnx", "opset": cfg.opset,
                              "for": "ONNX Runtime (full-sequence outputs: task metric, perplexity)", **path.files}
-    written.verification.update(path.verify(src, onnx_path))
-    if src.kind == "causal_lm" and path.decoder:
+    _verify_onnx(src, onnx_path, tmp, written)
+
+
+def _export_built_onnx(src: Sources, tmp: Path, written: Written) -> None:
+    """``onnx/model.onnx`` of a model that does not trace to a static graph: the full-sequence graph
+    written from its family's ONNX blocks with the float weights, verified as a traced one is."""
+    onnx_path = tmp / "onnx" / "model.onnx"
+    graph = decoder_onnx.build_decoder(src.ckpt.config, decoder_onnx.DecoderWeights(src.ckpt.state, {}),
+                                       full_sequence=True)
+    files = decoder_onnx.save_model(graph, onnx_path)
+    written.files["onnx"] = {"model": "onnx/model.onnx", "opset": decoder_onnx.OPSET,
+                             "files": [f"onnx/{name}" for name in files],
+                             "built": "node by node from the family's ONNX blocks (no static graph to convert)",
+                             "for": "ONNX Runtime (full-sequence outputs: task metric, perplexity)", **src.path.files}
+    _verify_onnx(src, onnx_path, tmp, written)
+
+
+def _verify_onnx(src: Sources, onnx_path: Path, tmp: Path, written: Written) -> None:
+    """``model.onnx`` checked as the scheme's export path says; a causal LM also gets ``onnx/decoder.onnx``."""
+    written.verification.update(src.path.verify(src, onnx_path))
+    if src.kind == "causal_lm" and src.path.decoder:
         written.files["decoder"], written.verification["decoder"] = _export_decoder(src, tmp)
 
 
@@ -309,7 +346,7 @@ def _export_decoder(src: Sources, out: Path) -> tuple[dict, dict]:
     cfg, config = src.cfg, src.ckpt.config
     weight_only = quantization_info(config) if src.path.integer_weights else None
     level = decoder_onnx.COMPUTE_LEVELS[cfg.weight_only_compute] if weight_only else 0
-    weights = decoder_onnx.decoder_weights(config, src.ckpt.state, weight_only, level)
+    weights = decoder_onnx.decoder_weights(config, src.ckpt.state, weight_only, level, cfg.moe_experts)
     graph = decoder_onnx.build_decoder(config, weights)
     written = decoder_onnx.save_model(graph, out / decoder_onnx.DECODER_FILE)
     exported = OnnxDecoder.open(out / decoder_onnx.DECODER_FILE, RuntimeConfig(device="cpu", threads=cfg.threads),
@@ -386,6 +423,12 @@ def export_checkpoint(cfg: ExportConfig) -> ExportResult:
 def _export_graphs(src: Sources, tmp: Path, written: Written) -> None:
     """The static graph (in ``paddle/``, or in scratch space when only ONNX is asked for: ONNX is
     converted from it), then each asked-for format from it."""
+    refusal = family_of(src.model.config).static_graph_refusal
+    if refusal is not None:  # --format onnx or all (paddle was refused up front)
+        if src.cfg.format == "all":
+            written.extra["skipped"] = {"paddle": refusal}
+        _export_built_onnx(src, tmp, written)
+        return
     wanted = ("paddle", "onnx") if src.cfg.format == "all" else (src.cfg.format,)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

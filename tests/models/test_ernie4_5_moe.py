@@ -306,10 +306,10 @@ def test_every_unsupported_key_is_refused():
     _config(sinkhorn_2gate=False, moe_group_experts=False, scoring_func="softmax", moe_gate="top2_fused", n_group=1)
 
 
-def test_export_pruning_and_classification_of_an_moe_model_are_refused(trained, tmp_path):
+def test_paddle_export_pruning_and_classification_of_an_moe_model_are_refused(trained, tmp_path):
     root, _ = trained
-    assert "ERNIE 4.5 MoE models cannot be exported yet" in _refused(
-        ["export", str(root / "m"), "--out", str(tmp_path / "out")], tmp_path)
+    assert "no Paddle static-graph export" in _refused(
+        ["export", str(root / "m"), "--format", "paddle", "--out", str(tmp_path / "out")], tmp_path)
     assert "ERNIE 4.5 MoE models cannot be pruned here" in _refused(
         ["prune", str(root / "m"), "--heads", "0.5", "--out", str(tmp_path / "out"), "--no-latency"], tmp_path)
     assert "do not do classification" in _refused(
@@ -319,7 +319,7 @@ def test_export_pruning_and_classification_of_an_moe_model_are_refused(trained, 
 def test_the_family_is_registered_with_its_model():
     family = FAMILIES["ernie4_5_moe"]
     assert family.module().ARCHITECTURES["Ernie4_5_MoeForCausalLM"] is Ernie45MoeForCausalLM
-    assert family.layouts == ("ours", "paddleformers", "hf") and family.onnx_blocks is None
+    assert family.layouts == ("ours", "paddleformers", "hf") and family.graph_blocks().NAMES.layer(1).index == 1
     assert family.linear_role("ernie.layers.1.mlp.experts.3.up_gate_proj") == "ffn_in"
     assert family.linear_role("ernie.layers.1.mlp.shared_experts.down_proj") == "ffn_out"
     assert family.linear_role("ernie.layers.1.mlp.gate") is None
