@@ -54,7 +54,7 @@ def evaluate_run(run_dir: Path, recipe, runtime, latency) -> dict[str, Any]:
         ev = evaluate_export(EvaluateExportConfig(export_dir, runtime=runtime, latency=latency,
                                                   keep_example_stats=True))
         ckpt = load_checkpoint(ckpt_dir)
-        params = count_parameters({k: v.shape for k, v in ckpt.state.items()})
+        params = count_parameters({k: v.shape for k, v in ckpt.state.items()}, ckpt.config)
         by_batch = {r["batch_size"]: r for r in ev["latency"]}
         b1 = by_batch.get(1) or ev["latency"][0]
         big = by_batch.get(max(by_batch))
@@ -62,6 +62,7 @@ def evaluate_run(run_dir: Path, recipe, runtime, latency) -> dict[str, Any]:
         rows.append({
             "variant": _variant_label(stage, ckpt_dir), "stage": stage.name, "kind": stage.kind,
             "parameters": params["total"], "non_embedding_parameters": params["non_embedding"],
+            **({"active_parameters": params["active"]} if "active" in params else {}),  # mixture of experts
             "size_mb": (onnx_file.stat().st_size if onnx_file.exists() else directory_size(ckpt_dir)) / 1e6,
             "score": ev["metrics"][ev["primary_metric"]], "metric": ev["primary_metric"],
             "p50_b1_ms": b1["p50_ms"], "qps_large_batch": big["qps"], "large_batch": big["batch_size"],
@@ -108,10 +109,17 @@ def load_report(run_dir: Path) -> dict[str, Any]:
 
 
 COLUMNS = [("variant", "variant", "{}"), ("params", "parameters", "{:,}"),
-           ("non-emb params", "non_embedding_parameters", "{:,}"), ("size MB", "size_mb", "{:.2f}"),
+           ("non-emb params", "non_embedding_parameters", "{:,}"), ("active params", "active_parameters", "{:,}"),
+           ("size MB", "size_mb", "{:.2f}"),
            ("score", "score", "{:.4f}"), ("loss", "loss_points", "{:+.2f}"),
            ("p50 b1 ms", "p50_b1_ms", "{:.2f}"), ("speedup b1", "speedup_b1", "{:.2f}x"),
            ("QPS (large batch)", "qps_large_batch", "{:.1f}"), ("runtime", "runtime", "{}")]
+
+
+def _columns(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """:data:`COLUMNS`, without active parameters unless a variant is a mixture of experts."""
+    moe = any("active_parameters" in row for row in report.get("rows", []))
+    return [c for c in COLUMNS if moe or c[1] != "active_parameters"]
 
 
 def _titles(report: dict[str, Any]) -> list[str]:
@@ -119,16 +127,17 @@ def _titles(report: dict[str, Any]) -> list[str]:
     metric = report["rows"][0]["metric"] if report.get("rows") else "score"
     unit = "" if metric in LOWER_IS_BETTER else " (pt)"
     return [metric if key == "score" else f"loss{unit} (95% CI)" if key == "loss_points" else title
-            for title, key, _ in COLUMNS]
+            for title, key, _ in _columns(report)]
 
 
-def _cells(row: dict[str, Any]) -> list[str]:
+def _cells(report: dict[str, Any], row: dict[str, Any]) -> list[str]:
     """A row's cells; a context row has only a score and its loss (the rest is blank); a loss
     carries its 95% bootstrap interval when the report has one."""
-    cells = [fmt.format(row[key]) if key in row else "" for _, key, fmt in COLUMNS]
+    columns = _columns(report)
+    cells = [fmt.format(row[key]) if key in row else "" for _, key, fmt in columns]
     if row.get("loss_interval"):
         low, high = row["loss_interval"]
-        cells[[key for _, key, _ in COLUMNS].index("loss_points")] += f" ({low:+.2f} to {high:+.2f})"
+        cells[[key for _, key, _ in columns].index("loss_points")] += f" ({low:+.2f} to {high:+.2f})"
     return cells
 
 
@@ -137,8 +146,8 @@ def _all_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    lines = ["| " + " | ".join(_titles(report)) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cells(row)) + " |" for row in _all_rows(report)]
+    lines = ["| " + " | ".join(_titles(report)) + " |", "|" + "---|" * len(_columns(report))]
+    lines += ["| " + " | ".join(_cells(report, row)) + " |" for row in _all_rows(report)]
     if report.get("machine"):
         lines += ["", f"Task {report.get('task')}, held-out split, ONNX Runtime on CPU, seq "
                       f"{report.get('seq_len')}. " + machine_line(report["machine"])]
@@ -153,7 +162,7 @@ def rich_table(report: dict[str, Any]):
     for title in _titles(report):
         table.add_column(title, justify="left" if title in ("variant", "runtime") else "right")
     for row in _all_rows(report):
-        table.add_row(*_cells(row))
+        table.add_row(*_cells(report, row))
     return table
 
 
