@@ -4,7 +4,11 @@ export's decoder (``onnx/decoder.onnx``, MatMulNBits, default int8 compute) gene
 checkpoint's greedy text. Everything runs through the CLI, as a user would:
 
     python benchmarks/weight_only_quality.py [--preset ernie45-mini] [--epochs 3] [--lr 3e-3] [--workdir runs/weight-only]
-        [--markdown benchmarks/results/weight-only-quality.md] [--json out.json]
+        [--checkpoint DIR] [--variants w8-rtn,w4-g32-gptq,...] [--markdown benchmarks/results/weight-only-quality.md]
+
+``--checkpoint`` takes an FP32 causal LM trained on demo:lm instead of training one (e.g. the
+mixture of experts ``ernie45-moe-demo``: its experts are 96 wide, so groups of 64 do not fit and
+``--variants w8-rtn,w8-gptq,w4-g32-rtn,w4-g32-gptq`` is the set that does).
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ VARIANTS = (("W8, RTN", ["int8", "--method", "rtn"]), ("W8, GPTQ", ["int8", "--m
             ("W4 g64, GPTQ", ["int4", "--group-size", "64", "--method", "gptq"]))
 
 
+def _slug(name: str) -> str:
+    return name.lower().replace(", ", "-").replace(" ", "-")
+
+
 def cli(*args: str) -> dict:
     done = subprocess.run([sys.executable, "-m", "ernie_compress", "--quiet", "--json", *args], capture_output=True,
                           text=True, cwd=ROOT)
@@ -39,23 +47,33 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", default="3")
     parser.add_argument("--lr", default="3e-3", help="learning rate of the FP32 training (from scratch)")
     parser.add_argument("--workdir", type=Path, default=Path("runs/weight-only"))
+    parser.add_argument("--checkpoint", type=Path, default=None, help="an FP32 demo:lm checkpoint (skips training)")
+    parser.add_argument("--variants", default="all", help="comma-separated slugs: " + ", ".join(
+        _slug(name) for name, _ in VARIANTS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     from _tables import markdown
 
+    chosen = [(n, o) for n, o in VARIANTS if args.variants == "all" or _slug(n) in args.variants.split(",")]
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    fp32 = work / "fp32"
-    trained = cli("train", "--task", "demo:lm", "--preset", args.preset, "--epochs", args.epochs, "--lr", args.lr,
-                  "--out", str(fp32), "--overwrite", "--threads", str(args.threads))
-    base = trained["metrics"]["test"]["perplexity"]
+    fp32 = args.checkpoint.resolve() if args.checkpoint else work / "fp32"
+    if args.checkpoint:
+        base = cli("evaluate", str(fp32), "--threads", str(args.threads))["metrics"]["perplexity"]
+        trained_as = f"`{fp32.name}` ({cli('info', str(fp32))['architecture']})"
+    else:
+        trained = cli("train", "--task", "demo:lm", "--preset", args.preset, "--epochs", args.epochs, "--lr", args.lr,
+                      "--out", str(fp32), "--overwrite", "--threads", str(args.threads))
+        base = trained["metrics"]["test"]["perplexity"]
+        trained_as = f"`{args.preset}` trained {args.epochs} epoch(s) on demo:lm (lr {args.lr})"
     rows = [{"variant": "FP32", "perplexity": f"{base:.4f}", "vs FP32": "", "decoder kernels": "float MatMul",
              "export greedy text = checkpoint's": "", "teacher-forced picks equal": ""}]
-    result = {"preset": args.preset, "epochs": args.epochs, "lr": args.lr, "fp32_perplexity": base, "variants": {}}
-    for name, options in VARIANTS:
-        slug = name.lower().replace(", ", "-").replace(" ", "-")
+    result = {"preset": args.preset, "epochs": args.epochs, "lr": args.lr, "checkpoint": str(args.checkpoint or ""),
+              "fp32_perplexity": base, "variants": {}}
+    for name, options in chosen:
+        slug = _slug(name)
         q = cli("quantize", str(fp32), "--weight-only", *options, "--out", str(work / slug), "--overwrite",
                 "--threads", str(args.threads))
         ppl = q["metrics"]["test"]["perplexity"]
@@ -64,10 +82,11 @@ def main(argv: list[str] | None = None) -> dict:
         check, kernels = e["verification"]["decoder"], e["files"]["decoder"]["kernels"]
         result["variants"][name] = {"perplexity": ppl, "relative": ppl / base - 1, "decoder": check, "kernels": kernels}
         rows.append({"variant": name, "perplexity": f"{ppl:.4f}", "vs FP32": f"{100 * (ppl / base - 1):+.2f}%",
-                     "decoder kernels": f"{kernels['MatMulNBits']} MatMulNBits",
+                     "decoder kernels": ", ".join(f"{n} {op}" for op, n in kernels.items()
+                                                  if n and op in ("MatMulNBits", "QMoE")),
                      "export greedy text = checkpoint's": "yes" if check["greedy_tokens_equal"] else "no",
                      "teacher-forced picks equal": f"{check['teacher_forced_agreement']:.0%}"})
-    title = (f"Weight-only quantization of `{args.preset}` trained {args.epochs} epoch(s) on demo:lm (lr {args.lr}): held-out "
+    title = (f"Weight-only quantization of {trained_as}: held-out "
              f"perplexity against the FP32 parent (the LM head int8 per vocabulary entry in every variant), and "
              f"the export's decoder (int8 compute) against the checkpoint on "
              f"{check['prompts']} held-out prompts x {check['new_tokens']} greedy tokens")
