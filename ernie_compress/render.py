@@ -208,7 +208,7 @@ def render_prune(result: dict[str, Any]) -> None:
     console.print(f"parameters: {b['total']:,} -> {a['total']:,} total "
                   f"({result['removed_fraction_total']:.1%} fewer); {b['non_embedding']:,} -> "
                   f"{a['non_embedding']:,} non-embedding ({result['removed_fraction_non_embedding']:.1%} "
-                  f"fewer); {result['removed_fraction_heads']:.1%} of heads removed")
+                  f"fewer)" + ("" if experts else f"; {result['removed_fraction_heads']:.1%} of heads removed"))
     if experts:
         k = experts["moe_k"]
         console.print(f"active per token: {b['active']:,} -> {a['active']:,} ({result['removed_fraction_active']:.1%} "

@@ -11,7 +11,8 @@ Scores, per MoE layer and routed expert ``j``, over the calibration tokens ``X_j
   mixing weight the layer applies (ERNIE 4.5: the unbiased softmax renormalised over the chosen
   ``k``), as the paper's reference code does with ``renormalize_router_weights``; an expert no
   calibration token reached scores 0;
-- ``frequency``: ``|X_j|``, how many tokens are routed to it (the usual baseline in the paper).
+- ``frequency``: ``|X_j|``, how many tokens are routed to it (frequency-based pruning, one of the
+  paper's baselines).
 
 Both come from one calibration pass per batch: the MoE block's dispatch record (``keep_dispatch``:
 each expert's token rows of the flattened [b*s] batch and their mixing weights, in the order the
