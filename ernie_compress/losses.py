@@ -139,7 +139,8 @@ def logit_kd_loss(teacher, alpha: float = 0.5, temperature: float = 2.0, pad_id:
     """A :class:`~ernie_compress.training_loop.LossFn`: ``(1-alpha) * hard + alpha * KD`` against ``teacher``.
 
     The teacher runs in eval mode without gradients; its logits are cached per example so later
-    epochs do not run it again.
+    epochs do not run it again. The student's auxiliary loss (a mixture-of-experts router's) is added
+    unweighted by ``alpha``, as :func:`hard_label_loss` adds it.
     """
     teacher.eval()
     for p in teacher.parameters():
@@ -152,7 +153,11 @@ def logit_kd_loss(teacher, alpha: float = 0.5, temperature: float = 2.0, pad_id:
         logits = model(batch.input_ids, batch.token_type_ids)
         ce = task_loss(kind, logits, batch.labels)
         kd = soft_label_kd(logits, teacher_logits, temperature, kind, batch.labels)
-        return (1 - alpha) * ce + alpha * kd, {"ce": ce, "kd": kd}
+        loss, parts = (1 - alpha) * ce + alpha * kd, {"ce": ce, "kd": kd}
+        aux = auxiliary_loss(model)  # a mixture-of-experts student's router loss, as hard_label_loss adds it
+        if aux is not None:
+            loss, parts["aux"] = loss + aux, aux
+        return loss, parts
 
     return loss_fn
 

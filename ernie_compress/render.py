@@ -193,18 +193,28 @@ def render_prune(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = _console()
+    experts = result.get("experts")  # mixture of experts: routed experts per layer
     table = Table(title=f"prune: {result['task']}")
-    for col in ("layer", "heads before", "heads after", "ffn before", "ffn after"):
+    columns = [("heads before", result["heads_before"]), ("heads after", result["heads_after"]),
+               ("ffn before", result["ffn_before"]), ("ffn after", result["ffn_after"])]
+    if experts:
+        columns += [("experts before", experts["experts_before"]), ("experts after", experts["experts_after"])]
+    for col in ("layer", *(name for name, _ in columns)):
         table.add_column(col, justify="right")
-    for i, row in enumerate(zip(result["heads_before"], result["heads_after"], result["ffn_before"],
-                                result["ffn_after"])):
+    for i, row in enumerate(zip(*(values for _, values in columns))):
         table.add_row(str(i), *(str(v) for v in row))
     console.print(table)
     b, a = result["parameters_before"], result["parameters_after"]
     console.print(f"parameters: {b['total']:,} -> {a['total']:,} total "
                   f"({result['removed_fraction_total']:.1%} fewer); {b['non_embedding']:,} -> "
                   f"{a['non_embedding']:,} non-embedding ({result['removed_fraction_non_embedding']:.1%} "
-                  f"fewer); {result['removed_fraction_heads']:.1%} of heads removed")
+                  f"fewer)" + ("" if experts else f"; {result['removed_fraction_heads']:.1%} of heads removed"))
+    if experts:
+        k = experts["moe_k"]
+        console.print(f"active per token: {b['active']:,} -> {a['active']:,} ({result['removed_fraction_active']:.1%} "
+                      f"fewer); {experts['removed_per_moe_layer']} routed experts removed per MoE layer by "
+                      f"{experts['importance']} on {experts['importance_samples']} training examples; moe_k "
+                      + (f"clamped {k['before']} -> {k['after']}" if k["clamped"] else f"kept at {k['after']}"))
     acc, m = result["accuracy"], result["metric"]
     console.print(f"{m}: parent {acc['parent'][m]:.4f}, pruned {acc['before_recovery'][m]:.4f} "
                   f"({result['delta_points_before_recovery']:+.2f}), after recovery "

@@ -13,8 +13,9 @@ of the family offers (:class:`Distillation`). Nothing here imports Paddle.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import UserError
 
@@ -109,6 +110,17 @@ class GroupedQueryHeads(HeadLayout):
     """One fused qkv Linear whose columns are all query heads, then the KV heads' keys, then their
     values (query head ``h`` reads KV head ``h // (heads / kv_heads)``); a fused SwiGLU gate|up
     Linear. The config holds one shape for every layer, so every layer keeps the same."""
+
+
+@dataclass(frozen=True)
+class GroupedQueryHeadsAndExperts(HeadLayout):
+    """Attention heads as :class:`GroupedQueryHeads`; MLPs that are routed experts (and shared
+    experts) in the mixture-of-experts layers, dense elsewhere. Not a ``GroupedQueryHeads``: its
+    strategy would look for a dense MLP in every layer. Its strategy removes routed experts, the
+    same number from every MoE layer (``prune/experts.py``), through ``remove_experts``: the family's
+    ``(state, config, {moe layer: kept experts}) -> (state, config)``, which knows the names."""
+
+    remove_experts: Callable[[dict, Any, Mapping[int, Sequence[int]]], tuple[dict, Any]]
 
 
 DISTILLATION_SIGNALS = {"logits": "logit", "hidden_states": "hidden-state",

@@ -14,27 +14,21 @@ would have to move into the router's rows as well, which the map cannot say. Che
 ours, the Paddle release's and the Hugging Face layout and written as ours or as PaddleFormers saves
 them (``ernie4_5_moe_layout.py``). Its ONNX blocks are ``ernie4_5_moe_onnx.py`` (the MoE layer as
 ONNX Runtime's fused MoE / QMoE kernels); its models do not trace to a Paddle static graph, so
-``export`` writes ONNX only.
+``export`` writes ONNX only. Their head layout, :class:`~.architecture.GroupedQueryHeadsAndExperts`,
+picks expert pruning (``prune --experts``), which removes routed experts through
+``ernie4_5_moe_pruning.remove_experts``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from .architecture import Distillation, HeadLayout, ScaleMapping
+from .architecture import Distillation, GroupedQueryHeadsAndExperts, ScaleMapping
 from .ernie4_5_family import LINEAR_ROLES, NAMES
 from .ernie4_5_moe_config import Ernie45MoeConfig
 from .ernie4_5_moe_layout import check_moe_hf_writable, moe_to_hf, normalize_moe_state
+from .ernie4_5_moe_pruning import remove_experts
 from .family import LayoutWriter, ModelFamily
-
-
-
-@dataclasses.dataclass(frozen=True)
-class GroupedQueryHeadsAndExperts(HeadLayout):
-    """Attention heads as :class:`~.architecture.GroupedQueryHeads` (one fused qkv, query heads
-    grouped per KV head), and MLPs that are routed and shared experts in the MoE layers. Not a
-    ``GroupedQueryHeads``: its pruning strategy would look for a dense MLP in every layer. No
-    strategy is registered for it yet, so ``prune`` refuses these models in one line."""
 
 
 SMOOTHING = (
@@ -49,7 +43,7 @@ FAMILY = ModelFamily(
     architecture_for_kind={"causal_lm": "Ernie4_5_MoeForCausalLM"},
     other_kinds_hint="they serve causal LM (lm, demo:lm) so far",
     names=dataclasses.replace(NAMES, task_heads=("lm_head",)), linear_roles=LINEAR_ROLES, smoothing=SMOOTHING,
-    head_layout=GroupedQueryHeadsAndExperts(),
+    head_layout=GroupedQueryHeadsAndExperts(remove_experts),
     distillation=Distillation(frozenset({"logits", "hidden_states"}),
                               instead="logits (--kd-weight) and hidden states (--hidden-weight)"),
     input_names=("input_ids",), normalize=normalize_moe_state,

@@ -7,9 +7,13 @@ config type) and runs it, without knowing the family:
 - :class:`SeparateHeads` (the ERNIE 3.0 encoder): heads ranked globally, layers may end with
   different head counts (``selection.py``), weights sliced by ``physical.py``;
 - :class:`GroupedQueryHeads` (the ERNIE 4.5 decoder): the same number of query heads per KV group
-  or of whole KV groups removed from every layer (``gqa.py``).
+  or of whole KV groups removed from every layer (``gqa.py``);
+- :class:`GroupedQueryHeadsAndExperts` (ERNIE 4.5 mixture of experts): the same number of routed
+  experts removed from every MoE layer (``experts.py``; heads and FFN neurons not yet).
 
-Importance is Michel et al. 2019 (``importance.py``) for both.
+Head importance is Michel et al. 2019 (``importance.py``); expert importance REAP (Lasby et al.
+2025) or routing frequency (``experts.py``). Each strategy's ``check`` refuses, before any scoring,
+what it cannot remove.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ import numpy as np
 
 from ..data.batching import EncodedSplit
 from ..errors import UserError
-from ..models.architecture import GroupedQueryHeads, HeadLayout, SeparateHeads
+from ..models.architecture import GroupedQueryHeads, GroupedQueryHeadsAndExperts, HeadLayout, SeparateHeads
 from ..models.families import family_of
-from . import gqa
+from . import experts, gqa
 from .importance import ffn_importance, head_importance
 from .physical import prune_state
 from .selection import heads_to_keep_by_fraction, neurons_to_keep_by_fraction, select_for_parameter_target
@@ -41,6 +45,7 @@ class PruneRequest:
     importance_samples: int
     gqa: str = "queries"  # grouped-query layouts: "queries" or "groups"
     uniform: bool = False  # separate-head layouts: the same removal in every layer
+    experts: float | None = None  # mixture of experts: fraction of each MoE layer's routed experts
 
 
 @dataclass(frozen=True)
@@ -50,10 +55,13 @@ class PruneOutcome:
     heads: list[list[int]]  # query heads kept, per layer
     head_scores: list[np.ndarray]  # per layer
     ratio: float | None  # the fraction --params used, where one was chosen
-    details: dict[str, Any] | None  # what is particular to the strategy (reported as "gqa")
+    details: dict[str, Any] | None  # what is particular to a GQA strategy (reported as "gqa")
+    experts: dict[str, Any] | None = None  # expert pruning: what it removed and kept (reported as is)
 
 
 class PruningStrategy(Protocol):
+    def check(self, request: PruneRequest, config) -> None: ...
+
     def prune(self, request: PruneRequest, model, state: dict[str, np.ndarray], config,
               train: EncodedSplit | None, non_embedding: int) -> PruneOutcome: ...
 
@@ -78,8 +86,17 @@ def pruning_strategy(config) -> PruningStrategy:
                     f"{type(family.head_layout).__name__}")
 
 
+class _DenseMLPs:
+    """A strategy for a layout without experts: refuses ``--experts``."""
+
+    def check(self, request: PruneRequest, config) -> None:
+        if request.experts is not None:
+            raise UserError(f"--experts removes routed experts of a mixture-of-experts model; this "
+                            f"{family_of(config).title} model has none (prune its --heads, --ffn or --params)")
+
+
 @register_strategy(SeparateHeads)
-class SeparateHeadPruning:
+class SeparateHeadPruning(_DenseMLPs):
     """Heads and FFN neurons per layer, sizes free to differ between layers (``selection.py``)."""
 
     def prune(self, request, model, state, config, train, non_embedding) -> PruneOutcome:
@@ -102,7 +119,7 @@ class SeparateHeadPruning:
 
 
 @register_strategy(GroupedQueryHeads)
-class GroupedQueryPruning:
+class GroupedQueryPruning(_DenseMLPs):
     """Query heads per KV group, or whole KV groups, and SwiGLU neurons: the same number from every
     layer (``gqa.py``)."""
 
@@ -117,3 +134,36 @@ class GroupedQueryPruning:
                    "queries_per_group": [config.queries_per_group, new_config.queries_per_group],
                    "kv_groups_kept_per_layer": groups}
         return PruneOutcome(pruned, new_config, heads, head_scores, request.params, details)
+
+
+@register_strategy(GroupedQueryHeadsAndExperts)
+class ExpertPruning:
+    """Routed experts: the same number from every MoE layer, each layer's least important by REAP or
+    routing frequency (``experts.py``); attention, dense layers and shared experts untouched."""
+
+    def check(self, request: PruneRequest, config) -> None:
+        if request.heads is not None or request.ffn is not None or request.params is not None:
+            raise UserError(f"{family_of(config).title} models are pruned by --experts only for now "
+                            f"(--heads, --ffn and --params are for dense models)")
+        if request.experts is None:
+            raise UserError(f"say how many routed experts to remove from {family_of(config).title} models: --experts R")
+        experts.plan_expert_removal(config, request.experts)
+
+    def prune(self, request, model, state, config, train, non_embedding) -> PruneOutcome:
+        self.check(request, config)
+        remove = experts.plan_expert_removal(config, request.experts)
+        scores = experts.expert_importance(request.importance, model, train, request.importance_samples)
+        keep = experts.experts_to_keep(scores, remove)
+        layout = family_of(config).head_layout
+        pruned, new_config = layout.remove_experts(state, config, dict(zip(config.moe_layers, keep)))
+        heads = [list(range(config.heads_in_layer(i))) for i in range(config.num_hidden_layers)]
+        report = {
+            "experts_before": config.experts_per_layer, "experts_after": new_config.experts_per_layer,
+            "removed_per_moe_layer": remove,
+            "moe_k": {"before": config.moe_k, "after": new_config.moe_k,
+                      "clamped": new_config.moe_k < config.moe_k},
+            "importance": request.importance, "importance_samples": min(request.importance_samples, len(train)),
+            "kept": {str(layer): kept for layer, kept in zip(config.moe_layers, keep)},
+            "scores": {str(layer): np.round(s, 6).tolist() for layer, s in zip(config.moe_layers, scores)},
+        }
+        return PruneOutcome(pruned, new_config, heads, [], None, None, report)

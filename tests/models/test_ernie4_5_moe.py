@@ -306,11 +306,11 @@ def test_every_unsupported_key_is_refused():
     _config(sinkhorn_2gate=False, moe_group_experts=False, scoring_func="softmax", moe_gate="top2_fused", n_group=1)
 
 
-def test_paddle_export_pruning_and_classification_of_an_moe_model_are_refused(trained, tmp_path):
+def test_paddle_export_head_pruning_and_classification_of_an_moe_model_are_refused(trained, tmp_path):
     root, _ = trained
     assert "no Paddle static-graph export" in _refused(
         ["export", str(root / "m"), "--format", "paddle", "--out", str(tmp_path / "out")], tmp_path)
-    assert "ERNIE 4.5 MoE models cannot be pruned here" in _refused(
+    assert "ERNIE 4.5 MoE models are pruned by --experts only for now" in _refused(
         ["prune", str(root / "m"), "--heads", "0.5", "--out", str(tmp_path / "out"), "--no-latency"], tmp_path)
     assert "do not do classification" in _refused(
         ["train", "--task", "demo:sentiment", "--preset", "ernie45-moe-tiny", "--out", str(tmp_path / "out")], tmp_path)

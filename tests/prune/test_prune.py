@@ -166,10 +166,13 @@ def test_prune_cli_params_target_and_round_trip_to_runtime(trained, tmp_path):
     ([], "say what to remove"),
     (["--params", "0.2", "--heads", "0.1"], "do not combine"),
     (["--heads", "0.2", "--importance", "random"], "--importance"),
+    (["--experts", "0.5"], "--experts removes routed experts of a mixture-of-experts model; this ERNIE 3.0 model has none"),
+    (["--heads", "0.2", "--importance", "reap"], "--importance reap scores routed experts"),
 ])
 def test_bad_prune_options(trained, tmp_path, args, message):
     res = runner.invoke(app, ["--quiet", "prune", str(trained), "--out", str(tmp_path / "o"), "--no-latency"] + args)
     assert res.exit_code == 2, res.output
+    assert len([line for line in res.stderr.splitlines() if line.strip()]) == 1, res.stderr
     assert message in res.stderr and not (tmp_path / "o").exists()
 
 

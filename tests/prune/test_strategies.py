@@ -9,7 +9,7 @@ import pytest
 from ernie_compress.errors import UserError
 from ernie_compress.models.architecture import HeadLayout
 from ernie_compress.models.families import FAMILIES
-from ernie_compress.prune.strategies import GroupedQueryPruning, SeparateHeadPruning, pruning_strategy
+from ernie_compress.prune.strategies import ExpertPruning, GroupedQueryPruning, SeparateHeadPruning, pruning_strategy
 
 
 class _Config:
@@ -17,7 +17,8 @@ class _Config:
         self.model_type = model_type
 
 
-@pytest.mark.parametrize("model_type, strategy", [("ernie", SeparateHeadPruning), ("ernie4_5", GroupedQueryPruning)])
+@pytest.mark.parametrize("model_type, strategy", [("ernie", SeparateHeadPruning), ("ernie4_5", GroupedQueryPruning),
+                                                  ("ernie4_5_moe", ExpertPruning)])
 def test_each_family_gets_the_strategy_of_its_head_layout(model_type, strategy):
     assert isinstance(pruning_strategy(_Config(model_type)), strategy)
 
