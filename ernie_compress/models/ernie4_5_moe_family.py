@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 
 from .architecture import Distillation, HeadLayout, ScaleMapping
-from .ernie4_5_family import LINEAR_ROLES, NAMES
+from .ernie4_5_family import LINEAR_ROLES, NAMES, student_keys
 from .ernie4_5_moe_config import Ernie45MoeConfig
 from .ernie4_5_moe_layout import check_moe_hf_writable, moe_to_hf, normalize_moe_state
 from .family import LayoutWriter, ModelFamily
@@ -51,7 +51,8 @@ FAMILY = ModelFamily(
     names=dataclasses.replace(NAMES, task_heads=("lm_head",)), linear_roles=LINEAR_ROLES, smoothing=SMOOTHING,
     head_layout=GroupedQueryHeadsAndExperts(),
     distillation=Distillation(frozenset({"logits", "hidden_states"}),
-                              instead="logits (--kd-weight) and hidden states (--hidden-weight)"),
-    input_names=("input_ids",), normalize=normalize_moe_state,
+                              instead="logits (--kd-weight) and hidden states (--hidden-weight)",
+                              students=frozenset({"ernie4_5"})),  # the dense models: same tokenizer and vocabulary
+    input_names=("input_ids",), normalize=normalize_moe_state, student_keys=student_keys,
     writers=dict.fromkeys(("paddleformers", "hf"), LayoutWriter(check_moe_hf_writable, moe_to_hf, None)),
     onednn_exact=False)  # the dense ERNIE 4.5 graph already computes wrongly under Paddle 3.3.1's oneDNN kernels
