@@ -5,7 +5,10 @@ The loss mixes, with weights from the options: hard-label cross-entropy, soft-la
 explicit layer mapping) and MiniLM attention/value relations from one teacher layer to the
 student's last layer (see ``losses.py``). The teacher runs in eval mode without gradients. The
 student uses the teacher's vocabulary; it is a preset (fresh, optionally initialised from every
-k-th teacher layer) or a checkpoint. ``--baseline`` trains the same student with hard labels only
+k-th teacher layer) or a checkpoint, of the teacher's family or of one the teacher's family teaches
+(``Distillation.students``: an ERNIE 4.5 mixture-of-experts teacher teaches dense ERNIE 4.5 students
+and the other way round; they share a tokenizer). A mixture-of-experts student adds its router's
+load-balancing loss, as in training. ``--baseline`` trains the same student with hard labels only
 for the same number of steps, to show what distillation adds.
 """
 
