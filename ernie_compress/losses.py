@@ -94,37 +94,49 @@ def auxiliary_loss(model):
     return None if term is None else term()
 
 
+def with_auxiliary_loss(model, loss, parts: dict):
+    """``(loss, parts)`` of a training loss after a forward of ``model``, plus the model's auxiliary
+    loss (:func:`auxiliary_loss`, reported as ``aux``) when it has one: every loss a stage trains a
+    model with (hard labels, KD, distillation) ends here, so an MoE router is balanced whatever the
+    other terms are."""
+    aux = auxiliary_loss(model)
+    if aux is None:
+        return loss, parts
+    return loss + aux, {**parts, "aux": aux}
+
+
 def hard_label_loss(model, batch):
     """The fine-tuning loss (a :class:`~ernie_compress.training_loop.LossFn`), plus the model's
     auxiliary loss (reported as ``aux``) when it has one."""
     loss = task_loss(task_kind(model), model(batch.input_ids, batch.token_type_ids), batch.labels)
-    aux = auxiliary_loss(model)
-    if aux is None:
-        return loss, {"ce": loss}
-    return loss + aux, {"ce": loss, "aux": aux}
+    return with_auxiliary_loss(model, loss, {"ce": loss})
 
 
 class TeacherLogitCache:
-    """Teacher outputs per training row, computed once (dropout off, padding does not change them).
+    """Teacher outputs per training row, computed once (dropout off, padding does not change them),
+    as long as they fit in ``max_bytes``; rows past that are computed again whenever a batch holds
+    them. A causal LM's rows are [length, vocab] each: demo:lm's training split would take ~12 GB.
 
     Rows of token and span heads are stored cut to the example's length and padded back to the
     batch's length with :data:`PAD_LOGIT` (ignored by the tag mask; zero probability for spans).
+    A batch with rows that are not stored gets the teacher's output for the whole batch.
     """
 
-    def __init__(self, teacher, pad_id: int):
+    def __init__(self, teacher, pad_id: int, max_bytes: int = 1 << 30):
         self.teacher = teacher
         self.pad_id = pad_id
+        self.max_bytes = max_bytes
+        self.bytes = 0  # held in rows
+        self.full = False  # a row did not fit: no more are stored
         self.rows: dict[int, np.ndarray] = {}
 
     def __call__(self, batch):
         paddle = import_paddle()
-        missing = [int(i) for i in batch.index if int(i) not in self.rows]
-        if missing:
+        if any(int(i) not in self.rows for i in batch.index):
             with paddle.no_grad():
-                out = self.teacher(batch.input_ids, batch.token_type_ids).numpy()
-            lengths = (batch.input_ids.numpy() != self.pad_id).sum(axis=1)
-            for row, i in enumerate(batch.index.tolist()):
-                self.rows[i] = out[row] if out.ndim == 2 else out[row, :lengths[row]]
+                out = self.teacher(batch.input_ids, batch.token_type_ids)
+            if not self._keep(batch, out):
+                return out
         rows = [self.rows[int(i)] for i in batch.index]
         if rows[0].ndim == 1:
             return paddle.to_tensor(np.stack(rows))
@@ -133,6 +145,24 @@ class TeacherLogitCache:
         for r, row in enumerate(rows):
             padded[r, :len(row)] = row
         return paddle.to_tensor(padded)
+
+    def _keep(self, batch, out) -> bool:
+        """Store the batch's missing rows of ``out`` while the budget allows; True when every row of
+        the batch is stored."""
+        if self.full:
+            return False
+        out = out.numpy()
+        lengths = (batch.input_ids.numpy() != self.pad_id).sum(axis=1)
+        for row, i in enumerate(batch.index.tolist()):
+            if i in self.rows:
+                continue
+            value = (out[row] if out.ndim == 2 else out[row, :lengths[row]]).copy()  # [labels] or [len, labels]
+            if self.bytes + value.nbytes > self.max_bytes:
+                self.full = True
+                return False
+            self.rows[i] = value
+            self.bytes += value.nbytes
+        return True
 
 
 def logit_kd_loss(teacher, alpha: float = 0.5, temperature: float = 2.0, pad_id: int = 0):
@@ -153,11 +183,7 @@ def logit_kd_loss(teacher, alpha: float = 0.5, temperature: float = 2.0, pad_id:
         logits = model(batch.input_ids, batch.token_type_ids)
         ce = task_loss(kind, logits, batch.labels)
         kd = soft_label_kd(logits, teacher_logits, temperature, kind, batch.labels)
-        loss, parts = (1 - alpha) * ce + alpha * kd, {"ce": ce, "kd": kd}
-        aux = auxiliary_loss(model)  # a mixture-of-experts student's router loss, as hard_label_loss adds it
-        if aux is not None:
-            loss, parts["aux"] = loss + aux, aux
-        return loss, parts
+        return with_auxiliary_loss(model, (1 - alpha) * ce + alpha * kd, {"ce": ce, "kd": kd})
 
     return loss_fn
 

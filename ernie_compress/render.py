@@ -184,6 +184,14 @@ def render_distill(result: dict[str, Any]) -> None:
                   + (f"  no-distillation baseline {result['baseline']['metrics'][m]:.4f}" if result["baseline"] else ""))
     console.print(f"non-embedding parameters: teacher {p['teacher']['non_embedding']:,}, student "
                   f"{p['student']['non_embedding']:,} ({p['non_embedding_ratio']:.1%})")
+    if "active" in p["teacher"] or "active" in p["student"]:  # a mixture of experts on either side
+        console.print("parameters (total / active per token): " + ", ".join(
+            f"{who} {c['total']:,} / {c.get('active', c['total']):,}" for who, c in
+            (("teacher", p["teacher"]), ("student", p["student"]))))
+    if result.get("aux_loss"):
+        a = result["aux_loss"]
+        console.print(f"student's router auxiliary loss: {a['first']:.4f} over the first {a['window']} steps, "
+                      f"{a['last']:.4f} over the last {a['window']}")
     _render_latency(console, result, "teacher", "student")
     console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
 

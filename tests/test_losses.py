@@ -120,3 +120,56 @@ def test_token_level_distillation_mixes_the_labelled_mean_by_kd_weight():
     kd = float(soft_label_kd(tensor(logits), tensor(teacher_logits), 2.0, "token_classification", tensor(labels)))
     assert float(parts["ce"]) == pytest.approx(ce, rel=1e-5)
     assert float(loss) == pytest.approx(0.7 * ce + 0.3 * kd, rel=1e-5)
+
+
+class _Counting(_Fixed):
+    """A teacher that returns fixed logits and counts its forwards."""
+
+    calls = 0
+
+    def __call__(self, input_ids, token_type_ids=None):
+        self.calls += 1
+        return super().__call__(input_ids, token_type_ids)
+
+
+@pytest.mark.parametrize("budget_rows, calls", [(10, 1), (1.5, 2)])
+def test_teacher_logits_are_cached_within_the_memory_budget(budget_rows, calls):
+    """Causal-LM rows [length, vocab] (lengths 5 and 3 of 6): with room for every row the teacher runs
+    once and later batches come from the cache (padded with PAD_LOGIT); past the budget the teacher runs
+    again for each batch, and the cache holds no more than the budget."""
+    from ernie_compress.losses import PAD_LOGIT, TeacherLogitCache
+    from ernie_compress.training_loop import TensorBatch
+
+    logits = np.random.default_rng(5).normal(size=(2, 6, 7)).astype(np.float32)
+    ids = np.array([[1, 5, 6, 7, 8, 0], [1, 5, 6, 0, 0, 0]], dtype=np.int64)
+    batch = TensorBatch(tensor(ids), tensor(np.zeros_like(ids)), tensor(ids), np.arange(2))
+    teacher = _Counting(logits, "causal_lm")
+    cache = TeacherLogitCache(teacher, pad_id=0, max_bytes=int(budget_rows * 5 * 7 * 4))
+    first, second = cache(batch).numpy(), cache(batch).numpy()
+    assert teacher.calls == calls and cache.bytes <= cache.max_bytes
+    real = ids != 0
+    for out in (first, second):
+        np.testing.assert_array_equal(out[real], logits[real])  # what KD reads
+    if calls == 1:
+        assert (second[~real] == PAD_LOGIT).all() and len(cache.rows) == 2
+
+
+class _WithAux(_Fixed):
+    """A student with an auxiliary training term (an MoE router's), as ``model.auxiliary_loss()``."""
+
+    def auxiliary_loss(self):
+        return tensor(np.float32(0.25))
+
+
+def test_logit_kd_adds_the_students_auxiliary_loss():
+    """Pruning recovery and QAT distil with logit_kd_loss: an MoE student's load balancing goes in too."""
+    from ernie_compress.training_loop import TensorBatch
+
+    logits, labels = token_batch(6)
+    ids = np.ones(labels.shape, dtype=np.int64)
+    batch = TensorBatch(tensor(ids), tensor(np.zeros_like(ids)), tensor(labels), np.arange(len(ids)))
+    teacher = _Fixed(np.zeros_like(logits), "causal_lm")
+    plain_loss, plain = logit_kd_loss(teacher)(_Fixed(logits, "causal_lm"), batch)
+    loss, parts = logit_kd_loss(teacher)(_WithAux(logits, "causal_lm"), batch)
+    assert "aux" not in plain and float(parts["aux"]) == 0.25
+    assert float(loss) == pytest.approx(float(plain_loss) + 0.25, rel=1e-6)

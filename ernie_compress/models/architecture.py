@@ -133,6 +133,9 @@ class Distillation:
 
     signals: frozenset[str]  # of DISTILLATION_SIGNALS
     instead: str = ""  # what to use when a signal is missing
+    # model_types of the other families whose students a teacher of this one teaches: they share its
+    # tokenizer and vocabulary, so its next-token (or label) distribution is theirs to learn
+    students: frozenset[str] = frozenset()
 
     def require(self, signal: str, title: str, supported_by: str) -> None:
         """Refuse a signal this family's teachers do not give, saying which families do."""

@@ -47,6 +47,12 @@ def _normalize(config, state, raw: dict[str, Any], ours: bool):
     return normalize_ernie45_state(state, config, raw, ours)
 
 
+def student_keys(keys: dict, teacher_config) -> None:
+    """A student preset takes its teacher's BOS and EOS ids (the shared tokenizer's, for
+    generation); the teacher is dense or mixture-of-experts ERNIE 4.5 (``Distillation.students``)."""
+    keys.update(bos_token_id=teacher_config.bos_token_id, eos_token_id=teacher_config.eos_token_id)
+
+
 # PaddleFormers' default save and transformers read the same files; transformers wants "pt" metadata or
 # none, PaddleFormers "np"/"pd" or none
 HF_WRITER = LayoutWriter(check_hf_writable, to_hf, None)
@@ -60,8 +66,10 @@ FAMILY = ModelFamily(
     other_kinds_hint="they serve classification and causal LM (lm, demo:lm) so far",
     names=NAMES, linear_roles=LINEAR_ROLES, smoothing=SMOOTHING, head_layout=GroupedQueryHeads(),
     distillation=Distillation(frozenset({"logits", "hidden_states"}),
-                              instead="logits (--kd-weight) and hidden states (--hidden-weight)"),
+                              instead="logits (--kd-weight) and hidden states (--hidden-weight)",
+                              students=frozenset({"ernie4_5_moe"})),  # same tokenizer and vocabulary
     input_names=("input_ids",), writers=dict.fromkeys(("paddleformers", "hf"), HF_WRITER), normalize=_normalize,
+    student_keys=student_keys,
     # Paddle 3.3.1's oneDNN CPU kernels compute the ERNIE 4.5 graph wrongly (logits off by up to
     # 0.76 with every fusion pass off; exact with plain kernels)
     onednn_exact=False)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 
 from .architecture import Distillation, GroupedQueryHeadsAndExperts, ScaleMapping
-from .ernie4_5_family import LINEAR_ROLES, NAMES
+from .ernie4_5_family import LINEAR_ROLES, NAMES, student_keys
 from .ernie4_5_moe_config import Ernie45MoeConfig
 from .ernie4_5_moe_layout import check_moe_hf_writable, moe_to_hf, normalize_moe_state
 from .ernie4_5_moe_pruning import remove_experts
@@ -45,8 +45,9 @@ FAMILY = ModelFamily(
     names=dataclasses.replace(NAMES, task_heads=("lm_head",)), linear_roles=LINEAR_ROLES, smoothing=SMOOTHING,
     head_layout=GroupedQueryHeadsAndExperts(remove_experts),
     distillation=Distillation(frozenset({"logits", "hidden_states"}),
-                              instead="logits (--kd-weight) and hidden states (--hidden-weight)"),
-    input_names=("input_ids",), normalize=normalize_moe_state,
+                              instead="logits (--kd-weight) and hidden states (--hidden-weight)",
+                              students=frozenset({"ernie4_5"})),  # the dense models: same tokenizer and vocabulary
+    input_names=("input_ids",), normalize=normalize_moe_state, student_keys=student_keys,
     writers=dict.fromkeys(("paddleformers", "hf"), LayoutWriter(check_moe_hf_writable, moe_to_hf, None)),
     static_graph_refusal=("ERNIE 4.5 MoE models have no Paddle static-graph export: the token dispatch (each "
                           "expert runs on the tokens routed to it, a data-dependent count) does not trace in "

@@ -20,7 +20,8 @@ from .ernie4_5_family import FAMILY as ERNIE4_5
 from .ernie4_5_moe_family import FAMILY as ERNIE4_5_MOE
 from .family import ModelFamily
 
-__all__ = ["FAMILIES", "ModelFamily", "config_from_dict", "family_of", "family_of_keys", "require_distillation"]
+__all__ = ["FAMILIES", "ModelFamily", "config_from_dict", "family_of", "family_of_keys", "require_distillation",
+           "require_teachable"]
 
 FAMILIES: dict[str, ModelFamily] = {f.model_type: f for f in (ERNIE3, ERNIE4_5, ERNIE4_5_MOE)}
 DEFAULT_MODEL_TYPE = ERNIE3.model_type  # PaddleNLP's ERNIE 3.0 files carry no model_type
@@ -62,3 +63,15 @@ def require_distillation(config, signal: str) -> None:
     supported = [f"{f.title} models" for f in FAMILIES.values() if signal in f.distillation.signals]
     family = family_of(config)
     family.distillation.require(signal, family.title, " and ".join(supported))
+
+
+def require_teachable(teacher_config, student: ModelFamily, what: str) -> None:
+    """Refuse a student family (``what``: how the user named the student) that a teacher of
+    ``teacher_config``'s family does not teach (:meth:`ModelFamily.teaches`), naming those it does."""
+    teacher = family_of(teacher_config)
+    if teacher.teaches(student):
+        return
+    taught = [teacher.title] + [FAMILIES[t].title for t in sorted(teacher.distillation.students)]
+    raise UserError(f"the student {what} is from the {student.model_type} family but the teacher is "
+                    f"{teacher.model_type}; distill within one family or a family that shares its vocabulary "
+                    f"(an {teacher.title} teacher teaches {' or '.join(taught)} students)")

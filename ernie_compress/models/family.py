@@ -50,6 +50,11 @@ class ModelFamily:
         """Checkpoint layouts it can be written in (``models/layouts.py``): ours, then its writers'."""
         return ("ours", *self.writers)
 
+    def teaches(self, student: ModelFamily) -> bool:
+        """Whether a teacher of this family can distil into a student of ``student``: its own family,
+        or one its :class:`~.architecture.Distillation` names (same tokenizer and vocabulary)."""
+        return student is self or student.model_type in self.distillation.students
+
     def module(self) -> ModuleType:
         """The Paddle implementation (imports Paddle)."""
         return importlib.import_module(self.implementation)

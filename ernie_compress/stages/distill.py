@@ -5,7 +5,10 @@ The loss mixes, with weights from the options: hard-label cross-entropy, soft-la
 explicit layer mapping) and MiniLM attention/value relations from one teacher layer to the
 student's last layer (see ``losses.py``). The teacher runs in eval mode without gradients. The
 student uses the teacher's vocabulary; it is a preset (fresh, optionally initialised from every
-k-th teacher layer) or a checkpoint. ``--baseline`` trains the same student with hard labels only
+k-th teacher layer) or a checkpoint, of the teacher's family or of one the teacher's family teaches
+(``Distillation.students``: an ERNIE 4.5 mixture-of-experts teacher teaches dense ERNIE 4.5 students
+and the other way round; they share a tokenizer). A mixture-of-experts student adds its router's
+load-balancing loss, as in training. ``--baseline`` trains the same student with hard labels only
 for the same number of steps, to show what distillation adds.
 """
 
@@ -23,17 +26,18 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..data.task_options import TaskOptions
 from ..distill.losses import hidden_mse, parse_layer_map, relation_kl, relation_log_probs, uniform_layer_map
 from ..errors import UserError
-from ..losses import TeacherLogitCache, hard_label_loss, soft_label_kd, task_loss
+from ..losses import TeacherLogitCache, hard_label_loss, soft_label_kd, task_loss, with_auxiliary_loss
 from ..metrics import percent_of
 from ..models import build_model, count_parameters, load_state_
 from ..models.config import ErnieConfig
-from ..models.families import config_from_dict, family_of, family_of_keys, require_distillation
+from ..models.families import (ModelFamily, config_from_dict, family_of, family_of_keys, require_distillation,
+                               require_teachable)
 from ..models.layouts import check_layout
 from ..models.presets import is_preset, resolve_preset
 from ..options import check_options, fail, option
 from ..paddle_env import import_paddle, seed_everything
 from ..progress import note
-from ..training_loop import LoopConfig, evaluate_split, train_model
+from ..training_loop import LoopConfig, TrainHooks, evaluate_split, train_model
 from ..results import DistillResult
 from .common import CheckpointOutput, TrainingOptions
 from .registry import register
@@ -95,16 +99,21 @@ def resolve_teacher(name: str, models_dir: Path | None) -> Path:
     raise UserError(f"teacher '{name}' not found: no directory {path}{where}")
 
 
+def _student_architecture(teacher_config, student: ModelFamily) -> list[str]:
+    """``architectures`` of a student of family ``student`` for the teacher's task kind (an MoE
+    causal LM teaches a dense causal LM)."""
+    teacher = family_of(teacher_config)
+    kinds = [k for k, a in teacher.architecture_for_kind.items() if a == teacher_config.architecture]
+    return [student.architecture_for(kinds[0])] if kinds else list(teacher_config.architectures)
+
+
 def _student(cfg: DistillConfig, teacher: Checkpoint) -> tuple[ErnieConfig, dict | None, str]:
     """(student config, initial state or None, description)."""
     if is_preset(cfg.student):
         keys = resolve_preset(cfg.student)
         family = family_of_keys(keys)
-        if family is not family_of(teacher.config):
-            raise UserError(f"the student preset '{cfg.student}' is from the {family.model_type} family but the "
-                            f"teacher is {teacher.config.model_type}; distill within one family (e.g. an ernie45-* "
-                            f"student for an ERNIE 4.5 teacher)")
-        keys.update(vocab_size=teacher.config.vocab_size, architectures=teacher.config.architectures,
+        require_teachable(teacher.config, family, f"preset '{cfg.student}'")
+        keys.update(vocab_size=teacher.config.vocab_size, architectures=_student_architecture(teacher.config, family),
                     id2label=teacher.config.id2label, pad_token_id=teacher.config.pad_token_id,
                     max_position_embeddings=max(keys["max_position_embeddings"], teacher.max_seq_length))
         family.student_keys(keys, teacher.config)
@@ -115,7 +124,8 @@ def _student(cfg: DistillConfig, teacher: Checkpoint) -> tuple[ErnieConfig, dict
     if not path.exists():
         raise UserError(f"student '{cfg.student}' is neither a preset nor a checkpoint directory")
     student = load_checkpoint(path)
-    if student.tokenizer().vocab != teacher.tokenizer().vocab:
+    require_teachable(teacher.config, family_of(student.config), f"checkpoint {path}")
+    if student.tokenizer().vocab != teacher.tokenizer().vocab or student.config.vocab_size != teacher.config.vocab_size:
         raise UserError(f"the student {path} and the teacher {teacher.path} have different vocabularies; "
                         f"a student must use its teacher's vocabulary (start from a preset instead)")
     config = student.config.replace(id2label=teacher.config.id2label, extra=dict(student.config.extra))
@@ -126,6 +136,9 @@ def _student(cfg: DistillConfig, teacher: Checkpoint) -> tuple[ErnieConfig, dict
 def init_from_teacher(student_config: ErnieConfig, teacher: Checkpoint) -> dict[str, np.ndarray]:
     """Embeddings, pooler, classifier and every k-th teacher layer, for a student of equal width."""
     t = teacher.config
+    if family_of(student_config) is not family_of(t):
+        raise UserError(f"--init-from-teacher copies the teacher's layers: it needs a student of the teacher's "
+                        f"family ({t.model_type}), not {student_config.model_type}")
     if student_config.hidden_size != t.hidden_size:
         raise UserError(f"--init-from-teacher needs equal widths: student hidden {student_config.hidden_size} "
                         f"vs teacher {t.hidden_size}")
@@ -163,7 +176,7 @@ def _build_student(cfg: DistillConfig, teacher_ckpt: Checkpoint, teacher_params:
     model = build_model(config)
     if state is not None:
         load_state_(model, state, "student", allow_new_head=True)
-    params = count_parameters({k: list(v.shape) for k, v in model.state_dict().items()})
+    params = count_parameters({k: list(v.shape) for k, v in model.state_dict().items()}, config)
     if params["non_embedding"] >= teacher_params["non_embedding"]:
         note(f"[yellow]warning: the student ({params['non_embedding']:,} non-embedding parameters) is "
              f"not smaller than its teacher ({teacher_params['non_embedding']:,})[/yellow]")
@@ -247,9 +260,29 @@ def _distill_loss(cfg: DistillConfig, teacher, pad_id: int, projection, align: _
             internal, internal_parts = _internal_losses(cfg, record, t_record, batch, pad_id, projection, align)
             parts.update(internal_parts)
             total = total + internal
-        return total, parts
+        return with_auxiliary_loss(model, total, parts)  # an MoE student's router balance
 
     return loss_fn
+
+
+class _AuxiliaryLossLog:
+    """The student's auxiliary loss (an MoE router's load balancing, ``aux`` among the loss parts) at
+    each training step, for the report: the mean of the first and of the last ``window`` steps."""
+
+    def __init__(self, window: int = 10):
+        self.window = window
+        self.values: list[float] = []
+
+    def on_step(self, step: int, parts: dict[str, float]) -> None:
+        if "aux" in parts:
+            self.values.append(parts["aux"])
+
+    def summary(self) -> dict[str, float] | None:
+        if not self.values:
+            return None
+        first, last = self.values[:self.window], self.values[-self.window:]
+        return {"first": float(np.mean(first)), "last": float(np.mean(last)), "window": self.window,
+                "steps": len(self.values)}
 
 
 def _baseline(cfg: DistillConfig, student: _Student, splits, held_out, kind: str, steps: int) -> dict:
@@ -271,7 +304,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
     refuse_existing_output(cfg)
     teacher_ckpt = load_checkpoint(resolve_teacher(cfg.teacher, cfg.models_dir))
     refuse_quantized(teacher_ckpt, "distill from its FP32 parent")
-    t_params = count_parameters({k: v.shape for k, v in teacher_ckpt.state.items()})
+    t_params = count_parameters({k: v.shape for k, v in teacher_ckpt.state.items()}, teacher_ckpt.config)
     student = _build_student(cfg, teacher_ckpt, t_params)
 
     start = start_from(teacher_ckpt, cfg.task_spec)  # the teacher: task, splits, model, held-out metrics
@@ -284,8 +317,10 @@ def distill(cfg: DistillConfig) -> DistillResult:
     projection = paddle.nn.Linear(student.config.hidden_size, teacher_ckpt.config.hidden_size)
     loss_fn = _distill_loss(cfg, teacher, tokenizer.pad_id, projection, align)
     params = list(student.model.parameters()) + (list(projection.parameters()) if cfg.hidden_weight else [])
+    aux_log = _AuxiliaryLossLog()
     result = train_resumably(student.model, splits, task.kind, cfg, "distill", loss_fn=loss_fn, parameters=params,
-                             extra_layers={"projection": projection} if cfg.hidden_weight else None)
+                             extra_layers={"projection": projection} if cfg.hidden_weight else None,
+                             hooks=TrainHooks(on_step=aux_log.on_step))
     student_metrics = evaluate_split(student.model, held_out, task.kind)
     baseline = _baseline(cfg, student, splits, held_out, task.kind, result.steps) if cfg.baseline else None
 
@@ -301,6 +336,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
                    "attention": cfg.attention_weight},
         "layer_map": align.layer_map if cfg.hidden_weight else None,
         "relation_heads": align.relation_heads if cfg.attention_weight else None,
+        "aux_loss": aux_log.summary(),  # an MoE student's router load-balancing term, None without one
     }
     out = finish(cfg, student.config, result.best_state, tokenizer, {
         "name": "distill", "metrics": {task.held_out: student_metrics}, "report": report, "steps": result.steps,
