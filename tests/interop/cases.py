@@ -66,7 +66,7 @@ TRANSFORMERS_CASES = {
         moe_num_shared_experts=0, tie_word_embeddings=True), dict(max_shard_size="20KB")),
     "moe_shared2_start2_tied_mqa": ("Ernie4_5_MoeForCausalLM", dict(
         _MOE, num_hidden_layers=3, num_key_value_heads=1, moe_layer_start_index=2, moe_num_shared_experts=2,
-        tie_word_embeddings=True), {}),
+        tie_word_embeddings=True), dict(save_original_format=False)),  # fused 3-D experts, as in memory
     "moe_noshared_start2_interval2_mha_e6k3": ("Ernie4_5_MoeForCausalLM", dict(
         _MOE, num_hidden_layers=4, num_key_value_heads=4, moe_layer_start_index=2, moe_layer_interval=2,
         moe_num_shared_experts=0, moe_num_experts=6, moe_k=3, tie_word_embeddings=False), {}),

@@ -13,8 +13,9 @@ What transformers' ``save_pretrained`` writes for experts: transformers 5 holds 
 correction bias as ``mlp.gate.moe_statics.e_score_correction_bias``), but its save
 (``save_original_format=True``, the default) reverts that conversion and writes the per-expert Hugging
 Face names PaddleFormers writes too (``mlp.experts.{e}.gate_proj/up_proj/down_proj`` [out, in],
-``mlp.gate.weight`` [E, h], ``mlp.moe_statics.e_score_correction_bias`` [1, E]): our reader takes
-those (checked here, by name, on every MoE save).
+``mlp.gate.weight`` [E, h], ``mlp.moe_statics.e_score_correction_bias`` [1, E]); with
+``save_original_format=False`` it writes the fused tensors as they are in memory. Our reader takes
+both (which one each save holds is checked here by name and shape; one case saves fused).
 
 Routing: the random routers and correction biases on both sides are drawn so that for some real
 tokens the top-k of the biased scores differs from the top-k of the unbiased softmax (asserted), so a
@@ -126,6 +127,16 @@ def _written(folder) -> dict[str, tuple[int, ...]]:
     return {k: v.shape for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
+def _expert_tensors(written: dict[str, tuple[int, ...]], config) -> str:
+    """How a transformers save holds the first MoE layer's experts: 'per expert' ([out, in] each) or
+    'fused' (one [E, 2f, h] gate_up_proj and one [E, h, f] down_proj)."""
+    p = f"model.layers.{config.moe_layers[0]}.mlp.experts."
+    e, f, h = config.moe_num_experts, config.moe_intermediate_size, config.hidden_size
+    per_expert = written.get(f"{p}{e - 1}.gate_proj.weight") == (f, h)
+    fused = (written.get(p + "gate_up_proj"), written.get(p + "down_proj")) == ((e, 2 * f, h), (e, h, f))
+    return {(True, False): "per expert", (False, True): "fused"}.get((per_expert, fused), "neither")
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_we_load_a_transformers_save_with_its_logits(exchanged, case):
     from ernie_compress.checkpoint import load_checkpoint
@@ -142,11 +153,8 @@ def test_we_load_a_transformers_save_with_its_logits(exchanged, case):
     assert (ckpt.config.architecture, ckpt.config.rope_theta, ckpt.config.rms_norm_eps) == (
         config.architecture, config.rope_theta, config.rms_norm_eps)
     if case in MOE_CASES:
-        written = _written(folder)
-        layer, experts = config.moe_layers[0], config.moe_num_experts
-        assert written[f"model.layers.{layer}.mlp.experts.{experts - 1}.gate_proj.weight"] == (
-            config.moe_intermediate_size, config.hidden_size)  # per expert, [out, in]
-        assert not any(".mlp.experts.gate_up_proj" in k for k in written)
+        assert _expert_tensors(_written(folder), config) == (
+            "fused" if TRANSFORMERS_CASES[case][2].get("save_original_format") is False else "per expert")
         info = cli_json(["info", str(folder)])
         assert info["experts_per_layer"] == config.experts_per_layer and info["experts_per_token"] == config.moe_k
         if config.moe_use_aux_free:
