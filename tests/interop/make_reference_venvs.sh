@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=${ERNIE_COMPRESS_REFERENCE_VENVS:-.venvs}
 PY=${PYTHON:-python3}
-CACHE=${ERNIE_COMPRESS_VENV_CACHE:-$HOME/.cache/ernie-compress/venvs}
+CACHE=${ERNIE_COMPRESS_VENV_CACHE:-~/.cache/ernie-compress/venvs}  # ~: also without HOME set
 
 make_venv() {  # name, import check, then pip arguments
   local name=$1 check=$2; shift 2

@@ -33,7 +33,7 @@ import json
 import numpy as np
 import pytest
 from cases import TRANSFORMERS_BASE, TRANSFORMERS_CASES
-from ours import IDS, REAL, run, vocab_tokenizer
+from ours import REAL, run, vocab_tokenizer
 from safetensors.numpy import load_file
 from tests.interop.helpers import assert_close, run_reference
 
@@ -159,5 +159,4 @@ def test_we_load_a_transformers_save_with_its_logits(exchanged, case):
         assert info["experts_per_layer"] == config.experts_per_layer and info["experts_per_token"] == config.moe_k
         if config.moe_use_aux_free:
             assert _routing_flips(model) > 0, "no token's choice depends on the correction bias"
-    assert_close(run(model), np.load(root / case / "theirs_logits.npy"), REAL)
-    assert run(model).shape == (*IDS.shape, config.vocab_size)
+    assert_close(run(model), np.load(root / case / "theirs_logits.npy"), REAL)  # [b, s, vocab] both
