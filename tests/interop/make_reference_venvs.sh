@@ -3,9 +3,10 @@
 #   .venvs/paddlenlp      paddlepaddle 3.3.1 + PaddleNLP 2.8.1      (ERNIE 3.0)
 #   .venvs/paddleformers  paddlepaddle 3.3.1 + PaddleFormers 1.2.0  (ERNIE 4.5)
 #   $CACHE/transformers   PyTorch 2.13.0 + transformers 5.0-5.3      (ERNIE 4.5 dense and MoE, the math reference)
-# They pin conflicting helper packages (aistudio-sdk, huggingface_hub), hence one venv each, and
-# both are installed with --no-deps plus the imports they really need (their full dependency sets
-# pull GPU and web-serving stacks). Re-running skips a venv that already imports its library.
+# They pin conflicting helper packages (aistudio-sdk, huggingface_hub), hence one venv each; the two
+# Paddle libraries are installed with --no-deps plus the imports they really need (their full
+# dependency sets pull GPU and web-serving stacks). Re-running skips a venv that already imports its
+# library (the transformers one: the pinned versions, and torch computes).
 # The transformers venv (about 1.2 GB; a cold build takes about a minute where pip finds the
 # CPU-only torch 2.13.0 wheel on this machine's disk, several GB of CUDA wheels elsewhere) lives
 # outside the clone, in CACHE (ERNIE_COMPRESS_VENV_CACHE, default ~/.cache/ernie-compress/venvs),
