@@ -19,6 +19,20 @@ from .config import TaskHeadConfig
 MODEL_TYPE = "ernie4_5"
 
 
+def _with_rope_parameters(data: dict[str, Any]) -> dict[str, Any]:
+    """transformers >= 5 writes RoPE's base as ``rope_parameters: {"rope_type": "default", "rope_theta": ..}``
+    without a top-level ``rope_theta`` (and reads it before ``rope_theta``, as here); scaled RoPE
+    variants (another ``rope_type``) are refused in one line. ``rope_parameters`` stays in ``extra``."""
+    params = data.get("rope_parameters")
+    if not isinstance(params, dict):
+        return data
+    kind = params.get("rope_type", "default")
+    if kind != "default":
+        raise UserError(f"config.json: 'rope_parameters' asks for rope_type '{kind}'; only the default rotary "
+                        f"embeddings (rope_theta alone) are computed here")
+    return dict(data, rope_theta=params["rope_theta"]) if "rope_theta" in params else data
+
+
 @dataclass
 class Ernie45Config(TaskHeadConfig):
     vocab_size: int = 103424
@@ -109,6 +123,7 @@ class Ernie45Config(TaskHeadConfig):
     def from_dict(cls, data: dict[str, Any]) -> "Ernie45Config":
         if isinstance(data, dict):
             cls.check_model_type(data)
+            data = _with_rope_parameters(data)
         return super().from_dict(data)
 
     @classmethod

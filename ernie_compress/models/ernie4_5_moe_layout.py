@@ -22,8 +22,12 @@ Hugging Face name (``model.layers.{i}.mlp.``...)           shape         ours
 The Paddle release's ``ernie.*`` files are ours; one not written here whose fused ``qkv_proj`` has
 several KV groups is refused as the dense family refuses it (its column order cannot be told).
 Multi-token-prediction weights (``model.mtp_*``) are dropped on read, as transformers drops them.
-The fused 3-D expert tensors (``experts.gate_up_proj``) some transformers versions use in memory are
-not read: PaddleFormers' and transformers' saves checked here are per expert.
+transformers 5 holds the experts in memory as fused 3-D tensors, and writes them so with
+``save_pretrained(save_original_format=False)`` (its default save reverts them to the per-expert
+names above): ``mlp.experts.gate_up_proj`` [E, 2f, h] (each expert's gate rows, then its up rows),
+``mlp.experts.down_proj`` [E, h, f] and ``mlp.gate.moe_statics.e_score_correction_bias``; these are
+split into the per-expert names first (checked against transformers 5.3, tests/interop); fused
+tensors of other shapes are refused.
 """
 
 from __future__ import annotations
@@ -40,18 +44,36 @@ from .ernie4_5_moe_config import Ernie45MoeConfig
 _MTP = re.compile(r"^(?:ernie|model)\.mtp_")  # multi-token-prediction weights: not part of the model
 _EXPERT_MLPS = re.compile(r"^(.*\.mlp\.(?:experts\.\d+|shared_experts))\.")  # group 1: one expert's MLP
 _ROUTER = re.compile(r"^(?:ernie|model)\.layers\.\d+\.mlp\.gate\.weight$")
-_FUSED_EXPERTS = re.compile(r"\.mlp\.experts\.(?:gate_up_proj|down_proj)$")
+_FUSED_EXPERTS = re.compile(r"^(.*\.mlp\.experts)\.(gate_up_proj|down_proj)$")  # transformers 5 in memory
+_FUSED_BIAS = re.compile(r"^(.*\.mlp\.)gate\.(moe_statics\.e_score_correction_bias)$")
 
 
 def _expert_prefixes(state: dict[str, np.ndarray]) -> set[str]:
     return {m.group(1) for k in state if (m := _EXPERT_MLPS.match(k))}
 
 
-def _refuse_fused_experts(state: dict[str, np.ndarray]) -> None:
-    fused = sorted(k for k in state if _FUSED_EXPERTS.search(k))
-    if fused:
-        raise UserError(f"these MoE weights store all experts in one 3-D tensor ('{fused[0]}'); only per-expert "
-                        "weights (mlp.experts.{e}.gate_proj/up_proj/down_proj, as PaddleFormers saves) are read")
+def _split_fused_experts(config: Ernie45MoeConfig, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """transformers 5's fused experts (module docstring) as per-expert Hugging Face names [out, in]
+    (a new dict); a fused tensor of another shape is refused."""
+    e, f, h = config.moe_num_experts, config.moe_intermediate_size, config.hidden_size
+    expected = {"gate_up_proj": (e, 2 * f, h), "down_proj": (e, h, f)}
+    out = {}
+    for name, value in state.items():
+        bias, fused = _FUSED_BIAS.match(name), _FUSED_EXPERTS.match(name)
+        if bias:
+            out[bias.group(1) + bias.group(2)] = value
+        elif not fused:
+            out[name] = value
+        elif tuple(value.shape) != expected[fused.group(2)]:
+            raise UserError(f"'{name}' stores all experts in one tensor of shape {list(value.shape)}; only "
+                            f"transformers' {list(expected[fused.group(2)])} (experts, out, in) is read")
+        elif fused.group(2) == "down_proj":
+            out.update({f"{fused.group(1)}.{i}.down_proj.weight": value[i] for i in range(e)})  # [h, f] each
+        else:
+            for i in range(e):  # [2f, h]: gate rows, then up rows
+                out[f"{fused.group(1)}.{i}.gate_proj.weight"], out[f"{fused.group(1)}.{i}.up_proj.weight"] = (
+                    value[i, :f], value[i, f:])
+    return out
 
 
 def _fuse_expert_gate_up(state: dict[str, np.ndarray]) -> None:
@@ -78,11 +100,11 @@ def _split_expert_gate_up(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 def normalize_moe_state(config: Ernie45MoeConfig, state: dict[str, np.ndarray], raw_config: dict[str, Any],
                         ours: bool) -> tuple[Ernie45MoeConfig, dict[str, np.ndarray]]:
     """Config and state in this package's layout (new objects) from ours, the Paddle release's or the
-    Hugging Face layout: the dense tensors through :func:`normalize_ernie45_state` (which also
-    transposes the experts' [out, in] ``gate_proj``/``up_proj``/``down_proj`` and refuses what it
-    cannot tell apart), then the router transposed and each expert's gate/up fused."""
-    state = {name: value for name, value in state.items() if not _MTP.match(name)}
-    _refuse_fused_experts(state)
+    Hugging Face layout (transformers' fused experts split first): the dense tensors through
+    :func:`normalize_ernie45_state` (which also transposes the experts' [out, in] ``gate_proj``/
+    ``up_proj``/``down_proj`` and refuses what it cannot tell apart), then the router transposed and
+    each expert's gate/up fused."""
+    state = _split_fused_experts(config, {name: value for name, value in state.items() if not _MTP.match(name)})
     hf = detect_layout(state, ours) == "hf"
     config, state = normalize_ernie45_state(state, config, raw_config, ours)
     if hf:

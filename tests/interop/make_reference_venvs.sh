@@ -2,13 +2,20 @@
 # Build the reference libraries' virtual environments for the interop tests (tests/interop/):
 #   .venvs/paddlenlp      paddlepaddle 3.3.1 + PaddleNLP 2.8.1      (ERNIE 3.0)
 #   .venvs/paddleformers  paddlepaddle 3.3.1 + PaddleFormers 1.2.0  (ERNIE 4.5)
-# They pin conflicting helper packages (aistudio-sdk, huggingface_hub), hence one venv each, and
-# both are installed with --no-deps plus the imports they really need (their full dependency sets
-# pull GPU and web-serving stacks). Re-running skips a venv that already imports its library.
+#   $CACHE/transformers   PyTorch 2.13.0 + transformers 5.0-5.3      (ERNIE 4.5 dense and MoE, the math reference)
+# They pin conflicting helper packages (aistudio-sdk, huggingface_hub), hence one venv each; the two
+# Paddle libraries are installed with --no-deps plus the imports they really need (their full
+# dependency sets pull GPU and web-serving stacks). Re-running skips a venv that already imports its
+# library (the transformers one: the pinned versions, and torch computes).
+# The transformers venv (about 1.2 GB; a cold build takes about a minute where pip finds the
+# CPU-only torch 2.13.0 wheel on this machine's disk, several GB of CUDA wheels elsewhere) lives
+# outside the clone, in CACHE (ERNIE_COMPRESS_VENV_CACHE, default ~/.cache/ernie-compress/venvs),
+# so CI runs on the same machine reuse it; tests/interop/helpers.py looks for it there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=${ERNIE_COMPRESS_REFERENCE_VENVS:-.venvs}
 PY=${PYTHON:-python3}
+CACHE=${ERNIE_COMPRESS_VENV_CACHE:-~/.cache/ernie-compress/venvs}  # ~: also without HOME set
 
 make_venv() {  # name, import check, then pip arguments
   local name=$1 check=$2; shift 2
@@ -33,3 +40,27 @@ make_venv paddleformers "from paddleformers.transformers import Ernie4_5ForCausa
   '$ROOT/paddleformers/bin/python' -m pip install -q --no-deps paddleformers==1.2.0 &&
   '$ROOT/paddleformers/bin/python' -m pip install -q colorlog regex jinja2 omegaconf orjson importlib_metadata ml_dtypes \
       'transformers>=5.0.0,<5.4.0' 'aistudio-sdk>=0.3.0' sentencepiece protobuf tqdm"
+
+# PyTorch's CUDA build (torch 2.14.1 here) does not import without its nvidia-* packages
+# (libcudnn.so.9), so the CPU-only 2.13.0 is pinned; pip takes it from this machine's disk.
+make_cached_transformers_venv() {
+  local venv="$CACHE/transformers"
+  local check="import torch, transformers
+from transformers import Ernie4_5ForCausalLM, Ernie4_5_MoeForCausalLM
+assert (5, 0) <= tuple(int(v) for v in transformers.__version__.split('.')[:2]) < (5, 4), transformers.__version__
+assert float(torch.ones(2) @ torch.ones(2)) == 2.0"
+  mkdir -p "$CACHE"
+  exec 9>"$CACHE/transformers.lock"
+  flock 9  # two runs on one machine: the second waits, then finds the venv ready
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "$check" >/dev/null 2>&1; then
+    echo "reference venv $venv: ready (cached)"; exec 9>&-; return
+  fi
+  rm -rf "$venv"
+  "$PY" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q "torch==2.13.0" "numpy<2.4" safetensors "transformers>=5.0.0,<5.4.0"
+  "$venv/bin/python" -c "$check"
+  echo "reference venv $venv: built"
+  exec 9>&-
+}
+make_cached_transformers_venv

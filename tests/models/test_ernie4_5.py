@@ -222,6 +222,22 @@ def test_a_moe_config_the_dense_config_cannot_read_is_refused_clearly(tmp_path, 
     assert "mixture-of-experts" in res.stderr and "'ernie4_5_moe'" in res.stderr and "Traceback" not in res.output
 
 
+@pytest.mark.parametrize("model_type", ["ernie4_5", "ernie4_5_moe"])
+def test_rope_theta_is_read_from_transformers_rope_parameters_and_scaled_rope_is_refused(tmp_path, model_type):
+    """transformers >= 5 writes ``rope_parameters`` and no top-level ``rope_theta`` (its theta wins over
+    a top-level one there, as here); another ``rope_type`` is one line, exit code 2."""
+    keys = dict(resolve_preset("ernie45-moe-tiny" if model_type == "ernie4_5_moe" else "ernie45-tiny"),
+                vocab_size=40, model_type=model_type)
+    keys.pop("rope_theta", None)
+    config = config_from_dict(dict(keys, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    assert config.rope_theta == 10000.0
+    assert config_from_dict(dict(keys, rope_theta=7.0, rope_parameters={"rope_theta": 9.0})).rope_theta == 9.0
+    (tmp_path / "config.json").write_text(json.dumps(dict(keys, rope_parameters={"rope_type": "yarn",
+                                                                                  "rope_theta": 1e4})))
+    res = CliRunner().invoke(app, ["info", str(tmp_path)])
+    assert res.exit_code == 2 and "rope_type 'yarn'" in res.stderr and "Traceback" not in res.output
+
+
 @pytest.mark.parametrize("changes", [{}, {"tie_word_embeddings": False, "use_bias": True, "num_key_value_heads": 1}])
 def test_causal_lm_shapes_are_the_models_parameters(changes):
     """The shapes benchmarks/decoding.py builds weights from, without Paddle, are the model's."""

@@ -103,13 +103,32 @@ def test_the_paddleformers_file_has_the_documented_names_and_shapes(tmp_path, ca
     assert written["model.layers.1.self_attn.k_proj.weight"].shape == (kv * d, h)
 
 
-def test_fused_3d_expert_tensors_are_refused(tmp_path):
+def _fused_as_transformers_holds_them(written: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
+    """The per-expert Hugging Face file as transformers 5 fuses it in memory (its conversion mapping:
+    gate_up_proj [E, 2f, h] = each expert's gate rows then up rows, down_proj [E, h, f], the bias
+    under mlp.gate.moe_statics), built here from the documented names."""
+    fused = {k: v for k, v in written.items() if ".mlp.experts." not in k and "moe_statics" not in k}
+    for i in config.moe_layers:
+        p, experts = f"model.layers.{i}.mlp.", range(config.moe_num_experts)
+        fused[p + "experts.gate_up_proj"] = np.stack([np.concatenate(
+            [written[f"{p}experts.{e}.gate_proj.weight"], written[f"{p}experts.{e}.up_proj.weight"]]) for e in experts])
+        fused[p + "experts.down_proj"] = np.stack([written[f"{p}experts.{e}.down_proj.weight"] for e in experts])
+        fused[p + "gate.moe_statics.e_score_correction_bias"] = written[p + "moe_statics.e_score_correction_bias"]
+    return fused
+
+
+def test_transformers_fused_3d_experts_read_as_per_expert_and_other_shapes_are_refused(tmp_path):
     from ernie_compress.models.ernie4_5_moe_layout import normalize_moe_state
 
-    config = _config()
-    state = {"model.layers.1.mlp.experts.gate_up_proj": np.zeros((4, 32, 32), "float32")}
-    with pytest.raises(UserError, match="one 3-D tensor"):
-        normalize_moe_state(config, state, {}, False)
+    config, state, _, out = _saved(tmp_path, "shared_untied", "hf")
+    fused = _fused_as_transformers_holds_them(load_file(out / "model.safetensors"), config)
+    _, read = normalize_moe_state(config, fused, {}, False)
+    assert sorted(read) == sorted(state)
+    for name, value in state.items():
+        np.testing.assert_array_equal(read[name], value, err_msg=name)
+    fused["model.layers.1.mlp.experts.down_proj"] = np.zeros((4, 16, 32), "float32")  # [E, f, h]: not read
+    with pytest.raises(UserError, match=r"one tensor of shape \[4, 16, 32\]"):
+        normalize_moe_state(config, fused, {}, False)
 
 
 def test_release_names_read_as_ours_and_an_ambiguous_fused_qkv_is_refused(tmp_path):
