@@ -135,3 +135,37 @@ def test_force_redoes_a_stage_that_left_a_training_state(tmp_path):
     res = runner.invoke(app, ["--quiet", "run", str(recipe), "--out", str(out), "--force"])
     assert res.exit_code == 0, res.output
     assert not state.parent.exists() and (out / "teacher" / "model.safetensors").is_file()
+
+
+def test_an_moe_recipe_prunes_experts_quantizes_exports_distils_and_reports_active_parameters(tmp_path):
+    """The ERNIE 4.5 MoE chain as a recipe (tiny): the report has a row per checkpoint, with active
+    parameters for the MoE ones, and the pruned and quantized exports run their experts as the
+    export chose (QMoE for int4)."""
+    from tests.helpers import NEGATIVE, POSITIVE
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.txt").write_text("\n".join(POSITIVE + NEGATIVE), encoding="utf-8")
+    recipe = tmp_path / "moe.yaml"
+    recipe.write_text(f"""\
+task: lm
+data: {data}
+stages:
+  - train: {{name: moe, preset: ernie45-moe-tiny, epochs: 2, lr: 0.003, batch_size: 8, max_seq_len: 32}}
+  - prune: {{name: experts, experts: 0.5, recover_epochs: 1, batch_size: 8}}
+  - quantize: {{name: w4, weight_only: int4, group_size: 16}}
+  - export: {{name: w4-onnx, format: onnx}}
+  - distill: {{name: dense, teacher: moe, student: ernie45-tiny, epochs: 1, batch_size: 8}}
+  - evaluate: {{batch_sizes: [1], seq_len: 16, iterations: 2, warmup: 1}}
+""")
+    res = runner.invoke(app, ["--quiet", "--json", "run", str(recipe), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    rows = {r["stage"]: r for r in report["rows"]}
+    assert set(rows) == {"moe", "experts", "w4", "dense"}
+    assert rows["experts"]["active_parameters"] < rows["moe"]["active_parameters"] < rows["moe"]["parameters"]
+    assert "active_parameters" not in rows["dense"]
+    assert "active params" in (tmp_path / "run" / "report.md").read_text()
+    manifest = json.loads((tmp_path / "run" / "w4-onnx" / "manifest.json").read_text())
+    assert manifest["files"]["decoder"]["kernels"]["QMoE"] == 2
