@@ -110,7 +110,19 @@ def normalize_moe_state(config: Ernie45MoeConfig, state: dict[str, np.ndarray], 
     if hf:
         state = {k: (v.T if _ROUTER.match(k) else v) for k, v in state.items()}  # [E, h] -> [h, E]
     _fuse_expert_gate_up(state)
+    _check_experts(config, state)
     return config, state
+
+
+def _check_experts(config: Ernie45MoeConfig, state: dict[str, np.ndarray]) -> None:
+    """Refuse, in one line, a checkpoint whose MoE layers lack a routed expert's, the router's or the
+    correction bias's tensor the config implies (before any command counts or builds from it)."""
+    wanted = {name for name in config.causal_lm_shapes() if ".mlp.experts." in name or _ROUTER.match(name)
+              or name.endswith("e_score_correction_bias")}
+    missing = sorted(wanted - set(state))
+    if missing:
+        raise UserError(f"the weights lack {len(missing)} mixture-of-experts tensor(s) the config implies "
+                        f"(moe_num_experts {config.moe_num_experts}), e.g. {missing[0]}")
 
 
 def check_moe_hf_writable(config: Ernie45MoeConfig) -> None:

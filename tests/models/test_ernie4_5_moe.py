@@ -178,10 +178,11 @@ def test_published_presets_count_their_total_and_active_parameters():
 def test_config_keeps_multi_token_prediction_keys_and_drops_its_weights():
     config = _config(num_nextn_predict_layers=1, mtp_loss_scaling_factor=0.1, moe_capacity=[64, 64, 64])
     assert config.to_dict()["num_nextn_predict_layers"] == 1 and config.to_dict()["moe_capacity"] == [64, 64, 64]
-    state = {"ernie.norm.weight": np.ones(32, np.float32), "ernie.mtp_block.0.input_layernorm.weight": np.ones(32),
+    model = {name: np.ones(shape, np.float32) for name, shape in config.causal_lm_shapes().items()}
+    state = {**model, "ernie.mtp_block.0.input_layernorm.weight": np.ones(32),
              "ernie.mtp_linear_proj.0.weight": np.ones((64, 32))}
     _, kept = family_of(config).normalize(config, state, config.to_dict(), True)
-    assert list(kept) == ["ernie.norm.weight"]
+    assert sorted(kept) == sorted(model)
 
 
 # --- training loss -----------------------------------------------------------------------------
@@ -350,3 +351,15 @@ def test_the_dispatch_record_names_each_experts_tokens_and_weights():
         assert sorted(rows.tolist()) == sorted(np.nonzero((chosen == e).any(axis=1))[0].tolist())
         np.testing.assert_allclose(record.weights[e].numpy(), weights[rows][chosen[rows] == e], rtol=1e-6)
     np.testing.assert_array_equal(seen["x"], tokens[record.rows[1].numpy()])
+
+
+def test_a_checkpoint_missing_an_expert_is_refused_in_one_line_before_any_command_uses_it(trained, tmp_path):
+    from ernie_compress.checkpoint import load_checkpoint, save_checkpoint
+
+    root, _ = trained
+    ckpt = load_checkpoint(root / "m")
+    state = {k: v for k, v in ckpt.state.items() if not k.startswith("ernie.layers.2.mlp.experts.1.")}
+    save_checkpoint(tmp_path / "missing", ckpt.config, state, ckpt.tokenizer(), {"name": "planted"})
+    line = _refused(["info", str(tmp_path / "missing")], tmp_path)
+    assert "lack 2 mixture-of-experts tensor(s)" in line and "layers.2.mlp.experts.1." in line
+    assert "lack" in _refused(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "out")], tmp_path)
