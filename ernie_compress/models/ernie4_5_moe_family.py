@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .architecture import Distillation, HeadLayout, ScaleMapping
+from .architecture import Distillation, HeadLayout, RoutedExperts, ScaleMapping
 from .ernie4_5_family import LINEAR_ROLES, NAMES
 from .ernie4_5_moe_config import Ernie45MoeConfig
 from .ernie4_5_moe_layout import check_moe_hf_writable, moe_to_hf, normalize_moe_state
@@ -43,13 +43,17 @@ SMOOTHING = (
 )
 
 
+# a routed expert's Linears: mlp.experts.{e}.up_gate_proj / down_proj (not mlp.shared_experts, not the router)
+ROUTED_EXPERTS = RoutedExperts(r"(?P<expert>(?P<block>mlp)\.experts\.(?P<index>\d+))\.[^.]+")
+
+
 FAMILY = ModelFamily(
     model_type="ernie4_5_moe", title="ERNIE 4.5 MoE", config_class=Ernie45MoeConfig,
     implementation="ernie_compress.models.ernie4_5_moe", onnx_blocks=None,
     architecture_for_kind={"causal_lm": "Ernie4_5_MoeForCausalLM"},
     other_kinds_hint="they serve causal LM (lm, demo:lm) so far",
     names=dataclasses.replace(NAMES, task_heads=("lm_head",)), linear_roles=LINEAR_ROLES, smoothing=SMOOTHING,
-    head_layout=GroupedQueryHeadsAndExperts(),
+    head_layout=GroupedQueryHeadsAndExperts(), routed_experts=ROUTED_EXPERTS,
     distillation=Distillation(frozenset({"logits", "hidden_states"}),
                               instead="logits (--kd-weight) and hidden states (--hidden-weight)"),
     input_names=("input_ids",), normalize=normalize_moe_state,
