@@ -151,7 +151,7 @@ def _expert_rounding_line(s: dict[str, Any]) -> str | None:
         return None
     parts = [f"{how.upper()} {c['linears']} Linears ({c['experts']} routed experts)" for how, c in rounding.items()]
     line = "rounding: " + ", ".join(parts)
-    fallback = s.get("rtn_fallback")  # GPTQ only
+    fallback = s.get("rtn_fallback")  # GPTQ of an MoE model only
     if fallback:
         shown = ", ".join(f"{expert} got {v['tokens']} < {v['needed']}" for expert, v in list(fallback.items())[:3])
         line += (f"; {len(fallback)} routed experts fell back to RTN for want of calibration tokens "

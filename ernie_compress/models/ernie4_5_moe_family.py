@@ -6,6 +6,8 @@ Linear role: it stays FP32 and unquantized, as both references keep it), ``mlp.e
 ``mlp.shared_experts`` (each a fused SwiGLU ``up_gate_proj`` and a ``down_proj``: the dense MLP's
 roles, through the ERNIE 4.5 role patterns) and ``mlp.moe_statics.e_score_correction_bias``.
 ``ParameterNames.ffn_in``/``ffn_out`` name the dense MLP; MoE layers have experts there instead.
+:data:`ROUTED_EXPERTS` locates a routed expert's Linears (its block and index), so calibration (GPTQ's
+per-expert Hessians) reads the tokens the block's dispatch record sent to that expert.
 
 Smoothing: in every layer ``input_layernorm`` feeds the fused qkv and the values feed ``o_proj``
 (as dense). ``post_attention_layernorm`` feeds more than Linears in an MoE layer (the router too,

@@ -7,8 +7,10 @@ learned scales (``quantization_scales.json``, see ``scheme.py``); ``export --for
 into an INT8 QDQ model for ONNX Runtime that uses exactly those scales. FP16 stores the weights in
 half precision; its export is an ONNX model with FP16 weights and FP32 inputs/outputs (GPU/NPU
 deployment; also runs, for the accuracy check, in ONNX Runtime on CPU). Weight-only keeps the
-dequantized weights (``quantize/weight_only.py``). Every run ends by evaluating the result on
-held-out data against its parent.
+dequantized weights (``quantize/weight_only.py``); in a mixture-of-experts model every routed and
+shared expert is quantized (GPTQ: each routed expert from the calibration tokens routed to it, RTN
+for an expert that gets fewer than ``--min-expert-tokens``) and the router stays FP32. Every run ends
+by evaluating the result on held-out data against its parent.
 
 One runner per method, registered by its config type (:func:`runs`): it gets the shared start
 (parent, task, splits) and returns what it made (:class:`Quantized`); :func:`quantize_checkpoint`
@@ -400,8 +402,8 @@ def _weight_only_state(cfg: WeightOnlyConfig, start: Start) -> tuple[dict, dict]
 
 def _rounding_record(cfg: WeightOnlyConfig, model, plan: Plan) -> dict[str, Any]:
     """What the scheme says about the roundings: per rounding, how many Linears and routed experts got
-    it; for GPTQ the threshold (None: each expert's widest input), the experts that fell back to RTN
-    (tokens they got, needed) and the fewest calibration tokens a routed expert got (None without any)."""
+    it; for GPTQ of a model with routed experts the threshold (None: each expert's widest input), the
+    experts that fell back to RTN (tokens they got, needed) and the fewest calibration tokens an expert got."""
     family = family_of(model.config)
     counts = {}
     for name, (how, _) in plan.roundings.items():
@@ -411,8 +413,8 @@ def _rounding_record(cfg: WeightOnlyConfig, model, plan: Plan) -> dict[str, Any]
         if site is not None:
             count["experts"].add(site.expert)
     record = {"rounding": {how: {"linears": c["linears"], "experts": len(c["experts"])} for how, c in counts.items()}}
-    if plan.experts is not None:
+    if plan.experts:  # GPTQ of a model with routed experts
         starved = {e: {"tokens": v["tokens"], "needed": v["needed"]} for e, v in plan.experts.items() if v["starved"]}
         record.update(min_expert_tokens=cfg.min_expert_tokens, rtn_fallback=starved,
-                      fewest_expert_tokens=min((v["tokens"] for v in plan.experts.values()), default=None))
+                      fewest_expert_tokens=min(v["tokens"] for v in plan.experts.values()))
     return record

@@ -87,9 +87,12 @@ def test_gptq_corrects_rounding_errors_that_rtn_leaves():
 
 
 def test_gptq_beats_rtn_on_the_small_decoder(tiny_lm, tmp_path):
-    ppl = {m: cli_json(["quantize", str(tiny_lm), "--weight-only", "int4", "--group-size", "16", "--method", m,
-                        "--out", str(tmp_path / m)])["metrics"]["test"]["perplexity"] for m in ("rtn", "gptq")}
+    results = {m: cli_json(["quantize", str(tiny_lm), "--weight-only", "int4", "--group-size", "16", "--method", m,
+                            "--out", str(tmp_path / m)]) for m in ("rtn", "gptq")}
+    ppl = {m: r["metrics"]["test"]["perplexity"] for m, r in results.items()}
     assert ppl["gptq"] < ppl["rtn"], ppl
+    for m, r in results.items():  # a dense model: every Linear by the method, no expert bookkeeping
+        assert r["scheme"]["rounding"] == {m: {"linears": 8, "experts": 0}} and "rtn_fallback" not in r["scheme"]
 
 
 def reference_gptq(weight, hessian, bits, group_size, damp=0.01):
