@@ -143,6 +143,24 @@ def _weight_only_line(s: dict[str, Any], result: dict[str, Any]) -> str:
     return f"{result['quantized_layers']} Linear layers: {s['weight_bits']}-bit weights ({group}), float activations"
 
 
+def _expert_rounding_line(s: dict[str, Any]) -> str | None:
+    """How a weight-only run rounded a mixture-of-experts model's Linears and routed experts, and which
+    experts GPTQ left to RTN for want of calibration tokens; None for a model without routed experts."""
+    rounding = s["rounding"]
+    if not any(c["experts"] for c in rounding.values()):
+        return None
+    parts = [f"{how.upper()} {c['linears']} Linears ({c['experts']} routed experts)" for how, c in rounding.items()]
+    line = "rounding: " + ", ".join(parts)
+    fallback = s.get("rtn_fallback")  # GPTQ of an MoE model only
+    if fallback:
+        shown = ", ".join(f"{expert} got {v['tokens']} < {v['needed']}" for expert, v in list(fallback.items())[:3])
+        line += (f"; {len(fallback)} routed experts fell back to RTN for want of calibration tokens "
+                 f"(--min-expert-tokens): {shown}{', ...' if len(fallback) > 3 else ''}")
+    elif fallback is not None:
+        line += f"; none fell back to RTN (the fewest calibration tokens an expert got: {s['fewest_expert_tokens']})"
+    return line
+
+
 # per quantization scheme (quantize/registry.py): (how the metrics table names it, the summary line)
 _SCHEME_LINES = {
     "int8": (lambda s: "int8, fake-quant", _int8_line),
@@ -162,6 +180,9 @@ def render_quantize(result: dict[str, Any]) -> None:
     tables.update({f"{split} (FP32 parent)": m for split, m in result["parent_metrics"].items()})
     console.print(_metrics_table(tables, f"{result['stage']}: {result['task']}"))
     console.print(f"{line(s, result)}; {result['delta_points']:+.2f} points vs FP32")
+    experts = _expert_rounding_line(s) if "rounding" in s else None  # weight-only schemes
+    if experts:
+        console.print(experts)
     console.print(f"wrote [bold]{result['out']}[/bold] in {result['seconds']:.0f} s")
 
 

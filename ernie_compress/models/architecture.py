@@ -80,6 +80,38 @@ class LinearRoles:
 
 
 @dataclass(frozen=True)
+class ExpertSite:
+    """Where a routed expert's Linear sits: its MoE block and its expert (full module names)."""
+
+    block: str  # the MoE block: its ``dispatch.rows[index]`` are the token rows the expert sees
+    expert: str  # the expert module
+    index: int  # the expert's position in the block (the router's column)
+
+
+@dataclass(frozen=True)
+class RoutedExperts:
+    """Where a family's mixture-of-experts layers keep their routed experts: ``pattern`` fullmatches
+    the path (inside a layer) of a routed expert's Linear, with the groups ``expert`` (the expert
+    module's path), ``block`` (the MoE block's) and ``index`` (the expert's number). The block
+    records, while its ``keep_dispatch`` is set, its last forward's dispatch: ``dispatch.rows[index]``
+    are the rows of its flattened [b*s, h] input that expert sees, in the order its Linears see them.
+    Shared experts are not routed: they see every token, as dense MLPs do."""
+
+    pattern: str
+    _compiled: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def locate(self, layer: str, name_in_layer: str) -> ExpertSite | None:
+        """The site of the Linear ``name_in_layer`` of the layer whose prefix is ``layer`` (ending in a
+        dot), or None when it is not a routed expert's."""
+        if self.pattern not in self._compiled:
+            self._compiled[self.pattern] = re.compile(self.pattern)
+        match = self._compiled[self.pattern].fullmatch(name_in_layer)
+        if match is None:
+            return None
+        return ExpertSite(layer + match["block"], layer + match["expert"], int(match["index"]))
+
+
+@dataclass(frozen=True)
 class ScaleMapping:
     """One smoothing edge: the output of ``prev`` (a norm, or a Linear — ``part`` names which of a
     fused Linear's output columns) is the input of every Linear in ``layers``, and nothing else

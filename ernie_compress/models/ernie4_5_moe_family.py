@@ -6,6 +6,8 @@ Linear role: it stays FP32 and unquantized, as both references keep it), ``mlp.e
 ``mlp.shared_experts`` (each a fused SwiGLU ``up_gate_proj`` and a ``down_proj``: the dense MLP's
 roles, through the ERNIE 4.5 role patterns) and ``mlp.moe_statics.e_score_correction_bias``.
 ``ParameterNames.ffn_in``/``ffn_out`` name the dense MLP; MoE layers have experts there instead.
+:data:`ROUTED_EXPERTS` locates a routed expert's Linears (its block and index), so calibration (GPTQ's
+per-expert Hessians) reads the tokens the block's dispatch record sent to that expert.
 
 Smoothing: in every layer ``input_layernorm`` feeds the fused qkv and the values feed ``o_proj``
 (as dense). ``post_attention_layernorm`` feeds more than Linears in an MoE layer (the router too,
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .architecture import Distillation, GroupedQueryHeadsAndExperts, ScaleMapping
+from .architecture import Distillation, GroupedQueryHeadsAndExperts, RoutedExperts, ScaleMapping
 from .ernie4_5_family import LINEAR_ROLES, NAMES, student_keys
 from .ernie4_5_moe_config import Ernie45MoeConfig
 from .ernie4_5_moe_layout import check_moe_hf_writable, moe_to_hf, normalize_moe_state
@@ -37,13 +39,17 @@ SMOOTHING = (
 )
 
 
+# a routed expert's Linears: mlp.experts.{e}.up_gate_proj / down_proj (not mlp.shared_experts, not the router)
+ROUTED_EXPERTS = RoutedExperts(r"(?P<expert>(?P<block>mlp)\.experts\.(?P<index>\d+))\.[^.]+")
+
+
 FAMILY = ModelFamily(
     model_type="ernie4_5_moe", title="ERNIE 4.5 MoE", config_class=Ernie45MoeConfig,
     implementation="ernie_compress.models.ernie4_5_moe", onnx_blocks="ernie_compress.models.ernie4_5_moe_onnx",
     architecture_for_kind={"causal_lm": "Ernie4_5_MoeForCausalLM"},
     other_kinds_hint="they serve causal LM (lm, demo:lm) so far",
     names=dataclasses.replace(NAMES, task_heads=("lm_head",)), linear_roles=LINEAR_ROLES, smoothing=SMOOTHING,
-    head_layout=GroupedQueryHeadsAndExperts(remove_experts),
+    head_layout=GroupedQueryHeadsAndExperts(remove_experts), routed_experts=ROUTED_EXPERTS,
     distillation=Distillation(frozenset({"logits", "hidden_states"}),
                               instead="logits (--kd-weight) and hidden states (--hidden-weight)",
                               students=frozenset({"ernie4_5"})),  # the dense models: same tokenizer and vocabulary

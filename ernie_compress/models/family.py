@@ -11,7 +11,8 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import UserError
-from .architecture import Distillation, HeadLayout, LinearRoles, ParameterNames, ScaleMapping
+from .architecture import (Distillation, ExpertSite, HeadLayout, LinearRoles, ParameterNames, RoutedExperts,
+                           ScaleMapping)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class ModelFamily:
     onnx_blocks: str | None = None  # module with its layers as ONNX graph blocks (the cached decoder export)
     static_graph_refusal: str | None = None  # why its models do not trace to a Paddle static graph (None: they
     #   do); export then writes ONNX only, model.onnx built from its ONNX blocks
+    routed_experts: RoutedExperts | None = None  # where its MoE layers keep routed experts (None: no MoE)
 
     @property
     def layouts(self) -> tuple[str, ...]:
@@ -102,6 +104,15 @@ class ModelFamily:
             return None
         index, _, rest = name[len(prefix):].partition(".")
         return self.linear_roles.role_of(rest) if index.isdigit() and rest else None
+
+    def routed_expert(self, name: str) -> ExpertSite | None:
+        """Where the Linear sublayer ``name`` of a model sits when it belongs to a routed expert of an
+        MoE layer (its block and expert), else None: a dense Linear, a shared expert's, the router."""
+        prefix = self.names.layer_prefix
+        if self.routed_experts is None or not name.startswith(prefix):
+            return None
+        index, _, rest = name[len(prefix):].partition(".")
+        return self.routed_experts.locate(f"{prefix}{index}.", rest) if index.isdigit() and rest else None
 
     def output_head(self, config) -> tuple[str, bool] | None:
         """A causal LM's output head: (weight name, True when it is the tied embedding table

@@ -8,12 +8,21 @@ the error ``(w_i - q_i) / U_ii`` is spread over rows i+1.. by ``U_i,i+1..``, U b
 Cholesky factor of H⁻¹ (the paper's Algorithm 1, unblocked). A group's scale is taken when its
 first row is reached, from the rows as updated so far (the paper's group-wise variant). H is
 damped by 1% of its mean diagonal; inputs that never occur (zero diagonal) get weight 0.
+
+Mixture-of-experts layers: a routed expert's Linears compute only on the tokens the router sends
+to the expert, so their X is those tokens (padding left out), read from the MoE block's dispatch
+record; shared experts and dense MLPs see every token. An expert that few tokens reach has a
+Hessian of low rank, which the caller treats by rounding it to nearest instead (``--min-expert-tokens``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from ..models.architecture import ExpertSite
+from ..models.families import family_of
 from .weight_only import qmax
 
 
@@ -45,31 +54,58 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, bits: int, group_size
     return codes, scales.astype(np.float32)
 
 
-def collect_hessians(model, names: list[str], batches, pad_id: int) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class Hessians:
+    """What one calibration pass saw, per Linear name."""
+
+    hessians: dict[str, np.ndarray]  # H = 2 XᵀX / n [in, in]
+    tokens: dict[str, int]  # n: the non-padding tokens the Linear saw (a routed expert: those routed to it)
+
+
+def collect_hessians(model, names: list[str], batches, pad_id: int) -> Hessians:
     """H = 2 XᵀX / n of the inputs of the Linears ``names`` over the non-padding positions of
-    ``batches`` (``Batch`` objects), from one pass through ``model``."""
+    ``batches`` (``Batch`` objects), from one pass through ``model``. A routed expert's Linear of a
+    mixture-of-experts layer sees only the tokens routed to it: its X is those of them that are not
+    padding (the family says which Linears are routed and where their block records the dispatch)."""
     from ..paddle_env import import_paddle
 
     paddle = import_paddle()
     layers = dict(model.named_sublayers())
+    family = family_of(model.config)
+    sites = {name: family.routed_expert(name) for name in names}
+    blocks = {site.block: layers[site.block] for site in sites.values() if site is not None}
     sums = {name: np.zeros((layers[name].weight.shape[0],) * 2) for name in names}
     counts = dict.fromkeys(names, 0)
-    keep = {}
+    real = {}  # "rows": [b*s] bool, True at the current batch's non-padding positions
 
     def hook(name):
         def record(layer, inputs):
-            x = inputs[0].numpy().reshape(-1, inputs[0].shape[-1])[keep["rows"]].astype(np.float64)  # [tokens, in]
+            x = inputs[0].numpy().reshape(-1, inputs[0].shape[-1])  # [rows, in]: b*s, or an expert's n_e
+            x = x[_real_rows(real["rows"], sites[name], blocks)].astype(np.float64)  # [tokens, in]
             sums[name] += x.T @ x
             counts[name] += len(x)
         return record
 
     handles = [layers[name].register_forward_pre_hook(hook(name)) for name in names]
+    for block in blocks.values():
+        block.keep_dispatch = True
     try:
         with paddle.no_grad():
             for batch in batches:
-                keep["rows"] = (batch.input_ids != pad_id).reshape(-1)
+                real["rows"] = (batch.input_ids != pad_id).reshape(-1)
                 model(paddle.to_tensor(batch.input_ids), paddle.to_tensor(batch.token_type_ids))
     finally:
         for handle in handles:
             handle.remove()
-    return {name: 2 * sums[name] / max(1, counts[name]) for name in names}
+        for block in blocks.values():
+            block.keep_dispatch, block.dispatch = False, None
+    return Hessians({name: 2 * sums[name] / max(1, counts[name]) for name in names}, counts)
+
+
+def _real_rows(real: np.ndarray, site: ExpertSite | None, blocks: dict) -> np.ndarray:
+    """Which input rows of a Linear are non-padding tokens: ``real`` [b*s] itself, or for a routed
+    expert's Linear (input [n_e, in], the block's rows ``dispatch.rows[e]`` in order) ``real`` at
+    those rows [n_e]."""
+    if site is None:
+        return real
+    return real[blocks[site.block].dispatch.rows[site.index].numpy()]

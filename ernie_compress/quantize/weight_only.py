@@ -18,6 +18,8 @@ loader runs it and the codes are recovered from them: each group's largest magni
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import UserError
@@ -37,9 +39,26 @@ def qmax(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def check_group_size(name: str, rows: int, group_size: int | None) -> None:
-    if group_size is not None and rows % group_size:
-        raise UserError(f"--group-size {group_size} does not divide the input width {rows} of {name}")
+def check_group_sizes(widths: dict[str, int], group_size: int | None) -> None:
+    """Refuse a group size that does not divide the input width (``widths``: per Linear name) of
+    every quantized Linear, suggesting one that does."""
+    if group_size is None:
+        return
+    for name, rows in widths.items():
+        if rows % group_size:
+            raise UserError(f"--group-size {group_size} does not divide the input width {rows} of {name}; "
+                            f"--group-size {dividing_group_size(widths.values(), group_size)} divides every "
+                            f"quantized Linear's")
+
+
+def dividing_group_size(widths, wanted: int) -> int:
+    """A group size that divides every width, as close below ``wanted`` as they allow: the largest
+    power of two of at least 16 (MatMulNBits' block sizes) that divides them all and is at most
+    ``wanted``, else their largest common divisor up to ``wanted`` (at worst 1)."""
+    common = math.gcd(*widths)
+    divisors = [d for d in range(1, min(common, wanted) + 1) if common % d == 0]
+    kernel = [d for d in divisors if d >= 16 and d & (d - 1) == 0]
+    return (kernel or divisors)[-1]
 
 
 def quantize_rtn(weight: np.ndarray, bits: int, group_size: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -7,8 +7,10 @@ learned scales (``quantization_scales.json``, see ``scheme.py``); ``export --for
 into an INT8 QDQ model for ONNX Runtime that uses exactly those scales. FP16 stores the weights in
 half precision; its export is an ONNX model with FP16 weights and FP32 inputs/outputs (GPU/NPU
 deployment; also runs, for the accuracy check, in ONNX Runtime on CPU). Weight-only keeps the
-dequantized weights (``quantize/weight_only.py``). Every run ends by evaluating the result on
-held-out data against its parent.
+dequantized weights (``quantize/weight_only.py``); in a mixture-of-experts model every routed and
+shared expert is quantized (GPTQ: each routed expert from the calibration tokens routed to it, RTN
+for an expert that gets fewer than ``--min-expert-tokens``) and the router stays FP32. Every run ends
+by evaluating the result on held-out data against its parent.
 
 One runner per method, registered by its config type (:func:`runs`): it gets the shared start
 (parent, task, splits) and returns what it made (:class:`Quantized`); :func:`quantize_checkpoint`
@@ -32,14 +34,15 @@ from ..losses import hard_label_loss, logit_kd_loss
 from ..machine import cpu_has_vnni
 from ..metrics import metric_delta
 from ..models import model_from_state
+from ..models.families import family_of
 from ..models.layouts import check_layout
-from ..options import check_options, option
+from ..options import check_options, fail, option
 from ..progress import note
 from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
 from ..quantize.ptq import calibrate_
 from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantized_linear_names
 from ..quantize.gptq import collect_hessians, gptq_quantize
-from ..quantize.weight_only import BITS, HEAD_BITS, check_group_size, dequantize, lm_head_weight, quantize_rtn
+from ..quantize.weight_only import BITS, HEAD_BITS, check_group_sizes, dequantize, lm_head_weight, quantize_rtn
 from ..training_loop import LoopConfig, TrainResult, evaluate_split
 from ..results import QuantizeResult
 from .common import CheckpointOutput, ParentKDOptions, RunOptions, TrainingOptions
@@ -123,31 +126,64 @@ class FP16Config(QuantizeOptions):
 
 # -- weight-only roundings (``--weight-only ... --method``) ---------------------------------------
 
-Rounder = Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (name, weight [in, out]) -> codes, scales
+Rounder = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # weight [in, out] -> codes, scales
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a weight-only ``--method`` rounds each quantized Linear."""
+
+    roundings: dict[str, tuple[str, Rounder]]  # Linear name -> (the rounding it gets: "gptq" or "rtn", its function)
+    experts: dict[str, dict[str, Any]] | None = None  # GPTQ: per routed expert {"tokens": calibration tokens it
+    # got, "needed": the threshold, "starved": True when fewer (it is rounded to nearest instead)}
 
 
 @dataclass(frozen=True)
 class Rounding:
-    """A weight-only ``--method``: ``prepare(cfg, start, names)`` returns the function that puts
-    each named Linear's weight on the grid."""
+    """A weight-only ``--method``: ``prepare(cfg, start, names)`` plans how each named Linear's
+    weight is put on the grid."""
 
-    prepare: Callable[[Any, Start, list[str]], Rounder]
+    prepare: Callable[[Any, Start, list[str]], Plan]
     calibrates: bool  # reads ``--calib-samples`` training examples
 
 
-def _rtn(cfg, start: Start, names: list[str]) -> Rounder:
+def _rtn(cfg, start: Start, names: list[str]) -> Plan:
     """Round to nearest: every weight on its own (``quantize/weight_only.py``)."""
-    return lambda name, weight: quantize_rtn(weight, BITS[cfg.weight_only], cfg.groups)
+    rtn = ("rtn", lambda weight: quantize_rtn(weight, BITS[cfg.weight_only], cfg.groups))
+    return Plan(dict.fromkeys(names, rtn))
 
 
-def _gptq(cfg, start: Start, names: list[str]) -> Rounder:
+def _gptq(cfg, start: Start, names: list[str]) -> Plan:
     """GPTQ (Frantar et al. 2023, ``quantize/gptq.py``): rounding errors corrected with the input
-    second moments of ``cfg.calib_samples`` training examples, taken from the FP32 parent."""
+    second moments of ``cfg.calib_samples`` training examples, taken from the FP32 parent; a routed
+    expert that receives fewer calibration tokens than ``cfg.min_expert_tokens`` is rounded to nearest."""
     train = start.splits["train"]
     order = np.random.default_rng(0).permutation(len(train))[:cfg.calib_samples]  # as PTQ samples
     batches = [train.rows(np.sort(order[i:i + 32])) for i in range(0, len(order), 32)]
-    hessians = collect_hessians(start.model, names, batches, start.tokenizer.pad_id)
-    return lambda name, weight: gptq_quantize(weight, hessians[name], BITS[cfg.weight_only], cfg.groups)
+    seen = collect_hessians(start.model, names, batches, start.tokenizer.pad_id)
+    experts = _expert_tokens(cfg, start.model, names, seen.tokens)
+    family, bits = family_of(start.model.config), BITS[cfg.weight_only]
+    roundings = {}
+    for name in names:
+        site = family.routed_expert(name)
+        if site is not None and experts[site.expert]["starved"]:
+            roundings[name] = ("rtn", lambda weight: quantize_rtn(weight, bits, cfg.groups))
+        else:
+            roundings[name] = ("gptq", lambda weight, h=seen.hessians[name]: gptq_quantize(weight, h, bits, cfg.groups))
+    return Plan(roundings, experts)
+
+
+def _expert_tokens(cfg, model, names: list[str], tokens: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Per routed expert: the calibration tokens its Linears saw and the threshold ``cfg.min_expert_tokens``
+    (default: the widest input of the expert's Linears); ``starved`` marks those below it."""
+    family, layers = family_of(model.config), dict(model.named_sublayers())
+    experts = {}
+    for name in names:
+        site = family.routed_expert(name)
+        if site is not None:  # an expert's Linears all see its tokens
+            seen = experts.setdefault(site.expert, {"tokens": tokens[name], "needed": 0})
+            seen["needed"] = max(seen["needed"], cfg.min_expert_tokens or layers[name].weight.shape[0])
+    return {expert: dict(seen, starved=seen["tokens"] < seen["needed"]) for expert, seen in experts.items()}
 
 
 ROUNDINGS = {"rtn": Rounding(_rtn, calibrates=False), "gptq": Rounding(_gptq, calibrates=True)}
@@ -167,9 +203,16 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions):
     method: str = option("rtn", choices=tuple(ROUNDINGS), help=(
         "Weight-only: rtn (round to nearest) or gptq (rounding errors corrected from calibration inputs, "
         "Frantar et al. 2023)."))
+    min_expert_tokens: int | None = option(None, at_least=1, help=(
+        "Weight-only GPTQ of a mixture-of-experts model: a routed expert that receives fewer calibration "
+        "tokens than this is rounded to nearest (RTN) instead, since its Hessian would rest on too few "
+        "inputs (the report counts them). Default: the expert's widest Linear input (the hidden size): "
+        "with fewer tokens than inputs the Hessian is singular."))
 
     def __post_init__(self) -> None:
         check_options(self)
+        if self.min_expert_tokens is not None and self.method != "gptq":
+            fail("{min_expert_tokens} applies to {method} gptq", "min_expert_tokens", "method")
 
     @property
     def reads_train(self) -> bool:
@@ -337,13 +380,12 @@ def _weight_only_state(cfg: WeightOnlyConfig, start: Start) -> tuple[dict, dict]
     bits, group = BITS[cfg.weight_only], cfg.groups
     state = dict(start.parent.state)
     names = quantized_linear_names(start.model)
-    for name in names:
-        check_group_size(name, state[f"{name}.weight"].shape[0], group)
-    rounder = ROUNDINGS[cfg.method].prepare(cfg, start, names)
+    check_group_sizes({name: state[f"{name}.weight"].shape[0] for name in names}, group)
+    plan = ROUNDINGS[cfg.method].prepare(cfg, start, names)
     weights = {}
     for name in names:
         key = f"{name}.weight"
-        codes, scales = rounder(name, state[key])
+        codes, scales = plan.roundings[name][1](state[key])
         state[key] = dequantize(codes, scales, group)
         weights[key] = {"bits": bits, "group_size": group}
     head = lm_head_weight(start.parent.config)
@@ -354,4 +396,25 @@ def _weight_only_state(cfg: WeightOnlyConfig, start: Start) -> tuple[dict, dict]
         state[key] = np.ascontiguousarray(matrix.T if transposed else matrix)
         weights[key] = {"bits": HEAD_BITS, "group_size": None, "transposed": transposed}
     return state, {"method": f"weight_only_{cfg.method}", "dtype": cfg.weight_only, "weight_bits": bits,
-                   "group_size": group, "linears": len(names), "weights": weights}
+                   "group_size": group, "linears": len(names), **_rounding_record(cfg, start.model, plan),
+                   "weights": weights}
+
+
+def _rounding_record(cfg: WeightOnlyConfig, model, plan: Plan) -> dict[str, Any]:
+    """What the scheme says about the roundings: per rounding, how many Linears and routed experts got
+    it; for GPTQ of a model with routed experts the threshold (None: each expert's widest input), the
+    experts that fell back to RTN (tokens they got, needed) and the fewest calibration tokens an expert got."""
+    family = family_of(model.config)
+    counts = {}
+    for name, (how, _) in plan.roundings.items():
+        count = counts.setdefault(how, {"linears": 0, "experts": set()})
+        count["linears"] += 1
+        site = family.routed_expert(name)
+        if site is not None:
+            count["experts"].add(site.expert)
+    record = {"rounding": {how: {"linears": c["linears"], "experts": len(c["experts"])} for how, c in counts.items()}}
+    if plan.experts:  # GPTQ of a model with routed experts
+        starved = {e: {"tokens": v["tokens"], "needed": v["needed"]} for e, v in plan.experts.items() if v["starved"]}
+        record.update(min_expert_tokens=cfg.min_expert_tokens, rtn_fallback=starved,
+                      fewest_expert_tokens=min(v["tokens"] for v in plan.experts.values()))
+    return record

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from ernie_compress.cli import app
 from ernie_compress.errors import UserError
-from ernie_compress.quantize.weight_only import check_group_size, dequantize, qmax, quantize_rtn
+from ernie_compress.quantize.weight_only import check_group_sizes, dequantize, qmax, quantize_rtn
 from tests.helpers import cli_json
 
 
@@ -30,10 +30,15 @@ def test_rtn_codes_their_grid_and_their_error(bits, group):
     assert all(len(np.unique(per_group[g, :, c])) <= 2 * qmax(bits) + 1 for g in range(64 // size) for c in range(24))
 
 
-def test_a_group_size_that_does_not_divide_the_width_is_refused():
-    check_group_size("x", 64, 32)
-    with pytest.raises(UserError, match="--group-size 48 does not divide the input width 64 of x"):
-        check_group_size("x", 64, 48)
+def test_a_group_size_that_does_not_divide_the_width_is_refused_with_one_that_does():
+    check_group_sizes({"x": 64, "y": 96}, 32)
+    with pytest.raises(UserError, match="--group-size 48 does not divide the input width 64 of x; "
+                                        "--group-size 32 divides every quantized Linear's$"):
+        check_group_sizes({"x": 64, "y": 96}, 48)
+    with pytest.raises(UserError, match="--group-size 16 divides"):  # a kernel block size (power of 2, >= 16)
+        check_group_sizes({"x": 48, "y": 96}, 32)  # before 24, which divides both too
+    with pytest.raises(UserError, match="--group-size 24 divides"):  # no kernel block size divides 24
+        check_group_sizes({"x": 24}, 32)
 
 
 def test_weight_only_on_a_small_decoder(tiny_lm, tmp_path):
@@ -82,9 +87,12 @@ def test_gptq_corrects_rounding_errors_that_rtn_leaves():
 
 
 def test_gptq_beats_rtn_on_the_small_decoder(tiny_lm, tmp_path):
-    ppl = {m: cli_json(["quantize", str(tiny_lm), "--weight-only", "int4", "--group-size", "16", "--method", m,
-                        "--out", str(tmp_path / m)])["metrics"]["test"]["perplexity"] for m in ("rtn", "gptq")}
+    results = {m: cli_json(["quantize", str(tiny_lm), "--weight-only", "int4", "--group-size", "16", "--method", m,
+                            "--out", str(tmp_path / m)]) for m in ("rtn", "gptq")}
+    ppl = {m: r["metrics"]["test"]["perplexity"] for m, r in results.items()}
     assert ppl["gptq"] < ppl["rtn"], ppl
+    for m, r in results.items():  # a dense model: every Linear by the method, no expert bookkeeping
+        assert r["scheme"]["rounding"] == {m: {"linears": 8, "experts": 0}} and "rtn_fallback" not in r["scheme"]
 
 
 def reference_gptq(weight, hessian, bits, group_size, damp=0.01):
