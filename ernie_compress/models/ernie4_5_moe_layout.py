@@ -62,18 +62,24 @@ def _split_fused_experts(config: Ernie45MoeConfig, state: dict[str, np.ndarray])
         bias, fused = _FUSED_BIAS.match(name), _FUSED_EXPERTS.match(name)
         if bias:
             out[bias.group(1) + bias.group(2)] = value
-        elif not fused:
-            out[name] = value
-        elif tuple(value.shape) != expected[fused.group(2)]:
-            raise UserError(f"'{name}' stores all experts in one tensor of shape {list(value.shape)}; only "
-                            f"transformers' {list(expected[fused.group(2)])} (experts, out, in) is read")
-        elif fused.group(2) == "down_proj":
-            out.update({f"{fused.group(1)}.{i}.down_proj.weight": value[i] for i in range(e)})  # [h, f] each
+        elif fused:
+            out.update(_per_expert(name, fused.group(1), fused.group(2), value, expected, f))
         else:
-            for i in range(e):  # [2f, h]: gate rows, then up rows
-                out[f"{fused.group(1)}.{i}.gate_proj.weight"], out[f"{fused.group(1)}.{i}.up_proj.weight"] = (
-                    value[i, :f], value[i, f:])
+            out[name] = value
     return out
+
+
+def _per_expert(name: str, prefix: str, kind: str, value: np.ndarray, expected: dict, f: int) -> dict[str, np.ndarray]:
+    """One fused tensor [experts, out, in] as each expert's [out, in] under the Hugging Face names
+    (``gate_up_proj``'s rows: gate, then up)."""
+    if tuple(value.shape) != expected[kind]:
+        raise UserError(f"'{name}' stores all experts in one tensor of shape {list(value.shape)}; only "
+                        f"transformers' {list(expected[kind])} (experts, out, in) is read")
+    if kind == "down_proj":
+        return {f"{prefix}.{i}.down_proj.weight": value[i] for i in range(len(value))}  # [h, f] each
+    halves = {"gate": slice(0, f), "up": slice(f, 2 * f)}
+    return {f"{prefix}.{i}.{half}_proj.weight": value[i, rows] for i in range(len(value))
+            for half, rows in halves.items()}
 
 
 def _fuse_expert_gate_up(state: dict[str, np.ndarray]) -> None:
