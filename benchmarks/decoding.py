@@ -126,6 +126,23 @@ def gpu_copy_bandwidth(gib: float = 1.0, repeats: int = 5) -> float | None:
     return 2 * src.numel() * 4 / min(times[1:])
 
 
+def interleaved_generation(sessions: dict, prompt: list[int], rounds: int, new_tokens: int) -> tuple[dict, dict]:
+    """Time to first token (ms) and decode tokens/s of each decoder in ``sessions``, ``rounds`` times,
+    each round running every decoder once (after one warm-up each: first runs allocate and pack)."""
+    from ernie_compress.runtime.decoding import generate_tokens
+
+    for decoder in sessions.values():
+        generate_tokens(decoder, prompt[:16], 3, eos_id=-1)
+    ttft, decode = {name: [] for name in sessions}, {name: [] for name in sessions}
+    for r in range(rounds):
+        for name, decoder in sessions.items():
+            out = generate_tokens(decoder, prompt, new_tokens, eos_id=-1)
+            ttft[name].append(out["time_to_first_token_ms"])
+            decode[name].append(out["decode_tokens_per_s"])
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+    return ttft, decode
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -153,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ernie_compress.export.decoder_onnx import DecoderWeights, build_decoder, kernel_counts, save_model
     from ernie_compress.models.families import config_from_dict
     from ernie_compress.models.presets import resolve_preset
-    from ernie_compress.runtime.decoding import OnnxDecoder, generate_tokens
+    from ernie_compress.runtime.decoding import OnnxDecoder
 
     progress.set_enabled(False)
     config = config_from_dict(resolve_preset(args.preset))
@@ -188,16 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
             del graph
         rng = np.random.default_rng(1)
         prompt = [1, *rng.integers(5, config.vocab_size, args.prompt - 1).tolist()]
-        for decoder in sessions.values():  # warm-up: first runs allocate
-            generate_tokens(decoder, prompt[:16], 3, eos_id=-1)
-        ttft = {name: [] for name in sessions}
-        decode = {name: [] for name in sessions}
-        for r in range(args.rounds):
-            for name, decoder in sessions.items():
-                out = generate_tokens(decoder, prompt, args.new_tokens, eos_id=-1)
-                ttft[name].append(out["time_to_first_token_ms"])
-                decode[name].append(out["decode_tokens_per_s"])
-            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+        ttft, decode = interleaved_generation(sessions, prompt, args.rounds, args.new_tokens)
     rows, result = [], {"preset": args.preset, "device": args.device, "threads": args.threads, "rounds": args.rounds, "prompt": args.prompt,
                         "new_tokens": args.new_tokens, "copy_bandwidth_gb_s": bandwidth / 1e9 if bandwidth else None,
                         "variants": {}}

@@ -4,7 +4,7 @@ FP32, W8 and W4 experts, each as ONNX Runtime's fused kernel (``MoE`` / ``QMoE``
 active-parameter bandwidth bound; measured in one run, interleaved.
 
     python benchmarks/moe_decoding.py [--layers 2] [--experts 64] [--threads 2] [--rounds 3] [--prompt 128]
-        [--new-tokens 16] [--variants all|NAME,...] [--markdown benchmarks/results/moe-decoding.md]
+        [--new-tokens 16] [--variants all|w4-qmoe,...] [--markdown benchmarks/results/moe-decoding.md]
 
 Random weights (speed does not depend on their values): the preset ``ernie45-21b-a3b`` (hidden 2560,
 20 query / 4 KV heads of 128, 64 experts of width 1536, top-6, 2 shared experts, layer 0 dense,
@@ -48,6 +48,10 @@ VARIANTS = {
 EXPERT_OPS = ("MatMul", "MatMulNBits", "Gemm", "MoE", "QMoE")  # the ops whose initializers a step reads
 
 
+def _slug(name: str) -> str:
+    return name.lower().replace(", ", "-").replace(" ", "-")
+
+
 def integer_weights(config, state, bits: int, group: int | None) -> dict:
     """RTN codes and scales of every Linear with a role in the family (experts, attention, shared and
     dense MLPs; not the router) and of the head (int8 per vocabulary entry)."""
@@ -86,24 +90,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each variant once per round)")
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens for time to first token")
     parser.add_argument("--new-tokens", type=int, default=16, help="greedy decode steps timed per round")
-    parser.add_argument("--variants", default="all", help=f"comma-separated subset of: {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="all", help=f"comma-separated subset of: {', '.join(map(_slug, VARIANTS))}")
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    chosen = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
-    unknown = [v for v in chosen if v not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variants {unknown}")
+    asked = set(map(_slug, VARIANTS)) if args.variants == "all" else {v.strip() for v in args.variants.split(",")}
+    if asked - set(map(_slug, VARIANTS)):
+        parser.error(f"unknown variants {sorted(asked - set(map(_slug, VARIANTS)))}")
+    chosen = [v for v in VARIANTS if _slug(v) in asked]
 
     import onnxruntime as ort
 
     from _tables import markdown
-    from decoding import _interval, copy_bandwidth, random_state
+    from decoding import _interval, copy_bandwidth, interleaved_generation, random_state
     from ernie_compress import progress
     from ernie_compress.export.decoder_onnx import DecoderWeights, build_decoder, kernel_counts, save_model
     from ernie_compress.models.families import config_from_dict
     from ernie_compress.models.presets import resolve_preset
-    from ernie_compress.runtime.decoding import OnnxDecoder, generate_tokens
+    from ernie_compress.runtime.decoding import OnnxDecoder
 
     progress.set_enabled(False)
     keys = dict(resolve_preset(args.preset), num_hidden_layers=args.layers)
@@ -134,16 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
             del graph
         rng = np.random.default_rng(1)
         prompt = [1, *rng.integers(5, config.vocab_size, args.prompt - 1).tolist()]
-        for decoder in sessions.values():  # warm-up: first runs allocate and pack
-            generate_tokens(decoder, prompt[:16], 3, eos_id=-1)
-        ttft = {name: [] for name in sessions}
-        decode = {name: [] for name in sessions}
-        for r in range(args.rounds):
-            for name, decoder in sessions.items():
-                out = generate_tokens(decoder, prompt, args.new_tokens, eos_id=-1)
-                ttft[name].append(out["time_to_first_token_ms"])
-                decode[name].append(out["decode_tokens_per_s"])
-            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+        ttft, decode = interleaved_generation(sessions, prompt, args.rounds, args.new_tokens)
     result = {"preset": args.preset, "layers": args.layers, "experts": config.moe_num_experts, "k": config.moe_k,
               "threads": args.threads, "rounds": args.rounds, "prompt": args.prompt, "new_tokens": args.new_tokens,
               "copy_bandwidth_gb_s": bandwidth / 1e9, "variants": {}}

@@ -20,22 +20,13 @@ caps every training (a quick check that the script runs; the numbers then mean l
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def cli(*args: str) -> dict:
-    done = subprocess.run([sys.executable, "-m", "ernie_compress", "--quiet", "--json", *args], capture_output=True,
-                          text=True, cwd=ROOT)
-    if done.returncode:
-        sys.exit(f"ernie-compress {' '.join(args)}: {done.stderr.strip()}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+from _cli import cli  # noqa: E402
 
 
 def _teacher(args, work: Path, common: list[str]) -> tuple[Path, dict | None]:

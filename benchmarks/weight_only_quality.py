@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import cli  # noqa: E402
 
 VARIANTS = (("W8, RTN", ["int8", "--method", "rtn"]), ("W8, GPTQ", ["int8", "--method", "gptq"]),
             ("W4 g32, RTN", ["int4", "--group-size", "32", "--method", "rtn"]),
@@ -31,14 +32,6 @@ VARIANTS = (("W8, RTN", ["int8", "--method", "rtn"]), ("W8, GPTQ", ["int8", "--m
 
 def _slug(name: str) -> str:
     return name.lower().replace(", ", "-").replace(" ", "-")
-
-
-def cli(*args: str) -> dict:
-    done = subprocess.run([sys.executable, "-m", "ernie_compress", "--quiet", "--json", *args], capture_output=True,
-                          text=True, cwd=ROOT)
-    if done.returncode:
-        sys.exit(f"ernie-compress {' '.join(args)}: {done.stderr.strip()}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> dict:
