@@ -23,6 +23,15 @@ python benchmarks/readme_tables.py --take ner-demo=runs/ner-demo/report.md
 python benchmarks/sentiment_baselines.py --markdown "$R/sentiment-baselines.md"
 python benchmarks/decoding.py --rounds 3 --new-tokens 32 --markdown "$R/decoding.md"
 python benchmarks/weight_only_quality.py --markdown "$R/weight-only-quality.md"
+# ERNIE 4.5 mixture of experts: one trained ernie45-moe-demo for the quality tables (about 1.5 hours in all)
+ernie-compress --quiet train --preset ernie45-moe-demo --task demo:lm --epochs 3 --lr 3e-3 --out runs/moe-demo --overwrite
+python benchmarks/weight_only_quality.py --checkpoint runs/moe-demo --variants w8-rtn,w8-gptq,w4-g32-rtn,w4-g32-gptq \
+  --workdir runs/moe-woq --markdown "$R/moe-weight-only-quality.md"
+python benchmarks/moe_pruning.py --checkpoint runs/moe-demo --experts 0.25 --workdir runs/moe-pruning \
+  --markdown "$R/moe-pruning.md"
+python benchmarks/moe_distill.py --teacher runs/moe-demo --epochs 2 --workdir runs/moe-distill --markdown "$R/moe-distill.md"
+python benchmarks/moe_decoding.py --layers 2 --rounds 3 --markdown "$R/moe-decoding.md"   # 21B-A3B's layer shape, ~14 GB
+python benchmarks/interop_counts.py --markdown "$R/interop.md"
 # On a GPU machine (onnxruntime-gpu, no Paddle needed), not here: decoding-gpu.md and gpu-runtimes.md
 #   python3 benchmarks/decoding.py --device gpu --rounds 3 --new-tokens 32 --markdown "$R/decoding-gpu.md"
 #   python3 benchmarks/gpu_runtimes.py measure gpucheck --markdown "$R/gpu-runtimes.md" --log "$R/gpu-runtimes.log"
