@@ -17,3 +17,14 @@ def cli(*args: str) -> dict:
     if done.returncode:
         sys.exit(f"ernie-compress {' '.join(args)}: {done.stderr.strip()}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cli_or_refusal(*args: str) -> tuple[dict | None, str | None]:
+    """``cli(*args)``'s result, or (None, its one-line refusal) when the command refuses (exit code 2)."""
+    done = subprocess.run([sys.executable, "-m", "ernie_compress", "--quiet", "--json", *args], capture_output=True,
+                          text=True, cwd=ROOT)
+    if done.returncode == 2:
+        return None, done.stderr.strip().removeprefix("error: ")
+    if done.returncode:
+        sys.exit(f"ernie-compress {' '.join(args)}: {done.stderr.strip()}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), None

@@ -395,8 +395,9 @@ def _check_decoder(cfg: ExportConfig, level: int, check: dict[str, Any]) -> None
     if level and (share < cfg.int8_min_agreement or relative > cfg.int8_max_relative_diff):
         raise UserError(f"decoder export (int8 compute) failed verification: next-token picks agree with dygraph on "
                         f"{share:.1%} of steps (least {cfg.int8_min_agreement:.0%}), max logit difference "
-                        f"{relative:.1%} of the logit scale (most {cfg.int8_max_relative_diff:.0%}); "
-                        f"nothing was written")
+                        f"{relative:.1%} of the logit scale (most {cfg.int8_max_relative_diff:.0%}); nothing was "
+                        f"written (--weight-only-compute fp32 is exact; or quantize with --group-size 32, whose "
+                        f"smaller blocks quantize the activations more finely)")
 
 
 # -- the stage -------------------------------------------------------------------------------------
