@@ -29,7 +29,7 @@ python benchmarks/weight_only_quality.py --checkpoint runs/moe-demo --variants w
   --workdir runs/moe-woq --markdown "$R/moe-weight-only-quality.md"
 python benchmarks/moe_pruning.py --checkpoint runs/moe-demo --experts 0.25 --workdir runs/moe-pruning \
   --markdown "$R/moe-pruning.md"
-python benchmarks/moe_distill.py --teacher runs/moe-demo --epochs 2 --workdir runs/moe-distill --markdown "$R/moe-distill.md"
+python benchmarks/moe_distill.py --teacher runs/moe-demo --epochs 1 --workdir runs/moe-distill --markdown "$R/moe-distill.md"
 python benchmarks/moe_decoding.py --layers 2 --rounds 3 --markdown "$R/moe-decoding.md"   # 21B-A3B's layer shape, ~14 GB
 python benchmarks/interop_counts.py --markdown "$R/interop.md"
 # On a GPU machine (onnxruntime-gpu, no Paddle needed), not here: decoding-gpu.md and gpu-runtimes.md

@@ -381,11 +381,11 @@ def _compare_decoder(src: Sources, exported, level: int) -> dict[str, Any]:
         same_text &= generate_tokens(exported, ids, cfg.decoder_new_tokens, eos_id=-1)["tokens"] == expected["tokens"]
     check = {"prompts": len(prompts), "new_tokens": cfg.decoder_new_tokens, "greedy_tokens_equal": same_text,
              "teacher_forced_agreement": float(np.mean(agree)), "max_abs_diff": largest, "max_relative_diff": relative}
-    _check_decoder(cfg, level, check)
+    _check_decoder(cfg, level, check, (quantization_info(src.ckpt.config) or {}).get("group_size"))
     return check
 
 
-def _check_decoder(cfg: ExportConfig, level: int, check: dict[str, Any]) -> None:
+def _check_decoder(cfg: ExportConfig, level: int, check: dict[str, Any], group_size: int | None = None) -> None:
     """FP32 compute (``level`` 0): the same greedy text and logits within ``cfg.tolerance``; int8
     compute: next-token picks and logits within the INT8 bounds."""
     largest, share, relative = check["max_abs_diff"], check["teacher_forced_agreement"], check["max_relative_diff"]
@@ -396,8 +396,14 @@ def _check_decoder(cfg: ExportConfig, level: int, check: dict[str, Any]) -> None
         raise UserError(f"decoder export (int8 compute) failed verification: next-token picks agree with dygraph on "
                         f"{share:.1%} of steps (least {cfg.int8_min_agreement:.0%}), max logit difference "
                         f"{relative:.1%} of the logit scale (most {cfg.int8_max_relative_diff:.0%}); nothing was "
-                        f"written (--weight-only-compute fp32 is exact; or quantize with --group-size 32, whose "
-                        f"smaller blocks quantize the activations more finely)")
+                        f"written (--weight-only-compute fp32 is exact{_finer_blocks_hint(group_size)})")
+
+
+def _finer_blocks_hint(group_size: int | None) -> str:
+    """Per-channel codes and large groups run as large MatMulNBits blocks, whose int8 compute quantizes
+    the activations per block: smaller groups quantize them more finely."""
+    return "" if group_size is not None and group_size <= 32 else (
+        "; or quantize with --group-size 32, whose smaller blocks quantize the activations more finely")
 
 
 # -- the stage -------------------------------------------------------------------------------------
