@@ -41,6 +41,7 @@ from ..models.onnx_graph import IR_VERSION, OPSET, GraphBuilder, MatMul, f32, fl
 
 MASKED = -1e4  # the additive mask value of models/ernie4_5.py
 DECODER_FILE = "onnx/decoder.onnx"
+PROTOBUF_LIMIT = 2**31 - 2**26  # weight bytes above which a model is saved with external data (2 GB less a margin)
 
 
 def cache_names(layers: int) -> tuple[list[str], list[str]]:
@@ -245,13 +246,18 @@ def save_model(model, path: Path) -> list[str]:
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    if model.ByteSize() < 2**31 - 2**26:
+    if _weight_bytes(model) < PROTOBUF_LIMIT:
         onnx.save(model, str(path))
         return [path.name]
     data = path.name + ".data"
     onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
               size_threshold=1024)
     return [path.name, data]
+
+
+def _weight_bytes(model) -> int:
+    """Bytes of the initializers: what decides protobuf's 2 GB limit (``ByteSize`` itself fails past it)."""
+    return sum(len(t.raw_data) or 4 * len(t.float_data) + 8 * len(t.int64_data) for t in model.graph.initializer)
 
 
 def kernel_counts(model) -> dict[str, int]:

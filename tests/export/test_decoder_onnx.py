@@ -204,3 +204,24 @@ def test_recovered_codes_are_the_quantizers_codes_with_zero_groups_and_tiny_weig
         np.testing.assert_array_equal(recovered.codes, codes)
         assert np.isfinite(recovered.scales).all()
         np.testing.assert_allclose(recovered.scales[[0, 2]], scales[[0, 2]], rtol=1e-6)
+
+
+def _file_session(path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_a_model_over_the_protobuf_limit_is_saved_with_external_data(tmp_path, monkeypatch):
+    """Past protobuf's 2 GB the weights go to one external file (the limit is lowered here; at 2.4 GB of
+    weights ``ModelProto.ByteSize`` itself fails, so the size is taken from the initializers)."""
+    model = _decoder(2)
+    graph = build_decoder(model.config, decoder_weights(model.config, model_state(model), None))
+    assert decoder_onnx._weight_bytes(graph) == sum(v.nbytes for v in model_state(model).values()) + sum(
+        len(t.raw_data) for t in graph.graph.initializer if t.name not in model_state(model))
+    assert decoder_onnx.save_model(graph, tmp_path / "small" / "decoder.onnx") == ["decoder.onnx"]
+    monkeypatch.setattr(decoder_onnx, "PROTOBUF_LIMIT", 1 << 16)
+    files = decoder_onnx.save_model(graph, tmp_path / "big" / "decoder.onnx")
+    assert files == ["decoder.onnx", "decoder.onnx.data"] and (tmp_path / "big" / "decoder.onnx").stat().st_size < 1 << 16
+    prompt = [1, 7, 9, 23]
+    small = generate_tokens(OnnxDecoder(_file_session(tmp_path / "small" / "decoder.onnx")), prompt, 4, eos_id=-1)
+    big = generate_tokens(OnnxDecoder(_file_session(tmp_path / "big" / "decoder.onnx")), prompt, 4, eos_id=-1)
+    np.testing.assert_array_equal(small["logits"], big["logits"])
