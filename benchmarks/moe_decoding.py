@@ -126,14 +126,14 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"writing {name} ...", file=sys.stderr)
             weights = DecoderWeights(state, integer[(bits, group)] if bits else {}, 4 if bits else 0, experts)
             graph = build_decoder(config, weights)
-            path = Path(tmp) / f"{len(sessions)}.onnx"
+            active, kernels = active_bytes_per_token(graph, config), kernel_counts(graph)  # before saving: external
+            path = Path(tmp) / f"{len(sessions)}.onnx"                                        # data leaves the graph
             save_model(graph, path)
             options = ort.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
             options.log_severity_level = 3
             sessions[name] = OnnxDecoder(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
-            active = active_bytes_per_token(graph, config)
-            info[name] = {"kernels": kernel_counts(graph), "active_weight_bytes_per_token": active,
+            info[name] = {"kernels": kernels, "active_weight_bytes_per_token": active,
                           "bandwidth_bound_tokens_per_s": bandwidth / active}
             del graph
         rng = np.random.default_rng(1)
