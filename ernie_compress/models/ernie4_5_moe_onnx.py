@@ -380,17 +380,19 @@ def qmoe_block(integer: Mapping[str, IntegerWeight], config: MoEShape, names: Mo
 def expert_kernel(g: GraphBuilder, config: MoEShape, names: MoENames) -> str:
     """How one MoE layer's experts run: ``moe`` (float fused), ``qmoe`` (integer fused) or
     ``dispatch`` (one Linear per expert: MatMul, or MatMulNBits for integer weights). ``g.experts``
-    "auto" takes ``moe`` for float experts, ``qmoe`` for 4-bit ones, and ``dispatch`` for 8-bit
-    ones and mixed layers: measured at ERNIE-4.5-21B-A3B's layer shape (``benchmarks/moe_kernels.py``,
-    2 threads), int4 QMoE in blocks of 128 decodes 2.3x faster than MatMulNBits per expert, while
-    int8 QMoE is 9x slower than int8 MatMulNBits at accuracy level 4. "fused" asks for ``moe``/``qmoe``
+    "auto" takes ``qmoe`` for 4-bit experts and ``dispatch`` for float and 8-bit ones and mixed
+    layers, as measured at ERNIE-4.5-21B-A3B's shape on 2 threads: in the whole decoder
+    (``benchmarks/moe_decoding.py``) int4 QMoE decodes 1.13x faster than MatMulNBits per expert and
+    float MoE 0.60x as fast as MatMul per expert; for int8 the layer benchmark
+    (``benchmarks/moe_kernels.py``) had QMoE 9x slower and the decoder benchmark 1.12x faster, so
+    int8 keeps the per-expert kernels until that is settled. "fused" asks for ``moe``/``qmoe``
     (refused where the weights cannot be fed to QMoE), "dispatch" for ``dispatch``."""
     weights = _expert_weights(config, names)
     quantized = [w in g.integer for w in weights]
     if g.experts == "dispatch" or (any(quantized) and not all(quantized)):
         return "dispatch"
     if not any(quantized):
-        return "moe"
+        return "moe" if g.experts == "fused" else "dispatch"
     bits = {g.integer[w].bits for w in weights}
     if g.experts == "fused":
         qmoe_block(g.integer, config, names)  # raises where QMoE cannot hold them

@@ -69,8 +69,8 @@ class ExportConfig(ThreadsOption):
     moe_experts: str = option("auto", choices=decoder_onnx.EXPERT_KERNELS, help=(
         "Mixture-of-experts decoders: how each MoE layer runs its experts in onnx/decoder.onnx. fused: ONNX "
         "Runtime's MoE (float) or QMoE (int4/int8 experts) kernel; dispatch: one MatMul or MatMulNBits per "
-        "expert on the tokens routed to it; auto: MoE for float and QMoE for int4 experts, dispatch for int8 "
-        "(QMoE's int8 CPU kernel is slower than MatMulNBits; docs/decoders.md has the measurements)."))
+        "expert on the tokens routed to it; auto: QMoE for int4 experts, dispatch for float and int8 "
+        "(faster on a CPU as measured at ERNIE-4.5-21B-A3B's shape; docs/benchmarks.md)."))
     onnx_ops: str = option("onnxruntime", choices=onnx_export.ONNX_OPS, help=(
         "Encoder ONNX (FP32 and the INT8 CPU model): onnxruntime writes each attention core as ONNX "
         "Runtime's fused MultiHeadAttention and each residual sum before a LayerNormalization as Sum, "

@@ -62,7 +62,7 @@ def _dygraph(model) -> dict:
     return generate_tokens(family_of(model.config).cached_decoder(model), PROMPT, 10, eos_id=-1)
 
 
-@pytest.mark.parametrize("experts, kernel", [("fused", "MoE"), ("dispatch", None)])
+@pytest.mark.parametrize("experts, kernel", [("fused", "MoE"), ("dispatch", None), ("auto", None)])
 @pytest.mark.parametrize("changes", [{}, {"moe_num_shared_experts": 0, "tie_word_embeddings": False},
                                      {"moe_layer_start_index": 0, "moe_layer_interval": 2, "num_key_value_heads": 1}])
 def test_float_decoder_equals_dygraph_at_prefill_and_every_step(experts, kernel, changes):
@@ -164,11 +164,12 @@ def test_export_writes_verified_onnx_skips_paddle_and_generate_runs_it(moe_lm):
     assert out["verification"]["onnx"]["max_abs_diff"] < 1e-4
     check = out["verification"]["decoder"]
     assert check["greedy_tokens_equal"] and check["max_abs_diff"] < 1e-4
-    assert out["files"]["decoder"]["kernels"]["MoE"] == 2
+    assert "MoE" not in out["files"]["decoder"]["kernels"]  # auto: float experts one MatMul each
     manifest = json.loads((moe_lm / "e" / "manifest.json").read_text())
     assert manifest["skipped"]["paddle"] == out["skipped"]["paddle"]
-    text = CliRunner().invoke(app, ["export", str(moe_lm / "m"), "--format", "onnx", "--out", str(moe_lm / "e2")]).stdout
-    assert "decoder (fp32 compute): verified" in text and "QMoE" not in text
+    text = CliRunner().invoke(app, ["export", str(moe_lm / "m"), "--format", "onnx", "--moe-experts", "fused",
+                                    "--out", str(moe_lm / "e2")]).stdout
+    assert "decoder (fp32 compute): verified" in text and "decoder experts: 2 MoE layer(s)" in text
     prompts = ["--prompt", "质量太差", "--prompt", "服务态度很", "--max-new-tokens", "8"]
     from_export = cli_json(["generate", str(moe_lm / "e"), *prompts])
     from_checkpoint = cli_json(["generate", str(moe_lm / "m"), *prompts])
