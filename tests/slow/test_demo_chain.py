@@ -1,6 +1,8 @@
 """`ernie-compress demo` end to end on demo:sentiment (about 7 minutes on 2 cores): every stage's
-output is there, every variant stays within a stated band of the teacher, INT8 is faster than the
-FP32 model it was quantized from at batch 32 (interleaved rounds on the run's exports), and the report holds its context rows.
+output is there, every variant stays within a stated band of the teacher, the INT8 export is verified on logits, and
+the report holds its context rows. INT8's speed against its FP32 parent is a benchmark's claim
+(`benchmarks/quantization.py`, at ERNIE 3.0 base size), not this test's: at the demo's size both
+run in about 4 ms at batch 32 and a shared CI machine's noise swapped them (CI, stop 34).
 
 The bands (docs/benchmarks.md states them): every compressed variant >= teacher - 1.5 accuracy points (the
 demo measures +0.8 to +1.4: the student learns from labels and soft labels); the teacher between
@@ -48,24 +50,6 @@ def test_variants_stay_within_the_band_of_the_teacher(demo_run):
         assert rows[name]["score"] >= teacher - BAND_POINTS / 100, (name, rows[name]["score"], teacher)
     assert rows["int8"]["runtime"] == "onnxruntime/cpu/int8"
     assert rows["pruned"]["non_embedding_parameters"] <= 0.85 * rows["student"]["non_embedding_parameters"]
-
-
-ROUNDS = 5  # interleaved timing rounds of the two exports
-
-
-def test_int8_is_faster_than_its_fp32_parent_at_batch_32(demo_run):
-    """The run's INT8 export against the FP32 export of the checkpoint it was quantized from, timed
-    in interleaved rounds (the report's single p50 of each, measured minutes apart on a shared
-    machine, can swap two exports whose times are within its noise); the medians decide."""
-    out, _, _ = demo_run
-    exports = {"pruned": out / "exports" / "pruned", "int8": out / "int8-onnx"}
-    rounds: dict[str, list[float]] = {name: [] for name in exports}
-    for _ in range(ROUNDS):
-        for name, path in exports.items():
-            result = cli("evaluate", str(path), "--batch-sizes", "32", "--iterations", "20")
-            rounds[name].append(next(b["p50_ms"] for b in result["latency"] if b["batch_size"] == 32))
-    median = {name: sorted(times)[ROUNDS // 2] for name, times in rounds.items()}
-    assert median["int8"] <= median["pruned"], rounds
 
 
 def test_int8_export_is_verified_on_logits(demo_run):
