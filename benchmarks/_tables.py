@@ -18,10 +18,13 @@ def markdown(title: str, rows: list[dict], cols: list[str], digits: int = 2, thr
 
 
 def emit(title: str, rows: list[dict], cols: list[str], result: dict, json_path: Path | None,
-         digits: int = 2, markdown_path: Path | None = None, threads: int | None = None) -> None:
+         digits: int = 2, markdown_path: Path | None = None, threads: int | None = None,
+         summary: dict | None = None) -> None:
+    """Print the table and the JSON result (``summary`` instead, when the result is too long to
+    read on a terminal; ``json_path`` gets the whole result either way)."""
     table = markdown(title, rows, cols, digits, threads)
     print("\n" + table)
-    print("\n" + json.dumps(result))
+    print("\n" + json.dumps(result if summary is None else summary))
     if json_path:
         json_path.write_text(json.dumps(result, indent=2))
     if markdown_path:

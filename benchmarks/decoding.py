@@ -25,7 +25,6 @@ bytes read + written per second).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import onnxruntime as ort
 
-    from _tables import markdown
+    from _tables import emit
     from ernie_compress import progress
     from ernie_compress.export.decoder_onnx import DecoderWeights, build_decoder, kernel_counts, save_model
     from ernie_compress.models.families import config_from_dict
@@ -234,13 +233,9 @@ def main(argv: list[str] | None = None) -> dict:
              f"interleaved rounds. Memory bandwidth ({measured}, bytes read + written): "
              + (f"{bandwidth / 1e9:.1f} GB/s" if bandwidth else "not measured")
              + "; bound = bandwidth / weight bytes read per token")
-    table = markdown(title, rows, list(rows[0]), threads=args.threads if args.device == "cpu" else None)
-    print("\n" + table)
-    print("\n" + json.dumps({k: v for k, v in result.items() if k != "variants"}))
-    if args.markdown:
-        args.markdown.write_text(table + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(title, rows, list(rows[0]), result, args.json, markdown_path=args.markdown,
+         threads=args.threads if args.device == "cpu" else None,
+         summary={k: v for k, v in result.items() if k != "variants"})
     return result
 
 

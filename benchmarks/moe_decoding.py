@@ -24,7 +24,6 @@ active bytes. Peak memory: every variant's session is open at once (about 14 GB 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import onnxruntime as ort
 
-    from _tables import markdown
+    from _tables import emit
     from decoding import _interval, copy_bandwidth, interleaved_generation, random_state
     from ernie_compress import progress
     from ernie_compress.export.decoder_onnx import DecoderWeights, build_decoder, kernel_counts, save_model
@@ -164,13 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
              f"tokens after a {args.prompt}-token prompt; median (min-max) of {args.rounds} interleaved rounds. "
              f"Memory bandwidth ({args.threads} numpy copies at once, bytes read + written): {bandwidth / 1e9:.1f} GB/s; "
              f"bound = bandwidth / active weight bytes read per token")
-    table = markdown(title, rows, list(rows[0]), threads=args.threads)
-    print("\n" + table)
-    print("\n" + json.dumps({k: v for k, v in result.items() if k != "variants"}))
-    if args.markdown:
-        args.markdown.write_text(table + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(title, rows, list(rows[0]), result, args.json, markdown_path=args.markdown, threads=args.threads,
+         summary={k: v for k, v in result.items() if k != "variants"})
     return result
 
 

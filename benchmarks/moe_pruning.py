@@ -12,7 +12,6 @@ The issue's targets: REAP at most 3% above the parent after recovery, and below 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    from _tables import markdown
+    from _tables import emit
 
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -63,14 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
              f"removed from every MoE layer, scored on {first['experts']['importance_samples']} training examples, "
              f"then {args.recover_epochs} recovery epoch(s) with KD from the parent; moe_k "
              f"{'clamped to ' + str(moe_k['after']) if moe_k['clamped'] else 'kept at ' + str(moe_k['after'])}")
-    table = markdown(title, rows, list(rows[0]), threads=args.threads)
-    print("\n" + table)
-    print("\n" + json.dumps({m: {k: v for k, v in r.items() if k in ("after_recovery", "relative")}
-                             for m, r in result["methods"].items()}))
-    if args.markdown:
-        args.markdown.write_text(table + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    summary = {m: {k: v for k, v in r.items() if k in ("after_recovery", "relative")}
+               for m, r in result["methods"].items()}
+    emit(title, rows, list(rows[0]), result, args.json, markdown_path=args.markdown, threads=args.threads,
+         summary=summary)
     return result
 
 

@@ -14,7 +14,6 @@ mixture of experts ``ernie45-moe-demo``: its experts are 96 wide, so groups of 6
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    from _tables import markdown
+    from _tables import emit
 
     chosen = [(n, o) for n, o in VARIANTS if args.variants == "all" or _slug(n) in args.variants.split(",")]
     work = args.workdir.resolve()
@@ -92,12 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
              f"perplexity against the FP32 parent (the LM head int8 per vocabulary entry in every variant), and "
              f"the export's decoder (int8 compute) against the checkpoint on "
              f"{check['prompts']} held-out prompts x {check['new_tokens']} greedy tokens")
-    table = markdown(title, rows, list(rows[0]), threads=args.threads)
-    print("\n" + table)
-    if args.markdown:
-        args.markdown.write_text(table + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(title, rows, list(rows[0]), result, args.json, markdown_path=args.markdown, threads=args.threads)
     return result
 
 
