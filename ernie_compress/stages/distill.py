@@ -251,7 +251,7 @@ def _distill_loss(cfg: DistillConfig, teacher, pad_id: int, projection, align: _
         if needs_internals:
             with paddle.no_grad():
                 t_logits = teacher(batch.input_ids, batch.token_type_ids, record=t_record)
-        else:
+        elif cfg.kd_weight:  # no teacher forward at all when nothing reads it
             t_logits = cached_teacher(batch)
         if cfg.kd_weight:
             parts["kd"] = soft_label_kd(logits, t_logits, cfg.kd_temperature, kind, batch.labels)
