@@ -24,7 +24,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,7 +329,11 @@ def read_checkpoint_header(path: str | Path, tokenizer: str | Path | None = None
         raise UserError(f"{path}: {exc}") from None
     header = CheckpointHeader(path, config, raw, _read_lineage(path), _tokenizer_dir(tokenizer))
     if check_tokenizer:
-        header.tokenizer()
+        try:
+            header.tokenizer()
+        except UserError as exc:
+            hint = "" if tokenizer is not None else "; pass --tokenizer DIR to use the tokenizer in DIR"
+            raise UserError(f"{exc}{hint}") from None
     return header
 
 
@@ -354,17 +358,30 @@ def _read_lineage(path: Path) -> dict[str, Any]:
 
 
 def check_integrity(header: CheckpointHeader, ignore_integrity: bool) -> None:
-    """Refuse weights whose sha256 differs from the one the lineage recorded (read in blocks: the
-    memory held is one block, whatever the file's size)."""
-    weights = header.path / WEIGHTS_FILE
-    expected = header.lineage.get("weights_sha256")
-    if weights.is_file() and expected and not ignore_integrity:
-        actual = sha256_file(weights)
-        if actual != expected:
-            raise UserError(
-                f"{weights}: sha256 {actual[:12]}… does not match {expected[:12]}… recorded "
-                f"in {LINEAGE_FILE}; the weights were changed or corrupted "
-                f"(pass --ignore-integrity to load anyway)")
+    """Refuse weights whose sha256 differs from the one the lineage recorded: ``model.safetensors``,
+    or a sharded save's index and each of its shards (``shards_sha256``). Files are hashed in blocks:
+    the memory held is one block, whatever their size."""
+    if ignore_integrity or not header.lineage.get("weights_sha256"):
+        return
+    single, index = header.path / WEIGHTS_FILE, header.path / (WEIGHTS_FILE + ".index.json")
+    if single.is_file():
+        _check_sha256(single, header.lineage["weights_sha256"])
+    elif index.is_file() and isinstance(header.lineage.get("shards_sha256"), dict):
+        _check_sha256(index, header.lineage["weights_sha256"])
+        for shard, expected in header.lineage["shards_sha256"].items():
+            if Path(shard).name != shard or not (header.path / shard).is_file():
+                raise UserError(f"{header.path}: shard {shard} recorded in {LINEAGE_FILE} is missing; the save "
+                                f"is incomplete")
+            _check_sha256(header.path / shard, expected)
+
+
+def _check_sha256(weights: Path, expected: str) -> None:
+    actual = sha256_file(weights)
+    if actual != expected:
+        raise UserError(
+            f"{weights}: sha256 {actual[:12]}… does not match {expected[:12]}… recorded "
+            f"in {LINEAGE_FILE}; the weights were changed or corrupted "
+            f"(pass --ignore-integrity to load anyway)")
 
 
 def load_checkpoint(path: str | Path, trust_pickle: bool | None = None,
@@ -479,7 +496,7 @@ def write_model_files(directory: Path, config: ErnieConfig, state: dict[str, np.
 
 
 def save_checkpoint(out: str | Path, config: ErnieConfig, state: dict[str, np.ndarray],
-                    tokenizer, stage: dict[str, Any], parent: Checkpoint | None = None,
+                    tokenizer, stage: dict[str, Any], parent: CheckpointFacts | None = None,
                     overwrite: bool = False, extra_files: dict[str, Any] | None = None,
                     layout: str = "ours") -> Path:
     """Write a checkpoint directory atomically and append ``stage`` to the parent's lineage.
@@ -494,18 +511,62 @@ def save_checkpoint(out: str | Path, config: ErnieConfig, state: dict[str, np.nd
             write_model_files(tmp, config, state, tokenizer, layout)
             for name, content in (extra_files or {}).items():
                 (tmp / name).write_text(json.dumps(_jsonable(content), indent=2) + "\n")
-            stages = list(parent.stages) if parent is not None else []
-            record = dict(stage)
-            record.setdefault("time", now_iso())
-            record["layout"] = layout
-            if parent is not None:
-                record["parent"] = {"path": str(parent.path) if parent.path else None,
-                                    "weights_sha256": parent.weights_sha256}
-            stages.append(_jsonable(record))
-            lineage = {"format_version": LINEAGE_VERSION, "weights_sha256": sha256_file(tmp / WEIGHTS_FILE),
-                       "stages": stages}
-            (tmp / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, ensure_ascii=False) + "\n",
-                                            encoding="utf-8")
+            _write_lineage(tmp, stage, parent, layout, {"weights_sha256": sha256_file(tmp / WEIGHTS_FILE)})
+        except OSError as exc:
+            raise UserError(f"cannot write checkpoint {out}: {exc.strerror}") from None
+    return Path(out).expanduser().resolve()
+
+
+def _write_lineage(directory: Path, stage: dict[str, Any], parent: CheckpointFacts | None, layout: str,
+                   digests: dict[str, Any]) -> None:
+    """compression.json: the parent's stages, then ``stage`` (with its time, layout and parent), and the
+    weights' digests (``weights_sha256``; a sharded save adds ``shards_sha256``)."""
+    stages = list(parent.stages) if parent is not None else []
+    record = dict(stage)
+    record.setdefault("time", now_iso())
+    record["layout"] = layout
+    if parent is not None:
+        record["parent"] = {"path": str(parent.path) if parent.path else None,
+                            "weights_sha256": parent.weights_sha256}
+    stages.append(_jsonable(record))
+    lineage = {"format_version": LINEAGE_VERSION, **digests, "stages": stages}
+    (directory / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, ensure_ascii=False) + "\n",
+                                          encoding="utf-8")
+
+
+def shard_name(index: int, count: int) -> str:
+    """The ``i``-th (from 0) of ``count`` shard files, named as transformers and PaddleFormers name them."""
+    return f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+
+
+def save_sharded_checkpoint(out: str | Path, config: ErnieConfig, groups: Iterable[dict[str, np.ndarray]],
+                            count: int, tokenizer, stage: dict[str, Any], parent: CheckpointFacts | None = None,
+                            overwrite: bool = False, layout: str = "ours") -> Path:
+    """Write a checkpoint whose weights come ``count`` groups at a time (e.g. one decoder layer each),
+    each group written to its own shard as it arrives, so only one group is ever in memory:
+    ``model-0000i-of-0000N.safetensors`` and ``model.safetensors.index.json`` (the Hugging Face sharded
+    layout; each group converted to ``layout`` on its own). The lineage records the index's sha256 as
+    ``weights_sha256`` and each shard's under ``shards_sha256``; written atomically like every checkpoint."""
+    check_layout(config, layout)
+    with atomic_output_dir(out, overwrite) as tmp:
+        try:
+            keys, weight_map, total, shards = {}, {}, 0, {}
+            for i, group in enumerate(groups):
+                keys, state, metadata = layout_files(config, group, layout)
+                name = shard_name(i, count)
+                write_safetensors(tmp / name, state, metadata)
+                weight_map.update(dict.fromkeys(state, name))
+                total += sum(v.nbytes for v in state.values())
+                shards[name] = sha256_file(tmp / name)
+                del group, state
+            if len(shards) != count:
+                raise ValueError(f"{len(shards)} weight groups came, {count} were announced")
+            index = tmp / (WEIGHTS_FILE + ".index.json")
+            index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+            (tmp / CONFIG_FILE).write_text(json.dumps(_jsonable(keys), indent=2, ensure_ascii=False) + "\n",
+                                           encoding="utf-8")
+            tokenizer.save(tmp)
+            _write_lineage(tmp, stage, parent, layout, {"weights_sha256": sha256_file(index), "shards_sha256": shards})
         except OSError as exc:
             raise UserError(f"cannot write checkpoint {out}: {exc.strerror}") from None
     return Path(out).expanduser().resolve()

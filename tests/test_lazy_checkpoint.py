@@ -174,3 +174,32 @@ def test_names_group_by_layer_index_whatever_the_root():
                       "layers.0": ["ernie.encoder.layers.0.linear1.weight"],
                       "layers.2": ["model.layers.2.input_layernorm.weight"],
                       "layers.10": ["model.layers.10.mlp.down_proj.weight"]}
+
+
+def _without_tokenizer(tiny_lm, tmp_path):
+    """A copy of ``tiny_lm`` holding weights and config only; its tokenizer moved to ``tmp_path/tok``."""
+    bare, tok = tmp_path / "bare", tmp_path / "tok"
+    shutil.copytree(tiny_lm, bare)
+    tok.mkdir()
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.move(str(bare / name), str(tok / name))
+    return bare, tok
+
+
+@pytest.mark.parametrize("command", [["quantize", "--weight-only", "int8"], ["export", "--format", "onnx"]])
+def test_a_checkpoint_without_tokenizer_is_refused_before_its_weights_or_pointed_to_one(tiny_lm, tmp_path, command):
+    from typer.testing import CliRunner
+
+    from ernie_compress.cli import app
+
+    bare, tok = _without_tokenizer(tiny_lm, tmp_path)
+    weights = (bare / WEIGHTS_FILE).read_bytes()
+    (bare / WEIGHTS_FILE).write_bytes(b"not weights")  # any read of them would fail
+    args = [command[0], str(bare), *command[1:], "--out", str(tmp_path / "out")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "no vocab.txt" in res.output and "--tokenizer DIR" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    (bare / WEIGHTS_FILE).write_bytes(weights)
+    res = CliRunner().invoke(app, [*args, "--tokenizer", str(tok)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "vocab.txt").read_text() == (tok / "vocab.txt").read_text()

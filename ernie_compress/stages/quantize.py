@@ -45,7 +45,7 @@ from ..quantize.gptq import collect_hessians, gptq_quantize
 from ..quantize.weight_only import BITS, HEAD_BITS, check_group_sizes, dequantize, lm_head_weight, quantize_rtn
 from ..training_loop import LoopConfig, TrainResult, evaluate_split
 from ..results import QuantizeResult
-from .common import CheckpointOutput, ParentKDOptions, RunOptions, TrainingOptions
+from .common import CheckpointOutput, ParentKDOptions, RunOptions, TokenizerOption, TrainingOptions
 from .registry import register
 from .skeleton import Start, finish, refuse_existing_output, samples_per_second, start_from, train_resumably
 
@@ -55,7 +55,7 @@ INT8_ONLY = "only int8 (ONNX Runtime's CPU integer kernels are 8-bit)"
 
 
 @dataclass(frozen=True, kw_only=True)
-class QuantizeOptions(CheckpointOutput, TaskOptions, RunOptions):
+class QuantizeOptions(CheckpointOutput, TokenizerOption, TaskOptions, RunOptions):
     """What every quantization method shares: the FP32 parent, the task it is checked on, the output."""
 
     checkpoint: Path = option(argument=True, scope="cli", source="from", help="The FP32 checkpoint to quantize.")
@@ -278,7 +278,8 @@ def _start(cfg: QuantizeConfig) -> Start:
     """The parent and its task (the training split only for methods that read it)."""
     refuse_existing_output(cfg)
     start = start_from(cfg.checkpoint, cfg.task_spec, fp32_for="quantize its FP32 parent instead",
-                       splits=("train", "dev", "test") if cfg.reads_train else ("dev", "test"))
+                       splits=("train", "dev", "test") if cfg.reads_train else ("dev", "test"),
+                       tokenizer=cfg.tokenizer)
     check_layout(start.parent.config, cfg.layout)
     return start
 
