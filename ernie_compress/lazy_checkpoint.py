@@ -71,7 +71,7 @@ class LazyCheckpoint(CheckpointFacts):
     weights: SafetensorsWeights | InMemoryWeights
     config: ErnieConfig  # normalized (as a loaded Checkpoint's)
     groups: dict[str, list[str]]  # group -> the raw tensor names in it
-    _shapes: dict[str, tuple[int, ...]] | None = field(default=None, repr=False)
+    _specs: dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]] = field(default_factory=dict, repr=False)
 
     @property
     def path(self) -> Path:
@@ -100,25 +100,22 @@ class LazyCheckpoint(CheckpointFacts):
         for group in self.groups:
             yield group, self.load_group(group)
 
+    def group_specs(self, group: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """One group's tensors in our layout: name -> (shape, dtype as :meth:`load_group` returns it),
+        without reading a weight."""
+        if group not in self._specs:
+            names = self.groups[group]
+            raw = {n: placeholder(self.weights.shape(n), self.weights.dtype(n)) for n in names}
+            self._specs[group] = {name: (tuple(v.shape), v.dtype) for name, v in self._normalize(group, raw).items()}
+        return self._specs[group]
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor's shape in our layout, without reading a weight."""
-        if self._shapes is None:
-            shapes = {}
-            for group in self.groups:
-                shapes.update((name, tuple(value.shape)) for name, value in self._placeholders(group).items())
-            self._shapes = shapes
-        return self._shapes
+        return {name: spec[0] for group in self.groups for name, spec in self.group_specs(group).items()}
 
     def dtypes(self) -> dict[str, np.dtype]:
         """Every tensor's dtype in our layout (as :meth:`load_group` returns it), without reading a weight."""
-        dtypes = {}
-        for group in self.groups:
-            dtypes.update((name, value.dtype) for name, value in self._placeholders(group).items())
-        return dtypes
-
-    def _placeholders(self, group: str) -> dict[str, np.ndarray]:
-        names = self.groups[group]
-        return self._normalize(group, {n: placeholder(self.weights.shape(n), self.weights.dtype(n)) for n in names})
+        return {name: spec[1] for group in self.groups for name, spec in self.group_specs(group).items()}
 
     def _normalize(self, group: str, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``raw`` (one group's tensors) in our layout, by the family's ``normalize``."""

@@ -78,3 +78,31 @@ def dequantize(codes: np.ndarray, scales: np.ndarray, group_size: int | None) ->
     size = rows if group_size is None else group_size
     grouped = codes.astype(np.float32).reshape(rows // size, size, cols) * scales[:, None, :]
     return grouped.reshape(rows, cols)
+
+
+def round_linears_(state: dict[str, np.ndarray], roundings: dict, bits: int,
+                   group_size: int | None) -> dict[str, dict]:
+    """In place: each Linear ``roundings`` names (name -> weight [in, out] -> (codes, scales)) whose
+    weight is in ``state`` put on the grid and stored dequantized; returns the scheme's entry per
+    weight (``{"bits", "group_size"}``). ``state`` may be one decoder layer's tensors (streamed)."""
+    weights = {}
+    for name, rounding in roundings.items():
+        key = f"{name}.weight"
+        if key in state:
+            codes, scales = rounding(state[key])  # [in, out] int8, [groups, out]
+            state[key] = dequantize(codes, scales, group_size)
+            weights[key] = {"bits": bits, "group_size": group_size}
+    return weights
+
+
+def round_head_(state: dict[str, np.ndarray], config) -> dict[str, dict]:
+    """In place: a causal LM's output head, when ``state`` holds it, to int8 per vocabulary entry (RTN,
+    the module docstring), stored dequantized; returns its scheme entry (none for other models)."""
+    head = lm_head_weight(config)
+    if head is None or head[0] not in state:
+        return {}
+    key, transposed = head
+    matrix = state[key].T if transposed else state[key]  # [hidden, vocab]
+    matrix = dequantize(*quantize_rtn(matrix, HEAD_BITS, None), None)
+    state[key] = np.ascontiguousarray(matrix.T if transposed else matrix)
+    return {key: {"bits": HEAD_BITS, "group_size": None, "transposed": transposed}}
