@@ -24,12 +24,14 @@ from ..errors import UserError
 from ..lazy_checkpoint import LazyCheckpoint
 from ..models.families import family_of
 from .scheme import QUANTIZED_ROLES
-from .weight_only import HEAD_BITS, check_group_sizes, lm_head_weight, round_head_, round_linears_
+from .weight_only import (COLUMN_BLOCK_BYTES, HEAD_BITS, check_group_sizes, lm_head_weight, round_head_,
+                          round_linears_)
 
 GIB = 1 << 30
-# bytes a Linear's rounding holds at once, per float32 byte of its weight: the float64 copy grouped,
-# the division, its rint and the clip (8 bytes per element each), codes and the dequantized result
-ROUNDING_FACTOR = 9
+# bytes a Linear's rounding holds at once, per float32 byte of its weight: its int8 codes, their float32
+# copy and the dequantized result; plus the float64 temporaries of one block of columns (quantize_rtn)
+ROUNDING_FACTOR = 3
+ROUNDING_FIXED = 4 * COLUMN_BLOCK_BYTES
 # bytes a written group holds, per float32 byte of it: the tensors, and safetensors' serialized copy
 WRITE_FACTOR = 2
 
@@ -85,9 +87,9 @@ class MemoryNeed:
 
 def memory_need(lazy: LazyCheckpoint, names: list[str]) -> MemoryNeed:
     """The group of the highest estimated peak (``WRITE_FACTOR`` x its bytes + ``ROUNDING_FACTOR`` x
-    its largest quantized matrix)."""
+    its largest quantized matrix + ``ROUNDING_FIXED``)."""
     sizes = group_bytes(lazy, set(names))
-    need = {g: WRITE_FACTOR * total + ROUNDING_FACTOR * largest for g, (total, largest) in sizes.items()}
+    need = {g: WRITE_FACTOR * total + ROUNDING_FACTOR * largest + ROUNDING_FIXED for g, (total, largest) in sizes.items()}
     group = max(need, key=need.get)
     return MemoryNeed(group, need[group])
 
