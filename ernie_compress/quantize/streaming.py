@@ -15,8 +15,10 @@ in memory for now.
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -113,6 +115,21 @@ def scheme_weights(lazy: LazyCheckpoint, names: list[str], bits: int, group_size
     key, transposed = head
     weights[key] = {"bits": HEAD_BITS, "group_size": None, "transposed": transposed}
     return weights
+
+
+def check_disk(lazy: LazyCheckpoint, out: Path) -> None:
+    """Refuse, before reading a weight, an ``out`` whose file system has less free space than the
+    weights will take (each tensor as :meth:`~.lazy_checkpoint.LazyCheckpoint.load_group` gives it:
+    the dequantized weights stay float)."""
+    need = sum(math.prod(shape) * dtype.itemsize for group in lazy.groups
+               for shape, dtype in lazy.group_specs(group).values())
+    where = Path(out).expanduser().resolve()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise UserError(f"--out {out}: the quantized weights need {need / GIB:.2f} GiB and {where} has "
+                        f"{free / GIB:.2f} GiB free; free space or choose another --out")
 
 
 def resident_bytes() -> int:

@@ -44,7 +44,7 @@ from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
 from ..quantize.ptq import calibrate_
 from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantized_linear_names
 from ..quantize.gptq import collect_hessians, gptq_quantize
-from ..quantize.streaming import (check_streamable, memory_need, quantized_linears, resident_bytes,
+from ..quantize.streaming import (check_disk, check_streamable, memory_need, quantized_linears, resident_bytes,
                                   scheme_weights, stream_rtn)
 from ..quantize.weight_only import BITS, check_group_sizes, quantize_rtn, round_head_, round_linears_
 from ..training_loop import LoopConfig, TrainResult, evaluate_split
@@ -446,6 +446,7 @@ def _streamed(cfg: WeightOnlyConfig, started: float) -> QuantizeResult:
     check_layout(lazy.config, cfg.layout)
     names = quantized_linears(lazy)
     check_streamable(lazy, names, cfg.groups)
+    check_disk(lazy, cfg.out)
     if cfg.max_memory is not None:
         memory_need(lazy, names).refuse_above(cfg.max_memory, resident_bytes())
     bits, plan = BITS[cfg.weight_only], _rtn(cfg, None, names)

@@ -105,3 +105,15 @@ def test_a_changed_or_missing_shard_is_refused(parents, tmp_path):
         load_checkpoint(out, ignore_integrity=True)
     with pytest.raises(UserError, match="missing"):
         load_checkpoint(out)
+
+
+def test_too_little_disk_for_the_output_is_refused_before_any_weight_is_read(parents, tmp_path, monkeypatch):
+    import shutil
+
+    from ernie_compress.lazy_weights import SafetensorsWeights
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    monkeypatch.setattr(SafetensorsWeights, "read", lambda *a: pytest.fail("a weight was read"))
+    line = _refused(["quantize", str(parents["tied"]), "--weight-only", "int8", "--stream"], tmp_path / "out")
+    assert "GiB free; free space or choose another --out" in line
