@@ -56,6 +56,23 @@ def test_streamed_rtn_writes_the_in_memory_tensors_byte_for_byte(parents, tmp_pa
     assert (tmp_path / "s" / "vocab.txt").read_text() == (parent / "vocab.txt").read_text()
 
 
+@pytest.mark.parametrize("model", ["tied", "moe"])
+def test_a_streamed_save_in_another_layout_holds_the_in_memory_files_tensors(parents, tmp_path, model):
+    args = ["quantize", str(parents[model]), "--weight-only", "int4", "--group-size", "16", "--layout", "hf"]
+    cli_json([*args, "--out", str(tmp_path / "memory")])
+    cli_json([*args, "--stream", "--out", str(tmp_path / "s")])
+    from safetensors.numpy import load_file
+
+    whole = load_file(str(tmp_path / "memory" / "model.safetensors"))
+    index = json.loads((tmp_path / "s" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert sorted(index) == sorted(whole)
+    for shard in set(index.values()):
+        for name, value in load_file(str(tmp_path / "s" / shard)).items():
+            assert value.tobytes() == whole[name].tobytes(), name
+    keys = [json.loads((tmp_path / d / "config.json").read_text()) for d in ("memory", "s")]
+    assert keys[0] == keys[1]
+
+
 def test_the_linears_found_from_shapes_are_the_models(parents):
     for parent in parents.values():
         model = start_from(parent, None, splits=("test",)).model
