@@ -24,7 +24,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import numpy as np
 
 from .data.sp_tokenizer import SentencePieceTokenizer, load_tokenizer
 from .errors import UserError
+from .lazy_weights import InMemoryWeights, SafetensorsWeights
 from .models.config import ErnieConfig
 from .models.ernie3_layout import config_from_model_config_json
 from .models.families import config_from_dict
@@ -126,18 +127,17 @@ def read_pdparams(path: Path, trust_pickle: bool = False) -> dict[str, np.ndarra
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
+    """Every tensor of one safetensors file (BF16 widened to float32, ``lazy_weights.py``)."""
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read the weights ({exc}); the file is truncated or "
-                        f"corrupt") from None
+        weights = SafetensorsWeights.open(path)
+        return weights.read_many(weights.names)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the weights ({exc.strerror or exc})") from None
 
 
-def read_sharded(index_path: Path, trust_pickle: bool = False) -> dict[str, np.ndarray]:
-    """The weights of a sharded save: ``*.index.json``'s ``weight_map`` names each tensor's shard."""
+def read_index(index_path: Path) -> dict[str, str]:
+    """A sharded save's ``weight_map`` (tensor -> shard file), each shard checked to be a file in the
+    index's folder."""
     try:
         weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
         if not isinstance(weight_map, dict):
@@ -146,13 +146,20 @@ def read_sharded(index_path: Path, trust_pickle: bool = False) -> dict[str, np.n
         raise UserError(f"{index_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
     except (KeyError, TypeError):
         raise UserError(f"{index_path}: no 'weight_map' object naming each tensor's shard") from None
-    state: dict[str, np.ndarray] = {}
-    for shard in sorted(set(weight_map.values())):
+    for shard in sorted(set(weight_map.values()), key=str):
         if not isinstance(shard, str) or Path(shard).name != shard:
             raise UserError(f"{index_path}: shard name {shard!r} is not a file name in the checkpoint folder")
-        shard_path = index_path.parent / shard
-        if not shard_path.is_file():
+        if not (index_path.parent / shard).is_file():
             raise UserError(f"{index_path}: names shard {shard}, which is missing; the save is incomplete")
+    return weight_map
+
+
+def read_sharded(index_path: Path, trust_pickle: bool = False) -> dict[str, np.ndarray]:
+    """The weights of a sharded save: ``*.index.json``'s ``weight_map`` names each tensor's shard."""
+    weight_map = read_index(index_path)
+    state: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index_path.parent / shard
         part = (read_safetensors(shard_path) if shard.endswith(".safetensors")
                 else read_pdparams(shard_path, trust_pickle=trust_pickle))
         state.update(part)
@@ -162,8 +169,8 @@ def read_sharded(index_path: Path, trust_pickle: bool = False) -> dict[str, np.n
     return state
 
 
-def read_weights(path: Path, trust_pickle: bool = False) -> dict[str, np.ndarray]:
-    """A checkpoint folder's weights, from whichever single weights file (or sharded index) it has."""
+def weights_file(path: Path) -> Path:
+    """The one weights file (or sharded index) of a checkpoint folder; none, or several, is refused."""
     present = [path / name for name in WEIGHTS_CANDIDATES if (path / name).is_file()]
     if not present:
         raise UserError(f"{path}: no weights ({WEIGHTS_FILE}, {PADDLE_WEIGHTS_FILE} or a sharded "
@@ -171,12 +178,30 @@ def read_weights(path: Path, trust_pickle: bool = False) -> dict[str, np.ndarray
     if len(present) > 1:
         raise UserError(f"{path}: holds weights in more than one layout ({', '.join(p.name for p in present)}); "
                         f"keep one checkpoint per folder")
-    weights = present[0]
+    return present[0]
+
+
+def read_weights(path: Path, trust_pickle: bool = False) -> dict[str, np.ndarray]:
+    """A checkpoint folder's weights, from whichever single weights file (or sharded index) it has."""
+    weights = weights_file(path)
     if weights.name.endswith(".index.json"):
         return read_sharded(weights, trust_pickle)
     if weights.name == PADDLE_WEIGHTS_FILE:
         return read_pdparams(weights, trust_pickle=trust_pickle)
     return read_safetensors(weights)
+
+
+def open_weights(path: Path, trust_pickle: bool = False) -> SafetensorsWeights | InMemoryWeights:
+    """A checkpoint folder's weights opened for reading one tensor at a time: safetensors (single or
+    sharded) from their headers; a ``.pdparams`` pickle cannot be read lazily, so it is read whole."""
+    weights = weights_file(path)
+    if weights.name == WEIGHTS_FILE:
+        return SafetensorsWeights.open(weights)
+    if weights.name == WEIGHTS_FILE + ".index.json":
+        weight_map = read_index(weights)
+        if all(shard.endswith(".safetensors") for shard in weight_map.values()):
+            return SafetensorsWeights.open_shards(weights, weight_map)
+    return InMemoryWeights(read_weights(path, trust_pickle))
 
 
 def write_safetensors(path: Path, state: dict[str, np.ndarray],
@@ -194,14 +219,15 @@ def write_safetensors(path: Path, state: dict[str, np.ndarray],
 
 
 # --- the checkpoint --------------------------------------------------------------------------
-@dataclass
-class Checkpoint:
-    """A checkpoint in memory: config, weights (numpy), tokenizer directory, task and lineage."""
+class CheckpointFacts:
+    """What a checkpoint says besides its weights (needs ``path``, ``config``, ``lineage`` and
+    ``tokenizer_dir`` attributes): its task, lineage and tokenizer. Shared by :class:`Checkpoint`
+    (weights in memory), :class:`CheckpointHeader` (none read yet) and the lazy checkpoint."""
 
     path: Path | None
     config: ErnieConfig
-    state: dict[str, np.ndarray]
-    lineage: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any]
+    tokenizer_dir: Path | None
 
     @property
     def task(self) -> dict[str, Any] | None:
@@ -220,19 +246,50 @@ class Checkpoint:
         return self.lineage.get("weights_sha256")
 
     def tokenizer(self):
-        if self.path is None:
+        """The checkpoint's tokenizer (or the one ``tokenizer_dir`` points to), checked against its
+        vocabulary size."""
+        folder = self.tokenizer_dir or self.path
+        if folder is None:
             raise UserError("this checkpoint has no directory to read a vocabulary from")
-        tokenizer = load_tokenizer(self.path)
+        tokenizer = load_tokenizer(folder)
         if isinstance(tokenizer, SentencePieceTokenizer):  # the release pads its embedding matrix
             if tokenizer.vocab_size > self.config.vocab_size:
-                raise UserError(f"{self.path}: tokenizer.model has {tokenizer.vocab_size} pieces but the model's "
+                raise UserError(f"{folder}: tokenizer.model has {tokenizer.vocab_size} pieces but the model's "
                                 f"vocab_size is {self.config.vocab_size}; the tokenizer does not belong to "
                                 f"these weights")
         elif tokenizer.vocab_size != self.config.vocab_size:
-            raise UserError(f"{self.path}: vocab.txt has {tokenizer.vocab_size} tokens but the model's "
+            raise UserError(f"{folder}: vocab.txt has {tokenizer.vocab_size} tokens but the model's "
                             f"vocab_size is {self.config.vocab_size}; the vocabulary does not belong to "
                             f"these weights")
         return tokenizer
+
+
+@dataclass
+class Checkpoint(CheckpointFacts):
+    """A checkpoint in memory: config, weights (numpy), tokenizer directory, task and lineage."""
+
+    path: Path | None
+    config: ErnieConfig
+    state: dict[str, np.ndarray]
+    lineage: dict[str, Any] = field(default_factory=dict)
+    tokenizer_dir: Path | None = None  # --tokenizer: where the vocabulary is, when not in ``path``
+
+
+@dataclass
+class CheckpointHeader(CheckpointFacts):
+    """A checkpoint directory's config (as config.json says, before its weights' layout is
+    normalized) and lineage, read without touching the weights."""
+
+    path: Path
+    config: ErnieConfig
+    raw: dict[str, Any]  # config.json as read
+    lineage: dict[str, Any]
+    tokenizer_dir: Path | None = None
+
+    @property
+    def ours(self) -> bool:
+        """Written by this package (its config keys or a lineage): decides how ambiguous layouts read."""
+        return "ernie_compress" in self.raw or bool(self.lineage)
 
 
 @dataclass
@@ -246,11 +303,11 @@ class LoadPolicy:
 load_policy = LoadPolicy()
 
 
-def load_checkpoint(path: str | Path, trust_pickle: bool | None = None,
-                    ignore_integrity: bool | None = None) -> Checkpoint:
-    """Load a checkpoint directory, checking the weights against the recorded sha256."""
-    trust_pickle = load_policy.trust_pickle if trust_pickle is None else trust_pickle
-    ignore_integrity = load_policy.ignore_integrity if ignore_integrity is None else ignore_integrity
+def read_checkpoint_header(path: str | Path, tokenizer: str | Path | None = None,
+                           check_tokenizer: bool = False) -> CheckpointHeader:
+    """A checkpoint directory's config and lineage; with ``check_tokenizer`` its tokenizer (or the one
+    in ``tokenizer``) is loaded and checked too. Nothing here reads a weight, so a checkpoint that
+    cannot serve is refused before its weights are touched."""
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
@@ -270,31 +327,79 @@ def load_checkpoint(path: str | Path, trust_pickle: bool | None = None,
         raise UserError(f"{config_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
-
-    lineage: dict[str, Any] = {}
-    lineage_path = path / LINEAGE_FILE
-    if lineage_path.is_file():
+    header = CheckpointHeader(path, config, raw, _read_lineage(path), _tokenizer_dir(tokenizer))
+    if check_tokenizer:
         try:
-            lineage = json.loads(lineage_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{lineage_path}: invalid JSON ({exc.msg})") from None
+            header.tokenizer()
+        except UserError as exc:
+            hint = "" if tokenizer is not None else "; pass --tokenizer DIR to use the tokenizer in DIR"
+            raise UserError(f"{exc}{hint}") from None
+    return header
 
-    weights = path / WEIGHTS_FILE
-    expected = lineage.get("weights_sha256")
-    if weights.is_file() and expected and not ignore_integrity:
-        actual = sha256_file(weights)
-        if actual != expected:
-            raise UserError(
-                f"{weights}: sha256 {actual[:12]}… does not match {expected[:12]}… recorded "
-                f"in {LINEAGE_FILE}; the weights were changed or corrupted "
-                f"(pass --ignore-integrity to load anyway)")
-    state = read_weights(path, trust_pickle)
-    ours = "ernie_compress" in raw or bool(lineage)  # raw is a dict: config_from_dict refuses anything else
+
+def _tokenizer_dir(tokenizer: str | Path | None) -> Path | None:
+    if tokenizer is None:
+        return None
+    folder = Path(tokenizer).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"--tokenizer {folder}: not a directory (point it to the folder holding vocab.txt "
+                        f"or tokenizer.model)")
+    return folder
+
+
+def _read_lineage(path: Path) -> dict[str, Any]:
+    lineage_path = path / LINEAGE_FILE
+    if not lineage_path.is_file():
+        return {}
     try:
-        config, state = normalize_loaded(config, state, raw, ours)
+        return json.loads(lineage_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{lineage_path}: invalid JSON ({exc.msg})") from None
+
+
+def check_integrity(header: CheckpointHeader, ignore_integrity: bool) -> None:
+    """Refuse weights whose sha256 differs from the one the lineage recorded: ``model.safetensors``,
+    or a sharded save's index and each of its shards (``shards_sha256``). Files are hashed in blocks:
+    the memory held is one block, whatever their size."""
+    if ignore_integrity or not header.lineage.get("weights_sha256"):
+        return
+    single, index = header.path / WEIGHTS_FILE, header.path / (WEIGHTS_FILE + ".index.json")
+    if single.is_file():
+        _check_sha256(single, header.lineage["weights_sha256"])
+    elif index.is_file() and isinstance(header.lineage.get("shards_sha256"), dict):
+        _check_sha256(index, header.lineage["weights_sha256"])
+        for shard, expected in header.lineage["shards_sha256"].items():
+            if Path(shard).name != shard or not (header.path / shard).is_file():
+                raise UserError(f"{header.path}: shard {shard} recorded in {LINEAGE_FILE} is missing; the save "
+                                f"is incomplete")
+            _check_sha256(header.path / shard, expected)
+
+
+def _check_sha256(weights: Path, expected: str) -> None:
+    actual = sha256_file(weights)
+    if actual != expected:
+        raise UserError(
+            f"{weights}: sha256 {actual[:12]}… does not match {expected[:12]}… recorded "
+            f"in {LINEAGE_FILE}; the weights were changed or corrupted "
+            f"(pass --ignore-integrity to load anyway)")
+
+
+def load_checkpoint(path: str | Path, trust_pickle: bool | None = None,
+                    ignore_integrity: bool | None = None, tokenizer: str | Path | None = None,
+                    check_tokenizer: bool = False) -> Checkpoint:
+    """Load a checkpoint directory, checking the weights against the recorded sha256; with
+    ``check_tokenizer`` its tokenizer (or ``tokenizer``'s) is checked before any weight is read."""
+    trust_pickle = load_policy.trust_pickle if trust_pickle is None else trust_pickle
+    ignore_integrity = load_policy.ignore_integrity if ignore_integrity is None else ignore_integrity
+    header = read_checkpoint_header(path, tokenizer, check_tokenizer)
+    check_integrity(header, ignore_integrity)
+    state = read_weights(header.path, trust_pickle)
+    try:
+        config, state = normalize_loaded(header.config, state, header.raw, header.ours)
     except UserError as exc:
-        raise UserError(f"{path}: {exc}") from None
-    return Checkpoint(path=path, config=config, state=state, lineage=lineage)
+        raise UserError(f"{header.path}: {exc}") from None
+    return Checkpoint(path=header.path, config=config, state=state, lineage=header.lineage,
+                      tokenizer_dir=header.tokenizer_dir)
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -391,7 +496,7 @@ def write_model_files(directory: Path, config: ErnieConfig, state: dict[str, np.
 
 
 def save_checkpoint(out: str | Path, config: ErnieConfig, state: dict[str, np.ndarray],
-                    tokenizer, stage: dict[str, Any], parent: Checkpoint | None = None,
+                    tokenizer, stage: dict[str, Any], parent: CheckpointFacts | None = None,
                     overwrite: bool = False, extra_files: dict[str, Any] | None = None,
                     layout: str = "ours") -> Path:
     """Write a checkpoint directory atomically and append ``stage`` to the parent's lineage.
@@ -406,18 +511,62 @@ def save_checkpoint(out: str | Path, config: ErnieConfig, state: dict[str, np.nd
             write_model_files(tmp, config, state, tokenizer, layout)
             for name, content in (extra_files or {}).items():
                 (tmp / name).write_text(json.dumps(_jsonable(content), indent=2) + "\n")
-            stages = list(parent.stages) if parent is not None else []
-            record = dict(stage)
-            record.setdefault("time", now_iso())
-            record["layout"] = layout
-            if parent is not None:
-                record["parent"] = {"path": str(parent.path) if parent.path else None,
-                                    "weights_sha256": parent.weights_sha256}
-            stages.append(_jsonable(record))
-            lineage = {"format_version": LINEAGE_VERSION, "weights_sha256": sha256_file(tmp / WEIGHTS_FILE),
-                       "stages": stages}
-            (tmp / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, ensure_ascii=False) + "\n",
-                                            encoding="utf-8")
+            _write_lineage(tmp, stage, parent, layout, {"weights_sha256": sha256_file(tmp / WEIGHTS_FILE)})
+        except OSError as exc:
+            raise UserError(f"cannot write checkpoint {out}: {exc.strerror}") from None
+    return Path(out).expanduser().resolve()
+
+
+def _write_lineage(directory: Path, stage: dict[str, Any], parent: CheckpointFacts | None, layout: str,
+                   digests: dict[str, Any]) -> None:
+    """compression.json: the parent's stages, then ``stage`` (with its time, layout and parent), and the
+    weights' digests (``weights_sha256``; a sharded save adds ``shards_sha256``)."""
+    stages = list(parent.stages) if parent is not None else []
+    record = dict(stage)
+    record.setdefault("time", now_iso())
+    record["layout"] = layout
+    if parent is not None:
+        record["parent"] = {"path": str(parent.path) if parent.path else None,
+                            "weights_sha256": parent.weights_sha256}
+    stages.append(_jsonable(record))
+    lineage = {"format_version": LINEAGE_VERSION, **digests, "stages": stages}
+    (directory / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, ensure_ascii=False) + "\n",
+                                          encoding="utf-8")
+
+
+def shard_name(index: int, count: int) -> str:
+    """The ``i``-th (from 0) of ``count`` shard files, named as transformers and PaddleFormers name them."""
+    return f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+
+
+def save_sharded_checkpoint(out: str | Path, config: ErnieConfig, groups: Iterable[dict[str, np.ndarray]],
+                            count: int, tokenizer, stage: dict[str, Any], parent: CheckpointFacts | None = None,
+                            overwrite: bool = False, layout: str = "ours") -> Path:
+    """Write a checkpoint whose weights come ``count`` groups at a time (e.g. one decoder layer each),
+    each group written to its own shard as it arrives, so only one group is ever in memory:
+    ``model-0000i-of-0000N.safetensors`` and ``model.safetensors.index.json`` (the Hugging Face sharded
+    layout; each group converted to ``layout`` on its own). The lineage records the index's sha256 as
+    ``weights_sha256`` and each shard's under ``shards_sha256``; written atomically like every checkpoint."""
+    check_layout(config, layout)
+    with atomic_output_dir(out, overwrite) as tmp:
+        try:
+            keys, weight_map, total, shards = {}, {}, 0, {}
+            for i, group in enumerate(groups):
+                keys, state, metadata = layout_files(config, group, layout)
+                name = shard_name(i, count)
+                write_safetensors(tmp / name, state, metadata)
+                weight_map.update(dict.fromkeys(state, name))
+                total += sum(v.nbytes for v in state.values())
+                shards[name] = sha256_file(tmp / name)
+                del group, state
+            if len(shards) != count:
+                raise ValueError(f"{len(shards)} weight groups came, {count} were announced")
+            index = tmp / (WEIGHTS_FILE + ".index.json")
+            index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+            (tmp / CONFIG_FILE).write_text(json.dumps(_jsonable(keys), indent=2, ensure_ascii=False) + "\n",
+                                           encoding="utf-8")
+            tokenizer.save(tmp)
+            _write_lineage(tmp, stage, parent, layout, {"weights_sha256": sha256_file(index), "shards_sha256": shards})
         except OSError as exc:
             raise UserError(f"cannot write checkpoint {out}: {exc.strerror}") from None
     return Path(out).expanduser().resolve()

@@ -2,7 +2,9 @@
 
 Besides checkpoint directories, ``info`` describes a model from its ``config.json`` alone (a
 directory without weights, e.g. a published model's config downloaded for memory planning) and an
-ERNIE 4.5 preset by name: parameters are then counted from the shapes the config implies.
+ERNIE 4.5 preset by name: parameters are then counted from the shapes the config implies. A
+checkpoint's parameters are counted from its safetensors headers (``lazy_checkpoint.py``): no weight
+is read, so the memory ``info`` needs does not grow with the model (a ``.pdparams`` pickle is read whole).
 Mixture-of-experts models also show the parameters one token uses and the experts per layer.
 """
 
@@ -11,8 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .checkpoint import CONFIG_FILE, WEIGHTS_CANDIDATES, load_checkpoint
+from .checkpoint import CONFIG_FILE, WEIGHTS_CANDIDATES
 from .errors import UserError
+from .lazy_checkpoint import open_checkpoint
 from .models import count_parameters
 from .models.families import config_from_dict
 from .models.presets import is_preset, resolve_preset
@@ -30,13 +33,13 @@ def describe_checkpoint(path: str | Path) -> CheckpointInfo:
         return describe_config(str(path), config_from_dict(resolve_preset(str(path))))
     if (folder / CONFIG_FILE).is_file() and not any((folder / name).is_file() for name in WEIGHTS_CANDIDATES):
         return describe_config(str(folder), _read_config(folder / CONFIG_FILE), directory_size(folder))
-    ckpt = load_checkpoint(path)
+    ckpt = open_checkpoint(path)  # shapes from the headers: no weight is read (lazy_checkpoint.py)
     config = ckpt.config
     return CheckpointInfo(
         path=str(ckpt.path), model_type=config.model_type, architecture=config.architecture,
         layers=config.num_hidden_layers, hidden_size=config.hidden_size, vocab_size=config.vocab_size,
         heads_per_layer=config.heads_per_layer, ffn_per_layer=config.ffn_per_layer, labels=config.labels,
-        task=ckpt.task, parameters=count_parameters({k: v.shape for k, v in ckpt.state.items()}, config),
+        task=ckpt.task, parameters=count_parameters(ckpt.shapes(), config),
         size_bytes=directory_size(ckpt.path), weights_sha256=ckpt.weights_sha256, lineage=ckpt.stages,
         head_importance=next((s["report"]["head_importance"] for s in reversed(ckpt.stages)
                               if s.get("name") == "prune" and "report" in s), None),

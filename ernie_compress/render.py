@@ -178,8 +178,11 @@ def render_quantize(result: dict[str, Any]) -> None:
     label, line = _SCHEME_LINES[scheme_of(s).name]
     tables = {f"{split} ({label(s)})": m for split, m in result["metrics"].items()}
     tables.update({f"{split} (FP32 parent)": m for split, m in result["parent_metrics"].items()})
-    console.print(_metrics_table(tables, f"{result['stage']}: {result['task']}"))
-    console.print(f"{line(s, result)}; {result['delta_points']:+.2f} points vs FP32")
+    if result["delta_points"] is None:  # --stream: written layer by layer, not evaluated
+        console.print(f"{line(s, result)}; not evaluated (streamed): run `ernie-compress evaluate {result['out']}`")
+    else:
+        console.print(_metrics_table(tables, f"{result['stage']}: {result['task']}"))
+        console.print(f"{line(s, result)}; {result['delta_points']:+.2f} points vs FP32")
     experts = _expert_rounding_line(s) if "rounding" in s else None  # weight-only schemes
     if experts:
         console.print(experts)

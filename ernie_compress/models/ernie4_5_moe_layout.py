@@ -45,6 +45,7 @@ _MTP = re.compile(r"^(?:ernie|model)\.mtp_")  # multi-token-prediction weights: 
 _EXPERT_MLPS = re.compile(r"^(.*\.mlp\.(?:experts\.\d+|shared_experts))\.")  # group 1: one expert's MLP
 _ROUTER = re.compile(r"^(?:ernie|model)\.layers\.\d+\.mlp\.gate\.weight$")
 _FUSED_EXPERTS = re.compile(r"^(.*\.mlp\.experts)\.(gate_up_proj|down_proj)$")  # transformers 5 in memory
+_LAYER = re.compile(r"^(?:ernie|model)\.layers\.(\d+)\.")  # group 1: the layer index
 _FUSED_BIAS = re.compile(r"^(.*\.mlp\.)gate\.(moe_statics\.e_score_correction_bias)$")
 
 
@@ -122,9 +123,13 @@ def normalize_moe_state(config: Ernie45MoeConfig, state: dict[str, np.ndarray], 
 
 def _check_experts(config: Ernie45MoeConfig, state: dict[str, np.ndarray]) -> None:
     """Refuse, in one line, a checkpoint whose MoE layers lack a routed expert's, the router's or the
-    correction bias's tensor the config implies (before any command counts or builds from it)."""
+    correction bias's tensor the config implies (before any command counts or builds from it). The
+    layers checked are those ``state`` holds tensors of (a lazy checkpoint normalizes one layer at a
+    time); a layer missing altogether is refused where the model is built."""
+    present = {m.group(1) for k in state if (m := _LAYER.match(k))}
     wanted = {name for name in config.causal_lm_shapes() if ".mlp.experts." in name or _ROUTER.match(name)
               or name.endswith("e_score_correction_bias")}
+    wanted = {name for name in wanted if (m := _LAYER.match(name)) and m.group(1) in present}
     missing = sorted(wanted - set(state))
     if missing:
         raise UserError(f"the weights lack {len(missing)} mixture-of-experts tensor(s) the config implies "

@@ -62,11 +62,28 @@ def dividing_group_size(widths, wanted: int) -> int:
 
 
 def quantize_rtn(weight: np.ndarray, bits: int, group_size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Codes [in, out] (int8) and scales [groups, out] of a Paddle Linear weight [in, out]."""
+    """Codes [in, out] (int8) and scales [groups, out] of a Paddle Linear weight [in, out]. Each
+    column's groups are rounded on their own, so the columns go in blocks of ``COLUMN_BLOCK_BYTES``
+    of float64: the temporaries hold one block, not the matrix (a 100k-entry head is GBs in float64)."""
     rows, cols = weight.shape
     size = rows if group_size is None else group_size
-    grouped = weight.astype(np.float64).reshape(rows // size, size, cols)  # [groups, size, out]
-    scales = np.abs(grouped).max(axis=1) / qmax(bits)  # [groups, out]
+    step = max(1, COLUMN_BLOCK_BYTES // (rows * 8))
+    codes = np.empty((rows, cols), np.int8)
+    scales = np.empty((rows // size, cols), np.float32)
+    for start in range(0, cols, step):
+        block = slice(start, start + step)
+        codes[:, block], scales[:, block] = _rtn_block(weight[:, block], bits, size)
+    return codes, scales
+
+
+COLUMN_BLOCK_BYTES = 16 << 20  # float64 bytes of one block of columns in quantize_rtn
+
+
+def _rtn_block(weight: np.ndarray, bits: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`quantize_rtn` of a block of columns [in, cols] (groups of ``size`` rows)."""
+    rows, cols = weight.shape
+    grouped = weight.astype(np.float64).reshape(rows // size, size, cols)  # [groups, size, cols]
+    scales = np.abs(grouped).max(axis=1) / qmax(bits)  # [groups, cols]
     scales[scales == 0] = 1.0  # an all-zero group: any scale gives zero codes
     codes = np.clip(np.rint(grouped / scales[:, None, :]), -qmax(bits), qmax(bits))
     return codes.reshape(rows, cols).astype(np.int8), scales.astype(np.float32)
@@ -78,3 +95,31 @@ def dequantize(codes: np.ndarray, scales: np.ndarray, group_size: int | None) ->
     size = rows if group_size is None else group_size
     grouped = codes.astype(np.float32).reshape(rows // size, size, cols) * scales[:, None, :]
     return grouped.reshape(rows, cols)
+
+
+def round_linears_(state: dict[str, np.ndarray], roundings: dict, bits: int,
+                   group_size: int | None) -> dict[str, dict]:
+    """In place: each Linear ``roundings`` names (name -> weight [in, out] -> (codes, scales)) whose
+    weight is in ``state`` put on the grid and stored dequantized; returns the scheme's entry per
+    weight (``{"bits", "group_size"}``). ``state`` may be one decoder layer's tensors (streamed)."""
+    weights = {}
+    for name, rounding in roundings.items():
+        key = f"{name}.weight"
+        if key in state:
+            codes, scales = rounding(state[key])  # [in, out] int8, [groups, out]
+            state[key] = dequantize(codes, scales, group_size)
+            weights[key] = {"bits": bits, "group_size": group_size}
+    return weights
+
+
+def round_head_(state: dict[str, np.ndarray], config) -> dict[str, dict]:
+    """In place: a causal LM's output head, when ``state`` holds it, to int8 per vocabulary entry (RTN,
+    the module docstring), stored dequantized; returns its scheme entry (none for other models)."""
+    head = lm_head_weight(config)
+    if head is None or head[0] not in state:
+        return {}
+    key, transposed = head
+    matrix = state[key].T if transposed else state[key]  # [hidden, vocab]
+    matrix = dequantize(*quantize_rtn(matrix, HEAD_BITS, None), None)
+    state[key] = np.ascontiguousarray(matrix.T if transposed else matrix)
+    return {key: {"bits": HEAD_BITS, "group_size": None, "transposed": transposed}}

@@ -30,6 +30,16 @@ class CheckpointOutput:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TokenizerOption:
+    """Where the input checkpoint's tokenizer is, when its folder holds only weights and config."""
+
+    tokenizer: Path | None = option(None, scope="cli", help=(
+        "Folder holding the tokenizer (vocab.txt or tokenizer.model) of a checkpoint that has weights but "
+        "no tokenizer (default: the checkpoint's own). Checked against the model's vocab_size before any "
+        "weight is read; the output gets a copy."))
+
+
+@dataclass(frozen=True, kw_only=True)
 class AcceleratorOptions:
     """Where and how a training stage runs (``distributed.py``, ``paddle_env.training_device``)."""
 

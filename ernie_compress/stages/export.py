@@ -38,7 +38,7 @@ from ..runtime.backends import OnnxRuntimeSession, PaddleInferenceSession, Runti
 from ..runtime.decoding import OnnxDecoder, generate_tokens, prompt_ids
 from ..runtime.manifest import MANIFEST_FILE, MANIFEST_VERSION
 from ..results import ExportResult
-from .common import ThreadsOption
+from .common import ThreadsOption, TokenizerOption
 from .registry import register
 
 REFERENCE_BATCH = 16  # examples per dygraph forward pass when computing the reference outputs
@@ -48,7 +48,7 @@ CPU = RuntimeConfig(device="cpu")  # where every export is verified
 
 
 @dataclass(frozen=True, kw_only=True)
-class ExportConfig(ThreadsOption):
+class ExportConfig(TokenizerOption, ThreadsOption):
     """``ernie-compress export``: Paddle static graph and/or ONNX, verified against dygraph."""
 
     checkpoint: Path = option(argument=True, scope="cli", source="from", help="The checkpoint directory to export.")
@@ -145,7 +145,7 @@ class Written:
 
 def _sources(cfg: ExportConfig) -> Sources:
     """Load the checkpoint, refuse what its scheme cannot deploy in ``cfg.format``, and compute the reference."""
-    ckpt = load_checkpoint(cfg.checkpoint)
+    ckpt = load_checkpoint(cfg.checkpoint, tokenizer=cfg.tokenizer, check_tokenizer=True)
     if cfg.layout is not None:
         check_layout(ckpt.config, cfg.layout)
     scheme = scheme_of(quantization_info(ckpt.config))

@@ -29,7 +29,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..checkpoint import config_record, save_sharded_checkpoint
 from ..data.task_options import TaskOptions
+from ..lazy_checkpoint import open_checkpoint
 from ..losses import hard_label_loss, logit_kd_loss
 from ..machine import cpu_has_vnni
 from ..metrics import metric_delta
@@ -42,12 +44,15 @@ from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
 from ..quantize.ptq import calibrate_
 from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantized_linear_names
 from ..quantize.gptq import collect_hessians, gptq_quantize
-from ..quantize.weight_only import BITS, HEAD_BITS, check_group_sizes, dequantize, lm_head_weight, quantize_rtn
+from ..quantize.streaming import (check_disk, check_streamable, memory_need, quantized_linears, resident_bytes,
+                                  scheme_weights, stream_rtn)
+from ..quantize.weight_only import BITS, check_group_sizes, quantize_rtn, round_head_, round_linears_
 from ..training_loop import LoopConfig, TrainResult, evaluate_split
 from ..results import QuantizeResult
-from .common import CheckpointOutput, ParentKDOptions, RunOptions, TrainingOptions
+from .common import CheckpointOutput, ParentKDOptions, RunOptions, TokenizerOption, TrainingOptions
 from .registry import register
-from .skeleton import Start, finish, refuse_existing_output, samples_per_second, start_from, train_resumably
+from .skeleton import (Start, finish, refuse_existing_output, refuse_quantized, samples_per_second, start_from,
+                       train_resumably)
 
 PTQ_OBSERVERS = ("abs_max", "percentile", "mse", "kl")
 FP16_SCHEME = {"method": "fp16", "dtype": "fp16"}  # config.json's quantization entry for FP16
@@ -55,7 +60,7 @@ INT8_ONLY = "only int8 (ONNX Runtime's CPU integer kernels are 8-bit)"
 
 
 @dataclass(frozen=True, kw_only=True)
-class QuantizeOptions(CheckpointOutput, TaskOptions, RunOptions):
+class QuantizeOptions(CheckpointOutput, TokenizerOption, TaskOptions, RunOptions):
     """What every quantization method shares: the FP32 parent, the task it is checked on, the output."""
 
     checkpoint: Path = option(argument=True, scope="cli", source="from", help="The FP32 checkpoint to quantize.")
@@ -208,11 +213,23 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions):
         "tokens than this is rounded to nearest (RTN) instead, since its Hessian would rest on too few "
         "inputs (the report counts them). Default: the expert's widest Linear input (the hidden size): "
         "with fewer tokens than inputs the Hessian is singular."))
+    stream: bool = option(False, flag="--stream/--in-memory", help=(
+        "Weight-only RTN of a decoder: read, round and write one layer at a time (memory: one layer, "
+        "whatever the depth) into sharded safetensors, the same tensors as in memory; the result is not "
+        "evaluated against its parent (that needs the whole model): run `evaluate` on it. GPTQ runs in memory."))
+    max_memory: float | None = option(None, above=0, help=(
+        "With --stream: the memory (GiB) the run may use; refused before any weight is read when the "
+        "largest layer (or the embedding and head) would not fit."))
 
     def __post_init__(self) -> None:
         check_options(self)
         if self.min_expert_tokens is not None and self.method != "gptq":
             fail("{min_expert_tokens} applies to {method} gptq", "min_expert_tokens", "method")
+        if self.stream and self.method != "rtn":
+            fail("{stream} rounds to nearest ({method} rtn) only: GPTQ calibrates each layer on the outputs of "
+                 "the layers before it, which runs in memory for now", "stream", "method")
+        if self.max_memory is not None and not self.stream:
+            fail("{max_memory} bounds a streamed run: add {stream}", "max_memory", "stream")
 
     @property
     def reads_train(self) -> bool:
@@ -267,6 +284,8 @@ def quantize_checkpoint(cfg: QuantizeConfig) -> QuantizeResult:
     """Quantize as ``cfg``'s method says: the runner registered for its config type, between the
     shared start and finish."""
     started = time.perf_counter()
+    if isinstance(cfg, WeightOnlyConfig) and cfg.stream:
+        return _streamed(cfg, started)
     runner = RUNNERS[type(cfg)]
     start = _start(cfg)
     made = runner.run(cfg, start)
@@ -278,7 +297,8 @@ def _start(cfg: QuantizeConfig) -> Start:
     """The parent and its task (the training split only for methods that read it)."""
     refuse_existing_output(cfg)
     start = start_from(cfg.checkpoint, cfg.task_spec, fp32_for="quantize its FP32 parent instead",
-                       splits=("train", "dev", "test") if cfg.reads_train else ("dev", "test"))
+                       splits=("train", "dev", "test") if cfg.reads_train else ("dev", "test"),
+                       tokenizer=cfg.tokenizer)
     check_layout(start.parent.config, cfg.layout)
     return start
 
@@ -382,29 +402,23 @@ def _weight_only_state(cfg: WeightOnlyConfig, start: Start) -> tuple[dict, dict]
     names = quantized_linear_names(start.model)
     check_group_sizes({name: state[f"{name}.weight"].shape[0] for name in names}, group)
     plan = ROUNDINGS[cfg.method].prepare(cfg, start, names)
-    weights = {}
-    for name in names:
-        key = f"{name}.weight"
-        codes, scales = plan.roundings[name][1](state[key])
-        state[key] = dequantize(codes, scales, group)
-        weights[key] = {"bits": bits, "group_size": group}
-    head = lm_head_weight(start.parent.config)
-    if head is not None:  # int8 per vocabulary entry (see quantize/weight_only.py)
-        key, transposed = head
-        matrix = state[key].T if transposed else state[key]  # [hidden, vocab]
-        matrix = dequantize(*quantize_rtn(matrix, HEAD_BITS, None), None)
-        state[key] = np.ascontiguousarray(matrix.T if transposed else matrix)
-        weights[key] = {"bits": HEAD_BITS, "group_size": None, "transposed": transposed}
-    return state, {"method": f"weight_only_{cfg.method}", "dtype": cfg.weight_only, "weight_bits": bits,
-                   "group_size": group, "linears": len(names), **_rounding_record(cfg, start.model, plan),
-                   "weights": weights}
+    weights = round_linears_(state, {name: rounding for name, (_, rounding) in plan.roundings.items()}, bits, group)
+    weights.update(round_head_(state, start.parent.config))  # int8 per vocabulary entry
+    return state, weight_only_scheme(cfg, start.model.config, plan, weights)
 
 
-def _rounding_record(cfg: WeightOnlyConfig, model, plan: Plan) -> dict[str, Any]:
+def weight_only_scheme(cfg: WeightOnlyConfig, config, plan: Plan, weights: dict[str, dict]) -> dict[str, Any]:
+    """config.json's quantization entry of a weight-only run: method, grid, counts, each weight's entry."""
+    return {"method": f"weight_only_{cfg.method}", "dtype": cfg.weight_only, "weight_bits": BITS[cfg.weight_only],
+            "group_size": cfg.groups, "linears": len(plan.roundings), **_rounding_record(cfg, config, plan),
+            "weights": weights}
+
+
+def _rounding_record(cfg: WeightOnlyConfig, config, plan: Plan) -> dict[str, Any]:
     """What the scheme says about the roundings: per rounding, how many Linears and routed experts got
     it; for GPTQ of a model with routed experts the threshold (None: each expert's widest input), the
     experts that fell back to RTN (tokens they got, needed) and the fewest calibration tokens an expert got."""
-    family = family_of(model.config)
+    family = family_of(config)
     counts = {}
     for name, (how, _) in plan.roundings.items():
         count = counts.setdefault(how, {"linears": 0, "experts": set()})
@@ -418,3 +432,36 @@ def _rounding_record(cfg: WeightOnlyConfig, model, plan: Plan) -> dict[str, Any]
         record.update(min_expert_tokens=cfg.min_expert_tokens, rtn_fallback=starved,
                       fewest_expert_tokens=min(v["tokens"] for v in plan.experts.values()))
     return record
+
+
+# -- weight-only RTN streamed layer by layer (``quantize/streaming.py``) ----------------------------
+
+def _streamed(cfg: WeightOnlyConfig, started: float) -> QuantizeResult:
+    """``--stream``: the parent opened lazily (tokenizer, integrity, layout, group sizes and
+    ``--max-memory`` checked before any weight is read), each layer rounded and written to its own
+    shard; not evaluated (the whole model would be needed)."""
+    refuse_existing_output(cfg)
+    lazy = open_checkpoint(cfg.checkpoint, tokenizer=cfg.tokenizer, check_tokenizer=True)
+    refuse_quantized(lazy, "quantize its FP32 parent instead")
+    check_layout(lazy.config, cfg.layout)
+    names = quantized_linears(lazy)
+    check_streamable(lazy, names, cfg.groups)
+    check_disk(lazy, cfg.out)
+    if cfg.max_memory is not None:
+        memory_need(lazy, names).refuse_above(cfg.max_memory, resident_bytes())
+    bits, plan = BITS[cfg.weight_only], _rtn(cfg, None, names)
+    config = lazy.config.replace(extra=dict(lazy.config.extra))
+    config.extra["quantization"] = scheme = weight_only_scheme(
+        cfg, config, plan, scheme_weights(lazy, names, bits, cfg.groups))
+    rounding = plan.roundings[names[0]][1] if names else None
+    groups = stream_rtn(lazy, names, rounding, bits, cfg.groups)
+    record = {"name": "quantize-weight-only", "config": config_record(cfg), "metrics": {}, "evaluated": False}
+    out = save_sharded_checkpoint(cfg.out, config, groups, len(lazy.groups), lazy.tokenizer(), record,
+                                  parent=lazy, overwrite=cfg.overwrite, layout=cfg.layout)
+    note(f"weight-only {scheme['dtype']} (rtn, streamed layer by layer into {len(lazy.groups)} shards); not "
+         f"evaluated: run `ernie-compress evaluate {out}`")
+    seconds = round(time.perf_counter() - started, 1)
+    return QuantizeResult(stage="quantize-weight-only", out=str(out), task=str((lazy.task or {}).get("name", "")),
+                          scheme=scheme, metrics={}, parent_metrics={}, delta_points=None,
+                          quantized_layers=len(names), steps=0, steps_run=0, train_seconds=0.0, samples_per_s=None,
+                          seconds=seconds)

@@ -66,10 +66,12 @@ def refuse_quantized(ckpt: Checkpoint, what_to_do: str) -> None:
 
 
 def start_from(checkpoint: Checkpoint | Path | str, task_spec, fp32_for: str | None = None,
-               splits: tuple[str, ...] = ("train", "dev", "test")) -> Start:
-    """Load ``checkpoint`` (a path, or one loaded already) and what a stage compares against.
-    ``fp32_for`` says what to do instead when the input is quantized (which is then refused)."""
-    parent = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+               splits: tuple[str, ...] = ("train", "dev", "test"), tokenizer: Path | None = None) -> Start:
+    """Load ``checkpoint`` (a path, or one loaded already; its tokenizer checked before its weights are
+    read, from ``tokenizer`` when given) and what a stage compares against. ``fp32_for`` says what to do
+    instead when the input is quantized (which is then refused)."""
+    parent = (checkpoint if isinstance(checkpoint, Checkpoint)
+              else load_checkpoint(checkpoint, tokenizer=tokenizer, check_tokenizer=True))
     if fp32_for:
         refuse_quantized(parent, fp32_for)
     if family_of(parent.config).serves(parent.config, "masked_lm"):

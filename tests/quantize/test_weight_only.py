@@ -154,3 +154,27 @@ def test_rtn_an_all_zero_group_gives_zero_codes_and_a_finite_scale():
     assert not codes[8:16, 2].any() and not codes[:, 4].any()
     np.testing.assert_array_equal(dequantize(codes, scales, 8)[:, 4], 0.0)
     np.testing.assert_array_equal(codes[:8, 2], quantize_rtn(w[:8, 2:3], 4, 8)[0][:, 0])
+
+
+def _rtn_whole_matrix(weight, bits, group):
+    """The rounding on the whole matrix at once (quantize_rtn before it went in column blocks)."""
+    rows, cols = weight.shape
+    size = rows if group is None else group
+    grouped = weight.astype(np.float64).reshape(rows // size, size, cols)
+    scales = np.abs(grouped).max(axis=1) / qmax(bits)
+    scales[scales == 0] = 1.0
+    codes = np.clip(np.rint(grouped / scales[:, None, :]), -qmax(bits), qmax(bits))
+    return codes.reshape(rows, cols).astype(np.int8), scales.astype(np.float32)
+
+
+@pytest.mark.parametrize("bits, group", [(4, 16), (8, None)])
+def test_rounding_in_column_blocks_is_the_whole_matrix_rounding_byte_for_byte(monkeypatch, bits, group):
+    import ernie_compress.quantize.weight_only as weight_only
+
+    monkeypatch.setattr(weight_only, "COLUMN_BLOCK_BYTES", 64 * 8 * 3)  # blocks of 3 columns: the last one short
+    w = np.random.default_rng(1).standard_normal((64, 20)).astype(np.float32)
+    w[:16, 4] = 0.0  # an all-zero group
+    for matrix in (w, np.ascontiguousarray(w.T).T):  # contiguous, and a transposed view (the tied head)
+        codes, scales = quantize_rtn(matrix, bits, group)
+        expected = _rtn_whole_matrix(matrix, bits, group)
+        assert codes.tobytes() == expected[0].tobytes() and scales.tobytes() == expected[1].tobytes()
