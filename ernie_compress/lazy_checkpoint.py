@@ -152,4 +152,17 @@ def open_checkpoint(path: str | Path, tokenizer: str | Path | None = None, check
     rest = {n: placeholder(weights.shape(n), weights.dtype(n)) for n in groups[REST]}
     # the rest's normalization gives the config (e.g. ERNIE 3.0's label count from its head)
     config = _normalize_group(header, weights, groups, REST, rest)[0]
+    _check_layers(header.path, config, groups)
     return LazyCheckpoint(header=header, weights=weights, config=config, groups=groups)
+
+
+def _check_layers(path: Path, config: ErnieConfig, groups: dict[str, list[str]]) -> None:
+    """Refuse weights whose layers are not exactly config.json's ``num_hidden_layers`` (a layer missing
+    from a partial download would otherwise surface only when a stage builds the model)."""
+    present = {int(g.split(".", 1)[1]) for g in groups if g != REST}
+    expected = set(range(config.num_hidden_layers))
+    if present != expected:
+        missing, extra = sorted(expected - present), sorted(present - expected)
+        what = (f"no weights for layer(s) {missing[:5]}" if missing else f"weights for layer(s) {extra[:5]} it does not have")
+        raise UserError(f"{path}: config.json says {config.num_hidden_layers} layers but the checkpoint has {what}; "
+                        f"the save is incomplete or belongs to another config")
