@@ -1,0 +1,95 @@
+"""Pre-quantized checkpoints (``export --layout compressed-tensors|gptq``) loaded by the real loaders,
+with the weight-only checkpoint's logits (ours: Paddle dygraph on its dequantized weights).
+
+- compressed-tensors (pack-quantized) in transformers 5.3 + compressed-tensors 0.20.1, which unpacks
+  the int32 words and dequantizes on a CPU: float32 scales, so its weights are exactly ours and the
+  logits agree to 1e-5 of the logit scale (float32 summation order), as the float layouts do;
+- GPTQ in onnxruntime-genai 0.18's model builder (its GPTQ loader repacks qweight/qzeros/scales into
+  MatMulNBits) run by onnxruntime-genai on a CPU with fp32 compute: the format's scales are float16,
+  which moves each weight by at most 2**-11 of itself, so the bound is 1e-3 of the logit scale
+  (measured about 3e-4). The builder fuses q/k/v into one MatMulNBits per layer.
+
+Cases: random ERNIE 4.5 decoders (head_dim 16: onnxruntime's GroupQueryAttention takes multiples of
+16; FFN 64 so that groups of 32 divide every width), quantized by ``quantize --weight-only``: int4 in
+groups of 16 (untied head, GQA) and of 32 (tied, MQA), int8 per channel (tied, MHA; compressed-tensors'
+channel strategy, GPTQ's group size -1). The head stays float in both formats (exactly the
+checkpoint's int8 head values). Planted once each, all failing as named: codes packed high nibble
+first (compressed-tensors: every case) or first row in the high bits (GPTQ: every case), GPTQ's
+stored zero point without its -1 (every case; int8 by 17x the bound), each row's group scales in
+reverse order (compressed-tensors: the grouped cases; per channel has one group).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from cases import TRANSFORMERS_BASE
+from ours import REAL, outputs, save_random
+from tests.interop.helpers import assert_close, run_reference
+
+pytestmark = pytest.mark.interop
+GPTQ_RTOL = 1e-3  # float16 scales: each weight within 2**-11 of ours (see the module docstring)
+# name -> (config changes, quantize arguments, formats)
+CASES = {
+    "w4_g16_untied_gqa": (dict(num_key_value_heads=2, tie_word_embeddings=False),
+                          ["--weight-only", "int4", "--group-size", "16"], ("compressed-tensors", "gptq")),
+    "w4_g32_tied_mqa": (dict(num_key_value_heads=1, tie_word_embeddings=True),
+                        ["--weight-only", "int4", "--group-size", "32"], ("compressed-tensors", "gptq")),
+    "w8_channel_tied_mha": (dict(num_key_value_heads=4, tie_word_embeddings=True),
+                            ["--weight-only", "int8"], ("compressed-tensors", "gptq")),
+}
+
+
+def _config(changes: dict):
+    from ernie_compress.models.families import config_from_dict
+
+    return config_from_dict(dict(TRANSFORMERS_BASE, head_dim=16, intermediate_size=64, num_hidden_layers=2, **changes,
+                                 model_type="ernie4_5", architectures=["Ernie4_5ForCausalLM"]))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Each case quantized and exported in its formats through the CLI, then one reference run over
+    all: (root, our logits per case, export manifests per case and format)."""
+    from tests.helpers import NEGATIVE, POSITIVE, cli_json
+
+    root = tmp_path_factory.mktemp("prequantized")
+    data = root / "data"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.txt").write_text("\n".join(POSITIVE + NEGATIVE), encoding="utf-8")
+    ours, manifests = {}, {}
+    for seed, (case, (changes, quantize, formats)) in enumerate(CASES.items(), start=3):
+        save_random(_config(changes), root / case / "float", "ours", seed=seed)
+        cli_json(["quantize", str(root / case / "float"), "--task", "lm", "--data", str(data), *quantize,
+                  "--out", str(root / case / "quantized")])
+        ours[case], _ = outputs(root / case / "quantized")
+        for layout in formats:
+            cli_json(["export", str(root / case / "quantized"), "--format", "onnx", "--layout", layout,
+                      "--out", str(root / case / f"export-{layout}")])
+            (root / case / layout).symlink_to(root / case / f"export-{layout}" / "checkpoint")
+            manifests[case, layout] = json.loads((root / case / f"export-{layout}" / "manifest.json").read_text())
+    versions = json.loads(run_reference("transformers", str(root), *CASES, script="reference_prequantized.py"))
+    print(versions)
+    return root, ours, manifests
+
+
+@pytest.mark.parametrize("case", [c for c, (_, _, formats) in CASES.items() if "compressed-tensors" in formats])
+def test_transformers_loads_our_compressed_tensors_with_our_logits(exported, case):
+    root, ours, manifests = exported
+    loading = json.loads((root / case / "ct_loading.json").read_text())
+    assert loading == {"class": "Ernie4_5ForCausalLM", "quant_method": "compressed-tensors",
+                       "missing": [], "unexpected": []}
+    entry = manifests[case, "compressed-tensors"]["files"]["checkpoint"]
+    assert entry["format"] == "pack-quantized" and entry["quantized_linears"] == 14
+    assert_close(ours[case], np.load(root / case / "ct_logits.npy"), REAL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", [c for c, (_, _, formats) in CASES.items() if "gptq" in formats])
+def test_onnxruntime_genai_builds_and_runs_our_gptq_with_our_logits(exported, case):
+    root, ours, _ = exported
+    graph = json.loads((root / case / "og_graph.json").read_text())
+    assert graph["MatMulNBits"] == 2 * 5 and graph["MatMul"] == 1  # qkv, o, gate, up, down per layer; float head
+    assert_close(ours[case], np.load(root / case / "og_logits.npy"), REAL, rtol=GPTQ_RTOL)
