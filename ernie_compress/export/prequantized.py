@@ -11,9 +11,10 @@ recovered codes stay on the grid. Each format then packs them (``prequantized_co
 
 The output head (int8 per vocabulary entry in our scheme) is written as float: it holds exactly
 the dequantized values, and in a tied model it is the embedding table that every engine reads in
-float anyway. The formats could hold an untied head as int8 per channel, but the engines'
-quantized loaders do not quantize the head by default (vLLM's compressed-tensors and GPTQ paths
-read ``lm_head`` as a float embedding-like layer), so float is what they all load.
+float anyway. compressed-tensors could hold an untied head as int8 per channel (a second config
+group), but the checkpoints its tools write leave ``lm_head`` in ``ignore`` and GPTQ's default is
+``lm_head: false``, which is what every loader of the formats takes; onnxruntime-genai's builder
+would otherwise quantize a float head itself (the interop test keeps it float there too).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class HfCodes:
 @dataclass(frozen=True)
 class QuantizedHf:
     """A weight-only checkpoint in the Hugging Face layout: config.json keys, float tensors (norms,
-    embedding, head, routers) and the quantized Linears by module name (``model.layers.0.self_attn.q_proj``)."""
+    embedding, head) and the quantized Linears by module name (``model.layers.0.self_attn.q_proj``)."""
 
     keys: dict[str, Any]
     floats: dict[str, np.ndarray]
@@ -102,6 +103,15 @@ def _uniform(schemes: set[tuple[int, int | None]], layout: str) -> tuple[int, in
         raise UserError(f"--layout {layout} writes one scheme for every Linear; this checkpoint mixes "
                         f"{sorted(schemes, key=str)}; nothing was written")
     return next(iter(schemes))
+
+
+def check_architecture(config, layout: str, loaded: tuple[str, ...], reasons: dict[str, str]) -> None:
+    """Refuse an architecture no loader of the format was checked with (``reasons``: why not, by
+    architecture)."""
+    if config.architecture not in loaded:
+        why = reasons.get(config.architecture, "no loader of the format was checked with it")
+        raise UserError(f"--layout {layout} is written for {', '.join(loaded)} only, not {config.architecture}: "
+                        f"{why}; nothing was written")
 
 
 def write_prequantized(directory: Path, keys: dict[str, Any], tensors: dict[str, np.ndarray], tokenizer) -> None:

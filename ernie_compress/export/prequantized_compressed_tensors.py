@@ -15,7 +15,8 @@ description, not its code): each quantized Linear ``m`` [out, in] becomes
 ``config.json`` gets ``quantization_config`` with ``quant_method`` compressed-tensors, ``format``
 pack-quantized, status ``compressed`` and one config group targeting every ``Linear`` with int4
 or int8 symmetric weights (no activation quantization), and an ``ignore`` list of the Linears kept
-in float: ``lm_head`` (see ``prequantized.py``) and, in mixture-of-experts models, the routers.
+in float: ``lm_head`` (see ``prequantized.py``). Dense ERNIE 4.5 only: transformers 5.3 does not load
+mixture-of-experts experts from this format (:data:`REFUSED`).
 
 Scales are stored in float32, the checkpoint's dtype: transformers loading in float32
 dequantizes to exactly our weights; an engine that runs in bf16/fp16 rounds them itself.
@@ -23,18 +24,21 @@ dequantizes to exactly our weights; an engine that runs in bf16/fp16 rounds them
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .prequantized import PrequantizedLayout, QuantizedHf, quantized_hf, weight_only_scheme, write_prequantized
+from .prequantized import (PrequantizedLayout, QuantizedHf, check_architecture, quantized_hf, weight_only_scheme,
+                           write_prequantized)
 
 LAYOUT = "compressed-tensors"
 FORMAT = "pack-quantized"
 WORD_BITS = 32
-_ROUTER = re.compile(r"\.mlp\.gate$")  # MoE routers: float in our scheme
+LOADED = ("Ernie4_5ForCausalLM",)  # what transformers was checked to load (tests/interop/test_prequantized.py)
+REFUSED = {"Ernie4_5_MoeForCausalLM": (
+    "transformers 5.3 holds its experts as fused 3-D tensors, which its compressed-tensors loader leaves "
+    "unloaded (the experts' packed weights come out unexpected)")}
 
 
 def pack_int32(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -49,8 +53,10 @@ def pack_int32(codes: np.ndarray, bits: int) -> np.ndarray:
 
 
 def check(config) -> None:
-    """Refuse (before anything is written) a checkpoint that is not weight-only quantized; every
-    weight-only scheme of ours (int4/int8, symmetric, any group size or per channel) fits the format."""
+    """Refuse (before anything is written) a checkpoint that is not weight-only quantized or of an
+    architecture no loader was checked with; every weight-only scheme of ours (int4/int8, symmetric,
+    any group size or per channel) fits the format."""
+    check_architecture(config, LAYOUT, LOADED, REFUSED)
     weight_only_scheme(config, LAYOUT)
 
 
@@ -60,12 +66,10 @@ def quantization_config(quantized: QuantizedHf) -> dict[str, Any]:
     weights = {"num_bits": quantized.bits, "type": "int", "symmetric": True, "dynamic": False,
                "strategy": "group" if grouped else "channel", "group_size": quantized.group_size,
                "actorder": None, "block_structure": None, "observer": "minmax"}
-    ignore = ["lm_head", *sorted(name.removesuffix(".weight") for name in quantized.floats
-                                 if _ROUTER.search(name.removesuffix(".weight")))]
     return {"quant_method": "compressed-tensors", "format": FORMAT, "quantization_status": "compressed",
             "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
                                           "output_activations": None, "format": FORMAT}},
-            "ignore": ignore, "kv_cache_scheme": None, "global_compression_ratio": None}
+            "ignore": ["lm_head"], "kv_cache_scheme": None, "global_compression_ratio": None}
 
 
 def write(directory: Path, config, state: dict[str, np.ndarray], tokenizer) -> dict[str, Any]:
@@ -79,7 +83,7 @@ def write(directory: Path, config, state: dict[str, np.ndarray], tokenizer) -> d
     keys = dict(quantized.keys, quantization_config=quantization_config(quantized))
     write_prequantized(directory, keys, tensors, tokenizer)
     return {"format": FORMAT, "bits": quantized.bits, "group_size": quantized.group_size,
-            "quantized_linears": len(quantized.linears), "float": "lm_head, embeddings, norms, routers",
+            "quantized_linears": len(quantized.linears), "float": "lm_head, embeddings, norms",
             "scales": "float32"}
 
 

@@ -33,11 +33,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from .prequantized import PrequantizedLayout, QuantizedHf, quantized_hf, weight_only_scheme, write_prequantized
+from .prequantized import (PrequantizedLayout, QuantizedHf, check_architecture, quantized_hf, weight_only_scheme,
+                           write_prequantized)
 
 LAYOUT = "gptq"
 QUANTIZE_CONFIG_FILE = "quantize_config.json"
 WORD_BITS = 32
+LOADED = ("Ernie4_5ForCausalLM",)  # what onnxruntime-genai's builder was checked to load (tests/interop)
+REFUSED = {"Ernie4_5_MoeForCausalLM": "onnxruntime-genai 0.18's model builder has no such architecture"}
 
 
 def pack_rows(unsigned: np.ndarray, bits: int) -> np.ndarray:
@@ -51,8 +54,9 @@ def pack_rows(unsigned: np.ndarray, bits: int) -> np.ndarray:
 
 
 def check(config) -> None:
-    """Refuse (before anything is written) what is not weight-only, or whose widths the format's
-    32-bit words cannot hold whole (every Linear's input and output width a multiple of 32 / bits)."""
+    """Refuse (before anything is written) what is not weight-only or of an architecture no loader was
+    checked with (the widths the format's words cannot hold are refused by :func:`check_widths`)."""
+    check_architecture(config, LAYOUT, LOADED, REFUSED)
     weight_only_scheme(config, LAYOUT)
 
 
@@ -93,7 +97,7 @@ def write(directory: Path, config, state: dict[str, np.ndarray], tokenizer) -> d
     write_prequantized(directory, dict(quantized.keys, quantization_config=settings), tensors, tokenizer)
     (directory / QUANTIZE_CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     return {"format": "gptq", "bits": quantized.bits, "group_size": quantized.group_size,
-            "quantized_linears": len(quantized.linears), "float": "lm_head, embeddings, norms, routers",
+            "quantized_linears": len(quantized.linears), "float": "lm_head, embeddings, norms",
             "scales": "float16"}
 
 

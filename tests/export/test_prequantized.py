@@ -91,3 +91,21 @@ def test_a_checkpoint_that_is_not_weight_only_is_refused(tiny_lm, tmp_path, layo
     assert res.exit_code == 2, res.output
     assert "weight-only" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("layout", ["compressed-tensors", "gptq"])
+def test_a_mixture_of_experts_checkpoint_is_refused_with_the_loaders_reason(tmp_path, layout):
+    from ernie_compress.checkpoint import save_checkpoint
+    from ernie_compress.models import build_model, model_state
+    from ernie_compress.models.families import config_from_dict
+    from ernie_compress.data.tokenizer import ErnieTokenizer
+    from ernie_compress.models.presets import resolve_preset
+
+    config = config_from_dict(dict(resolve_preset("ernie45-moe-tiny"), vocab_size=40))
+    tokenizer = ErnieTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(0x4E00 + i) for i in range(35)])
+    save_checkpoint(tmp_path / "moe", config, model_state(build_model(config)), tokenizer, {"name": "init"})
+    res = CliRunner().invoke(app, ["--quiet", "export", str(tmp_path / "moe"), "--format", "onnx", "--layout", layout,
+                                   "--out", str(tmp_path / "e")])
+    assert res.exit_code == 2, res.output
+    assert "not Ernie4_5_MoeForCausalLM" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()
