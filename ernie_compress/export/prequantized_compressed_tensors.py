@@ -87,4 +87,5 @@ def write(directory: Path, config, state: dict[str, np.ndarray], tokenizer) -> d
             "scales": "float32"}
 
 
-COMPRESSED_TENSORS = PrequantizedLayout(check, write, "transformers from_pretrained (compressed-tensors), vLLM")
+COMPRESSED_TENSORS = PrequantizedLayout(check, write, "transformers from_pretrained (compressed-tensors); the "
+                                                      "format vLLM reads")
