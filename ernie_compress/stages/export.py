@@ -25,6 +25,7 @@ from ..evaluate import evaluate_loaded
 from ..export import (FORMATS, LAYOUT_ENGINES, OUTPUT_NAMES, PADDLE_INT8_REFUSAL, logit_scale, sample_inputs,
                       verify, verify_int8)
 from ..export import decoder_onnx, onnx_export, onnx_fp16, onnx_int8, static_graph  # by module: tests plant bugs in them
+from ..export.prequantized_layouts import PREQUANTIZED_LAYOUTS
 from ..data.tasks import TaskSpec, load_task
 from ..models import model_from_state
 from ..models.families import family_of
@@ -58,9 +59,11 @@ class ExportConfig(TokenizerOption, ThreadsOption):
     opset: int = option(17, at_least=11, at_most=19, help="ONNX opset (17 emits LayerNormalization).")
     tolerance: float = option(1e-3, above=0, help="Largest logit difference against the dygraph model that "
                                                   "verification accepts.")
-    layout: str | None = option(None, choices=LAYOUTS, help=(
+    layout: str | None = option(None, choices=(*LAYOUTS, *PREQUANTIZED_LAYOUTS), help=(
         "Also write the checkpoint in this layout under checkpoint/ for a serving engine or library "
-        "(paddlenlp, paddleformers, hf, ours); the manifest says which."))
+        "(paddlenlp, paddleformers, hf, ours; for a weight-only checkpoint also pre-quantized, its integer "
+        "codes packed: compressed-tensors for transformers and vLLM, gptq for onnxruntime-genai's model "
+        "builder and GPTQ loaders); the manifest says which."))
     weight_only_compute: str = option("int8", choices=tuple(decoder_onnx.COMPUTE_LEVELS), help=(
         "Weight-only decoders (onnx/decoder.onnx): int8 lets MatMulNBits quantize activations to int8 per "
         "block (ONNX Runtime's accuracy_level 4: its fast CPU kernels, as ONNX Runtime GenAI deploys INT4; "
@@ -146,7 +149,9 @@ class Written:
 def _sources(cfg: ExportConfig) -> Sources:
     """Load the checkpoint, refuse what its scheme cannot deploy in ``cfg.format``, and compute the reference."""
     ckpt = load_checkpoint(cfg.checkpoint, tokenizer=cfg.tokenizer, check_tokenizer=True)
-    if cfg.layout is not None:
+    if cfg.layout in PREQUANTIZED_LAYOUTS:
+        PREQUANTIZED_LAYOUTS[cfg.layout].check(ckpt.config)
+    elif cfg.layout is not None:
         check_layout(ckpt.config, cfg.layout)
     scheme = scheme_of(quantization_info(ckpt.config))
     path = EXPORT_PATHS[scheme.export]
@@ -185,6 +190,11 @@ def _export_layout(src: Sources, tmp: Path, written: Written) -> None:
     """``checkpoint/``: the weights in ``cfg.layout`` for a serving engine or library."""
     layout = src.cfg.layout
     (tmp / "checkpoint").mkdir()
+    if layout in PREQUANTIZED_LAYOUTS:  # integer codes packed in an engine's format
+        prequantized = PREQUANTIZED_LAYOUTS[layout]
+        details = prequantized.write(tmp / "checkpoint", src.ckpt.config, src.ckpt.state, src.tokenizer)
+        written.files["checkpoint"] = {"dir": "checkpoint", "layout": layout, "for": prequantized.engines, **details}
+        return
     write_model_files(tmp / "checkpoint", src.ckpt.config, src.ckpt.state, src.tokenizer, layout)
     entry = {"dir": "checkpoint", "layout": layout, "for": LAYOUT_ENGINES[layout]}
     if src.path.integer_weights:  # what a serving engine reads there: float weights that lie on the integer grid

@@ -3,6 +3,7 @@
 #   .venvs/paddlenlp      paddlepaddle 3.3.1 + PaddleNLP 2.8.1      (ERNIE 3.0)
 #   .venvs/paddleformers  paddlepaddle 3.3.1 + PaddleFormers 1.2.0  (ERNIE 4.5)
 #   $CACHE/transformers   PyTorch 2.13.0 + transformers 5.0-5.3      (ERNIE 4.5 dense and MoE, the math reference)
+#                         + compressed-tensors 0.20.1, onnxruntime-genai 0.18.0 (pre-quantized exports)
 # They pin conflicting helper packages (aistudio-sdk, huggingface_hub), hence one venv each; the two
 # Paddle libraries are installed with --no-deps plus the imports they really need (their full
 # dependency sets pull GPU and web-serving stacks). Re-running skips a venv that already imports its
@@ -53,14 +54,32 @@ assert float(torch.ones(2) @ torch.ones(2)) == 2.0"
   exec 9>"$CACHE/transformers.lock"
   flock 9  # two runs on one machine: the second waits, then finds the venv ready
   if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "$check" >/dev/null 2>&1; then
-    echo "reference venv $venv: ready (cached)"; exec 9>&-; return
+    echo "reference venv $venv: ready (cached)"
+  else
+    rm -rf "$venv"
+    "$PY" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q "torch==2.13.0" "numpy<2.4" safetensors "transformers>=5.0.0,<5.4.0"
+    "$venv/bin/python" -c "$check"
+    echo "reference venv $venv: built"
   fi
-  rm -rf "$venv"
-  "$PY" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q "torch==2.13.0" "numpy<2.4" safetensors "transformers>=5.0.0,<5.4.0"
-  "$venv/bin/python" -c "$check"
-  echo "reference venv $venv: built"
+  add_prequantized_loaders "$venv"
   exec 9>&-
+}
+
+# The loaders of our pre-quantized exports (test_prequantized.py), added to the transformers venv
+# (they need its PyTorch and transformers): compressed-tensors (transformers' pack-quantized
+# loader) and onnxruntime-genai with its model builder (GPTQ), pinned; torch, transformers and numpy
+# are held where they are.
+add_prequantized_loaders() {
+  local venv=$1
+  local check="import compressed_tensors, onnxruntime_genai, onnxruntime, onnx_ir
+assert compressed_tensors.__version__.startswith('0.20.1'), compressed_tensors.__version__
+assert onnxruntime_genai.__version__ == '0.18.0' and onnxruntime.__version__ == '1.32.0'"
+  if "$venv/bin/python" -c "$check" >/dev/null 2>&1; then return; fi
+  "$venv/bin/python" -m pip install -q "compressed-tensors==0.20.1" "onnxruntime-genai==0.18.0" "onnxruntime==1.32.0" \
+      "onnx-ir==1.1.0" "onnx==1.23.2" "torch==2.13.0" "numpy<2.4" "transformers>=5.0.0,<5.4.0"
+  "$venv/bin/python" -c "$check"
+  echo "reference venv $venv: pre-quantized loaders added"
 }
 make_cached_transformers_venv
