@@ -26,7 +26,8 @@ from ..losses import predicted_classes
 
 FORMATS = ("paddle", "onnx", "all")
 LAYOUT_ENGINES = {"ours": "ernie-compress", "paddlenlp": "PaddleNLP from_pretrained",
-                  "paddleformers": "PaddleFormers from_pretrained, FastDeploy", "hf": "transformers from_pretrained"}
+                  "paddleformers": "PaddleFormers from_pretrained, FastDeploy", "hf": "transformers from_pretrained",
+                  "gguf": "llama.cpp (and the engines built on it: llama-cpp-python, Ollama)"}
 
 
 def sample_inputs(ckpt: Checkpoint, tokenizer, count: int) -> tuple[np.ndarray, np.ndarray, str]:

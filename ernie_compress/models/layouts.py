@@ -7,6 +7,7 @@
                    Face layout (``ernie4_5_layout.py``; MoE: ``ernie4_5_moe_layout.py``), which
                    FastDeploy-style servers read
 ``hf``             ERNIE 4.5 for transformers' ``Ernie4_5ForCausalLM`` (the same tensors)
+``gguf``           (``export`` only) a weight-only ERNIE 4.5 as one GGUF file for llama.cpp
 
 A layout the model's family or structure cannot take is refused with the reason before anything
 is written.
@@ -22,6 +23,7 @@ from ..errors import UserError
 from .families import family_of
 
 LAYOUTS = ("ours", "paddlenlp", "paddleformers", "hf")
+EXPORT_LAYOUTS = (*LAYOUTS, "gguf")  # gguf: export only (export/gguf.py), never read back
 LAYOUT_HELP = ("Checkpoint layout to write: ours (default), paddlenlp (ERNIE 3.0: loads in PaddleNLP), "
                "paddleformers or hf (ERNIE 4.5: loads in PaddleFormers / transformers and the servers that "
                "read them). A model the layout cannot express (e.g. pruned heads for paddlenlp) is refused.")

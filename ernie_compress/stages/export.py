@@ -24,11 +24,11 @@ from ..errors import UserError
 from ..evaluate import evaluate_loaded
 from ..export import (FORMATS, LAYOUT_ENGINES, OUTPUT_NAMES, PADDLE_INT8_REFUSAL, logit_scale, sample_inputs,
                       verify, verify_int8)
-from ..export import decoder_onnx, onnx_export, onnx_fp16, onnx_int8, static_graph  # by module: tests plant bugs in them
+from ..export import decoder_onnx, gguf, onnx_export, onnx_fp16, onnx_int8, static_graph  # by module: tests plant bugs in them
 from ..data.tasks import TaskSpec, load_task
 from ..models import model_from_state
 from ..models.families import family_of
-from ..models.layouts import LAYOUTS, check_layout
+from ..models.layouts import EXPORT_LAYOUTS, check_layout
 from ..options import check_options, option
 from ..paddle_env import import_paddle
 from ..quantize.fake_quant import fake_quant_model, set_activation_scales_
@@ -58,9 +58,10 @@ class ExportConfig(ThreadsOption):
     opset: int = option(17, at_least=11, at_most=19, help="ONNX opset (17 emits LayerNormalization).")
     tolerance: float = option(1e-3, above=0, help="Largest logit difference against the dygraph model that "
                                                   "verification accepts.")
-    layout: str | None = option(None, choices=LAYOUTS, help=(
+    layout: str | None = option(None, choices=EXPORT_LAYOUTS, help=(
         "Also write the checkpoint in this layout under checkpoint/ for a serving engine or library "
-        "(paddlenlp, paddleformers, hf, ours); the manifest says which."))
+        "(paddlenlp, paddleformers, hf, ours; gguf: a weight-only ERNIE 4.5 as llama.cpp's Q4_0/Q8_0 "
+        "blocks in one file); the manifest says which."))
     weight_only_compute: str = option("int8", choices=tuple(decoder_onnx.COMPUTE_LEVELS), help=(
         "Weight-only decoders (onnx/decoder.onnx): int8 lets MatMulNBits quantize activations to int8 per "
         "block (ONNX Runtime's accuracy_level 4: its fast CPU kernels, as ONNX Runtime GenAI deploys INT4; "
@@ -146,9 +147,12 @@ class Written:
 def _sources(cfg: ExportConfig) -> Sources:
     """Load the checkpoint, refuse what its scheme cannot deploy in ``cfg.format``, and compute the reference."""
     ckpt = load_checkpoint(cfg.checkpoint)
-    if cfg.layout is not None:
-        check_layout(ckpt.config, cfg.layout)
     scheme = scheme_of(quantization_info(ckpt.config))
+    if cfg.layout == "gguf":
+        gguf.check_gguf(ckpt.config, quantization_info(ckpt.config), scheme.export == "weight_only")
+        gguf.require_gguf()
+    elif cfg.layout is not None:
+        check_layout(ckpt.config, cfg.layout)
     path = EXPORT_PATHS[scheme.export]
     if path.paddle_refusal and cfg.format != "onnx":
         raise UserError(path.paddle_refusal)
@@ -185,6 +189,12 @@ def _export_layout(src: Sources, tmp: Path, written: Written) -> None:
     """``checkpoint/``: the weights in ``cfg.layout`` for a serving engine or library."""
     layout = src.cfg.layout
     (tmp / "checkpoint").mkdir()
+    if layout == "gguf":
+        quant = quantization_info(src.ckpt.config)
+        path = tmp / "checkpoint" / gguf.file_name(gguf.block_type(quant))
+        entry = gguf.write_gguf(path, src.ckpt.config, src.ckpt.state, src.tokenizer, quant)
+        written.files["checkpoint"] = {"dir": "checkpoint", "layout": layout, "for": LAYOUT_ENGINES[layout], **entry}
+        return
     write_model_files(tmp / "checkpoint", src.ckpt.config, src.ckpt.state, src.tokenizer, layout)
     entry = {"dir": "checkpoint", "layout": layout, "for": LAYOUT_ENGINES[layout]}
     if src.path.integer_weights:  # what a serving engine reads there: float weights that lie on the integer grid

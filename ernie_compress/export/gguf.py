@@ -1,0 +1,248 @@
+"""``export --layout gguf``: a weight-only quantized ERNIE 4.5 as one GGUF file for llama.cpp.
+
+Tensor names, layouts and metadata keys are those llama.cpp's ``convert_hf_to_gguf.py`` writes for
+``Ernie4_5ForCausalLM`` (architecture ``ernie4_5``; ``src/models/ernie4-5.cpp`` loads it):
+
+=====================================  ==========================  ==============================
+ours (``ernie.`` prefix, [in, out])     GGUF (numpy shape = reversed ne)  type
+=====================================  ==========================  ==============================
+``embed_tokens.weight`` [vocab, h]      ``token_embd.weight`` [vocab, h]  Q8_0 (the tied head), else F32
+``layers.i.input_layernorm.weight``     ``blk.i.attn_norm.weight``        F32
+``layers.i.self_attn.qkv_proj.weight``  ``blk.i.attn_q/k/v.weight`` [out, in]  Q4_0 / Q8_0
+``layers.i.self_attn.o_proj.weight``    ``blk.i.attn_output.weight``      Q4_0 / Q8_0
+``layers.i.post_attention_layernorm``   ``blk.i.ffn_norm.weight``         F32
+``layers.i.mlp.up_gate_proj.weight``    ``blk.i.ffn_gate/ffn_up.weight``  Q4_0 / Q8_0
+``layers.i.mlp.down_proj.weight``       ``blk.i.ffn_down.weight``         Q4_0 / Q8_0
+``norm.weight``                         ``output_norm.weight``            F32
+``lm_head.weight`` [h, vocab] (untied)  ``output.weight`` [vocab, h]      Q8_0
+=====================================  ==========================  ==============================
+
+Rotary embeddings need no permutation (ERNIE 4.5 and llama.cpp's ``LLAMA_ROPE_TYPE_NORM`` both rotate
+adjacent pairs; the converter permutes nothing). The quantized weights' codes are recovered from the
+checkpoint's dequantized weights (``decoder_onnx.recover_codes``) and written as blocks with their
+own scales (``gguf_blocks.py``): the file holds our grid, not a requantization. Tensors are planned
+first (name, shape, type, bytes) and then made and written one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from .decoder_onnx import recover_codes
+from .gguf_blocks import BLOCK, BLOCK_BYTES, FP16_MAX, block_scales, pack_blocks, scale_rounding
+from .gguf_vocab import tokenizer_metadata
+
+ARCHITECTURES = {"Ernie4_5ForCausalLM": "ernie4_5"}
+FILE_TYPES = {"Q8_0": 7, "Q4_0": 2}  # general.file_type: LlamaFileType.MOSTLY_Q8_0 / MOSTLY_Q4_0
+GGML_TYPES = {"F32": 0, "Q4_0": 2, "Q8_0": 8}  # GGMLQuantizationType
+QUANT_VERSION = 2  # general.quantization_version (GGML_QNT_VERSION)
+INSTALL = "pip install 'ernie-compress[gguf]'"
+_LAYER_NAMES = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+                "self_attn.o_proj.weight": "attn_output.weight", "mlp.down_proj.weight": "ffn_down.weight"}
+_SPLITS = {"self_attn.qkv_proj.weight": ("attn_q.weight", "attn_k.weight", "attn_v.weight"),
+           "mlp.up_gate_proj.weight": ("ffn_gate.weight", "ffn_up.weight")}
+
+
+def file_name(block: str) -> str:
+    return f"model-{block}.gguf"
+
+
+def block_type(quant: dict[str, Any]) -> str:
+    """The block type of the Linears' codes: Q4_0 for int4, Q8_0 for int8."""
+    return "Q4_0" if quant["weight_bits"] == 4 else "Q8_0"
+
+
+# -- refusals (before any weight is converted) ------------------------------------------------------
+
+def check_gguf(config, quant: dict[str, Any] | None, weight_only: bool) -> None:
+    """Refuse, with the quantize flags that fit, what GGUF's Q4_0/Q8_0 blocks cannot hold exactly."""
+    if config.architecture not in ARCHITECTURES:
+        raise UserError(f"--layout gguf writes {', '.join(ARCHITECTURES)} (llama.cpp's ernie4_5); "
+                        f"{config.architecture} is not one of them")
+    if not weight_only:
+        raise UserError("--layout gguf writes the codes of a weight-only quantized checkpoint as Q4_0/Q8_0 "
+                        "blocks; quantize it first: ernie-compress quantize CHECKPOINT --weight-only int4 "
+                        "--group-size 32 (or --weight-only int8) --out DIR")
+    if len(set(config.heads_per_layer)) > 1 or len(set(config.ffn_per_layer)) > 1:
+        raise UserError("--layout gguf needs the same heads and FFN width in every layer (llama.cpp's ernie4_5 "
+                        "reads one count for all layers); this model was pruned per layer")
+    for name, spec in quant["weights"].items():
+        group = spec["group_size"]
+        if group is not None and group % BLOCK:
+            fit = "--group-size 32 (or 64, 128)" if spec["bits"] == 4 else "no --group-size (per channel) or 32"
+            raise UserError(f"GGUF's Q{spec['bits']}_0 blocks hold one scale per {BLOCK} input rows; {name} has "
+                            f"groups of {group}: quantize with --weight-only int{spec['bits']} {fit}")
+    widths = {config.hidden_size, config.num_attention_heads * config.head_dim, config.intermediate_size}
+    if any(w % BLOCK for w in widths):
+        raise UserError(f"GGUF's blocks need input widths that are multiples of {BLOCK}; this model has "
+                        f"{sorted(widths)}")
+
+
+def require_gguf():
+    """The ``gguf`` package (llama.cpp's own writer), its INFO lines silenced (our stderr stays clean)."""
+    try:
+        import gguf
+    except ImportError:
+        raise UserError(f"--layout gguf needs the gguf package: {INSTALL}") from None
+    logging.getLogger("gguf").setLevel(logging.WARNING)
+    return gguf
+
+
+# -- the tensors -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Planned:
+    """One GGUF tensor: its name, numpy shape (reversed GGML ne), type, and how to make its data."""
+
+    name: str
+    shape: tuple[int, ...]
+    kind: str  # F32, Q4_0, Q8_0
+    make: Callable[[], np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.stored_shape)) * (4 if self.kind == "F32" else 1)
+
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        """The shape of the data written: a quantized [out, in] is [out, in / 32 * block bytes] bytes."""
+        if self.kind == "F32":
+            return tuple(self.shape)
+        return (self.shape[0], self.shape[1] // BLOCK * BLOCK_BYTES[self.kind])
+
+
+def _gguf_names(name: str) -> tuple[str, ...] | None:
+    """The GGUF tensor(s) of one of our weights (several: a fused one split by output columns)."""
+    fixed = {"ernie.embed_tokens.weight": "token_embd.weight", "ernie.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    if name in fixed:
+        return (fixed[name],)
+    match = re.fullmatch(r"ernie\.layers\.(\d+)\.(.+)", name)
+    if match is None:
+        return None
+    layer, leaf = match.groups()
+    if leaf in _LAYER_NAMES:
+        return (f"blk.{layer}.{_LAYER_NAMES[leaf]}",)
+    if leaf in _SPLITS:
+        return tuple(f"blk.{layer}.{part}" for part in _SPLITS[leaf])
+    return None
+
+
+def _column_splits(config, name: str, columns: int) -> list[tuple[int, int]]:
+    """Output-column ranges of a fused weight's parts: q, k, v (all queries, then keys, then values)
+    or gate, up (halves); one range for the others."""
+    if name.endswith("qkv_proj.weight"):
+        q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+        return [(0, q), (q, q + kv), (q + kv, q + 2 * kv)]
+    if name.endswith("up_gate_proj.weight"):
+        return [(0, columns // 2), (columns // 2, columns)]
+    return [(0, columns)]
+
+
+def _quantized_parts(weight: np.ndarray, spec: dict[str, Any], kind: str, splits: list[tuple[int, int]],
+                     stats: dict[str, float]) -> Iterator[np.ndarray]:
+    """The blocks of each output-column part of a quantized weight [in, out] (transposed spec: the
+    tied table [vocab, in]); ``stats`` keeps the largest relative fp16 rounding of a scale."""
+    matrix = weight.T if spec.get("transposed") else weight  # [in, out]
+    linear = recover_codes(matrix, spec["bits"], spec["group_size"])
+    if float(np.abs(linear.scales).max(initial=0.0)) > FP16_MAX:
+        raise UserError(f"a scale above fp16's range ({FP16_MAX:g}) cannot be written in GGUF blocks")
+    stats["max_scale_rounding"] = max(stats.get("max_scale_rounding", 0.0), scale_rounding(linear.scales))
+    scales = block_scales(linear.scales, matrix.shape[0], spec["group_size"])  # [in / 32, out]
+    for start, stop in splits:
+        yield pack_blocks(linear.codes[:, start:stop].T, scales[:, start:stop].T, kind)  # [part, bytes]
+
+
+def plan_tensors(config, state: dict[str, np.ndarray], quant: dict[str, Any],
+                 stats: dict[str, float]) -> list[Planned]:
+    """Every GGUF tensor of the checkpoint, in the converter's order (embedding, layers, output);
+    making the quantized ones records their scales' fp16 rounding in ``stats``."""
+    planned: list[Planned] = []
+    for name in sorted(state, key=_order):
+        targets = _gguf_names(name)
+        if targets is None:
+            raise UserError(f"--layout gguf has no llama.cpp tensor for {name}")
+        spec = quant["weights"].get(name)
+        value = state[name]
+        if spec is None:  # float: norms, an untied embedding
+            planned.append(Planned(targets[0], value.shape, "F32", lambda v=value: np.ascontiguousarray(v, np.float32)))
+            continue
+        kind = "Q8_0" if spec["bits"] == 8 else "Q4_0"
+        rows, columns = value.T.shape if spec.get("transposed") else value.shape  # [in, out]
+        splits = _column_splits(config, name, columns)
+        parts = _lazy_parts(value, spec, kind, splits, stats)
+        planned += [Planned(target, (stop - start, rows), kind, lambda i=i, parts=parts: parts(i))
+                    for i, (target, (start, stop)) in enumerate(zip(targets, splits))]
+    return planned
+
+
+def _lazy_parts(value: np.ndarray, spec: dict[str, Any], kind: str, splits,
+                stats: dict[str, float]) -> Callable[[int], np.ndarray]:
+    """Part ``i`` of a split weight's blocks; the codes are recovered once, when the first part is asked for."""
+    cache: dict[int, np.ndarray] = {}
+
+    def part(i: int) -> np.ndarray:
+        if not cache:
+            cache.update(enumerate(_quantized_parts(value, spec, kind, splits, stats)))
+        return cache.pop(i)
+
+    return part
+
+
+def _order(name: str) -> tuple[int, int, str]:
+    """Embedding first, then the layers in order, then the final norm and head."""
+    match = re.match(r"ernie\.layers\.(\d+)\.", name)
+    if match:
+        return (1, int(match.group(1)), name)
+    return (0 if "embed_tokens" in name else 2, 0, name)
+
+
+# -- the file ----------------------------------------------------------------------------------------
+
+def model_metadata(config, quant: dict[str, Any]) -> dict[str, Any]:
+    """The ``general.*`` and ``ernie4_5.*`` keys (gguf writer method name -> value) as the converter
+    writes them from an ERNIE 4.5 config.json."""
+    return {"add_type": "model", "add_name": "ERNIE 4.5 (ernie-compress)", "add_quantized_by": "ernie-compress",
+            "add_block_count": config.num_hidden_layers, "add_context_length": config.max_position_embeddings,
+            "add_embedding_length": config.hidden_size, "add_feed_forward_length": config.intermediate_size,
+            "add_head_count": config.num_attention_heads, "add_head_count_kv": config.num_key_value_heads,
+            "add_rope_freq_base": float(config.rope_theta), "add_layer_norm_rms_eps": float(config.rms_norm_eps),
+            "add_key_length": config.head_dim, "add_value_length": config.head_dim,
+            "add_file_type": FILE_TYPES[block_type(quant)], "add_quantization_version": QUANT_VERSION}
+
+
+def write_gguf(path: Path, config, state: dict[str, np.ndarray], tokenizer, quant: dict[str, Any]) -> dict[str, Any]:
+    """Write the GGUF file; what the manifest records about it."""
+    gguf = require_gguf()
+    if tokenizer.vocab_size > config.vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the embedding's "
+                        f"{config.vocab_size} rows: llama.cpp's vocabulary must match the embedding")
+    stats: dict[str, float] = {}
+    planned = plan_tensors(config, state, quant, stats)
+    writer = gguf.GGUFWriter(path, ARCHITECTURES[config.architecture])
+    for method, value in {**model_metadata(config, quant), **tokenizer_metadata(tokenizer, config.vocab_size)}.items():
+        if "." in method:  # a key the writer has no method for (gguf_vocab.LOWERCASE_KEY)
+            writer.add_bool(method, value)
+        else:
+            getattr(writer, method)(value)
+    for t in planned:
+        writer.add_tensor_info(t.name, t.stored_shape, np.dtype(np.float32 if t.kind == "F32" else np.uint8), t.nbytes,
+                               raw_dtype=gguf.GGMLQuantizationType(GGML_TYPES[t.kind]))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t in planned:
+        writer.write_tensor_data(t.make())  # one tensor in memory at a time
+    writer.close()
+    return {"file": path.name, "architecture": ARCHITECTURES[config.architecture], "blocks": block_type(quant),
+            "tensors": {kind: sum(t.kind == kind for t in planned) for kind in GGML_TYPES},
+            "max_scale_rounding": stats.get("max_scale_rounding", 0.0), "bytes": path.stat().st_size}
+
