@@ -40,15 +40,19 @@ from .decoder_onnx import recover_codes
 from .gguf_blocks import BLOCK, BLOCK_BYTES, FP16_MAX, block_scales, pack_blocks, scale_rounding
 from .gguf_vocab import tokenizer_metadata
 
-ARCHITECTURES = {"Ernie4_5ForCausalLM": "ernie4_5"}
+ARCHITECTURES = {"Ernie4_5ForCausalLM": "ernie4_5", "Ernie4_5_MoeForCausalLM": "ernie4_5-moe"}
 FILE_TYPES = {"Q8_0": 7, "Q4_0": 2}  # general.file_type: LlamaFileType.MOSTLY_Q8_0 / MOSTLY_Q4_0
 GGML_TYPES = {"F32": 0, "Q4_0": 2, "Q8_0": 8}  # GGMLQuantizationType
 QUANT_VERSION = 2  # general.quantization_version (GGML_QNT_VERSION)
 INSTALL = "pip install 'ernie-compress[gguf]'"
 _LAYER_NAMES = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
-                "self_attn.o_proj.weight": "attn_output.weight", "mlp.down_proj.weight": "ffn_down.weight"}
+                "self_attn.o_proj.weight": "attn_output.weight", "mlp.down_proj.weight": "ffn_down.weight",
+                "mlp.gate.weight": "ffn_gate_inp.weight", "mlp.moe_statics.e_score_correction_bias": "exp_probs_b.bias",
+                "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight"}
 _SPLITS = {"self_attn.qkv_proj.weight": ("attn_q.weight", "attn_k.weight", "attn_v.weight"),
-           "mlp.up_gate_proj.weight": ("ffn_gate.weight", "ffn_up.weight")}
+           "mlp.up_gate_proj.weight": ("ffn_gate.weight", "ffn_up.weight"),
+           "mlp.shared_experts.up_gate_proj.weight": ("ffn_gate_shexp.weight", "ffn_up_shexp.weight")}
+_EXPERT = re.compile(r"ernie\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(up_gate_proj|down_proj)\.weight")
 
 
 def file_name(block: str) -> str:
@@ -71,19 +75,34 @@ def check_gguf(config, quant: dict[str, Any] | None, weight_only: bool) -> None:
         raise UserError("--layout gguf writes the codes of a weight-only quantized checkpoint as Q4_0/Q8_0 "
                         "blocks; quantize it first: ernie-compress quantize CHECKPOINT --weight-only int4 "
                         "--group-size 32 (or --weight-only int8) --out DIR")
-    if len(set(config.heads_per_layer)) > 1 or len(set(config.ffn_per_layer)) > 1:
-        raise UserError("--layout gguf needs the same heads and FFN width in every layer (llama.cpp's ernie4_5 "
-                        "reads one count for all layers); this model was pruned per layer")
+    _check_uniform(config)
     for name, spec in quant["weights"].items():
         group = spec["group_size"]
         if group is not None and group % BLOCK:
             fit = "--group-size 32 (or 64, 128)" if spec["bits"] == 4 else "no --group-size (per channel) or 32"
             raise UserError(f"GGUF's Q{spec['bits']}_0 blocks hold one scale per {BLOCK} input rows; {name} has "
                             f"groups of {group}: quantize with --weight-only int{spec['bits']} {fit}")
-    widths = {config.hidden_size, config.num_attention_heads * config.head_dim, config.intermediate_size}
+    widths = {config.hidden_size, config.num_attention_heads * config.head_dim, *config.ffn_per_layer,
+              getattr(config, "shared_expert_size", 0)}
     if any(w % BLOCK for w in widths):
         raise UserError(f"GGUF's blocks need input widths that are multiples of {BLOCK}; this model has "
                         f"{sorted(widths)}")
+
+
+def _check_uniform(config) -> None:
+    """llama.cpp reads one head count, one dense FFN width, one expert count and width for all layers,
+    and makes every ``interleave_moe_layer_step``-th layer from ``leading_dense_block_count`` on an MoE
+    layer, to the last: refuse a model pruned per layer or whose MoE layers end earlier."""
+    moe = getattr(config, "moe_layers", [])
+    dense_ffn = {f for i, f in enumerate(config.ffn_per_layer) if i not in moe}
+    moe_ffn = {f for i, f in enumerate(config.ffn_per_layer) if i in moe}
+    experts = {e for e in getattr(config, "experts_per_layer", []) if e}
+    if len(set(config.heads_per_layer)) > 1 or len(dense_ffn) > 1 or len(moe_ffn) > 1 or len(experts) > 1:
+        raise UserError("--layout gguf needs the same heads, FFN width and expert count in every layer (llama.cpp "
+                        "reads one count for all layers); this model was pruned per layer")
+    if moe and config.last_moe_layer != config.num_hidden_layers - 1:
+        raise UserError(f"llama.cpp's ernie4_5-moe makes MoE layers up to the last one; this model's end at layer "
+                        f"{config.last_moe_layer} (moe_layer_end_index) of {config.num_hidden_layers}")
 
 
 def require_gguf():
@@ -113,10 +132,10 @@ class Planned:
 
     @property
     def stored_shape(self) -> tuple[int, ...]:
-        """The shape of the data written: a quantized [out, in] is [out, in / 32 * block bytes] bytes."""
+        """The shape of the data written: a quantized [..., out, in] is [..., out, in / 32 * block bytes] bytes."""
         if self.kind == "F32":
             return tuple(self.shape)
-        return (self.shape[0], self.shape[1] // BLOCK * BLOCK_BYTES[self.kind])
+        return (*self.shape[:-1], self.shape[-1] // BLOCK * BLOCK_BYTES[self.kind])
 
 
 def _gguf_names(name: str) -> tuple[str, ...] | None:
@@ -163,17 +182,20 @@ def _quantized_parts(weight: np.ndarray, spec: dict[str, Any], kind: str, splits
 
 def plan_tensors(config, state: dict[str, np.ndarray], quant: dict[str, Any],
                  stats: dict[str, float]) -> list[Planned]:
-    """Every GGUF tensor of the checkpoint, in the converter's order (embedding, layers, output);
-    making the quantized ones records their scales' fp16 rounding in ``stats``."""
+    """Every GGUF tensor of the checkpoint (embedding, layers, output; a layer's routed experts
+    stacked); making the quantized ones records their scales' fp16 rounding in ``stats``."""
     planned: list[Planned] = []
+    expert_layers = sorted({int(m.group(1)) for name in state if (m := _EXPERT.fullmatch(name))})
     for name in sorted(state, key=_order):
+        if _EXPERT.fullmatch(name):
+            continue
         targets = _gguf_names(name)
         if targets is None:
             raise UserError(f"--layout gguf has no llama.cpp tensor for {name}")
         spec = quant["weights"].get(name)
         value = state[name]
-        if spec is None:  # float: norms, an untied embedding
-            planned.append(Planned(targets[0], value.shape, "F32", lambda v=value: np.ascontiguousarray(v, np.float32)))
+        if spec is None:  # float: norms, the router and its correction bias, an untied embedding
+            planned.append(_float_tensor(targets[0], name, value))
             continue
         kind = "Q8_0" if spec["bits"] == 8 else "Q4_0"
         rows, columns = value.T.shape if spec.get("transposed") else value.shape  # [in, out]
@@ -181,7 +203,45 @@ def plan_tensors(config, state: dict[str, np.ndarray], quant: dict[str, Any],
         parts = _lazy_parts(value, spec, kind, splits, stats)
         planned += [Planned(target, (stop - start, rows), kind, lambda i=i, parts=parts: parts(i))
                     for i, (target, (start, stop)) in enumerate(zip(targets, splits))]
+    for layer in expert_layers:
+        planned += _expert_tensors(config, state, quant, layer, stats)
     return planned
+
+
+def _float_tensor(target: str, name: str, value: np.ndarray) -> Planned:
+    """A float tensor as F32: a Linear's [in, out] (the router) transposed to [out, in], the
+    correction bias [1, E] flattened; norms and the embedding [vocab, h] as they are."""
+    if value.ndim == 2 and "embed_tokens" not in name:
+        value = value.T if "bias" not in name else value.reshape(-1)
+    return Planned(target, value.shape, "F32", lambda v=value: np.ascontiguousarray(v, np.float32))
+
+
+def _expert_tensors(config, state: dict[str, np.ndarray], quant: dict[str, Any], layer: int,
+                    stats: dict[str, float]) -> list[Planned]:
+    """``ffn_gate_exps`` / ``ffn_up_exps`` [E, f, h] and ``ffn_down_exps`` [E, h, f] of one MoE layer:
+    each expert's blocks stacked (convert_hf_to_gguf stacks the experts the same way)."""
+    prefix = f"ernie.layers.{layer}.mlp.experts."
+    experts = sorted({int(m.group(2)) for name in state if (m := _EXPERT.fullmatch(name)) and int(m.group(1)) == layer})
+    h, f = config.hidden_size, config.moe_intermediate_size
+    spec = quant["weights"][f"{prefix}{experts[0]}.up_gate_proj.weight"]
+    kind = "Q8_0" if spec["bits"] == 8 else "Q4_0"
+    cache: dict[str, np.ndarray] = {}
+
+    def stacked(which: str) -> np.ndarray:
+        if not cache:  # one layer's experts at a time
+            gates, ups, downs = [], [], []
+            for e in experts:
+                up_gate = f"{prefix}{e}.up_gate_proj.weight"
+                gate, up = _quantized_parts(state[up_gate], quant["weights"][up_gate], kind, [(0, f), (f, 2 * f)], stats)
+                down_name = f"{prefix}{e}.down_proj.weight"
+                downs += _quantized_parts(state[down_name], quant["weights"][down_name], kind, [(0, h)], stats)
+                gates.append(gate), ups.append(up)
+            cache.update(gate=np.stack(gates), up=np.stack(ups), down=np.stack(downs))  # [E, out, bytes]
+        return cache.pop(which)
+
+    e = len(experts)
+    return [Planned(f"blk.{layer}.ffn_{which}_exps.weight", shape, kind, lambda w=which: stacked(w))
+            for which, shape in (("gate", (e, f, h)), ("up", (e, f, h)), ("down", (e, h, f)))]
 
 
 def _lazy_parts(value: np.ndarray, spec: dict[str, Any], kind: str, splits,
@@ -208,15 +268,24 @@ def _order(name: str) -> tuple[int, int, str]:
 # -- the file ----------------------------------------------------------------------------------------
 
 def model_metadata(config, quant: dict[str, Any]) -> dict[str, Any]:
-    """The ``general.*`` and ``ernie4_5.*`` keys (gguf writer method name -> value) as the converter
-    writes them from an ERNIE 4.5 config.json."""
-    return {"add_type": "model", "add_name": "ERNIE 4.5 (ernie-compress)", "add_quantized_by": "ernie-compress",
+    """The ``general.*`` and architecture keys (gguf writer method name -> value) as the converter
+    writes them from an ERNIE 4.5 config.json (``Ernie4_5Model`` / ``Ernie4_5MoeModel``)."""
+    keys = {"add_type": "model", "add_name": "ERNIE 4.5 (ernie-compress)", "add_quantized_by": "ernie-compress",
             "add_block_count": config.num_hidden_layers, "add_context_length": config.max_position_embeddings,
             "add_embedding_length": config.hidden_size, "add_feed_forward_length": config.intermediate_size,
             "add_head_count": config.num_attention_heads, "add_head_count_kv": config.num_key_value_heads,
             "add_rope_freq_base": float(config.rope_theta), "add_layer_norm_rms_eps": float(config.rms_norm_eps),
             "add_key_length": config.head_dim, "add_value_length": config.head_dim,
             "add_file_type": FILE_TYPES[block_type(quant)], "add_quantization_version": QUANT_VERSION}
+    if getattr(config, "moe_layers", None):
+        keys.update(add_expert_count=config.moe_num_experts, add_expert_used_count=config.moe_k,
+                    add_interleave_moe_layer_step=config.moe_layer_interval,
+                    add_leading_dense_block_count=config.moe_layer_start_index,
+                    add_expert_feed_forward_length=config.moe_intermediate_size,
+                    add_expert_shared_count=config.moe_num_shared_experts)
+        if config.moe_num_shared_experts:  # the shared experts' one MLP (the converter: intermediate_size / kv heads,
+            keys["add_expert_shared_feed_forward_length"] = config.shared_expert_size  # the same for the releases)
+    return keys
 
 
 def write_gguf(path: Path, config, state: dict[str, np.ndarray], tokenizer, quant: dict[str, Any]) -> dict[str, Any]:
