@@ -1,33 +1,18 @@
-"""``export --layout gguf``: a weight-only quantized ERNIE 4.5 as one GGUF file for llama.cpp.
+"""``export --layout gguf``: a weight-only quantized ERNIE 4.5 (dense or MoE) as one GGUF file for llama.cpp.
 
 Tensor names, layouts and metadata keys are those llama.cpp's ``convert_hf_to_gguf.py`` writes for
-``Ernie4_5ForCausalLM`` (architecture ``ernie4_5``; ``src/models/ernie4-5.cpp`` loads it):
-
-=====================================  ==========================  ==============================
-ours (``ernie.`` prefix, [in, out])     GGUF (numpy shape = reversed ne)  type
-=====================================  ==========================  ==============================
-``embed_tokens.weight`` [vocab, h]      ``token_embd.weight`` [vocab, h]  Q8_0 (the tied head), else F32
-``layers.i.input_layernorm.weight``     ``blk.i.attn_norm.weight``        F32
-``layers.i.self_attn.qkv_proj.weight``  ``blk.i.attn_q/k/v.weight`` [out, in]  Q4_0 / Q8_0
-``layers.i.self_attn.o_proj.weight``    ``blk.i.attn_output.weight``      Q4_0 / Q8_0
-``layers.i.post_attention_layernorm``   ``blk.i.ffn_norm.weight``         F32
-``layers.i.mlp.up_gate_proj.weight``    ``blk.i.ffn_gate/ffn_up.weight``  Q4_0 / Q8_0
-``layers.i.mlp.down_proj.weight``       ``blk.i.ffn_down.weight``         Q4_0 / Q8_0
-``norm.weight``                         ``output_norm.weight``            F32
-``lm_head.weight`` [h, vocab] (untied)  ``output.weight`` [vocab, h]      Q8_0
-=====================================  ==========================  ==============================
-
-Rotary embeddings need no permutation (ERNIE 4.5 and llama.cpp's ``LLAMA_ROPE_TYPE_NORM`` both rotate
-adjacent pairs; the converter permutes nothing). The quantized weights' codes are recovered from the
-checkpoint's dequantized weights (``decoder_onnx.recover_codes``) and written as blocks with their
-own scales (``gguf_blocks.py``): the file holds our grid, not a requantization. Tensors are planned
-first (name, shape, type, bytes) and then made and written one at a time.
+ERNIE 4.5 (``models/ernie4_5_gguf.py`` maps the names). Types: every quantized Linear as Q4_0 (int4)
+or Q8_0 (int8), the int8 output head (the tied embedding, or an untied ``output.weight``) as Q8_0;
+norms, the router and its correction bias (and an embedding our scheme left float) as F32. The
+quantized weights' codes are recovered from the checkpoint's dequantized weights
+(``decoder_onnx.recover_codes``) and written as blocks with their own scales (``gguf_blocks.py``):
+the file holds our grid, not a requantization. Tensors are planned first (name, shape, type, bytes),
+then made and written one at a time (one layer's experts at a time).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,23 +21,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..models import ernie4_5_gguf as names
 from .decoder_onnx import recover_codes
 from .gguf_blocks import BLOCK, BLOCK_BYTES, FP16_MAX, block_scales, pack_blocks, scale_rounding
 from .gguf_vocab import tokenizer_metadata
 
-ARCHITECTURES = {"Ernie4_5ForCausalLM": "ernie4_5", "Ernie4_5_MoeForCausalLM": "ernie4_5-moe"}
 FILE_TYPES = {"Q8_0": 7, "Q4_0": 2}  # general.file_type: LlamaFileType.MOSTLY_Q8_0 / MOSTLY_Q4_0
 GGML_TYPES = {"F32": 0, "Q4_0": 2, "Q8_0": 8}  # GGMLQuantizationType
 QUANT_VERSION = 2  # general.quantization_version (GGML_QNT_VERSION)
 INSTALL = "pip install 'ernie-compress[gguf]'"
-_LAYER_NAMES = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
-                "self_attn.o_proj.weight": "attn_output.weight", "mlp.down_proj.weight": "ffn_down.weight",
-                "mlp.gate.weight": "ffn_gate_inp.weight", "mlp.moe_statics.e_score_correction_bias": "exp_probs_b.bias",
-                "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight"}
-_SPLITS = {"self_attn.qkv_proj.weight": ("attn_q.weight", "attn_k.weight", "attn_v.weight"),
-           "mlp.up_gate_proj.weight": ("ffn_gate.weight", "ffn_up.weight"),
-           "mlp.shared_experts.up_gate_proj.weight": ("ffn_gate_shexp.weight", "ffn_up_shexp.weight")}
-_EXPERT = re.compile(r"ernie\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(up_gate_proj|down_proj)\.weight")
 
 
 def file_name(block: str) -> str:
@@ -68,8 +45,9 @@ def block_type(quant: dict[str, Any]) -> str:
 
 def check_gguf(config, quant: dict[str, Any] | None, weight_only: bool) -> None:
     """Refuse, with the quantize flags that fit, what GGUF's Q4_0/Q8_0 blocks cannot hold exactly."""
-    if config.architecture not in ARCHITECTURES:
-        raise UserError(f"--layout gguf writes {', '.join(ARCHITECTURES)} (llama.cpp's ernie4_5); "
+    if config.architecture not in names.GGUF_ARCHITECTURES:
+        raise UserError(f"--layout gguf writes {', '.join(names.GGUF_ARCHITECTURES)} (llama.cpp's ernie4_5 and "
+                        f"ernie4_5-moe); "
                         f"{config.architecture} is not one of them")
     if not weight_only:
         raise UserError("--layout gguf writes the codes of a weight-only quantized checkpoint as Q4_0/Q8_0 "
@@ -138,34 +116,6 @@ class Planned:
         return (*self.shape[:-1], self.shape[-1] // BLOCK * BLOCK_BYTES[self.kind])
 
 
-def _gguf_names(name: str) -> tuple[str, ...] | None:
-    """The GGUF tensor(s) of one of our weights (several: a fused one split by output columns)."""
-    fixed = {"ernie.embed_tokens.weight": "token_embd.weight", "ernie.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    if name in fixed:
-        return (fixed[name],)
-    match = re.fullmatch(r"ernie\.layers\.(\d+)\.(.+)", name)
-    if match is None:
-        return None
-    layer, leaf = match.groups()
-    if leaf in _LAYER_NAMES:
-        return (f"blk.{layer}.{_LAYER_NAMES[leaf]}",)
-    if leaf in _SPLITS:
-        return tuple(f"blk.{layer}.{part}" for part in _SPLITS[leaf])
-    return None
-
-
-def _column_splits(config, name: str, columns: int) -> list[tuple[int, int]]:
-    """Output-column ranges of a fused weight's parts: q, k, v (all queries, then keys, then values)
-    or gate, up (halves); one range for the others."""
-    if name.endswith("qkv_proj.weight"):
-        q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
-        return [(0, q), (q, q + kv), (q + kv, q + 2 * kv)]
-    if name.endswith("up_gate_proj.weight"):
-        return [(0, columns // 2), (columns // 2, columns)]
-    return [(0, columns)]
-
-
 def _quantized_parts(weight: np.ndarray, spec: dict[str, Any], kind: str, splits: list[tuple[int, int]],
                      stats: dict[str, float]) -> Iterator[np.ndarray]:
     """The blocks of each output-column part of a quantized weight [in, out] (transposed spec: the
@@ -185,63 +135,57 @@ def plan_tensors(config, state: dict[str, np.ndarray], quant: dict[str, Any],
     """Every GGUF tensor of the checkpoint (embedding, layers, output; a layer's routed experts
     stacked); making the quantized ones records their scales' fp16 rounding in ``stats``."""
     planned: list[Planned] = []
-    expert_layers = sorted({int(m.group(1)) for name in state if (m := _EXPERT.fullmatch(name))})
-    for name in sorted(state, key=_order):
-        if _EXPERT.fullmatch(name):
+    experts: dict[int, list[int]] = {}
+    for name in sorted(state, key=names.order):
+        if (expert := names.expert_of(name)) is not None:
+            experts.setdefault(expert[0], []).append(expert[1])
             continue
-        targets = _gguf_names(name)
+        targets = names.gguf_names(name)
         if targets is None:
             raise UserError(f"--layout gguf has no llama.cpp tensor for {name}")
-        spec = quant["weights"].get(name)
-        value = state[name]
+        spec, value = quant["weights"].get(name), state[name]
         if spec is None:  # float: norms, the router and its correction bias, an untied embedding
-            planned.append(_float_tensor(targets[0], name, value))
+            value = names.float_value(name, value)
+            planned.append(Planned(targets[0], value.shape, "F32", lambda v=value: np.ascontiguousarray(v, np.float32)))
             continue
-        kind = "Q8_0" if spec["bits"] == 8 else "Q4_0"
+        kind = _kind(spec)
         rows, columns = value.T.shape if spec.get("transposed") else value.shape  # [in, out]
-        splits = _column_splits(config, name, columns)
+        splits = names.column_splits(config, name, columns)
         parts = _lazy_parts(value, spec, kind, splits, stats)
         planned += [Planned(target, (stop - start, rows), kind, lambda i=i, parts=parts: parts(i))
                     for i, (target, (start, stop)) in enumerate(zip(targets, splits))]
-    for layer in expert_layers:
-        planned += _expert_tensors(config, state, quant, layer, stats)
+    for layer, ids in experts.items():
+        planned += _expert_tensors(config, state, quant, layer, sorted(set(ids)), stats)
     return planned
 
 
-def _float_tensor(target: str, name: str, value: np.ndarray) -> Planned:
-    """A float tensor as F32: a Linear's [in, out] (the router) transposed to [out, in], the
-    correction bias [1, E] flattened; norms and the embedding [vocab, h] as they are."""
-    if value.ndim == 2 and "embed_tokens" not in name:
-        value = value.T if "bias" not in name else value.reshape(-1)
-    return Planned(target, value.shape, "F32", lambda v=value: np.ascontiguousarray(v, np.float32))
+def _kind(spec: dict[str, Any]) -> str:
+    return "Q8_0" if spec["bits"] == 8 else "Q4_0"
 
 
-def _expert_tensors(config, state: dict[str, np.ndarray], quant: dict[str, Any], layer: int,
+def _expert_tensors(config, state: dict[str, np.ndarray], quant: dict[str, Any], layer: int, experts: list[int],
                     stats: dict[str, float]) -> list[Planned]:
     """``ffn_gate_exps`` / ``ffn_up_exps`` [E, f, h] and ``ffn_down_exps`` [E, h, f] of one MoE layer:
     each expert's blocks stacked (convert_hf_to_gguf stacks the experts the same way)."""
-    prefix = f"ernie.layers.{layer}.mlp.experts."
-    experts = sorted({int(m.group(2)) for name in state if (m := _EXPERT.fullmatch(name)) and int(m.group(1)) == layer})
     h, f = config.hidden_size, config.moe_intermediate_size
-    spec = quant["weights"][f"{prefix}{experts[0]}.up_gate_proj.weight"]
-    kind = "Q8_0" if spec["bits"] == 8 else "Q4_0"
+    kind = _kind(quant["weights"][names.expert_weights(layer, experts[0])[0]])
     cache: dict[str, np.ndarray] = {}
 
     def stacked(which: str) -> np.ndarray:
         if not cache:  # one layer's experts at a time
             gates, ups, downs = [], [], []
             for e in experts:
-                up_gate = f"{prefix}{e}.up_gate_proj.weight"
-                gate, up = _quantized_parts(state[up_gate], quant["weights"][up_gate], kind, [(0, f), (f, 2 * f)], stats)
-                down_name = f"{prefix}{e}.down_proj.weight"
-                downs += _quantized_parts(state[down_name], quant["weights"][down_name], kind, [(0, h)], stats)
+                up_gate, down = names.expert_weights(layer, e)
+                halves = [(0, f), (f, 2 * f)]
+                gate, up = _quantized_parts(state[up_gate], quant["weights"][up_gate], kind, halves, stats)
+                downs += _quantized_parts(state[down], quant["weights"][down], kind, [(0, h)], stats)
                 gates.append(gate), ups.append(up)
             cache.update(gate=np.stack(gates), up=np.stack(ups), down=np.stack(downs))  # [E, out, bytes]
         return cache.pop(which)
 
-    e = len(experts)
-    return [Planned(f"blk.{layer}.ffn_{which}_exps.weight", shape, kind, lambda w=which: stacked(w))
-            for which, shape in (("gate", (e, f, h)), ("up", (e, f, h)), ("down", (e, h, f)))]
+    shapes = {"gate": (len(experts), f, h), "up": (len(experts), f, h), "down": (len(experts), h, f)}
+    return [Planned(names.expert_tensor(layer, which), shapes[which], kind, lambda w=which: stacked(w))
+            for which in names.EXPERT_TENSORS]
 
 
 def _lazy_parts(value: np.ndarray, spec: dict[str, Any], kind: str, splits,
@@ -255,14 +199,6 @@ def _lazy_parts(value: np.ndarray, spec: dict[str, Any], kind: str, splits,
         return cache.pop(i)
 
     return part
-
-
-def _order(name: str) -> tuple[int, int, str]:
-    """Embedding first, then the layers in order, then the final norm and head."""
-    match = re.match(r"ernie\.layers\.(\d+)\.", name)
-    if match:
-        return (1, int(match.group(1)), name)
-    return (0 if "embed_tokens" in name else 2, 0, name)
 
 
 # -- the file ----------------------------------------------------------------------------------------
@@ -296,7 +232,7 @@ def write_gguf(path: Path, config, state: dict[str, np.ndarray], tokenizer, quan
                         f"{config.vocab_size} rows: llama.cpp's vocabulary must match the embedding")
     stats: dict[str, float] = {}
     planned = plan_tensors(config, state, quant, stats)
-    writer = gguf.GGUFWriter(path, ARCHITECTURES[config.architecture])
+    writer = gguf.GGUFWriter(path, names.GGUF_ARCHITECTURES[config.architecture])
     for method, value in {**model_metadata(config, quant), **tokenizer_metadata(tokenizer, config.vocab_size)}.items():
         if "." in method:  # a key the writer has no method for (gguf_vocab.LOWERCASE_KEY)
             writer.add_bool(method, value)
@@ -311,7 +247,8 @@ def write_gguf(path: Path, config, state: dict[str, np.ndarray], tokenizer, quan
     for t in planned:
         writer.write_tensor_data(t.make())  # one tensor in memory at a time
     writer.close()
-    return {"file": path.name, "architecture": ARCHITECTURES[config.architecture], "blocks": block_type(quant),
+    return {"file": path.name, "architecture": names.GGUF_ARCHITECTURES[config.architecture],
+            "blocks": block_type(quant),
             "tensors": {kind: sum(t.kind == kind for t in planned) for kind in GGML_TYPES},
             "max_scale_rounding": stats.get("max_scale_rounding", 0.0), "bytes": path.stat().st_size}
 

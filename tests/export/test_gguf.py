@@ -100,3 +100,58 @@ def test_groups_smaller_than_a_block_are_refused_with_the_group_size_that_fits(t
     cli_json(["quantize", str(tiny_lm), "--weight-only", "int4", "--group-size", "16", "--out", str(tmp_path / "w")])
     _refused(["export", str(tmp_path / "w"), "--format", "onnx", "--layout", "gguf"], tmp_path,
              "groups of 16", "--group-size 32")
+
+
+def test_moe_experts_are_stacked_and_the_moe_keys_written(tiny_lm, tmp_path):
+    """ernie4_5-moe: a layer's experts as [E, f, h] / [E, h, f] blocks, the router [E, h] and correction
+    bias [E] in F32, the shared expert, and the keys llama.cpp reads."""
+    from ernie_compress.checkpoint import load_checkpoint, save_checkpoint
+    from ernie_compress.data.tokenizer import ErnieTokenizer
+    from ernie_compress.models import build_model, model_state
+    from ernie_compress.models.families import config_from_dict
+    from ernie_compress.models.presets import resolve_preset
+
+    tokenizer = ErnieTokenizer.from_dir(tiny_lm)
+    config = config_from_dict(dict(resolve_preset("ernie45-moe-tiny"), moe_intermediate_size=32,
+                                   vocab_size=tokenizer.vocab_size))
+    save_checkpoint(tmp_path / "m", config, model_state(build_model(config)), tokenizer, {"name": "init"})
+    cli_json(["quantize", str(tmp_path / "m"), "--weight-only", "int8", "--group-size", "32", "--task", "lm",
+              "--data", str(tiny_lm.parent / "data"), "--out", str(tmp_path / "w8")])
+    out = cli_json(["export", str(tmp_path / "w8"), "--format", "onnx", "--weight-only-compute", "fp32",
+                    "--layout", "gguf", "--out", str(tmp_path / "e")])
+    reader = gguf.GGUFReader(tmp_path / "e" / "checkpoint" / out["files"]["checkpoint"]["file"])
+    fields = {k: f.contents() for k, f in reader.fields.items()}
+    assert fields["general.architecture"] == "ernie4_5-moe"
+    keys = ("expert_count", "expert_used_count", "leading_dense_block_count", "expert_feed_forward_length",
+            "expert_shared_feed_forward_length")
+    assert [fields[f"ernie4_5-moe.{k}"] for k in keys] == [4, 2, 1, 32, 32]
+    tensors = {t.name: t for t in reader.tensors}
+    h = config.hidden_size
+    assert tuple(int(n) for n in tensors["blk.1.ffn_gate_exps.weight"].shape) == (h, 32, 4)  # ne: [in, out, E]
+    assert tuple(int(n) for n in tensors["blk.1.ffn_down_exps.weight"].shape) == (32, h, 4)
+    assert tuple(int(n) for n in tensors["blk.1.ffn_gate_inp.weight"].shape) == (h, 4)
+    assert tuple(int(n) for n in tensors["blk.1.exp_probs_b.bias"].shape) == (4,)
+    assert "blk.0.ffn_gate.weight" in tensors and "blk.1.ffn_up_shexp.weight" in tensors
+    state = load_checkpoint(tmp_path / "w8").state
+    up = gguf.quants.dequantize(tensors["blk.2.ffn_up_exps.weight"].data,
+                                gguf.GGMLQuantizationType.Q8_0)  # [E, f, h]
+    expected = state["ernie.layers.2.mlp.experts.3.up_gate_proj.weight"][:, 32:].T  # expert 3's up half [f, h]
+    np.testing.assert_allclose(up[3], expected, rtol=0, atol=2 ** -11 * np.abs(expected).max())
+    router = tensors["blk.2.ffn_gate_inp.weight"].data  # [E, h]
+    np.testing.assert_array_equal(router, state["ernie.layers.2.mlp.gate.weight"].T)
+
+
+def test_moe_experts_narrower_than_a_block_are_refused(tiny_lm, tmp_path):
+    from ernie_compress.checkpoint import save_checkpoint
+    from ernie_compress.data.tokenizer import ErnieTokenizer
+    from ernie_compress.models import build_model, model_state
+    from ernie_compress.models.families import config_from_dict
+    from ernie_compress.models.presets import resolve_preset
+
+    tokenizer = ErnieTokenizer.from_dir(tiny_lm)
+    # experts 16 wide
+    config = config_from_dict(dict(resolve_preset("ernie45-moe-tiny"), vocab_size=tokenizer.vocab_size))
+    save_checkpoint(tmp_path / "m", config, model_state(build_model(config)), tokenizer, {"name": "init"})
+    cli_json(["quantize", str(tmp_path / "m"), "--weight-only", "int8", "--task", "lm",
+              "--data", str(tiny_lm.parent / "data"), "--out", str(tmp_path / "w8")])
+    _refused(["export", str(tmp_path / "w8"), "--format", "onnx", "--layout", "gguf"], tmp_path, "multiples of 32")

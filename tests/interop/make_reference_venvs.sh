@@ -3,6 +3,7 @@
 #   .venvs/paddlenlp      paddlepaddle 3.3.1 + PaddleNLP 2.8.1      (ERNIE 3.0)
 #   .venvs/paddleformers  paddlepaddle 3.3.1 + PaddleFormers 1.2.0  (ERNIE 4.5)
 #   $CACHE/transformers   PyTorch 2.13.0 + transformers 5.0-5.3      (ERNIE 4.5 dense and MoE, the math reference)
+#   $CACHE/llama-cpp      llama-cpp-python 0.3.36, built from source   (GGUF; make_llama_cpp_venv.sh)
 # They pin conflicting helper packages (aistudio-sdk, huggingface_hub), hence one venv each; the two
 # Paddle libraries are installed with --no-deps plus the imports they really need (their full
 # dependency sets pull GPU and web-serving stacks). Re-running skips a venv that already imports its
@@ -64,3 +65,5 @@ assert float(torch.ones(2) @ torch.ones(2)) == 2.0"
   exec 9>&-
 }
 make_cached_transformers_venv
+# llama.cpp for the GGUF export (tests/interop/test_llama_cpp.py): compiled from source, its own script
+bash tests/interop/make_llama_cpp_venv.sh

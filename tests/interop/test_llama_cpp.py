@@ -168,8 +168,8 @@ def _exchange(root, block: str, data, ids, prompts) -> tuple:
     run_reference("llama-cpp", str(root / f"{block}.json"), script="reference_llama_cpp.py")
     theirs = {name: np.load(root / f"{block}-llama" / f"logits{suffix}.npy")
               for name, suffix in (("blocks", ""), ("decoded", "_decoded"))}
-    return (*_ours(root / block, ids, prompts), theirs, json.loads((root / f"{block}-llama" / "result.json").read_text()),
-            entry)
+    result = json.loads((root / f"{block}-llama" / "result.json").read_text())
+    return (*_ours(root / block, ids, prompts), theirs, result, entry)
 
 
 @pytest.fixture(scope="module")
