@@ -5,9 +5,9 @@
 REQUEST: {"gguf": path, "also": {name: path}, "ids": [token ids], "prompts": [[token ids]...],
 "new_tokens": n, "texts": [str...], "out": dir}. Loads each GGUF with ``llama_cpp.Llama`` (CPU,
 ``logits_all``) and writes to ``out``: ``logits.npy`` (``gguf``'s logits of every position of ``ids``
-evaluated at once, [len, vocab]) and ``logits_{name}.npy`` for each of ``also``; ``result.json`` with,
-for ``gguf``, the greedy continuation of each prompt (argmax of the engine's logits,
-``new_tokens`` steps, one token fed back at a time through its KV cache), llama.cpp's tokenization
+evaluated at once, [len, vocab]) and ``logits_{name}.npy`` for each of ``also``; ``result.json`` with
+the greedy continuation of each prompt by each file ("greedy": {"gguf" or name: [...]}; argmax of the engine's logits,
+``new_tokens`` steps, one token fed back at a time through its KV cache), ``gguf``'s tokenization
 of each text (no BOS, no special-token parsing), the vocabulary size, the model's metadata and the
 versions.
 """
@@ -48,12 +48,16 @@ def main(request_path):
 
     request = json.loads(open(request_path).read())
     os.makedirs(request["out"], exist_ok=True)
+    greedy = {}
     for name, path in request.get("also", {}).items():
-        np.save(os.path.join(request["out"], f"logits_{name}.npy"), _logits(_load(path), request["ids"]))
+        other = _load(path)
+        np.save(os.path.join(request["out"], f"logits_{name}.npy"), _logits(other, request["ids"]))
+        greedy[name] = [_greedy(other, p, request["new_tokens"]) for p in request["prompts"]]
     llm = _load(request["gguf"])
     logits = _logits(llm, request["ids"])
+    greedy["gguf"] = [_greedy(llm, p, request["new_tokens"]) for p in request["prompts"]]
     result = {
-        "greedy": [_greedy(llm, p, request["new_tokens"]) for p in request["prompts"]],
+        "greedy": greedy,
         "tokenized": [llm.tokenize(t.encode("utf-8"), add_bos=False, special=False) for t in request["texts"]],
         "n_vocab": llm.n_vocab(), "metadata": llm.metadata,
         "versions": {"llama_cpp_python": llama_cpp.__version__},
