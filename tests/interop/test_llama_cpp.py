@@ -84,7 +84,7 @@ CASES = {"Q4_0": ("ernie45-tiny", DENSE, ["--weight-only", "int4", "--group-size
          "Q4_0-moe": ("ernie45-moe-tiny", MOE, ["--weight-only", "int4", "--group-size", "32"])}
 
 
-def _random_checkpoint(out, tokenizer, preset: str, changes: dict) -> None:
+def _random_checkpoint(out, tokenizer, preset: str, changes: dict, padding: int = 8) -> None:
     """A random ERNIE 4.5 whose hidden states are large enough for its epsilon (0.02) to matter; MoE:
     routers N(0, 0.3) and correction biases in [-0.15, 0.15], so tokens prefer different experts."""
     import paddle
@@ -94,7 +94,7 @@ def _random_checkpoint(out, tokenizer, preset: str, changes: dict) -> None:
     from ernie_compress.models.families import config_from_dict
     from ernie_compress.models.presets import resolve_preset
 
-    config = config_from_dict(dict(resolve_preset(preset), **changes, vocab_size=tokenizer.vocab_size + 8))
+    config = config_from_dict(dict(resolve_preset(preset), **changes, vocab_size=tokenizer.vocab_size + padding))
     paddle.seed(11)
     model = build_model(config)
     for name, p in model.named_parameters():
@@ -232,4 +232,33 @@ def test_llama_cpp_tokenizes_texts_as_our_sentencepiece_tokenizer(exported):
     _, _, _, _, reference, _ = results["Q4_0"]
     ours = [tokenizer.encode_batch([t], max_length=64).input_ids[0] for t in TEXTS]
     ours = [[i for i in row if i not in (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id)] for row in ours]
+    assert reference["tokenized"] == ours
+
+
+def test_llama_cpp_tokenizes_texts_as_our_wordpiece_tokenizer(tmp_path):
+    """Our own small ERNIE 4.5 models carry a WordPiece vocab.txt: written as llama.cpp's WPM
+    (``bert``) vocabulary, it tokenizes as ours (lowercased, CJK characters apart, ``##`` pieces, [UNK])."""
+    from ernie_compress.data.tokenizer import ErnieTokenizer, build_vocab
+
+    _gguf_available()
+    root = tmp_path
+    tokenizer = ErnieTokenizer(build_vocab(POSITIVE + NEGATIVE + ["Hello World, hello again."], min_frequency=1))
+    _random_checkpoint(root / "fp32", tokenizer, "ernie45-tiny", DENSE, padding=0)  # vocab.txt: no padding
+    data = root / "data"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.txt").write_text("\n".join(POSITIVE + NEGATIVE), encoding="utf-8")
+    cli_json(["quantize", str(root / "fp32"), "--weight-only", "int4", "--task", "lm", "--data", str(data),
+              "--out", str(root / "w4")])
+    out = cli_json(["export", str(root / "w4"), "--format", "onnx", "--weight-only-compute", "fp32",
+                    "--layout", "gguf", "--out", str(root / "e")])
+    texts = [*TEXTS, "Hello WORLD, hello again!", "hello xyz"]  # capitals, punctuation, an unknown piece
+    request = {"gguf": str(root / "e" / "checkpoint" / out["files"]["checkpoint"]["file"]), "ids": [1, 5, 6],
+               "prompts": [], "new_tokens": 0, "texts": texts, "out": str(root / "llama")}
+    (root / "request.json").write_text(json.dumps(request))
+    run_reference("llama-cpp", str(root / "request.json"), script="reference_llama_cpp.py")
+    reference = json.loads((root / "llama" / "result.json").read_text())
+    assert reference["metadata"]["tokenizer.ggml.model"] == "bert"
+    ours = [[i for i in tokenizer.encode_batch([t], max_length=64).input_ids[0].tolist()
+             if i not in (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id)] for t in texts]
     assert reference["tokenized"] == ours
