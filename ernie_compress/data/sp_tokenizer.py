@@ -48,6 +48,11 @@ class SentencePieceTokenizer:
     def vocab_size(self) -> int:
         return len(self.vocab)
 
+    @property
+    def model_proto(self) -> bytes:
+        """The serialized sentencepiece model (``tokenizer.model``'s bytes)."""
+        return self._proto
+
     @classmethod
     def from_dir(cls, directory: Path) -> "SentencePieceTokenizer":
         path = Path(directory) / MODEL_FILE

@@ -63,7 +63,8 @@ class ExportConfig(TokenizerOption, ThreadsOption):
         "Also write the checkpoint in this layout under checkpoint/ for a serving engine or library "
         "(paddlenlp, paddleformers, hf, ours; for a weight-only checkpoint also pre-quantized, its integer "
         "codes packed: compressed-tensors for transformers and vLLM, gptq for onnxruntime-genai's model "
-        "builder and GPTQ loaders); the manifest says which."))
+        "builder and GPTQ loaders, gguf for llama.cpp as Q4_0/Q8_0 blocks in one file); the manifest says "
+        "which."))
     weight_only_compute: str = option("int8", choices=tuple(decoder_onnx.COMPUTE_LEVELS), help=(
         "Weight-only decoders (onnx/decoder.onnx): int8 lets MatMulNBits quantize activations to int8 per "
         "block (ONNX Runtime's accuracy_level 4: its fast CPU kernels, as ONNX Runtime GenAI deploys INT4; "

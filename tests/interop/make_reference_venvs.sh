@@ -4,6 +4,7 @@
 #   .venvs/paddleformers  paddlepaddle 3.3.1 + PaddleFormers 1.2.0  (ERNIE 4.5)
 #   $CACHE/transformers   PyTorch 2.13.0 + transformers 5.0-5.3      (ERNIE 4.5 dense and MoE, the math reference)
 #                         + compressed-tensors 0.20.1, onnxruntime-genai 0.18.0 (pre-quantized exports)
+#   $CACHE/llama-cpp      llama-cpp-python 0.3.36, built from source   (GGUF; make_llama_cpp_venv.sh)
 # They pin conflicting helper packages (aistudio-sdk, huggingface_hub), hence one venv each; the two
 # Paddle libraries are installed with --no-deps plus the imports they really need (their full
 # dependency sets pull GPU and web-serving stacks). Re-running skips a venv that already imports its
@@ -83,3 +84,5 @@ assert onnxruntime_genai.__version__ == '0.18.0' and onnxruntime.__version__ == 
   echo "reference venv $venv: pre-quantized loaders added"
 }
 make_cached_transformers_venv
+# llama.cpp for the GGUF export (tests/interop/test_llama_cpp.py): compiled from source, its own script
+bash tests/interop/make_llama_cpp_venv.sh
