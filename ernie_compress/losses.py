@@ -62,14 +62,22 @@ def task_loss(kind: str, logits, labels):
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)  # labels [b]
 
 
+def log_softmax(x, axis: int = -1):
+    """``x - logsumexp(x)`` along ``axis``: the same values as ``paddle.nn.functional.log_softmax``,
+    which on Paddle 3.3.1's CPU is 8x slower forward and 15x slower forward + backward over a causal
+    LM's [batch, seq, vocab] logits (32 x 128 x 3758: 5.4 s vs 0.65 s forward; it made LM distillation
+    5x slower than training)."""
+    paddle = import_paddle()
+    return x - paddle.logsumexp(x, axis=axis, keepdim=True)
+
+
 def _masked_kl(student_logits, teacher_logits, mask, temperature: float):
     """Mean over rows where ``mask`` is 1 of KL over the last axis, times T^2."""
     paddle = import_paddle()
-    F = paddle.nn.functional
     t = temperature
-    log_p_student = F.log_softmax(student_logits / t, axis=-1)
-    p_teacher = F.softmax(teacher_logits / t, axis=-1)
-    kl = paddle.sum(p_teacher * (paddle.log(p_teacher + 1e-12) - log_p_student), axis=-1)  # mask's shape
+    log_p_student = log_softmax(student_logits / t)
+    log_p_teacher = log_softmax(teacher_logits / t)
+    kl = paddle.sum(paddle.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)  # mask's shape
     return paddle.sum(kl * mask) / paddle.clip(paddle.sum(mask), min=1.0) * (t * t)
 
 

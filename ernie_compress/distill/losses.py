@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
+from ..losses import log_softmax
 from ..paddle_env import import_paddle
 
 
@@ -25,7 +26,6 @@ def relation_log_probs(a, b, relation_heads: int, attn_bias):
     Returns [batch, R, seq, seq].
     """
     paddle = import_paddle()
-    F = paddle.nn.functional
 
     def regroup(x):
         bsz, heads, seq, dim = x.shape
@@ -38,7 +38,7 @@ def relation_log_probs(a, b, relation_heads: int, attn_bias):
     ra, dim = regroup(a)
     rb, _ = regroup(b)
     scores = paddle.matmul(ra, rb, transpose_y=True) / (dim ** 0.5) + attn_bias
-    return F.log_softmax(scores, axis=-1)
+    return log_softmax(scores)
 
 
 def relation_kl(teacher_log_probs, student_log_probs, valid):
