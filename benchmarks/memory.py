@@ -249,7 +249,8 @@ def table_rows(rows: list[dict]) -> list[dict]:
     out = []
     for r in sorted(rows, key=lambda r: (COMMANDS.index(r["command"]), r["layers"])):
         ok, first = r["status"] == "ok", shallowest.get(r["command"])
-        out.append({"command": LABELS[r["command"]], "layers": str(r["layers"]), "weights GiB": f"{r['weights_gib']:.2f}",
+        out.append({"command": LABELS[r["command"]], "layers": str(r["layers"]),
+                    "weights GiB": f"{r['weights_gib']:.2f}",
                     "peak RSS GiB": f"{r['peak_rss_gib']:.2f}" if ok else "–",
                     "peak / weights": f"{r['peak_rss_gib'] / r['weights_gib']:.1f}x" if ok else "–",
                     "vs shallowest": f"{r['peak_rss_gib'] / first['peak_rss_gib']:.2f}x" if ok and first else "–",
