@@ -221,3 +221,22 @@ def test_a_checkpoint_missing_a_layer_is_refused_before_any_weight(tmp_path, dro
 
     res = CliRunner().invoke(app, ["info", str(out)])
     assert res.exit_code == 2 and "the save is incomplete" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_projections_whose_widths_do_not_fit_together_are_refused_in_one_line(tmp_path):
+    """q/k/v of an HF save fused into qkv_proj: a k_proj with another input width (a corrupt or
+    mismatched file) is a one-line refusal, lazily (info) and eagerly, not numpy's traceback."""
+    from typer.testing import CliRunner
+
+    from ernie_compress.cli import app
+
+    out = _saved(tmp_path, "decoder-untied", "hf")
+    (out / "compression.json").unlink()
+    state = load_file(str(out / WEIGHTS_FILE))
+    name = "model.layers.1.self_attn.k_proj.weight"
+    state[name] = np.zeros((state[name].shape[0], state[name].shape[1] + 8), np.float32)
+    save_file(state, str(out / WEIGHTS_FILE))
+    with pytest.raises(UserError, match="do not fit together"):
+        load_checkpoint(out)
+    res = CliRunner().invoke(app, ["info", str(out)])
+    assert res.exit_code == 2 and "do not fit together" in res.output and len(res.output.strip().splitlines()) == 1

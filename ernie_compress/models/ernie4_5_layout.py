@@ -47,6 +47,11 @@ def _fuse(state: dict[str, np.ndarray], prefix: str, parts: tuple[str, ...], fus
     if all(n + ".weight" in state for n in names):
         for suffix in (".weight", ".bias"):
             if all(n + suffix in state for n in names):
+                shapes = [tuple(state[n + suffix].shape) for n in names]
+                if len({s[:-1] for s in shapes}) > 1:
+                    raise UserError(f"{', '.join(n + suffix for n in names)} have shapes {shapes}, which do not "
+                                    f"fit together (their input widths differ); the weights are corrupt or belong "
+                                    f"to another model")
                 state[prefix + fused + suffix] = np.concatenate([state.pop(n + suffix) for n in names], axis=-1)
 
 
