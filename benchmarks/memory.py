@@ -33,6 +33,7 @@ run). A command that fails or is refused is recorded with its last error line; t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -49,9 +50,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 GIB = 2**30
-COMMANDS = ("write", "info", "rtn", "gptq", "export")  # write: random_checkpoint.py itself
+# write: random_checkpoint.py itself; *-stream: the same command with --stream (one layer in memory at a time)
+COMMANDS = ("write", "info", "rtn", "gptq", "export", "rtn-stream", "gptq-stream", "export-stream")
 LABELS = {"write": "random_checkpoint.py", "info": "info", "rtn": "quantize --weight-only int4 --method rtn",
-          "gptq": "quantize --weight-only int4 --method gptq", "export": "export (W4 result)"}
+          "gptq": "quantize --weight-only int4 --method gptq", "export": "export (W4 result)",
+          "rtn-stream": "quantize --weight-only int4 --method rtn --stream",
+          "gptq-stream": "quantize --weight-only int4 --method gptq --stream",
+          "export-stream": "export --format onnx --stream (W4 --stream result)"}
 TASK_SIZES = {"train": 32, "dev": 8, "test": 8}
 MAX_TEXT_CHARS = 40  # short texts: the calibration and held-out forward passes stay small
 
@@ -168,14 +173,18 @@ def command_lines(name: str, paths: dict[str, Path], args, done: set[str]) -> li
                 "--layers", str(paths["layers"])]
     if name == "info":
         return [*cli, "info", ckpt]
-    if name in ("rtn", "gptq"):
-        calib = ["--calib-samples", str(args.calib_samples)] if name == "gptq" else []
-        return [*cli, "quantize", ckpt, "--weight-only", "int4", "--method", name, *calib, *task,
+    method, streamed = name.removesuffix("-stream"), name.endswith("-stream")
+    stream = ["--stream"] if streamed else []
+    if method in ("rtn", "gptq"):
+        calib = ["--calib-samples", str(args.calib_samples)] if method == "gptq" else []
+        return [*cli, "quantize", ckpt, "--weight-only", "int4", "--method", method, *calib, *task, *stream,
                 "--out", str(paths[name])]
-    source = next((m for m in ("rtn", "gptq") if m in done), None)
+    sources = ("rtn-stream", "gptq-stream") if streamed else ("rtn", "gptq")
+    source = next((m for m in sources if m in done), None)
     if source is None:
-        return "no W4 checkpoint to export (neither quantize run succeeded at this depth)"
-    return [*cli, "export", str(paths[source]), "--format", args.export_format, "--out", str(paths["export"])]
+        return f"no W4 checkpoint to export (neither {' nor '.join(sources)} succeeded at this depth)"
+    return [*cli, "export", str(paths[source]), "--format", "onnx" if streamed else args.export_format, *stream,
+            "--out", str(paths[name])]
 
 
 def estimated_peak(name: str, weights: int, rows: list[dict], default_ratio: float) -> float:
@@ -195,7 +204,7 @@ def run_depth(layers: int, args, rows: list[dict]) -> None:
     weights = sum(int(np.prod(t.shape)) for t in tensor_plan(config)[1]) * DTYPES[args.dtype][1]
     base = Path(tempfile.mkdtemp(prefix=f"memory-{layers}-", dir=args.workdir))
     paths = {"layers": layers, "checkpoint": base / "checkpoint", "data": write_task(base / "data"),
-             "rtn": base / "w4-rtn", "gptq": base / "w4-gptq", "export": base / "export"}
+             **{name: base / name for name in COMMANDS[2:]}}
     done: set[str] = set()
     try:
         for name in ["write", *args.commands]:
@@ -255,7 +264,8 @@ def table_rows(rows: list[dict]) -> list[dict]:
                     "peak / weights": f"{r['peak_rss_gib'] / r['weights_gib']:.1f}x" if ok else "–",
                     "vs shallowest": f"{r['peak_rss_gib'] / first['peak_rss_gib']:.2f}x" if ok and first else "–",
                     "wall s": f"{r['wall_s']:.0f}" if "wall_s" in r else "–",
-                    "result": "ok" if ok else f"{r['status']}: {r.get('error') or ''}".replace("|", "/")})
+                    "result": ("ok" if ok else f"{r['status']}: {r.get('error') or ''}".replace("|", "/"))
+                              + (f" ({r['included_from']})" if "included_from" in r else "")})
     return out
 
 
@@ -263,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="ernie45-0.3b", help="the layer shape (an ernie45-* preset)")
     parser.add_argument("--depths", default="6,18,54", help="comma-separated layer counts")
-    parser.add_argument("--commands", default="info,rtn,gptq,export", help="subset of info,rtn,gptq,export")
+    parser.add_argument("--commands", default="info,rtn,gptq,export",
+                        help=f"subset of {','.join(COMMANDS[1:])} (*-stream: with --stream)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--shard-gb", type=float, default=1.0, help="random_checkpoint.py's shard size")
     parser.add_argument("--calib-samples", type=int, default=4, help="GPTQ calibration texts")
@@ -275,12 +286,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="kill a command that runs longer")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "memory.json")
+    parser.add_argument("--include", type=Path, default=None,
+                        help="a JSON result of an earlier run (e.g. the in-memory commands) whose rows join this "
+                             "table, so before and after sit side by side; its rows are marked as included")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="also write the table here (a results/*.md must be shown in README or docs/)")
     args = parser.parse_args(argv)
     args.commands = [c.strip() for c in args.commands.split(",") if c.strip()]
     if unknown := set(args.commands) - set(COMMANDS[1:]):
-        parser.error(f"unknown commands {sorted(unknown)} (use info, rtn, gptq, export)")
+        parser.error(f"unknown commands {sorted(unknown)} (use {', '.join(COMMANDS[1:])})")
     depths = sorted(int(d) for d in args.depths.split(","))
     args.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -289,6 +303,12 @@ def main(argv: list[str] | None = None) -> dict:
     rows: list[dict] = []
     for layers in depths:
         run_depth(layers, args, rows)
+    if args.include:  # measured earlier, by this script (same preset and depths: checked)
+        earlier = json.loads(args.include.read_text())
+        if earlier["preset"] != args.preset or earlier["dtype"] != args.dtype:
+            sys.exit(f"{args.include} measured {earlier['preset']} {earlier['dtype']}, not {args.preset} {args.dtype}")
+        rows += [dict(r, included_from=str(args.include.name)) for r in earlier["rows"]
+                 if r["command"] not in {x["command"] for x in rows}]
     ratios = depth_ratios(rows)
     result = {"preset": args.preset, "dtype": args.dtype, "depths": depths, "calib_samples": args.calib_samples,
               "export_format": args.export_format, "max_rss_gib": args.max_rss_gib,
