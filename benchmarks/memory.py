@@ -242,7 +242,8 @@ def depth_ratios(rows: list[dict]) -> dict[str, dict]:
     """Per command: the deepest successful run's peak over the shallowest's (the issue's 1.2x target)."""
     ratios = {}
     for name in COMMANDS:
-        ok = sorted((r for r in rows if r["command"] == name and r["status"] == "ok"), key=lambda r: r["layers"])
+        ok = sorted((r for r in rows if r["command"] == name and r["status"] == "ok" and "included_from" not in r),
+                    key=lambda r: r["layers"])
         if len(ok) >= 2:
             ratios[name] = {"shallow_layers": ok[0]["layers"], "deep_layers": ok[-1]["layers"],
                             "peak_ratio": ok[-1]["peak_rss_gib"] / ok[0]["peak_rss_gib"],
@@ -254,10 +255,10 @@ def table_rows(rows: list[dict]) -> list[dict]:
     shallowest = {}
     for r in sorted(rows, key=lambda r: r["layers"]):
         if r["status"] == "ok":
-            shallowest.setdefault(r["command"], r)
+            shallowest.setdefault((r["command"], r.get("included_from")), r)
     out = []
-    for r in sorted(rows, key=lambda r: (COMMANDS.index(r["command"]), r["layers"])):
-        ok, first = r["status"] == "ok", shallowest.get(r["command"])
+    for r in sorted(rows, key=lambda r: (COMMANDS.index(r["command"]), "included_from" not in r, r["layers"])):
+        ok, first = r["status"] == "ok", shallowest.get((r["command"], r.get("included_from")))
         out.append({"command": LABELS[r["command"]], "layers": str(r["layers"]),
                     "weights GiB": f"{r['weights_gib']:.2f}",
                     "peak RSS GiB": f"{r['peak_rss_gib']:.2f}" if ok else "–",
@@ -265,7 +266,7 @@ def table_rows(rows: list[dict]) -> list[dict]:
                     "vs shallowest": f"{r['peak_rss_gib'] / first['peak_rss_gib']:.2f}x" if ok and first else "–",
                     "wall s": f"{r['wall_s']:.0f}" if "wall_s" in r else "–",
                     "result": ("ok" if ok else f"{r['status']}: {r.get('error') or ''}".replace("|", "/"))
-                              + (f" ({r['included_from']})" if "included_from" in r else "")})
+                              + (f" (earlier run: {r['included_from']})" if "included_from" in r else "")})
     return out
 
 
@@ -307,8 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
         earlier = json.loads(args.include.read_text())
         if earlier["preset"] != args.preset or earlier["dtype"] != args.dtype:
             sys.exit(f"{args.include} measured {earlier['preset']} {earlier['dtype']}, not {args.preset} {args.dtype}")
-        rows += [dict(r, included_from=str(args.include.name)) for r in earlier["rows"]
-                 if r["command"] not in {x["command"] for x in rows}]
+        rows += [dict(r, included_from=str(args.include.name)) for r in earlier["rows"] if r["command"] != "write"]
     ratios = depth_ratios(rows)
     result = {"preset": args.preset, "dtype": args.dtype, "depths": depths, "calib_samples": args.calib_samples,
               "export_format": args.export_format, "max_rss_gib": args.max_rss_gib,
