@@ -22,9 +22,11 @@ import numpy as np
 from ..checkpoint import Checkpoint, atomic_output_dir, load_checkpoint, now_iso, write_model_files
 from ..errors import UserError
 from ..evaluate import evaluate_loaded
+from ..lazy_checkpoint import LazyCheckpoint, open_checkpoint
 from ..export import (FORMATS, LAYOUT_ENGINES, OUTPUT_NAMES, PADDLE_INT8_REFUSAL, logit_scale, sample_inputs,
                       verify, verify_int8)
 from ..export import decoder_onnx, onnx_export, onnx_fp16, onnx_int8, static_graph  # by module: tests plant bugs in them
+from ..export import numpy_reference, streamed_decoder
 from ..data.tasks import TaskSpec, load_task
 from ..models import model_from_state
 from ..models.families import family_of
@@ -77,6 +79,10 @@ class ExportConfig(TokenizerOption, ThreadsOption):
         "which ONNX Runtime leaves to its fast LayerNormalization kernel instead of fusing it into its "
         "slow CPU SkipLayerNormalization; standard keeps the converter's standard ONNX ops (other "
         "runtimes). FP16 and model_qdq.onnx are standard either way."))
+    stream: bool = option(False, flag="--stream/--in-memory", help=(
+        "Weight-only decoders: write onnx/decoder.onnx one layer at a time from the checkpoint (memory: one "
+        "layer plus the export's own integer weights, whatever the depth), verified against a streamed NumPy "
+        "forward of the checkpoint's weights instead of dygraph; writes the decoder only (--format onnx)."))
     overwrite: bool = option(False, scope="cli", help="Replace --out if it exists (default: refuse).")
     # verification bounds: fixed here, not options (export/__init__.py: verify, verify_int8)
     verify_samples: int = 64  # held-out examples the exported files are checked on
@@ -412,6 +418,8 @@ def _finer_blocks_hint(group_size: int | None) -> str:
 def export_checkpoint(cfg: ExportConfig) -> ExportResult:
     """Every format ``cfg`` asks for, each verified, and the manifest, written at once (atomically)."""
     start = time.perf_counter()
+    if cfg.stream:
+        return _export_streamed(cfg, start)
     src = _sources(cfg)
     written = Written()
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
@@ -460,6 +468,67 @@ def _manifest(src: Sources, written: Written) -> dict[str, Any]:
         "inputs": list(static_graph.input_names(src.model)), "outputs": [src.output_name],
         "files": written.files, "verification": {"samples_from": src.samples_from, **written.verification},
         "reference": {"backend": src.path.reference, "metrics": src.reference_metrics},
+    }
+
+
+# -- streamed: the weight-only decoder without the model (``export/streamed_decoder.py``) ----------
+
+def _export_streamed(cfg: ExportConfig, start: float) -> ExportResult:
+    """``--stream``: the checkpoint opened lazily and checked before any weight is read, the decoder
+    written group by group, run greedily in ONNX Runtime and checked against the streamed NumPy
+    reference (as :func:`_check_decoder` checks against dygraph), the manifest."""
+    lazy = open_checkpoint(cfg.checkpoint, tokenizer=cfg.tokenizer, check_tokenizer=True)
+    scheme = scheme_of(quantization_info(lazy.config))
+    streamed_decoder.check_streamable(lazy, EXPORT_PATHS[scheme.export].integer_weights, cfg.format, cfg.layout)
+    quant, level = quantization_info(lazy.config), decoder_onnx.COMPUTE_LEVELS[cfg.weight_only_compute]
+    tokenizer = lazy.tokenizer()
+    prompts = _decoder_prompts(lazy, tokenizer, cfg.decoder_prompts, cfg.decoder_prompt_tokens)
+    with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
+        tokenizer.save(tmp)
+        files, graph = streamed_decoder.write_decoder(lazy, tmp / decoder_onnx.DECODER_FILE, quant, level)
+        exported = OnnxDecoder.open(tmp / decoder_onnx.DECODER_FILE, RuntimeConfig(device="cpu", threads=cfg.threads),
+                                    tokenizer.pad_id)
+        runs = [generate_tokens(exported, ids, cfg.decoder_new_tokens, eos_id=-1) for ids in prompts]
+        del exported  # the session's weights, before the reference reads the checkpoint's
+        check = streamed_decoder.compare_with_reference(lazy, prompts, runs, cfg.decoder_new_tokens)
+        _check_decoder(cfg, level, check, quant.get("group_size"))
+        entry, verification = _streamed_entries(lazy, files, graph, level, check, cfg)
+        manifest = _streamed_manifest(lazy, scheme, entry, verification)
+        write_manifest(tmp, manifest)
+    return ExportResult(out=str(Path(cfg.out).expanduser().resolve()), format=cfg.format, precision=scheme.precision,
+                        files=manifest["files"], verification={"decoder": manifest["verification"]["decoder"]},
+                        reference_metrics=None,
+                        details={"streamed": True}, seconds=round(time.perf_counter() - start, 1))
+
+
+def _streamed_entries(lazy: LazyCheckpoint, files: list[str], graph, level: int, check: dict[str, Any],
+                      cfg: ExportConfig) -> tuple[dict, dict]:
+    """The manifest's decoder file entry and its verification entry, as :func:`_export_decoder` writes them."""
+    config = lazy.config
+    past, present = decoder_onnx.cache_names(config.num_hidden_layers)
+    entry = {"model": decoder_onnx.DECODER_FILE, "matmul_nbits_accuracy_level": level,
+             "files": [f"onnx/{name}" for name in files], "written": "group by group (--stream)",
+             "for": "ONNX Runtime (merged decoder: prefill and decode in one graph)",
+             "inputs": ["input_ids", "attention_mask", "position_ids", *past], "outputs": ["logits", *present],
+             "kv_heads": config.num_key_value_heads, "head_dim": config.head_dim,
+             "layers": config.num_hidden_layers, "context": config.max_position_embeddings,
+             "kernels": decoder_onnx.kernel_counts(graph)}
+    return entry, {**check, "compute": cfg.weight_only_compute, "passed": True,
+                   "against": numpy_reference.REFERENCE}
+
+
+def _streamed_manifest(lazy: LazyCheckpoint, scheme: Scheme, entry: dict, verification: dict) -> dict[str, Any]:
+    """``manifest.json`` of a streamed export: the decoder alone, verified against the NumPy reference."""
+    return {
+        "format_version": MANIFEST_VERSION, "created": now_iso(),
+        "source": {"path": str(lazy.path), "weights_sha256": lazy.weights_sha256},
+        "task": lazy.task, "task_kind": lazy.config.extra.get("ernie_compress", {}).get("task_kind"),
+        "labels": lazy.config.labels, "max_seq_length": lazy.max_seq_length,
+        "architecture": lazy.config.architecture, "precision": scheme.precision,
+        "quantization": quantization_info(lazy.config) or None, "streamed": True,
+        "inputs": ["input_ids"], "outputs": ["lm_logits"], "files": {"decoder": entry},
+        "verification": {"samples_from": "decoder prompts", "decoder": verification},
+        "reference": {"backend": numpy_reference.REFERENCE, "metrics": None},
     }
 
 
