@@ -125,12 +125,12 @@ def check_streamable(lazy: LazyCheckpoint, weight_only: bool, fmt: str, layout: 
     if not family.serves(lazy.config, "causal_lm") or family.output_head(lazy.config) is None:
         raise UserError(f"{lazy.path}: --stream exports decoders (causal LMs); this is a {lazy.config.architecture}: "
                         f"export it without --stream")
-    if not weight_only:
-        raise UserError(f"{lazy.path}: --stream exports weight-only checkpoints (integer kernels); quantize it with "
-                        f"--weight-only first, or export it without --stream")
     if getattr(lazy.config, "moe_num_experts", 0):
         raise UserError(f"{lazy.path}: --stream does not export mixture-of-experts decoders yet (its NumPy reference "
                         f"has no expert routing); export it without --stream")
+    if not weight_only:
+        raise UserError(f"{lazy.path}: --stream exports weight-only checkpoints (integer kernels); quantize it with "
+                        f"--weight-only first, or export it without --stream")
 
 
 def compare_with_reference(lazy: LazyCheckpoint, prompts: list[list[int]], runs: list[dict[str, Any]],

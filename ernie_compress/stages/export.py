@@ -391,15 +391,16 @@ def _compare_decoder(src: Sources, exported, level: int) -> dict[str, Any]:
     return check
 
 
-def _check_decoder(cfg: ExportConfig, level: int, check: dict[str, Any], group_size: int | None = None) -> None:
+def _check_decoder(cfg: ExportConfig, level: int, check: dict[str, Any], group_size: int | None = None,
+                   against: str = "dygraph") -> None:
     """FP32 compute (``level`` 0): the same greedy text and logits within ``cfg.tolerance``; int8
     compute: next-token picks and logits within the INT8 bounds."""
     largest, share, relative = check["max_abs_diff"], check["teacher_forced_agreement"], check["max_relative_diff"]
     if level == 0 and (not check["greedy_tokens_equal"] or not largest <= cfg.tolerance):
-        raise UserError(f"decoder export failed verification: greedy text differs from dygraph's or the logits "
+        raise UserError(f"decoder export failed verification: greedy text differs from {against}'s or the logits "
                         f"by {largest:.2e} (tolerance {cfg.tolerance:.0e}); nothing was written")
     if level and (share < cfg.int8_min_agreement or relative > cfg.int8_max_relative_diff):
-        raise UserError(f"decoder export (int8 compute) failed verification: next-token picks agree with dygraph on "
+        raise UserError(f"decoder export (int8 compute) failed verification: next-token picks agree with {against} on "
                         f"{share:.1%} of steps (least {cfg.int8_min_agreement:.0%}), max logit difference "
                         f"{relative:.1%} of the logit scale (most {cfg.int8_max_relative_diff:.0%}); nothing was "
                         f"written (--weight-only-compute fp32 is exact{_finer_blocks_hint(group_size)})")
@@ -491,7 +492,7 @@ def _export_streamed(cfg: ExportConfig, start: float) -> ExportResult:
         runs = [generate_tokens(exported, ids, cfg.decoder_new_tokens, eos_id=-1) for ids in prompts]
         del exported  # the session's weights, before the reference reads the checkpoint's
         check = streamed_decoder.compare_with_reference(lazy, prompts, runs, cfg.decoder_new_tokens)
-        _check_decoder(cfg, level, check, quant.get("group_size"))
+        _check_decoder(cfg, level, check, quant.get("group_size"), against=numpy_reference.REFERENCE)
         entry, verification = _streamed_entries(lazy, files, graph, level, check, cfg)
         manifest = _streamed_manifest(lazy, scheme, entry, verification)
         write_manifest(tmp, manifest)
