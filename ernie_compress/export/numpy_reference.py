@@ -1,14 +1,17 @@
-"""A NumPy forward of an ERNIE 4.5 dense causal LM, streamed layer by layer from a lazy checkpoint:
-the reference a streamed decoder export (``streamed_decoder.py``) is verified against where the
-Paddle model cannot be built (the checkpoint does not fit in memory).
+"""A NumPy forward of an ERNIE 4.5 causal LM (dense or mixture of experts), streamed layer by layer
+from a lazy checkpoint: the reference a streamed decoder export (``streamed_decoder.py``) is verified
+against where the Paddle model cannot be built (the checkpoint does not fit in memory).
 
 The math is ``models/ernie4_5.py``'s, in float32 as dygraph computes it: token embedding; per
 layer pre-norm RMSNorm (Zhang & Sennrich 2019), causal grouped-query attention (Ainslie et al.
 2023) with rotary position embeddings on *interleaved* pairs (Su et al. 2021; dimensions (2i, 2i+1)
 rotated by ``pos * theta^(-2i/d)``, as the Paddle release does) and the additive -1e4 mask, a SwiGLU
-FFN (Shazeer 2020: ``down(silu(gate) * up)``, gate half first); final RMSNorm; the head tied to the
-embedding table or ``lm_head``. The weights are the checkpoint's own (a weight-only checkpoint
-stores them dequantized, so this is the quantized model computed exactly).
+FFN (Shazeer 2020: ``down(silu(gate) * up)``, gate half first), or in the MoE layers the config names
+``ernie4_5_moe.py``'s routing (softmax router in float32, the top ``moe_k`` experts of ``p +
+e_score_correction_bias``, mixed by their unbiased ``p`` over its sum clamped to ``moe_norm_min``,
+plus the shared experts); final RMSNorm; the head tied to the embedding table or ``lm_head``. The
+weights are the checkpoint's own (a weight-only checkpoint stores them dequantized, so this is the
+quantized model computed exactly).
 
 Every sequence is run whole (no cache) and all of them go through one layer before the next is
 read: one pass over the checkpoint, one layer's weights (or the embedding and head) in memory.
@@ -21,7 +24,9 @@ import math
 import numpy as np
 
 from ..lazy_checkpoint import REST, LazyCheckpoint
-from ..models.ernie4_5_onnx import NAMES, LayerNames
+from ..models.ernie4_5_moe_onnx import MoENames, paddle_names
+from ..models.ernie4_5_onnx import LayerNames
+from ..models.families import family_of
 
 MASKED = -1e4  # the additive mask value of models/ernie4_5.py
 REFERENCE = "streamed NumPy reference"  # what an export verified against it names in its manifest
@@ -71,17 +76,48 @@ def attention(x: np.ndarray, weights: dict[str, np.ndarray], names: LayerNames, 
     return linear(out.transpose(2, 0, 1, 3).reshape(s, H * d), weights, names.out)
 
 
-def mlp(x: np.ndarray, weights: dict[str, np.ndarray], names: LayerNames) -> np.ndarray:
-    """SwiGLU: ``down(silu(gate) * up)`` with gate and up the halves of ``up_gate_proj``."""
-    gate, up = np.split(linear(x, weights, names.up_gate), 2, axis=-1)  # [s, ffn] each
-    return linear(gate / (1 + np.exp(-gate)) * up, weights, names.down)
+def swiglu(x: np.ndarray, weights: dict[str, np.ndarray], up_gate: str, down: str) -> np.ndarray:
+    """``down(silu(gate) * up)`` with gate and up the halves of the fused ``up_gate`` Linear: x [s, hidden]."""
+    gate, up = np.split(linear(x, weights, up_gate), 2, axis=-1)  # [s, ffn] each
+    return linear(gate / (1 + np.exp(-gate)) * up, weights, down)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def moe(x: np.ndarray, weights: dict[str, np.ndarray], names: MoENames, config) -> np.ndarray:
+    """``Ernie45MoeBlock``: x [T, hidden] routed to the top ``moe_k`` experts, mixed, plus the shared experts."""
+    probs = softmax(x @ weights[names.gate])  # [T, E]
+    bias = weights.get(names.correction_bias) if config.moe_use_aux_free else None
+    scores = probs if bias is None else probs + bias  # [T, E]: the choice is on the biased scores
+    chosen = np.argsort(-scores, axis=-1, kind="stable")[:, :config.moe_k]  # [T, k]
+    picked = np.take_along_axis(probs, chosen, axis=-1)  # [T, k]: mixed by the unbiased ones
+    mixing = picked / np.maximum(picked.sum(axis=-1, keepdims=True), np.float32(config.moe_norm_min))
+    out = np.zeros_like(x)
+    for e in range(config.moe_num_experts):
+        rows, slots = np.nonzero(chosen == e)  # a token picks an expert at most once
+        if rows.size:
+            out[rows] += mixing[rows, slots, None] * swiglu(x[rows], weights, *names.expert(e))
+    if names.shared_in is not None:
+        out += swiglu(x, weights, names.shared_in, names.shared_down)
+    return out
+
+
+def feed_forward(x: np.ndarray, weights: dict[str, np.ndarray], names: LayerNames, config) -> np.ndarray:
+    """The layer's FFN: the MoE block in the layers an MoE config names, else the dense SwiGLU MLP."""
+    is_moe_layer = getattr(config, "is_moe_layer", None)
+    if is_moe_layer is not None and is_moe_layer(names.index):
+        return moe(x, weights, paddle_names(names.index, names.prefix, config.moe_num_shared_experts > 0), config)
+    return swiglu(x, weights, names.up_gate, names.down)
 
 
 def decoder_layer(x: np.ndarray, weights: dict[str, np.ndarray], names: LayerNames, config) -> np.ndarray:
     """Pre-norm residual: ``x + attn(rms(x))``, then ``x + mlp(rms(x))``; x [s, hidden]."""
     eps = config.rms_norm_eps
     x = x + attention(rms_norm(x, weights[names.input_norm], eps), weights, names, config)
-    return x + mlp(rms_norm(x, weights[names.post_norm], eps), weights, names)
+    return x + feed_forward(rms_norm(x, weights[names.post_norm], eps), weights, names, config)
 
 
 def _float32(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -92,15 +128,15 @@ def reference_logits(lazy: LazyCheckpoint, sequences: list[list[int]], starts: l
     """Next-token logits of each sequence at positions ``start - 1`` .. end - 2 ([len - start + 1,
     vocab] each: the logits that predicted tokens ``start`` ..), computed layer by layer: the
     embedding, each layer read and applied to every sequence then dropped, the final norm and head."""
-    config = lazy.config
+    config, names = lazy.config, family_of(lazy.config).graph_blocks().NAMES
     rest = _float32(lazy.load_group(REST))
-    hidden = [rest[NAMES.embedding][np.asarray(ids)] for ids in sequences]  # [s, hidden] each
+    hidden = [rest[names.embedding][np.asarray(ids)] for ids in sequences]  # [s, hidden] each
     del rest  # the embedding and head are read again at the end: one group in memory at a time
     for i in range(config.num_hidden_layers):
         weights = _float32(lazy.load_group(f"layers.{i}"))
-        hidden = [decoder_layer(x, weights, NAMES.layer(i), config) for x in hidden]
+        hidden = [decoder_layer(x, weights, names.layer(i), config) for x in hidden]
         del weights
     rest = _float32(lazy.load_group(REST))
-    head = rest[NAMES.embedding].T if config.tie_word_embeddings else rest[f"{NAMES.lm_head}.weight"]  # [hidden, vocab]
-    norm = rest[NAMES.final_norm]
+    head = rest[names.embedding].T if config.tie_word_embeddings else rest[f"{names.lm_head}.weight"]  # [hidden, vocab]
+    norm = rest[names.final_norm]
     return [rms_norm(x[start - 1:-1], norm, config.rms_norm_eps) @ head for x, start in zip(hidden, starts)]

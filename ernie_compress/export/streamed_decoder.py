@@ -88,15 +88,17 @@ class ExternalData:
         self.file.close()
 
 
-def write_decoder(lazy: LazyCheckpoint, path: Path, quant: dict, accuracy_level: int) -> tuple[list[str], Any]:
-    """``path`` (graph) and ``path.data`` (weights) built group by group from ``lazy``; returns the
-    files written (relative to ``path``'s folder) and the model (graph only, for its kernel counts)."""
+def write_decoder(lazy: LazyCheckpoint, path: Path, quant: dict, accuracy_level: int,
+                  experts: str = "auto") -> tuple[list[str], Any]:
+    """``path`` (graph) and ``path.data`` (weights) built group by group from ``lazy`` (``experts``: how
+    MoE layers run, as ``--moe-experts``); returns the files written (relative to ``path``'s folder)
+    and the model (graph only, for its kernel counts)."""
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state: dict[str, np.ndarray] = {}
     codes = RecoveredCodes(state, quant.get("weights", {}))
-    weights = decoder_onnx.DecoderWeights(state, codes, accuracy_level)
+    weights = decoder_onnx.DecoderWeights(state, codes, accuracy_level, experts)
     data = ExternalData(path.with_name(path.name + ".data"))
 
     def enter(g, group: str | None) -> None:
@@ -125,9 +127,6 @@ def check_streamable(lazy: LazyCheckpoint, weight_only: bool, fmt: str, layout: 
     if not family.serves(lazy.config, "causal_lm") or family.output_head(lazy.config) is None:
         raise UserError(f"{lazy.path}: --stream exports decoders (causal LMs); this is a {lazy.config.architecture}: "
                         f"export it without --stream")
-    if getattr(lazy.config, "moe_num_experts", 0):
-        raise UserError(f"{lazy.path}: --stream does not export mixture-of-experts decoders yet (its NumPy reference "
-                        f"has no expert routing); export it without --stream")
     if not weight_only:
         raise UserError(f"{lazy.path}: --stream exports weight-only checkpoints (integer kernels); quantize it with "
                         f"--weight-only first, or export it without --stream")

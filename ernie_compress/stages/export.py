@@ -486,7 +486,8 @@ def _export_streamed(cfg: ExportConfig, start: float) -> ExportResult:
     prompts = _decoder_prompts(lazy, tokenizer, cfg.decoder_prompts, cfg.decoder_prompt_tokens)
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
         tokenizer.save(tmp)
-        files, graph = streamed_decoder.write_decoder(lazy, tmp / decoder_onnx.DECODER_FILE, quant, level)
+        files, graph = streamed_decoder.write_decoder(lazy, tmp / decoder_onnx.DECODER_FILE, quant, level,
+                                                     cfg.moe_experts)
         exported = OnnxDecoder.open(tmp / decoder_onnx.DECODER_FILE, RuntimeConfig(device="cpu", threads=cfg.threads),
                                     tokenizer.pad_id)
         runs = [generate_tokens(exported, ids, cfg.decoder_new_tokens, eos_id=-1) for ids in prompts]

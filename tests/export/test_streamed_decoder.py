@@ -25,18 +25,25 @@ from ernie_compress.paddle_env import import_paddle
 from ernie_compress.runtime.backends import RuntimeConfig
 from ernie_compress.runtime.decoding import OnnxDecoder, generate_tokens
 from tests.helpers import cli_json
+from tests.test_lazy_checkpoint import _saved
 
 paddle = import_paddle()
 VOCAB = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"] + [chr(0x4e00 + i) for i in range(75)]
 
 
-def _random_checkpoint(out, seed: int, **changes):
-    """A random ERNIE 4.5 causal LM with weights large enough for logits of order one."""
-    keys = dict(resolve_preset("ernie45-tiny"), vocab_size=len(VOCAB), hidden_dropout_prob=0.0,
+def _random_checkpoint(out, seed: int, preset: str = "ernie45-tiny", **changes):
+    """A random ERNIE 4.5 causal LM with weights large enough for logits of order one (MoE: a random
+    correction bias, so that the biased choice and the unbiased mixing differ)."""
+    keys = dict(resolve_preset(preset), vocab_size=len(VOCAB), hidden_dropout_prob=0.0,
                 attention_probs_dropout_prob=0.0, initializer_range=0.2, **changes)
     paddle.seed(seed)
     model = build_model(config_from_dict(keys))
     model.eval()
+    for layer in model.ernie.layers:
+        statics = getattr(layer.mlp, "moe_statics", None)
+        if statics is not None:
+            bias = statics.e_score_correction_bias
+            bias.set_value(paddle.uniform(bias.shape, min=0, max=0.2))
     save_checkpoint(out, model.config, model_state(model), ErnieTokenizer(VOCAB), {"name": "random"})
     return model
 
@@ -45,6 +52,8 @@ def _random_checkpoint(out, seed: int, **changes):
     {},  # tied head, GQA (4 query heads, 2 KV heads)
     {"tie_word_embeddings": False, "num_key_value_heads": 1, "rms_norm_eps": 0.1},  # lm_head, MQA
     {"num_key_value_heads": 4, "use_bias": True, "rope_theta": 500.0},  # MHA, biases, another RoPE base
+    {"preset": "ernie45-moe-tiny"},  # MoE layers (routed and shared experts) beside dense ones
+    {"preset": "ernie45-moe-tiny", "moe_num_shared_experts": 0, "moe_use_aux_free": False, "moe_norm_min": 0.5},
 ])
 def test_the_streamed_numpy_reference_equals_dygraphs_logits(tmp_path, changes):
     model = _random_checkpoint(tmp_path / "m", seed=len(changes), **changes)
@@ -114,6 +123,26 @@ def test_the_streamed_decoder_is_the_in_memory_one_and_is_verified_against_numpy
             == cli_json(["generate", str(tmp_path / "m"), *prompts])["results"][0]["tokens"])
 
 
+@pytest.mark.parametrize("experts", ["auto", "dispatch"])  # QMoE for the int4 experts, or MatMulNBits per expert
+def test_a_streamed_moe_decoder_is_the_in_memory_one(tmp_path, experts):
+    _random_checkpoint(tmp_path / "moe", seed=3, preset="ernie45-moe-tiny")
+    cli_json(["quantize", str(tmp_path / "moe"), "--weight-only", "int4", "--group-size", "16", "--stream",
+              "--out", str(tmp_path / "w4")])
+    args = ["export", str(tmp_path / "w4"), "--format", "onnx", "--weight-only-compute", "fp32",
+            "--moe-experts", experts]
+    streamed = cli_json([*args, "--stream", "--out", str(tmp_path / "s")])
+    memory = cli_json([*args, "--out", str(tmp_path / "m")])
+    check = streamed["verification"]["decoder"]
+    assert check["greedy_tokens_equal"] and check["max_abs_diff"] < 1e-4
+    assert check["against"] == "streamed NumPy reference"
+    kernels = streamed["files"]["decoder"]["kernels"]
+    assert kernels == memory["files"]["decoder"]["kernels"] and ("QMoE" in kernels) == (experts == "auto")
+    s, m = tmp_path / "s" / decoder_onnx.DECODER_FILE, tmp_path / "m" / decoder_onnx.DECODER_FILE
+    assert _graph_without_data(s) == _graph_without_data(m)
+    a, b = _initializers(s), _initializers(m)
+    assert list(a) == list(b) and all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
+
+
 def _refused(args: list[str], out) -> str:
     res = CliRunner().invoke(app, ["--quiet", *args, "--out", str(out)])
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
@@ -139,9 +168,5 @@ def test_what_streaming_cannot_export_is_refused_in_one_line(w4, tiny_lm, tmp_pa
     assert "--format onnx" in _refused(["export", str(w4), "--stream", "--format", "paddle"], tmp_path / "b")
     assert "--layout" in _refused(["export", str(w4), *stream, "--layout", "hf"], tmp_path / "c")
     assert "weight-only" in _refused(["export", str(tiny_lm), *stream], tmp_path / "d")
-    moe = config_from_dict(dict(resolve_preset("ernie45-moe-tiny"), vocab_size=len(VOCAB)))
-    rng = np.random.default_rng(0)
-    save_checkpoint(tmp_path / "moe", moe, {n: rng.standard_normal(s, dtype=np.float32) * 0.02
-                                            for n, s in moe.causal_lm_shapes().items()},
-                    ErnieTokenizer(VOCAB), {"name": "random"})
-    assert "mixture-of-experts" in _refused(["export", str(tmp_path / "moe"), *stream], tmp_path / "e")
+    encoder = _saved(tmp_path, "encoder", "ours")
+    assert "exports decoders" in _refused(["export", str(encoder), *stream], tmp_path / "e")
