@@ -528,7 +528,7 @@ def _streamed_manifest(lazy: LazyCheckpoint, scheme: Scheme, entry: dict, verifi
         "labels": lazy.config.labels, "max_seq_length": lazy.max_seq_length,
         "architecture": lazy.config.architecture, "precision": scheme.precision,
         "quantization": quantization_info(lazy.config) or None, "streamed": True,
-        "inputs": ["input_ids"], "outputs": ["lm_logits"], "files": {"decoder": entry},
+        "files": {"decoder": entry},  # no full-sequence model.onnx: its inputs and outputs are the decoder's
         "verification": {"samples_from": "decoder prompts", "decoder": verification},
         "reference": {"backend": numpy_reference.REFERENCE, "metrics": None},
     }
