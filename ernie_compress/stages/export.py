@@ -23,10 +23,10 @@ from ..checkpoint import Checkpoint, atomic_output_dir, load_checkpoint, now_iso
 from ..errors import UserError
 from ..evaluate import evaluate_loaded
 from ..lazy_checkpoint import LazyCheckpoint, open_checkpoint
+from ..export import numpy_reference, streamed_decoder  # export --stream
 from ..export import (FORMATS, LAYOUT_ENGINES, OUTPUT_NAMES, PADDLE_INT8_REFUSAL, logit_scale, sample_inputs,
                       verify, verify_int8)
 from ..export import decoder_onnx, onnx_export, onnx_fp16, onnx_int8, static_graph  # by module: tests plant bugs in them
-from ..export import numpy_reference, streamed_decoder
 from ..data.tasks import TaskSpec, load_task
 from ..models import model_from_state
 from ..models.families import family_of
