@@ -400,8 +400,8 @@ def _check_decoder(cfg: ExportConfig, level: int, check: dict[str, Any], group_s
         raise UserError(f"decoder export failed verification: greedy text differs from {against}'s or the logits "
                         f"by {largest:.2e} (tolerance {cfg.tolerance:.0e}); nothing was written")
     if level and (share < cfg.int8_min_agreement or relative > cfg.int8_max_relative_diff):
-        raise UserError(f"decoder export (int8 compute) failed verification: next-token picks agree with {against} on "
-                        f"{share:.1%} of steps (least {cfg.int8_min_agreement:.0%}), max logit difference "
+        raise UserError(f"decoder export (int8 compute) failed verification: next-token picks agree with {against} "
+                        f"on {share:.1%} of steps (least {cfg.int8_min_agreement:.0%}), max logit difference "
                         f"{relative:.1%} of the logit scale (most {cfg.int8_max_relative_diff:.0%}); nothing was "
                         f"written (--weight-only-compute fp32 is exact{_finer_blocks_hint(group_size)})")
 
@@ -498,8 +498,7 @@ def _export_streamed(cfg: ExportConfig, start: float) -> ExportResult:
         manifest = _streamed_manifest(lazy, scheme, entry, verification)
         write_manifest(tmp, manifest)
     return ExportResult(out=str(Path(cfg.out).expanduser().resolve()), format=cfg.format, precision=scheme.precision,
-                        files=manifest["files"], verification={"decoder": manifest["verification"]["decoder"]},
-                        reference_metrics=None,
+                        files=manifest["files"], verification={"decoder": verification}, reference_metrics=None,
                         details={"streamed": True}, seconds=round(time.perf_counter() - start, 1))
 
 
