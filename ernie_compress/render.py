@@ -279,7 +279,8 @@ def render_export(result: dict[str, Any]) -> None:
     console = _console()
     for name, v in result["verification"].items():
         if "greedy_tokens_equal" in v:  # the decoder with a KV cache
-            text = "greedy text equal to dygraph's" if v["greedy_tokens_equal"] else "greedy text differs from dygraph's"
+            whose = "the streamed NumPy reference's" if "NumPy" in v.get("against", "") else "dygraph's"
+            text = f"greedy text equal to {whose}" if v["greedy_tokens_equal"] else f"greedy text differs from {whose}"
             console.print(f"{name} ({v['compute']} compute): verified on {v['prompts']} prompts x {v['new_tokens']} "
                           f"tokens, {text}, teacher-forced picks agree {v['teacher_forced_agreement']:.1%}, max "
                           f"logit difference {v['max_abs_diff']:.2e} ({v['max_relative_diff']:.2%} of the logit scale)")

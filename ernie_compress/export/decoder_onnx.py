@@ -28,6 +28,7 @@ from its dequantized weights), so the integer kernel reproduces the dequantized 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,12 +211,17 @@ def _full_sequence_feeds(g: GraphBuilder, config) -> str:
     return g.op("ConstantOfShape", empty)  # [b, kv, 0, d] float32 zeros
 
 
-def build_decoder(config, weights: DecoderWeights, full_sequence: bool = False) -> Any:
+def build_decoder(config, weights: DecoderWeights, full_sequence: bool = False,
+                  enter: Callable[[GraphBuilder, str | None], None] | None = None) -> Any:
     """The ONNX model (see the module docstring) of an ``Ernie4_5ForCausalLM`` ``config``, composed
     from the family's blocks (for ERNIE 4.5 ``models/ernie4_5_onnx.py``). ``full_sequence``: no
-    cache, logits of every position (``onnx/model.onnx`` where the model cannot be traced)."""
+    cache, logits of every position (``onnx/model.onnx`` where the model cannot be traced).
+    ``enter(g, group)`` is called before the nodes of each checkpoint group are written ("rest" for
+    the embedding, "layers.{i}", "rest" again for the final norm and head, then None): a streamed
+    export (``streamed_decoder.py``) swaps that group's weights in and writes out the last one's."""
     blocks = family_of(config).graph_blocks()
     names = blocks.NAMES
+    enter = enter or (lambda g, group: None)
     g = GraphBuilder(weights.state, matmul=_weight_only_matmul(weights), integer=weights.integer,
                      accuracy_level=weights.accuracy_level, experts=weights.experts)
     past, present = cache_names(config.num_hidden_layers)
@@ -223,11 +229,14 @@ def build_decoder(config, weights: DecoderWeights, full_sequence: bool = False) 
         past = [_full_sequence_feeds(g, config)] * len(past)
     bias = _attention_bias(g)
     cos, sin = blocks.rope_tables(g, "position_ids", config)
+    enter(g, "rest")
     x = blocks.embedding(g, "input_ids", names.embedding)  # [b, s, hidden]
     for i in range(config.num_hidden_layers):
         io = blocks.AttentionIO(cos, sin, bias, past=(past[2 * i], past[2 * i + 1]),
                                 present=(present[2 * i], present[2 * i + 1]))
+        enter(g, f"layers.{i}")
         x, _ = blocks.decoder_layer(g, x, config, names.layer(i), io)
+    enter(g, "rest")
     if full_sequence:  # [b, s, hidden] -> [b * s, hidden] rows for the head, then [b, s, vocab]
         rows = g.op("Reshape", x, g.const("rows", i64([-1, config.hidden_size])))
         rows = blocks.rms_norm(g, rows, names.final_norm, config.rms_norm_eps)
@@ -237,6 +246,7 @@ def build_decoder(config, weights: DecoderWeights, full_sequence: bool = False) 
         last = g.op("Gather", x, g.const("last", i64(-1)), axis=1)  # [b, hidden]: only the last position
         last = blocks.rms_norm(g, last, names.final_norm, config.rms_norm_eps)
         blocks.head(g, last, config, names, name="logits")  # [b, vocab]
+    enter(g, None)
     return g.model(blocks.GRAPH_NAME, *_interface(config, full_sequence))
 
 

@@ -22,6 +22,8 @@ import numpy as np
 from ..checkpoint import Checkpoint, atomic_output_dir, load_checkpoint, now_iso, write_model_files
 from ..errors import UserError
 from ..evaluate import evaluate_loaded
+from ..lazy_checkpoint import LazyCheckpoint, open_checkpoint
+from ..export import numpy_reference, streamed_decoder  # export --stream
 from ..export import (FORMATS, LAYOUT_ENGINES, OUTPUT_NAMES, PADDLE_INT8_REFUSAL, logit_scale, sample_inputs,
                       verify, verify_int8)
 from ..export import decoder_onnx, onnx_export, onnx_fp16, onnx_int8, static_graph  # by module: tests plant bugs in them
@@ -81,6 +83,10 @@ class ExportConfig(TokenizerOption, ThreadsOption):
         "which ONNX Runtime leaves to its fast LayerNormalization kernel instead of fusing it into its "
         "slow CPU SkipLayerNormalization; standard keeps the converter's standard ONNX ops (other "
         "runtimes). FP16 and model_qdq.onnx are standard either way."))
+    stream: bool = option(False, flag="--stream/--in-memory", help=(
+        "Weight-only decoders: write onnx/decoder.onnx one layer at a time from the checkpoint (memory: one "
+        "layer plus the export's own integer weights, whatever the depth), verified against a streamed NumPy "
+        "forward of the checkpoint's weights instead of dygraph; writes the decoder only (--format onnx)."))
     overwrite: bool = option(False, scope="cli", help="Replace --out if it exists (default: refuse).")
     # verification bounds: fixed here, not options (export/__init__.py: verify, verify_int8)
     verify_samples: int = 64  # held-out examples the exported files are checked on
@@ -396,16 +402,17 @@ def _compare_decoder(src: Sources, exported, level: int) -> dict[str, Any]:
     return check
 
 
-def _check_decoder(cfg: ExportConfig, level: int, check: dict[str, Any], group_size: int | None = None) -> None:
+def _check_decoder(cfg: ExportConfig, level: int, check: dict[str, Any], group_size: int | None = None,
+                   against: str = "dygraph") -> None:
     """FP32 compute (``level`` 0): the same greedy text and logits within ``cfg.tolerance``; int8
     compute: next-token picks and logits within the INT8 bounds."""
     largest, share, relative = check["max_abs_diff"], check["teacher_forced_agreement"], check["max_relative_diff"]
     if level == 0 and (not check["greedy_tokens_equal"] or not largest <= cfg.tolerance):
-        raise UserError(f"decoder export failed verification: greedy text differs from dygraph's or the logits "
+        raise UserError(f"decoder export failed verification: greedy text differs from {against}'s or the logits "
                         f"by {largest:.2e} (tolerance {cfg.tolerance:.0e}); nothing was written")
     if level and (share < cfg.int8_min_agreement or relative > cfg.int8_max_relative_diff):
-        raise UserError(f"decoder export (int8 compute) failed verification: next-token picks agree with dygraph on "
-                        f"{share:.1%} of steps (least {cfg.int8_min_agreement:.0%}), max logit difference "
+        raise UserError(f"decoder export (int8 compute) failed verification: next-token picks agree with {against} "
+                        f"on {share:.1%} of steps (least {cfg.int8_min_agreement:.0%}), max logit difference "
                         f"{relative:.1%} of the logit scale (most {cfg.int8_max_relative_diff:.0%}); nothing was "
                         f"written (--weight-only-compute fp32 is exact{_finer_blocks_hint(group_size)})")
 
@@ -423,6 +430,8 @@ def _finer_blocks_hint(group_size: int | None) -> str:
 def export_checkpoint(cfg: ExportConfig) -> ExportResult:
     """Every format ``cfg`` asks for, each verified, and the manifest, written at once (atomically)."""
     start = time.perf_counter()
+    if cfg.stream:
+        return _export_streamed(cfg, start)
     src = _sources(cfg)
     written = Written()
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
@@ -471,6 +480,67 @@ def _manifest(src: Sources, written: Written) -> dict[str, Any]:
         "inputs": list(static_graph.input_names(src.model)), "outputs": [src.output_name],
         "files": written.files, "verification": {"samples_from": src.samples_from, **written.verification},
         "reference": {"backend": src.path.reference, "metrics": src.reference_metrics},
+    }
+
+
+# -- streamed: the weight-only decoder without the model (``export/streamed_decoder.py``) ----------
+
+def _export_streamed(cfg: ExportConfig, start: float) -> ExportResult:
+    """``--stream``: the checkpoint opened lazily and checked before any weight is read, the decoder
+    written group by group, run greedily in ONNX Runtime and checked against the streamed NumPy
+    reference (as :func:`_check_decoder` checks against dygraph), the manifest."""
+    lazy = open_checkpoint(cfg.checkpoint, tokenizer=cfg.tokenizer, check_tokenizer=True)
+    scheme = scheme_of(quantization_info(lazy.config))
+    streamed_decoder.check_streamable(lazy, EXPORT_PATHS[scheme.export].integer_weights, cfg.format, cfg.layout)
+    quant, level = quantization_info(lazy.config), decoder_onnx.COMPUTE_LEVELS[cfg.weight_only_compute]
+    tokenizer = lazy.tokenizer()
+    prompts = _decoder_prompts(lazy, tokenizer, cfg.decoder_prompts, cfg.decoder_prompt_tokens)
+    with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
+        tokenizer.save(tmp)
+        files, graph = streamed_decoder.write_decoder(lazy, tmp / decoder_onnx.DECODER_FILE, quant, level,
+                                                     cfg.moe_experts)
+        exported = OnnxDecoder.open(tmp / decoder_onnx.DECODER_FILE, RuntimeConfig(device="cpu", threads=cfg.threads),
+                                    tokenizer.pad_id)
+        runs = [generate_tokens(exported, ids, cfg.decoder_new_tokens, eos_id=-1) for ids in prompts]
+        del exported  # the session's weights, before the reference reads the checkpoint's
+        check = streamed_decoder.compare_with_reference(lazy, prompts, runs, cfg.decoder_new_tokens)
+        _check_decoder(cfg, level, check, quant.get("group_size"), against=numpy_reference.REFERENCE)
+        entry, verification = _streamed_entries(lazy, files, graph, level, check, cfg)
+        manifest = _streamed_manifest(lazy, scheme, entry, verification)
+        write_manifest(tmp, manifest)
+    return ExportResult(out=str(Path(cfg.out).expanduser().resolve()), format=cfg.format, precision=scheme.precision,
+                        files=manifest["files"], verification={"decoder": verification}, reference_metrics=None,
+                        details={"streamed": True}, seconds=round(time.perf_counter() - start, 1))
+
+
+def _streamed_entries(lazy: LazyCheckpoint, files: list[str], graph, level: int, check: dict[str, Any],
+                      cfg: ExportConfig) -> tuple[dict, dict]:
+    """The manifest's decoder file entry and its verification entry, as :func:`_export_decoder` writes them."""
+    config = lazy.config
+    past, present = decoder_onnx.cache_names(config.num_hidden_layers)
+    entry = {"model": decoder_onnx.DECODER_FILE, "matmul_nbits_accuracy_level": level,
+             "files": [f"onnx/{name}" for name in files], "written": "group by group (--stream)",
+             "for": "ONNX Runtime (merged decoder: prefill and decode in one graph)",
+             "inputs": ["input_ids", "attention_mask", "position_ids", *past], "outputs": ["logits", *present],
+             "kv_heads": config.num_key_value_heads, "head_dim": config.head_dim,
+             "layers": config.num_hidden_layers, "context": config.max_position_embeddings,
+             "kernels": decoder_onnx.kernel_counts(graph)}
+    return entry, {**check, "compute": cfg.weight_only_compute, "passed": True,
+                   "against": numpy_reference.REFERENCE}
+
+
+def _streamed_manifest(lazy: LazyCheckpoint, scheme: Scheme, entry: dict, verification: dict) -> dict[str, Any]:
+    """``manifest.json`` of a streamed export: the decoder alone, verified against the NumPy reference."""
+    return {
+        "format_version": MANIFEST_VERSION, "created": now_iso(),
+        "source": {"path": str(lazy.path), "weights_sha256": lazy.weights_sha256},
+        "task": lazy.task, "task_kind": lazy.config.extra.get("ernie_compress", {}).get("task_kind"),
+        "labels": lazy.config.labels, "max_seq_length": lazy.max_seq_length,
+        "architecture": lazy.config.architecture, "precision": scheme.precision,
+        "quantization": quantization_info(lazy.config) or None, "streamed": True,
+        "files": {"decoder": entry},  # no full-sequence model.onnx: its inputs and outputs are the decoder's
+        "verification": {"samples_from": "decoder prompts", "decoder": verification},
+        "reference": {"backend": numpy_reference.REFERENCE, "metrics": None},
     }
 
 
