@@ -81,10 +81,27 @@ def _masked_kl(student_logits, teacher_logits, mask, temperature: float):
     return paddle.sum(kl * mask) / paddle.clip(paddle.sum(mask), min=1.0) * (t * t)
 
 
-def soft_label_kd(student_logits, teacher_logits, temperature: float, kind: str = "classification",
+# KD temperature when the user gives none: Hinton et al.'s softened targets (T 2) for heads over a few
+# labels; T 1 for a causal LM's next-token distribution over the whole vocabulary. Measured on
+# demo:lm (ernie45-mini from an ERNIE 4.5 MoE teacher, 150 steps, test perplexity): T 2 ended 13%
+# above the same student trained without KD, T 1 24% below it; a small student cannot follow the
+# flattened tail of a vocabulary-wide distribution, which T 2 weights up (benchmarks/moe_distill.py).
+KD_TEMPERATURE = 2.0
+KD_TEMPERATURE_BY_KIND = {"causal_lm": 1.0}
+KD_TEMPERATURE_HELP = "KD softmax temperature (default: 1 for causal-LM tasks, 2 for the others)."
+
+
+def kd_temperature(kind: str, temperature: float | None) -> float:
+    """The temperature KD uses for ``kind``: the user's, else the kind's default (above)."""
+    return KD_TEMPERATURE_BY_KIND.get(kind, KD_TEMPERATURE) if temperature is None else temperature
+
+
+def soft_label_kd(student_logits, teacher_logits, temperature: float | None, kind: str = "classification",
                   labels=None):
-    """The KD term for ``kind`` (``labels`` tells which positions are tagged for token tasks)."""
+    """The KD term for ``kind`` (``labels`` tells which positions are tagged for token tasks);
+    ``temperature`` None: the kind's default (:func:`kd_temperature`)."""
     paddle = import_paddle()
+    temperature = kd_temperature(kind, temperature)
     if kind == "question_answering":
         s, t = _span_major(student_logits), _span_major(teacher_logits)  # [b, 2, s]
         return _masked_kl(s, t, paddle.ones(s.shape[:2], dtype="float32"), temperature)
@@ -173,7 +190,7 @@ class TeacherLogitCache:
         return True
 
 
-def logit_kd_loss(teacher, alpha: float = 0.5, temperature: float = 2.0, pad_id: int = 0):
+def logit_kd_loss(teacher, alpha: float = 0.5, temperature: float | None = None, pad_id: int = 0):
     """A :class:`~ernie_compress.training_loop.LossFn`: ``(1-alpha) * hard + alpha * KD`` against ``teacher``.
 
     The teacher runs in eval mode without gradients; its logits are cached per example so later

@@ -173,3 +173,20 @@ def test_logit_kd_adds_the_students_auxiliary_loss():
     loss, parts = logit_kd_loss(teacher)(_WithAux(logits, "causal_lm"), batch)
     assert "aux" not in plain and float(parts["aux"]) == 0.25
     assert float(loss) == pytest.approx(float(plain_loss) + 0.25, rel=1e-6)
+
+
+def test_kd_temperature_defaults_to_1_for_causal_lm_and_2_for_label_heads():
+    """The default the stages use when --kd-temperature is not given (losses.KD_TEMPERATURE_BY_KIND):
+    soft_label_kd with None equals the kind's temperature, and a given temperature wins."""
+    import paddle
+
+    from ernie_compress.losses import kd_temperature, soft_label_kd
+
+    assert kd_temperature("causal_lm", None) == 1.0 and kd_temperature("classification", None) == 2.0
+    assert kd_temperature("causal_lm", 3.0) == 3.0
+    rng = np.random.default_rng(0)
+    s, t = (paddle.to_tensor(rng.normal(size=(2, 5, 7)).astype("float32") * 3) for _ in range(2))
+    labels = paddle.to_tensor(np.array([[1, 2, 3, -100, -100], [4, 5, 6, 1, -100]]))
+    default = float(soft_label_kd(s, t, None, "causal_lm", labels))
+    assert default == float(soft_label_kd(s, t, 1.0, "causal_lm", labels))
+    assert default != float(soft_label_kd(s, t, 2.0, "causal_lm", labels))

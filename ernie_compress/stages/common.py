@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..losses import KD_TEMPERATURE_HELP
 from ..models.layouts import LAYOUT_HELP, LAYOUTS
 from ..options import fail, option
 from ..paddle_env import TRAINING_DEVICES
@@ -111,4 +112,4 @@ class ParentKDOptions:
 
     kd_weight: float = option(0.5, at_least=0, at_most=1, help="With --distill-from-parent: weight of the KD "
                                                                "term (the hard-label loss gets 1 - this).")
-    kd_temperature: float = option(2.0, above=0, help="With --distill-from-parent: KD softmax temperature.")
+    kd_temperature: float | None = option(None, above=0, help="With --distill-from-parent: " + KD_TEMPERATURE_HELP)

@@ -26,7 +26,8 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..data.task_options import TaskOptions
 from ..distill.losses import hidden_mse, parse_layer_map, relation_kl, relation_log_probs, uniform_layer_map
 from ..errors import UserError
-from ..losses import TeacherLogitCache, hard_label_loss, soft_label_kd, task_loss, with_auxiliary_loss
+from ..losses import (KD_TEMPERATURE_HELP, TeacherLogitCache, hard_label_loss, kd_temperature, soft_label_kd,
+                      task_loss, with_auxiliary_loss)
 from ..metrics import percent_of
 from ..models import build_model, count_parameters, load_state_
 from ..models.config import ErnieConfig
@@ -60,7 +61,7 @@ class DistillConfig(CheckpointOutput, TaskOptions, TrainingOptions):
                                                  "every k-th layer (equal widths).")
     ce_weight: float = option(0.5, at_least=0, help="Weight of the hard-label cross-entropy.")
     kd_weight: float = option(0.5, at_least=0, help="Weight of soft-label KD on logits.")
-    kd_temperature: float = option(2.0, above=0, help="KD softmax temperature.")
+    kd_temperature: float | None = option(None, above=0, help=KD_TEMPERATURE_HELP)
     hidden_weight: float = option(0.0, at_least=0, help="Weight of hidden-state MSE (learned projection).")
     attention_weight: float = option(0.0, at_least=0, help="Weight of MiniLM attention + value-relation KL "
                                                            "(teacher layer -> student's last).")
@@ -333,7 +334,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
         "parameters": {"teacher": t_params, "student": s_params,
                        "non_embedding_ratio": s_params["non_embedding"] / t_params["non_embedding"]},
         "losses": {"ce": cfg.ce_weight, "kd": cfg.kd_weight, "hidden": cfg.hidden_weight,
-                   "attention": cfg.attention_weight},
+                   "attention": cfg.attention_weight, "kd_temperature": kd_temperature(task.kind, cfg.kd_temperature)},
         "layer_map": align.layer_map if cfg.hidden_weight else None,
         "relation_heads": align.relation_heads if cfg.attention_weight else None,
         "aux_loss": aux_log.summary(),  # an MoE student's router load-balancing term, None without one
