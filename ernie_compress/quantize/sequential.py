@@ -47,6 +47,9 @@ FLOAT64 = 8
 # bytes of one GPTQ solve per float64 element of H [in, in] (H's copy, its inverse, the Cholesky factor
 # and its transpose) and of the weight [in, out] (its float64 copy, the outer-product update, the result)
 SOLVE_H, SOLVE_W = 4, 3
+# what running any layer adds to the interpreter with Paddle imported, whatever its size: the BLAS library's
+# per-thread buffers and the allocators' retained pools (measured 60-70 MB on a 1-layer model of width 32)
+RUN_OVERHEAD = 96 << 20
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,9 @@ class Calibration:
 
 @dataclass
 class SequentialRecord:
-    """What the walk did so far: each Linear's rounding ("gptq"/"rtn", function), per routed expert
-    its token record, and the seconds each layer took."""
+    """What the walk did so far: each Linear's rounding ("gptq"/"rtn", None: the function, which holds the
+    Linear's Hessian, is dropped with its layer), per routed expert its token record, and the seconds each
+    layer took."""
 
     roundings: dict = field(default_factory=dict)
     experts: dict = field(default_factory=dict)
@@ -112,8 +116,7 @@ def quantize_layer(lazy: LazyCheckpoint, index: int, state: dict[str, np.ndarray
     del seen, passes
     round_linears_(state, {name: rounding for name, (_, rounding) in roundings.items()}, settings.bits,
                    settings.group_size)
-    quantized = {f"{name}.weight" for name in names}
-    layer.set_state_dict({key[len(prefix):]: state[key] for key in quantized})  # the rounded weights
+    layer.set_state_dict({key[len(prefix):]: value for key, value in state.items()})  # the rounded weights
     _propagate(layer, calibration)
     return roundings, experts
 
@@ -150,7 +153,7 @@ def stream_gptq(lazy: LazyCheckpoint, names: list[str], batches, pad_id: int, se
             state = lazy.load_group(group)
             mine = [name for name in names if layer_of(name) == index]
             roundings, experts = quantize_layer(lazy, index, state, mine, calibration, settings)
-            record.roundings.update(roundings)
+            record.roundings.update((name, (how, None)) for name, (how, _) in roundings.items())  # not the Hessians
             record.experts.update(experts)
             record.seconds.append(time.perf_counter() - started)
             bar.advance({"peak GiB": resident_bytes() / GIB, "s/layer": record.seconds[-1]})
@@ -163,7 +166,8 @@ def gptq_memory_need(lazy: LazyCheckpoint, names: list[str], batches) -> MemoryN
     (every batch's [b, s, hidden] float32, held throughout) plus, for the rest, what the streamed RTN
     needs; for a layer, its tensors read, loaded into the layer module and written (``WRITE_FACTOR`` + 1
     copies), its Linears' Hessians (float64 [in, in] each, summed and scaled: 2 copies), the largest GPTQ
-    solve and one batch's forward through the layer."""
+    solve, one batch's forward through the layer and :data:`RUN_OVERHEAD`. Paddle itself is not counted:
+    the caller measures its baseline with Paddle imported."""
     config = lazy.config
     activations = sum(b.input_ids.size for b in batches) * config.hidden_size * 4
     forward = max((_forward_bytes(config, b.input_ids.shape) for b in batches), default=0)
@@ -177,7 +181,7 @@ def gptq_memory_need(lazy: LazyCheckpoint, names: list[str], batches) -> MemoryN
                    if name.endswith(".weight") and name[:-len(".weight")] in mine]  # [in, out] each
         hessians = 2 * FLOAT64 * sum(rows * rows for rows, _ in linears)
         solve = max((FLOAT64 * (SOLVE_H * rows * rows + SOLVE_W * rows * cols) for rows, cols in linears), default=0)
-        need[group] = (WRITE_FACTOR + 1) * total + hessians + solve + activations + forward
+        need[group] = (WRITE_FACTOR + 1) * total + hessians + solve + activations + forward + RUN_OVERHEAD
     group = max(need, key=need.get)
     return MemoryNeed(group, need[group], "calibration hidden states, Hessians and GPTQ solve")
 

@@ -42,6 +42,7 @@ from ..models import model_from_state
 from ..models.families import family_of
 from ..models.layouts import check_layout
 from ..options import check_options, fail, option
+from ..paddle_env import import_paddle
 from ..progress import note
 from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
 from ..quantize.ptq import calibrate_
@@ -469,6 +470,7 @@ def _streamed_gptq(cfg: WeightOnlyConfig, lazy, names: list[str], config, weight
         raise UserError(f"--method gptq calibrates on the task's training split; {task.spec.name} has none")
     batches = calibration_batches(train, cfg.calib_samples)
     if cfg.max_memory is not None:
+        import_paddle()  # part of the baseline: the layers run in Paddle
         gptq_memory_need(lazy, names, batches).refuse_above(cfg.max_memory, resident_bytes())
     settings = GPTQSettings(BITS[cfg.weight_only], cfg.groups, cfg.min_expert_tokens)
     record = SequentialRecord()
