@@ -30,7 +30,7 @@ GRID = (4, 16)  # int4, --group-size 16
 SAMPLES = 40  # two calibration batches (32 + 8 rows), each padded to its longest row
 
 
-def sequential_reference(parent, bits: int, group: int) -> dict[str, np.ndarray]:
+def sequential_reference(parent, bits: int, group: int, min_tokens: int | None = None) -> dict[str, np.ndarray]:
     """The parent's weights GPTQ-rounded layer after layer through the full model (module docstring)."""
     start = start_from(parent, None)
     model, state = start.model, dict(start.parent.state)
@@ -41,29 +41,33 @@ def sequential_reference(parent, bits: int, group: int) -> dict[str, np.ndarray]
         mine = [name for name in names if layer_of(name) == i]
         seen = collect_hessians(model, mine, batches, start.tokenizer.pad_id)
         widths = {name: sublayers[name].weight.shape[0] for name in mine}
-        roundings, _ = gptq_roundings(family, mine, seen, widths, bits, group, None)
+        roundings, _ = gptq_roundings(family, mine, seen, widths, bits, group, min_tokens)
         round_linears_(state, {name: how for name, (_, how) in roundings.items()}, bits, group)
         load_state_(model, state, "reference")  # layers 0..i rounded for the next layer's calibration
     round_head_(state, model.config)
     return state
 
 
-def _quantize(parent, out, stream: bool) -> dict:
+def _quantize(parent, out, stream: bool, *extra: str) -> dict:
     return cli_json(["quantize", str(parent), "--weight-only", "int4", "--group-size", str(GRID[1]), "--method",
-                     "gptq", "--calib-samples", str(SAMPLES), "--out", str(out), *(["--stream"] if stream else [])])
+                     "gptq", "--calib-samples", str(SAMPLES), "--out", str(out), *(["--stream"] if stream else []),
+                     *extra])
 
 
-@pytest.mark.parametrize("model", ["untied", "moe"])
-def test_streamed_gptq_equals_the_sequential_reference(parents, tmp_path, model):  # noqa: F811
-    result = _quantize(parents[model], tmp_path / "s", stream=True)
+@pytest.mark.parametrize(("model", "min_tokens"), [("untied", None), ("moe", None), ("moe", 250)])
+def test_streamed_gptq_equals_the_sequential_reference(parents, tmp_path, model, min_tokens):  # noqa: F811
+    """With --min-expert-tokens 250 some experts of the MoE get fewer tokens and are rounded to nearest."""
+    extra = ["--min-expert-tokens", str(min_tokens)] if min_tokens else []
+    result = _quantize(parents[model], tmp_path / "s", True, *extra)
     streamed = load_checkpoint(tmp_path / "s").state
-    reference = sequential_reference(parents[model], *GRID)
+    reference = sequential_reference(parents[model], *GRID, min_tokens)
     assert sorted(streamed) == sorted(reference)
     for name, value in reference.items():
         assert streamed[name].dtype == value.dtype, name
         assert streamed[name].tobytes() == value.tobytes(), name  # exactly: the same ops on the same inputs
     assert result["scheme"]["method"] == "weight_only_gptq" and result["delta_points"] is None
     assert result["quantized_layers"] == result["scheme"]["linears"] == len(result["scheme"]["weights"]) - 1
+    assert ("rtn" in result["scheme"]["rounding"]) == bool(min_tokens), result["scheme"]["rounding"]
 
 
 def test_only_layer_0_and_the_head_equal_the_in_memory_gptq(parents, tmp_path):  # noqa: F811
