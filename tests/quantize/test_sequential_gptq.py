@@ -54,7 +54,7 @@ def _quantize(parent, out, stream: bool, *extra: str) -> dict:
                      *extra])
 
 
-@pytest.mark.parametrize(("model", "min_tokens"), [("untied", None), ("moe", None), ("moe", 250)])
+@pytest.mark.parametrize(("model", "min_tokens"), [("tied", None), ("untied", None), ("moe", None), ("moe", 250)])
 def test_streamed_gptq_equals_the_sequential_reference(parents, tmp_path, model, min_tokens):  # noqa: F811
     """With --min-expert-tokens 250 some experts of the MoE get fewer tokens and are rounded to nearest."""
     extra = ["--min-expert-tokens", str(min_tokens)] if min_tokens else []
