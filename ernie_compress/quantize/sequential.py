@@ -19,12 +19,13 @@ and GPTQModel do, and the GPTQ paper's own code: each layer corrects for the err
 Layer 0 (whose inputs are the embeddings) and the head are therefore identical to the in-memory
 result; later layers differ by design. The streamed result equals the in-memory computation run
 sequentially: the whole model with layers < i already quantized, calibrated on layer i's Linears
-(``tests/quantize/test_sequential_gptq.py`` computes that reference with ``collect_hessians`` on the
+(``tests/quantize/test_sequential.py`` computes that reference with ``collect_hessians`` on the
 full model and finds the dequantized weights equal).
 
 Memory: one layer (its tensors, the layer module, its Hessians, one GPTQ solve) plus the calibration
 hidden states (samples x seq x hidden x 4 bytes, held in memory for the whole run) -- estimated from the
-headers by :func:`gptq_memory_need` and refused up front by ``--max-memory``.
+headers by :func:`gptq_memory_need` and refused up front by ``--max-memory``. A progress bar advances per
+layer with the peak resident memory so far and the layer's seconds.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def embed(lazy: LazyCheckpoint, rest: dict[str, np.ndarray], batches, pad_id: in
     return calibration
 
 
-def quantize_layer(lazy: LazyCheckpoint, index: int, state: dict[str, np.ndarray], names: list[str],
+def quantize_layer_(lazy: LazyCheckpoint, index: int, state: dict[str, np.ndarray], names: list[str],
                    calibration: Calibration, settings: GPTQSettings) -> tuple[dict, dict]:
     """In place: layer ``index``'s Linears ``names`` in ``state`` (its tensors, full names) rounded by
     GPTQ from the Hessians of ``calibration``'s hidden states, and ``calibration.hidden`` replaced by
@@ -152,7 +153,7 @@ def stream_gptq(lazy: LazyCheckpoint, names: list[str], batches, pad_id: int, se
             index = int(group.split(".", 1)[1])
             state = lazy.load_group(group)
             mine = [name for name in names if layer_of(name) == index]
-            roundings, experts = quantize_layer(lazy, index, state, mine, calibration, settings)
+            roundings, experts = quantize_layer_(lazy, index, state, mine, calibration, settings)
             record.roundings.update((name, (how, None)) for name, (how, _) in roundings.items())  # not the Hessians
             record.experts.update(experts)
             record.seconds.append(time.perf_counter() - started)
