@@ -102,3 +102,20 @@ def model_from_state(config: ErnieConfig, state: dict, where: str):
     load_state_(model, state, where)
     model.eval()
     return model
+
+
+def layer_from_state(config: ErnieConfig, index: int, state: dict, where: str):
+    """Decoder layer ``index`` of a decoder on its own (its family implementation's ``build_layer``)
+    loaded with ``state``: that layer's tensors under their full names (``ernie.layers.{index}.…``),
+    names and shapes checked; run it as ``layer(x, *module.layer_inputs(config, input_ids))``."""
+    family = family_of(config)
+    build = getattr(family.module(), "build_layer", None)
+    if build is None:
+        raise UserError(f"{family.title} models are not built layer by layer here")
+    layer = build(config, index)
+    prefix = family.names.layer(index)
+    check_state_matches(config, state, {prefix + name: list(p.shape) for name, p in layer.state_dict().items()},
+                        where)
+    layer.set_state_dict({name[len(prefix):]: _as_param_dtype(value) for name, value in state.items()})
+    layer.eval()
+    return layer

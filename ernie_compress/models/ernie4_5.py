@@ -145,6 +145,25 @@ class Ernie45DecoderLayer(nn.Layer):
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x))), present
 
 
+def layer_inputs(config: Ernie45Config, input_ids):
+    """What every decoder layer reads besides its hidden states, for right-padded ``input_ids`` [b, s]:
+    the rotary cos, sin [s, d] and the additive attention bias [b, 1, s, s] (causal + padding)."""
+    seq = paddle.shape(input_ids)[1]
+    is_pad = paddle.cast(input_ids == config.pad_token_id, "float32")  # [b, s]
+    pos = paddle.arange(0, seq, dtype="int64")
+    future = paddle.unsqueeze(pos, 0) > paddle.unsqueeze(pos, 1)  # [s, s]: key after query
+    causal = paddle.cast(future, "float32") * -1e4
+    bias = paddle.unsqueeze(causal, [0, 1]) + paddle.unsqueeze(is_pad * -1e4, [1, 2])  # [b, 1, s, s]
+    cos, sin = rope_angles(seq, config.head_dim, config.rope_theta)
+    return cos, sin, bias
+
+
+def build_layer(config: Ernie45Config, index: int):
+    """Decoder layer ``index`` on its own (its parameters named as under ``ernie.layers.{index}.``), for
+    layer-by-layer calibration (``quantize/sequential.py``); run it as ``layer(x, *layer_inputs(...))``."""
+    return Ernie45DecoderLayer(config)
+
+
 class Ernie45Model(nn.Layer):
     """Token embeddings, decoder layers, final RMSNorm: ``forward`` returns [b, s, hidden]."""
 
@@ -159,13 +178,7 @@ class Ernie45Model(nn.Layer):
 
     def forward(self, input_ids, record: dict | None = None, head_mask=None):
         # input_ids: [b, s], right-padded with pad_token_id; head_mask: per layer [heads] or None
-        seq = paddle.shape(input_ids)[1]
-        is_pad = paddle.cast(input_ids == self.config.pad_token_id, "float32")  # [b, s]
-        pos = paddle.arange(0, seq, dtype="int64")
-        future = paddle.unsqueeze(pos, 0) > paddle.unsqueeze(pos, 1)  # [s, s]: key after query
-        causal = paddle.cast(future, "float32") * -1e4
-        bias = paddle.unsqueeze(causal, [0, 1]) + paddle.unsqueeze(is_pad * -1e4, [1, 2])  # [b, 1, s, s]
-        cos, sin = rope_angles(seq, self.config.head_dim, self.config.rope_theta)
+        cos, sin, bias = layer_inputs(self.config, input_ids)
         x = self.embed_tokens(input_ids)
         _record(record, "embeddings", x)
         for i, layer in enumerate(self.layers):

@@ -60,15 +60,15 @@ from typing import Any
 
 from ..paddle_env import import_paddle
 from .ernie4_5 import (CachedDecoder, Ernie45Attention, Ernie45DecoderLayer, Ernie45ForCausalLM, Ernie45MLP,
-                       Ernie45Model, RMSNorm, _linear)
+                       Ernie45Model, RMSNorm, _linear, layer_inputs)
 from .ernie4_5_moe_config import Ernie45MoeConfig
 
 paddle = import_paddle()
 nn = paddle.nn
 F = nn.functional
 
-__all__ = ["ARCHITECTURES", "CachedDecoder", "Dispatch", "Ernie45MoeBlock", "Ernie45MoeForCausalLM",
-           "load_balancing_loss"]
+__all__ = ["ARCHITECTURES", "CachedDecoder", "Dispatch", "Ernie45MoeBlock", "Ernie45MoeForCausalLM", "build_layer",
+           "layer_inputs", "load_balancing_loss"]
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,12 @@ class Ernie45MoeDecoderLayer(Ernie45DecoderLayer):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+
+def build_layer(config: Ernie45MoeConfig, index: int):
+    """Decoder layer ``index`` on its own (MoE or dense as the config says), for layer-by-layer
+    calibration; run it as ``layer(x, *layer_inputs(config, input_ids))``."""
+    return Ernie45MoeDecoderLayer(config, index)
 
 
 class Ernie45MoeModel(Ernie45Model):

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..models.architecture import ExpertSite
 from ..models.families import family_of
-from .weight_only import qmax
+from .weight_only import qmax, quantize_rtn
 
 
 def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, bits: int, group_size: int | None,
@@ -62,6 +62,16 @@ class Hessians:
     tokens: dict[str, int]  # n: the non-padding tokens the Linear saw (a routed expert: those routed to it)
 
 
+CALIBRATION_BATCH = 32  # calibration rows per forward
+
+
+def calibration_batches(train, samples: int) -> list:
+    """The calibration data: ``samples`` training examples drawn as PTQ draws them (seed 0), in batches of
+    :data:`CALIBRATION_BATCH` rows (``Batch``; each padded to its longest row)."""
+    order = np.random.default_rng(0).permutation(len(train))[:samples]
+    return [train.rows(np.sort(order[i:i + CALIBRATION_BATCH])) for i in range(0, len(order), CALIBRATION_BATCH)]
+
+
 def collect_hessians(model, names: list[str], batches, pad_id: int) -> Hessians:
     """H = 2 XᵀX / n of the inputs of the Linears ``names`` over the non-padding positions of
     ``batches`` (``Batch`` objects), from one pass through ``model``. A routed expert's Linear of a
@@ -70,8 +80,22 @@ def collect_hessians(model, names: list[str], batches, pad_id: int) -> Hessians:
     from ..paddle_env import import_paddle
 
     paddle = import_paddle()
-    layers = dict(model.named_sublayers())
-    family = family_of(model.config)
+
+    def forward(batch):
+        return lambda: model(paddle.to_tensor(batch.input_ids), paddle.to_tensor(batch.token_type_ids))
+
+    passes = (((batch.input_ids != pad_id).reshape(-1), forward(batch)) for batch in batches)
+    return observe_hessians(dict(model.named_sublayers()), family_of(model.config), names, passes)
+
+
+def observe_hessians(layers: dict, family, names: list[str], passes) -> Hessians:
+    """:func:`collect_hessians` over any forward: ``layers`` maps full sublayer names (the model's,
+    ``ernie.layers.3.mlp...``) to the sublayers holding ``names`` and their MoE blocks; each of
+    ``passes`` is (``real`` [b*s] bool: the batch's non-padding positions, a function running the
+    forward on that batch). Layer-by-layer calibration (``sequential.py``) passes one decoder layer."""
+    from ..paddle_env import import_paddle
+
+    paddle = import_paddle()
     sites = {name: family.routed_expert(name) for name in names}
     blocks = {site.block: layers[site.block] for site in sites.values() if site is not None}
     sums = {name: np.zeros((layers[name].weight.shape[0],) * 2) for name in names}
@@ -91,15 +115,45 @@ def collect_hessians(model, names: list[str], batches, pad_id: int) -> Hessians:
         block.keep_dispatch = True
     try:
         with paddle.no_grad():
-            for batch in batches:
-                real["rows"] = (batch.input_ids != pad_id).reshape(-1)
-                model(paddle.to_tensor(batch.input_ids), paddle.to_tensor(batch.token_type_ids))
+            for rows, forward in passes:
+                real["rows"] = rows
+                forward()
     finally:
         for handle in handles:
             handle.remove()
         for block in blocks.values():
             block.keep_dispatch, block.dispatch = False, None
     return Hessians({name: 2 * sums[name] / max(1, counts[name]) for name in names}, counts)
+
+
+def gptq_roundings(family, names: list[str], seen: Hessians, widths: dict[str, int], bits: int,
+                   group_size: int | None, min_expert_tokens: int | None) -> tuple[dict, dict]:
+    """How each Linear of ``names`` is rounded, given what calibration ``seen``: (name -> ("gptq" or
+    "rtn", weight [in, out] -> (codes, scales)), per routed expert its record from :func:`expert_tokens`).
+    A routed expert that got fewer tokens than needed is rounded to nearest; every other Linear by GPTQ
+    from its Hessian. ``widths``: each Linear's input width."""
+    experts = expert_tokens(family, names, seen.tokens, widths, min_expert_tokens)
+    roundings = {}
+    for name in names:
+        site = family.routed_expert(name)
+        if site is not None and experts[site.expert]["starved"]:
+            roundings[name] = ("rtn", lambda weight: quantize_rtn(weight, bits, group_size))
+        else:
+            roundings[name] = ("gptq", lambda weight, h=seen.hessians[name]: gptq_quantize(weight, h, bits, group_size))
+    return roundings, experts
+
+
+def expert_tokens(family, names: list[str], tokens: dict[str, int], widths: dict[str, int],
+                  min_expert_tokens: int | None) -> dict[str, dict]:
+    """Per routed expert: the calibration tokens its Linears saw and the threshold ``min_expert_tokens``
+    (default: the widest input of the expert's Linears); ``starved`` marks those below it."""
+    experts = {}
+    for name in names:
+        site = family.routed_expert(name)
+        if site is not None:  # an expert's Linears all see its tokens
+            seen = experts.setdefault(site.expert, {"tokens": tokens[name], "needed": 0})
+            seen["needed"] = max(seen["needed"], min_expert_tokens or widths[name])
+    return {expert: dict(seen, starved=seen["tokens"] < seen["needed"]) for expert, seen in experts.items()}
 
 
 def _real_rows(real: np.ndarray, site: ExpertSite | None, blocks: dict) -> np.ndarray:

@@ -8,8 +8,8 @@ llm-compressor's sequential pipeline and GPTQModel's layer-by-layer loop. The ro
 the in-memory quantize's own (:func:`~.weight_only.round_linears_`, :func:`~.weight_only.round_head_`),
 so the tensors written are byte-equal to it.
 
-GPTQ needs each layer's calibration inputs, which come from running the layers before it; it stays
-in memory for now.
+GPTQ needs each layer's calibration inputs, which come from running the layers before it: it is
+streamed by ``sequential.py``, which reuses this module's checks and estimates.
 """
 
 from __future__ import annotations
@@ -77,13 +77,14 @@ class MemoryNeed:
 
     group: str  # the group that needs the most
     bytes: int  # its bytes: the group and its serialized copy, plus the largest rounding's temporaries
+    what: str = "the rounding's temporaries"  # what the estimate adds to the group's weights
 
     def refuse_above(self, limit_gib: float, baseline: int) -> None:
         """Refuse (one line) when this group plus the process's ``baseline`` bytes exceed ``limit_gib``."""
         need = self.bytes + baseline
         if need > limit_gib * GIB:
             raise UserError(f"--max-memory {limit_gib:g} GiB is below what the largest group needs: {self.group} "
-                            f"{need / GIB:.2f} GiB (its weights read and written, the rounding's temporaries, and "
+                            f"{need / GIB:.2f} GiB (its weights read and written, {self.what}, and "
                             f"{baseline / GIB:.2f} GiB this process holds already); raise --max-memory")
 
 

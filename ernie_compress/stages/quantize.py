@@ -30,7 +30,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..checkpoint import config_record, save_sharded_checkpoint
+from ..data.encoding import encode_splits
 from ..data.task_options import TaskOptions
+from ..data.tasks import load_task_for_model
+from ..errors import UserError
 from ..lazy_checkpoint import open_checkpoint
 from ..losses import hard_label_loss, logit_kd_loss
 from ..machine import cpu_has_vnni
@@ -39,11 +42,13 @@ from ..models import model_from_state
 from ..models.families import family_of
 from ..models.layouts import check_layout
 from ..options import check_options, fail, option
+from ..paddle_env import import_paddle
 from ..progress import note
 from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
 from ..quantize.ptq import calibrate_
 from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantized_linear_names
-from ..quantize.gptq import collect_hessians, gptq_quantize
+from ..quantize.gptq import calibration_batches, collect_hessians, gptq_roundings
+from ..quantize.sequential import GPTQSettings, SequentialRecord, gptq_memory_need, layer_seconds, stream_gptq
 from ..quantize.streaming import (check_disk, check_streamable, memory_need, quantized_linears, resident_bytes,
                                   scheme_weights, stream_rtn)
 from ..quantize.weight_only import BITS, check_group_sizes, quantize_rtn, round_head_, round_linears_
@@ -162,33 +167,13 @@ def _gptq(cfg, start: Start, names: list[str]) -> Plan:
     """GPTQ (Frantar et al. 2023, ``quantize/gptq.py``): rounding errors corrected with the input
     second moments of ``cfg.calib_samples`` training examples, taken from the FP32 parent; a routed
     expert that receives fewer calibration tokens than ``cfg.min_expert_tokens`` is rounded to nearest."""
-    train = start.splits["train"]
-    order = np.random.default_rng(0).permutation(len(train))[:cfg.calib_samples]  # as PTQ samples
-    batches = [train.rows(np.sort(order[i:i + 32])) for i in range(0, len(order), 32)]
+    batches = calibration_batches(start.splits["train"], cfg.calib_samples)
     seen = collect_hessians(start.model, names, batches, start.tokenizer.pad_id)
-    experts = _expert_tokens(cfg, start.model, names, seen.tokens)
-    family, bits = family_of(start.model.config), BITS[cfg.weight_only]
-    roundings = {}
-    for name in names:
-        site = family.routed_expert(name)
-        if site is not None and experts[site.expert]["starved"]:
-            roundings[name] = ("rtn", lambda weight: quantize_rtn(weight, bits, cfg.groups))
-        else:
-            roundings[name] = ("gptq", lambda weight, h=seen.hessians[name]: gptq_quantize(weight, h, bits, cfg.groups))
+    layers = dict(start.model.named_sublayers())
+    widths = {name: layers[name].weight.shape[0] for name in names}
+    roundings, experts = gptq_roundings(family_of(start.model.config), names, seen, widths, BITS[cfg.weight_only],
+                                        cfg.groups, cfg.min_expert_tokens)
     return Plan(roundings, experts)
-
-
-def _expert_tokens(cfg, model, names: list[str], tokens: dict[str, int]) -> dict[str, dict[str, Any]]:
-    """Per routed expert: the calibration tokens its Linears saw and the threshold ``cfg.min_expert_tokens``
-    (default: the widest input of the expert's Linears); ``starved`` marks those below it."""
-    family, layers = family_of(model.config), dict(model.named_sublayers())
-    experts = {}
-    for name in names:
-        site = family.routed_expert(name)
-        if site is not None:  # an expert's Linears all see its tokens
-            seen = experts.setdefault(site.expert, {"tokens": tokens[name], "needed": 0})
-            seen["needed"] = max(seen["needed"], cfg.min_expert_tokens or layers[name].weight.shape[0])
-    return {expert: dict(seen, starved=seen["tokens"] < seen["needed"]) for expert, seen in experts.items()}
 
 
 ROUNDINGS = {"rtn": Rounding(_rtn, calibrates=False), "gptq": Rounding(_gptq, calibrates=True)}
@@ -214,20 +199,20 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions):
         "inputs (the report counts them). Default: the expert's widest Linear input (the hidden size): "
         "with fewer tokens than inputs the Hessian is singular."))
     stream: bool = option(False, flag="--stream/--in-memory", help=(
-        "Weight-only RTN of a decoder: read, round and write one layer at a time (memory: one layer, "
-        "whatever the depth) into sharded safetensors, the same tensors as in memory; the result is not "
-        "evaluated against its parent (that needs the whole model): run `evaluate` on it. GPTQ runs in memory."))
+        "Weight-only quantization of a decoder one layer at a time (memory: one layer, whatever the depth) "
+        "into sharded safetensors. RTN writes the same tensors as in memory; GPTQ runs the calibration hidden "
+        "states (kept in memory) through each layer and feeds the *quantized* layer's outputs to the next "
+        "(llm-compressor's sequential pipeline; in memory, every layer is calibrated on the FP32 model). The "
+        "result is not evaluated against its parent (that needs the whole model): run `evaluate` on it."))
     max_memory: float | None = option(None, above=0, help=(
         "With --stream: the memory (GiB) the run may use; refused before any weight is read when the "
-        "largest layer (or the embedding and head) would not fit."))
+        "largest layer (or the embedding and head) would not fit, with GPTQ's calibration hidden states, "
+        "Hessians and solve."))
 
     def __post_init__(self) -> None:
         check_options(self)
         if self.min_expert_tokens is not None and self.method != "gptq":
             fail("{min_expert_tokens} applies to {method} gptq", "min_expert_tokens", "method")
-        if self.stream and self.method != "rtn":
-            fail("{stream} rounds to nearest ({method} rtn) only: GPTQ calibrates each layer on the outputs of "
-                 "the layers before it, which runs in memory for now", "stream", "method")
         if self.max_memory is not None and not self.stream:
             fail("{max_memory} bounds a streamed run: add {stream}", "max_memory", "stream")
 
@@ -434,12 +419,12 @@ def _rounding_record(cfg: WeightOnlyConfig, config, plan: Plan) -> dict[str, Any
     return record
 
 
-# -- weight-only RTN streamed layer by layer (``quantize/streaming.py``) ----------------------------
+# -- weight-only streamed layer by layer (``quantize/streaming.py``, ``quantize/sequential.py``) -------
 
 def _streamed(cfg: WeightOnlyConfig, started: float) -> QuantizeResult:
-    """``--stream``: the parent opened lazily (tokenizer, integrity, layout, group sizes and
-    ``--max-memory`` checked before any weight is read), each layer rounded and written to its own
-    shard; not evaluated (the whole model would be needed)."""
+    """``--stream``: the parent opened lazily (tokenizer, integrity, layout, group sizes, disk and
+    ``--max-memory`` checked before any weight is read), each layer rounded (RTN) or calibrated and
+    rounded (GPTQ) and written to its own shard; not evaluated (the whole model would be needed)."""
     refuse_existing_output(cfg)
     lazy = open_checkpoint(cfg.checkpoint, tokenizer=cfg.tokenizer, check_tokenizer=True)
     refuse_quantized(lazy, "quantize its FP32 parent instead")
@@ -447,21 +432,53 @@ def _streamed(cfg: WeightOnlyConfig, started: float) -> QuantizeResult:
     names = quantized_linears(lazy)
     check_streamable(lazy, names, cfg.groups)
     check_disk(lazy, cfg.out)
-    if cfg.max_memory is not None:
-        memory_need(lazy, names).refuse_above(cfg.max_memory, resident_bytes())
-    bits, plan = BITS[cfg.weight_only], _rtn(cfg, None, names)
     config = lazy.config.replace(extra=dict(lazy.config.extra))
-    config.extra["quantization"] = scheme = weight_only_scheme(
-        cfg, config, plan, scheme_weights(lazy, names, bits, cfg.groups))
-    rounding = plan.roundings[names[0]][1] if names else None
-    groups = stream_rtn(lazy, names, rounding, bits, cfg.groups)
+    weights = scheme_weights(lazy, names, BITS[cfg.weight_only], cfg.groups)
+    walk = _streamed_gptq if cfg.method == "gptq" else _streamed_rtn
+    groups, task, done = walk(cfg, lazy, names, config, weights)
+    scheme = config.extra["quantization"]
     record = {"name": "quantize-weight-only", "config": config_record(cfg), "metrics": {}, "evaluated": False}
     out = save_sharded_checkpoint(cfg.out, config, groups, len(lazy.groups), lazy.tokenizer(), record,
                                   parent=lazy, overwrite=cfg.overwrite, layout=cfg.layout)
-    note(f"weight-only {scheme['dtype']} (rtn, streamed layer by layer into {len(lazy.groups)} shards); not "
-         f"evaluated: run `ernie-compress evaluate {out}`")
+    note(f"weight-only {scheme['dtype']} ({cfg.method}, streamed layer by layer into {len(lazy.groups)} shards"
+         f"{done()}); not evaluated: run `ernie-compress evaluate {out}`")
     seconds = round(time.perf_counter() - started, 1)
-    return QuantizeResult(stage="quantize-weight-only", out=str(out), task=str((lazy.task or {}).get("name", "")),
-                          scheme=scheme, metrics={}, parent_metrics={}, delta_points=None,
-                          quantized_layers=len(names), steps=0, steps_run=0, train_seconds=0.0, samples_per_s=None,
-                          seconds=seconds)
+    return QuantizeResult(stage="quantize-weight-only", out=str(out), task=task, scheme=scheme, metrics={},
+                          parent_metrics={}, delta_points=None, quantized_layers=len(names), steps=0, steps_run=0,
+                          train_seconds=0.0, samples_per_s=None, seconds=seconds)
+
+
+def _streamed_rtn(cfg: WeightOnlyConfig, lazy, names: list[str], config, weights: dict):
+    """RTN: the scheme known up front (config.extra's quantization entry), the groups rounded as read."""
+    if cfg.max_memory is not None:
+        memory_need(lazy, names).refuse_above(cfg.max_memory, resident_bytes())
+    plan = _rtn(cfg, None, names)
+    config.extra["quantization"] = weight_only_scheme(cfg, config, plan, weights)
+    rounding = plan.roundings[names[0]][1] if names else None
+    groups = stream_rtn(lazy, names, rounding, BITS[cfg.weight_only], cfg.groups)
+    return groups, str((lazy.task or {}).get("name", "")), lambda: ""
+
+
+def _streamed_gptq(cfg: WeightOnlyConfig, lazy, names: list[str], config, weights: dict):
+    """GPTQ layer by layer (``quantize/sequential.py``) on ``--calib-samples`` training examples drawn as
+    in memory; the scheme's rounding record (which experts fell back to RTN) is completed as the layers
+    are done, before the last group reaches the writer (which writes config.json after it)."""
+    task = load_task_for_model(cfg.task_spec, lazy.task, lazy.config.labels)
+    tokenizer = lazy.tokenizer()
+    train = encode_splits(task, tokenizer, lazy.config.labels, lazy.max_seq_length, names=("train",)).get("train")
+    if train is None:
+        raise UserError(f"--method gptq calibrates on the task's training split; {task.spec.name} has none")
+    batches = calibration_batches(train, cfg.calib_samples)
+    if cfg.max_memory is not None:
+        import_paddle()  # part of the baseline: the layers run in Paddle
+        gptq_memory_need(lazy, names, batches).refuse_above(cfg.max_memory, resident_bytes())
+    settings = GPTQSettings(BITS[cfg.weight_only], cfg.groups, cfg.min_expert_tokens)
+    record = SequentialRecord()
+    scheme = config.extra["quantization"] = {}
+
+    def groups():
+        for state in stream_gptq(lazy, names, batches, tokenizer.pad_id, settings, record):
+            scheme.update(weight_only_scheme(cfg, config, Plan(record.roundings, record.experts), weights))
+            yield state
+
+    return groups(), task.spec.name, lambda: f"; {layer_seconds(record)} s per layer"

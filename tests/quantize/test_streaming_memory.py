@@ -6,6 +6,7 @@ what reading the whole model would cost (the bug this catches)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -63,3 +64,44 @@ def test_streamed_quantize_and_info_stay_far_below_the_checkpoints_size(models, 
                           f"(baseline {baseline / MIB:.0f} MiB + half of {size / MIB:.0f} MiB of weights)")
     index = json.loads((tmp_path / "w4" / (WEIGHTS_FILE + ".index.json")).read_text())
     assert len(set(index["weight_map"].values())) == 33
+
+
+@pytest.fixture(scope="module")
+def narrow(models):
+    """Decoders of 64 and 8 narrow layers (~156 and ~20 MB: hidden 256, FFN 768, 2.4 MB a layer; narrow, so
+    that the unblocked GPTQ solve stays quick) and a causal-LM task of 64 texts of ~100 characters."""
+    _write_decoder(models / "narrow", layers=64, hidden=256, ffn=768)
+    _write_decoder(models / "shallow", layers=8, hidden=256, ffn=768)
+    data = models / "lm"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    texts = ["".join(rng.choice(VOCAB[5:], size=int(rng.integers(60, 120)))) for _ in range(64)]
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.txt").write_text("\n".join(texts), encoding="utf-8")
+    return models
+
+
+def _need(args: list[str]) -> float:
+    """The GiB a streamed run says it needs, from its refusal under a --max-memory far too low."""
+    done = subprocess.run([sys.executable, "-m", "ernie_compress", *args, "--max-memory", "0.001"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    return float(re.search(r"needs: \S+ ([0-9.]+) GiB", done.stderr).group(1))
+
+
+def test_streamed_gptq_stays_within_its_estimate_and_flat_in_depth(narrow, tmp_path):
+    """GPTQ holds one layer, its Hessians (float64), one solve and the calibration hidden states (16 x
+    <=122 x 256 x 4 bytes): the peak stays within the run's own estimate (what --max-memory is checked
+    against), and 64 layers peak within a quarter of their weights of 8 layers of the same shape (reading
+    the model whole would add seven eighths)."""
+    size = (narrow / "narrow" / WEIGHTS_FILE).stat().st_size
+    gptq = ["quantize", "--weight-only", "int4", "--group-size", "16", "--method", "gptq", "--stream", "--task", "lm",
+            "--data", str(narrow / "lm"), "--calib-samples", "16"]
+    shallow = _peak([*gptq, str(narrow / "shallow"), "--out", str(tmp_path / "shallow")])
+    need = _need([*gptq, str(narrow / "narrow"), "--out", str(tmp_path / "refused")])
+    peak = _peak([*gptq, str(narrow / "narrow"), "--max-memory", f"{need:.2f}", "--out", str(tmp_path / "w4")])
+    assert peak <= need * (1 << 30), f"peaked at {peak / MIB:.0f} MiB; the run estimated {need:.2f} GiB"
+    assert peak < shallow + size // 4, (f"64 layers peaked at {peak / MIB:.0f} MiB, 8 layers at {shallow / MIB:.0f} "
+                                        f"MiB ({size / MIB:.0f} MiB of weights)")
+    index = json.loads((tmp_path / "w4" / (WEIGHTS_FILE + ".index.json")).read_text())
+    assert len(set(index["weight_map"].values())) == 65
