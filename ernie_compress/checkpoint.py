@@ -363,10 +363,18 @@ def check_integrity(header: CheckpointHeader, ignore_integrity: bool) -> None:
     the memory held is one block, whatever their size."""
     if ignore_integrity or not header.lineage.get("weights_sha256"):
         return
+    if not any((header.path / name).is_file() for name in WEIGHTS_CANDIDATES):
+        return  # no weights at all: reading them says so
     single, index = header.path / WEIGHTS_FILE, header.path / (WEIGHTS_FILE + ".index.json")
-    if single.is_file():
+    sharded = isinstance(header.lineage.get("shards_sha256"), dict)
+    present = single if single.is_file() else index if index.is_file() else None
+    if present is None or (present == index) != sharded:  # weights swapped for another file kind
+        recorded = "a sharded save (index and shards)" if sharded else WEIGHTS_FILE
+        raise UserError(f"{header.path}: {LINEAGE_FILE} records the sha256 of {recorded}, which this folder does "
+                        f"not hold; the weights are not the ones it records (pass --ignore-integrity to load anyway)")
+    if present == single:
         _check_sha256(single, header.lineage["weights_sha256"])
-    elif index.is_file() and isinstance(header.lineage.get("shards_sha256"), dict):
+    else:
         _check_sha256(index, header.lineage["weights_sha256"])
         for shard, expected in header.lineage["shards_sha256"].items():
             if Path(shard).name != shard or not (header.path / shard).is_file():

@@ -240,3 +240,18 @@ def test_projections_whose_widths_do_not_fit_together_are_refused_in_one_line(tm
         load_checkpoint(out)
     res = CliRunner().invoke(app, ["info", str(out)])
     assert res.exit_code == 2 and "do not fit together" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_weights_swapped_for_another_file_kind_are_refused_by_the_integrity_check(tmp_path):
+    """A lineage that records one model.safetensors, in a folder now holding a sharded save (or the
+    other way round), is refused like a changed file, lazily and eagerly; --ignore-integrity loads it."""
+    out = _saved(tmp_path, "decoder-untied", "ours")
+    state = load_file(str(out / WEIGHTS_FILE))
+    (out / WEIGHTS_FILE).unlink()
+    save_file(state, str(out / "model-00001-of-00001.safetensors"))
+    (out / (WEIGHTS_FILE + ".index.json")).write_text(json.dumps(
+        {"weight_map": {n: "model-00001-of-00001.safetensors" for n in state}}))
+    for opened in (open_checkpoint, load_checkpoint):
+        with pytest.raises(UserError, match="records the sha256 of model.safetensors, which this folder does not hold"):
+            opened(out)
+    assert sorted(load_checkpoint(out, ignore_integrity=True).state) == sorted(state)
