@@ -67,6 +67,11 @@ def _open_decoder(export_dir: Path, manifest: dict[str, Any], runtime: RuntimeCo
 def evaluate_export(cfg: EvaluateExportConfig) -> ExportEvaluation:
     manifest = load_manifest(cfg.export_dir)
     export_dir = Path(cfg.export_dir).expanduser().resolve()
+    if manifest.get("streamed"):
+        raise UserError(f"{export_dir} is an export --stream: it holds the KV-cache decoder alone "
+                        f"(onnx/decoder.onnx), not the full-sequence model evaluate scores; time it with "
+                        f"`ernie-compress generate` or `bench`, evaluate the checkpoint it came from, or export "
+                        f"that without --stream")
     labels = manifest.get("labels") or []
     tokenizer = load_tokenizer(export_dir)
     if cfg.task:

@@ -121,6 +121,8 @@ def test_the_streamed_decoder_is_the_in_memory_one_and_is_verified_against_numpy
     prompts = ["--prompt", "质量太差", "--max-new-tokens", "8"]
     assert (cli_json(["generate", str(tmp_path / "s"), *prompts])["results"][0]["tokens"]
             == cli_json(["generate", str(tmp_path / "m"), *prompts])["results"][0]["tokens"])
+    res = CliRunner().invoke(app, ["--quiet", "evaluate", str(tmp_path / "s")])  # nothing to score perplexity on
+    assert res.exit_code == 2 and "holds the KV-cache decoder alone" in res.stderr, res.output
 
 
 @pytest.mark.parametrize("experts", ["auto", "dispatch"])  # QMoE for the int4 experts, or MatMulNBits per expert
