@@ -118,18 +118,21 @@ def scheme_weights(lazy: LazyCheckpoint, names: list[str], bits: int, group_size
     return weights
 
 
-def check_disk(lazy: LazyCheckpoint, out: Path) -> None:
+def check_disk(lazy: LazyCheckpoint, out: Path, bits: dict[str, int] | None = None, what: str = "the quantized weights") -> None:
     """Refuse, before reading a weight, an ``out`` whose file system has less free space than the
-    weights will take (each tensor as :meth:`~.lazy_checkpoint.LazyCheckpoint.load_group` gives it:
-    the dequantized weights stay float)."""
-    need = sum(math.prod(shape) * dtype.itemsize for group in lazy.groups
-               for shape, dtype in lazy.group_specs(group).values())
+    weights will take: each tensor as :meth:`~.lazy_checkpoint.LazyCheckpoint.load_group` gives it
+    (a streamed quantize: the dequantized weights stay float), or, for the tensors ``bits`` names
+    (weight name -> bits: an export's integer codes), ``bits / 8`` bytes per weight plus a float
+    scale per 16 weights at most (the smallest group MatMulNBits takes)."""
+    bits = bits or {}
+    need = sum(math.prod(shape) * (bits[name] / 8 + 4 / 16 if name in bits else dtype.itemsize)
+               for group in lazy.groups for name, (shape, dtype) in lazy.group_specs(group).items())
     where = Path(out).expanduser().resolve()
     while not where.exists():
         where = where.parent
     free = shutil.disk_usage(where).free
     if need > free:
-        raise UserError(f"--out {out}: the quantized weights need {need / GIB:.2f} GiB and {where} has "
+        raise UserError(f"--out {out}: {what} need {need / GIB:.2f} GiB and {where} has "
                         f"{free / GIB:.2f} GiB free; free space or choose another --out")
 
 

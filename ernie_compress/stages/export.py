@@ -37,6 +37,7 @@ from ..paddle_env import import_paddle
 from ..quantize.fake_quant import fake_quant_model, set_activation_scales_
 from ..quantize.registry import Scheme, scheme_of
 from ..quantize.scheme import Int8Scheme, quantization_info, read_scales
+from ..quantize.streaming import check_disk
 from ..runtime.backends import OnnxRuntimeSession, PaddleInferenceSession, RuntimeConfig
 from ..runtime.decoding import OnnxDecoder, generate_tokens, prompt_ids
 from ..runtime.manifest import MANIFEST_FILE, MANIFEST_VERSION
@@ -493,6 +494,8 @@ def _export_streamed(cfg: ExportConfig, start: float) -> ExportResult:
     scheme = scheme_of(quantization_info(lazy.config))
     streamed_decoder.check_streamable(lazy, EXPORT_PATHS[scheme.export].integer_weights, cfg.format, cfg.layout)
     quant, level = quantization_info(lazy.config), decoder_onnx.COMPUTE_LEVELS[cfg.weight_only_compute]
+    check_disk(lazy, cfg.out, {f"{name}.weight": spec["bits"] for name, spec in quant["weights"].items()},
+               "the decoder's weights")
     tokenizer = lazy.tokenizer()
     prompts = _decoder_prompts(lazy, tokenizer, cfg.decoder_prompts, cfg.decoder_prompt_tokens)
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:

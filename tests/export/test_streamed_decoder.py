@@ -172,3 +172,15 @@ def test_what_streaming_cannot_export_is_refused_in_one_line(w4, tiny_lm, tmp_pa
     assert "weight-only" in _refused(["export", str(tiny_lm), *stream], tmp_path / "d")
     encoder = _saved(tmp_path, "encoder", "ours")
     assert "exports decoders" in _refused(["export", str(encoder), *stream], tmp_path / "e")
+
+
+def test_too_little_disk_for_the_streamed_decoder_is_refused_before_any_weight_is_read(w4, tmp_path, monkeypatch):
+    import shutil
+
+    from ernie_compress.lazy_weights import SafetensorsWeights
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    monkeypatch.setattr(SafetensorsWeights, "read", lambda *a: pytest.fail("a weight was read"))
+    line = _refused(["export", str(w4), "--stream", "--format", "onnx"], tmp_path / "out")
+    assert "the decoder's weights need" in line and "GiB free" in line
