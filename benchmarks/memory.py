@@ -259,10 +259,11 @@ def table_rows(rows: list[dict]) -> list[dict]:
     out = []
     for r in sorted(rows, key=lambda r: (COMMANDS.index(r["command"]), "included_from" not in r, r["layers"])):
         ok, first = r["status"] == "ok", shallowest.get((r["command"], r.get("included_from")))
+        ran = "peak_rss_gib" in r  # a failed run's peak is still what it took until it failed
         out.append({"command": LABELS[r["command"]], "layers": str(r["layers"]),
                     "weights GiB": f"{r['weights_gib']:.2f}",
-                    "peak RSS GiB": f"{r['peak_rss_gib']:.2f}" if ok else "–",
-                    "peak / weights": f"{r['peak_rss_gib'] / r['weights_gib']:.1f}x" if ok else "–",
+                    "peak RSS GiB": f"{r['peak_rss_gib']:.2f}" if ran else "–",
+                    "peak / weights": f"{r['peak_rss_gib'] / r['weights_gib']:.1f}x" if ran else "–",
                     "vs shallowest": f"{r['peak_rss_gib'] / first['peak_rss_gib']:.2f}x" if ok and first else "–",
                     "wall s": f"{r['wall_s']:.0f}" if "wall_s" in r else "–",
                     "result": ("ok" if ok else f"{r['status']}: {r.get('error') or ''}".replace("|", "/"))
