@@ -291,6 +291,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--include", type=Path, default=None,
                         help="a JSON result of an earlier run (e.g. the in-memory commands) whose rows join this "
                              "table, so before and after sit side by side; its rows are marked as included")
+    parser.add_argument("--render", type=Path, default=None,
+                        help="print (and --markdown) the table of a saved JSON result of this script; runs nothing")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="also write the table here (a results/*.md must be shown in README or docs/)")
     args = parser.parse_args(argv)
@@ -300,8 +302,10 @@ def main(argv: list[str] | None = None) -> dict:
     depths = sorted(int(d) for d in args.depths.split(","))
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    from _tables import emit
-
+    if args.render:  # the table of a saved result, measured by this script: nothing is run
+        saved = json.loads(args.render.read_text())
+        _emit(saved, args, saved["load_average"], json_path=None)
+        return saved
     rows: list[dict] = []
     for layers in depths:
         run_depth(layers, args, rows)
@@ -310,19 +314,25 @@ def main(argv: list[str] | None = None) -> dict:
         if earlier["preset"] != args.preset or earlier["dtype"] != args.dtype:
             sys.exit(f"{args.include} measured {earlier['preset']} {earlier['dtype']}, not {args.preset} {args.dtype}")
         rows += [dict(r, included_from=str(args.include.name)) for r in earlier["rows"] if r["command"] != "write"]
-    ratios = depth_ratios(rows)
     result = {"preset": args.preset, "dtype": args.dtype, "depths": depths, "calib_samples": args.calib_samples,
               "export_format": args.export_format, "max_rss_gib": args.max_rss_gib,
               "measured_by": "os.wait4 rusage.ru_maxrss of each command, spawned from a fresh small interpreter",
-              "load_average": os.getloadavg(), "rows": rows, "deepest_vs_shallowest": ratios}
+              "load_average": os.getloadavg(), "rows": rows, "deepest_vs_shallowest": depth_ratios(rows)}
+    _emit(result, args, result["load_average"], json_path=args.json)
+    return result
+
+
+def _emit(result: dict, args, load_average, json_path: Path | None) -> None:
+    from _tables import emit
+
+    ratios = depth_ratios(result["rows"])
     summary = "; ".join(f"{LABELS[n]} {r['deep_layers']} vs {r['shallow_layers']} layers: {r['peak_ratio']:.2f}x "
                         f"(weights {r['weights_ratio']:.1f}x)" for n, r in ratios.items())
-    title = (f"Peak resident memory by depth, {args.preset}'s layer shape, random {args.dtype} weights "
+    title = (f"Peak resident memory by depth, {result['preset']}'s layer shape, random {result['dtype']} weights "
              f"(OS maximum RSS of each command's process; target: deepest within 1.2x of shallowest). "
              f"Deepest vs shallowest: {summary or 'fewer than two depths ran'}. Wall times on a shared machine "
-             f"(load average {os.getloadavg()[0]:.1f} at the end)")
-    emit(title, (out := table_rows(rows)), list(out[0]), result, args.json, markdown_path=args.markdown)
-    return result
+             f"(load average {load_average[0]:.1f} at the end)")
+    emit(title, (out := table_rows(result["rows"])), list(out[0]), result, json_path, markdown_path=args.markdown)
 
 
 if __name__ == "__main__":
