@@ -61,3 +61,20 @@ def tiny_lm(tmp_path_factory) -> Path:
     cli_json(["train", "--task", "lm", "--data", str(data), "--preset", "ernie45-tiny", "--out", str(root / "m"),
               "--epochs", "12", "--lr", "5e-3", "--batch-size", "8"])
     return root / "m"
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_int4(tiny_lm, tmp_path_factory):
+    """``tiny_lm`` quantized weight-only int4 (RTN) with a given group size, made once per session:
+    ``tiny_lm_int4(16)`` is the folder."""
+    made: dict[int, Path] = {}
+
+    def quantized(group_size: int) -> Path:
+        if group_size not in made:
+            out = tmp_path_factory.mktemp("w4") / f"w4-g{group_size}"
+            cli_json(["quantize", str(tiny_lm), "--weight-only", "int4", "--group-size", str(group_size),
+                      "--out", str(out)])
+            made[group_size] = out
+        return made[group_size]
+
+    return quantized

@@ -63,11 +63,10 @@ class ExportConfig(TokenizerOption, ThreadsOption):
     tolerance: float = option(1e-3, above=0, help="Largest logit difference against the dygraph model that "
                                                   "verification accepts.")
     layout: str | None = option(None, choices=(*LAYOUTS, *PREQUANTIZED_LAYOUTS), help=(
-        "Also write the checkpoint in this layout under checkpoint/ for a serving engine or library "
-        "(paddlenlp, paddleformers, hf, ours; for a weight-only checkpoint also pre-quantized, its integer "
-        "codes packed: compressed-tensors for transformers and vLLM, gptq for onnxruntime-genai's model "
-        "builder and GPTQ loaders, gguf for llama.cpp as Q4_0/Q8_0 blocks in one file); the manifest says "
-        "which."))
+        f"Also write the checkpoint in this layout under checkpoint/ for a serving engine or library "
+        f"({', '.join(LAYOUTS)}; for a weight-only checkpoint also pre-quantized, its integer codes packed: "
+        + ", ".join(f"{name} for {layout.engines}" for name, layout in PREQUANTIZED_LAYOUTS.items())
+        + "); the manifest says which."))
     weight_only_compute: str = option("int8", choices=tuple(decoder_onnx.COMPUTE_LEVELS), help=(
         "Weight-only decoders (onnx/decoder.onnx): int8 lets MatMulNBits quantize activations to int8 per "
         "block (ONNX Runtime's accuracy_level 4: its fast CPU kernels, as ONNX Runtime GenAI deploys INT4; "
@@ -370,16 +369,20 @@ def _export_decoder(src: Sources, out: Path) -> tuple[dict, dict]:
     exported = OnnxDecoder.open(out / decoder_onnx.DECODER_FILE, RuntimeConfig(device="cpu", threads=cfg.threads),
                                 src.tokenizer.pad_id)
     check = _compare_decoder(src, exported, level)
-    past, present = decoder_onnx.cache_names(config.num_hidden_layers)
-    entry = {"model": decoder_onnx.DECODER_FILE, "matmul_nbits_accuracy_level": level,
-             "files": [f"onnx/{name}" for name in written],
-             "for": "ONNX Runtime (merged decoder: prefill and decode in one graph)",
-             "inputs": ["input_ids", "attention_mask", "position_ids", *past], "outputs": ["logits", *present],
-             "kv_heads": config.num_key_value_heads, "head_dim": config.head_dim,
-             "layers": config.num_hidden_layers, "context": config.max_position_embeddings,
-             "kernels": decoder_onnx.kernel_counts(graph)}
+    entry = _decoder_entry(config, [f"onnx/{name}" for name in written], graph, level)
     return entry, {**check, "compute": cfg.weight_only_compute if weight_only else "fp32", "passed": True,
                    "against": "paddle dygraph with a KV cache"}
+
+
+def _decoder_entry(config, files: list[str], graph, level: int) -> dict[str, Any]:
+    """The manifest's entry for ``onnx/decoder.onnx`` (``runtime/decoding.py`` reads it)."""
+    past, present = decoder_onnx.cache_names(config.num_hidden_layers)
+    return {"model": decoder_onnx.DECODER_FILE, "matmul_nbits_accuracy_level": level, "files": files,
+            "for": "ONNX Runtime (merged decoder: prefill and decode in one graph)",
+            "inputs": ["input_ids", "attention_mask", "position_ids", *past], "outputs": ["logits", *present],
+            "kv_heads": config.num_key_value_heads, "head_dim": config.head_dim,
+            "layers": config.num_hidden_layers, "context": config.max_position_embeddings,
+            "kernels": decoder_onnx.kernel_counts(graph)}
 
 
 def _compare_decoder(src: Sources, exported, level: int) -> dict[str, Any]:
@@ -468,16 +471,22 @@ def _export_graphs(src: Sources, tmp: Path, written: Written) -> None:
             _export_onnx(src, graph_dir, graph, tmp, scratch, written)
 
 
-def _manifest(src: Sources, written: Written) -> dict[str, Any]:
-    """The export's ``manifest.json`` (``runtime/manifest.py`` reads it)."""
-    ckpt = src.ckpt
+def _manifest_head(ckpt: Checkpoint | LazyCheckpoint, scheme: Scheme) -> dict[str, Any]:
+    """What every ``manifest.json`` starts with: the source checkpoint, its task and precision."""
     return {
         "format_version": MANIFEST_VERSION, "created": now_iso(),
         "source": {"path": str(ckpt.path), "weights_sha256": ckpt.weights_sha256},
         "task": ckpt.task, "task_kind": ckpt.config.extra.get("ernie_compress", {}).get("task_kind"),
         "labels": ckpt.config.labels, "max_seq_length": ckpt.max_seq_length,
-        "architecture": ckpt.config.architecture, "precision": src.scheme.precision,
-        "quantization": quantization_info(ckpt.config) or None, **written.extra,
+        "architecture": ckpt.config.architecture, "precision": scheme.precision,
+        "quantization": quantization_info(ckpt.config) or None,
+    }
+
+
+def _manifest(src: Sources, written: Written) -> dict[str, Any]:
+    """The export's ``manifest.json`` (``runtime/manifest.py`` reads it)."""
+    return {
+        **_manifest_head(src.ckpt, src.scheme), **written.extra,
         "inputs": list(static_graph.input_names(src.model)), "outputs": [src.output_name],
         "files": written.files, "verification": {"samples_from": src.samples_from, **written.verification},
         "reference": {"backend": src.path.reference, "metrics": src.reference_metrics},
@@ -519,15 +528,8 @@ def _export_streamed(cfg: ExportConfig, start: float) -> ExportResult:
 def _streamed_entries(lazy: LazyCheckpoint, files: list[str], graph, level: int, check: dict[str, Any],
                       cfg: ExportConfig) -> tuple[dict, dict]:
     """The manifest's decoder file entry and its verification entry, as :func:`_export_decoder` writes them."""
-    config = lazy.config
-    past, present = decoder_onnx.cache_names(config.num_hidden_layers)
-    entry = {"model": decoder_onnx.DECODER_FILE, "matmul_nbits_accuracy_level": level,
-             "files": [f"onnx/{name}" for name in files], "written": "group by group (--stream)",
-             "for": "ONNX Runtime (merged decoder: prefill and decode in one graph)",
-             "inputs": ["input_ids", "attention_mask", "position_ids", *past], "outputs": ["logits", *present],
-             "kv_heads": config.num_key_value_heads, "head_dim": config.head_dim,
-             "layers": config.num_hidden_layers, "context": config.max_position_embeddings,
-             "kernels": decoder_onnx.kernel_counts(graph)}
+    entry = {**_decoder_entry(lazy.config, [f"onnx/{name}" for name in files], graph, level),
+             "written": "group by group (--stream)"}
     return entry, {**check, "compute": cfg.weight_only_compute, "passed": True,
                    "against": numpy_reference.REFERENCE}
 
@@ -535,12 +537,7 @@ def _streamed_entries(lazy: LazyCheckpoint, files: list[str], graph, level: int,
 def _streamed_manifest(lazy: LazyCheckpoint, scheme: Scheme, entry: dict, verification: dict) -> dict[str, Any]:
     """``manifest.json`` of a streamed export: the decoder alone, verified against the NumPy reference."""
     return {
-        "format_version": MANIFEST_VERSION, "created": now_iso(),
-        "source": {"path": str(lazy.path), "weights_sha256": lazy.weights_sha256},
-        "task": lazy.task, "task_kind": lazy.config.extra.get("ernie_compress", {}).get("task_kind"),
-        "labels": lazy.config.labels, "max_seq_length": lazy.max_seq_length,
-        "architecture": lazy.config.architecture, "precision": scheme.precision,
-        "quantization": quantization_info(lazy.config) or None, "streamed": True,
+        **_manifest_head(lazy, scheme), "streamed": True,
         "files": {"decoder": entry},  # no full-sequence model.onnx: its inputs and outputs are the decoder's
         "verification": {"samples_from": "decoder prompts", "decoder": verification},
         "reference": {"backend": numpy_reference.REFERENCE, "metrics": None},

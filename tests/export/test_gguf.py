@@ -47,10 +47,8 @@ def test_wordpiece_tokens_get_the_phantom_space_as_llama_cpps_converter_writes_b
 
 
 @pytest.fixture(scope="module")
-def w4(tiny_lm, tmp_path_factory):
-    out = tmp_path_factory.mktemp("gguf") / "w4"
-    cli_json(["quantize", str(tiny_lm), "--weight-only", "int4", "--group-size", "32", "--out", str(out)])
-    return out
+def w4(tiny_lm_int4):
+    return tiny_lm_int4(32)
 
 
 def test_export_writes_llama_cpps_ernie4_5_tensors_keys_and_our_codes(w4, tmp_path):

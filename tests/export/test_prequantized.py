@@ -60,10 +60,8 @@ def test_gptq_refuses_widths_its_words_cannot_hold():
 
 
 @pytest.fixture(scope="module")
-def int4(tiny_lm, tmp_path_factory):
-    out = tmp_path_factory.mktemp("w4") / "w4"
-    cli_json(["quantize", str(tiny_lm), "--weight-only", "int4", "--group-size", "16", "--out", str(out)])
-    return out
+def int4(tiny_lm_int4):
+    return tiny_lm_int4(16)
 
 
 def test_compressed_tensors_checkpoint_holds_packed_codes_and_the_config(int4, tmp_path):

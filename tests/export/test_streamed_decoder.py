@@ -68,10 +68,8 @@ def test_the_streamed_numpy_reference_equals_dygraphs_logits(tmp_path, changes):
 
 
 @pytest.fixture(scope="module")
-def w4(tiny_lm, tmp_path_factory):
-    out = tmp_path_factory.mktemp("w4") / "w4"
-    cli_json(["quantize", str(tiny_lm), "--weight-only", "int4", "--group-size", "16", "--out", str(out)])
-    return out
+def w4(tiny_lm_int4):
+    return tiny_lm_int4(16)
 
 
 def _initializers(path) -> dict[str, np.ndarray]:
