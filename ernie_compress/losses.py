@@ -82,10 +82,9 @@ def _masked_kl(student_logits, teacher_logits, mask, temperature: float):
 
 
 # KD temperature when the user gives none: Hinton et al.'s softened targets (T 2) for heads over a few
-# labels; T 1 for a causal LM's next-token distribution over the whole vocabulary. Measured on
-# demo:lm (ernie45-mini from an ERNIE 4.5 MoE teacher, 150 steps, test perplexity): T 2 ended 13%
-# above the same student trained without KD, T 1 24% below it; a small student cannot follow the
-# flattened tail of a vocabulary-wide distribution, which T 2 weights up (benchmarks/moe_distill.py).
+# labels; T 1 for a causal LM's next-token distribution over the whole vocabulary, whose flattened
+# tail (what T 2 weights up) a small student cannot follow: on demo:lm T 1 gave the lower student
+# perplexity both after 150 steps and after an epoch (benchmarks/moe_distill.py, docs/benchmarks.md).
 KD_TEMPERATURE = 2.0
 KD_TEMPERATURE_BY_KIND = {"causal_lm": 1.0}
 KD_TEMPERATURE_HELP = "KD softmax temperature (default: 1 for causal-LM tasks, 2 for the others)."
