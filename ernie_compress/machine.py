@@ -56,3 +56,12 @@ def machine_line(info: dict[str, Any]) -> str:
     libraries = ", ".join(f"{k} {v}" for k, v in info["libraries"].items())
     return (f"Machine: {info['cpu']} ({flags}), {info['cores']} cores{threads}; Python {info['python']}, "
             f"{libraries}; {info['date']}.")
+
+
+def peak_resident_bytes() -> int:
+    """The most memory this process has held so far (the OS's maximum resident set size), in bytes."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux

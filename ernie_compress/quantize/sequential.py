@@ -37,11 +37,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..lazy_checkpoint import REST, LazyCheckpoint, layer_of
+from ..machine import peak_resident_bytes
 from ..models import layer_from_state
 from ..models.families import family_of
 from ..progress import progress_bar
 from .gptq import gptq_roundings, observe_hessians
-from .streaming import GIB, ROUNDING_FIXED, WRITE_FACTOR, MemoryNeed, group_bytes, resident_bytes
+from .streaming import GIB, ROUNDING_FIXED, WRITE_FACTOR, MemoryNeed, group_bytes
 from .weight_only import round_head_, round_linears_
 
 FLOAT64 = 8
@@ -157,7 +158,7 @@ def stream_gptq(lazy: LazyCheckpoint, names: list[str], batches, pad_id: int, se
             record.roundings.update((name, (how, None)) for name, (how, _) in roundings.items())  # not the Hessians
             record.experts.update(experts)
             record.seconds.append(time.perf_counter() - started)
-            bar.advance({"peak GiB": resident_bytes() / GIB, "s/layer": record.seconds[-1]})
+            bar.advance({"peak GiB": peak_resident_bytes() / GIB, "s/layer": record.seconds[-1]})
             yield state
             del state
 

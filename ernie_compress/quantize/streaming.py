@@ -135,11 +135,3 @@ def check_disk(lazy: LazyCheckpoint, out: Path, bits: dict[str, int] | None = No
         raise UserError(f"--out {out}: {what} need {need / GIB:.2f} GiB and {where} has "
                         f"{free / GIB:.2f} GiB free; free space or choose another --out")
 
-
-def resident_bytes() -> int:
-    """The most memory this process has held so far (the OS's maximum resident set size)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux

@@ -10,7 +10,6 @@ each length. Nothing here imports Paddle.
 
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..machine import peak_resident_bytes
 from .session import DecoderSession
 
 
@@ -88,6 +88,6 @@ def measure_generation(decoder: DecoderSession, tokenizer, texts: list[str], con
         decode.append({"batch_size": batch, "prefill_ms": _spread(prefill_ms), "ms_per_step": _spread(step_ms, 4),
                        "tokens_per_s": round(batch * 1000 / per_token, 1),
                        "kv_cache_mib": round(decoder.cache_bytes() / 2**20, 2)})
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = peak_resident_bytes() / 2**20
     return {"new_tokens": cfg.new_tokens, "decode_prompt_tokens": cfg.decode_prompt, "repeats": cfg.repeats,
             "time_to_first_token": ttft, "decode": decode, "peak_rss_mib": round(peak, 1), "skipped": skipped}

@@ -36,7 +36,7 @@ from ..data.tasks import load_task_for_model
 from ..errors import UserError
 from ..lazy_checkpoint import open_checkpoint
 from ..losses import hard_label_loss, logit_kd_loss
-from ..machine import cpu_has_vnni
+from ..machine import cpu_has_vnni, peak_resident_bytes
 from ..metrics import metric_delta
 from ..models import model_from_state
 from ..models.families import family_of
@@ -49,8 +49,8 @@ from ..quantize.ptq import calibrate_
 from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantized_linear_names
 from ..quantize.gptq import calibration_batches, collect_hessians, gptq_roundings
 from ..quantize.sequential import GPTQSettings, SequentialRecord, gptq_memory_need, layer_seconds, stream_gptq
-from ..quantize.streaming import (check_disk, check_streamable, memory_need, quantized_linears, resident_bytes,
-                                  scheme_weights, stream_rtn)
+from ..quantize.streaming import (check_disk, check_streamable, memory_need, quantized_linears, scheme_weights,
+                                  stream_rtn)
 from ..quantize.weight_only import BITS, check_group_sizes, quantize_rtn, round_head_, round_linears_
 from ..training_loop import LoopConfig, TrainResult, evaluate_split
 from ..results import QuantizeResult
@@ -451,7 +451,7 @@ def _streamed(cfg: WeightOnlyConfig, started: float) -> QuantizeResult:
 def _streamed_rtn(cfg: WeightOnlyConfig, lazy, names: list[str], config, weights: dict):
     """RTN: the scheme known up front (config.extra's quantization entry), the groups rounded as read."""
     if cfg.max_memory is not None:
-        memory_need(lazy, names).refuse_above(cfg.max_memory, resident_bytes())
+        memory_need(lazy, names).refuse_above(cfg.max_memory, peak_resident_bytes())
     plan = _rtn(cfg, None, names)
     config.extra["quantization"] = weight_only_scheme(cfg, config, plan, weights)
     rounding = plan.roundings[names[0]][1] if names else None
@@ -471,7 +471,7 @@ def _streamed_gptq(cfg: WeightOnlyConfig, lazy, names: list[str], config, weight
     batches = calibration_batches(train, cfg.calib_samples)
     if cfg.max_memory is not None:
         import_paddle()  # part of the baseline: the layers run in Paddle
-        gptq_memory_need(lazy, names, batches).refuse_above(cfg.max_memory, resident_bytes())
+        gptq_memory_need(lazy, names, batches).refuse_above(cfg.max_memory, peak_resident_bytes())
     settings = GPTQSettings(BITS[cfg.weight_only], cfg.groups, cfg.min_expert_tokens)
     record = SequentialRecord()
     scheme = config.extra["quantization"] = {}
