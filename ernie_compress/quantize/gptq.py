@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..distributed import sum_across_ranks
 from ..models.architecture import ExpertSite
 from ..models.families import family_of
 from .weight_only import qmax, quantize_rtn
@@ -92,7 +93,9 @@ def observe_hessians(layers: dict, family, names: list[str], passes) -> Hessians
     """:func:`collect_hessians` over any forward: ``layers`` maps full sublayer names (the model's,
     ``ernie.layers.3.mlp...``) to the sublayers holding ``names`` and their MoE blocks; each of
     ``passes`` is (``real`` [b*s] bool: the batch's non-padding positions, a function running the
-    forward on that batch). Layer-by-layer calibration (``sequential.py``) passes one decoder layer."""
+    forward on that batch). Layer-by-layer calibration (``sequential.py``) passes one decoder layer.
+    In a run on several ranks each passes its share of the batches, and the sums (and token counts) of
+    all ranks are added before they are scaled: every rank gets the Hessians of all the batches."""
     from ..paddle_env import import_paddle
 
     paddle = import_paddle()
@@ -123,6 +126,9 @@ def observe_hessians(layers: dict, family, names: list[str], passes) -> Hessians
             handle.remove()
         for block in blocks.values():
             block.keep_dispatch, block.dispatch = False, None
+    sums = sum_across_ranks(sums)  # calibration divided between ranks (calibration_ranks.py): every rank's sum
+    totals = sum_across_ranks({"tokens": np.array([counts[name] for name in names], dtype=np.int64)})["tokens"]
+    counts = {name: int(n) for name, n in zip(names, totals)}
     return Hessians({name: 2 * sums[name] / max(1, counts[name]) for name in names}, counts)
 
 

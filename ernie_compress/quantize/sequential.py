@@ -22,6 +22,10 @@ sequentially: the whole model with layers < i already quantized, calibrated on l
 (``tests/quantize/test_sequential.py`` computes that reference with ``collect_hessians`` on the
 full model and finds the dequantized weights equal).
 
+Several ranks (``--nproc``/``--nnodes``, ``calibration_ranks.py``): each embeds and carries its share of
+the calibration batches, the Hessians are summed across ranks and the solves divided; every rank rounds the
+same layer at the same time (the walk is in lock step) and rank 0's writer writes it.
+
 Memory: one layer (its tensors, the layer module, its Hessians, one GPTQ solve) plus the calibration
 hidden states (samples x seq x hidden x 4 bytes, held in memory for the whole run) -- estimated from the
 headers by :func:`gptq_memory_need` and refused up front by ``--max-memory``. A progress bar advances per
@@ -41,6 +45,7 @@ from ..machine import peak_resident_bytes
 from ..models import layer_from_state
 from ..models.families import family_of
 from ..progress import progress_bar
+from .calibration_ranks import solve_divided
 from .gptq import gptq_roundings, observe_hessians
 from .streaming import GIB, ROUNDING_FIXED, WRITE_FACTOR, MemoryNeed, group_bytes
 from .weight_only import round_head_, round_linears_
@@ -115,6 +120,7 @@ def quantize_layer_(lazy: LazyCheckpoint, index: int, state: dict[str, np.ndarra
     widths = {name: sublayers[name].weight.shape[0] for name in names}
     roundings, experts = gptq_roundings(family, names, seen, widths, settings.bits, settings.group_size,
                                         settings.min_expert_tokens)
+    roundings = solve_divided(roundings, state, settings.group_size)  # several ranks: each solves its share
     del seen, passes
     round_linears_(state, {name: rounding for name, (_, rounding) in roundings.items()}, settings.bits,
                    settings.group_size)

@@ -41,7 +41,38 @@ class TokenizerOption:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AcceleratorOptions:
+class ProcessOptions:
+    """How many processes a stage runs on, on this machine and across machines (``distributed.py``):
+    training divides each global batch between them, GPTQ calibration its samples and solves."""
+
+    nproc: int = option(1, at_least=1, scope="run", help=(
+        "Processes on this machine (paddle.distributed: gloo on cpu, NCCL on gpu). Training: data-parallel, "
+        "--batch-size stays the global batch. Weight-only GPTQ: the calibration samples and the per-Linear "
+        "solves are divided, the Hessians summed (the result equals one process's). Several machines: "
+        "--nnodes, or `python -m paddle.distributed.launch` (docs/distributed.md)."))
+    nnodes: int = option(1, at_least=1, scope="run", help=(
+        "Machines in the run: start the same command on each with its --node-rank and the same --master "
+        "(each runs --nproc processes; paddle.distributed.launch underneath)."))
+    master: str | None = option(None, scope="run", help="HOST:PORT that node 0 serves and every node reaches "
+                                                        "(with --nnodes > 1).")
+    node_rank: int = option(0, at_least=0, scope="run", help="This machine's number: 0 .. --nnodes - 1.")
+
+    @property
+    def processes(self) -> int:
+        """Ranks in the whole run."""
+        return self.nproc * self.nnodes
+
+    def check_processes(self) -> None:
+        if self.nnodes > 1:
+            host, _, port = (self.master or "").rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                fail("{nnodes} > 1 needs {master} HOST:PORT (node 0's address and a free port)", "nnodes", "master")
+            if self.node_rank >= self.nnodes:
+                fail(f"{{node_rank}} {self.node_rank} must be below {{nnodes}} {self.nnodes}", "node_rank", "nnodes")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcceleratorOptions(ProcessOptions):
     """Where and how a training stage runs (``distributed.py``, ``paddle_env.training_device``)."""
 
     device: str | None = option(None, choices=TRAINING_DEVICES, scope="run", help=(
@@ -50,15 +81,6 @@ class AcceleratorOptions:
     amp: str = option("off", choices=("off", "fp16", "bf16"), scope="run", help=(
         "Mixed precision on a gpu/npu: fp16 (with loss scaling) or bf16; master weights stay FP32 (refused on "
         "cpu)."))
-    nproc: int = option(1, at_least=1, scope="run", help=(
-        "Data-parallel processes on this machine (paddle.distributed: gloo on cpu, NCCL on gpu); --batch-size "
-        "stays the global batch. Several machines: `python -m paddle.distributed.launch` (docs/distributed.md)."))
-    nnodes: int = option(1, at_least=1, scope="run", help=(
-        "Machines in the run: start the same command on each with its --node-rank and the same --master "
-        "(each runs --nproc processes; paddle.distributed.launch underneath)."))
-    master: str | None = option(None, scope="run", help="HOST:PORT that node 0 serves and every node reaches "
-                                                        "(with --nnodes > 1).")
-    node_rank: int = option(0, at_least=0, scope="run", help="This machine's number: 0 .. --nnodes - 1.")
     grad_accum: int = option(1, at_least=1, help=(
         "Micro-batches per optimizer step: a global batch larger than memory, same result."))
 
@@ -71,15 +93,9 @@ class AcceleratorOptions:
 
     def check_accelerator(self) -> None:
         self.check_amp(self.device)
-        if self.nnodes > 1:
-            host, _, port = (self.master or "").rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                fail("{nnodes} > 1 needs {master} HOST:PORT (node 0's address and a free port)", "nnodes", "master")
-            if self.node_rank >= self.nnodes:
-                fail(f"{{node_rank}} {self.node_rank} must be below {{nnodes}} {self.nnodes}", "node_rank", "nnodes")
+        self.check_processes()
         batch = getattr(self, "batch_size", None)
-        processes = self.nproc * self.nnodes
-        if batch is not None and batch % (processes * self.grad_accum):
+        if batch is not None and batch % (self.processes * self.grad_accum):
             fail(f"{{batch_size}} {batch} (the global batch) must divide by {{nproc}} x {{nnodes}} x "
                  f"{{grad_accum}} ({self.nproc} x {self.nnodes} x {self.grad_accum})",
                  "batch_size", "nproc", "nnodes", "grad_accum")

@@ -33,6 +33,7 @@ from ..checkpoint import config_record, save_sharded_checkpoint
 from ..data.encoding import encode_splits
 from ..data.task_options import TaskOptions
 from ..data.tasks import load_task_for_model
+from ..distributed import world
 from ..errors import UserError
 from ..lazy_checkpoint import open_checkpoint
 from ..losses import hard_label_loss, logit_kd_loss
@@ -47,6 +48,7 @@ from ..progress import note
 from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
 from ..quantize.ptq import calibrate_
 from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantized_linear_names
+from ..quantize.calibration_ranks import my_batches, solve_divided
 from ..quantize.gptq import calibration_batches, collect_hessians, gptq_roundings
 from ..quantize.sequential import GPTQSettings, SequentialRecord, gptq_memory_need, layer_seconds, stream_gptq
 from ..quantize.streaming import (check_disk, check_streamable, memory_need, quantized_linears, scheme_weights,
@@ -54,7 +56,7 @@ from ..quantize.streaming import (check_disk, check_streamable, memory_need, qua
 from ..quantize.weight_only import BITS, check_group_sizes, quantize_rtn, round_head_, round_linears_
 from ..training_loop import LoopConfig, TrainResult, evaluate_split
 from ..results import QuantizeResult
-from .common import CheckpointOutput, ParentKDOptions, RunOptions, TokenizerOption, TrainingOptions
+from .common import CheckpointOutput, ParentKDOptions, ProcessOptions, RunOptions, TokenizerOption, TrainingOptions
 from .registry import register
 from .skeleton import (Start, finish, refuse_existing_output, refuse_quantized, samples_per_second, start_from,
                        train_resumably)
@@ -167,20 +169,20 @@ def _gptq(cfg, start: Start, names: list[str]) -> Plan:
     """GPTQ (Frantar et al. 2023, ``quantize/gptq.py``): rounding errors corrected with the input
     second moments of ``cfg.calib_samples`` training examples, taken from the FP32 parent; a routed
     expert that receives fewer calibration tokens than ``cfg.min_expert_tokens`` is rounded to nearest."""
-    batches = calibration_batches(start.splits["train"], cfg.calib_samples)
-    seen = collect_hessians(start.model, names, batches, start.tokenizer.pad_id)
+    batches = my_batches(calibration_batches(start.splits["train"], cfg.calib_samples))  # all, with one rank
+    seen = collect_hessians(start.model, names, batches, start.tokenizer.pad_id)  # summed over the ranks
     layers = dict(start.model.named_sublayers())
     widths = {name: layers[name].weight.shape[0] for name in names}
     roundings, experts = gptq_roundings(family_of(start.model.config), names, seen, widths, BITS[cfg.weight_only],
                                         cfg.groups, cfg.min_expert_tokens)
-    return Plan(roundings, experts)
+    return Plan(solve_divided(roundings, start.parent.state, cfg.groups), experts)
 
 
 ROUNDINGS = {"rtn": Rounding(_rtn, calibrates=False), "gptq": Rounding(_gptq, calibrates=True)}
 
 
 @dataclass(frozen=True, kw_only=True)
-class WeightOnlyConfig(QuantizeOptions, CalibrationOptions):
+class WeightOnlyConfig(QuantizeOptions, CalibrationOptions, ProcessOptions):
     """``quantize --weight-only int8|int4``: integer weights, float activations (for decoding)."""
 
     weight_only: str = option("int4", selects=True, choices=tuple(BITS), help=(
@@ -215,6 +217,10 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions):
             fail("{min_expert_tokens} applies to {method} gptq", "min_expert_tokens", "method")
         if self.max_memory is not None and not self.stream:
             fail("{max_memory} bounds a streamed run: add {stream}", "max_memory", "stream")
+        if self.processes > 1 and not ROUNDINGS[self.method].calibrates:
+            fail(f"{{nproc}} x {{nnodes}} divide calibration between processes; {{method}} {self.method} has none "
+                 f"(use one process)", "nproc", "nnodes", "method")
+        self.check_processes()
 
     @property
     def reads_train(self) -> bool:
@@ -438,6 +444,10 @@ def _streamed(cfg: WeightOnlyConfig, started: float) -> QuantizeResult:
     groups, task, done = walk(cfg, lazy, names, config, weights)
     scheme = config.extra["quantization"]
     record = {"name": "quantize-weight-only", "config": config_record(cfg), "metrics": {}, "evaluated": False}
+    if not world().main:  # another rank of a divided calibration: walks the layers in step, rank 0 writes
+        for _ in groups:
+            pass
+        return None
     out = save_sharded_checkpoint(cfg.out, config, groups, len(lazy.groups), lazy.tokenizer(), record,
                                   parent=lazy, overwrite=cfg.overwrite, layout=cfg.layout)
     note(f"weight-only {scheme['dtype']} ({cfg.method}, streamed layer by layer into {len(lazy.groups)} shards"
@@ -468,7 +478,7 @@ def _streamed_gptq(cfg: WeightOnlyConfig, lazy, names: list[str], config, weight
     train = encode_splits(task, tokenizer, lazy.config.labels, lazy.max_seq_length, names=("train",)).get("train")
     if train is None:
         raise UserError(f"--method gptq calibrates on the task's training split; {task.spec.name} has none")
-    batches = calibration_batches(train, cfg.calib_samples)
+    batches = my_batches(calibration_batches(train, cfg.calib_samples))  # this rank's share (all, with one)
     if cfg.max_memory is not None:
         import_paddle()  # part of the baseline: the layers run in Paddle
         gptq_memory_need(lazy, names, batches).refuse_above(cfg.max_memory, peak_resident_bytes())

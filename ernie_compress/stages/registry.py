@@ -138,20 +138,22 @@ def _configs(kind: str) -> tuple[type, ...]:
 
 
 def run_stage(config: Any) -> Result:
-    """Run the stage whose config this is; returns its result. A training stage first takes its
-    device, and with ``nproc`` > 1 (outside a launcher's processes) runs on that many ranks."""
+    """Run the stage whose config this is; returns its result. A stage with process options (training,
+    GPTQ calibration) first takes its device, and with ``nproc`` > 1 or ``nnodes`` > 1 (outside a
+    launcher's processes) runs on that many ranks."""
     from ..distributed import init as init_distributed
     from ..distributed import run_nodes, run_workers
     from ..paddle_env import training_device
-    from .common import AcceleratorOptions
+    from .common import AcceleratorOptions, ProcessOptions
 
     try:
         runner = _RUNNERS[type(config)]
     except KeyError:
         raise TypeError(f"no stage runs {type(config).__name__}") from None
-    if isinstance(config, AcceleratorOptions):
-        device = training_device(config.device)
-        config.check_amp(device)
+    if isinstance(config, ProcessOptions):
+        device = training_device(getattr(config, "device", None))
+        if isinstance(config, AcceleratorOptions):
+            config.check_amp(device)
         here = init_distributed()  # a launcher's process joins its group first
         if here.size > 1 and config.nproc not in (1, here.size):
             raise OptionError(f"{{nproc}} {config.nproc} under a launcher that started {here.size} processes: "
