@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from .models.config import ErnieConfig
 from .models.ernie3_layout import config_from_model_config_json
 from .models.families import config_from_dict
 from .models.layouts import check_layout, layout_files, normalize_loaded
+
+if TYPE_CHECKING:
+    from .shard_progress import ShardProgress
 
 CONFIG_FILE = "config.json"
 OLD_CONFIG_FILE = "model_config.json"  # PaddleNLP before 2.5
@@ -549,32 +552,48 @@ def shard_name(index: int, count: int) -> str:
 
 def save_sharded_checkpoint(out: str | Path, config: ErnieConfig, groups: Iterable[dict[str, np.ndarray]],
                             count: int, tokenizer, stage: dict[str, Any], parent: CheckpointFacts | None = None,
-                            overwrite: bool = False, layout: str = "ours") -> Path:
+                            overwrite: bool = False, layout: str = "ours", progress: ShardProgress | None = None
+                            ) -> Path:
     """Write a checkpoint whose weights come ``count`` groups at a time (e.g. one decoder layer each),
     each group written to its own shard as it arrives, so only one group is ever in memory:
     ``model-0000i-of-0000N.safetensors`` and ``model.safetensors.index.json`` (the Hugging Face sharded
     layout; each group converted to ``layout`` on its own). The lineage records the index's sha256 as
-    ``weights_sha256`` and each shard's under ``shards_sha256``; written atomically like every checkpoint."""
+    ``weights_sha256`` and each shard's under ``shards_sha256``; written atomically like every checkpoint.
+    With ``progress`` (``shard_progress.py``: a resumable write) the shards go to its folder and are recorded
+    one by one, ``groups`` yields only the groups after those it has finished, and the shards are moved into
+    the checkpoint once all are there. ``config`` is converted after the last group (a walk may complete
+    its entries while it runs)."""
     check_layout(config, layout)
     with atomic_output_dir(out, overwrite) as tmp:
         try:
-            keys, weight_map, total, shards = {}, {}, 0, {}
-            for i, group in enumerate(groups):
-                keys, state, metadata = layout_files(config, group, layout)
+            staging = progress.directory if progress is not None else tmp
+            done = list(progress.shards) if progress is not None else []
+            for i, group in enumerate(groups, start=len(done)):
+                _, state, metadata = layout_files(config, group, layout)
                 name = shard_name(i, count)
-                write_safetensors(tmp / name, state, metadata)
-                weight_map.update(dict.fromkeys(state, name))
-                total += sum(v.nbytes for v in state.values())
-                shards[name] = sha256_file(tmp / name)
+                write_safetensors(staging / name, state, metadata)
+                if progress is not None:
+                    progress.add(name, list(state), sum(v.nbytes for v in state.values()))
+                    done.append(progress.shards[-1])
+                else:
+                    done.append({"name": name, "sha256": sha256_file(tmp / name), "keys": list(state),
+                                 "bytes": sum(v.nbytes for v in state.values())})
                 del group, state
-            if len(shards) != count:
-                raise ValueError(f"{len(shards)} weight groups came, {count} were announced")
+            if len(done) != count:
+                raise ValueError(f"{len(done)} weight groups came, {count} were announced")
+            if progress is not None:
+                for shard in done:
+                    os.replace(staging / shard["name"], tmp / shard["name"])
+            weight_map = {key: shard["name"] for shard in done for key in shard["keys"]}
             index = tmp / (WEIGHTS_FILE + ".index.json")
-            index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+            index.write_text(json.dumps({"metadata": {"total_size": sum(s["bytes"] for s in done)},
+                                         "weight_map": weight_map}, indent=2) + "\n")
+            keys = layout_files(config, {}, layout)[0]
             (tmp / CONFIG_FILE).write_text(json.dumps(_jsonable(keys), indent=2, ensure_ascii=False) + "\n",
                                            encoding="utf-8")
             tokenizer.save(tmp)
-            _write_lineage(tmp, stage, parent, layout, {"weights_sha256": sha256_file(index), "shards_sha256": shards})
+            _write_lineage(tmp, stage, parent, layout, {"weights_sha256": sha256_file(index),
+                                                        "shards_sha256": {s["name"]: s["sha256"] for s in done}})
         except OSError as exc:
             raise UserError(f"cannot write checkpoint {out}: {exc.strerror}") from None
     return Path(out).expanduser().resolve()

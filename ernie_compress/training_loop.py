@@ -29,6 +29,7 @@ from .losses import hard_label_loss
 from .metrics import PRIMARY_METRIC, is_better, score_split
 from .paddle_env import import_paddle, seed_everything
 from .progress import progress_bar
+from .shard_progress import PROGRESS_FILE
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,9 @@ def train_state_dir(out: Path) -> Path:
 
 
 def has_train_state(out: Path) -> bool:
-    """Whether an interrupted stage writing ``out`` left a state to resume from."""
-    return (train_state_dir(out) / STATE_FILE).is_file()
+    """Whether an interrupted stage writing ``out`` left a state to resume from (a training state, or the
+    shards of a streamed write: ``shard_progress.py``)."""
+    return any((train_state_dir(out) / name).is_file() for name in (STATE_FILE, PROGRESS_FILE))
 
 
 def clear_train_state(out: Path) -> None:
@@ -155,9 +157,10 @@ def clear_train_state(out: Path) -> None:
 
 
 @contextlib.contextmanager
-def resumable(out: Path, resume: bool):
+def resumable(out: Path, resume: bool, state_file: str = STATE_FILE):
     """Yield the state directory for a stage writing ``out``; a fresh run clears an old state, an
-    interrupted one keeps it and says how to continue. Callers remove it once ``out`` is written."""
+    interrupted one keeps it (when ``state_file`` was written in it) and says how to continue. Callers
+    remove it once ``out`` is written."""
     state_dir = train_state_dir(out)
     if not resume and state_dir.exists() and world().main:
         shutil.rmtree(state_dir)
@@ -165,8 +168,9 @@ def resumable(out: Path, resume: bool):
     try:
         yield state_dir
     except KeyboardInterrupt:
-        if (state_dir / STATE_FILE).exists():
-            raise KeyboardInterrupt(f"training state saved in {state_dir}; continue with --resume") from None
+        if (state_dir / state_file).exists():
+            raise KeyboardInterrupt(f"{'training' if state_file == STATE_FILE else 'the work done so far'} saved "
+                                    f"in {state_dir}; continue with --resume") from None
         raise
 
 

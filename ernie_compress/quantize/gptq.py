@@ -27,9 +27,19 @@ from ..models.families import family_of
 from .weight_only import qmax, quantize_rtn
 
 
+GPTQ_BLOCK = 128  # rows per lazy batch (the paper's B)
+
+
 def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, bits: int, group_size: int | None,
-                  damp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
-    """Codes [in, out] (int8) and scales [groups, out] of ``weight`` [in, out] given H [in, in]."""
+                  damp: float = 0.01, block: int = GPTQ_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Codes [in, out] (int8) and scales [groups, out] of ``weight`` [in, out] given H [in, in].
+
+    Rows go in lazy batches (the paper's section 3, "Lazy Batch-Updates"): within a block of rows each
+    rounding error updates only the block's later rows; the rows after the block get the block's errors
+    at once, one matrix product, so the whole matrix is not rewritten once per row (which made the
+    unblocked loop memory-bound: rows² x out x 8 bytes moved). Blocks hold whole groups, so a group's
+    scale is still taken from its rows as updated by every row before it: the same computation, in
+    another order of floating-point additions."""
     w = weight.astype(np.float64).copy()
     rows, cols = w.shape
     h = hessian.astype(np.float64).copy()
@@ -42,17 +52,32 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, bits: int, group_size
     top = qmax(bits)
     codes = np.zeros((rows, cols), dtype=np.int8)
     scales = np.zeros((rows // size, cols))
-    for i in range(rows):
-        if i % size == 0:
-            scale = np.abs(w[i:i + size]).max(axis=0) / top
-            scale[scale == 0] = 1.0
-            scales[i // size] = scale
-        scale = scales[i // size]
-        q = np.clip(np.rint(w[i] / scale), -top, top)
-        codes[i] = q
-        error = (w[i] - q * scale) / upper[i, i]  # [out]
-        w[i + 1:] -= np.outer(upper[i, i + 1:], error)
+    step = _block_rows(block, size, rows)
+    for first in range(0, rows, step):
+        last = min(first + step, rows)
+        part = w[first:last]  # [step, out], a view: updated in place
+        errors = np.empty((last - first, cols))
+        for i in range(last - first):
+            row = first + i
+            if row % size == 0:  # a group's rows are all in this block (or, one group per column: row 0)
+                scale = np.abs(w[row:row + size]).max(axis=0) / top
+                scale[scale == 0] = 1.0
+                scales[row // size] = scale
+            scale = scales[row // size]
+            q = np.clip(np.rint(part[i] / scale), -top, top)
+            codes[row] = q
+            errors[i] = (part[i] - q * scale) / upper[row, row]  # [out]
+            part[i + 1:] -= np.outer(upper[row, row + 1:last], errors[i])
+        w[last:] -= upper[first:last, last:].T @ errors  # [rows - last, step] @ [step, out]
     return codes, scales.astype(np.float32)
+
+
+def _block_rows(block: int, size: int, rows: int) -> int:
+    """Rows per lazy batch: ``block`` cut to a multiple of the group ``size`` (a group never spans two
+    blocks), the group itself when it is larger, ``block`` when one group holds the whole column."""
+    if size >= rows:
+        return block
+    return size if size >= block else block - block % size
 
 
 @dataclass(frozen=True)

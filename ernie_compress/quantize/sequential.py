@@ -34,9 +34,12 @@ layer with the peak resident memory so far and the layer's seconds.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -86,22 +89,87 @@ class SequentialRecord:
     seconds: list = field(default_factory=list)
 
 
-def embed(lazy: LazyCheckpoint, rest: dict[str, np.ndarray], batches, pad_id: int) -> Calibration:
+def embed(lazy: LazyCheckpoint, rest: dict[str, np.ndarray] | None, batches, pad_id: int) -> Calibration:
     """The calibration batches (``Batch``) embedded with the rest group's embedding table (a row gather,
-    as ``nn.Embedding`` does), with the inputs every layer reads besides its hidden states."""
+    as ``nn.Embedding`` does), with the inputs every layer reads besides its hidden states. Without
+    ``rest`` (a resumed walk), no hidden states: they come from the saved walk."""
     from ..paddle_env import import_paddle
 
     paddle = import_paddle()
     family = family_of(lazy.config)
     module = family.module()
-    table = np.asarray(rest[family.word_embedding], dtype=np.float32)  # [vocab, hidden]
+    table = None if rest is None else np.asarray(rest[family.word_embedding], dtype=np.float32)  # [vocab, hidden]
     calibration = Calibration([], [], [])
     for batch in batches:
         ids = paddle.to_tensor(batch.input_ids)  # [b, s]
         calibration.real.append((batch.input_ids != pad_id).reshape(-1))
         calibration.inputs.append(module.layer_inputs(lazy.config, ids))
-        calibration.hidden.append(paddle.to_tensor(table[batch.input_ids]))  # [b, s, hidden]
+        if table is not None:
+            calibration.hidden.append(paddle.to_tensor(table[batch.input_ids]))  # [b, s, hidden]
     return calibration
+
+
+@dataclass(frozen=True)
+class SavedWalk:
+    """What a streamed GPTQ walk saves so that ``--resume`` can continue it (``shard_progress.py`` keeps the
+    shards). Before group g is handed to the writer: the calibration hidden states that are group g+1's
+    inputs (this rank's, one ``.npz``) and group g's rounding record (one ``.json``); the hidden states of
+    groups before g are then removed (a resume after group g's shard is recorded needs group g+1's, one
+    interrupted before needs group g's). Files are named by the run's ``tag`` and the rank (every rank
+    writes its own: ranks on other machines have their own folders)."""
+
+    directory: Path
+    tag: str  # the run's fingerprint digest (ShardProgress.tag)
+    rank: int
+
+    def _hidden(self, group: int) -> Path:
+        return self.directory / f"gptq-{self.tag}-hidden-{group:05d}-rank{self.rank}.npz"
+
+    def _record(self, group: int) -> Path:
+        return self.directory / f"gptq-{self.tag}-record-{group:05d}-rank{self.rank}.json"
+
+    def save(self, group: int, hidden: list, record: dict | None) -> None:
+        """Group ``group``'s inputs (``hidden``: per batch [b, s, hidden]; None after the last layer) and the
+        rounding record of the group before it."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if record is not None:
+            _replace(self._record(group - 1), lambda f: f.write(json.dumps(record).encode()))
+        if hidden is not None:
+            _replace(self._hidden(group), lambda f: np.savez(f, *[h.numpy() for h in hidden]))
+        for old in self.directory.glob(f"gptq-{self.tag}-hidden-*-rank{self.rank}.npz"):
+            if int(old.name.split("-")[3]) < group - 1:
+                old.unlink()
+
+    def remove(self) -> None:
+        """This rank's files (the run is complete)."""
+        for path in self.directory.glob(f"gptq-{self.tag}-*-rank{self.rank}.*"):
+            path.unlink(missing_ok=True)
+
+    def has(self, group: int) -> bool:
+        return self._hidden(group).is_file()
+
+    def load(self, group: int) -> tuple[list, SequentialRecord]:
+        """Group ``group``'s inputs (as paddle tensors) and the record of the groups before it."""
+        from ..paddle_env import import_paddle
+
+        paddle = import_paddle()
+        with np.load(self._hidden(group)) as saved:
+            hidden = [paddle.to_tensor(saved[f"arr_{i}"]) for i in range(len(saved.files))]
+        record = SequentialRecord()
+        for earlier in range(1, group):
+            done = json.loads(self._record(earlier).read_text(encoding="utf-8"))
+            record.roundings.update((name, (how, None)) for name, how in done["roundings"].items())
+            record.experts.update(done["experts"])
+            record.seconds.append(done["seconds"])
+        return hidden, record
+
+
+def _replace(path: Path, write) -> None:
+    """Write ``path`` through a temporary sibling renamed over it (a kill mid-write leaves the old one)."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as f:
+        write(f)
+    os.replace(partial, path)
 
 
 def quantize_layer_(lazy: LazyCheckpoint, index: int, state: dict[str, np.ndarray], names: list[str],
@@ -144,26 +212,44 @@ def _propagate(layer, calibration: Calibration) -> None:
 
 
 def stream_gptq(lazy: LazyCheckpoint, names: list[str], batches, pad_id: int, settings: GPTQSettings,
-                record: SequentialRecord) -> Iterator[dict[str, np.ndarray]]:
+                record: SequentialRecord, saved: SavedWalk | None = None,
+                start: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Each group's tensors in our layout, the rest first (its head rounded to int8), then each decoder
     layer with its Linears (``names``) rounded by GPTQ on the quantized model's hidden states (module
-    docstring): one group in memory at a time. ``record`` is filled as the layers are done."""
-    rest = lazy.load_group(REST)
-    calibration = embed(lazy, rest, batches, pad_id)
-    round_head_(rest, lazy.config)
-    yield rest
-    del rest
-    layers = [group for group in lazy.groups if group != REST]
-    with progress_bar(len(layers), "gptq layer by layer") as bar:
-        for group in layers:
+    docstring): one group in memory at a time. ``record`` is filled as the layers are done. With ``saved``
+    the walk's state is kept for a resume; ``start`` > 0 continues a walk from group ``start`` with the
+    hidden states and records ``saved`` holds."""
+    groups = list(lazy.groups)  # the rest, then the layers
+    if start == 0:
+        rest = lazy.load_group(REST)
+        calibration = embed(lazy, rest, batches, pad_id)
+        round_head_(rest, lazy.config)
+        if saved is not None:
+            saved.save(1, calibration.hidden, None)
+        yield rest
+        del rest
+    else:
+        calibration = embed(lazy, None, batches, pad_id)
+        calibration.hidden, earlier = saved.load(start)
+        record.roundings.update(earlier.roundings)
+        record.experts.update(earlier.experts)
+        record.seconds.extend(earlier.seconds)
+    todo = groups[max(start, 1):]
+    with progress_bar(len(todo), "gptq layer by layer" + (f" (from layer {start - 1})" if start > 1 else "")) as bar:
+        for group in todo:
             started = time.perf_counter()
             index = int(group.split(".", 1)[1])
             state = lazy.load_group(group)
             mine = [name for name in names if layer_of(name) == index]
             roundings, experts = quantize_layer_(lazy, index, state, mine, calibration, settings)
-            record.roundings.update((name, (how, None)) for name, (how, _) in roundings.items())  # not the Hessians
+            hows = {name: how for name, (how, _) in roundings.items()}
+            record.roundings.update((name, (how, None)) for name, how in hows.items())  # not the Hessians
             record.experts.update(experts)
             record.seconds.append(time.perf_counter() - started)
+            if saved is not None:
+                last = groups.index(group) == len(groups) - 1
+                saved.save(groups.index(group) + 1, None if last else calibration.hidden,
+                           {"roundings": hows, "experts": experts, "seconds": record.seconds[-1]})
             bar.advance({"peak GiB": peak_resident_bytes() / GIB, "s/layer": record.seconds[-1]})
             yield state
             del state

@@ -98,11 +98,13 @@ def memory_need(lazy: LazyCheckpoint, names: list[str]) -> MemoryNeed:
 
 
 def stream_rtn(lazy: LazyCheckpoint, names: list[str], rounding, bits: int,
-               group_size: int | None) -> Iterator[dict[str, np.ndarray]]:
-    """Each group's tensors in our layout, its Linears (``names``) rounded by ``rounding`` (weight
-    [in, out] -> codes, scales) and the output head to int8, stored dequantized: one group at a time."""
+               group_size: int | None, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Each group's tensors in our layout from group ``start`` on (a resumed run), its Linears (``names``)
+    rounded by ``rounding`` (weight [in, out] -> codes, scales) and the output head to int8, stored
+    dequantized: one group at a time."""
     roundings = dict.fromkeys(names, rounding)
-    for _, state in lazy.iter_groups():
+    for group in list(lazy.groups)[start:]:
+        state = lazy.load_group(group)
         round_linears_(state, roundings, bits, group_size)
         round_head_(state, lazy.config)
         yield state

@@ -102,7 +102,17 @@ class AcceleratorOptions(ProcessOptions):
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainingOptions(AcceleratorOptions, RunOptions):
+class ResumeOption:
+    """Continuing an interrupted run from the state it saved beside ``--out`` (``training_loop.resumable``)."""
+
+    resume: bool = option(False, scope="cli", help=(
+        "Continue an interrupted run from the state it saved beside --out (training: the last saved step; a "
+        "streamed quantize: the last layer written, its shards checked), with the same options and seed; a "
+        "recipe resumes by itself."))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingOptions(ResumeOption, AcceleratorOptions, RunOptions):
     """The loop's options; a stage declares its own ``epochs`` (or ``recover_epochs``) and ``lr``,
     whose defaults differ between stages."""
 
@@ -110,8 +120,6 @@ class TrainingOptions(AcceleratorOptions, RunOptions):
     max_steps: int | None = option(None, at_least=1, help="Stop after this many optimizer steps.")
     save_every: int = option(200, at_least=1, help="Save a resumable training state every N steps (beside "
                                                    "--out; removed on success).")
-    resume: bool = option(False, scope="cli", help="Continue an interrupted run from its saved state (same "
-                                                   "options and seed); a recipe resumes by itself.")
 
     def loop_config(self, epochs: int, lr: float, **extra) -> LoopConfig:
         """The training loop's settings for this stage."""

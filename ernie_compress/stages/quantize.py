@@ -33,7 +33,7 @@ from ..checkpoint import config_record, save_sharded_checkpoint
 from ..data.encoding import encode_splits
 from ..data.task_options import TaskOptions
 from ..data.tasks import load_task_for_model
-from ..distributed import world
+from ..distributed import broadcast_arrays, sum_across_ranks, world
 from ..errors import UserError
 from ..lazy_checkpoint import open_checkpoint
 from ..losses import hard_label_loss, logit_kd_loss
@@ -45,18 +45,21 @@ from ..models.layouts import check_layout
 from ..options import check_options, fail, option
 from ..paddle_env import import_paddle
 from ..progress import note
+from ..shard_progress import PROGRESS_FILE, ShardProgress
 from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
 from ..quantize.ptq import calibrate_
 from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantized_linear_names
 from ..quantize.calibration_ranks import my_batches, solve_divided
 from ..quantize.gptq import calibration_batches, collect_hessians, gptq_roundings
-from ..quantize.sequential import GPTQSettings, SequentialRecord, gptq_memory_need, layer_seconds, stream_gptq
+from ..quantize.sequential import (GPTQSettings, SavedWalk, SequentialRecord, gptq_memory_need, layer_seconds,
+                                  stream_gptq)
 from ..quantize.streaming import (check_disk, check_streamable, memory_need, quantized_linears, scheme_weights,
                                   stream_rtn)
 from ..quantize.weight_only import BITS, check_group_sizes, quantize_rtn, round_head_, round_linears_
-from ..training_loop import LoopConfig, TrainResult, evaluate_split
+from ..training_loop import LoopConfig, TrainResult, clear_train_state, evaluate_split, resumable
 from ..results import QuantizeResult
-from .common import CheckpointOutput, ParentKDOptions, ProcessOptions, RunOptions, TokenizerOption, TrainingOptions
+from .common import (CheckpointOutput, ParentKDOptions, ProcessOptions, ResumeOption, RunOptions, TokenizerOption,
+                     TrainingOptions)
 from .registry import register
 from .skeleton import (Start, finish, refuse_existing_output, refuse_quantized, samples_per_second, start_from,
                        train_resumably)
@@ -182,7 +185,7 @@ ROUNDINGS = {"rtn": Rounding(_rtn, calibrates=False), "gptq": Rounding(_gptq, ca
 
 
 @dataclass(frozen=True, kw_only=True)
-class WeightOnlyConfig(QuantizeOptions, CalibrationOptions, ProcessOptions):
+class WeightOnlyConfig(QuantizeOptions, CalibrationOptions, ProcessOptions, ResumeOption):
     """``quantize --weight-only int8|int4``: integer weights, float activations (for decoding)."""
 
     weight_only: str = option("int4", selects=True, choices=tuple(BITS), help=(
@@ -220,6 +223,9 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions, ProcessOptions):
         if self.processes > 1 and not ROUNDINGS[self.method].calibrates:
             fail(f"{{nproc}} x {{nnodes}} divide calibration between processes; {{method}} {self.method} has none "
                  f"(use one process)", "nproc", "nnodes", "method")
+        if self.resume and not self.stream:
+            fail("{resume} continues a streamed run (add {stream}); an in-memory quantize keeps nothing to resume "
+                 "from", "resume", "stream")
         self.check_processes()
 
     @property
@@ -427,10 +433,12 @@ def _rounding_record(cfg: WeightOnlyConfig, config, plan: Plan) -> dict[str, Any
 
 # -- weight-only streamed layer by layer (``quantize/streaming.py``, ``quantize/sequential.py``) -------
 
-def _streamed(cfg: WeightOnlyConfig, started: float) -> QuantizeResult:
+def _streamed(cfg: WeightOnlyConfig, started: float) -> QuantizeResult | None:
     """``--stream``: the parent opened lazily (tokenizer, integrity, layout, group sizes, disk and
     ``--max-memory`` checked before any weight is read), each layer rounded (RTN) or calibrated and
-    rounded (GPTQ) and written to its own shard; not evaluated (the whole model would be needed)."""
+    rounded (GPTQ) and written to its own shard; not evaluated (the whole model would be needed). The
+    shards are recorded as they are written (``shard_progress.py``): ``--resume`` continues an
+    interrupted run after its last recorded shard."""
     refuse_existing_output(cfg)
     lazy = open_checkpoint(cfg.checkpoint, tokenizer=cfg.tokenizer, check_tokenizer=True)
     refuse_quantized(lazy, "quantize its FP32 parent instead")
@@ -440,39 +448,70 @@ def _streamed(cfg: WeightOnlyConfig, started: float) -> QuantizeResult:
     check_disk(lazy, cfg.out)
     config = lazy.config.replace(extra=dict(lazy.config.extra))
     weights = scheme_weights(lazy, names, BITS[cfg.weight_only], cfg.groups)
-    walk = _streamed_gptq if cfg.method == "gptq" else _streamed_rtn
-    groups, task, done = walk(cfg, lazy, names, config, weights)
-    scheme = config.extra["quantization"]
-    record = {"name": "quantize-weight-only", "config": config_record(cfg), "metrics": {}, "evaluated": False}
-    if not world().main:  # another rank of a divided calibration: walks the layers in step, rank 0 writes
-        for _ in groups:
-            pass
-        return None
-    out = save_sharded_checkpoint(cfg.out, config, groups, len(lazy.groups), lazy.tokenizer(), record,
-                                  parent=lazy, overwrite=cfg.overwrite, layout=cfg.layout)
+    here = world()
+    with resumable(cfg.out, cfg.resume, PROGRESS_FILE) as state_dir:
+        progress = ShardProgress.start(state_dir, _stream_fingerprint(cfg, lazy), cfg.resume) if here.main else None
+        done = int(broadcast_arrays({"done": np.array([progress.done if progress else 0])},
+                                    {"done": ((1,), np.int64)}, src=0)["done"][0])
+        walk = _streamed_gptq if cfg.method == "gptq" else _streamed_rtn
+        saved = SavedWalk(state_dir, _stream_tag(cfg, lazy, progress), here.rank)
+        groups, task, summary = walk(cfg, lazy, names, config, weights, done, saved)
+        scheme = config.extra["quantization"]
+        record = {"name": "quantize-weight-only", "config": config_record(cfg), "metrics": {}, "evaluated": False}
+        if not here.main:  # another rank of a divided calibration: walks the layers in step, rank 0 writes
+            for _ in groups:
+                pass
+            saved.remove()
+            return None
+        out = save_sharded_checkpoint(cfg.out, config, groups, len(lazy.groups), lazy.tokenizer(), record,
+                                      parent=lazy, overwrite=cfg.overwrite, layout=cfg.layout, progress=progress)
+    clear_train_state(cfg.out)
+    resumed = f"; resumed after {done} of {len(lazy.groups)} shards" if done else ""
     note(f"weight-only {scheme['dtype']} ({cfg.method}, streamed layer by layer into {len(lazy.groups)} shards"
-         f"{done()}); not evaluated: run `ernie-compress evaluate {out}`")
+         f"{summary()}{resumed}); not evaluated: run `ernie-compress evaluate {out}`")
     seconds = round(time.perf_counter() - started, 1)
     return QuantizeResult(stage="quantize-weight-only", out=str(out), task=task, scheme=scheme, metrics={},
                           parent_metrics={}, delta_points=None, quantized_layers=len(names), steps=0, steps_run=0,
                           train_seconds=0.0, samples_per_s=None, seconds=seconds)
 
 
-def _streamed_rtn(cfg: WeightOnlyConfig, lazy, names: list[str], config, weights: dict):
+# options that do not change what a streamed run writes (or, for the process layout, say it differently)
+_NOT_IN_FINGERPRINT = ("resume", "overwrite", "threads", "nproc", "nnodes", "master", "node_rank")
+
+
+def _stream_fingerprint(cfg: WeightOnlyConfig, lazy) -> dict[str, Any]:
+    """What must match for ``--resume`` to continue a streamed run: the parent (its recorded weights digest,
+    or its weight files' sizes and times), the options that shape the result, the processes (each rank
+    saved its own calibration share) and the shard count."""
+    parent = lazy.weights_sha256 or sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                                           for p in Path(lazy.path).iterdir() if p.suffix == ".safetensors")
+    options = {k: v for k, v in config_record(cfg)["data"].items() if k not in _NOT_IN_FINGERPRINT}
+    return {"parent": str(lazy.path), "parent_weights": parent, "options": options,
+            "processes": cfg.processes, "shards": len(lazy.groups)}
+
+
+def _stream_tag(cfg: WeightOnlyConfig, lazy, progress: ShardProgress | None) -> str:
+    """The run's tag on every rank (rank 0's progress names it; the others compute the same fingerprint)."""
+    return progress.tag if progress is not None else ShardProgress(Path(), _stream_fingerprint(cfg, lazy)).tag
+
+
+def _streamed_rtn(cfg: WeightOnlyConfig, lazy, names: list[str], config, weights: dict, done: int, saved):
     """RTN: the scheme known up front (config.extra's quantization entry), the groups rounded as read."""
     if cfg.max_memory is not None:
         memory_need(lazy, names).refuse_above(cfg.max_memory, peak_resident_bytes())
     plan = _rtn(cfg, None, names)
     config.extra["quantization"] = weight_only_scheme(cfg, config, plan, weights)
     rounding = plan.roundings[names[0]][1] if names else None
-    groups = stream_rtn(lazy, names, rounding, BITS[cfg.weight_only], cfg.groups)
+    groups = stream_rtn(lazy, names, rounding, BITS[cfg.weight_only], cfg.groups, start=done)
     return groups, str((lazy.task or {}).get("name", "")), lambda: ""
 
 
-def _streamed_gptq(cfg: WeightOnlyConfig, lazy, names: list[str], config, weights: dict):
+def _streamed_gptq(cfg: WeightOnlyConfig, lazy, names: list[str], config, weights: dict, done: int,
+                   saved: SavedWalk):
     """GPTQ layer by layer (``quantize/sequential.py``) on ``--calib-samples`` training examples drawn as
     in memory; the scheme's rounding record (which experts fell back to RTN) is completed as the layers
-    are done, before the last group reaches the writer (which writes config.json after it)."""
+    are done, before the last group reaches the writer (which writes config.json after it). A resumed
+    run (``done`` groups written) continues from the hidden states ``saved`` holds on every rank."""
     task = load_task_for_model(cfg.task_spec, lazy.task, lazy.config.labels)
     tokenizer = lazy.tokenizer()
     train = encode_splits(task, tokenizer, lazy.config.labels, lazy.max_seq_length, names=("train",)).get("train")
@@ -482,13 +521,20 @@ def _streamed_gptq(cfg: WeightOnlyConfig, lazy, names: list[str], config, weight
     if cfg.max_memory is not None:
         import_paddle()  # part of the baseline: the layers run in Paddle
         gptq_memory_need(lazy, names, batches).refuse_above(cfg.max_memory, peak_resident_bytes())
+    if done:
+        missing = sum_across_ranks({"missing": np.array([0 if saved.has(done) else 1])})["missing"][0]
+        if missing:
+            raise UserError(f"cannot resume: the calibration hidden states after shard {done} are missing on "
+                            f"{missing} process(es) (in {saved.directory}); start again without --resume")
     settings = GPTQSettings(BITS[cfg.weight_only], cfg.groups, cfg.min_expert_tokens)
     record = SequentialRecord()
     scheme = config.extra["quantization"] = {}
 
     def groups():
-        for state in stream_gptq(lazy, names, batches, tokenizer.pad_id, settings, record):
+        for state in stream_gptq(lazy, names, batches, tokenizer.pad_id, settings, record, saved, start=done):
             scheme.update(weight_only_scheme(cfg, config, Plan(record.roundings, record.experts), weights))
             yield state
+        if not scheme:  # resumed after the last shard: the record comes from the saved walk
+            scheme.update(weight_only_scheme(cfg, config, Plan(record.roundings, record.experts), weights))
 
     return groups(), task.spec.name, lambda: f"; {layer_seconds(record)} s per layer"

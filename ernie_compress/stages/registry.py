@@ -151,7 +151,9 @@ def run_stage(config: Any) -> Result:
     except KeyError:
         raise TypeError(f"no stage runs {type(config).__name__}") from None
     if isinstance(config, ProcessOptions):
-        device = training_device(getattr(config, "device", None))
+        # a training stage takes its device; the others (calibration) the default, and import Paddle only
+        # to start several processes (a streamed quantize of one process must not pay for it)
+        device = training_device(config.device) if isinstance(config, AcceleratorOptions) else None
         if isinstance(config, AcceleratorOptions):
             config.check_amp(device)
         here = init_distributed()  # a launcher's process joins its group first
@@ -162,7 +164,8 @@ def run_stage(config: Any) -> Result:
             return run_nodes(run_stage, config, config.nproc, config.nnodes, config.master, config.node_rank,
                              threads=config.threads)
         if config.nproc > 1 and here.size == 1:
-            return run_workers(run_stage, config, config.nproc, device, threads=config.threads)
+            return run_workers(run_stage, config, config.nproc, device or training_device(None),
+                               threads=config.threads)
     return runner(config)
 
 

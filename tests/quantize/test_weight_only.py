@@ -135,12 +135,13 @@ def test_gptq_equals_the_optimal_brain_quantizer_form(case):
     w = rng.normal(size=(32, 12)).astype(np.float32)  # [in, out]
     hessian = 2 * x.T @ x / len(x)
     for bits, group in ((4, 8), (4, None), (8, 16)):
-        codes, scales = gptq_quantize(w, hessian, bits, group)
         ref_codes, ref_scales = reference_gptq(w, hessian, bits, group)
-        np.testing.assert_allclose(scales, ref_scales, rtol=1e-5)
-        assert np.mean(codes != ref_codes) < 0.01, (bits, group)  # a rare rounding tie may differ
-        if case == "dead inputs":
-            assert not codes[[3, 17, 18]].any()  # a weight no input reaches is stored as zero
+        for block in (128, 8, 5):  # one block; lazy batches of whole groups (5: cut to the group, or 5 rows)
+            codes, scales = gptq_quantize(w, hessian, bits, group, block=block)
+            np.testing.assert_allclose(scales, ref_scales, rtol=1e-5)
+            assert np.mean(codes != ref_codes) < 0.01, (bits, group, block)  # a rare rounding tie may differ
+            if case == "dead inputs":
+                assert not codes[[3, 17, 18]].any()  # a weight no input reaches is stored as zero
 
 
 def test_rtn_an_all_zero_group_gives_zero_codes_and_a_finite_scale():
