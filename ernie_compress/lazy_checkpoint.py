@@ -30,7 +30,7 @@ import numpy as np
 from .checkpoint import (CheckpointFacts, CheckpointHeader, check_integrity, load_policy, open_weights,
                          read_checkpoint_header)
 from .errors import UserError
-from .lazy_weights import InMemoryWeights, SafetensorsWeights
+from .lazy_weights import InMemoryWeights, SafetensorsWeights, placeholder
 from .models.config import ErnieConfig
 from .models.layouts import normalize_loaded
 
@@ -54,13 +54,6 @@ def group_names(names: list[str]) -> dict[str, list[str]]:
         (groups[REST] if layer is None else by_layer.setdefault(layer, [])).append(name)
     groups.update((f"layers.{i}", by_layer[i]) for i in sorted(by_layer))
     return groups
-
-
-def placeholder(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """A read-only array of ``shape`` that occupies one element: every stride zero."""
-    view = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=shape, strides=(0,) * len(shape))
-    view.flags.writeable = False
-    return view
 
 
 @dataclass

@@ -170,3 +170,16 @@ class InMemoryWeights:
 
     def read_many(self, names: Iterable[str]) -> dict[str, np.ndarray]:
         return {name: self.state[name] for name in names}
+
+
+def placeholder(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A read-only array of ``shape`` that occupies one element: every stride zero (a tensor's shape and
+    dtype, for conversions that need them but not its data)."""
+    view = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=shape, strides=(0,) * len(shape))
+    view.flags.writeable = False
+    return view
+
+
+def is_placeholder(array: np.ndarray) -> bool:
+    """Whether ``array`` is a :func:`placeholder` (more than one element, every stride zero)."""
+    return array.size > 1 and not any(array.strides)

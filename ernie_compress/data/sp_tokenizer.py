@@ -73,8 +73,11 @@ class SentencePieceTokenizer:
         return self._sp.encode(text, out_type=str)
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Token ids as text (sentencepiece's own detokenization)."""
-        return self._sp.decode(list(ids))
+        """Token ids as text (sentencepiece's own detokenization). An id past the tokenizer's pieces (a model
+        whose embedding has more rows than its tokenizer has pieces, as padded vocabularies do, can pick one)
+        reads as the unknown piece, instead of sentencepiece's out-of-range error."""
+        pieces = len(self.vocab)
+        return self._sp.decode([i if 0 <= i < pieces else self.unk_id for i in map(int, ids)])
 
     def encode_batch(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
                      max_length: int = 128, pad_to: int | None = None) -> Encoded:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import UserError
 from .families import family_of
+from .stored_codes import expand_codes
 
 LAYOUTS = ("ours", "paddlenlp", "paddleformers", "hf")
 LAYOUT_HELP = ("Checkpoint layout to write: ours (default), paddlenlp (ERNIE 3.0: loads in PaddleNLP), "
@@ -60,7 +61,10 @@ def layout_files(config, state: dict[str, np.ndarray], layout: str
 
 
 def normalize_loaded(config, state: dict[str, np.ndarray], raw_config: dict[str, Any], ours: bool):
-    """A loaded checkpoint's config and weights in this package's layout, whatever layout it was in."""
+    """A loaded checkpoint's config and weights in this package's layout, whatever layout it was in (a
+    weight-only checkpoint's stored codes expanded to its float weights: ``stored_codes.py``)."""
+    if ours:
+        state = expand_codes(state, config.extra.get("quantization"))
     config, state = family_of(config).normalize(config, state, raw_config, ours)
     extra = {k: v for k, v in config.extra.items() if k not in SAVER_KEYS}
     return config.replace(extra=extra), state

@@ -98,11 +98,13 @@ def calibration_batches(train, samples: int) -> list:
     return [train.rows(np.sort(order[i:i + CALIBRATION_BATCH])) for i in range(0, len(order), CALIBRATION_BATCH)]
 
 
-def collect_hessians(model, names: list[str], batches, pad_id: int) -> Hessians:
+def collect_hessians(model, names: list[str], batches, pad_id: int, skip_starved: bool = False,
+                     min_expert_tokens: int | None = None) -> Hessians:
     """H = 2 XᵀX / n of the inputs of the Linears ``names`` over the non-padding positions of
     ``batches`` (``Batch`` objects), from one pass through ``model``. A routed expert's Linear of a
     mixture-of-experts layer sees only the tokens routed to it: its X is those of them that are not
-    padding (the family says which Linears are routed and where their block records the dispatch)."""
+    padding (the family says which Linears are routed and where their block records the dispatch).
+    ``skip_starved``: see :func:`observe_hessians`."""
     from ..paddle_env import import_paddle
 
     paddle = import_paddle()
@@ -111,31 +113,56 @@ def collect_hessians(model, names: list[str], batches, pad_id: int) -> Hessians:
         return lambda: model(paddle.to_tensor(batch.input_ids), paddle.to_tensor(batch.token_type_ids))
 
     passes = (((batch.input_ids != pad_id).reshape(-1), forward(batch)) for batch in batches)
-    return observe_hessians(dict(model.named_sublayers()), family_of(model.config), names, passes)
+    return observe_hessians(dict(model.named_sublayers()), family_of(model.config), names, passes, skip_starved,
+                            min_expert_tokens)
 
 
-def observe_hessians(layers: dict, family, names: list[str], passes) -> Hessians:
+def observe_hessians(layers: dict, family, names: list[str], passes, skip_starved: bool = False,
+                     min_expert_tokens: int | None = None) -> Hessians:
     """:func:`collect_hessians` over any forward: ``layers`` maps full sublayer names (the model's,
     ``ernie.layers.3.mlp...``) to the sublayers holding ``names`` and their MoE blocks; each of
     ``passes`` is (``real`` [b*s] bool: the batch's non-padding positions, a function running the
     forward on that batch). Layer-by-layer calibration (``sequential.py``) passes one decoder layer.
     In a run on several ranks each passes its share of the batches, and the sums (and token counts) of
-    all ranks are added before they are scaled: every rank gets the Hessians of all the batches."""
+    all ranks are added before they are scaled: every rank gets the Hessians of all the batches.
+
+    With ``skip_starved``, a routed expert that GPTQ will round to nearest (fewer calibration tokens than
+    ``min_expert_tokens``: :func:`expert_tokens`) gets no Hessian: a first pass counts each expert's
+    tokens, the second sums XᵀX for the other Linears only (an MoE layer's experts' Hessians are most of
+    its calibration memory: 64 experts x 3 Linears of [2560, 2560] float64 at ERNIE-4.5-21B-A3B's shape,
+    16 GB). The result lacks only Hessians :func:`gptq_roundings` does not read."""
+    routed = [name for name in names if family.routed_expert(name) is not None]
+    if skip_starved and routed:
+        passes = list(passes)  # run twice
+        counted = _observe(layers, family, routed, passes, count_only=True).tokens
+        widths = {name: layers[name].weight.shape[0] for name in routed}
+        experts = expert_tokens(family, routed, counted, widths, min_expert_tokens)
+        needed = [name for name in names if name not in counted
+                  or not experts[family.routed_expert(name).expert]["starved"]]
+        seen = _observe(layers, family, needed, passes)
+        return Hessians(seen.hessians, {**counted, **seen.tokens})
+    return _observe(layers, family, names, passes)
+
+
+def _observe(layers: dict, family, names: list[str], passes, count_only: bool = False) -> Hessians:
+    """One calibration pass of :func:`observe_hessians` (``count_only``: the token counts, no Hessian)."""
     from ..paddle_env import import_paddle
 
     paddle = import_paddle()
     sites = {name: family.routed_expert(name) for name in names}
     blocks = {site.block: layers[site.block] for site in sites.values() if site is not None}
-    sums = {name: np.zeros((layers[name].weight.shape[0],) * 2) for name in names}
+    sums = {} if count_only else {name: np.zeros((layers[name].weight.shape[0],) * 2) for name in names}
     counts = dict.fromkeys(names, 0)
     real = {}  # "rows": [b*s] bool, True at the current batch's non-padding positions
 
     def hook(name):
         def record(layer, inputs):
             x = inputs[0].numpy().reshape(-1, inputs[0].shape[-1])  # [rows, in]: b*s, or an expert's n_e
-            x = x[_real_rows(real["rows"], sites[name], blocks)].astype(np.float64)  # [tokens, in]
-            sums[name] += x.T @ x
+            x = x[_real_rows(real["rows"], sites[name], blocks)]  # [tokens, in]
             counts[name] += len(x)
+            if not count_only:
+                x = x.astype(np.float64)
+                sums[name] += x.T @ x
         return record
 
     handles = [layers[name].register_forward_pre_hook(hook(name)) for name in names]
@@ -154,7 +181,7 @@ def observe_hessians(layers: dict, family, names: list[str], passes) -> Hessians
     sums = sum_across_ranks(sums)  # calibration divided between ranks (calibration_ranks.py): every rank's sum
     totals = sum_across_ranks({"tokens": np.array([counts[name] for name in names], dtype=np.int64)})["tokens"]
     counts = {name: int(n) for name, n in zip(names, totals)}
-    return Hessians({name: 2 * sums[name] / max(1, counts[name]) for name in names}, counts)
+    return Hessians({name: 2 * sums[name] / max(1, counts[name]) for name in sums}, counts)
 
 
 def gptq_roundings(family, names: list[str], seen: Hessians, widths: dict[str, int], bits: int,

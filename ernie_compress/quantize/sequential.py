@@ -51,7 +51,7 @@ from ..progress import progress_bar
 from .calibration_ranks import solve_divided
 from .gptq import gptq_roundings, observe_hessians
 from .streaming import GIB, ROUNDING_FIXED, WRITE_FACTOR, MemoryNeed, group_bytes
-from .weight_only import round_head_, round_linears_
+from .weight_only import round_head_, round_linears_, store_codes_
 
 FLOAT64 = 8
 # bytes of one GPTQ solve per float64 element of H [in, in] (H's copy, its inverse, the Cholesky factor
@@ -173,7 +173,7 @@ def _replace(path: Path, write) -> None:
 
 
 def quantize_layer_(lazy: LazyCheckpoint, index: int, state: dict[str, np.ndarray], names: list[str],
-                   calibration: Calibration, settings: GPTQSettings) -> tuple[dict, dict]:
+                   calibration: Calibration, settings: GPTQSettings, kept: dict | None = None) -> tuple[dict, dict]:
     """In place: layer ``index``'s Linears ``names`` in ``state`` (its tensors, full names) rounded by
     GPTQ from the Hessians of ``calibration``'s hidden states, and ``calibration.hidden`` replaced by
     the layer's outputs computed with the rounded weights. Returns (roundings, experts) as
@@ -184,14 +184,15 @@ def quantize_layer_(lazy: LazyCheckpoint, index: int, state: dict[str, np.ndarra
     sublayers = {prefix + name: sub for name, sub in layer.named_sublayers()}
     passes = [(real, _forward(layer, hidden, inputs))
               for real, hidden, inputs in zip(calibration.real, calibration.hidden, calibration.inputs)]
-    seen = observe_hessians(sublayers, family, names, passes)
+    seen = observe_hessians(sublayers, family, names, passes, skip_starved=True,
+                            min_expert_tokens=settings.min_expert_tokens)
     widths = {name: sublayers[name].weight.shape[0] for name in names}
     roundings, experts = gptq_roundings(family, names, seen, widths, settings.bits, settings.group_size,
                                         settings.min_expert_tokens)
     roundings = solve_divided(roundings, state, settings.group_size)  # several ranks: each solves its share
     del seen, passes
     round_linears_(state, {name: rounding for name, (_, rounding) in roundings.items()}, settings.bits,
-                   settings.group_size)
+                   settings.group_size, kept)
     layer.set_state_dict({key[len(prefix):]: value for key, value in state.items()})  # the rounded weights
     _propagate(layer, calibration)
     return roundings, experts
@@ -212,21 +213,23 @@ def _propagate(layer, calibration: Calibration) -> None:
 
 
 def stream_gptq(lazy: LazyCheckpoint, names: list[str], batches, pad_id: int, settings: GPTQSettings,
-                record: SequentialRecord, saved: SavedWalk | None = None,
-                start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                record: SequentialRecord, saved: SavedWalk | None = None, start: int = 0,
+                store: dict[str, dict] | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Each group's tensors in our layout, the rest first (its head rounded to int8), then each decoder
     layer with its Linears (``names``) rounded by GPTQ on the quantized model's hidden states (module
     docstring): one group in memory at a time. ``record`` is filled as the layers are done. With ``saved``
     the walk's state is kept for a resume; ``start`` > 0 continues a walk from group ``start`` with the
-    hidden states and records ``saved`` holds."""
+    hidden states and records ``saved`` holds. With ``store`` (the scheme's weights) each group is handed
+    over with its codes stored (``models/stored_codes.py``) instead of its dequantized weights."""
     groups = list(lazy.groups)  # the rest, then the layers
     if start == 0:
         rest = lazy.load_group(REST)
         calibration = embed(lazy, rest, batches, pad_id)
-        round_head_(rest, lazy.config)
+        kept = {} if store is not None else None
+        round_head_(rest, lazy.config, kept)
         if saved is not None:
             saved.save(1, calibration.hidden, None)
-        yield rest
+        yield rest if store is None else store_codes_(rest, kept, store)
         del rest
     else:
         calibration = embed(lazy, None, batches, pad_id)
@@ -241,7 +244,8 @@ def stream_gptq(lazy: LazyCheckpoint, names: list[str], batches, pad_id: int, se
             index = int(group.split(".", 1)[1])
             state = lazy.load_group(group)
             mine = [name for name in names if layer_of(name) == index]
-            roundings, experts = quantize_layer_(lazy, index, state, mine, calibration, settings)
+            kept = {} if store is not None else None
+            roundings, experts = quantize_layer_(lazy, index, state, mine, calibration, settings, kept)
             hows = {name: how for name, (how, _) in roundings.items()}
             record.roundings.update((name, (how, None)) for name, how in hows.items())  # not the Hessians
             record.experts.update(experts)
@@ -251,7 +255,7 @@ def stream_gptq(lazy: LazyCheckpoint, names: list[str], batches, pad_id: int, se
                 saved.save(groups.index(group) + 1, None if last else calibration.hidden,
                            {"roundings": hows, "experts": experts, "seconds": record.seconds[-1]})
             bar.advance({"peak GiB": peak_resident_bytes() / GIB, "s/layer": record.seconds[-1]})
-            yield state
+            yield state if store is None else store_codes_(state, kept, store)
             del state
 
 

@@ -27,7 +27,7 @@ from ..lazy_checkpoint import LazyCheckpoint
 from ..models.families import family_of
 from .scheme import QUANTIZED_ROLES
 from .weight_only import (COLUMN_BLOCK_BYTES, HEAD_BITS, check_group_sizes, lm_head_weight, round_head_,
-                          round_linears_)
+                          round_linears_, store_codes_)
 
 GIB = 1 << 30
 # bytes a Linear's rounding holds at once, per float32 byte of its weight: its int8 codes, their float32
@@ -97,17 +97,18 @@ def memory_need(lazy: LazyCheckpoint, names: list[str]) -> MemoryNeed:
     return MemoryNeed(group, need[group])
 
 
-def stream_rtn(lazy: LazyCheckpoint, names: list[str], rounding, bits: int,
-               group_size: int | None, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+def stream_rtn(lazy: LazyCheckpoint, names: list[str], rounding, bits: int, group_size: int | None,
+               start: int = 0, store: dict[str, dict] | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Each group's tensors in our layout from group ``start`` on (a resumed run), its Linears (``names``)
     rounded by ``rounding`` (weight [in, out] -> codes, scales) and the output head to int8, stored
-    dequantized: one group at a time."""
+    dequantized, or with ``store`` (the scheme's weights) as their codes: one group at a time."""
     roundings = dict.fromkeys(names, rounding)
     for group in list(lazy.groups)[start:]:
         state = lazy.load_group(group)
-        round_linears_(state, roundings, bits, group_size)
-        round_head_(state, lazy.config)
-        yield state
+        kept = {} if store is not None else None
+        round_linears_(state, roundings, bits, group_size, kept)
+        round_head_(state, lazy.config, kept)
+        yield state if store is None else store_codes_(state, kept, store)
 
 
 def scheme_weights(lazy: LazyCheckpoint, names: list[str], bits: int, group_size: int | None) -> dict[str, dict]:

@@ -13,7 +13,8 @@ weight-only LLM deployments keep the head at 8 bits).
 
 The checkpoint keeps the dequantized weights (``codes * scale``, exactly representable), so any
 loader runs it and the codes are recovered from them: each group's largest magnitude is exactly
-``qmax * scale``.
+``qmax * scale``; or, with ``--store codes``, the codes and scales themselves
+(``models/stored_codes.py``), which every reader expands into those same weights.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..models.families import family_of
+from ..models.stored_codes import dequantize, stored_tensors  # noqa: F401  (dequantize: re-exported)
 
 BITS = {"int8": 8, "int4": 4}
 HEAD_BITS = 8  # a causal LM's output head: int8 per vocabulary entry, whatever the Linears get
@@ -89,19 +91,12 @@ def _rtn_block(weight: np.ndarray, bits: int, size: int) -> tuple[np.ndarray, np
     return codes.reshape(rows, cols).astype(np.int8), scales.astype(np.float32)
 
 
-def dequantize(codes: np.ndarray, scales: np.ndarray, group_size: int | None) -> np.ndarray:
-    """Float weights [in, out] from codes [in, out] and scales [groups, out]."""
-    rows, cols = codes.shape
-    size = rows if group_size is None else group_size
-    grouped = codes.astype(np.float32).reshape(rows // size, size, cols) * scales[:, None, :]
-    return grouped.reshape(rows, cols)
-
-
 def round_linears_(state: dict[str, np.ndarray], roundings: dict, bits: int,
-                   group_size: int | None) -> dict[str, dict]:
+                   group_size: int | None, kept: dict | None = None) -> dict[str, dict]:
     """In place: each Linear ``roundings`` names (name -> weight [in, out] -> (codes, scales)) whose
     weight is in ``state`` put on the grid and stored dequantized; returns the scheme's entry per
-    weight (``{"bits", "group_size"}``). ``state`` may be one decoder layer's tensors (streamed)."""
+    weight (``{"bits", "group_size"}``). ``state`` may be one decoder layer's tensors (streamed).
+    ``kept`` (weight name -> (codes, scales)) receives the codes, for a checkpoint that stores them."""
     weights = {}
     for name, rounding in roundings.items():
         key = f"{name}.weight"
@@ -109,17 +104,34 @@ def round_linears_(state: dict[str, np.ndarray], roundings: dict, bits: int,
             codes, scales = rounding(state[key])  # [in, out] int8, [groups, out]
             state[key] = dequantize(codes, scales, group_size)
             weights[key] = {"bits": bits, "group_size": group_size}
+            if kept is not None:
+                kept[key] = (codes, scales)
     return weights
 
 
-def round_head_(state: dict[str, np.ndarray], config) -> dict[str, dict]:
+def round_head_(state: dict[str, np.ndarray], config, kept: dict | None = None) -> dict[str, dict]:
     """In place: a causal LM's output head, when ``state`` holds it, to int8 per vocabulary entry (RTN,
-    the module docstring), stored dequantized; returns its scheme entry (none for other models)."""
+    the module docstring), stored dequantized; returns its scheme entry (none for other models).
+    ``kept`` as for :func:`round_linears_` (the codes of the head [hidden, vocab], however it is held)."""
     head = lm_head_weight(config)
     if head is None or head[0] not in state:
         return {}
     key, transposed = head
     matrix = state[key].T if transposed else state[key]  # [hidden, vocab]
-    matrix = dequantize(*quantize_rtn(matrix, HEAD_BITS, None), None)
+    codes, scales = quantize_rtn(matrix, HEAD_BITS, None)
+    matrix = dequantize(codes, scales, None)
     state[key] = np.ascontiguousarray(matrix.T if transposed else matrix)
+    if kept is not None:
+        kept[key] = (codes, scales)
     return {key: {"bits": HEAD_BITS, "group_size": None, "transposed": transposed}}
+
+
+def store_codes_(state: dict[str, np.ndarray], kept: dict, weights: dict[str, dict]) -> dict[str, np.ndarray]:
+    """In place: every weight of ``state`` whose codes ``kept`` holds replaced by its stored codes and
+    scales (``models/stored_codes.py``; ``weights``: the scheme's entry per weight, for its bits); the
+    codes are dropped from ``kept``. Returns ``state``."""
+    for key in [k for k in kept if k in state]:
+        codes, scales = kept.pop(key)
+        del state[key]
+        state.update(stored_tensors(key, codes, scales, weights[key]["bits"]))
+    return state

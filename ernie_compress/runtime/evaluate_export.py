@@ -28,6 +28,7 @@ from .latency import LatencyConfig, measure_latency
 from .manifest import load_manifest
 from .registry import open_session
 from .session import DECODER
+from .teacher_forcing import teacher_forced_logits
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,6 @@ def _open_decoder(export_dir: Path, manifest: dict[str, Any], runtime: RuntimeCo
 def evaluate_export(cfg: EvaluateExportConfig) -> ExportEvaluation:
     manifest = load_manifest(cfg.export_dir)
     export_dir = Path(cfg.export_dir).expanduser().resolve()
-    if manifest.get("streamed"):
-        raise UserError(f"{export_dir} is an export --stream: it holds the KV-cache decoder alone "
-                        f"(onnx/decoder.onnx), not the full-sequence model evaluate scores; time it with "
-                        f"`ernie-compress generate` or `bench`, evaluate the checkpoint it came from, or export "
-                        f"that without --stream")
     labels = manifest.get("labels") or []
     tokenizer = load_tokenizer(export_dir)
     if cfg.task:
@@ -85,6 +81,8 @@ def evaluate_export(cfg: EvaluateExportConfig) -> ExportEvaluation:
     split_name = cfg.split or task.held_out
     split = encode_split(task.kind, task.split(split_name), tokenizer, labels, manifest.get("max_seq_length", 128))
 
+    if manifest.get("streamed"):
+        return _evaluate_decoder_only(cfg, manifest, export_dir, tokenizer, spec, task, split_name, split)
     profile_dir = Path(tempfile.mkdtemp(prefix="ernie-compress-profile-")) if cfg.runtime.profile else None
     try:
         session = open_session(export_dir, manifest, cfg.runtime, profile_dir)
@@ -121,3 +119,30 @@ def evaluate_export(cfg: EvaluateExportConfig) -> ExportEvaluation:
         primary_metric=primary, reference_metrics=reference, delta_points=delta, eval_seconds=round(eval_seconds, 2),
         latency=latency, generation=generation, profile=profile, threads=cfg.runtime.threads,
         example_stats=example_stats if cfg.keep_example_stats else None)
+
+
+def _evaluate_decoder_only(cfg: EvaluateExportConfig, manifest: dict[str, Any], export_dir: Path, tokenizer, spec,
+                           task, split_name: str, split) -> ExportEvaluation:
+    """An export --stream holds the KV-cache decoder alone: its perplexity by teacher forcing through the
+    cache (``teacher_forcing.py``), and generation timed as for any decoder; no full-sequence latency."""
+    if task.kind != "causal_lm":
+        raise UserError(f"{export_dir} is an export --stream (the KV-cache decoder alone): it scores causal-LM "
+                        f"tasks, not {task.kind}")
+    if cfg.runtime.profile:
+        raise UserError("--profile times the full-sequence model, which an export --stream does not have")
+    decoder = _open_decoder(export_dir, manifest, cfg.runtime, tokenizer.pad_id)
+    start = time.perf_counter()
+    metrics, example_stats = scored_split(teacher_forced_logits(decoder.fork(), tokenizer.pad_id), split,
+                                          cfg.eval_batch_size)
+    eval_seconds = time.perf_counter() - start
+    generation = None
+    decoder_entry = manifest.get("files", {}).get("decoder")
+    if decoder_entry and cfg.generation is not None:
+        generation = measure_generation(decoder, tokenizer, [e.text_a for e in task.split(split_name)],
+                                        decoder_entry["context"], cfg.generation)
+    return ExportEvaluation(
+        export=str(export_dir), task=spec.name, split=split_name, backend="onnxruntime (decoder.onnx, teacher-forced)",
+        device=cfg.runtime.device, providers=None, precision=manifest.get("precision"), metrics=metrics,
+        primary_metric=PRIMARY_METRIC[task.kind], reference_metrics=None, delta_points=None,
+        eval_seconds=round(eval_seconds, 2), latency=[], generation=generation, profile=None,
+        threads=cfg.runtime.threads, example_stats=example_stats if cfg.keep_example_stats else None)

@@ -42,6 +42,7 @@ from ..metrics import metric_delta
 from ..models import model_from_state
 from ..models.families import family_of
 from ..models.layouts import check_layout
+from ..models.stored_codes import STORAGE_HELP, STORAGES
 from ..options import check_options, fail, option
 from ..paddle_env import import_paddle
 from ..progress import note
@@ -55,7 +56,7 @@ from ..quantize.sequential import (GPTQSettings, SavedWalk, SequentialRecord, gp
                                   stream_gptq)
 from ..quantize.streaming import (check_disk, check_streamable, memory_need, quantized_linears, scheme_weights,
                                   stream_rtn)
-from ..quantize.weight_only import BITS, check_group_sizes, quantize_rtn, round_head_, round_linears_
+from ..quantize.weight_only import BITS, check_group_sizes, quantize_rtn, round_head_, round_linears_, store_codes_
 from ..training_loop import LoopConfig, TrainResult, clear_train_state, evaluate_split, resumable
 from ..results import QuantizeResult
 from .common import (CheckpointOutput, ParentKDOptions, ProcessOptions, ResumeOption, RunOptions, TokenizerOption,
@@ -173,7 +174,8 @@ def _gptq(cfg, start: Start, names: list[str]) -> Plan:
     second moments of ``cfg.calib_samples`` training examples, taken from the FP32 parent; a routed
     expert that receives fewer calibration tokens than ``cfg.min_expert_tokens`` is rounded to nearest."""
     batches = my_batches(calibration_batches(start.splits["train"], cfg.calib_samples))  # all, with one rank
-    seen = collect_hessians(start.model, names, batches, start.tokenizer.pad_id)  # summed over the ranks
+    seen = collect_hessians(start.model, names, batches, start.tokenizer.pad_id,  # summed over the ranks
+                            skip_starved=True, min_expert_tokens=cfg.min_expert_tokens)
     layers = dict(start.model.named_sublayers())
     widths = {name: layers[name].weight.shape[0] for name in names}
     roundings, experts = gptq_roundings(family_of(start.model.config), names, seen, widths, BITS[cfg.weight_only],
@@ -191,7 +193,7 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions, ProcessOptions, Resu
     weight_only: str = option("int4", selects=True, choices=tuple(BITS), help=(
         "Weight-only quantization to int8 (per output channel) or int4 (groups of --group-size input rows) "
         "by --method; activations stay float; a causal LM's output head gets int8 per vocabulary entry; the "
-        "checkpoint holds the dequantized weights."))
+        "checkpoint holds the dequantized weights (or their codes: --store)."))
     group_size: int | None = option(None, at_least=1, help=(
         "Weight-only: input rows per scale (default: the whole column for int8, 32 for int4); must divide "
         "every quantized Linear's input width."))
@@ -209,6 +211,7 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions, ProcessOptions, Resu
         "states (kept in memory) through each layer and feeds the *quantized* layer's outputs to the next "
         "(llm-compressor's sequential pipeline; in memory, every layer is calibrated on the FP32 model). The "
         "result is not evaluated against its parent (that needs the whole model): run `evaluate` on it."))
+    store: str = option("float", choices=STORAGES, help=STORAGE_HELP)
     max_memory: float | None = option(None, above=0, help=(
         "With --stream: the memory (GiB) the run may use; refused before any weight is read when the "
         "largest layer (or the embedding and head) would not fit, with GPTQ's calibration hidden states, "
@@ -223,6 +226,10 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions, ProcessOptions, Resu
         if self.processes > 1 and not ROUNDINGS[self.method].calibrates:
             fail(f"{{nproc}} x {{nnodes}} divide calibration between processes; {{method}} {self.method} has none "
                  f"(use one process)", "nproc", "nnodes", "method")
+        if self.store == "codes" and self.layout != "ours":
+            fail(f"{{store}} codes is our layout's; {{layout}} {self.layout} holds float weights on the grid for its "
+                 f"loaders (use --store float, or export --layout compressed-tensors|gptq|gguf for packed codes)",
+                 "store", "layout")
         if self.resume and not self.stream:
             fail("{resume} continues a streamed run (add {stream}); an in-memory quantize keeps nothing to resume "
                  "from", "resume", "stream")
@@ -360,10 +367,15 @@ def _fp16(cfg: FP16Config, start: Start) -> Quantized:
 
 @runs(WeightOnlyConfig, methods=tuple(f"weight_only_{name}" for name in ROUNDINGS))
 def _weight_only(cfg: WeightOnlyConfig, start: Start) -> Quantized:
-    """Integer weights on ``cfg``'s grid by its rounding (``--method``), stored dequantized."""
-    state, scheme = _weight_only_state(cfg, start)
-    return Quantized("quantize-weight-only", model_from_state(start.parent.config, state, str(start.parent.path)),
-                     state, scheme, f"weight-only {scheme['dtype']} ({cfg.method})", layers=scheme["linears"])
+    """Integer weights on ``cfg``'s grid by its rounding (``--method``), stored dequantized (or, with
+    ``--store codes``, as their codes and scales: the model evaluated holds the dequantized weights)."""
+    kept = {} if cfg.store == "codes" else None
+    state, scheme = _weight_only_state(cfg, start, kept)
+    model = model_from_state(start.parent.config, state, str(start.parent.path))
+    if kept is not None:
+        state = store_codes_(dict(state), kept, scheme["weights"])
+    return Quantized("quantize-weight-only", model, state, scheme, f"weight-only {scheme['dtype']} ({cfg.method})",
+                     layers=scheme["linears"])
 
 
 # -- what the runners share -----------------------------------------------------------------------
@@ -391,23 +403,25 @@ def _int8_result(cfg: QATConfig | PTQConfig, int8: Int8Scheme, qmodel,
                      extra_files={SCALES_FILE: scales}, training=trained)
 
 
-def _weight_only_state(cfg: WeightOnlyConfig, start: Start) -> tuple[dict, dict]:
+def _weight_only_state(cfg: WeightOnlyConfig, start: Start, kept: dict | None = None) -> tuple[dict, dict]:
     """The parent's weights with every quantized Linear on ``cfg``'s grid (``--method``: rounded
-    to nearest, or by GPTQ), dequantized, and the scheme config.json records."""
+    to nearest, or by GPTQ), dequantized, and the scheme config.json records; ``kept`` receives the
+    codes (``round_linears_``)."""
     bits, group = BITS[cfg.weight_only], cfg.groups
     state = dict(start.parent.state)
     names = quantized_linear_names(start.model)
     check_group_sizes({name: state[f"{name}.weight"].shape[0] for name in names}, group)
     plan = ROUNDINGS[cfg.method].prepare(cfg, start, names)
-    weights = round_linears_(state, {name: rounding for name, (_, rounding) in plan.roundings.items()}, bits, group)
-    weights.update(round_head_(state, start.parent.config))  # int8 per vocabulary entry
+    weights = round_linears_(state, {name: rounding for name, (_, rounding) in plan.roundings.items()}, bits, group,
+                             kept)
+    weights.update(round_head_(state, start.parent.config, kept))  # int8 per vocabulary entry
     return state, weight_only_scheme(cfg, start.model.config, plan, weights)
 
 
 def weight_only_scheme(cfg: WeightOnlyConfig, config, plan: Plan, weights: dict[str, dict]) -> dict[str, Any]:
     """config.json's quantization entry of a weight-only run: method, grid, counts, each weight's entry."""
     return {"method": f"weight_only_{cfg.method}", "dtype": cfg.weight_only, "weight_bits": BITS[cfg.weight_only],
-            "group_size": cfg.groups, "linears": len(plan.roundings), **_rounding_record(cfg, config, plan),
+            "group_size": cfg.groups, "storage": cfg.store, "linears": len(plan.roundings), **_rounding_record(cfg, config, plan),
             "weights": weights}
 
 
@@ -445,9 +459,9 @@ def _streamed(cfg: WeightOnlyConfig, started: float) -> QuantizeResult | None:
     check_layout(lazy.config, cfg.layout)
     names = quantized_linears(lazy)
     check_streamable(lazy, names, cfg.groups)
-    check_disk(lazy, cfg.out)
-    config = lazy.config.replace(extra=dict(lazy.config.extra))
     weights = scheme_weights(lazy, names, BITS[cfg.weight_only], cfg.groups)
+    check_disk(lazy, cfg.out, {k: w["bits"] for k, w in weights.items()} if cfg.store == "codes" else None)
+    config = lazy.config.replace(extra=dict(lazy.config.extra))
     here = world()
     with resumable(cfg.out, cfg.resume, PROGRESS_FILE) as state_dir:
         progress = ShardProgress.start(state_dir, _stream_fingerprint(cfg, lazy), cfg.resume) if here.main else None
@@ -502,7 +516,8 @@ def _streamed_rtn(cfg: WeightOnlyConfig, lazy, names: list[str], config, weights
     plan = _rtn(cfg, None, names)
     config.extra["quantization"] = weight_only_scheme(cfg, config, plan, weights)
     rounding = plan.roundings[names[0]][1] if names else None
-    groups = stream_rtn(lazy, names, rounding, BITS[cfg.weight_only], cfg.groups, start=done)
+    groups = stream_rtn(lazy, names, rounding, BITS[cfg.weight_only], cfg.groups, start=done,
+                        store=weights if cfg.store == "codes" else None)
     return groups, str((lazy.task or {}).get("name", "")), lambda: ""
 
 
@@ -531,7 +546,8 @@ def _streamed_gptq(cfg: WeightOnlyConfig, lazy, names: list[str], config, weight
     scheme = config.extra["quantization"] = {}
 
     def groups():
-        for state in stream_gptq(lazy, names, batches, tokenizer.pad_id, settings, record, saved, start=done):
+        for state in stream_gptq(lazy, names, batches, tokenizer.pad_id, settings, record, saved, start=done,
+                                 store=weights if cfg.store == "codes" else None):
             scheme.update(weight_only_scheme(cfg, config, Plan(record.roundings, record.experts), weights))
             yield state
         if not scheme:  # resumed after the last shard: the record comes from the saved walk

@@ -40,3 +40,11 @@ def test_a_corrupt_model_and_unsupported_uses_are_clear_errors(sp):
         SentencePieceTokenizer(b"garbage")
     with pytest.raises(UserError, match="NER"):
         sp.encode_characters([["好"]])
+
+
+def test_ids_past_the_pieces_decode_as_the_unknown_piece(sp):
+    """A model's embedding may have more rows than its tokenizer has pieces (a padded vocabulary); a random or
+    barely trained one picks them: the text shows the unknown piece instead of sentencepiece's range error."""
+    ids = sp.encode_batch(["质量不错"]).input_ids[0].tolist()
+    past = len(sp.vocab) + 5
+    assert sp.decode([*ids, past]) == sp.decode([*ids, sp.unk_id])

@@ -119,8 +119,15 @@ def test_the_streamed_decoder_is_the_in_memory_one_and_is_verified_against_numpy
     prompts = ["--prompt", "质量太差", "--max-new-tokens", "8"]
     assert (cli_json(["generate", str(tmp_path / "s"), *prompts])["results"][0]["tokens"]
             == cli_json(["generate", str(tmp_path / "m"), *prompts])["results"][0]["tokens"])
-    res = CliRunner().invoke(app, ["--quiet", "evaluate", str(tmp_path / "s")])  # nothing to score perplexity on
-    assert res.exit_code == 2 and "holds the KV-cache decoder alone" in res.stderr, res.output
+    evaluated = {d: cli_json(["evaluate", str(tmp_path / d)]) for d in ("s", "m")}
+    # the decoder alone: perplexity by teacher forcing through the KV cache, as the full-sequence model gives it
+    assert evaluated["s"]["backend"].endswith("teacher-forced)") and evaluated["s"]["latency"] == []
+    got, full = (evaluated[d]["metrics"] for d in ("s", "m"))
+    assert got["tokens"] == full["tokens"] and abs(got["perplexity"] / full["perplexity"] - 1) < 1e-3, (got, full)
+    assert evaluated["s"]["generation"]["decode"] and evaluated["s"]["generation"]["time_to_first_token"]
+    res = CliRunner().invoke(app, ["--quiet", "evaluate", str(tmp_path / "s"), "--task", "demo:sentiment"])
+    assert res.exit_code == 2 and "has labels the model does not know" in res.stderr, res.output  # one line
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("experts", ["auto", "dispatch"])  # QMoE for the int4 experts, or MatMulNBits per expert

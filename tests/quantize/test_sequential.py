@@ -93,3 +93,27 @@ def test_a_max_memory_below_the_layer_and_its_calibration_is_refused_in_one_line
                      "gptq", "--stream", "--max-memory", "0.01"], tmp_path / "out")
     assert "--max-memory 0.01 GiB is below what the largest group needs" in line
     assert "calibration hidden states, Hessians and GPTQ solve" in line
+
+
+def test_experts_rounded_to_nearest_get_no_hessian(parents):  # noqa: F811
+    """skip_starved: a first pass counts each expert's tokens; the experts GPTQ will round to nearest are
+    left out of the Hessian pass (their Hessians were most of an MoE layer's calibration memory); the
+    others' Hessians and every token count are those of the full pass."""
+    from ernie_compress.quantize.gptq import expert_tokens
+
+    start = start_from(parents["moe"], None)
+    model, family = start.model, family_of(start.model.config)
+    names = quantized_linear_names(model)
+    batches = calibration_batches(start.splits["train"], SAMPLES)
+    full = collect_hessians(model, names, batches, start.tokenizer.pad_id)
+    routed = [n for n in names if family.routed_expert(n) is not None]
+    threshold = sorted(full.tokens[n] for n in routed)[len(routed) // 2]  # about half the experts fall short
+    skipped = collect_hessians(model, names, batches, start.tokenizer.pad_id, skip_starved=True,
+                               min_expert_tokens=threshold)
+    layers = dict(model.named_sublayers())
+    experts = expert_tokens(family, routed, full.tokens, {n: layers[n].weight.shape[0] for n in routed}, threshold)
+    starved = {n for n in routed if experts[family.routed_expert(n).expert]["starved"]}
+    assert starved and starved != set(routed)  # some of each
+    assert skipped.tokens == full.tokens and set(skipped.hessians) == set(names) - starved
+    for name, hessian in skipped.hessians.items():
+        assert hessian.tobytes() == full.hessians[name].tobytes(), name
