@@ -72,8 +72,18 @@ def import_paddle(threads: int | None = None):
     n = cpu_threads(threads)
     if _configured_threads != n:
         paddle.core.set_num_threads(n)
+        limit_numpy_threads(n)
         _configured_threads = n
     return paddle
+
+
+def limit_numpy_threads(n: int) -> None:
+    """NumPy's BLAS (OpenBLAS) on ``n`` threads, as Paddle: its products' last bits depend on its thread
+    count (XᵀX of GPTQ's Hessians does), so processes given the same ``--threads`` compute the same bits
+    (a rank of ``--nproc`` may otherwise inherit another count than a single process has)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n, user_api="blas")
 
 
 def seed_everything(seed: int) -> None:
