@@ -106,12 +106,20 @@ def main(argv: list[str] | None = None) -> dict:
                       str(args.max_new_tokens), "--no-stream"], None),
     ]
     rows, failed = [], None
+
+    def result() -> dict:
+        return {"preset": args.preset, "layers": args.layers, "dtype": args.dtype, "checkpoint_gib": weights / GIB,
+                "mem_total_gib": memory / GIB, "checkpoint_vs_memory": weights / memory,
+                "calib_samples": args.calib_samples,
+                "steps": rows + [{"step": name, "status": "not run (the run was stopped)"}
+                                 for name, _, _ in steps[len(rows):]],
+                "load_average": os.getloadavg()}
+
     try:
         for name, cmd, output in steps:
             row = {"step": name, "argv": cmd[1:]}
-            rows.append(row)
             if failed:
-                row.update(status="skipped", error=f"{failed} failed")
+                rows.append(dict(row, status="skipped", error=f"{failed} failed"))
                 continue
             got = run_measured(cmd, cwd=ROOT, limit_bytes=int(args.max_rss_gib * GIB), timeout_s=args.timeout_s)
             row.update(status="ok" if got.returncode == 0 else "failed", peak_rss_gib=got.peak_rss_bytes / GIB,
@@ -120,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
                 row["output_gib"] = folder_bytes(output) / GIB
             if got.returncode == 0 and name in ("quantize", "generate"):
                 row["result"] = json.loads(got.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            _emit(result(), args, quiet=True)  # each step on record as soon as it is done
             print(f"{name}: {row['status']} {row['peak_rss_gib']:.2f} GiB {row['wall_s']:.0f} s "
                   f"{row.get('output_gib', 0):.2f} GiB written {row.get('error') or ''}", file=sys.stderr, flush=True)
             if got.returncode:
@@ -132,11 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
             shutil.move(str(data), str(args.keep_export / "data"))
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    result = {"preset": args.preset, "layers": args.layers, "dtype": args.dtype, "checkpoint_gib": weights / GIB,
-              "mem_total_gib": memory / GIB, "checkpoint_vs_memory": weights / memory,
-              "calib_samples": args.calib_samples, "steps": rows, "load_average": os.getloadavg()}
-    _emit(result, args)
-    return result
+    _emit(result(), args)
+    return result()
 
 
 def _evaluate_kept(args, run_measured) -> dict:
@@ -179,7 +186,11 @@ def _summary(row: dict) -> str:
     return ""
 
 
-def _emit(result: dict, args) -> None:
+def _emit(result: dict, args, quiet: bool = False) -> None:
+    """The table and JSON result (``quiet``: written to --json / --markdown only, as each step ends)."""
+    import contextlib
+    import io
+
     from _tables import emit
 
     rows = [{"step": r["step"], "peak RSS GiB": f"{r['peak_rss_gib']:.2f}" if "peak_rss_gib" in r else "–",
@@ -192,7 +203,8 @@ def _emit(result: dict, args) -> None:
              f"({result['mem_total_gib']:.1f} GiB), through the CLI: W4 GPTQ streamed with its codes stored "
              f"({result['calib_samples']} calibration texts), streamed ONNX export, generation; load average "
              f"{result['load_average'][0]:.1f} at the end")
-    emit(title, rows, list(rows[0]), result, args.json, markdown_path=args.markdown)
+    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        emit(title, rows, list(rows[0]), result, args.json, markdown_path=args.markdown)
 
 
 if __name__ == "__main__":
