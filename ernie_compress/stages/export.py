@@ -503,7 +503,7 @@ def _export_streamed(cfg: ExportConfig, start: float) -> ExportResult:
     scheme = scheme_of(quantization_info(lazy.config))
     streamed_decoder.check_streamable(lazy, EXPORT_PATHS[scheme.export].integer_weights, cfg.format, cfg.layout)
     quant, level = quantization_info(lazy.config), decoder_onnx.COMPUTE_LEVELS[cfg.weight_only_compute]
-    check_disk(lazy, cfg.out, {f"{name}.weight": spec["bits"] for name, spec in quant["weights"].items()},
+    check_disk(lazy, cfg.out, {name: spec["bits"] for name, spec in quant["weights"].items()},  # weight names
                "the decoder's weights")
     tokenizer = lazy.tokenizer()
     prompts = _decoder_prompts(lazy, tokenizer, cfg.decoder_prompts, cfg.decoder_prompt_tokens)

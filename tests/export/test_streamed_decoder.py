@@ -189,3 +189,21 @@ def test_too_little_disk_for_the_streamed_decoder_is_refused_before_any_weight_i
     monkeypatch.setattr(SafetensorsWeights, "read", lambda *a: pytest.fail("a weight was read"))
     line = _refused(["export", str(w4), "--stream", "--format", "onnx"], tmp_path / "out")
     assert "the decoder's weights need" in line and "GiB free" in line
+
+
+def test_the_disk_check_counts_the_integer_weights_at_their_bits(w4, tmp_path, monkeypatch):
+    """Free space between what the W4 decoder needs and what its weights take as float32 is enough (the
+    21B-A3B-shaped run was refused: its weights were counted at 4 bytes each)."""
+    import shutil
+
+    from ernie_compress.lazy_checkpoint import open_checkpoint
+
+    lazy = open_checkpoint(w4)
+    bits = {name: spec["bits"] for name, spec in lazy.config.extra["quantization"]["weights"].items()}
+    shapes, dtypes = lazy.shapes(), lazy.dtypes()
+    floats = sum(int(np.prod(s)) * dtypes[n].itemsize for n, s in shapes.items())
+    need = sum(int(np.prod(s)) * (bits[n] / 8 + 4 / 16) if n in bits else int(np.prod(s)) * dtypes[n].itemsize
+               for n, s in shapes.items())
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=int((need + floats) / 2)))
+    cli_json(["export", str(w4), "--stream", "--format", "onnx", "--out", str(tmp_path / "out")])
