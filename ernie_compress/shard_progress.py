@@ -26,6 +26,11 @@ from .errors import UserError
 PROGRESS_FILE = "stream_progress.json"
 
 
+def fingerprint_tag(fingerprint: dict[str, Any]) -> str:
+    """A short digest of a run's fingerprint: every rank computes the same from the same options."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+
+
 @dataclass
 class ShardProgress:
     """The shards of one streamed write finished so far, in order (module docstring)."""
@@ -33,11 +38,6 @@ class ShardProgress:
     directory: Path  # where the shards are written until the checkpoint is complete
     fingerprint: dict[str, Any]
     shards: list[dict[str, Any]] = field(default_factory=list)  # {"name", "sha256", "keys", "bytes", "extra"}
-
-    @property
-    def tag(self) -> str:
-        """A short digest of the fingerprint (names the walk's own files of this run)."""
-        return hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
     def done(self) -> int:

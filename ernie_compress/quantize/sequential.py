@@ -119,7 +119,7 @@ class SavedWalk:
     writes its own: ranks on other machines have their own folders)."""
 
     directory: Path
-    tag: str  # the run's fingerprint digest (ShardProgress.tag)
+    tag: str  # the run's fingerprint digest (shard_progress.fingerprint_tag)
     rank: int
 
     def _hidden(self, group: int) -> Path:

@@ -46,7 +46,7 @@ from ..models.stored_codes import STORAGE_HELP, STORAGES
 from ..options import check_options, fail, option
 from ..paddle_env import import_paddle
 from ..progress import note
-from ..shard_progress import PROGRESS_FILE, ShardProgress
+from ..shard_progress import PROGRESS_FILE, ShardProgress, fingerprint_tag
 from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
 from ..quantize.ptq import calibrate_
 from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantized_linear_names
@@ -464,11 +464,12 @@ def _streamed(cfg: WeightOnlyConfig, started: float) -> QuantizeResult | None:
     config = lazy.config.replace(extra=dict(lazy.config.extra))
     here = world()
     with resumable(cfg.out, cfg.resume, PROGRESS_FILE) as state_dir:
-        progress = ShardProgress.start(state_dir, _stream_fingerprint(cfg, lazy), cfg.resume) if here.main else None
+        fingerprint = _stream_fingerprint(cfg, lazy)
+        progress = ShardProgress.start(state_dir, fingerprint, cfg.resume) if here.main else None
         done = int(broadcast_arrays({"done": np.array([progress.done if progress else 0])},
                                     {"done": ((1,), np.int64)}, src=0)["done"][0])
         walk = _streamed_gptq if cfg.method == "gptq" else _streamed_rtn
-        saved = SavedWalk(state_dir, _stream_tag(cfg, lazy, progress), here.rank)
+        saved = SavedWalk(state_dir, fingerprint_tag(fingerprint), here.rank)
         groups, task, summary = walk(cfg, lazy, names, config, weights, done, saved)
         scheme = config.extra["quantization"]
         record = {"name": "quantize-weight-only", "config": config_record(cfg), "metrics": {}, "evaluated": False}
@@ -502,11 +503,6 @@ def _stream_fingerprint(cfg: WeightOnlyConfig, lazy) -> dict[str, Any]:
     options = {k: v for k, v in config_record(cfg)["data"].items() if k not in _NOT_IN_FINGERPRINT}
     return {"parent": str(lazy.path), "parent_weights": parent, "options": options,
             "processes": cfg.processes, "shards": len(lazy.groups)}
-
-
-def _stream_tag(cfg: WeightOnlyConfig, lazy, progress: ShardProgress | None) -> str:
-    """The run's tag on every rank (rank 0's progress names it; the others compute the same fingerprint)."""
-    return progress.tag if progress is not None else ShardProgress(Path(), _stream_fingerprint(cfg, lazy)).tag
 
 
 def _streamed_rtn(cfg: WeightOnlyConfig, lazy, names: list[str], config, weights: dict, done: int, saved):
