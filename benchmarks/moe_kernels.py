@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stats import finish_table, interleaved_rounds, interval, ms_per_call, ratio_rounds  # noqa: E402
 
-from ernie_compress.export.decoder_onnx import DecoderWeights, WeightOnlyLinear, _weight_only_matmul  # noqa: E402
+from ernie_compress.export.decoder_onnx import DecoderWeights, WeightOnlyLinear, _integer_kernels  # noqa: E402
 from ernie_compress.models import ernie4_5_moe_onnx as moe_onnx  # noqa: E402
 from ernie_compress.models.onnx_graph import GraphBuilder  # noqa: E402
 from ernie_compress.quantize.weight_only import quantize_rtn  # noqa: E402
@@ -141,7 +141,7 @@ def build_session(shape, names, weights, integer, variant: Variant, threads: int
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    matmul = _weight_only_matmul(DecoderWeights({}, integer or {}, variant.level))
+    matmul, _ = _integer_kernels(DecoderWeights({}, integer or {}, variant.level))
     g = InMemoryGraph(weights, matmul=matmul)
     experts = integer if variant.bits and variant.fused else None
     moe_onnx.moe(g, "x", shape, names, integer=experts, fused=variant.fused, block_size=variant.block_size,

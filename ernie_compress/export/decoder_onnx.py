@@ -23,7 +23,10 @@ Weight-only checkpoints (``quantize/weight_only.py``) write each quantized Linea
 codes of consecutive input rows of one output column per block, low nibble first; one scale per
 block; no zero-point input means the zero point 2^(bits-1)): our symmetric codes c in
 [-qmax, qmax] are stored as c + 2^(bits-1), with the checkpoint's own scales (recovered exactly
-from its dequantized weights), so the integer kernel reproduces the dequantized model.
+from its dequantized weights), so the integer kernel reproduces the dequantized model. A tied
+embedding table quantized as the head is stored once: the head's packed codes and scales, which
+``com.microsoft.GatherBlockQuantized`` also reads (reshaped) for the token rows, as ONNX Runtime's
+generative model builder shares its INT4 table; no float copy of the table is written.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ import numpy as np
 from ..errors import UserError
 from ..models.families import family_of
 # IR_VERSION is re-exported: the export's contract (tests pin it)
-from ..models.onnx_graph import IR_VERSION, OPSET, GraphBuilder, MatMul, f32, float_matmul, i64, pack_codes  # noqa: F401
+from ..models.onnx_graph import (IR_VERSION, OPSET, Gather, GraphBuilder, MatMul, f32, float_gather,  # noqa: F401
+                                 float_matmul, i64, pack_codes)
 
 MASKED = -1e4  # the additive mask value of models/ernie4_5.py
 DECODER_FILE = "onnx/decoder.onnx"
@@ -144,24 +148,52 @@ def _kernel_block(weights: DecoderWeights, name: str) -> int | None:
     return None if q is None else kernel_block_size(q.codes.shape[0], q.group_size)
 
 
-def _weight_only_matmul(weights: DecoderWeights) -> MatMul:
-    """The graph builder's ``matmul`` for these weights: ``com.microsoft.MatMulNBits`` where the
-    weight has integer codes the kernel can hold, else a float MatMul (or Gemm)."""
+def _integer_kernels(weights: DecoderWeights) -> tuple[MatMul, Gather]:
+    """The graph builder's ``matmul`` and ``gather`` for these weights: ``com.microsoft.MatMulNBits``
+    where a Linear's weight has integer codes the kernel can hold, and ``GatherBlockQuantized`` for
+    an embedding table with codes (a tied table quantized as the head): both read the same packed
+    codes and scales, written once; else a float MatMul (or Gemm) and Gather."""
+    kernels: dict[str, tuple[int, int, int, int]] = {}  # weight -> (K, N, bits, block) of initializers written
+
+    def packed(g: GraphBuilder, weight: str) -> tuple[int, int, int, int] | None:
+        """Write ``weight``'s packed codes [N, blocks, block * bits / 8] and scales [N * blocks] (once)."""
+        if weight not in kernels:
+            block = _kernel_block(weights, weight)
+            if block is None:
+                return None
+            q = weights.integer[weight]  # codes [in, out] even for a tied table: decoder_weights transposed it
+            codes, scales = pack_matmul_nbits(q, block)
+            g.const(f"{weight}.q{q.bits}", codes)
+            g.const(f"{weight}.scales", scales)
+            kernels[weight] = (*q.codes.shape, q.bits, block)
+        return kernels[weight]
 
     def matmul(g: GraphBuilder, x: str, weight: str, transposed: bool = False, name: str | None = None) -> str:
-        block = _kernel_block(weights, weight)
-        if block is None:
+        kernel = packed(g, weight)
+        if kernel is None:
             return float_matmul(g, x, weight, transposed, name)
-        q = weights.integer[weight]  # codes [in, out] even for a tied table: decoder_weights transposed it
-        packed, scales = pack_matmul_nbits(q, block)
-        k, n = q.codes.shape
-        attrs = {"K": k, "N": n, "bits": q.bits, "block_size": block}
+        k, n, bits, block = kernel
+        attrs = {"K": k, "N": n, "bits": bits, "block_size": block}
         if weights.accuracy_level:
             attrs["accuracy_level"] = weights.accuracy_level
-        return g.op("MatMulNBits", x, g.const(f"{weight}.q{q.bits}", packed), g.const(f"{weight}.scales", scales),
-                    domain="com.microsoft", name=name, **attrs)
+        return g.op("MatMulNBits", x, f"{weight}.q{bits}", f"{weight}.scales", domain="com.microsoft", name=name,
+                    **attrs)
 
-    return matmul
+    def gather(g: GraphBuilder, ids: str, table: str) -> str:
+        """Rows of a quantized table [vocab, hidden] from the head's MatMulNBits initializers (N = vocab
+        rows of K = hidden codes): codes reshaped to [vocab, hidden * bits / 8], scales to [vocab, blocks]
+        (ONNX Runtime contrib spec: quantize_axis 1, zero point 2^(bits-1) when none is given)."""
+        kernel = packed(g, table)
+        if kernel is None:
+            return float_gather(g, ids, table)
+        _, vocab, bits, block = kernel
+        rows = g.const("table_rows", i64([vocab, -1]))
+        codes = g.op("Reshape", f"{table}.q{bits}", rows)  # [vocab, hidden * bits / 8] uint8
+        scales = g.op("Reshape", f"{table}.scales", rows)  # [vocab, hidden / block]
+        return g.op("GatherBlockQuantized", codes, ids, scales, domain="com.microsoft", bits=bits, block_size=block,
+                    gather_axis=0, quantize_axis=1)
+
+    return matmul, gather
 
 
 def _attention_bias(g: GraphBuilder) -> str:
@@ -222,7 +254,8 @@ def build_decoder(config, weights: DecoderWeights, full_sequence: bool = False,
     blocks = family_of(config).graph_blocks()
     names = blocks.NAMES
     enter = enter or (lambda g, group: None)
-    g = GraphBuilder(weights.state, matmul=_weight_only_matmul(weights), integer=weights.integer,
+    matmul, gather = _integer_kernels(weights)
+    g = GraphBuilder(weights.state, matmul=matmul, gather=gather, integer=weights.integer,
                      accuracy_level=weights.accuracy_level, experts=weights.experts)
     past, present = cache_names(config.num_hidden_layers)
     if full_sequence:

@@ -91,8 +91,9 @@ class AttentionIO:
 
 
 def embedding(g: GraphBuilder, ids: str, table: str) -> str:
-    """Rows of the embedding table: ids [b, s] int64 -> [b, s, hidden]."""
-    return g.op("Gather", g.weight(table), ids, axis=0)
+    """Rows of the embedding table: ids [b, s] int64 -> [b, s, hidden] (the builder's ``gather``:
+    a quantized tied table is read by the integer kernel that also serves the head)."""
+    return g.gather(g, ids, table)
 
 
 def rms_norm(g: GraphBuilder, x: str, weight: str, eps: float) -> str:

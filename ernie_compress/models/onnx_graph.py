@@ -3,8 +3,9 @@
 A block builder receives a :class:`GraphBuilder`, the names of the tensors it reads, and the
 parameter names of its layer; it appends nodes and initializers and returns the names of its
 outputs (the way ONNX Runtime's generative model builder writes a decoder, rather than tracing
-one). How a Linear's weight is applied is the builder's ``matmul`` strategy: a float MatMul here;
-the export swaps in integer kernels (``export/decoder_onnx.py``: ``com.microsoft.MatMulNBits``)
+one). How a Linear's weight is applied is the builder's ``matmul`` strategy, and how an embedding
+table's rows are read its ``gather`` strategy: float MatMul and Gather here; the export swaps in
+integer kernels (``export/decoder_onnx.py``: ``com.microsoft.MatMulNBits``, ``GatherBlockQuantized``)
 without any block knowing.
 
 Only numpy is imported at module level; onnx is imported where a node is made.
@@ -41,12 +42,21 @@ def float_matmul(g: GraphBuilder, x: str, weight: str, transposed: bool = False,
 MatMul = Callable[..., str]  # (g, x, weight name, transposed=False, name=None) -> output name
 
 
+def float_gather(g: GraphBuilder, ids: str, table: str) -> str:
+    """Rows of a float embedding table [vocab, hidden]: ids [b, s] int64 -> [b, s, hidden]."""
+    return g.op("Gather", g.weight(table), ids, axis=0)
+
+
+Gather = Callable[..., str]  # (g, ids, table name) -> output name
+
+
 @dataclass
 class GraphBuilder:
     """Nodes and initializers with generated names, over a checkpoint's weights (by parameter name)."""
 
     weights: Mapping[str, np.ndarray]
     matmul: MatMul = float_matmul
+    gather: Gather = float_gather  # how an embedding table's rows are read (the export: quantized rows)
     # what the export decided, for blocks that apply more than one weight at a time (a mixture of
     # experts' fused kernel): integer codes/scales by weight name (``export/decoder_onnx.WeightOnlyLinear``),
     # the integer kernels' accuracy_level, and how experts run ("auto", "fused" or "dispatch")

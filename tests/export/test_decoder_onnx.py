@@ -170,6 +170,39 @@ def test_weight_only_decoder_int8_compute_is_verified_and_a_wrong_scale_is_refus
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_tied_quantized_table_is_stored_once_and_read_by_the_gather_and_the_head(tiny_lm_int4, tmp_path):
+    import onnx
+
+    out = cli_json(["export", str(tiny_lm_int4(16)), "--format", "onnx", "--weight-only-compute", "fp32",
+                    "--out", str(tmp_path / "e")])
+    assert out["verification"]["decoder"]["greedy_tokens_equal"]
+    graph = onnx.load(str(tmp_path / "e" / "onnx" / "decoder.onnx")).graph
+    table = "ernie.embed_tokens.weight"
+    initializers = {t.name: t for t in graph.initializer}
+    assert table not in initializers  # no float copy of the table
+    nodes = {n.output[0]: n for n in graph.node}
+    (gather,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    (head,) = [n for n in graph.node if n.op_type == "MatMulNBits" and n.output[0] == "logits"]
+    codes, scales = (nodes[name].input[0] for name in (gather.input[0], gather.input[2]))  # through the Reshapes
+    assert (codes, scales) == tuple(head.input[1:3]) and initializers[codes].data_type == onnx.TensorProto.UINT8
+    # the rows it gathers are the checkpoint's (dequantized) table
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        [nodes[gather.input[0]], nodes[gather.input[2]], gather], "g",
+        [onnx.helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, None])],
+        [onnx.helper.make_tensor_value_info(gather.output[0], TensorProto.FLOAT, None)],
+        [initializers[codes], initializers[scales], initializers[nodes[gather.input[0]].input[1]]]),
+        opset_imports=graph_opsets(), ir_version=decoder_onnx.IR_VERSION)
+    ids = np.arange(60, dtype=np.int64)[None]
+    from ernie_compress.checkpoint import load_checkpoint
+
+    expected = load_checkpoint(tiny_lm_int4(16)).state[table][ids]
+    np.testing.assert_allclose(_session(model).run(None, {"input_ids": ids})[0], expected, rtol=1e-6, atol=1e-7)
+
+
+def graph_opsets():
+    return [helper.make_opsetid("", decoder_onnx.OPSET), helper.make_opsetid("com.microsoft", 1)]
+
+
 def test_the_cache_kept_in_the_runtime_gives_the_same_logits_and_the_graph_pins_its_ir_version():
     model = _decoder(2)
     graph = build_decoder(model.config, decoder_weights(model.config, model_state(model), None))
