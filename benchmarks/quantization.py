@@ -14,6 +14,8 @@ Variants (all through ONNX Runtime on CPU, the same held-out texts):
 * ``PTQ int8 (ours)``, ``QAT int8 (ours)`` — our exports (``weight_bits`` as ``quantize`` picks it:
   8 on CPUs with VNNI, else 7), encoder Linears only; ``PTQ int8 (ours, standard ops)`` is the same
   with ``--onnx-ops standard``: what the graph rewrite adds to INT8.
+* ``PTQ int8 (ours, --int8-attention qattention)`` — the same checkpoint with each layer's q/k/v
+  integer projections and attention core in ONNX Runtime's ``QAttention`` (``export/onnx_qattention.py``).
 * ``ORT dynamic 8-bit / 7-bit, encoder Linears`` — ``onnxruntime.quantization.quantize_dynamic``
   (per-channel QInt8 weights, activation ranges computed per batch) restricted to the MatMuls our
   INT8 quantizes: equal coverage.
@@ -120,6 +122,7 @@ def ort_variant(fp32_dir: Path, out: Path, label: str, reduce_range: bool, nodes
 
 BASELINE = "fp32, standard ONNX ops"
 OURS = "PTQ int8 (ours)"
+QATTENTION = "PTQ int8 (ours, --int8-attention qattention)"
 SESSION_TUNED = "ORT dynamic 8-bit, encoder Linears, SkipLayerNormFusion off"
 
 
@@ -208,9 +211,9 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt = args.checkpoint
     config = load_checkpoint(ckpt).config
 
-    def export(src: Path, name: str, onnx_ops: str = "onnxruntime") -> Path:
+    def export(src: Path, name: str, onnx_ops: str = "onnxruntime", int8_attention: str = "multihead") -> Path:
         return Path(run_stage(ExportConfig(checkpoint=src, out=work / name, format="onnx", overwrite=True,
-                                           onnx_ops=onnx_ops))["out"])
+                                           onnx_ops=onnx_ops, int8_attention=int8_attention))["out"])
 
     variants: dict[str, Path] = {BASELINE: export(ckpt, "fp32-standard", "standard"),
                                  "fp32 (ours)": export(ckpt, "fp32")}
@@ -228,6 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     ptq = run_stage(PTQConfig(checkpoint=ckpt, out=work / "ptq-ckpt", overwrite=True, calib_samples=args.calib_samples))
     weight_bits = ptq["scheme"]["weight_bits"]
     variants["PTQ int8 (ours)"] = export(work / "ptq-ckpt", "ptq")
+    variants[QATTENTION] = export(work / "ptq-ckpt", "ptq-qattention", int8_attention="qattention")
     variants["PTQ int8 (ours, standard ops)"] = export(work / "ptq-ckpt", "ptq-standard", "standard")
     if not args.speed_only:
         variants["QAT int8 (ours)"] = trained["QAT int8 (ours)"][0]
@@ -248,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     runtime = RuntimeConfig("cpu", "onnxruntime", args.threads)
     rows = {name: {"variant": name} for name in variants}
-    for name in ("PTQ int8 (ours)", "PTQ int8 (ours, standard ops)", "QAT int8 (ours)"):
+    for name in ("PTQ int8 (ours)", QATTENTION, "PTQ int8 (ours, standard ops)", "QAT int8 (ours)"):
         if name in rows:
             rows[name]["weight_bits"] = weight_bits
     if not args.speed_only:

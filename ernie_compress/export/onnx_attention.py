@@ -113,26 +113,33 @@ def _match(g: GraphIndex, softmax) -> dict | None:
             "replaced": q[3] + k[3] + v[3] + [scale_node, scores, add, softmax, context, merge, flatten]}
 
 
+def padding_mask_nodes(rules: list[tuple[str, str, float]]) -> tuple[dict, list]:
+    """One int32 key mask [B, S] (1 keeps a key, 0 masks it) per padding rule (ids, pad id, filler):
+    the rule -> mask name, and the nodes that compute them (``Not(Equal(ids, pad))`` cast)."""
+    from onnx import TensorProto, helper
+
+    masks: dict[tuple[str, str, float], str] = {}
+    nodes = []
+    for ids, pad, filler in rules:
+        if (ids, pad, filler) not in masks:
+            name = f"attention_key_padding_mask_{len(masks)}"
+            nodes += [helper.make_node("Equal", [ids, pad], [f"{name}_is_pad"], name=f"{name}_equal"),
+                      helper.make_node("Not", [f"{name}_is_pad"], [f"{name}_keep"], name=f"{name}_not"),
+                      helper.make_node("Cast", [f"{name}_keep"], [name], name=f"{name}_cast", to=TensorProto.INT32)]
+            masks[(ids, pad, filler)] = name
+    return masks, nodes
+
+
 def fuse_attention(model) -> int:
     """Rewrite every matching attention core of ``model`` (an ``onnx.ModelProto``, in place) as one
     ``MultiHeadAttention`` node; returns how many were fused (0 leaves the model unchanged)."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     g = GraphIndex(model.graph)
     matches = [m for m in (_match(g, n) for n in g.nodes if n.op_type == "Softmax") if m is not None]
     if not matches:
         return 0
-    masks: dict[tuple[str, str, float], str] = {}  # one int32 key_padding_mask per padding rule
-    new_mask_nodes = []
-    for m in matches:
-        ids, pad, filler = m["mask"]
-        if (ids, pad, filler) not in masks:
-            name = f"attention_key_padding_mask_{len(masks)}"
-            new_mask_nodes += [
-                helper.make_node("Equal", [ids, pad], [f"{name}_is_pad"], name=f"{name}_equal"),
-                helper.make_node("Not", [f"{name}_is_pad"], [f"{name}_keep"], name=f"{name}_not"),
-                helper.make_node("Cast", [f"{name}_keep"], [name], name=f"{name}_cast", to=TensorProto.INT32)]
-            masks[(ids, pad, filler)] = name
+    masks, new_mask_nodes = padding_mask_nodes([m["mask"] for m in matches])
     replaced = {id(node) for m in matches for node in m["replaced"]}
     fused_at = {id(m["replaced"][-1]): m for m in matches}  # the fused node takes the output Reshape's place
     nodes = []

@@ -51,19 +51,24 @@ def convert_to_onnx(program: Path, params: Path, out: Path, opset: int = DEFAULT
 
 
 ONNX_OPS = ("onnxruntime", "standard")
+INT8_ATTENTION = ("multihead", "qattention")  # export --int8-attention
 
 
-def rewrite_for_onnxruntime(path: Path) -> dict[str, int]:
-    """Rewrite the model at ``path`` for ONNX Runtime's CPU session (in place): attention cores as
-    ``MultiHeadAttention`` (:mod:`.onnx_attention`), residual sums before a LayerNormalization as
-    ``Sum`` (:mod:`.onnx_layer_norm`). Returns how many of each were rewritten."""
+def rewrite_for_onnxruntime(path: Path, quantized_attention: bool = False) -> dict[str, int]:
+    """Rewrite the model at ``path`` for ONNX Runtime's CPU session (in place): with
+    ``quantized_attention`` an INT8 layer's q/k/v projections and attention core as ``QAttention``
+    (:mod:`.onnx_qattention`), the other attention cores as ``MultiHeadAttention``
+    (:mod:`.onnx_attention`), residual sums before a LayerNormalization as ``Sum``
+    (:mod:`.onnx_layer_norm`). Returns how many of each were rewritten."""
     import onnx
 
     from .onnx_attention import fuse_attention
     from .onnx_layer_norm import residual_sums_as_sum
+    from .onnx_qattention import fuse_quantized_attention
 
     model = onnx.load(str(path))
-    counts = {"fused_attention": fuse_attention(model), "residual_sums": residual_sums_as_sum(model)}
+    counts = {"quantized_attention": fuse_quantized_attention(model)} if quantized_attention else {}
+    counts.update(fused_attention=fuse_attention(model), residual_sums=residual_sums_as_sum(model))
     if any(counts.values()):
         onnx.save(model, str(path))
     return counts

@@ -83,6 +83,11 @@ class ExportConfig(TokenizerOption, ThreadsOption):
         "which ONNX Runtime leaves to its fast LayerNormalization kernel instead of fusing it into its "
         "slow CPU SkipLayerNormalization; standard keeps the converter's standard ONNX ops (other "
         "runtimes). FP16 and model_qdq.onnx are standard either way."))
+    int8_attention: str = option("multihead", choices=onnx_export.INT8_ATTENTION, help=(
+        "INT8 encoders with --onnx-ops onnxruntime: qattention writes each layer's q/k/v integer projections and "
+        "attention core as ONNX Runtime's QAttention (one [hidden, 3 x hidden] integer GEMM and the attention in "
+        "one kernel, the same weights and scales; timed in docs/benchmarks.md); multihead keeps three integer "
+        "projections and MultiHeadAttention."))
     stream: bool = option(False, flag="--stream/--in-memory", help=(
         "Weight-only decoders: write onnx/decoder.onnx one layer at a time from the checkpoint (memory: one "
         "layer plus the export's own integer weights, whatever the depth), verified against a streamed NumPy "
@@ -239,7 +244,8 @@ def _export_onnx(src: Sources, graph_dir: Path, graph: dict[str, Any], tmp: Path
     if path.convert:
         written.extra.update(path.convert(src, fp32_path, onnx_path))
     if path.onnxruntime_ops and cfg.onnx_ops == "onnxruntime":  # model.onnx: FP32, or INT8 with ORT's integer kernels
-        written.extra["onnx_ops"] = {"ops": cfg.onnx_ops, **onnx_export.rewrite_for_onnxruntime(onnx_path)}
+        written.extra["onnx_ops"] = {"ops": cfg.onnx_ops, **onnx_export.rewrite_for_onnxruntime(
+            onnx_path, quantized_attention=cfg.int8_attention == "qattention")}
     written.files["onnx"] = {"model": "onnx/model.onnx", "opset": cfg.opset,
                              "for": "ONNX Runtime (full-sequence outputs: task metric, perplexity)", **path.files}
     _verify_onnx(src, onnx_path, tmp, written)

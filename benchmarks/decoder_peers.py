@@ -1,0 +1,240 @@
+"""Our decoder export against onnxruntime-genai's model builder on the same checkpoint, at the real
+ERNIE-4.5-0.3B size: file size, KV-cache bytes per token, time to first token and decode tokens/s
+(batch 1 and 8), measured in one run, interleaved, a fresh process per measurement.
+
+    python benchmarks/decoder_peers.py [--rounds 3] [--threads 2] [--prompts 128,512] [--batches 1,8]
+        [--new-tokens 32] [--workdir DIR] [--markdown benchmarks/results/decoder-peers.md] [--json out.json]
+
+The checkpoint: ``random_checkpoint.py --preset ernie45-0.3b --dtype float32`` (random weights: speed
+and size do not depend on their values; no model can be downloaded here), in the Hugging Face layout
+PaddleFormers saves, which both tools read. Ours: ``ernie-compress export --format onnx`` of it (FP32),
+and of ``quantize --weight-only int8`` (W8, per channel) and ``int4 --group-size 32`` (W4, RTN), as
+export writes them by default (MatMulNBits ``accuracy_level`` 4; the tied table int8 per vocabulary
+entry, stored once and read by the head and ``GatherBlockQuantized``). The peer: onnxruntime-genai's
+builder (``python -m onnxruntime_genai.models.builder -p fp32|int4 -e cpu``, in the reference venv
+``tests/interop/make_reference_venvs.sh`` builds) with its documented defaults (INT4: block 32,
+accuracy level 4, the tied table INT4 through ``GatherBlockQuantized``, logits of every prompt
+position), then with the setting that matches our head's precision (``matmul_mixed_precision=
+last_matmul:int8``) and with that plus ``prune_lm_head=true`` (logits of the last position only, as
+ours). The builder reads a copy of the checkpoint folder (the weights linked) whose tokenizer is
+a BertTokenizer over the sentencepiece pieces (the reference venv has no sentencepiece; the timings
+feed token ids).
+
+Each round starts one process per variant in turn (``decoder_timing_worker.py``: ours through
+``runtime/decoding.OnnxDecoder``, the peer through onnxruntime-genai's generator); each process warms
+up once at each measured shape and times it once. Reported: median (min-max) over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+OURS_FP32, OURS_W8, OURS_W4 = "ours FP32", "ours W8 (int8 per channel, int8 head)", "ours W4 (int4 g32 RTN, int8 head)"
+PEER_FP32, PEER_INT4 = "onnxruntime-genai FP32", "onnxruntime-genai INT4 (its defaults: int4 head)"
+PEER_INT8_HEAD = "onnxruntime-genai INT4, int8 head (last_matmul:int8)"
+PEER_PRUNED = "onnxruntime-genai INT4, int8 head, prune_lm_head"
+PEERS = {PEER_FP32: ["-p", "fp32"], PEER_INT4: ["-p", "int4"],
+         PEER_INT8_HEAD: ["-p", "int4", "--extra_options", "matmul_mixed_precision=last_matmul:int8"],
+         PEER_PRUNED: ["-p", "int4", "--extra_options", "matmul_mixed_precision=last_matmul:int8", "prune_lm_head=true"]}
+
+
+def genai_python() -> Path:
+    """The reference venv with onnxruntime-genai, where make_reference_venvs.sh puts it (the repository's
+    .venvs/ or the shared cache; tests/interop/helpers.reference_python looks in the same places)."""
+    cache = Path(os.environ.get("ERNIE_COMPRESS_VENV_CACHE", Path.home() / ".cache" / "ernie-compress" / "venvs"))
+    venvs = Path(os.environ.get("ERNIE_COMPRESS_REFERENCE_VENVS", ROOT / ".venvs"))
+    candidates = [venvs / "transformers" / "bin" / "python", cache / "transformers" / "bin" / "python"]
+    return next((p for p in candidates if p.is_file()), candidates[-1])
+
+
+def run(cmd: list, timeout: float, env: dict | None = None) -> str:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(map(str, cmd))}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def cli(*args) -> dict:
+    return json.loads(run([sys.executable, "-m", "ernie_compress", "--quiet", *args, "--json"], 7200))
+
+
+def build_ours(ckpt: Path, work: Path) -> dict[str, Path]:
+    """The three exports."""
+    print("ours: FP32 export ...", file=sys.stderr)
+    cli("export", ckpt, "--format", "onnx", "--out", work / "fp32")
+    exports = {OURS_FP32: work / "fp32"}
+    for name, bits in ((OURS_W8, ["int8"]), (OURS_W4, ["int4", "--group-size", "32"])):
+        print(f"ours: {name} ...", file=sys.stderr)
+        quantized = work / f"q-{bits[0]}"
+        cli("quantize", ckpt, "--weight-only", *bits, "--method", "rtn", "--out", quantized)
+        cli("export", quantized, "--format", "onnx", "--out", work / f"e-{bits[0]}")
+        shutil.rmtree(quantized)
+        exports[name] = work / f"e-{bits[0]}"
+    return exports
+
+
+def builder_input(ckpt: Path, scratch: Path) -> Path:
+    """The checkpoint's config and weights (linked), with a tokenizer transformers loads without
+    sentencepiece (the reference venv has none, and transformers 5 cannot convert ``tokenizer.model``
+    without it): a BertTokenizer over the sentencepiece pieces. The builder only copies the tokenizer
+    into its output; the timings feed token ids."""
+    from ernie_compress.data.sp_tokenizer import SentencePieceTokenizer
+
+    scratch.mkdir()
+    for item in ckpt.iterdir():
+        if item.suffix in (".safetensors", ".json") and not item.name.startswith("tokenizer"):
+            os.symlink(item, scratch / item.name)
+    pieces = SentencePieceTokenizer.from_dir(ckpt).vocab
+    (scratch / "vocab.txt").write_text("\n".join(p.replace("\n", " ") for p in pieces) + "\n", encoding="utf-8")
+    (scratch / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "BertTokenizer", "unk_token": pieces[0], "do_lower_case": False}))
+    return scratch
+
+
+def build_peers(source: Path, work: Path, python: Path) -> dict[str, Path]:
+    folders = {}
+    for name, flags in PEERS.items():
+        print(f"peer: {name} ...", file=sys.stderr)
+        out = work / f"og-{len(folders)}"
+        run([python, "-m", "onnxruntime_genai.models.builder", "-i", source, "-o", out, "-e", "cpu",
+             "-c", work / "og-cache", *flags], 7200)
+        folders[name] = out
+    shutil.rmtree(work / "og-cache", ignore_errors=True)
+    return folders
+
+
+def model_files(folder: Path, ours: bool) -> list[Path]:
+    base = folder / "onnx" if ours else folder
+    return sorted(p for p in base.iterdir() if p.name.startswith("decoder.onnx" if ours else "model.onnx"))
+
+
+def kv_bytes_per_token(graph_path: Path) -> int:
+    """Bytes the KV cache grows by per token (all layers, keys and values): from the graph's
+    ``past_key_values.*`` inputs [batch, kv_heads, past, head_dim] and their element type."""
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(graph_path), load_external_data=False).graph
+    total = 0
+    for value in graph.input:
+        if value.name.startswith("past_key_values."):
+            t = value.type.tensor_type
+            dims = [d.dim_value for d in t.shape.dim]
+            total += dims[1] * dims[3] * helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+    return total
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompts", default="128,512", help="prompt lengths for time to first token")
+    parser.add_argument("--batches", default="1,8", help="batch sizes for decode tokens/s")
+    parser.add_argument("--decode-prompt", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--preset", default="ernie45-0.3b")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the models here (default: a temporary folder)")
+    parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    import onnxruntime
+
+    from _tables import emit
+
+    python = genai_python()
+    if not python.exists():
+        sys.exit(f"{python} is missing: run tests/interop/make_reference_venvs.sh")
+    og_version = run([python, "-c", "import onnxruntime_genai as og; print(og.__version__)"], 300).strip()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="decoder-peers-", dir="/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        ckpt = work / "ckpt"
+        if not ckpt.exists():
+            run([sys.executable, ROOT / "benchmarks" / "random_checkpoint.py", ckpt, "--preset", args.preset,
+                 "--dtype", "float32"], 3600)
+        vocab = json.loads((ckpt / "config.json").read_text())["vocab_size"]
+        ours = build_ours(ckpt, work)
+        peers = build_peers(builder_input(ckpt, work / "og-input"), work, python)
+        variants = {**{n: ("ours", p) for n, p in ours.items()}, **{n: ("genai", p) for n, p in peers.items()}}
+        info = {}
+        for name, (kind, folder) in variants.items():
+            files = model_files(folder, kind == "ours")
+            info[name] = {"file_bytes": sum(f.stat().st_size for f in files),
+                          "kv_bytes_per_token": kv_bytes_per_token(files[0])}
+        times: dict[str, list[dict]] = {name: [] for name in variants}
+        worker = ROOT / "benchmarks" / "decoder_timing_worker.py"
+        flags = ["--threads", args.threads, "--prompts", args.prompts, "--batches", args.batches,
+                 "--decode-prompt", args.decode_prompt, "--new-tokens", args.new_tokens, "--vocab", vocab]
+        for r in range(args.rounds):
+            for name, (kind, folder) in variants.items():
+                exe = sys.executable if kind == "ours" else python
+                out = run([exe, worker, kind, folder, *flags], 1800)
+                times[name].append(json.loads(out.strip().splitlines()[-1]))
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    prompts, batches = args.prompts.split(","), args.batches.split(",")
+
+    def series(name: str, key: str, at: str) -> list[float]:
+        return [t[key][at] for t in times[name]]
+
+    rows, result = [], {"preset": args.preset, "threads": args.threads, "rounds": args.rounds,
+                        "new_tokens": args.new_tokens, "decode_prompt": args.decode_prompt,
+                        "onnxruntime": onnxruntime.__version__, "onnxruntime_genai": og_version, "variants": {}}
+    for name in variants:
+        row = {"variant": name, "file MB": f"{info[name]['file_bytes'] / 1e6:.0f}",
+               "KV bytes / token": f"{info[name]['kv_bytes_per_token']:,}"}
+        for p in prompts:
+            row[f"TTFT ms (prompt {p})"] = _interval(series(name, "ttft_ms", p), 0)
+        for b in batches:
+            row[f"decode tok/s (batch {b})"] = _interval(series(name, "decode_tokens_per_s", b), 1)
+        row["peak RSS MiB"] = f"{statistics.median(t['peak_rss_mib'] for t in times[name]):.0f}"
+        rows.append(row)
+        result["variants"][name] = {**info[name], "runs": times[name]}
+    ratios = {"w4_file_vs_peer_int4": info[OURS_W4]["file_bytes"] / info[PEER_INT4]["file_bytes"]}
+    for b in batches:
+        ratios[f"w4_decode_vs_peer_int4_batch{b}"] = _ratio(series(OURS_W4, "decode_tokens_per_s", b),
+                                                            series(PEER_INT4, "decode_tokens_per_s", b))
+    for p in prompts:
+        ratios[f"w4_ttft_vs_peer_int4_prompt{p}"] = _ratio(series(OURS_W4, "ttft_ms", p), series(PEER_INT4, "ttft_ms", p))
+        ratios[f"w4_ttft_vs_peer_pruned_prompt{p}"] = _ratio(series(OURS_W4, "ttft_ms", p),
+                                                             series(PEER_PRUNED, "ttft_ms", p))
+    result["ratios"] = ratios
+    title = (f"Decoder exports, {args.preset} (random weights, FP32 checkpoint), ours vs onnxruntime-genai "
+             f"{og_version}'s model builder, ONNX Runtime {onnxruntime.__version__} CPU, {args.threads} threads; "
+             f"TTFT = prefill + first pick; decode = {args.new_tokens} greedy steps after a {args.decode_prompt}-token "
+             f"prompt per row; median (min-max) of {args.rounds} interleaved rounds, a fresh process per variant "
+             f"and round. Ratios (W4 vs the builder's INT4 defaults; per-round ratio medians): "
+             + ", ".join(f"{k} {v['median'] if isinstance(v, dict) else v:.2f}" for k, v in ratios.items()))
+    emit(title, rows, list(rows[0]), result, args.json, markdown_path=args.markdown, threads=args.threads,
+         summary={k: v for k, v in result.items() if k != "variants"})
+    return result
+
+
+def _interval(values: list[float], digits: int) -> str:
+    return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+
+
+def _ratio(ours: list[float], peer: list[float]) -> dict:
+    """Per-round ratios (the rounds ran both in turn), median and range."""
+    per_round = [o / p for o, p in zip(ours, peer)]
+    return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round)}
+
+
+if __name__ == "__main__":
+    main()
