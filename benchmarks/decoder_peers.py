@@ -15,8 +15,9 @@ builder (``python -m onnxruntime_genai.models.builder -p fp32|int4 -e cpu``, in 
 ``tests/interop/make_reference_venvs.sh`` builds) with its documented defaults (INT4: block 32,
 accuracy level 4, the tied table INT4 through ``GatherBlockQuantized``, logits of every prompt
 position), then with the setting that matches our head's precision (``matmul_mixed_precision=
-last_matmul:int8``) and with that plus ``prune_lm_head=true`` (logits of the last position only, as
-ours). The builder reads a copy of the checkpoint folder (the weights linked) whose tokenizer is
+last_matmul:int8``, with ``shared_embeddings=false``: builder 0.18 writes a model that references a
+missing initializer when an int8 head shares the table, so the table is stored apart) and with that
+plus ``prune_lm_head=true`` (logits of the last position only, as ours). The builder reads a copy of the checkpoint folder (the weights linked) whose tokenizer is
 a BertTokenizer over the sentencepiece pieces (the reference venv has no sentencepiece; the timings
 feed token ids).
 
@@ -45,9 +46,10 @@ OURS_FP32, OURS_W8, OURS_W4 = "ours FP32", "ours W8 (int8 per channel, int8 head
 PEER_FP32, PEER_INT4 = "onnxruntime-genai FP32", "onnxruntime-genai INT4 (its defaults: int4 head)"
 PEER_INT8_HEAD = "onnxruntime-genai INT4, int8 head (last_matmul:int8)"
 PEER_PRUNED = "onnxruntime-genai INT4, int8 head, prune_lm_head"
+INT8_HEAD = ["matmul_mixed_precision=last_matmul:int8", "shared_embeddings=false"]  # shared: an invalid model (0.18)
 PEERS = {PEER_FP32: ["-p", "fp32"], PEER_INT4: ["-p", "int4"],
-         PEER_INT8_HEAD: ["-p", "int4", "--extra_options", "matmul_mixed_precision=last_matmul:int8"],
-         PEER_PRUNED: ["-p", "int4", "--extra_options", "matmul_mixed_precision=last_matmul:int8", "prune_lm_head=true"]}
+         PEER_INT8_HEAD: ["-p", "int4", "--extra_options", *INT8_HEAD],
+         PEER_PRUNED: ["-p", "int4", "--extra_options", *INT8_HEAD, "prune_lm_head=true"]}
 
 
 def genai_python() -> Path:
@@ -71,17 +73,21 @@ def cli(*args) -> dict:
 
 
 def build_ours(ckpt: Path, work: Path) -> dict[str, Path]:
-    """The three exports."""
-    print("ours: FP32 export ...", file=sys.stderr)
-    cli("export", ckpt, "--format", "onnx", "--out", work / "fp32")
+    """The three exports (kept from an earlier run with the same --workdir)."""
     exports = {OURS_FP32: work / "fp32"}
+    if not exports[OURS_FP32].exists():
+        print("ours: FP32 export ...", file=sys.stderr)
+        cli("export", ckpt, "--format", "onnx", "--out", work / "fp32")
     for name, bits in ((OURS_W8, ["int8"]), (OURS_W4, ["int4", "--group-size", "32"])):
+        exports[name] = work / f"e-{bits[0]}"
+        if exports[name].exists():
+            continue
         print(f"ours: {name} ...", file=sys.stderr)
         quantized = work / f"q-{bits[0]}"
-        cli("quantize", ckpt, "--weight-only", *bits, "--method", "rtn", "--out", quantized)
-        cli("export", quantized, "--format", "onnx", "--out", work / f"e-{bits[0]}")
+        shutil.rmtree(quantized, ignore_errors=True)
+        cli("quantize", ckpt, "--weight-only", *bits, "--method", "rtn", "--task", "demo:lm", "--out", quantized)
+        cli("export", quantized, "--format", "onnx", "--out", exports[name])
         shutil.rmtree(quantized)
-        exports[name] = work / f"e-{bits[0]}"
     return exports
 
 
@@ -92,6 +98,7 @@ def builder_input(ckpt: Path, scratch: Path) -> Path:
     into its output; the timings feed token ids."""
     from ernie_compress.data.sp_tokenizer import SentencePieceTokenizer
 
+    shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     for item in ckpt.iterdir():
         if item.suffix in (".safetensors", ".json") and not item.name.startswith("tokenizer"):
@@ -106,11 +113,13 @@ def builder_input(ckpt: Path, scratch: Path) -> Path:
 def build_peers(source: Path, work: Path, python: Path) -> dict[str, Path]:
     folders = {}
     for name, flags in PEERS.items():
+        out = folders[name] = work / f"og-{len(folders)}"
+        if (out / "genai_config.json").exists():
+            continue
         print(f"peer: {name} ...", file=sys.stderr)
-        out = work / f"og-{len(folders)}"
+        shutil.rmtree(out, ignore_errors=True)
         run([python, "-m", "onnxruntime_genai.models.builder", "-i", source, "-o", out, "-e", "cpu",
              "-c", work / "og-cache", *flags], 7200)
-        folders[name] = out
     shutil.rmtree(work / "og-cache", ignore_errors=True)
     return folders
 
@@ -120,9 +129,10 @@ def model_files(folder: Path, ours: bool) -> list[Path]:
     return sorted(p for p in base.iterdir() if p.name.startswith("decoder.onnx" if ours else "model.onnx"))
 
 
-def kv_bytes_per_token(graph_path: Path) -> int:
+def kv_bytes_per_token(graph_path: Path, head_dim: int) -> int:
     """Bytes the KV cache grows by per token (all layers, keys and values): from the graph's
-    ``past_key_values.*`` inputs [batch, kv_heads, past, head_dim] and their element type."""
+    ``past_key_values.*`` inputs [batch, kv_heads, past, head_dim] and their element type (the builder
+    leaves the last dimension symbolic, ``kv_cache_dim``: the checkpoint's head size then)."""
     import onnx
     from onnx import helper
 
@@ -132,7 +142,7 @@ def kv_bytes_per_token(graph_path: Path) -> int:
         if value.name.startswith("past_key_values."):
             t = value.type.tensor_type
             dims = [d.dim_value for d in t.shape.dim]
-            total += dims[1] * dims[3] * helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+            total += dims[1] * (dims[3] or head_dim) * helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
     return total
 
 
@@ -165,7 +175,9 @@ def main(argv: list[str] | None = None) -> dict:
         if not ckpt.exists():
             run([sys.executable, ROOT / "benchmarks" / "random_checkpoint.py", ckpt, "--preset", args.preset,
                  "--dtype", "float32"], 3600)
-        vocab = json.loads((ckpt / "config.json").read_text())["vocab_size"]
+        config = json.loads((ckpt / "config.json").read_text())
+        vocab = config["vocab_size"]
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
         ours = build_ours(ckpt, work)
         peers = build_peers(builder_input(ckpt, work / "og-input"), work, python)
         variants = {**{n: ("ours", p) for n, p in ours.items()}, **{n: ("genai", p) for n, p in peers.items()}}
@@ -173,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, (kind, folder) in variants.items():
             files = model_files(folder, kind == "ours")
             info[name] = {"file_bytes": sum(f.stat().st_size for f in files),
-                          "kv_bytes_per_token": kv_bytes_per_token(files[0])}
+                          "kv_bytes_per_token": kv_bytes_per_token(files[0], head_dim)}
         times: dict[str, list[dict]] = {name: [] for name in variants}
         worker = ROOT / "benchmarks" / "decoder_timing_worker.py"
         flags = ["--threads", args.threads, "--prompts", args.prompts, "--batches", args.batches,
