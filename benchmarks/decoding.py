@@ -8,7 +8,8 @@ Random weights (speed does not depend on their values; no model can be downloade
 preset ``ernie45-0.3b`` (18 layers, hidden 1024, 16 query / 2 KV heads, vocab 103,424, tied head).
 W8 is int8 per output channel, W4 int4 in groups of 32 rows (RTN: the codes' values do not change
 the kernels' speed, so GPTQ runs as fast); the head is int8 per vocabulary entry in both, as
-``quantize --weight-only`` writes it. The graphs are ``export/decoder_onnx.py``'s, the loop
+``quantize --weight-only`` writes it, and the tied table is stored once (the head's codes, which
+``GatherBlockQuantized`` reads for the token rows: "file MB" counts it once). The graphs are ``export/decoder_onnx.py``'s, the loop
 ``runtime/decoding.py``'s: time to first token = prefill of a ``--prompt``-token prompt plus the
 first pick; decode tokens/s = ``--new-tokens`` greedy steps after it, batch 1. W8 and W4 run as
 ``export`` writes them by default (``--weight-only-compute int8``: MatMulNBits ``accuracy_level``
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({"variant": name, "MatMulNBits / float MatMul": f"{info[name]['kernels']['MatMulNBits']} / "
                                                                      f"{info[name]['kernels']['MatMul'] + info[name]['kernels']['Gemm']}",
                      "weights read per token": f"{info[name]['weight_bytes_per_token'] / 2**20:.0f} MiB",
+                     "file MB": f"{info[name]['file_bytes'] / 1e6:.0f}",
                      f"TTFT ms (prompt {args.prompt})": _interval(ttft[name], 0),
                      "decode tokens/s (batch 1)": _interval(decode[name], 1),
                      "bandwidth bound tokens/s": f"{bound:.1f}" if bound else "not measured",
