@@ -142,6 +142,8 @@ def kv_bytes_per_token(graph_path: Path, head_dim: int) -> int:
         if value.name.startswith("past_key_values."):
             t = value.type.tensor_type
             dims = [d.dim_value for d in t.shape.dim]
+            if not dims[1]:
+                sys.exit(f"{graph_path}: {value.name} has no fixed KV-head count")
             total += dims[1] * (dims[3] or head_dim) * helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
     return total
 
@@ -231,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
              f"{og_version}'s model builder, ONNX Runtime {onnxruntime.__version__} CPU, {args.threads} threads; "
              f"TTFT = prefill + first pick; decode = {args.new_tokens} greedy steps after a {args.decode_prompt}-token "
              f"prompt per row; median (min-max) of {args.rounds} interleaved rounds, a fresh process per variant "
-             f"and round. Ratios (W4 vs the builder's INT4 defaults; per-round ratio medians): "
+             f"and round. Ours W4 against the builder's INT4 (its defaults, or as named), per-round ratio medians "
+             f"(file and TTFT: < 1 is ours smaller/faster; decode: > 1 is ours faster): "
              + ", ".join(f"{k} {v['median'] if isinstance(v, dict) else v:.2f}" for k, v in ratios.items()))
     emit(title, rows, list(rows[0]), result, args.json, markdown_path=args.markdown, threads=args.threads,
          summary={k: v for k, v in result.items() if k != "variants"})

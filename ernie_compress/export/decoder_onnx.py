@@ -182,16 +182,20 @@ def _integer_kernels(weights: DecoderWeights) -> tuple[MatMul, Gather]:
     def gather(g: GraphBuilder, ids: str, table: str) -> str:
         """Rows of a quantized table [vocab, hidden] from the head's MatMulNBits initializers (N = vocab
         rows of K = hidden codes): codes reshaped to [vocab, hidden * bits / 8], scales to [vocab, blocks]
-        (ONNX Runtime contrib spec: quantize_axis 1, zero point 2^(bits-1) when none is given)."""
+        (ONNX Runtime contrib spec, quantize_axis 1). The zero point 2^(bits-1) is written out (uint8
+        [vocab, blocks], two a byte for int4) rather than left to the kernel's default, which some
+        builds of other providers have taken as 0."""
         kernel = packed(g, table)
         if kernel is None:
             return float_gather(g, ids, table)
-        _, vocab, bits, block = kernel
+        hidden, vocab, bits, block = kernel
         rows = g.const("table_rows", i64([vocab, -1]))
         codes = g.op("Reshape", f"{table}.q{bits}", rows)  # [vocab, hidden * bits / 8] uint8
         scales = g.op("Reshape", f"{table}.scales", rows)  # [vocab, hidden / block]
-        return g.op("GatherBlockQuantized", codes, ids, scales, domain="com.microsoft", bits=bits, block_size=block,
-                    gather_axis=0, quantize_axis=1)
+        blocks = hidden // block
+        zero = np.full((vocab, blocks if bits == 8 else (blocks + 1) // 2), 0x80 if bits == 8 else 0x88, np.uint8)
+        return g.op("GatherBlockQuantized", codes, ids, scales, g.const(f"{table}.zero_points", zero),
+                    domain="com.microsoft", bits=bits, block_size=block, gather_axis=0, quantize_axis=1)
 
     return matmul, gather
 

@@ -113,16 +113,17 @@ def _match(g: GraphIndex, softmax) -> dict | None:
             "replaced": q[3] + k[3] + v[3] + [scale_node, scores, add, softmax, context, merge, flatten]}
 
 
-def padding_mask_nodes(rules: list[tuple[str, str, float]]) -> tuple[dict, list]:
+def padding_mask_nodes(rules: list[tuple[str, str, float]], prefix: str) -> tuple[dict, list]:
     """One int32 key mask [B, S] (1 keeps a key, 0 masks it) per padding rule (ids, pad id, filler):
-    the rule -> mask name, and the nodes that compute them (``Not(Equal(ids, pad))`` cast)."""
+    the rule -> mask name, and the nodes that compute them (``Not(Equal(ids, pad))`` cast). ``prefix``
+    names them apart from another fusion's masks in the same graph."""
     from onnx import TensorProto, helper
 
     masks: dict[tuple[str, str, float], str] = {}
     nodes = []
     for ids, pad, filler in rules:
         if (ids, pad, filler) not in masks:
-            name = f"attention_key_padding_mask_{len(masks)}"
+            name = f"{prefix}_key_padding_mask_{len(masks)}"
             nodes += [helper.make_node("Equal", [ids, pad], [f"{name}_is_pad"], name=f"{name}_equal"),
                       helper.make_node("Not", [f"{name}_is_pad"], [f"{name}_keep"], name=f"{name}_not"),
                       helper.make_node("Cast", [f"{name}_keep"], [name], name=f"{name}_cast", to=TensorProto.INT32)]
@@ -139,7 +140,7 @@ def fuse_attention(model) -> int:
     matches = [m for m in (_match(g, n) for n in g.nodes if n.op_type == "Softmax") if m is not None]
     if not matches:
         return 0
-    masks, new_mask_nodes = padding_mask_nodes([m["mask"] for m in matches])
+    masks, new_mask_nodes = padding_mask_nodes([m["mask"] for m in matches], "attention")
     replaced = {id(node) for m in matches for node in m["replaced"]}
     fused_at = {id(m["replaced"][-1]): m for m in matches}  # the fused node takes the output Reshape's place
     nodes = []

@@ -72,7 +72,7 @@ def fuse_quantized_attention(model) -> int:
     matches = [m for m in (_match_quantized(g, n) for n in g.nodes if n.op_type == "Softmax") if m is not None]
     if not matches:
         return 0
-    masks, mask_nodes = padding_mask_nodes([m["mask"] for m in matches])
+    masks, mask_nodes = padding_mask_nodes([m["mask"] for m in matches], "qattention")
     initializers = []
     replaced = {id(node) for m in matches for node in m["replaced"] + [p["node"] for p in m["projections"]]}
     fused_at = {}
@@ -105,24 +105,25 @@ def fuse_quantized_attention(model) -> int:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(initializers)
-    _drop_unread(model)
+    operands = {name for m in matches for p in m["projections"] for name in p["node"].input[1:]}
+    _drop_unread(model, operands)
     return len(matches)
 
 
-def _drop_unread(model) -> None:
-    """Remove the nodes (the old float mask chain) and initializers (the projections' separate weights)
-    that nothing reads any more."""
+def _drop_unread(model, operands: set[str]) -> None:
+    """Remove the nodes of the old float mask chain that nothing reads any more, and those of the
+    projections' constant ``operands`` (weights, scales, zero points, biases) that nothing reads."""
     outputs = {o.name for o in model.graph.output}
     nodes = list(model.graph.node)
     while True:
         read = {name for n in nodes for name in n.input} | outputs
         dead = {id(n) for n in nodes if n.output and all(o not in read for o in n.output)
-                and n.op_type in ("Unsqueeze", "Mul", "Cast", "Equal", "DequantizeLinear")}
+                and n.op_type in ("Unsqueeze", "Mul", "Cast", "Equal")}
         if not dead:
             break
         nodes = [n for n in nodes if id(n) not in dead]
-    read = {name for n in nodes for name in n.input} | outputs
-    kept = [t for t in model.graph.initializer if t.name in read]
+    read = {name for n in nodes for name in n.input} | outputs | {i.name for i in model.graph.input}
+    kept = [t for t in model.graph.initializer if t.name in read or t.name not in operands]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     del model.graph.initializer[:]

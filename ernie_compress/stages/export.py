@@ -169,6 +169,10 @@ def _sources(cfg: ExportConfig) -> Sources:
     path = EXPORT_PATHS[scheme.export]
     if path.paddle_refusal and cfg.format != "onnx":
         raise UserError(path.paddle_refusal)
+    if cfg.int8_attention == "qattention" and (scheme.export != "int8_qdq" or cfg.onnx_ops != "onnxruntime"):
+        raise UserError(f"--int8-attention qattention rewrites INT8 (QAT/PTQ) encoders exported with --onnx-ops "
+                        f"onnxruntime; this is a {scheme.precision} checkpoint with --onnx-ops {cfg.onnx_ops} "
+                        f"(nothing was written)")
     _check_untraceable(cfg, ckpt.config, scheme, path)
     tokenizer = ckpt.tokenizer()
     model, reference_model, int8 = _reference_model(ckpt, scheme)

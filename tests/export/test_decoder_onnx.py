@@ -190,7 +190,8 @@ def test_a_tied_quantized_table_is_stored_once_and_read_by_the_gather_and_the_he
         [nodes[gather.input[0]], nodes[gather.input[2]], gather], "g",
         [onnx.helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, None])],
         [onnx.helper.make_tensor_value_info(gather.output[0], TensorProto.FLOAT, None)],
-        [initializers[codes], initializers[scales], initializers[nodes[gather.input[0]].input[1]]]),
+        [initializers[codes], initializers[scales], initializers[nodes[gather.input[0]].input[1]],
+         initializers[gather.input[3]]]),
         opset_imports=graph_opsets(), ir_version=decoder_onnx.IR_VERSION)
     ids = np.arange(60, dtype=np.int64)[None]
     from ernie_compress.checkpoint import load_checkpoint

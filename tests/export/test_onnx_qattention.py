@@ -54,3 +54,54 @@ def test_a_float_graph_is_left_alone(exports):
     before = model.SerializeToString()
     assert fuse_quantized_attention(model) == 0
     assert model.SerializeToString() == before
+
+
+def _first_layer(model) -> dict:
+    """The first attention core's match (its q/k/v projection outputs)."""
+    from ernie_compress.export.onnx_attention import _match
+    from ernie_compress.export.onnx_graph import GraphIndex
+
+    g = GraphIndex(model.graph)
+    return next(m for m in (_match(g, n) for n in g.nodes if n.op_type == "Softmax") if m is not None)
+
+
+def test_a_layer_left_to_multihead_attention_beside_qattention_layers(exports):
+    """A projection with another reader cannot become QAttention: that layer goes to MultiHeadAttention,
+    the other to QAttention, in one valid graph equal to the standard one."""
+    from onnx import TensorProto, helper
+
+    from ernie_compress.export.onnx_attention import fuse_attention
+
+    def with_reader():
+        model = onnx.load(str(exports[("int8", "standard")]))
+        query = _first_layer(model)["query"]
+        model.graph.node.append(helper.make_node("Identity", [query], ["query_copy"]))
+        model.graph.output.append(helper.make_tensor_value_info("query_copy", TensorProto.FLOAT, None))
+        return model
+
+    mixed, standard = with_reader(), with_reader()
+    assert fuse_quantized_attention(mixed) == 1 and fuse_attention(mixed) == 1
+    produced = [o for n in mixed.graph.node for o in n.output]
+    assert len(produced) == len(set(produced))  # each fusion's padding masks under its own names
+    feeds = padded_inputs()
+    np.testing.assert_allclose(last_hidden(mixed, feeds), last_hidden(standard, feeds), atol=1e-5)
+
+
+def test_weights_with_a_zero_point_are_not_fused(exports):
+    model = onnx.load(str(exports[("int8", "standard")]))
+    key = _first_layer(model)["key"]
+    node = next(n for n in model.graph.node if n.output[0] == key)
+    zero_point = next(t for t in model.graph.initializer if t.name == node.input[5])
+    zero_point.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(zero_point) + np.int8(1), zero_point.name))
+    assert fuse_quantized_attention(model) == 1  # the other layer only
+
+
+def test_qattention_on_a_checkpoint_it_cannot_rewrite_is_refused_in_one_line(tiny_lm, tmp_path):
+    from typer.testing import CliRunner
+
+    from ernie_compress.cli import app
+
+    res = CliRunner().invoke(app, ["--quiet", "export", str(tiny_lm), "--format", "onnx", "--int8-attention",
+                                   "qattention", "--out", str(tmp_path / "e")])
+    assert res.exit_code == 2 and "--int8-attention qattention rewrites INT8" in res.stderr, res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "e").exists()
