@@ -240,6 +240,21 @@ def test_recovered_codes_are_the_quantizers_codes_with_zero_groups_and_tiny_weig
         np.testing.assert_allclose(recovered.scales[[0, 2]], scales[[0, 2]], rtol=1e-6)
 
 
+@pytest.mark.parametrize("group", [16, None])
+def test_codes_recovered_a_few_columns_at_a_time_are_the_same(monkeypatch, group):
+    """Recovery in column chunks (a wide head's temporaries) gives the codes and scales of one pass,
+    a chunk boundary inside the columns and a last chunk shorter than the others included."""
+    rng = np.random.default_rng(3)
+    codes, scales = quantize_rtn(rng.normal(size=(32, 11)).astype(np.float32), 8, group)
+    weight = dequantize(codes, scales, group)
+    whole = recover_codes(weight, 8, group)
+    monkeypatch.setattr(decoder_onnx, "RECOVER_COLUMNS", 4)
+    chunked = recover_codes(weight, 8, group)
+    np.testing.assert_array_equal(chunked.codes, whole.codes)
+    np.testing.assert_array_equal(chunked.scales, whole.scales)
+    np.testing.assert_array_equal(chunked.codes, codes)
+
+
 def _file_session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
