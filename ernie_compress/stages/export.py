@@ -86,7 +86,7 @@ class ExportConfig(TokenizerOption, ThreadsOption):
     int8_attention: str = option("multihead", choices=onnx_export.INT8_ATTENTION, help=(
         "INT8 encoders with --onnx-ops onnxruntime: qattention writes each layer's q/k/v integer projections and "
         "attention core as ONNX Runtime's QAttention (one [hidden, 3 x hidden] integer GEMM and the attention in "
-        "one kernel, the same weights and scales; timed in docs/benchmarks.md); multihead keeps three integer "
+        "one kernel, the same weights and scales; benchmarks/quantization.py times it); multihead keeps three integer "
         "projections and MultiHeadAttention."))
     stream: bool = option(False, flag="--stream/--in-memory", help=(
         "Weight-only decoders: write onnx/decoder.onnx one layer at a time from the checkpoint (memory: one "
