@@ -131,6 +131,18 @@ def padding_mask_nodes(rules: list[tuple[str, str, float]], prefix: str) -> tupl
     return masks, nodes
 
 
+def without_dead_mask_chain(nodes: list, outputs: set[str]) -> list:
+    """``nodes`` less the old float mask chain (Equal -> Cast -> Mul -> Unsqueeze) once a fusion has left
+    it without a reader (nor a graph output among ``outputs``)."""
+    while True:
+        read = {name for n in nodes for name in n.input} | outputs
+        dead = {id(n) for n in nodes if n.output and all(o not in read for o in n.output)
+                and n.op_type in ("Unsqueeze", "Mul", "Cast", "Equal")}
+        if not dead:
+            return nodes
+        nodes = [n for n in nodes if id(n) not in dead]
+
+
 def fuse_attention(model) -> int:
     """Rewrite every matching attention core of ``model`` (an ``onnx.ModelProto``, in place) as one
     ``MultiHeadAttention`` node; returns how many were fused (0 leaves the model unchanged)."""
@@ -155,15 +167,7 @@ def fuse_attention(model) -> int:
                 mask_filter_value=m["mask"][2]))
         elif id(node) not in replaced:
             nodes.append(node)
-    read = {name for n in nodes for name in n.input} | g.outputs
-    # the old float mask chain (Equal -> Cast -> Mul -> Unsqueeze) has no reader left: drop it
-    while True:
-        dead = {id(n) for n in nodes if n.output and all(o not in read for o in n.output)
-                and n.op_type in ("Unsqueeze", "Mul", "Cast", "Equal")}
-        if not dead:
-            break
-        nodes = [n for n in nodes if id(n) not in dead]
-        read = {name for n in nodes for name in n.input} | g.outputs
+    nodes = without_dead_mask_chain(nodes, g.outputs)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     if not any(op.domain == ORT_DOMAIN for op in model.opset_import):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .onnx_attention import ORT_DOMAIN, _match, padding_mask_nodes
+from .onnx_attention import ORT_DOMAIN, _match, padding_mask_nodes, without_dead_mask_chain
 from .onnx_graph import GraphIndex
 
 FUSED_OP = "QAttention"
@@ -114,14 +114,7 @@ def _drop_unread(model, operands: set[str]) -> None:
     """Remove the nodes of the old float mask chain that nothing reads any more, and those of the
     projections' constant ``operands`` (weights, scales, zero points, biases) that nothing reads."""
     outputs = {o.name for o in model.graph.output}
-    nodes = list(model.graph.node)
-    while True:
-        read = {name for n in nodes for name in n.input} | outputs
-        dead = {id(n) for n in nodes if n.output and all(o not in read for o in n.output)
-                and n.op_type in ("Unsqueeze", "Mul", "Cast", "Equal")}
-        if not dead:
-            break
-        nodes = [n for n in nodes if id(n) not in dead]
+    nodes = without_dead_mask_chain(list(model.graph.node), outputs)
     read = {name for n in nodes for name in n.input} | outputs | {i.name for i in model.graph.input}
     kept = [t for t in model.graph.initializer if t.name in read or t.name not in operands]
     del model.graph.node[:]
