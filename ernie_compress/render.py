@@ -84,7 +84,8 @@ def render_evaluation(result: dict[str, Any]) -> None:
 
     console = _console()
     where = f"{result['backend']} on {result['device']}"
-    console.print(_metrics_table({result["split"]: result["metrics"]}, f"{result['task']}: {where}"))
+    scored = f" (scored through {result['scored_with']})" if result.get("scored_with") else ""
+    console.print(_metrics_table({result["split"]: result["metrics"]}, f"{result['task']}: {where}{scored}"))
     if result.get("delta_points") is not None:
         ref = result["reference_metrics"][result["primary_metric"]]
         console.print(f"{result['primary_metric']} vs the source checkpoint in Paddle dygraph "

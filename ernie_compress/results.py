@@ -159,6 +159,7 @@ class ExportEvaluation(Result):
     profile: list[dict[str, Any]] | None
     threads: int | None
     example_stats: Any = _optional()  # numpy per-example statistics (benchmarks' bootstrap intervals)
+    scored_with: str | None = _optional()  # the metric came from the KV-cache decoder, not model.onnx
 
 
 @dataclass(kw_only=True)

@@ -231,9 +231,10 @@ def _attention_bias(g: GraphBuilder) -> str:
                 g.const("visible", f32(0.0)))  # [b, 1, 1, s, T]
 
 
-def _interface(config, full_sequence: bool = False) -> tuple[list, list]:
+def _interface(config, full_sequence: bool = False, int8_cache: bool = False) -> tuple[list, list]:
     """The graph's inputs and outputs (the module docstring's table); ``full_sequence``: input_ids
-    in, logits [batch, sequence, vocab] out (``onnx/model.onnx`` of a family without a static graph)."""
+    in, logits [batch, sequence, vocab] out (``onnx/model.onnx`` of a family without a static graph);
+    ``int8_cache``: the cache tensors are int8 codes (``kv_cache.py``)."""
     from onnx import TensorProto, helper
 
     KV, d = config.num_key_value_heads, config.head_dim
@@ -244,9 +245,10 @@ def _interface(config, full_sequence: bool = False) -> tuple[list, list]:
         return [ids], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, seq_dim, config.vocab_size])]
     inputs = [ids, helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, total_dim]),
               helper.make_tensor_value_info("position_ids", TensorProto.INT64, [batch, seq_dim])]
-    inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch, KV, past_dim, d]) for n in past_names]
+    cache = TensorProto.INT8 if int8_cache else TensorProto.FLOAT
+    inputs += [helper.make_tensor_value_info(n, cache, [batch, KV, past_dim, d]) for n in past_names]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, config.vocab_size])]
-    outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch, KV, total_dim, d]) for n in present_names]
+    outputs += [helper.make_tensor_value_info(n, cache, [batch, KV, total_dim, d]) for n in present_names]
     return inputs, outputs
 
 
@@ -263,13 +265,17 @@ def _full_sequence_feeds(g: GraphBuilder, config) -> str:
 
 
 def build_decoder(config, weights: DecoderWeights, full_sequence: bool = False,
-                  enter: Callable[[GraphBuilder, str | None], None] | None = None) -> Any:
+                  enter: Callable[[GraphBuilder, str | None], None] | None = None,
+                  kv_scales: list[tuple[np.ndarray, np.ndarray]] | None = None) -> Any:
     """The ONNX model (see the module docstring) of an ``Ernie4_5ForCausalLM`` ``config``, composed
     from the family's blocks (for ERNIE 4.5 ``models/ernie4_5_onnx.py``). ``full_sequence``: no
     cache, logits of every position (``onnx/model.onnx`` where the model cannot be traced).
+    ``kv_scales``: an int8 cache, with these static scales (key, value [kv, d]) per layer (``kv_cache.py``).
     ``enter(g, group)`` is called before the nodes of each checkpoint group are written ("rest" for
     the embedding, "layers.{i}", "rest" again for the final norm and head, then None): a streamed
     export (``streamed_decoder.py``) swaps that group's weights in and writes out the last one's."""
+    if full_sequence and kv_scales is not None:
+        raise ValueError("a full-sequence graph has no cache to quantize")
     blocks = family_of(config).graph_blocks()
     names = blocks.NAMES
     enter = enter or (lambda g, group: None)
@@ -285,7 +291,8 @@ def build_decoder(config, weights: DecoderWeights, full_sequence: bool = False,
     x = blocks.embedding(g, "input_ids", names.embedding)  # [b, s, hidden]
     for i in range(config.num_hidden_layers):
         io = blocks.AttentionIO(cos, sin, bias, past=(past[2 * i], past[2 * i + 1]),
-                                present=(present[2 * i], present[2 * i + 1]))
+                                present=(present[2 * i], present[2 * i + 1]),
+                                kv_scales=None if kv_scales is None else kv_scales[i])
         enter(g, f"layers.{i}")
         x, _ = blocks.decoder_layer(g, x, config, names.layer(i), io)
     enter(g, "rest")
@@ -299,7 +306,7 @@ def build_decoder(config, weights: DecoderWeights, full_sequence: bool = False,
         last = blocks.rms_norm(g, last, names.final_norm, config.rms_norm_eps)
         blocks.head(g, last, config, names, name="logits")  # [b, vocab]
     enter(g, None)
-    return g.model(blocks.GRAPH_NAME, *_interface(config, full_sequence))
+    return g.model(blocks.GRAPH_NAME, *_interface(config, full_sequence, int8_cache=kv_scales is not None))
 
 
 def save_model(model, path: Path) -> list[str]:

@@ -34,6 +34,7 @@ from .ernie4_5_family import NAMES as FAMILY_NAMES
 from .onnx_graph import GraphBuilder, f32, i64
 
 ONNX_FLOAT = 1  # onnx.TensorProto.FLOAT (a Cast target), without importing onnx here
+ONNX_INT8 = 3  # onnx.TensorProto.INT8
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ class AttentionIO:
     bias: str  # [b, 1, 1, s, past + s]: 0 where a key is visible, MASKED where not
     past: tuple[str, str]  # key, value [b, kv, past, d]
     present: tuple[str, str]  # names of key, value [b, kv, past + s, d]
+    # an int8 cache (``export/kv_cache.py``): the static per-channel scales of keys and values
+    # [kv, d] each; None: the cache is float32
+    kv_scales: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def embedding(g: GraphBuilder, ids: str, table: str) -> str:
@@ -134,16 +138,38 @@ def attention(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames,
     mix = g.op("Reshape", g.linear(x, names.qkv), g.const("qkv.shape", i64([0, 0, H + 2 * KV, d])))
     q, k, v = g.op("Split", mix, g.const("qkv.split", i64([H, KV, KV])), outputs=3, axis=2)  # [b, s, h|kv, d]
     q, k = _rope(g, q, H, d, io.cos, io.sin), _rope(g, k, KV, d, io.cos, io.sin)
+    if io.kv_scales is not None:  # int8 codes of the new keys and values, [b, s, kv, d]
+        k, v = (_cache_codes(g, new, scale, f"{name}.scale") for new, scale, name in zip((k, v), io.kv_scales, io.present))
     k = g.op("Concat", io.past[0], g.op("Transpose", k, perm=[0, 2, 1, 3]), axis=2, name=io.present[0])  # [b, kv, T, d]
     v = g.op("Concat", io.past[1], g.op("Transpose", v, perm=[0, 2, 1, 3]), axis=2, name=io.present[1])
     q = g.op("Transpose", g.op("Reshape", q, g.const("q.groups", i64([0, 0, KV, H // KV, d]))),
              perm=[0, 2, 3, 1, 4])  # [b, kv, g, s, d]
-    keys = g.op("Transpose", g.op("Unsqueeze", k, "axis2"), perm=[0, 1, 2, 4, 3])  # [b, kv, 1, d, T]
-    scores = g.op("Add", g.op("Mul", g.op("MatMul", q, keys), g.const("attention.scale", f32(d ** -0.5))),
-                  io.bias)  # [b, kv, g, s, T]
-    out = g.op("MatMul", g.op("Softmax", scores, axis=-1), g.op("Unsqueeze", v, "axis2"))  # [b, kv, g, s, d]
+    keys, values = k, v
+    if io.kv_scales is None:
+        scaled = g.op("Mul", g.op("MatMul", q, _keys_by_column(g, k)), g.const("attention.scale", f32(d ** -0.5)))
+    else:  # codes times scale = the cached tensor: each key channel's scale folded into q, each value's into the output
+        q_scale = g.const(f"{io.present[0]}.q_scale", f32(io.kv_scales[0] * d ** -0.5).reshape(1, KV, 1, 1, d))
+        keys, values = (g.op("Cast", t, to=ONNX_FLOAT) for t in (k, v))  # [b, kv, T, d] codes as float
+        scaled = g.op("MatMul", g.op("Mul", q, q_scale), _keys_by_column(g, keys))
+    scores = g.op("Add", scaled, io.bias)  # [b, kv, g, s, T]
+    out = g.op("MatMul", g.op("Softmax", scores, axis=-1), g.op("Unsqueeze", values, "axis2"))  # [b, kv, g, s, d]
+    if io.kv_scales is not None:
+        out = g.op("Mul", out, g.const(f"{io.present[1]}.out_scale", f32(io.kv_scales[1]).reshape(1, KV, 1, 1, d)))
     out = g.op("Reshape", g.op("Transpose", out, perm=[0, 3, 1, 2, 4]), g.const("attn.flat", i64([0, 0, H * d])))
     return g.linear(out, names.out), (k, v)
+
+
+def _keys_by_column(g: GraphBuilder, keys: str) -> str:
+    """Keys [b, kv, T, d] -> [b, kv, 1, d, T]: the right operand of the grouped queries' MatMul."""
+    return g.op("Transpose", g.op("Unsqueeze", keys, "axis2"), perm=[0, 1, 2, 4, 3])
+
+
+def _cache_codes(g: GraphBuilder, x: str, scale: np.ndarray, name: str) -> str:
+    """Symmetric int8 codes of x [b, s, kv, d] with a static scale per channel [kv, d]:
+    ``clip(round(x / scale), -127, 127)`` (round half to even)."""
+    scaled = g.op("Round", g.op("Mul", x, g.const(f"{name}.inverse", f32(1.0 / scale))))
+    clipped = g.op("Clip", scaled, g.const("int8.low", f32(-127.0)), g.const("int8.high", f32(127.0)))
+    return g.op("Cast", clipped, to=ONNX_INT8)
 
 
 def mlp(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames) -> str:

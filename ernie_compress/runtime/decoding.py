@@ -20,6 +20,9 @@ import numpy as np
 from .session import DECODER
 
 
+CACHE_DTYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8}  # ONNX Runtime's input types -> numpy
+
+
 class Decoder(Protocol):
     """Logits [batch, vocab] of each row's last position, the cache kept inside."""
 
@@ -98,6 +101,7 @@ class OnnxDecoder:
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
         self.present_names = [o.name for o in session.get_outputs()][1:]
         self.kv_heads, self.head_dim = inputs[self.past_names[0]].shape[1], inputs[self.past_names[0]].shape[3]
+        self.cache_dtype = CACHE_DTYPES[inputs[self.past_names[0]].type]  # float32, or int8 codes (export --kv-cache)
         self.pad_id = pad_id
         self.cache_on = cache_on
         self.cache: list = []  # numpy arrays, or OrtValues where cache_on is set
@@ -140,7 +144,7 @@ class OnnxDecoder:
         return logits.numpy()
 
     def _empty_cache(self, batch: int) -> list:
-        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
+        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), self.cache_dtype)
         if self.cache_on is None:
             return [empty for _ in self.past_names]
         from onnxruntime import OrtValue
@@ -165,4 +169,5 @@ class OnnxDecoder:
         return self._run(np.asarray(tokens, np.int64).reshape(-1, 1), self.positions.reshape(-1, 1))
 
     def cache_bytes(self) -> int:
-        return int(sum(4 * np.prod(c.shape() if callable(c.shape) else c.shape) for c in self.cache))
+        item = np.dtype(self.cache_dtype).itemsize
+        return int(sum(item * np.prod(c.shape() if callable(c.shape) else c.shape) for c in self.cache))

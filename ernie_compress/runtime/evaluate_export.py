@@ -43,6 +43,23 @@ class EvaluateExportConfig:
     top_ops: int = 10  # with runtime.profile: how many operators to list
     keep_example_stats: bool = False  # add per-example metric statistics (numpy) for bootstrap intervals
     generation: GenerationConfig | None = None  # exports with a decoder: time generation too (evaluate asks)
+    score_with: str = "auto"  # SCORE_WITH: the metric through model.onnx or the KV-cache decoder
+
+
+SCORE_WITH = ("auto", "model", "decoder")
+TEACHER_FORCED = "onnx/decoder.onnx, teacher-forced through its KV cache"
+
+
+def _through_decoder(score_with: str, manifest: dict[str, Any], kind: str) -> bool:
+    """Whether the metric is computed through the export's KV-cache decoder (``teacher_forcing.py``):
+    asked for, or (auto) where model.onnx would not show what generation runs: an int8 cache."""
+    decoder = manifest.get("files", {}).get("decoder")
+    if score_with == "model" or (score_with == "auto" and (decoder or {}).get("kv_cache", {}).get("dtype") != "int8"):
+        return False
+    if decoder is None or kind != "causal_lm":
+        raise UserError("--score-with decoder scores a causal LM through its onnx/decoder.onnx, which this export "
+                        "or task does not have")
+    return True
 
 
 def latency_inputs(examples, tokenizer, seq_len: int):
@@ -82,12 +99,20 @@ def evaluate_export(cfg: EvaluateExportConfig) -> ExportEvaluation:
     split = encode_split(task.kind, task.split(split_name), tokenizer, labels, manifest.get("max_seq_length", 128))
 
     if manifest.get("streamed"):
+        if cfg.score_with == "model":
+            raise UserError(f"{export_dir} is an export --stream: it holds the KV-cache decoder alone (no model.onnx "
+                            f"to score with)")
         return _evaluate_decoder_only(cfg, manifest, export_dir, tokenizer, spec, task, split_name, split)
+    through_decoder = _through_decoder(cfg.score_with, manifest, task.kind)
     profile_dir = Path(tempfile.mkdtemp(prefix="ernie-compress-profile-")) if cfg.runtime.profile else None
     try:
         session = open_session(export_dir, manifest, cfg.runtime, profile_dir)
+        score = session.run
+        if through_decoder:
+            score = teacher_forced_logits(_open_decoder(export_dir, manifest, cfg.runtime, tokenizer.pad_id),
+                                          tokenizer.pad_id)
         start = time.perf_counter()
-        metrics, example_stats = scored_split(session.run, split, cfg.eval_batch_size)
+        metrics, example_stats = scored_split(score, split, cfg.eval_batch_size)
         eval_seconds = time.perf_counter() - start
 
         primary = PRIMARY_METRIC[task.kind]
@@ -118,7 +143,8 @@ def evaluate_export(cfg: EvaluateExportConfig) -> ExportEvaluation:
         providers=getattr(session, "providers", None), precision=manifest.get("precision"), metrics=metrics,
         primary_metric=primary, reference_metrics=reference, delta_points=delta, eval_seconds=round(eval_seconds, 2),
         latency=latency, generation=generation, profile=profile, threads=cfg.runtime.threads,
-        example_stats=example_stats if cfg.keep_example_stats else None)
+        example_stats=example_stats if cfg.keep_example_stats else None,
+        scored_with=TEACHER_FORCED if through_decoder else None)
 
 
 def _evaluate_decoder_only(cfg: EvaluateExportConfig, manifest: dict[str, Any], export_dir: Path, tokenizer, spec,
@@ -141,7 +167,7 @@ def _evaluate_decoder_only(cfg: EvaluateExportConfig, manifest: dict[str, Any], 
         generation = measure_generation(decoder, tokenizer, [e.text_a for e in task.split(split_name)],
                                         decoder_entry["context"], cfg.generation)
     return ExportEvaluation(
-        export=str(export_dir), task=spec.name, split=split_name, backend="onnxruntime (decoder.onnx, teacher-forced)",
+        export=str(export_dir), task=spec.name, split=split_name, backend="onnxruntime", scored_with=TEACHER_FORCED,
         device=cfg.runtime.device, providers=None, precision=manifest.get("precision"), metrics=metrics,
         primary_metric=PRIMARY_METRIC[task.kind], reference_metrics=None, delta_points=None,
         eval_seconds=round(eval_seconds, 2), latency=[], generation=generation, profile=None,

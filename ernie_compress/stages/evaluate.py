@@ -14,7 +14,7 @@ from ..evaluate import evaluate_checkpoint, SPLITS
 from ..options import check_options, option
 from ..results import CheckpointEvaluation, ExportEvaluation
 from ..runtime.backends import RuntimeConfig, RuntimeOptions
-from ..runtime.evaluate_export import EvaluateExportConfig, evaluate_export
+from ..runtime.evaluate_export import SCORE_WITH, EvaluateExportConfig, evaluate_export
 from ..runtime.generation_metrics import GenerationConfig
 from ..runtime.latency import LatencyConfig
 from ..runtime.manifest import MANIFEST_FILE
@@ -57,6 +57,11 @@ class EvaluateConfig(TaskOptions, RuntimeOptions):
                                                  help=("Export with a decoder: batch sizes to time decoding at "
                                                        "(prefill and decode steps timed apart)."))
     new_tokens: int = option(32, at_least=1, help="Export with a decoder: decode steps timed per batch size.")
+    score_with: str = option("auto", choices=SCORE_WITH, help=(
+        "Export of a causal LM: what the metric is computed through. model: onnx/model.onnx over whole "
+        "sequences; decoder: onnx/decoder.onnx fed one token at a time through its KV cache (teacher "
+        "forcing: what generation runs, its integer kernels and cache included); auto: the decoder where "
+        "the export's KV cache is int8 or the export holds the decoder alone, else model."))
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -82,7 +87,7 @@ def evaluate(cfg: EvaluateConfig) -> ExportEvaluation | CheckpointEvaluation:
         return evaluate_export(EvaluateExportConfig(
             export_dir=cfg.path, task=cfg.task, data=data, split=cfg.split, eval_batch_size=cfg.batch_size,
             runtime=cfg.runtime_config(), latency=cfg.latency_config(), top_ops=cfg.top,
-            generation=cfg.generation_config()))
+            generation=cfg.generation_config(), score_with=cfg.score_with))
     if cfg.device != "cpu" or cfg.backend:
         raise UserError(f"{cfg.path} is a checkpoint (runs in Paddle dygraph on cpu); export it "
                         f"first to evaluate on --device/--backend")

@@ -26,7 +26,7 @@ from ..lazy_checkpoint import LazyCheckpoint, open_checkpoint
 from ..export import numpy_reference, streamed_decoder  # export --stream
 from ..export import (FORMATS, LAYOUT_ENGINES, OUTPUT_NAMES, PADDLE_INT8_REFUSAL, logit_scale, sample_inputs,
                       verify, verify_int8)
-from ..export import decoder_onnx, onnx_export, onnx_fp16, onnx_int8, static_graph  # by module: tests plant bugs in them
+from ..export import decoder_onnx, kv_cache, onnx_export, onnx_fp16, onnx_int8, static_graph  # by module: tests plant bugs in them
 from ..export.prequantized_layouts import PREQUANTIZED_LAYOUTS
 from ..data.tasks import TaskSpec, load_task
 from ..models import model_from_state
@@ -88,6 +88,11 @@ class ExportConfig(TokenizerOption, ThreadsOption):
         "attention core as ONNX Runtime's QAttention (one [hidden, 3 x hidden] integer GEMM and the attention in "
         "one kernel, the same weights and scales; benchmarks/quantization.py times it); multihead keeps three integer "
         "projections and MultiHeadAttention."))
+    kv_cache: str = option("float32", choices=kv_cache.KV_CACHE, help=(
+        "Causal LMs: the dtype of onnx/decoder.onnx's KV cache. int8 stores keys and values as int8 codes "
+        "with a static scale per channel, calibrated on the task's train texts (a quarter of float32's "
+        "bytes per token; verified against dygraph with the INT8 bounds; evaluate scores such an export "
+        "through the decoder)."))
     stream: bool = option(False, flag="--stream/--in-memory", help=(
         "Weight-only decoders: write onnx/decoder.onnx one layer at a time from the checkpoint (memory: one "
         "layer plus the export's own integer weights, whatever the depth), verified against a streamed NumPy "
@@ -101,6 +106,7 @@ class ExportConfig(TokenizerOption, ThreadsOption):
     decoder_prompts: int = 4  # causal LMs: held-out prompts the decoder export generates from
     decoder_prompt_tokens: int = 24  # ... cut to this many tokens
     decoder_new_tokens: int = 16  # ... greedy tokens compared with dygraph
+    kv_calibration_texts: int = 32  # --kv-cache int8: train texts whose keys and values set the scales
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -174,6 +180,7 @@ def _sources(cfg: ExportConfig) -> Sources:
                         f"onnxruntime; this is a {scheme.precision} checkpoint with --onnx-ops {cfg.onnx_ops} "
                         f"(nothing was written)")
     _check_untraceable(cfg, ckpt.config, scheme, path)
+    _check_kv_cache(cfg, ckpt, path)
     tokenizer = ckpt.tokenizer()
     model, reference_model, int8 = _reference_model(ckpt, scheme)
     kind = getattr(model, "task_kind", "classification")
@@ -198,6 +205,28 @@ def _check_untraceable(cfg: ExportConfig, config, scheme: Scheme, path: ExportPa
     if path.convert is not None:
         raise UserError(f"{scheme.precision} {family.title} checkpoints cannot be exported yet (their ONNX is "
                         f"converted from a static graph); export the float or weight-only checkpoint")
+
+
+def _check_kv_cache(cfg: ExportConfig, ckpt: Checkpoint | LazyCheckpoint, path: ExportPath | None) -> None:
+    """``--kv-cache int8`` quantizes the cache of ``onnx/decoder.onnx``, calibrated on the task's train
+    texts: refuse it where no decoder is written or there is nothing to calibrate on."""
+    if cfg.kv_cache == "float32":
+        return
+    config = ckpt.config
+    if not family_of(config).serves(config, "causal_lm"):
+        raise UserError(f"--kv-cache int8 quantizes the KV cache of a causal LM's onnx/decoder.onnx; "
+                        f"{config.architecture} has no KV cache (nothing was written)")
+    if cfg.stream:
+        raise UserError("--kv-cache int8 is not available with --stream yet: export in memory, or keep the "
+                        "float32 cache (nothing was written)")
+    if path is not None and not path.decoder:
+        raise UserError("--kv-cache int8 applies to onnx/decoder.onnx, which this checkpoint's precision does "
+                        "not get (nothing was written)")
+    if cfg.format == "paddle":
+        raise UserError("--kv-cache int8 applies to onnx/decoder.onnx: use --format onnx or all (nothing was written)")
+    if not ckpt.task:
+        raise UserError("--kv-cache int8 calibrates its scales on the checkpoint's task's train texts, and this "
+                        "checkpoint records no task (nothing was written)")
 
 
 # -- per format ------------------------------------------------------------------------------------
@@ -374,20 +403,46 @@ def _export_decoder(src: Sources, out: Path) -> tuple[dict, dict]:
     weight_only = quantization_info(config) if src.path.integer_weights else None
     level = decoder_onnx.COMPUTE_LEVELS[cfg.weight_only_compute] if weight_only else 0
     weights = decoder_onnx.decoder_weights(config, src.ckpt.state, weight_only, level, cfg.moe_experts)
+    runtime = RuntimeConfig(device="cpu", threads=cfg.threads)
     graph = decoder_onnx.build_decoder(config, weights)
     written = decoder_onnx.save_model(graph, out / decoder_onnx.DECODER_FILE)
-    exported = OnnxDecoder.open(out / decoder_onnx.DECODER_FILE, RuntimeConfig(device="cpu", threads=cfg.threads),
-                                src.tokenizer.pad_id)
-    check = _compare_decoder(src, exported, level)
-    entry = _decoder_entry(config, [f"onnx/{name}" for name in written], graph, level)
+    cache_entry = None
+    if cfg.kv_cache == "int8":  # scales from the float cache just written, then the int8 graph in its place
+        scales, cache_entry = _calibrate_kv_cache(src, out / decoder_onnx.DECODER_FILE, runtime)
+        graph = decoder_onnx.build_decoder(config, weights, kv_scales=scales)
+        written = decoder_onnx.save_model(graph, out / decoder_onnx.DECODER_FILE)
+    exported = OnnxDecoder.open(out / decoder_onnx.DECODER_FILE, runtime, src.tokenizer.pad_id)
+    check = _compare_decoder(src, exported, level, approximate=cache_entry is not None)
+    entry = _decoder_entry(config, [f"onnx/{name}" for name in written], graph, level, cache_entry)
     return entry, {**check, "compute": cfg.weight_only_compute if weight_only else "fp32", "passed": True,
-                   "against": "paddle dygraph with a KV cache"}
+                   "kv_cache": cfg.kv_cache, "against": "paddle dygraph with a KV cache"}
 
 
-def _decoder_entry(config, files: list[str], graph, level: int) -> dict[str, Any]:
-    """The manifest's entry for ``onnx/decoder.onnx`` (``runtime/decoding.py`` reads it)."""
+def _calibrate_kv_cache(src: Sources, float_decoder: Path, runtime: RuntimeConfig) -> tuple[list, dict[str, Any]]:
+    """Static int8 scales (key, value [kv, d] per layer) from the float-cache decoder at ``float_decoder``
+    prefilling the task's first train texts as training feeds them, end-of-text token included
+    (``kv_cache.py``), and the manifest's entry for them."""
+    cfg, config = src.cfg, src.ckpt.config
+    task = load_task(TaskSpec.from_dict(src.ckpt.task))
+    texts = [e.text_a for e in task.split("train")[:cfg.kv_calibration_texts]]
+    length = src.ckpt.max_seq_length
+    rows = src.tokenizer.encode_batch(texts, None, max_length=length).input_ids
+    prompts = [[int(i) for i in row if i != src.tokenizer.pad_id] for row in rows]
+    decoder = OnnxDecoder.open(float_decoder, runtime, src.tokenizer.pad_id)
+    scales = kv_cache.calibrate(decoder, prompts, config.num_hidden_layers)
+    del decoder
+    entry = {"dtype": "int8", "scales": "static, one per channel of keys and of values ([kv_heads, head_dim] a layer)",
+             "calibrated_on": f"{len(prompts)} train texts of {task.spec.name} (up to {length} tokens)",
+             "tokens": int(sum(len(p) for p in prompts)), **kv_cache.scales_summary(scales)}
+    return scales, entry
+
+
+def _decoder_entry(config, files: list[str], graph, level: int, cache: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest's entry for ``onnx/decoder.onnx`` (``runtime/decoding.py`` reads it); ``cache``: an
+    int8 KV cache's calibration (absent: float32)."""
     past, present = decoder_onnx.cache_names(config.num_hidden_layers)
     return {"model": decoder_onnx.DECODER_FILE, "matmul_nbits_accuracy_level": level, "files": files,
+            "kv_cache": cache or {"dtype": "float32"},
             "for": "ONNX Runtime (merged decoder: prefill and decode in one graph)",
             "inputs": ["input_ids", "attention_mask", "position_ids", *past], "outputs": ["logits", *present],
             "kv_heads": config.num_key_value_heads, "head_dim": config.head_dim,
@@ -395,9 +450,10 @@ def _decoder_entry(config, files: list[str], graph, level: int) -> dict[str, Any
             "kernels": decoder_onnx.kernel_counts(graph)}
 
 
-def _compare_decoder(src: Sources, exported, level: int) -> dict[str, Any]:
+def _compare_decoder(src: Sources, exported, level: int, approximate: bool = False) -> dict[str, Any]:
     """Generate from held-out prompts with dygraph and with ``exported`` (free, and teacher-forced
-    with dygraph's tokens); refused unless they agree as :func:`_check_decoder` asks."""
+    with dygraph's tokens); refused unless they agree as :func:`_check_decoder` asks (``approximate``:
+    an int8 KV cache, held to the INT8 bounds)."""
     cfg, family = src.cfg, family_of(src.model.config)
     prompts = _decoder_prompts(src.ckpt, src.tokenizer, cfg.decoder_prompts, cfg.decoder_prompt_tokens)
     largest = relative = 0.0
@@ -412,16 +468,22 @@ def _compare_decoder(src: Sources, exported, level: int) -> dict[str, Any]:
         same_text &= generate_tokens(exported, ids, cfg.decoder_new_tokens, eos_id=-1)["tokens"] == expected["tokens"]
     check = {"prompts": len(prompts), "new_tokens": cfg.decoder_new_tokens, "greedy_tokens_equal": same_text,
              "teacher_forced_agreement": float(np.mean(agree)), "max_abs_diff": largest, "max_relative_diff": relative}
-    _check_decoder(cfg, level, check, (quantization_info(src.ckpt.config) or {}).get("group_size"))
+    _check_decoder(cfg, level, check, (quantization_info(src.ckpt.config) or {}).get("group_size"),
+                   int8_cache=approximate)
     return check
 
 
 def _check_decoder(cfg: ExportConfig, level: int, check: dict[str, Any], group_size: int | None = None,
-                   against: str = "dygraph") -> None:
-    """FP32 compute (``level`` 0): the same greedy text and logits within ``cfg.tolerance``; int8
-    compute: next-token picks and logits within the INT8 bounds."""
+                   against: str = "dygraph", int8_cache: bool = False) -> None:
+    """FP32 compute (``level`` 0) and cache: the same greedy text and logits within ``cfg.tolerance``;
+    int8 compute or cache: next-token picks and logits within the INT8 bounds."""
     largest, share, relative = check["max_abs_diff"], check["teacher_forced_agreement"], check["max_relative_diff"]
-    if level == 0 and (not check["greedy_tokens_equal"] or not largest <= cfg.tolerance):
+    if int8_cache and (share < cfg.int8_min_agreement or relative > cfg.int8_max_relative_diff):
+        raise UserError(f"decoder export (int8 KV cache) failed verification: next-token picks agree with {against} "
+                        f"on {share:.1%} of steps (least {cfg.int8_min_agreement:.0%}), max logit difference "
+                        f"{relative:.1%} of the logit scale (most {cfg.int8_max_relative_diff:.0%}); nothing was "
+                        f"written (--kv-cache float32 keeps the exact cache)")
+    if level == 0 and not int8_cache and (not check["greedy_tokens_equal"] or not largest <= cfg.tolerance):
         raise UserError(f"decoder export failed verification: greedy text differs from {against}'s or the logits "
                         f"by {largest:.2e} (tolerance {cfg.tolerance:.0e}); nothing was written")
     if level and (share < cfg.int8_min_agreement or relative > cfg.int8_max_relative_diff):
@@ -510,6 +572,7 @@ def _export_streamed(cfg: ExportConfig, start: float) -> ExportResult:
     written group by group, run greedily in ONNX Runtime and checked against the streamed NumPy
     reference (as :func:`_check_decoder` checks against dygraph), the manifest."""
     lazy = open_checkpoint(cfg.checkpoint, tokenizer=cfg.tokenizer, check_tokenizer=True)
+    _check_kv_cache(cfg, lazy, None)
     scheme = scheme_of(quantization_info(lazy.config))
     streamed_decoder.check_streamable(lazy, EXPORT_PATHS[scheme.export].integer_weights, cfg.format, cfg.layout)
     quant, level = quantization_info(lazy.config), decoder_onnx.COMPUTE_LEVELS[cfg.weight_only_compute]
