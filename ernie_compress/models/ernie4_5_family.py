@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .architecture import Distillation, GroupedQueryHeads, LinearRoles, ParameterNames, ScaleMapping
 from .ernie4_5_config import Ernie45Config
 from .ernie4_5_layout import check_hf_writable, normalize_ernie45_state, to_hf
@@ -43,6 +45,21 @@ SMOOTHING = (
 )
 
 
+def smoothing_parts(config, part: str) -> tuple[slice, np.ndarray]:
+    """Where a smoothing edge's part sits: "v", the values of the fused qkv (after the query heads and
+    the keys), read by o_proj's rows of every query head in a KV head's group (query head h reads KV
+    head h // (heads / kv_heads)); "up", the second half of the fused gate|up, read row for row by
+    down_proj."""
+    H, KV, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    if part == "v":
+        heads = np.arange(H) // (H // KV)  # the KV head of each query head
+        return slice((H + KV) * d, (H + 2 * KV) * d), (heads[:, None] * d + np.arange(d)).reshape(-1)  # [H * d]
+    if part == "up":
+        ffn = config.intermediate_size
+        return slice(ffn, 2 * ffn), np.arange(ffn)
+    raise ValueError(f"no smoothing part {part!r} in ERNIE 4.5")
+
+
 def _normalize(config, state, raw: dict[str, Any], ours: bool):
     return normalize_ernie45_state(state, config, raw, ours)
 
@@ -64,7 +81,8 @@ FAMILY = ModelFamily(
                            "pair_classification": "Ernie4_5ForSequenceClassification",
                            "causal_lm": "Ernie4_5ForCausalLM"},
     other_kinds_hint="they serve classification and causal LM (lm, demo:lm) so far",
-    names=NAMES, linear_roles=LINEAR_ROLES, smoothing=SMOOTHING, head_layout=GroupedQueryHeads(),
+    names=NAMES, linear_roles=LINEAR_ROLES, smoothing=SMOOTHING, smoothing_parts=smoothing_parts,
+    head_layout=GroupedQueryHeads(),
     distillation=Distillation(frozenset({"logits", "hidden_states"}),
                               instead="logits (--kd-weight) and hidden states (--hidden-weight)",
                               students=frozenset({"ernie4_5_moe"})),  # same tokenizer and vocabulary

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 
 from .architecture import Distillation, GroupedQueryHeadsAndExperts, RoutedExperts, ScaleMapping
-from .ernie4_5_family import LINEAR_ROLES, NAMES, student_keys
+from .ernie4_5_family import LINEAR_ROLES, NAMES, smoothing_parts, student_keys
 from .ernie4_5_moe_config import Ernie45MoeConfig
 from .ernie4_5_moe_layout import check_moe_hf_writable, moe_to_hf, normalize_moe_state
 from .ernie4_5_moe_pruning import remove_experts
@@ -49,6 +49,7 @@ FAMILY = ModelFamily(
     architecture_for_kind={"causal_lm": "Ernie4_5_MoeForCausalLM"},
     other_kinds_hint="they serve causal LM (lm, demo:lm) so far",
     names=dataclasses.replace(NAMES, task_heads=("lm_head",)), linear_roles=LINEAR_ROLES, smoothing=SMOOTHING,
+    smoothing_parts=smoothing_parts,
     head_layout=GroupedQueryHeadsAndExperts(remove_experts), routed_experts=ROUTED_EXPERTS,
     distillation=Distillation(frozenset({"logits", "hidden_states"}),
                               instead="logits (--kd-weight) and hidden states (--hidden-weight)",

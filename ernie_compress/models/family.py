@@ -46,6 +46,9 @@ class ModelFamily:
     static_graph_refusal: str | None = None  # why its models do not trace to a Paddle static graph (None: they
     #   do); export then writes ONNX only, model.onnx built from its ONNX blocks
     routed_experts: RoutedExperts | None = None  # where its MoE layers keep routed experts (None: no MoE)
+    # a smoothing edge's ``part`` of a fused Linear: (config, part) -> (its output columns, for each input
+    # row of the consumers which of those columns it reads); None: the family's edges have no parts
+    smoothing_parts: Callable[[Any, str], tuple[slice, Any]] | None = None
 
     @property
     def layouts(self) -> tuple[str, ...]:
@@ -122,6 +125,15 @@ class ModelFamily:
         if config.tie_word_embeddings or self.names.lm_head is None:
             return self.names.word_embedding, True
         return f"{self.names.lm_head}.weight", False
+
+    def smoothing_columns(self, config, edge: ScaleMapping, consumer_rows: int) -> tuple[slice, Any]:
+        """Which output columns of ``edge.prev`` (a norm: its whole width) feed the consumers, and for
+        each of the consumers' ``consumer_rows`` input rows the column of those it reads (numpy int [rows])."""
+        import numpy as np
+
+        if edge.part is None:
+            return slice(None), np.arange(consumer_rows)
+        return self.smoothing_parts(config, edge.part)
 
     def smoothing_map(self, num_layers: int) -> Iterator[ScaleMapping]:
         """The smoothing edges of a model with ``num_layers`` layers, in full module names."""

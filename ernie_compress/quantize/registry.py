@@ -53,7 +53,7 @@ INT8 = register_scheme(Scheme("int8", methods=("qat", "ptq"), export="int8_qdq",
 FP16 = register_scheme(Scheme("fp16", methods=("fp16",), export="fp16", precision="fp16"))
 # weight_only.py / gptq.py: model.onnx is the float model of the dequantized weights (hence fp32);
 # a causal LM's decoder.onnx runs the integer weights as MatMulNBits
-WEIGHT_ONLY = register_scheme(Scheme("weight_only", methods=("weight_only_rtn", "weight_only_gptq"),
+WEIGHT_ONLY = register_scheme(Scheme("weight_only", methods=("weight_only_rtn", "weight_only_gptq", "weight_only_awq"),
                                      export="weight_only", precision="fp32", kernels=("MatMulNBits",)))
 
 

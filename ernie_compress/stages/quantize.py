@@ -45,8 +45,9 @@ from ..models.layouts import check_layout
 from ..models.stored_codes import STORAGE_HELP, STORAGES
 from ..options import check_options, fail, option
 from ..paddle_env import import_paddle
-from ..progress import note
+from ..progress import note, progress_bar
 from ..shard_progress import PROGRESS_FILE, ShardProgress, fingerprint_tag
+from ..quantize import awq
 from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
 from ..quantize.ptq import calibrate_
 from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantized_linear_names
@@ -149,9 +150,11 @@ Rounder = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # weight [in, o
 class Plan:
     """How a weight-only ``--method`` rounds each quantized Linear."""
 
-    roundings: dict[str, tuple[str, Rounder]]  # Linear name -> (the rounding it gets: "gptq" or "rtn", its function)
+    roundings: dict[str, tuple[str, Rounder]]  # Linear name -> (the rounding it gets: "gptq", "awq" or "rtn", its function)
     experts: dict[str, dict[str, Any]] | None = None  # GPTQ: per routed expert {"tokens": calibration tokens it
     # got, "needed": the threshold, "starved": True when fewer (it is rounded to nearest instead)}
+    replaced: dict[str, np.ndarray] | None = None  # AWQ: weights with the smoothing scales folded in (before rounding)
+    record: dict[str, Any] | None = None  # what the scheme records besides the roundings (AWQ's search)
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,38 @@ def _gptq(cfg, start: Start, names: list[str]) -> Plan:
     return Plan(solve_divided(roundings, start.parent.state, cfg.groups), experts)
 
 
-ROUNDINGS = {"rtn": Rounding(_rtn, calibrates=False), "gptq": Rounding(_gptq, calibrates=True)}
+def _awq(cfg, start: Start, names: list[str]) -> Plan:
+    """AWQ (Lin et al. 2024, ``quantize/awq.py``): per edge of the family's smoothing map, input-channel
+    scales searched on the output error over ``cfg.calib_samples`` training examples (statistics from the
+    FP32 parent) and folded into the weights; then every Linear rounded to nearest."""
+    config = start.model.config
+    family = family_of(config)
+    edges = [e for e in family.smoothing_map(config.num_hidden_layers) if all(name in names for name in e.layers)]
+    consumers = sorted({name for edge in edges for name in edge.layers})
+    batches = my_batches(calibration_batches(start.splits["train"], cfg.calib_samples))  # all, with one rank
+    seen = collect_hessians(start.model, consumers, batches, start.tokenizer.pad_id)  # summed over the ranks
+    bits, group = BITS[cfg.weight_only], cfg.groups
+    rtn = lambda weight: quantize_rtn(weight, bits, group)  # noqa: E731
+    state, searches = dict(start.parent.state), []
+    with progress_bar(len(edges), "awq search") as bar:
+        for edge in edges:
+            weights = [state[f"{name}.weight"].astype(np.float64) for name in edge.layers]  # [in, out]
+            columns, index = family.smoothing_columns(config, edge, weights[0].shape[0])
+            found, scales = awq.search_edge(edge, weights, [seen.hessians[n] for n in edge.layers],
+                                            [seen.tokens[n] for n in edge.layers], rtn, index, int(index.max()) + 1)
+            awq.fold_scales_(state, edge, scales, columns, index)
+            searches.append(found)
+            bar.advance({"alpha": found.alpha})
+    replaced = {name: value for name, value in state.items() if value is not start.parent.state[name]}
+    gain = [f.loss / f.rtn_loss for f in searches if f.rtn_loss > 0]
+    record = {"awq": {"edges": len(edges), "grid": awq.AWQ_GRID,
+                      "alpha": {f.edge.prev: f.alpha for f in searches},
+                      "error_vs_rtn_median": float(np.median(gain)) if gain else None}}
+    return Plan({name: ("awq" if name in consumers else "rtn", rtn) for name in names}, replaced=replaced, record=record)
+
+
+ROUNDINGS = {"rtn": Rounding(_rtn, calibrates=False), "gptq": Rounding(_gptq, calibrates=True),
+             "awq": Rounding(_awq, calibrates=True)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,8 +232,9 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions, ProcessOptions, Resu
         "Weight-only: input rows per scale (default: the whole column for int8, 32 for int4); must divide "
         "every quantized Linear's input width."))
     method: str = option("rtn", choices=tuple(ROUNDINGS), help=(
-        "Weight-only: rtn (round to nearest) or gptq (rounding errors corrected from calibration inputs, "
-        "Frantar et al. 2023)."))
+        "Weight-only: rtn (round to nearest), gptq (rounding errors corrected from calibration inputs, "
+        "Frantar et al. 2023), or awq (input-channel scales searched on calibration inputs and folded into "
+        "the feeding norm or Linear, then round to nearest: Lin et al. 2024; decoders, in memory)."))
     min_expert_tokens: int | None = option(None, at_least=1, help=(
         "Weight-only GPTQ of a mixture-of-experts model: a routed expert that receives fewer calibration "
         "tokens than this is rounded to nearest (RTN) instead, since its Hessian would rest on too few "
@@ -230,6 +265,9 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions, ProcessOptions, Resu
             fail(f"{{store}} codes is our layout's; {{layout}} {self.layout} holds float weights on the grid for its "
                  f"loaders (use --store float, or export --layout compressed-tensors|gptq|gguf for packed codes)",
                  "store", "layout")
+        if self.method == "awq" and self.stream:
+            fail("{method} awq runs in memory (its scales fold across Linears); drop {stream}, or use gptq or rtn",
+                 "method", "stream")
         if self.resume and not self.stream:
             fail("{resume} continues a streamed run (add {stream}); an in-memory quantize keeps nothing to resume "
                  "from", "resume", "stream")
@@ -412,6 +450,7 @@ def _weight_only_state(cfg: WeightOnlyConfig, start: Start, kept: dict | None = 
     names = quantized_linear_names(start.model)
     check_group_sizes({name: state[f"{name}.weight"].shape[0] for name in names}, group)
     plan = ROUNDINGS[cfg.method].prepare(cfg, start, names)
+    state.update(plan.replaced or {})  # AWQ's scales folded in: the norms change, the Linears round scaled
     weights = round_linears_(state, {name: rounding for name, (_, rounding) in plan.roundings.items()}, bits, group,
                              kept)
     weights.update(round_head_(state, start.parent.config, kept))  # int8 per vocabulary entry
@@ -422,7 +461,7 @@ def weight_only_scheme(cfg: WeightOnlyConfig, config, plan: Plan, weights: dict[
     """config.json's quantization entry of a weight-only run: method, grid, counts, each weight's entry."""
     return {"method": f"weight_only_{cfg.method}", "dtype": cfg.weight_only, "weight_bits": BITS[cfg.weight_only],
             "group_size": cfg.groups, "storage": cfg.store, "linears": len(plan.roundings), **_rounding_record(cfg, config, plan),
-            "weights": weights}
+            **(plan.record or {}), "weights": weights}
 
 
 def _rounding_record(cfg: WeightOnlyConfig, config, plan: Plan) -> dict[str, Any]:
