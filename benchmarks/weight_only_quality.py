@@ -1,5 +1,5 @@
 """What weight-only quantization costs a small ERNIE 4.5 decoder trained on demo:lm: held-out
-perplexity of W8 and W4 (RTN and GPTQ, two group sizes) against the FP32 parent, and whether each
+perplexity of W8 and W4 (RTN, GPTQ and AWQ, two group sizes) against the FP32 parent, and whether each
 export's decoder (``onnx/decoder.onnx``, MatMulNBits, default int8 compute) generates the
 checkpoint's greedy text. Everything runs through the CLI, as a user would:
 
@@ -25,8 +25,10 @@ from _cli import cli, cli_or_refusal  # noqa: E402
 VARIANTS = (("W8, RTN", ["int8", "--method", "rtn"]), ("W8, GPTQ", ["int8", "--method", "gptq"]),
             ("W4 g32, RTN", ["int4", "--group-size", "32", "--method", "rtn"]),
             ("W4 g32, GPTQ", ["int4", "--group-size", "32", "--method", "gptq"]),
+            ("W4 g32, AWQ", ["int4", "--group-size", "32", "--method", "awq"]),
             ("W4 g64, RTN", ["int4", "--group-size", "64", "--method", "rtn"]),
-            ("W4 g64, GPTQ", ["int4", "--group-size", "64", "--method", "gptq"]))
+            ("W4 g64, GPTQ", ["int4", "--group-size", "64", "--method", "gptq"]),
+            ("W4 g64, AWQ", ["int4", "--group-size", "64", "--method", "awq"]))
 
 
 def _why(refusal: str) -> str:
