@@ -10,8 +10,9 @@ and size do not depend on their values; no model can be downloaded here), in the
 PaddleFormers saves, which both tools read. Ours: ``ernie-compress export --format onnx`` of it (FP32),
 and of ``quantize --weight-only int8`` (W8, per channel) and ``int4 --group-size 32`` (W4, RTN), as
 export writes them by default (MatMulNBits ``accuracy_level`` 4; the tied table int8 per vocabulary
-entry, stored once and read by the head and ``GatherBlockQuantized``), and W4 again with
-``--kv-cache int8``. The peer: onnxruntime-genai's
+entry, stored once and read by the head and ``GatherBlockQuantized``), W4 again with
+``--kv-cache int8``, and ``quantize --w8a8 rtn`` (int8 weights and activations: DynamicQuantizeMatMul;
+SmoothQuant's scales would not change its speed). The peer: onnxruntime-genai's
 builder (``python -m onnxruntime_genai.models.builder -p fp32|int4 -e cpu``, in the reference venv
 ``tests/interop/make_reference_venvs.sh`` builds) with its documented defaults (INT4: block 32,
 accuracy level 4, the tied table INT4 through ``GatherBlockQuantized``, logits of every prompt
@@ -45,6 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 OURS_FP32, OURS_W8, OURS_W4 = "ours FP32", "ours W8 (int8 per channel, int8 head)", "ours W4 (int4 g32 RTN, int8 head)"
 OURS_W4_KV8 = "ours W4, int8 KV cache"
+OURS_W8A8 = "ours W8A8 (int8 activations per tensor, DynamicQuantizeMatMul)"
 PEER_FP32, PEER_INT4 = "onnxruntime-genai FP32", "onnxruntime-genai INT4 (its defaults: int4 head)"
 PEER_INT8_HEAD = "onnxruntime-genai INT4, int8 head (last_matmul:int8)"
 PEER_PRUNED = "onnxruntime-genai INT4, int8 head, prune_lm_head"
@@ -81,16 +83,17 @@ def build_ours(ckpt: Path, work: Path) -> dict[str, Path]:
     if not exports[OURS_FP32].exists():
         print("ours: FP32 export ...", file=sys.stderr)
         cli("export", ckpt, "--format", "onnx", "--out", work / "fp32")
-    for bits, wanted in ((["int8"], ((OURS_W8, "e-int8", []),)),
-                         (["int4", "--group-size", "32"], ((OURS_W4, "e-int4", []),
-                                                           (OURS_W4_KV8, "e-int4-kv8", ["--kv-cache", "int8"])))):
+    for method, wanted in ((["--weight-only", "int8", "--method", "rtn"], ((OURS_W8, "e-int8", []),)),
+                           (["--weight-only", "int4", "--group-size", "32", "--method", "rtn"],
+                            ((OURS_W4, "e-int4", []), (OURS_W4_KV8, "e-int4-kv8", ["--kv-cache", "int8"]))),
+                           (["--w8a8", "rtn"], ((OURS_W8A8, "e-w8a8", []),))):  # speed: smoothing changes no kernel
         exports.update({name: work / folder for name, folder, _ in wanted})
         missing = [(name, flags) for name, _, flags in wanted if not exports[name].exists()]
         if not missing:
             continue
-        quantized = work / f"q-{bits[0]}"
+        quantized = work / f"q-{wanted[0][1]}"
         shutil.rmtree(quantized, ignore_errors=True)
-        cli("quantize", ckpt, "--weight-only", *bits, "--method", "rtn", "--task", "demo:lm", "--out", quantized)
+        cli("quantize", ckpt, *method, "--task", "demo:lm", "--out", quantized)
         for name, flags in missing:
             print(f"ours: {name} ...", file=sys.stderr)
             cli("export", quantized, "--format", "onnx", "--out", exports[name], *flags)
@@ -235,13 +238,17 @@ def main(argv: list[str] | None = None) -> dict:
         ratios[f"w4_ttft_vs_peer_int4_prompt{p}"] = _ratio(series(OURS_W4, "ttft_ms", p), series(PEER_INT4, "ttft_ms", p))
         ratios[f"w4_ttft_vs_peer_pruned_prompt{p}"] = _ratio(series(OURS_W4, "ttft_ms", p),
                                                              series(PEER_PRUNED, "ttft_ms", p))
+    for p in prompts:
+        ratios[f"w8a8_ttft_vs_ours_fp32_prompt{p}"] = _ratio(series(OURS_FP32, "ttft_ms", p),
+                                                             series(OURS_W8A8, "ttft_ms", p))  # > 1: W8A8 faster
     result["ratios"] = ratios
     title = (f"Decoder exports, {args.preset} (random weights, FP32 checkpoint), ours vs onnxruntime-genai "
              f"{og_version}'s model builder, ONNX Runtime {onnxruntime.__version__} CPU, {args.threads} threads; "
              f"TTFT = prefill + first pick; decode = {args.new_tokens} greedy steps after a {args.decode_prompt}-token "
              f"prompt per row; median (min-max) of {args.rounds} interleaved rounds, a fresh process per variant "
              f"and round. Ours W4 against the builder's INT4 (its defaults, or as named), per-round ratio medians "
-             f"(file and TTFT: < 1 is ours smaller/faster; decode: > 1 is ours faster): "
+             f"(file and TTFT: < 1 is ours smaller/faster; decode: > 1 is ours faster; w8a8_ttft_vs_ours_fp32: "
+             f"FP32's TTFT / W8A8's, > 1 is W8A8 faster): "
              + ", ".join(f"{k} {v['median'] if isinstance(v, dict) else v:.2f}" for k, v in ratios.items()))
     emit(title, rows, list(rows[0]), result, args.json, markdown_path=args.markdown, threads=args.threads,
          summary={k: v for k, v in result.items() if k != "variants"})

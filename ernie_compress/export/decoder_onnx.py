@@ -63,6 +63,7 @@ class WeightOnlyLinear:
     scales: np.ndarray
     bits: int
     group_size: int | None
+    activations: str = "float"  # "int8": W8A8 (quantize --w8a8), run as DynamicQuantizeMatMul
 
 
 RECOVER_COLUMNS = 4096  # output columns recovered at a time: float64 temporaries of [in, 4096], not [in, out]
@@ -154,6 +155,7 @@ def decoder_weights(config, state: dict[str, np.ndarray], quant: dict | None,
             if spec.get("transposed"):  # a tied embedding [vocab, hidden] is the head's [hidden, vocab]
                 weight = weight.T
             integer[name] = recover_codes(weight, spec["bits"], spec["group_size"])
+            integer[name].activations = spec.get("activations", "float")
     return DecoderWeights(state, integer, accuracy_level, experts)
 
 
@@ -184,6 +186,9 @@ def _integer_kernels(weights: DecoderWeights) -> tuple[MatMul, Gather]:
         return kernels[weight]
 
     def matmul(g: GraphBuilder, x: str, weight: str, transposed: bool = False, name: str | None = None) -> str:
+        q = weights.integer.get(weight)
+        if q is not None and q.activations == "int8":
+            return dynamic_quantize_matmul(g, x, weight, q, name)
         kernel = packed(g, weight)
         if kernel is None:
             return float_matmul(g, x, weight, transposed, name)
@@ -213,6 +218,17 @@ def _integer_kernels(weights: DecoderWeights) -> tuple[MatMul, Gather]:
                     domain="com.microsoft", bits=bits, block_size=block, gather_axis=0, quantize_axis=1)
 
     return matmul, gather
+
+
+def dynamic_quantize_matmul(g: GraphBuilder, x: str, weight: str, q: WeightOnlyLinear, name: str | None = None) -> str:
+    """W8A8: ``com.microsoft.DynamicQuantizeMatMul`` (contrib spec: A float, quantized inside to uint8 per
+    tensor as DynamicQuantizeLinear; B int8 [K, N]; b_scale per column [N]; no zero point: symmetric).
+    Only per-channel int8 codes (``quantize --w8a8``) take this path."""
+    if q.bits != 8 or q.group_size is not None:
+        raise ValueError(f"{weight}: W8A8 needs int8 codes per output channel, not {q.bits}-bit groups")
+    codes = g.const(f"{weight}.int8", np.ascontiguousarray(q.codes))  # [in, out]
+    scales = g.const(f"{weight}.scales", q.scales.reshape(-1).astype(np.float32))  # [out]
+    return g.op("DynamicQuantizeMatMul", x, codes, scales, domain="com.microsoft", name=name)
 
 
 def _attention_bias(g: GraphBuilder) -> str:
@@ -334,4 +350,6 @@ def kernel_counts(model) -> dict[str, int]:
     models, how many layers run their experts as fused float or integer kernels)."""
     ops = [n.op_type for n in model.graph.node]
     counts = {op: ops.count(op) for op in ("MatMulNBits", "MatMul", "Gemm")}
+    if "DynamicQuantizeMatMul" in ops:
+        counts["DynamicQuantizeMatMul"] = ops.count("DynamicQuantizeMatMul")
     return {**counts, **{op: ops.count(op) for op in ("MoE", "QMoE") if op in ops}}

@@ -56,6 +56,11 @@ FP16 = register_scheme(Scheme("fp16", methods=("fp16",), export="fp16", precisio
 WEIGHT_ONLY = register_scheme(Scheme("weight_only", methods=("weight_only_rtn", "weight_only_gptq", "weight_only_awq"),
                                      export="weight_only", precision="fp32", kernels=("MatMulNBits",)))
 
+# smoothquant.py: int8 weights per channel (stored dequantized, as weight-only int8) and int8 activations
+# quantized at run time; decoder.onnx runs them as DynamicQuantizeMatMul (model.onnx: the float model)
+W8A8 = register_scheme(Scheme("w8a8", methods=("w8a8_smoothquant", "w8a8_rtn"), export="w8a8", precision="fp32",
+                              kernels=("DynamicQuantizeMatMul",)))
+
 
 def scheme_of(quant: dict[str, Any] | None) -> Scheme:
     """The scheme of a checkpoint's ``quantization`` entry (None: FP32)."""

@@ -52,11 +52,13 @@ TEACHER_FORCED = "onnx/decoder.onnx, teacher-forced through its KV cache"
 
 def _through_decoder(score_with: str, manifest: dict[str, Any], kind: str) -> bool:
     """Whether the metric is computed through the export's KV-cache decoder (``teacher_forcing.py``):
-    asked for, or (auto) where model.onnx would not show what generation runs: an int8 cache."""
-    decoder = manifest.get("files", {}).get("decoder")
-    if score_with == "model" or (score_with == "auto" and (decoder or {}).get("kv_cache", {}).get("dtype") != "int8"):
+    asked for, or (auto) where model.onnx would not show what generation runs: an int8 cache, int8
+    activations (W8A8)."""
+    decoder = manifest.get("files", {}).get("decoder") or {}
+    differs = decoder.get("kv_cache", {}).get("dtype") == "int8" or decoder.get("activations") == "int8"
+    if score_with == "model" or (score_with == "auto" and not differs):
         return False
-    if decoder is None or kind != "causal_lm":
+    if not decoder or kind != "causal_lm":
         raise UserError("--score-with decoder scores a causal LM through its onnx/decoder.onnx, which this export "
                         "or task does not have")
     return True

@@ -34,6 +34,7 @@ from ..models.families import family_of
 from ..models.layouts import LAYOUTS, check_layout
 from ..options import check_options, option
 from ..paddle_env import import_paddle
+from ..quantize import smoothquant
 from ..quantize.fake_quant import fake_quant_model, set_activation_scales_
 from ..quantize.registry import Scheme, scheme_of
 from ..quantize.scheme import Int8Scheme, quantization_info, read_scales
@@ -367,12 +368,15 @@ class ExportPath:
     paddle_refusal: str | None = None  # why --format paddle|all cannot deploy it
     decoder: bool = True  # a causal LM also gets onnx/decoder.onnx ...
     integer_weights: bool = False  # ... with integer (MatMulNBits) weights from config.json's grid
+    int8_activations: bool = False  # ... whose activations are quantized (W8A8): verified with the INT8 bounds
     reference: str = "paddle-dygraph"  # what the manifest says the exports were checked against
 
 
 EXPORT_PATHS: dict[str, ExportPath] = {
     "fp32": ExportPath(verify=_verify_float),
     "weight_only": ExportPath(verify=_verify_float, integer_weights=True),
+    # W8A8: model.onnx the float model of the int8 weights; decoder.onnx quantizes activations (INT8 bounds)
+    "w8a8": ExportPath(verify=_verify_float, integer_weights=True, int8_activations=True),
     "fp16": ExportPath(verify=_verify_fp16, convert=_fp16, onnxruntime_ops=False),
     "int8_qdq": ExportPath(verify=_verify_int8, convert=_int8_qdq, files={"qdq_model": f"onnx/{QDQ_FILE}"},
                            paddle_refusal=PADDLE_INT8_REFUSAL, decoder=False,
@@ -412,10 +416,22 @@ def _export_decoder(src: Sources, out: Path) -> tuple[dict, dict]:
         graph = decoder_onnx.build_decoder(config, weights, kv_scales=scales)
         written = decoder_onnx.save_model(graph, out / decoder_onnx.DECODER_FILE)
     exported = OnnxDecoder.open(out / decoder_onnx.DECODER_FILE, runtime, src.tokenizer.pad_id)
-    check = _compare_decoder(src, exported, level, approximate=cache_entry is not None)
+    approximate = [what for what, applies in (("int8 KV cache", cache_entry is not None),
+                                              ("int8 activations", src.path.int8_activations)) if applies]
+    against = "paddle dygraph with a KV cache"
+    quantized_inputs = [name.removesuffix(".weight") for name, spec in (weight_only or {}).get("weights", {}).items()
+                        if spec.get("activations") == "int8"]
+    hooks = smoothquant.dynamic_int8_inputs(src.model, quantized_inputs)  # W8A8: dygraph quantizes as the kernels do
+    try:
+        check = _compare_decoder(src, exported, level, approximate=" and ".join(approximate))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if quantized_inputs:
+        against += ", its Linears' inputs quantized per tensor as DynamicQuantizeLinear does"
     entry = _decoder_entry(config, [f"onnx/{name}" for name in written], graph, level, cache_entry)
     return entry, {**check, "compute": cfg.weight_only_compute if weight_only else "fp32", "passed": True,
-                   "kv_cache": cfg.kv_cache, "against": "paddle dygraph with a KV cache"}
+                   "kv_cache": cfg.kv_cache, "against": against}
 
 
 def _calibrate_kv_cache(src: Sources, float_decoder: Path, runtime: RuntimeConfig) -> tuple[list, dict[str, Any]]:
@@ -441,19 +457,21 @@ def _decoder_entry(config, files: list[str], graph, level: int, cache: dict[str,
     """The manifest's entry for ``onnx/decoder.onnx`` (``runtime/decoding.py`` reads it); ``cache``: an
     int8 KV cache's calibration (absent: float32)."""
     past, present = decoder_onnx.cache_names(config.num_hidden_layers)
+    kernels = decoder_onnx.kernel_counts(graph)
     return {"model": decoder_onnx.DECODER_FILE, "matmul_nbits_accuracy_level": level, "files": files,
             "kv_cache": cache or {"dtype": "float32"},
+            "activations": "int8" if kernels.get("DynamicQuantizeMatMul") else "float",
             "for": "ONNX Runtime (merged decoder: prefill and decode in one graph)",
             "inputs": ["input_ids", "attention_mask", "position_ids", *past], "outputs": ["logits", *present],
             "kv_heads": config.num_key_value_heads, "head_dim": config.head_dim,
-            "layers": config.num_hidden_layers, "context": config.max_position_embeddings,
-            "kernels": decoder_onnx.kernel_counts(graph)}
+            "layers": config.num_hidden_layers, "context": config.max_position_embeddings, "kernels": kernels}
 
 
-def _compare_decoder(src: Sources, exported, level: int, approximate: bool = False) -> dict[str, Any]:
+def _compare_decoder(src: Sources, exported, level: int, approximate: str = "") -> dict[str, Any]:
     """Generate from held-out prompts with dygraph and with ``exported`` (free, and teacher-forced
     with dygraph's tokens); refused unless they agree as :func:`_check_decoder` asks (``approximate``:
-    an int8 KV cache, held to the INT8 bounds)."""
+    what the decoder computes that dygraph does not, an int8 KV cache or int8 activations: held to the
+    INT8 bounds)."""
     cfg, family = src.cfg, family_of(src.model.config)
     prompts = _decoder_prompts(src.ckpt, src.tokenizer, cfg.decoder_prompts, cfg.decoder_prompt_tokens)
     largest = relative = 0.0
@@ -469,21 +487,23 @@ def _compare_decoder(src: Sources, exported, level: int, approximate: bool = Fal
     check = {"prompts": len(prompts), "new_tokens": cfg.decoder_new_tokens, "greedy_tokens_equal": same_text,
              "teacher_forced_agreement": float(np.mean(agree)), "max_abs_diff": largest, "max_relative_diff": relative}
     _check_decoder(cfg, level, check, (quantization_info(src.ckpt.config) or {}).get("group_size"),
-                   int8_cache=approximate)
+                   approximate=approximate)
     return check
 
 
 def _check_decoder(cfg: ExportConfig, level: int, check: dict[str, Any], group_size: int | None = None,
-                   against: str = "dygraph", int8_cache: bool = False) -> None:
-    """FP32 compute (``level`` 0) and cache: the same greedy text and logits within ``cfg.tolerance``;
-    int8 compute or cache: next-token picks and logits within the INT8 bounds."""
+                   against: str = "dygraph", approximate: str = "") -> None:
+    """FP32 compute (``level`` 0), cache and activations: the same greedy text and logits within
+    ``cfg.tolerance``; int8 compute, cache (``approximate``) or activations: next-token picks and logits
+    within the INT8 bounds."""
     largest, share, relative = check["max_abs_diff"], check["teacher_forced_agreement"], check["max_relative_diff"]
-    if int8_cache and (share < cfg.int8_min_agreement or relative > cfg.int8_max_relative_diff):
-        raise UserError(f"decoder export (int8 KV cache) failed verification: next-token picks agree with {against} "
+    if approximate and (share < cfg.int8_min_agreement or relative > cfg.int8_max_relative_diff):
+        hint = "--kv-cache float32 keeps the exact cache" if "KV cache" in approximate else "quantize --weight-only int8"
+        raise UserError(f"decoder export ({approximate}) failed verification: next-token picks agree with {against} "
                         f"on {share:.1%} of steps (least {cfg.int8_min_agreement:.0%}), max logit difference "
                         f"{relative:.1%} of the logit scale (most {cfg.int8_max_relative_diff:.0%}); nothing was "
-                        f"written (--kv-cache float32 keeps the exact cache)")
-    if level == 0 and not int8_cache and (not check["greedy_tokens_equal"] or not largest <= cfg.tolerance):
+                        f"written ({hint})")
+    if level == 0 and not approximate and (not check["greedy_tokens_equal"] or not largest <= cfg.tolerance):
         raise UserError(f"decoder export failed verification: greedy text differs from {against}'s or the logits "
                         f"by {largest:.2e} (tolerance {cfg.tolerance:.0e}); nothing was written")
     if level and (share < cfg.int8_min_agreement or relative > cfg.int8_max_relative_diff):
@@ -574,6 +594,8 @@ def _export_streamed(cfg: ExportConfig, start: float) -> ExportResult:
     lazy = open_checkpoint(cfg.checkpoint, tokenizer=cfg.tokenizer, check_tokenizer=True)
     _check_kv_cache(cfg, lazy, None)
     scheme = scheme_of(quantization_info(lazy.config))
+    if EXPORT_PATHS[scheme.export].int8_activations:
+        raise UserError(f"{scheme.name} checkpoints export in memory (drop --stream); nothing was written")
     streamed_decoder.check_streamable(lazy, EXPORT_PATHS[scheme.export].integer_weights, cfg.format, cfg.layout)
     quant, level = quantization_info(lazy.config), decoder_onnx.COMPUTE_LEVELS[cfg.weight_only_compute]
     check_disk(lazy, cfg.out, {name: spec["bits"] for name, spec in quant["weights"].items()},  # weight names

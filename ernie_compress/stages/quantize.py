@@ -38,7 +38,7 @@ from ..errors import UserError
 from ..lazy_checkpoint import open_checkpoint
 from ..losses import hard_label_loss, logit_kd_loss
 from ..machine import cpu_has_vnni, peak_resident_bytes
-from ..metrics import metric_delta
+from ..metrics import is_better, metric_delta
 from ..models import model_from_state
 from ..models.families import family_of
 from ..models.layouts import check_layout
@@ -47,7 +47,7 @@ from ..options import check_options, fail, option
 from ..paddle_env import import_paddle
 from ..progress import note, progress_bar
 from ..shard_progress import PROGRESS_FILE, ShardProgress, fingerprint_tag
-from ..quantize import awq
+from ..quantize import awq, smoothquant
 from ..quantize.fake_quant import collect_scales, fake_quant_model, float_state
 from ..quantize.ptq import calibrate_
 from ..quantize.scheme import SCALES_FILE, Int8Scheme, quantized_linear_names
@@ -282,7 +282,30 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions, ProcessOptions, Resu
         return self.group_size or (None if self.weight_only == "int8" else 32)
 
 
-QuantizeConfig = QATConfig | PTQConfig | FP16Config | WeightOnlyConfig
+W8A8_METHODS = ("smoothquant", "rtn")
+
+
+@dataclass(frozen=True, kw_only=True)
+class W8A8Config(QuantizeOptions, CalibrationOptions):
+    """``quantize --w8a8 smoothquant|rtn``: int8 weights and int8 activations, for dense decoders."""
+
+    w8a8: str = option("smoothquant", selects=True, choices=W8A8_METHODS, help=(
+        "W8A8 for dense ERNIE 4.5 decoders: int8 weights per output channel and int8 activations quantized at "
+        "run time per tensor (onnx/decoder.onnx runs ONNX Runtime's DynamicQuantizeMatMul); smoothquant first "
+        "moves activation outliers into the weights (Xiao et al. 2023, scales from --calib-samples training "
+        "texts), rtn does not; the output head stays int8 weight-only."))
+    alpha: float | None = option(None, at_least=0, at_most=1, help=(
+        "W8A8 smoothquant: migration strength (0: none, 0.5: the paper's default). Default: the best of "
+        "0, 0.3 ... 0.8 on the task's dev split."))
+    method = "w8a8"
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        if self.alpha is not None and self.w8a8 != "smoothquant":
+            fail("{alpha} is smoothquant's migration strength; drop it with {w8a8} rtn", "alpha", "w8a8")
+
+
+QuantizeConfig = QATConfig | PTQConfig | FP16Config | WeightOnlyConfig | W8A8Config
 
 
 # -- the shared start and finish, and the runner lookup ----------------------------------------------
@@ -414,6 +437,53 @@ def _weight_only(cfg: WeightOnlyConfig, start: Start) -> Quantized:
         state = store_codes_(dict(state), kept, scheme["weights"])
     return Quantized("quantize-weight-only", model, state, scheme, f"weight-only {scheme['dtype']} ({cfg.method})",
                      layers=scheme["linears"])
+
+
+@runs(W8A8Config, methods=tuple(f"w8a8_{name}" for name in W8A8_METHODS))
+def _w8a8(cfg: W8A8Config, start: Start) -> Quantized:
+    """SmoothQuant (``quantize/smoothquant.py``) at the given alpha or the best of a grid on the dev split,
+    then int8 weights per channel (RTN) and the head int8 per vocabulary entry; the model returned (and
+    evaluated) quantizes its Linears' inputs as the exported kernels do."""
+    config = start.model.config
+    family = family_of(config)
+    if not family.serves(config, "causal_lm") or family.routed_experts is not None:
+        raise UserError(f"--w8a8 quantizes dense ERNIE 4.5 decoders (causal LM); {config.architecture}: use --ptq or "
+                        f"--qat int8 for encoders, --weight-only for mixtures of experts")
+    names = quantized_linear_names(start.model)
+    edges = [e for e in family.smoothing_map(config.num_hidden_layers) if all(n in names for n in e.layers)]
+    alphas = (0.0,) if cfg.w8a8 == "rtn" else smoothquant.ALPHAS if cfg.alpha is None else (cfg.alpha,)
+    if len(alphas) > 1 and start.task.held_out == "dev":
+        raise UserError("the task's dev split is its held-out split: give --alpha (the search would tune on "
+                        "the data the result is reported on)")
+    maxima = {}
+    if any(alphas):
+        batches = calibration_batches(start.splits["train"], cfg.calib_samples)
+        maxima = smoothquant.collect_channel_absmax(start.model, sorted({n for e in edges for n in e.layers}),
+                                                    batches, start.tokenizer.pad_id)
+    searched, best = {}, None
+    with progress_bar(len(alphas), "w8a8 alpha") as bar:
+        for alpha in alphas:
+            state = dict(start.parent.state)
+            if alpha:
+                smoothquant.smooth_(state, family, config, edges, maxima, alpha)
+            weights = round_linears_(state, dict.fromkeys(names, lambda w: quantize_rtn(w, 8, None)), 8, None)
+            for entry in weights.values():
+                entry["activations"] = "int8"  # the export's DynamicQuantizeMatMul
+            weights.update(round_head_(state, config))  # int8 weight-only, float activations
+            model = model_from_state(config, state, str(start.parent.path))
+            smoothquant.dynamic_int8_inputs(model, names)
+            if len(alphas) > 1:
+                searched[alpha] = evaluate_split(model, start.splits["dev"], start.task.kind)[start.metric]
+                bar.advance({start.metric: searched[alpha]})
+            if best is None or (searched and is_better(start.metric, searched[alpha], searched[best[0]])):
+                best = (alpha, state, weights, model)
+    alpha, state, weights, model = best
+    scheme = {"method": f"w8a8_{cfg.w8a8}", "dtype": "int8", "weight_bits": 8, "group_size": None,
+              "activations": "int8, per tensor at run time (DynamicQuantizeLinear)", "linears": len(names),
+              "alpha": alpha, "smoothed_edges": len(edges) if alpha else 0,
+              **({"alpha_search": {"split": "dev", start.metric: {str(a): v for a, v in searched.items()}}}
+                 if searched else {}), "weights": weights}
+    return Quantized("quantize-w8a8", model, state, scheme, f"W8A8 ({cfg.w8a8}, alpha {alpha:g})", layers=len(names))
 
 
 # -- what the runners share -----------------------------------------------------------------------

@@ -88,7 +88,7 @@ def test_scales_off_by_one_channel_are_refused_and_nothing_is_written(tiny_lm, t
     monkeypatch.setattr(kv_cache, "calibrate", off_by_one)
     res = runner.invoke(app, ["--quiet", "export", str(tiny_lm), "--format", "onnx", "--kv-cache", "int8",
                               "--out", str(tmp_path / "e")])
-    assert res.exit_code == 2 and "int8 KV cache) failed verification" in res.stderr, res.output
+    assert res.exit_code == 2 and "(int8 KV cache) failed verification" in res.stderr, res.output
     assert not (tmp_path / "e").exists()
 
 
