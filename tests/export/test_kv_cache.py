@@ -103,3 +103,17 @@ def test_bad_kv_cache_requests_are_one_line_and_exit_2(tiny_lm, tmp_path):
         assert not (tmp_path / "e").exists()
     res = runner.invoke(app, ["--quiet", "export", str(tiny_lm), "--kv-cache", "int4", "--out", str(tmp_path / "e")])
     assert res.exit_code == 2
+
+
+def test_a_mixture_of_experts_decoder_takes_the_int8_cache(tiny_lm, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "dev", "test"):  # the tiny LM's own texts
+        (data / f"{split}.txt").write_text((tiny_lm.parent / "data" / f"{split}.txt").read_text(encoding="utf-8"),
+                                           encoding="utf-8")
+    cli_json(["train", "--task", "lm", "--data", str(data), "--preset", "ernie45-moe-tiny", "--epochs", "3",
+              "--lr", "5e-3", "--batch-size", "8", "--out", str(tmp_path / "moe")])
+    exported = cli_json(["export", str(tmp_path / "moe"), "--format", "onnx", "--kv-cache", "int8",
+                         "--out", str(tmp_path / "e")])
+    check = exported["verification"]["decoder"]
+    assert exported["files"]["decoder"]["kv_cache"]["dtype"] == "int8" and check["max_relative_diff"] < 0.01
