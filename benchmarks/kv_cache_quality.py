@@ -1,7 +1,7 @@
 """What the int8 KV cache (``export --kv-cache int8``) and int8 activations (``quantize --w8a8``) cost a small
 ERNIE 4.5 decoder trained on demo:lm: held-out perplexity through the exported decoder with the float32
 cache and with the int8 cache, for the FP32 checkpoint, weight-only W8 and W4 (GPTQ, AWQ) and W8A8 (RTN,
-SmoothQuant), and KV-cache bytes per token. Everything runs through the CLI, as a user would:
+SmoothQuant) and INT8 PTQ (static activation scales), and KV-cache bytes per token. Everything runs through the CLI, as a user would:
 
     python benchmarks/kv_cache_quality.py [--preset ernie45-mini] [--epochs 3] [--lr 3e-3] [--workdir runs/kv-cache]
         [--checkpoint DIR] [--markdown benchmarks/results/kv-cache-quality.md] [--json out.json]
@@ -16,6 +16,7 @@ causal LM trained on demo:lm instead of training one; the one trained in ``--wor
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from _cli import cli  # noqa: E402
 VARIANTS = (("FP32", None), ("W8, RTN", ["--weight-only", "int8", "--method", "rtn"]),
             ("W4 g32, GPTQ", ["--weight-only", "int4", "--group-size", "32", "--method", "gptq"]),
             ("W4 g32, AWQ", ["--weight-only", "int4", "--group-size", "32", "--method", "awq"]),
-            ("W8A8, RTN", ["--w8a8", "rtn"]), ("W8A8, SmoothQuant", ["--w8a8", "smoothquant"]))
+            ("W8A8, RTN", ["--w8a8", "rtn"]), ("W8A8, SmoothQuant", ["--w8a8", "smoothquant"]),
+            ("INT8 PTQ (static activation scales)", ["--ptq", "int8"]))
 TIMING = ["--batch-sizes", "1", "--iterations", "1", "--warmup", "0", "--prompt-lengths", "8",
           "--decode-batch-sizes", "1", "--new-tokens", "2"]  # evaluate's timings are not what is measured here
 
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows, result = [], {"preset": args.preset, "epochs": args.epochs, "lr": args.lr, "variants": {}}
     reference = None
     for name, options in VARIANTS:
-        slug = name.lower().replace(", ", "-").replace(" ", "-")
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
         ckpt = fp32
         if options is not None:
             ckpt = work / slug
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     title = (f"The int8 KV cache on {trained_as}: held-out perplexity ({tokens:,} tokens) through the exported "
              f"decoder, fed one token at a time through its cache (evaluate --score-with decoder), with the "
              f"float32 cache and with the int8 cache (static per-channel scales, calibrated on {calibration}); "
-             f"the weight-only rows run their integer kernels (int8 compute), the W8A8 rows DynamicQuantizeMatMul")
+             f"the weight-only rows run their integer kernels (int8 compute), the W8A8 rows DynamicQuantizeMatMul, PTQ MatMulIntegerToFloat")
     emit(title, rows, list(rows[0]), result, args.json, markdown_path=args.markdown, threads=args.threads)
     return result
 

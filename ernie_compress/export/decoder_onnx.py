@@ -63,7 +63,9 @@ class WeightOnlyLinear:
     scales: np.ndarray
     bits: int
     group_size: int | None
-    activations: str = "float"  # "int8": W8A8 (quantize --w8a8), run as DynamicQuantizeMatMul
+    activations: str = "float"  # "int8": W8A8 (quantize --w8a8), run as DynamicQuantizeMatMul; "int8-static":
+    #   QAT/PTQ INT8, the input quantized with a calibrated scale, run as MatMulIntegerToFloat
+    activation_scale: float | None = None  # "int8-static": the input's scale (abs-max / 127)
 
 
 RECOVER_COLUMNS = 4096  # output columns recovered at a time: float64 temporaries of [in, 4096], not [in, out]
@@ -189,6 +191,8 @@ def _integer_kernels(weights: DecoderWeights) -> tuple[MatMul, Gather]:
         q = weights.integer.get(weight)
         if q is not None and q.activations == "int8":
             return dynamic_quantize_matmul(g, x, weight, q, name)
+        if q is not None and q.activations == "int8-static":
+            return static_quantize_matmul(g, x, weight, q, name)
         kernel = packed(g, weight)
         if kernel is None:
             return float_matmul(g, x, weight, transposed, name)
@@ -229,6 +233,36 @@ def dynamic_quantize_matmul(g: GraphBuilder, x: str, weight: str, q: WeightOnlyL
     codes = g.const(f"{weight}.int8", np.ascontiguousarray(q.codes))  # [in, out]
     scales = g.const(f"{weight}.scales", q.scales.reshape(-1).astype(np.float32))  # [out]
     return g.op("DynamicQuantizeMatMul", x, codes, scales, domain="com.microsoft", name=name)
+
+
+def static_int8_weights(state: dict[str, np.ndarray], weight_bits: int,
+                        scales: dict[str, dict]) -> dict[str, WeightOnlyLinear]:
+    """QAT/PTQ INT8 (``quantize/scheme.py``): per quantized Linear, its weight on the fake-quant grid
+    (symmetric per output channel, ``weight_absmax / qmax``, qmax 127 or 63 for 7-bit weights) and its
+    input's static scale (``input_absmax / 127``, symmetric per tensor), from the checkpoint's scales."""
+    qmax = 2 ** (weight_bits - 1) - 1
+    integer = {}
+    for layer, entry in scales.items():
+        weight = state[f"{layer}.weight"]  # [in, out]
+        step = np.maximum(np.asarray(entry["weight_absmax"], np.float64), 1e-12) / qmax  # [out]
+        codes = np.clip(np.rint(weight / step), -qmax, qmax).astype(np.int8)
+        integer[f"{layer}.weight"] = WeightOnlyLinear(codes, step[None, :].astype(np.float32), 8, None, "int8-static",
+                                                      max(float(entry["input_absmax"]), 1e-12) / 127)
+    return integer
+
+
+def static_quantize_matmul(g: GraphBuilder, x: str, weight: str, q: WeightOnlyLinear, name: str | None = None) -> str:
+    """QAT/PTQ INT8: the input quantized with its static scale to uint8 around 128 (the fake-quant model's
+    symmetric int8 grid, as the encoder's INT8 export does), then ``com.microsoft.MatMulIntegerToFloat``
+    (A uint8, B int8 [K, N], a_scale, per-column b_scale [N], a_zero_point 128, b_zero_point 0)."""
+    a_scale = g.const(f"{weight}.input_scale", np.float32(q.activation_scale))
+    a_zero = g.const("int8.input_zero_point", np.uint8(128))
+    quantized = g.op("QuantizeLinear", x, a_scale, a_zero)  # uint8
+    codes = g.const(f"{weight}.int8", np.ascontiguousarray(q.codes))  # [in, out]
+    scales = g.const(f"{weight}.scales", q.scales.reshape(-1).astype(np.float32))  # [out]
+    zeros = g.const(f"{weight}.zero_points", np.zeros(q.codes.shape[1], np.int8))
+    return g.op("MatMulIntegerToFloat", quantized, codes, a_scale, scales, a_zero, zeros, domain="com.microsoft",
+                name=name)
 
 
 def _attention_bias(g: GraphBuilder) -> str:
@@ -350,6 +384,7 @@ def kernel_counts(model) -> dict[str, int]:
     models, how many layers run their experts as fused float or integer kernels)."""
     ops = [n.op_type for n in model.graph.node]
     counts = {op: ops.count(op) for op in ("MatMulNBits", "MatMul", "Gemm")}
-    if "DynamicQuantizeMatMul" in ops:
-        counts["DynamicQuantizeMatMul"] = ops.count("DynamicQuantizeMatMul")
+    for op in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat"):
+        if op in ops:
+            counts[op] = ops.count(op)
     return {**counts, **{op: ops.count(op) for op in ("MoE", "QMoE") if op in ops}}

@@ -154,6 +154,7 @@ class Sources:
     samples_from: str
     reference: np.ndarray  # the reference model's outputs on them
     reference_metrics: dict[str, float] | None
+    reference_model: Any = None  # the model computing ``reference`` (INT8: fake-quant), where not ``model``
 
 
 @dataclass
@@ -189,7 +190,8 @@ def _sources(cfg: ExportConfig) -> Sources:
     reference = _logits(reference_model, ids, types)
     reference_metrics = evaluate_loaded(ckpt, reference_model, tokenizer) if ckpt.task else None
     return Sources(cfg, ckpt, scheme, path, tokenizer, model, int8, kind,
-                   OUTPUT_NAMES.get(kind, "logits"), ids, types, samples_from, reference, reference_metrics)
+                   OUTPUT_NAMES.get(kind, "logits"), ids, types, samples_from, reference, reference_metrics,
+                   reference_model if reference_model is not model else None)
 
 
 def _check_untraceable(cfg: ExportConfig, config, scheme: Scheme, path: ExportPath) -> None:
@@ -379,7 +381,7 @@ EXPORT_PATHS: dict[str, ExportPath] = {
     "w8a8": ExportPath(verify=_verify_float, integer_weights=True, int8_activations=True),
     "fp16": ExportPath(verify=_verify_fp16, convert=_fp16, onnxruntime_ops=False),
     "int8_qdq": ExportPath(verify=_verify_int8, convert=_int8_qdq, files={"qdq_model": f"onnx/{QDQ_FILE}"},
-                           paddle_refusal=PADDLE_INT8_REFUSAL, decoder=False,
+                           paddle_refusal=PADDLE_INT8_REFUSAL, int8_activations=True,
                            reference="paddle-dygraph (fake-quant)"),
 }
 
@@ -407,6 +409,10 @@ def _export_decoder(src: Sources, out: Path) -> tuple[dict, dict]:
     weight_only = quantization_info(config) if src.path.integer_weights else None
     level = decoder_onnx.COMPUTE_LEVELS[cfg.weight_only_compute] if weight_only else 0
     weights = decoder_onnx.decoder_weights(config, src.ckpt.state, weight_only, level, cfg.moe_experts)
+    if src.int8 is not None:  # QAT/PTQ: the fake-quant grid and static input scales, as integer kernels
+        int8, scales = src.int8
+        weights = decoder_onnx.DecoderWeights(src.ckpt.state, decoder_onnx.static_int8_weights(
+            src.ckpt.state, int8.weight_bits, scales), 0, cfg.moe_experts)
     runtime = RuntimeConfig(device="cpu", threads=cfg.threads)
     graph = decoder_onnx.build_decoder(config, weights)
     written = decoder_onnx.save_model(graph, out / decoder_onnx.DECODER_FILE)
@@ -429,6 +435,8 @@ def _export_decoder(src: Sources, out: Path) -> tuple[dict, dict]:
             hook.remove()
     if quantized_inputs:
         against += ", its Linears' inputs quantized per tensor as DynamicQuantizeLinear does"
+    if src.reference_model is not None:
+        against += " (fake-quant)"
     entry = _decoder_entry(config, [f"onnx/{name}" for name in written], graph, level, cache_entry)
     return entry, {**check, "compute": cfg.weight_only_compute if weight_only else "fp32", "passed": True,
                    "kv_cache": cfg.kv_cache, "against": against}
@@ -460,7 +468,8 @@ def _decoder_entry(config, files: list[str], graph, level: int, cache: dict[str,
     kernels = decoder_onnx.kernel_counts(graph)
     return {"model": decoder_onnx.DECODER_FILE, "matmul_nbits_accuracy_level": level, "files": files,
             "kv_cache": cache or {"dtype": "float32"},
-            "activations": "int8" if kernels.get("DynamicQuantizeMatMul") else "float",
+            "activations": "int8" if kernels.get("DynamicQuantizeMatMul") or kernels.get("MatMulIntegerToFloat")
+            else "float",
             "for": "ONNX Runtime (merged decoder: prefill and decode in one graph)",
             "inputs": ["input_ids", "attention_mask", "position_ids", *past], "outputs": ["logits", *present],
             "kv_heads": config.num_key_value_heads, "head_dim": config.head_dim,
@@ -477,7 +486,8 @@ def _compare_decoder(src: Sources, exported, level: int, approximate: str = "") 
     largest = relative = 0.0
     same_text, agree = True, []
     for ids in prompts:
-        expected = generate_tokens(family.cached_decoder(src.model), ids, cfg.decoder_new_tokens, eos_id=-1)
+        expected = generate_tokens(family.cached_decoder(src.reference_model or src.model), ids, cfg.decoder_new_tokens,
+                                   eos_id=-1)
         # teacher-forced (dygraph's tokens fed): the logits of the same positions
         forced = generate_tokens(exported, ids, cfg.decoder_new_tokens, eos_id=-1, forced=expected["tokens"])
         diff = float(np.abs(forced["logits"] - expected["logits"]).max())
