@@ -102,7 +102,7 @@ def test_a_wrong_w8a8_scale_is_refused_by_the_export(tiny_lm, tmp_path, monkeypa
     assert not (tmp_path / "e").exists()
 
 
-@pytest.mark.parametrize("case", ["encoder", "alpha-with-rtn", "stream-export"])
+@pytest.mark.parametrize("case", ["encoder", "alpha-with-rtn", "stream-export", "no-calibration-data"])
 def test_bad_w8a8_requests_are_one_line_and_exit_2(tiny_lm, tmp_path, case):
     if case == "encoder":
         encoder, _ = train_tiny_checkpoint(tmp_path, epochs=1)
@@ -110,6 +110,14 @@ def test_bad_w8a8_requests_are_one_line_and_exit_2(tiny_lm, tmp_path, case):
     elif case == "alpha-with-rtn":
         args, message = ["quantize", str(tiny_lm), "--w8a8", "rtn", "--alpha", "0.5", "--out", str(tmp_path / "x")], \
             "--alpha"
+    elif case == "no-calibration-data":  # SmoothQuant's channel maxima come from the training split
+        data = tmp_path / "data"
+        data.mkdir()
+        for split in ("dev", "test"):
+            (data / f"{split}.txt").write_text((tiny_lm.parent / "data" / f"{split}.txt").read_text(encoding="utf-8"),
+                                               encoding="utf-8")
+        args, message = ["quantize", str(tiny_lm), "--w8a8", "smoothquant", "--task", "lm", "--data", str(data),
+                         "--out", str(tmp_path / "x")], "no train file"
     else:
         cli_json(["quantize", str(tiny_lm), "--w8a8", "rtn", "--out", str(tmp_path / "q")])
         args, message = ["export", str(tmp_path / "q"), "--stream", "--format", "onnx", "--out", str(tmp_path / "x")], \
