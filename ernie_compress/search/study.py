@@ -1,0 +1,146 @@
+"""A multi-objective study in Optuna's storage (Akiba et al. 2019, "Optuna: A Next-generation
+Hyperparameter Optimization Framework"; NSGA-II, Deb et al. 2002, by default).
+
+The study lives in an Optuna RDB storage: a SQLite file by default, or any URL Optuna takes
+(``postgresql://...``), so that workers on several machines running the same search share one study.
+Each trial asks the :class:`~.space.SearchSpace` for values, runs ``measure`` on them and returns its
+objectives; a trial whose ``measure`` raises is recorded as failed with its error (user attribute
+``error``) and the study goes on. ``trials`` counts finished trials (complete or failed) across every
+worker: each stops when the study holds that many, so K trials run once each however many workers
+share the storage. A worker killed mid-trial leaves that trial running in the storage; the heartbeat
+marks it failed after :data:`GRACE_SECONDS` and it is retried once, so an interrupted search resumes
+by running the same command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UserError
+from .space import SearchSpace
+
+DIRECTIONS = {"accuracy": "maximize", "latency": "minimize", "size": "minimize"}  # what --objective names
+HEARTBEAT_SECONDS = 30  # a running trial's worker writes its heartbeat this often
+GRACE_SECONDS = 90  # a trial without a heartbeat for this long is failed (and retried once)
+SAMPLERS = ("nsga2", "tpe")
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    objectives: tuple[str, ...]  # of DIRECTIONS, in the order the trials return them
+    storage: str  # an Optuna RDB URL: sqlite:///path/study.db, postgresql://user@host/db
+    name: str
+    trials: int | None = None  # finished trials the study ends at, counted over every worker
+    timeout_s: float | None = None  # this worker stops starting trials after this long
+    sampler: str = "nsga2"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [o for o in self.objectives if o not in DIRECTIONS]
+        if unknown or not self.objectives:
+            raise UserError(f"objectives must be some of {', '.join(DIRECTIONS)}, got {', '.join(self.objectives)}")
+        if len(set(self.objectives)) != len(self.objectives):
+            raise UserError(f"an objective is given twice: {', '.join(self.objectives)}")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler}")
+        if self.trials is None and self.timeout_s is None:
+            raise UserError("give a number of trials or a time budget")
+
+    @property
+    def directions(self) -> list[str]:
+        return [DIRECTIONS[o] for o in self.objectives]
+
+
+def _quiet_optuna():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def open_study(settings: StudySettings):
+    """The study ``settings.name`` in ``settings.storage``, created or loaded (a resumed or a second
+    worker's search); refused in one line when the storage cannot be reached or holds a study of
+    that name with other objectives."""
+    optuna = _quiet_optuna()
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    try:
+        storage = RDBStorage(settings.storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                             heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=1))
+    except Exception as exc:  # noqa: BLE001 - the driver's own errors (sqlalchemy, psycopg) vary
+        raise UserError(f"cannot open the study storage {settings.storage}: {_first_line(exc)}") from None
+    sampler = (optuna.samplers.NSGAIISampler(seed=settings.seed) if settings.sampler == "nsga2"
+               else optuna.samplers.TPESampler(seed=settings.seed, multivariate=True))
+    try:
+        study = optuna.create_study(storage=storage, study_name=settings.name, directions=settings.directions,
+                                    sampler=sampler, load_if_exists=True)
+    except ValueError as exc:  # a stored study of that name with other directions
+        raise UserError(f"study '{settings.name}' in {settings.storage}: {_first_line(exc)}; use another --study "
+                        f"name") from None
+    stored = study.user_attrs.get("objectives")
+    if stored is None:  # a new study records what it optimizes (the directions alone do not say)
+        study.set_user_attr("objectives", list(settings.objectives))
+    elif stored != list(settings.objectives):
+        raise UserError(f"study '{settings.name}' in {settings.storage} optimizes {', '.join(stored)}, not "
+                        f"{', '.join(settings.objectives)}: use another --study name")
+    return study
+
+
+def run_study(study, space: SearchSpace, measure: Callable[[dict[str, dict[str, Any]], Any], dict[str, float]],
+              settings: StudySettings, after_trial: Callable[[Any, Any], None] | None = None) -> None:
+    """Run trials in ``study`` until it holds ``settings.trials`` finished ones or this worker's
+    ``timeout_s`` is spent. ``measure(values, trial)`` returns every objective by name (more keys are
+    kept as the trial's user attributes); ``after_trial(study, frozen_trial)`` follows each trial."""
+    _quiet_optuna()
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    def objective(trial):
+        values = space.suggest(trial)
+        try:
+            measured = measure(values, trial)
+        except Exception as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {_first_line(exc)}")
+            raise
+        missing = [o for o in settings.objectives if o not in measured]
+        if missing:
+            raise RuntimeError(f"the trial measured no {', '.join(missing)}")
+        for key, value in measured.items():
+            trial.set_user_attr(key, value)
+        return [measured[o] for o in settings.objectives]
+
+    callbacks = []
+    if settings.trials is not None:
+        callbacks.append(MaxTrialsCallback(settings.trials, states=(TrialState.COMPLETE, TrialState.FAIL)))
+    if after_trial is not None:
+        callbacks.append(after_trial)
+    if settings.trials is not None and _finished(study) >= settings.trials:
+        return  # a resumed search that was already done
+    study.optimize(objective, timeout=settings.timeout_s, catch=(Exception,), callbacks=callbacks,
+                   gc_after_trial=True)
+
+
+def _finished(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+
+
+def frontier(study) -> list:
+    """The Pareto frontier: the completed trials no other completed trial is at least as good as on
+    every objective and better on one (``study.best_trials``), by trial number."""
+    return sorted(study.best_trials, key=lambda t: t.number)
+
+
+def failed_trials(study) -> list:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
