@@ -16,6 +16,7 @@ causal LM trained on demo:lm instead of training one; the one trained in ``--wor
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import cli  # noqa: E402
+from _cli import cli, cli_or_refusal  # noqa: E402
 
 VARIANTS = (("FP32", None), ("W8, RTN", ["--weight-only", "int8", "--method", "rtn"]),
             ("W4 g32, GPTQ", ["--weight-only", "int4", "--group-size", "32", "--method", "gptq"]),
@@ -40,6 +41,25 @@ def kv_bytes_per_token(export: dict, itemsize: int) -> int:
     return 2 * decoder["layers"] * decoder["kv_heads"] * decoder["head_dim"] * itemsize
 
 
+def _export(ckpt: Path, out: Path, kv: str, reuse: bool, threads: list[str]) -> tuple[dict | None, str | None]:
+    """The export's result (its manifest where ``reuse`` finds one), or its one-line refusal."""
+    manifest = out / "manifest.json"
+    if reuse and manifest.is_file():
+        return json.loads(manifest.read_text()), None
+    return cli_or_refusal("export", str(ckpt), "--format", "onnx", "--kv-cache", kv, "--out", str(out), "--overwrite",
+                          *threads)
+
+
+def _scored(export: Path, reuse: bool, threads: list[str]) -> dict:
+    """evaluate --score-with decoder's metrics (kept beside the export, and reused with ``reuse``)."""
+    kept = export.parent / f"{export.name}.metrics.json"
+    if reuse and kept.is_file():
+        return json.loads(kept.read_text())
+    metrics = cli("evaluate", str(export), "--score-with", "decoder", *TIMING, *threads)["metrics"]
+    kept.write_text(json.dumps(metrics))
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="ernie45-mini")
@@ -47,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", default="3e-3", help="learning rate of the FP32 training (from scratch)")
     parser.add_argument("--workdir", type=Path, default=Path("runs/kv-cache"))
     parser.add_argument("--checkpoint", type=Path, default=None, help="an FP32 demo:lm checkpoint (skips training)")
+    parser.add_argument("--reuse", action="store_true", help="keep the checkpoints, exports and scores already in "
+                        "--workdir (a run that stopped part way)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
@@ -71,13 +93,18 @@ def main(argv: list[str] | None = None) -> dict:
         ckpt = fp32
         if options is not None:
             ckpt = work / slug
-            cli("quantize", str(fp32), *options, "--out", str(ckpt), "--overwrite", *threads)
-        exports, scored = {}, {}
+            if not (args.reuse and (ckpt / "config.json").is_file()):
+                cli("quantize", str(fp32), *options, "--out", str(ckpt), "--overwrite", *threads)
+        exports, scored, refused = {}, {}, None
         for kv in ("float32", "int8"):
-            out = work / f"{slug}-kv-{kv}"
-            exports[kv] = cli("export", str(ckpt), "--format", "onnx", "--kv-cache", kv, "--out", str(out),
-                              "--overwrite", *threads)
-            scored[kv] = cli("evaluate", str(out), "--score-with", "decoder", *TIMING, *threads)["metrics"]
+            exports[kv], refused = _export(ckpt, work / f"{slug}-kv-{kv}", kv, args.reuse, threads)
+            if refused:
+                break
+            scored[kv] = _scored(work / f"{slug}-kv-{kv}", args.reuse, threads)
+        if refused:  # the export refuses this variant: say why, in its row
+            result["variants"][name] = {"refused": refused}
+            rows.append({"variant": name, "perplexity, float32 cache": f"export refused: {refused}"})
+            continue
         base, got = scored["float32"]["perplexity"], scored["int8"]["perplexity"]
         reference = reference or base  # the FP32 row's, float32 cache
         check = exports["int8"]["verification"]["decoder"]
@@ -90,12 +117,12 @@ def main(argv: list[str] | None = None) -> dict:
                      "max logit diff / scale": f"{check['max_relative_diff']:.2%}",
                      "KV bytes / token (float32 -> int8)": f"{kv_bytes_per_token(exports['float32'], 4):,} -> "
                                                            f"{kv_bytes_per_token(exports['int8'], 1):,}"})
-    tokens = scored["int8"]["tokens"]
-    calibration = exports["int8"]["files"]["decoder"]["kv_cache"]["calibrated_on"]
+        tokens, calibration = scored["int8"]["tokens"], exports["int8"]["files"]["decoder"]["kv_cache"]["calibrated_on"]
     title = (f"The int8 KV cache on {trained_as}: held-out perplexity ({tokens:,} tokens) through the exported "
              f"decoder, fed one token at a time through its cache (evaluate --score-with decoder), with the "
              f"float32 cache and with the int8 cache (static per-channel scales, calibrated on {calibration}); "
              f"the weight-only rows run their integer kernels (int8 compute), the W8A8 rows DynamicQuantizeMatMul, PTQ MatMulIntegerToFloat")
+    rows = [{column: row.get(column, "") for column in rows[0]} for row in rows]  # a refused row: its reason only
     emit(title, rows, list(rows[0]), result, args.json, markdown_path=args.markdown, threads=args.threads)
     return result
 
