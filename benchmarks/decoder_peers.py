@@ -7,7 +7,7 @@ ERNIE-4.5-0.3B size: file size, KV-cache bytes per token, time to first token an
 
 The checkpoint: ``random_checkpoint.py --preset ernie45-0.3b --dtype float32`` (random weights: speed
 and size do not depend on their values; no model can be downloaded here), in the Hugging Face layout
-PaddleFormers saves, which both tools read. Ours: ``ernie-compress export --format onnx`` of it (FP32),
+PaddleFormers saves, which both tools read. Ours: ``ernie-compress export --format decoder`` of it (FP32),
 and of ``quantize --weight-only int8`` (W8, per channel) and ``int4 --group-size 32`` (W4, RTN), as
 export writes them by default (MatMulNBits ``accuracy_level`` 4; the tied table int8 per vocabulary
 entry, stored once and read by the head and ``GatherBlockQuantized``), W4 again with
@@ -100,7 +100,7 @@ def build_ours(ckpt: Path, work: Path) -> dict[str, Path]:
     exports = {OURS_FP32: work / "fp32"}
     if not exports[OURS_FP32].exists():
         print("ours: FP32 export ...", file=sys.stderr)
-        cli("export", ckpt, "--format", "onnx", "--out", work / "fp32")
+        cli("export", ckpt, "--format", "decoder", "--out", work / "fp32")
     for method, wanted in ((["--weight-only", "int8", "--method", "rtn"], ((OURS_W8, "e-int8", []),)),
                            (["--weight-only", "int4", "--group-size", "32", "--method", "rtn"],
                             ((OURS_W4, "e-int4", []), (OURS_W4_KV8, "e-int4-kv8", ["--kv-cache", "int8"]))),
@@ -114,7 +114,7 @@ def build_ours(ckpt: Path, work: Path) -> dict[str, Path]:
         cli("quantize", ckpt, *method, "--task", "lm", "--data", small_lm_task(work), "--out", quantized)
         for name, flags in missing:
             print(f"ours: {name} ...", file=sys.stderr)
-            cli("export", quantized, "--format", "onnx", "--out", exports[name], *flags)
+            cli("export", quantized, "--format", "decoder", "--out", exports[name], *flags)
         shutil.rmtree(quantized)
     return exports
 

@@ -46,8 +46,8 @@ def _export(ckpt: Path, out: Path, kv: str, reuse: bool, threads: list[str]) -> 
     manifest = out / "manifest.json"
     if reuse and manifest.is_file():
         return json.loads(manifest.read_text()), None
-    return cli_or_refusal("export", str(ckpt), "--format", "onnx", "--kv-cache", kv, "--out", str(out), "--overwrite",
-                          *threads)
+    return cli_or_refusal("export", str(ckpt), "--format", "decoder", "--kv-cache", kv, "--out", str(out),
+                          "--overwrite", *threads)
 
 
 def _scored(export: Path, reuse: bool, threads: list[str]) -> dict:

@@ -24,7 +24,7 @@ from ..data.tasks import TaskSpec, load_task
 from ..errors import UserError
 from ..losses import predicted_classes
 
-FORMATS = ("paddle", "onnx", "all")
+FORMATS = ("paddle", "onnx", "all", "decoder")
 LAYOUT_ENGINES = {"ours": "ernie-compress", "paddlenlp": "PaddleNLP from_pretrained",
                   "paddleformers": "PaddleFormers from_pretrained, FastDeploy", "hf": "transformers from_pretrained"}
 

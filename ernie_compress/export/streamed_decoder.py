@@ -118,7 +118,7 @@ def write_decoder(lazy: LazyCheckpoint, path: Path, quant: dict, accuracy_level:
 
 def check_streamable(lazy: LazyCheckpoint, weight_only: bool, fmt: str, layout: str | None) -> None:
     """Refuse, before any weight is read, what a streamed export cannot write (one line each)."""
-    if fmt != "onnx":
+    if fmt not in ("onnx", "decoder"):
         raise UserError(f"--stream writes the decoder (onnx/decoder.onnx) only: use --format onnx, not {fmt} "
                         f"(nothing was written)")
     if layout is not None:

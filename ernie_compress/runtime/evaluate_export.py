@@ -100,10 +100,10 @@ def evaluate_export(cfg: EvaluateExportConfig) -> ExportEvaluation:
     split_name = cfg.split or task.held_out
     split = encode_split(task.kind, task.split(split_name), tokenizer, labels, manifest.get("max_seq_length", 128))
 
-    if manifest.get("streamed"):
+    if manifest.get("decoder_only") or manifest.get("streamed"):
         if cfg.score_with == "model":
-            raise UserError(f"{export_dir} is an export --stream: it holds the KV-cache decoder alone (no model.onnx "
-                            f"to score with)")
+            raise UserError(f"{export_dir} holds the KV-cache decoder alone (export --format decoder or --stream): no "
+                            f"model.onnx to score with")
         return _evaluate_decoder_only(cfg, manifest, export_dir, tokenizer, spec, task, split_name, split)
     through_decoder = _through_decoder(cfg.score_with, manifest, task.kind)
     profile_dir = Path(tempfile.mkdtemp(prefix="ernie-compress-profile-")) if cfg.runtime.profile else None
@@ -151,13 +151,13 @@ def evaluate_export(cfg: EvaluateExportConfig) -> ExportEvaluation:
 
 def _evaluate_decoder_only(cfg: EvaluateExportConfig, manifest: dict[str, Any], export_dir: Path, tokenizer, spec,
                            task, split_name: str, split) -> ExportEvaluation:
-    """An export --stream holds the KV-cache decoder alone: its perplexity by teacher forcing through the
-    cache (``teacher_forcing.py``), and generation timed as for any decoder; no full-sequence latency."""
+    """An export of the KV-cache decoder alone (``--format decoder``, ``--stream``): its perplexity by teacher
+    forcing through the cache (``teacher_forcing.py``), and generation timed as for any decoder; no
+    full-sequence latency."""
     if task.kind != "causal_lm":
-        raise UserError(f"{export_dir} is an export --stream (the KV-cache decoder alone): it scores causal-LM "
-                        f"tasks, not {task.kind}")
+        raise UserError(f"{export_dir} holds the KV-cache decoder alone: it scores causal-LM tasks, not {task.kind}")
     if cfg.runtime.profile:
-        raise UserError("--profile times the full-sequence model, which an export --stream does not have")
+        raise UserError("--profile times the full-sequence model, which an export of the decoder alone does not have")
     decoder = _open_decoder(export_dir, manifest, cfg.runtime, tokenizer.pad_id)
     start = time.perf_counter()
     metrics, example_stats = scored_split(teacher_forced_logits(decoder.fork(), tokenizer.pad_id), split,

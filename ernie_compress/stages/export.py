@@ -58,8 +58,10 @@ class ExportConfig(TokenizerOption, ThreadsOption):
 
     checkpoint: Path = option(argument=True, scope="cli", source="from", help="The checkpoint directory to export.")
     out: Path = option(short="-o", scope="cli", help="Output export directory.")
-    format: str = option("all", short="-f", choices=FORMATS, help="paddle (static graph for Paddle Inference), "
-                                                                   "onnx, or all.")
+    format: str = option("all", short="-f", choices=FORMATS, help=(
+        "paddle (static graph for Paddle Inference), onnx, or all; decoder: a causal LM's onnx/decoder.onnx "
+        "alone (the KV-cache graph generation runs, verified as with onnx), without the full-sequence "
+        "model.onnx, whose conversion takes long at LLM sizes."))
     opset: int = option(17, at_least=11, at_most=19, help="ONNX opset (17 emits LayerNormalization).")
     tolerance: float = option(1e-3, above=0, help="Largest logit difference against the dygraph model that "
                                                   "verification accepts.")
@@ -175,17 +177,24 @@ def _sources(cfg: ExportConfig) -> Sources:
         check_layout(ckpt.config, cfg.layout)
     scheme = scheme_of(quantization_info(ckpt.config))
     path = EXPORT_PATHS[scheme.export]
-    if path.paddle_refusal and cfg.format != "onnx":
+    if path.paddle_refusal and cfg.format not in ("onnx", "decoder"):
         raise UserError(path.paddle_refusal)
     if cfg.int8_attention == "qattention" and (scheme.export != "int8_qdq" or cfg.onnx_ops != "onnxruntime"):
         raise UserError(f"--int8-attention qattention rewrites INT8 (QAT/PTQ) encoders exported with --onnx-ops "
                         f"onnxruntime; this is a {scheme.precision} checkpoint with --onnx-ops {cfg.onnx_ops} "
                         f"(nothing was written)")
-    _check_untraceable(cfg, ckpt.config, scheme, path)
+    if cfg.format == "decoder":
+        _check_decoder_only(cfg, ckpt.config, path)
+    else:
+        _check_untraceable(cfg, ckpt.config, scheme, path)
     _check_kv_cache(cfg, ckpt, path)
     tokenizer = ckpt.tokenizer()
     model, reference_model, int8 = _reference_model(ckpt, scheme)
     kind = getattr(model, "task_kind", "classification")
+    if cfg.format == "decoder":  # no full-sequence graph to check: the decoder is checked against dygraph itself
+        return Sources(cfg, ckpt, scheme, path, tokenizer, model, int8, kind, OUTPUT_NAMES.get(kind, "logits"),
+                       np.zeros((0, 0), np.int64), np.zeros((0, 0), np.int64), "decoder prompts", np.zeros(0), None,
+                       reference_model if reference_model is not model else None)
     ids, types, samples_from = sample_inputs(ckpt, tokenizer, cfg.verify_samples)
     reference = _logits(reference_model, ids, types)
     reference_metrics = evaluate_loaded(ckpt, reference_model, tokenizer) if ckpt.task else None
@@ -210,6 +219,18 @@ def _check_untraceable(cfg: ExportConfig, config, scheme: Scheme, path: ExportPa
                         f"converted from a static graph); export the float or weight-only checkpoint")
 
 
+def _check_decoder_only(cfg: ExportConfig, config, path: ExportPath) -> None:
+    """``--format decoder``: a causal LM whose precision gets a decoder; no layout beside it."""
+    if not family_of(config).serves(config, "causal_lm"):
+        raise UserError(f"--format decoder writes a causal LM's KV-cache decoder; {config.architecture} has none: use "
+                        f"--format onnx (nothing was written)")
+    if not path.decoder:
+        raise UserError("this checkpoint's precision gets no onnx/decoder.onnx: use --format onnx (nothing was written)")
+    if cfg.layout is not None:
+        raise UserError("--layout writes beside the graphs of --format onnx or all, not --format decoder (nothing "
+                        "was written)")
+
+
 def _check_kv_cache(cfg: ExportConfig, ckpt: Checkpoint | LazyCheckpoint, path: ExportPath | None) -> None:
     """``--kv-cache int8`` quantizes the cache of ``onnx/decoder.onnx``, calibrated on the task's train
     texts: refuse it where no decoder is written or there is nothing to calibrate on."""
@@ -226,7 +247,8 @@ def _check_kv_cache(cfg: ExportConfig, ckpt: Checkpoint | LazyCheckpoint, path: 
         raise UserError("--kv-cache int8 applies to onnx/decoder.onnx, which this checkpoint's precision does "
                         "not get (nothing was written)")
     if cfg.format == "paddle":
-        raise UserError("--kv-cache int8 applies to onnx/decoder.onnx: use --format onnx or all (nothing was written)")
+        raise UserError("--kv-cache int8 applies to onnx/decoder.onnx: use --format onnx, decoder or all (nothing was "
+                        "written)")
     if not ckpt.task:
         raise UserError("--kv-cache int8 calibrates its scales on the checkpoint's task's train texts, and this "
                         "checkpoint records no task (nothing was written)")
@@ -542,6 +564,15 @@ def export_checkpoint(cfg: ExportConfig) -> ExportResult:
     written = Written()
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
         src.tokenizer.save(tmp)
+        if cfg.format == "decoder":
+            written.files["decoder"], written.verification["decoder"] = _export_decoder(src, tmp)
+            manifest = _decoder_only_manifest(src.ckpt, src.scheme, written.files["decoder"],
+                                              written.verification["decoder"], src.path.reference)
+            write_manifest(tmp, manifest)
+            return ExportResult(out=str(Path(cfg.out).expanduser().resolve()), format=cfg.format,
+                                precision=manifest["precision"], files=written.files,
+                                verification=written.verification, reference_metrics=None, details={},
+                                seconds=round(time.perf_counter() - start, 1))
         if cfg.layout is not None:
             _export_layout(src, tmp, written)
         _export_graphs(src, tmp, written)
@@ -641,11 +672,17 @@ def _streamed_entries(lazy: LazyCheckpoint, files: list[str], graph, level: int,
 
 def _streamed_manifest(lazy: LazyCheckpoint, scheme: Scheme, entry: dict, verification: dict) -> dict[str, Any]:
     """``manifest.json`` of a streamed export: the decoder alone, verified against the NumPy reference."""
+    return {**_decoder_only_manifest(lazy, scheme, entry, verification, numpy_reference.REFERENCE), "streamed": True}
+
+
+def _decoder_only_manifest(ckpt: Checkpoint | LazyCheckpoint, scheme: Scheme, entry: dict, verification: dict,
+                           reference: str) -> dict[str, Any]:
+    """``manifest.json`` of an export that holds the decoder alone (``--format decoder``, ``--stream``)."""
     return {
-        **_manifest_head(lazy, scheme), "streamed": True,
+        **_manifest_head(ckpt, scheme), "decoder_only": True,
         "files": {"decoder": entry},  # no full-sequence model.onnx: its inputs and outputs are the decoder's
         "verification": {"samples_from": "decoder prompts", "decoder": verification},
-        "reference": {"backend": numpy_reference.REFERENCE, "metrics": None},
+        "reference": {"backend": reference, "metrics": None},
     }
 
 
