@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--preset", default="ernie45-0.3b")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the models here (default: a temporary folder)")
+    parser.add_argument("--build-only", action="store_true", help="make the models in --workdir and stop (time them "
+                        "later, on a quiet machine, with the same --workdir)")
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -210,6 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
         head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
         ours = build_ours(ckpt, work)
         peers = build_peers(builder_input(ckpt, work / "og-input"), work, python)
+        if args.build_only:
+            print(f"built in {work}", file=sys.stderr)
+            return {}
         variants = {**{n: ("ours", p) for n, p in ours.items()}, **{n: ("genai", p) for n, p in peers.items()}}
         info = {}
         for name, (kind, folder) in variants.items():
