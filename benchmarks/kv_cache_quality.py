@@ -101,9 +101,16 @@ def main(argv: list[str] | None = None) -> dict:
             if refused:
                 break
             scored[kv] = _scored(work / f"{slug}-kv-{kv}", args.reuse, threads)
-        if refused:  # the export refuses this variant: say why, in its row
+        if refused and "float32" not in scored:  # the export refuses this variant: say why, in its row
             result["variants"][name] = {"refused": refused}
             rows.append({"variant": name, "perplexity, float32 cache": f"export refused: {refused}"})
+            continue
+        if refused:  # the float cache exports, the int8 cache is refused: the float row and the reason
+            base = scored["float32"]["perplexity"]
+            result["variants"][name] = {"perplexity": scored, "int8_cache_refused": refused}
+            rows.append({"variant": name, "perplexity, float32 cache": f"{base:.4f}",
+                         "vs FP32": f"{100 * (base / reference - 1):+.2f}%",
+                         "perplexity, int8 cache": f"export refused: {refused}"})
             continue
         base, got = scored["float32"]["perplexity"], scored["int8"]["perplexity"]
         reference = reference or base  # the FP32 row's, float32 cache
