@@ -115,7 +115,8 @@ def ort_variant(fp32_dir: Path, out: Path, label: str, reduce_range: bool, nodes
     if optimize:
         source.unlink()
     manifest = json.loads((out / "manifest.json").read_text())
-    manifest["precision"] = label
+    manifest["precision"] = "int8"  # what the runtimes run (the registry refuses a precision it does not know)
+    manifest["peer"] = label
     (out / "manifest.json").write_text(json.dumps(manifest))
     return info
 
