@@ -53,8 +53,7 @@ def scales_from_amax(amax: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np
     return [tuple(np.maximum(a / QMAX, SMALLEST_SCALE).astype(np.float32) for a in pair) for pair in amax]
 
 
-def calibrate(decoder, prompts: list[list[int]], layers: int,
-              progress=None) -> list[tuple[np.ndarray, np.ndarray]]:
+def calibrate(decoder, prompts: list[list[int]], layers: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Static scales (key, value [kv, d]) per layer from ``decoder`` (a float-cache ``OnnxDecoder``)
     prefilling each prompt alone (no padding enters the maxima)."""
 
@@ -62,8 +61,6 @@ def calibrate(decoder, prompts: list[list[int]], layers: int,
         for ids in prompts:
             decoder.prefill([ids])
             yield decoder.cache
-            if progress is not None:
-                progress()
 
     return scales_from_amax(channel_amax(caches(), layers))
 

@@ -144,9 +144,9 @@ def attention(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames,
     v = g.op("Concat", io.past[1], g.op("Transpose", v, perm=[0, 2, 1, 3]), axis=2, name=io.present[1])
     q = g.op("Transpose", g.op("Reshape", q, g.const("q.groups", i64([0, 0, KV, H // KV, d]))),
              perm=[0, 2, 3, 1, 4])  # [b, kv, g, s, d]
-    keys, values = k, v
+    keys, values = k, v  # [b, kv, T, d]: the cache itself, or its int8 codes read as float below
     if io.kv_scales is None:
-        scaled = g.op("Mul", g.op("MatMul", q, _keys_by_column(g, k)), g.const("attention.scale", f32(d ** -0.5)))
+        scaled = g.op("Mul", g.op("MatMul", q, _keys_by_column(g, keys)), g.const("attention.scale", f32(d ** -0.5)))
     else:  # codes times scale = the cached tensor: each key channel's scale folded into q, each value's into the output
         q_scale = g.const(f"{io.present[0]}.q_scale", f32(io.kv_scales[0] * d ** -0.5).reshape(1, KV, 1, 1, d))
         keys, values = (g.op("Cast", t, to=ONNX_FLOAT) for t in (k, v))  # [b, kv, T, d] codes as float

@@ -135,6 +135,12 @@ class ModelFamily:
             return slice(None), np.arange(consumer_rows)
         return self.smoothing_parts(config, edge.part)
 
+    def smoothing_edges(self, config, quantized: list[str]) -> list[ScaleMapping]:
+        """The smoothing edges of ``config``'s model whose consumers are all among the ``quantized``
+        Linears (AWQ and SmoothQuant fold scales along these)."""
+        return [edge for edge in self.smoothing_map(config.num_hidden_layers)
+                if all(name in quantized for name in edge.layers)]
+
     def smoothing_map(self, num_layers: int) -> Iterator[ScaleMapping]:
         """The smoothing edges of a model with ``num_layers`` layers, in full module names."""
         for i in range(num_layers):

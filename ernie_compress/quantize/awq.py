@@ -104,7 +104,3 @@ def fold_scales_(state: dict[str, np.ndarray], edge: ScaleMapping, scales: np.nd
         weight = state[f"{layer}.weight"]
         state[f"{layer}.weight"] = (weight.astype(np.float64) * rows).astype(weight.dtype)
 
-
-def scaled_hessian(hessian: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The Hessian of a consumer's inputs after they are divided by ``rows`` [in] (GPTQ after AWQ)."""
-    return hessian / np.outer(rows, rows)

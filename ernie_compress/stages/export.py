@@ -191,16 +191,17 @@ def _sources(cfg: ExportConfig) -> Sources:
     tokenizer = ckpt.tokenizer()
     model, reference_model, int8 = _reference_model(ckpt, scheme)
     kind = getattr(model, "task_kind", "classification")
+    distinct_reference = reference_model if reference_model is not model else None
     if cfg.format == "decoder":  # no full-sequence graph to check: the decoder is checked against dygraph itself
         return Sources(cfg, ckpt, scheme, path, tokenizer, model, int8, kind, OUTPUT_NAMES.get(kind, "logits"),
                        np.zeros((0, 0), np.int64), np.zeros((0, 0), np.int64), "decoder prompts", np.zeros(0), None,
-                       reference_model if reference_model is not model else None)
+                       distinct_reference)
     ids, types, samples_from = sample_inputs(ckpt, tokenizer, cfg.verify_samples)
     reference = _logits(reference_model, ids, types)
     reference_metrics = evaluate_loaded(ckpt, reference_model, tokenizer) if ckpt.task else None
     return Sources(cfg, ckpt, scheme, path, tokenizer, model, int8, kind,
                    OUTPUT_NAMES.get(kind, "logits"), ids, types, samples_from, reference, reference_metrics,
-                   reference_model if reference_model is not model else None)
+                   distinct_reference)
 
 
 def _check_untraceable(cfg: ExportConfig, config, scheme: Scheme, path: ExportPath) -> None:
@@ -529,20 +530,18 @@ def _check_decoder(cfg: ExportConfig, level: int, check: dict[str, Any], group_s
     ``cfg.tolerance``; int8 compute, cache (``approximate``) or activations: next-token picks and logits
     within the INT8 bounds."""
     largest, share, relative = check["max_abs_diff"], check["teacher_forced_agreement"], check["max_relative_diff"]
-    if approximate and (share < cfg.int8_min_agreement or relative > cfg.int8_max_relative_diff):
-        hint = "--kv-cache float32 keeps the exact cache" if "KV cache" in approximate else "quantize --weight-only int8"
-        raise UserError(f"decoder export ({approximate}) failed verification: next-token picks agree with {against} "
+    inexact = approximate or ("int8 compute" if level else "")
+    if not inexact and (not check["greedy_tokens_equal"] or not largest <= cfg.tolerance):
+        raise UserError(f"decoder export failed verification: greedy text differs from {against}'s or the logits "
+                        f"by {largest:.2e} (tolerance {cfg.tolerance:.0e}); nothing was written")
+    if inexact and (share < cfg.int8_min_agreement or relative > cfg.int8_max_relative_diff):
+        hint = ("--kv-cache float32 keeps the exact cache" if "KV cache" in approximate
+                else "quantize --weight-only int8" if approximate
+                else f"--weight-only-compute fp32 is exact{_finer_blocks_hint(group_size)}")
+        raise UserError(f"decoder export ({inexact}) failed verification: next-token picks agree with {against} "
                         f"on {share:.1%} of steps (least {cfg.int8_min_agreement:.0%}), max logit difference "
                         f"{relative:.1%} of the logit scale (most {cfg.int8_max_relative_diff:.0%}); nothing was "
                         f"written ({hint})")
-    if level == 0 and not approximate and (not check["greedy_tokens_equal"] or not largest <= cfg.tolerance):
-        raise UserError(f"decoder export failed verification: greedy text differs from {against}'s or the logits "
-                        f"by {largest:.2e} (tolerance {cfg.tolerance:.0e}); nothing was written")
-    if level and (share < cfg.int8_min_agreement or relative > cfg.int8_max_relative_diff):
-        raise UserError(f"decoder export (int8 compute) failed verification: next-token picks agree with {against} "
-                        f"on {share:.1%} of steps (least {cfg.int8_min_agreement:.0%}), max logit difference "
-                        f"{relative:.1%} of the logit scale (most {cfg.int8_max_relative_diff:.0%}); nothing was "
-                        f"written (--weight-only-compute fp32 is exact{_finer_blocks_hint(group_size)})")
 
 
 def _finer_blocks_hint(group_size: int | None) -> str:

@@ -192,7 +192,7 @@ def _awq(cfg, start: Start, names: list[str]) -> Plan:
     FP32 parent) and folded into the weights; then every Linear rounded to nearest."""
     config = start.model.config
     family = family_of(config)
-    edges = [e for e in family.smoothing_map(config.num_hidden_layers) if all(name in names for name in e.layers)]
+    edges = family.smoothing_edges(config, names)
     consumers = sorted({name for edge in edges for name in edge.layers})
     batches = my_batches(calibration_batches(start.splits["train"], cfg.calib_samples))  # all, with one rank
     seen = collect_hessians(start.model, consumers, batches, start.tokenizer.pad_id)  # summed over the ranks
@@ -450,7 +450,7 @@ def _w8a8(cfg: W8A8Config, start: Start) -> Quantized:
         raise UserError(f"--w8a8 quantizes dense ERNIE 4.5 decoders (causal LM); {config.architecture}: use --ptq or "
                         f"--qat int8 for encoders, --weight-only for mixtures of experts")
     names = quantized_linear_names(start.model)
-    edges = [e for e in family.smoothing_map(config.num_hidden_layers) if all(n in names for n in e.layers)]
+    edges = family.smoothing_edges(config, names)
     alphas = (0.0,) if cfg.w8a8 == "rtn" else smoothquant.ALPHAS if cfg.alpha is None else (cfg.alpha,)
     if len(alphas) > 1 and start.task.held_out == "dev":
         raise UserError("the task's dev split is its held-out split: give --alpha (the search would tune on "
