@@ -8,7 +8,7 @@ ERNIE-4.5-0.3B size: file size, KV-cache bytes per token, time to first token an
 The checkpoint: ``random_checkpoint.py --preset ernie45-0.3b --dtype float32`` (random weights: speed
 and size do not depend on their values; no model can be downloaded here), in the Hugging Face layout
 PaddleFormers saves, which both tools read. Ours: ``ernie-compress export --format decoder`` of it (FP32),
-and of ``quantize --weight-only int8`` (W8, per channel) and ``int4 --group-size 32`` (W4, RTN), as
+and of ``quantize --weight-only int8`` and ``int4``, both ``--group-size 32 --method rtn`` (W8, W4), as
 export writes them by default (MatMulNBits ``accuracy_level`` 4; the tied table int8 per vocabulary
 entry, stored once and read by the head and ``GatherBlockQuantized``), W4 again with
 ``--kv-cache int8``, and ``quantize --w8a8 rtn`` (int8 weights and activations: DynamicQuantizeMatMul;
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-OURS_FP32, OURS_W8, OURS_W4 = "ours FP32", "ours W8 (int8 per channel, int8 head)", "ours W4 (int4 g32 RTN, int8 head)"
+OURS_FP32, OURS_W8, OURS_W4 = "ours FP32", "ours W8 (int8 g32 RTN, int8 head)", "ours W4 (int4 g32 RTN, int8 head)"
 OURS_W4_KV8 = "ours W4, int8 KV cache"
 OURS_W8A8 = "ours W8A8 (int8 activations per tensor, DynamicQuantizeMatMul)"
 PEER_FP32, PEER_INT4 = "onnxruntime-genai FP32", "onnxruntime-genai INT4 (its defaults: int4 head)"
@@ -101,7 +101,7 @@ def build_ours(ckpt: Path, work: Path) -> dict[str, Path]:
     if not exports[OURS_FP32].exists():
         print("ours: FP32 export ...", file=sys.stderr)
         cli("export", ckpt, "--format", "decoder", "--out", work / "fp32")
-    for method, wanted in ((["--weight-only", "int8", "--method", "rtn"], ((OURS_W8, "e-int8", []),)),
+    for method, wanted in ((["--weight-only", "int8", "--group-size", "32", "--method", "rtn"], ((OURS_W8, "e-int8", []),)),
                            (["--weight-only", "int4", "--group-size", "32", "--method", "rtn"],
                             ((OURS_W4, "e-int4", []), (OURS_W4_KV8, "e-int4-kv8", ["--kv-cache", "int8"]))),
                            (["--w8a8", "rtn"], ((OURS_W8A8, "e-w8a8", []),))):  # speed: smoothing changes no kernel
