@@ -109,13 +109,13 @@ def build_ours(ckpt: Path, work: Path) -> dict[str, Path]:
         missing = [(name, flags) for name, _, flags in wanted if not exports[name].exists()]
         if not missing:
             continue
-        quantized = work / f"q-{wanted[0][1]}"
-        shutil.rmtree(quantized, ignore_errors=True)
-        cli("quantize", ckpt, *method, "--task", "lm", "--data", small_lm_task(work), "--out", quantized)
+        quantized = work / f"q-{wanted[0][1]}"  # kept: a changed export re-runs without quantizing again
+        if not (quantized / "compression.json").exists():
+            shutil.rmtree(quantized, ignore_errors=True)
+            cli("quantize", ckpt, *method, "--task", "lm", "--data", small_lm_task(work), "--out", quantized)
         for name, flags in missing:
             print(f"ours: {name} ...", file=sys.stderr)
             cli("export", quantized, "--format", "decoder", "--out", exports[name], *flags)
-        shutil.rmtree(quantized)
     return exports
 
 

@@ -152,6 +152,9 @@ def _timed(fn) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--onnx-ops", choices=("standard", "onnxruntime"), default="standard", help=(
+        "attention in standard ops (what the tables in docs/benchmarks.md were measured with), or as "
+        "GroupQueryAttention (export's default for CPU decoders since; CPU only)"))
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each variant once per round)")
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens for time to first token")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy decode steps timed per round")
@@ -177,7 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"building {args.preset} with random weights ...", file=sys.stderr)
     state = random_state(config)
     w8, w4 = integer_weights(config, state, 8, None), integer_weights(config, state, 4, 32)
-    build = lambda integer, level: lambda: build_decoder(config, DecoderWeights(state, integer, level))  # noqa: E731
+    fused = args.onnx_ops == "onnxruntime"
+    build = lambda integer, level: lambda: build_decoder(config, DecoderWeights(state, integer, level),  # noqa: E731
+                                                         fused_attention=fused)
     variants = {"FP32": build({}, 0), W8: build(w8, 4), W4: build(w4, 4),  # as export writes them (int8 compute)
                 PEER: lambda: ort_matmul_nbits_quantizer(build({}, 0)())}
     if args.device == "cpu":  # --weight-only-compute fp32
@@ -230,7 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["int4_fp32_compute_vs_fp32_decode"] = statistics.median(decode[W4 + ", fp32 compute"]) / fp32
     where = "CPU" if args.device == "cpu" else f"{providers[0]} on {_gpu_name()}"
     measured = (f"{args.threads} numpy copies at once" if args.device == "cpu" else "a device-to-device copy")
-    title = (f"Decoding, {args.preset} (random weights), ONNX Runtime {ort.__version__} {where}, batch 1, "
+    attention = "GroupQueryAttention" if args.onnx_ops == "onnxruntime" else "attention in standard ops"
+    title = (f"Decoding, {args.preset} (random weights, {attention}), ONNX Runtime {ort.__version__} {where}, batch 1, "
              f"{args.new_tokens} greedy tokens after a {args.prompt}-token prompt; median (min-max) of {args.rounds} "
              f"interleaved rounds. Memory bandwidth ({measured}, bytes read + written): "
              + (f"{bandwidth / 1e9:.1f} GB/s" if bandwidth else "not measured")

@@ -1,9 +1,7 @@
-"""Do ONNX Runtime's fused decoder operators pay on this CPU? Our ERNIE-4.5-0.3B W4 decoder (standard-op
-attention, as ``export`` writes it) against the same graph with each layer's attention written as
-``com.microsoft.GroupQueryAttention`` (rotary inside, interleaved as ERNIE 4.5's; the cache grows as
-ours: past and present apart) and with the post-attention residual and RMSNorm as
-``SkipSimplifiedLayerNormalization``; batch 1 (GroupQueryAttention's CPU kernel reads each row's length from
-``seqlens_k``, which assumes the padding our left-padded batches put first is absent). One run, interleaved:
+"""Do ONNX Runtime's fused decoder operators pay on this CPU? Our ERNIE-4.5-0.3B W4 decoder as ``export``
+writes it (each layer's attention one ``com.microsoft.GroupQueryAttention``: rotary inside, interleaved as
+ERNIE 4.5's) against the same graph with attention in standard ops (``--onnx-ops standard``), and each with
+the post-attention residual and RMSNorm as ``SkipSimplifiedLayerNormalization``; batch 1. One run, interleaved:
 
     python benchmarks/fused_decoder_ops.py [--rounds 5] [--prompts 128,512] [--new-tokens 32] [--threads 2]
         [--preset ernie45-0.3b] [--markdown benchmarks/results/fused-decoder-ops.md]
@@ -27,36 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-STANDARD, GQA, SKIP, BOTH = ("standard ops (export's default)", "GroupQueryAttention",
-                             "SkipSimplifiedLayerNormalization", "both")
-ROPE_POSITIONS = 4096  # rows of GroupQueryAttention's cos/sin caches (prompt + new tokens must fit)
-
-
-def gqa_attention(g, x, config, names, io):
-    """``ernie4_5_onnx.attention`` as one GroupQueryAttention node (rows without padding)."""
-    from onnx import helper
-
-    from ernie_compress.models.onnx_graph import f32, i64
-
-    H, KV, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-    q, k, v = g.op("Split", g.linear(x, names.qkv), g.const("gqa.split", i64([H * d, KV * d, KV * d])),
-                   outputs=3, axis=2)  # [b, s, h * d] each
-    if "gqa.cos" not in g.names:  # the rotary caches [positions, d / 2] and the lengths, once
-        inv_freq = np.exp(np.arange(0, d, 2, dtype=np.float64) * -np.log(config.rope_theta) / d)
-        angles = np.arange(ROPE_POSITIONS)[:, None] * inv_freq[None, :]
-        g.const("gqa.cos", f32(np.cos(angles)))
-        g.const("gqa.sin", f32(np.sin(angles)))
-        total = g.op("Gather", g.op("Shape", "attention_mask"), g.const("gqa.one", i64(1)), axis=0)
-        g.op("Cast", total, to=6, name="gqa.total")  # int32 scalar
-        lengths = g.op("ReduceSum", "attention_mask", g.const("gqa.axis1", i64([1])), keepdims=0)
-        g.op("Cast", g.op("Sub", lengths, g.const("gqa.one64", i64(1))), to=6, name="gqa.seqlens_k")  # [b] int32
-    g.count += 1
-    out = f"gqa_out_{g.count}"
-    g.nodes.append(helper.make_node(
-        "GroupQueryAttention", [q, k, v, io.past[0], io.past[1], "gqa.seqlens_k", "gqa.total", "gqa.cos", "gqa.sin"],
-        [out, io.present[0], io.present[1]], name=f"n{g.count}_GroupQueryAttention", domain="com.microsoft",
-        num_heads=H, kv_num_heads=KV, do_rotary=1, rotary_interleaved=1, scale=float(d ** -0.5)))
-    return g.linear(out, names.out), (io.present[0], io.present[1])
+STANDARD, GQA, SKIP, BOTH = ("standard ops (--onnx-ops standard)", "GroupQueryAttention (export's default)",
+                             "SkipSimplifiedLayerNormalization", "GroupQueryAttention + SkipSimplifiedLayerNormalization")
 
 
 def skip_decoder_layer(attention):
@@ -75,19 +45,18 @@ def skip_decoder_layer(attention):
 
 
 def build(config, weights, variant: str):
-    """The decoder graph of ``variant`` (the family's blocks patched for the fused ones)."""
+    """The decoder graph of ``variant``: export's (standard or GroupQueryAttention attention), the
+    family's decoder layer patched for SkipSimplifiedLayerNormalization where named."""
     from ernie_compress.export.decoder_onnx import build_decoder
     from ernie_compress.models import ernie4_5_onnx as blocks
 
-    attention, layer = blocks.attention, blocks.decoder_layer
+    layer = blocks.decoder_layer
     try:
-        if variant in (GQA, BOTH):
-            blocks.attention = gqa_attention
         if variant in (SKIP, BOTH):
             blocks.decoder_layer = skip_decoder_layer(blocks.attention)
-        return build_decoder(config, weights)
+        return build_decoder(config, weights, fused_attention=variant in (GQA, BOTH))
     finally:
-        blocks.attention, blocks.decoder_layer = attention, layer
+        blocks.decoder_layer = layer
 
 
 def check_equivalence(keys: dict, threads: int) -> dict[str, dict]:

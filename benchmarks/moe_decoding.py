@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layers", type=int, default=2, help="layers kept (layer 0 is dense in 21B-A3B)")
     parser.add_argument("--experts", type=int, default=None, help="routed experts per MoE layer (default: the preset's)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--onnx-ops", choices=("standard", "onnxruntime"), default="standard", help=(
+        "attention in standard ops (what the tables in docs/benchmarks.md were measured with), or as "
+        "GroupQueryAttention (export's default for CPU decoders since; CPU only)"))
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each variant once per round)")
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens for time to first token")
     parser.add_argument("--new-tokens", type=int, default=16, help="greedy decode steps timed per round")
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             bits, group, experts = VARIANTS[name]
             print(f"writing {name} ...", file=sys.stderr)
             weights = DecoderWeights(state, integer[(bits, group)] if bits else {}, 4 if bits else 0, experts)
-            graph = build_decoder(config, weights)
+            graph = build_decoder(config, weights, fused_attention=args.onnx_ops == "onnxruntime")
             active, kernels = active_bytes_per_token(graph, config), kernel_counts(graph)  # before saving: external
             path = Path(tmp) / f"{len(sessions)}.onnx"                                        # data leaves the graph
             save_model(graph, path)
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
             result[f"{bits.lower()}_fused_vs_per_expert_decode"] = (statistics.median(decode[fused])
                                                                    / statistics.median(decode[split]))
     title = (f"MoE decoding, {args.preset} cut to {args.layers} layers ({config.moe_num_experts} experts, top-"
-             f"{config.moe_k}; random weights), ONNX Runtime {ort.__version__} CPU, batch 1, {args.new_tokens} greedy "
+             f"{config.moe_k}; random weights; attention: {args.onnx_ops} ops), ONNX Runtime {ort.__version__} CPU, batch 1, {args.new_tokens} greedy "
              f"tokens after a {args.prompt}-token prompt; median (min-max) of {args.rounds} interleaved rounds. "
              f"Memory bandwidth ({args.threads} numpy copies at once, bytes read + written): {bandwidth / 1e9:.1f} GB/s; "
              f"bound = bandwidth / active weight bytes read per token")

@@ -9,10 +9,14 @@ owns the interface, the mask, the integer-weight encoding and the file. The inte
 
     inputs   input_ids [batch, seq] int64            the new positions (the whole prompt, or one token)
              attention_mask [batch, past + seq] int64 1 = a real token, 0 = padding (pad on the left)
-             position_ids [batch, seq] int64          RoPE positions of the new tokens
+             position_ids [batch, seq] int64          RoPE positions of the new tokens: a prompt's 0 .. s-1
+                                                      from its row's first slot, padding included; then on
              past_key_values.{i}.key|value [batch, kv_heads, past, head_dim] float32 (past = 0 at first)
     outputs  logits [batch, vocab] float32            of the last position only: what generation reads
              present.{i}.key|value [batch, kv_heads, past + seq, head_dim]
+
+(RoPE scores depend on differences of positions only, so a row padded on the left may count from its
+padding; ONNX Runtime's GroupQueryAttention rotates a first prompt's tokens by their index, so it must.)
 
 Only the KV heads are cached (GQA, Ainslie et al. 2023): query heads of a group read their KV head
 through a broadcast MatMul, never a copy. Logits are computed for the last position alone, so a
@@ -66,6 +70,20 @@ class WeightOnlyLinear:
     activations: str = "float"  # "int8": W8A8 (quantize --w8a8), run as DynamicQuantizeMatMul; "int8-static":
     #   QAT/PTQ INT8, the input quantized with a calibrated scale, run as MatMulIntegerToFloat
     activation_scale: float | None = None  # "int8-static": the input's scale (abs-max / 127)
+
+
+FUSED_HEAD_DIM = 16  # GroupQueryAttention's CPU kernel takes head sizes that are multiples of this
+
+
+def attention_kernel(config, onnx_ops: str) -> tuple[bool, str]:
+    """Whether the decoder's attention is ONNX Runtime's fused ``GroupQueryAttention`` (``--onnx-ops
+    onnxruntime``), and the manifest's words for what it is (and why standard ops, where fused was asked)."""
+    if onnx_ops != "onnxruntime":
+        return False, "standard ops (--onnx-ops standard)"
+    if config.head_dim % FUSED_HEAD_DIM:
+        return False, (f"standard ops: GroupQueryAttention's CPU kernel takes head sizes that are multiples of "
+                       f"{FUSED_HEAD_DIM}, this model's is {config.head_dim}")
+    return True, "GroupQueryAttention (com.microsoft: rotary inside, interleaved)"
 
 
 RECOVER_COLUMNS = 4096  # output columns recovered at a time: float64 temporaries of [in, 4096], not [in, out]
@@ -316,11 +334,12 @@ def _full_sequence_feeds(g: GraphBuilder, config) -> str:
 
 def build_decoder(config, weights: DecoderWeights, full_sequence: bool = False,
                   enter: Callable[[GraphBuilder, str | None], None] | None = None,
-                  kv_scales: list[tuple[np.ndarray, np.ndarray]] | None = None) -> Any:
+                  kv_scales: list[tuple[np.ndarray, np.ndarray]] | None = None, fused_attention: bool = False) -> Any:
     """The ONNX model (see the module docstring) of an ``Ernie4_5ForCausalLM`` ``config``, composed
     from the family's blocks (for ERNIE 4.5 ``models/ernie4_5_onnx.py``). ``full_sequence``: no
     cache, logits of every position (``onnx/model.onnx`` where the model cannot be traced).
     ``kv_scales``: an int8 cache, with these static scales (key, value [kv, d]) per layer (``kv_cache.py``).
+    ``fused_attention``: each layer's attention as ONNX Runtime's ``GroupQueryAttention``.
     ``enter(g, group)`` is called before the nodes of each checkpoint group are written ("rest" for
     the embedding, "layers.{i}", "rest" again for the final norm and head, then None): a streamed
     export (``streamed_decoder.py``) swaps that group's weights in and writes out the last one's."""
@@ -337,12 +356,13 @@ def build_decoder(config, weights: DecoderWeights, full_sequence: bool = False,
         past = [_full_sequence_feeds(g, config)] * len(past)
     bias = _attention_bias(g)
     cos, sin = blocks.rope_tables(g, "position_ids", config)
+    fused = blocks.fused_attention_inputs(g, "position_ids", bias, config) if fused_attention else None
     enter(g, "rest")
     x = blocks.embedding(g, "input_ids", names.embedding)  # [b, s, hidden]
     for i in range(config.num_hidden_layers):
         io = blocks.AttentionIO(cos, sin, bias, past=(past[2 * i], past[2 * i + 1]),
                                 present=(present[2 * i], present[2 * i + 1]),
-                                kv_scales=None if kv_scales is None else kv_scales[i])
+                                kv_scales=None if kv_scales is None else kv_scales[i], fused=fused)
         enter(g, f"layers.{i}")
         x, _ = blocks.decoder_layer(g, x, config, names.layer(i), io)
     enter(g, "rest")
@@ -381,10 +401,11 @@ def _weight_bytes(model) -> int:
 
 def kernel_counts(model) -> dict[str, int]:
     """How many MatMuls run as integer-weight kernels and how many as float ones (and, in mixture-of-experts
-    models, how many layers run their experts as fused float or integer kernels)."""
+    models, how many layers run their experts as fused float or integer kernels; how many attentions are
+    fused)."""
     ops = [n.op_type for n in model.graph.node]
     counts = {op: ops.count(op) for op in ("MatMulNBits", "MatMul", "Gemm")}
-    for op in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat"):
+    for op in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "GroupQueryAttention"):
         if op in ops:
             counts[op] = ops.count(op)
     return {**counts, **{op: ops.count(op) for op in ("MoE", "QMoE") if op in ops}}

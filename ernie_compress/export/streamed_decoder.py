@@ -89,10 +89,10 @@ class ExternalData:
 
 
 def write_decoder(lazy: LazyCheckpoint, path: Path, quant: dict, accuracy_level: int,
-                  experts: str = "auto") -> tuple[list[str], Any]:
+                  experts: str = "auto", fused_attention: bool = False) -> tuple[list[str], Any]:
     """``path`` (graph) and ``path.data`` (weights) built group by group from ``lazy`` (``experts``: how
-    MoE layers run, as ``--moe-experts``); returns the files written (relative to ``path``'s folder)
-    and the model (graph only, for its kernel counts)."""
+    MoE layers run, as ``--moe-experts``; ``fused_attention``: GroupQueryAttention); returns the files
+    written (relative to ``path``'s folder) and the model (graph only, for its kernel counts)."""
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,7 @@ def write_decoder(lazy: LazyCheckpoint, path: Path, quant: dict, accuracy_level:
             state.update(lazy.load_group(group))
 
     try:
-        model = decoder_onnx.build_decoder(lazy.config, weights, enter=enter)
+        model = decoder_onnx.build_decoder(lazy.config, weights, enter=enter, fused_attention=fused_attention)
     finally:
         data.close()
     onnx.save(model, str(path))

@@ -65,8 +65,9 @@ from typing import Protocol
 import numpy as np
 
 from .ernie4_5_moe_family import FAMILY as MOE_FAMILY
-from .ernie4_5_onnx import (AttentionIO, DecoderNames, LayerNames, attention, embedding, head,  # noqa: F401 - blocks
-                            mlp, rms_norm, rope_tables)  # the decoder export composes: embedding, head, rope_tables
+from .ernie4_5_onnx import (AttentionIO, DecoderNames, LayerNames, attention, embedding,  # noqa: F401 - blocks
+                            fused_attention_inputs, head, mlp, rms_norm,
+                            rope_tables)  # the decoder export composes: embedding, head, rope_tables, fused_attention_inputs
 from .onnx_graph import GraphBuilder, f32, float_matmul, i64, pack_codes
 
 FILL = -1e30  # router logit of an expert not chosen: exp(FILL - max) is 0 in float32

@@ -35,6 +35,7 @@ from .onnx_graph import GraphBuilder, f32, i64
 
 ONNX_FLOAT = 1  # onnx.TensorProto.FLOAT (a Cast target), without importing onnx here
 ONNX_INT8 = 3  # onnx.TensorProto.INT8
+ONNX_INT32 = 6  # onnx.TensorProto.INT32
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,22 @@ class AttentionIO:
     # an int8 cache (``export/kv_cache.py``): the static per-channel scales of keys and values
     # [kv, d] each; None: the cache is float32
     kv_scales: tuple[np.ndarray, np.ndarray] | None = None
+    # ONNX Runtime's fused GroupQueryAttention reads these (:func:`fused_attention_inputs`); None:
+    # attention in standard ops
+    fused: FusedAttentionInputs | None = None
+
+
+@dataclass(frozen=True)
+class FusedAttentionInputs:
+    """What ``com.microsoft.GroupQueryAttention`` reads besides the packed q/k/v and the cache, made
+    once per graph from the positions and the mask (:func:`fused_attention_inputs`)."""
+
+    seqlens_k: str  # [b] int32: every row's total length - 1 (the padding a batch puts first counts: it is masked)
+    total: str  # int32 scalar T
+    cos: str  # [b * s, d / 2]: a row per new token, of that token's own position
+    sin: str
+    rows: str  # [b, s] int64: each token's row of cos / sin (0 .. b * s - 1)
+    bias: str  # [b, 1, s, T]: the additive mask (padding and the future)
 
 
 def embedding(g: GraphBuilder, ids: str, table: str) -> str:
@@ -111,13 +128,46 @@ def rms_norm(g: GraphBuilder, x: str, weight: str, eps: float) -> str:
 def rope_tables(g: GraphBuilder, position_ids: str, config: Ernie45Config) -> tuple[str, str]:
     """cos, sin [b, s, 1, d] of the positions [b, s]; each frequency ``theta^(-2i/d)`` repeated for
     its interleaved pair, as ``rope_angles``."""
-    d = config.head_dim
-    inv_freq = np.exp(np.arange(0, d, 2, dtype=np.float32) * np.float32(-math.log(config.rope_theta) / d))  # [d/2]
+    inv_freq = _inverse_frequencies(config)  # [d/2]
     angles = g.op("Mul", g.op("Unsqueeze", g.op("Cast", position_ids, to=ONNX_FLOAT), g.const("axis_last", i64([-1]))),
                   g.const("rope.inv_freq", f32(np.repeat(inv_freq, 2))))  # [b, s, d]
     cos = g.op("Unsqueeze", g.op("Cos", angles), g.const("axis2", i64([2])))
     sin = g.op("Unsqueeze", g.op("Sin", angles), "axis2")
     return cos, sin
+
+
+def _inverse_frequencies(config: Ernie45Config) -> np.ndarray:
+    """``theta^(-2i/d)`` for i < d / 2, float32 as ``rope_angles`` computes them."""
+    d = config.head_dim
+    return np.exp(np.arange(0, d, 2, dtype=np.float32) * np.float32(-math.log(config.rope_theta) / d))
+
+
+def fused_attention_inputs(g: GraphBuilder, position_ids: str, bias: str, config: Ernie45Config) -> FusedAttentionInputs:
+    """GroupQueryAttention's extra inputs from the positions [b, s] and the mask [b, 1, 1, s, T].
+
+    The kernel rotates token i of row b with row ``rows[b, 0] + i`` of its cos / sin caches (in a first
+    prompt; ``rows[b, i]`` otherwise: the same row here). Those caches are therefore built per call with
+    one row per new token, of that token's own position: ``rows`` numbers the tokens 0 .. b * s - 1. A
+    left-padded prompt then rotates every token at its own position (the kernel alone would count from
+    the row's first, padded slot), and no table of every position up to the context length is stored.
+    Every row is ``T`` long for the kernel (``seqlens_k``): the padding is hidden by the mask."""
+    flat = g.op("Reshape", position_ids, g.const("flat", i64([-1])))  # [b * s]
+    angles = g.op("Mul", g.op("Unsqueeze", g.op("Cast", flat, to=ONNX_FLOAT), g.const("axis_last", i64([-1]))),
+                  g.const("gqa.inv_freq", f32(_inverse_frequencies(config))))  # [b * s, d / 2]
+    count = g.op("Squeeze", g.op("Shape", flat), g.const("axis0", i64([0])))  # scalar b * s
+    rows = g.op("Reshape", g.op("Range", g.const("gqa.zero", i64(0)), count, g.const("gqa.one", i64(1))),
+                g.op("Shape", position_ids))  # [b, s]
+    shape = g.op("Shape", bias)  # [b, 1, 1, s, T]
+    total = g.op("Gather", shape, g.const("gqa.last", i64(4)), axis=0)  # scalar T
+    batch = g.op("Slice", shape, g.const("axis0", i64([0])), g.const("gqa.axis1", i64([1])))  # [1]
+    seqlens = g.op("Expand", g.op("Cast", g.op("Sub", total, "gqa.one"), to=ONNX_INT32), batch)  # [b]
+    # the kernel wants at least T rows of cos / sin: zero rows after the b * s used ones, where T is more
+    short = g.op("Max", g.op("Sub", total, count), "gqa.zero")
+    pads = g.op("Concat", g.const("gqa.pad_before", i64([0, 0])), g.op("Unsqueeze", short, "axis0"),
+                g.const("gqa.pad_after", i64([0])), axis=0)  # [0, 0, max(T - b s, 0), 0]
+    cos, sin = (g.op("Pad", g.op(op, angles), pads) for op in ("Cos", "Sin"))  # [max(b s, T), d / 2]
+    return FusedAttentionInputs(seqlens_k=seqlens, total=g.op("Cast", total, to=ONNX_INT32), cos=cos, sin=sin,
+                                rows=rows, bias=g.op("Squeeze", bias, g.const("gqa.axis1", i64([1]))))
 
 
 def _rope(g: GraphBuilder, x: str, heads: int, d: int, cos: str, sin: str) -> str:
@@ -133,7 +183,10 @@ def attention(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames,
               io: AttentionIO) -> tuple[str, tuple[str, str]]:
     """``Ernie45Attention.attend``: x [b, s, hidden] over the cache and itself; returns the output
     [b, s, hidden] and the grown cache (key, value) named ``io.present``. Only the KV heads are
-    cached; the query heads of a group read theirs through a broadcast MatMul, never a copy."""
+    cached; the query heads of a group read theirs through a broadcast MatMul, never a copy.
+    With ``io.fused``, ONNX Runtime's GroupQueryAttention computes the same (:func:`_fused_attention`)."""
+    if io.fused is not None:
+        return _fused_attention(g, x, config, names, io)
     H, KV, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     mix = g.op("Reshape", g.linear(x, names.qkv), g.const("qkv.shape", i64([0, 0, H + 2 * KV, d])))
     q, k, v = g.op("Split", mix, g.const("qkv.split", i64([H, KV, KV])), outputs=3, axis=2)  # [b, s, h|kv, d]
@@ -157,6 +210,28 @@ def attention(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames,
         out = g.op("Mul", out, g.const(f"{io.present[1]}.out_scale", f32(io.kv_scales[1]).reshape(1, KV, 1, 1, d)))
     out = g.op("Reshape", g.op("Transpose", out, perm=[0, 3, 1, 2, 4]), g.const("attn.flat", i64([0, 0, H * d])))
     return g.linear(out, names.out), (k, v)
+
+
+def _fused_attention(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames,
+                     io: AttentionIO) -> tuple[str, tuple[str, str]]:
+    """:func:`attention` as one ``com.microsoft.GroupQueryAttention`` node (ONNX Runtime contrib
+    operator: the fused q/k/v projection read packed, as ERNIE 4.5 lays it out; rotary inside,
+    interleaved pairs; the grown cache [b, kv, past + s, d] out, past and present apart). An int8
+    cache: the kernel's per-channel quantized cache with the static scales [1, kv, 1, d] (codes
+    ``round(x / scale)``, read back as codes x scale: what the standard-op graph computes)."""
+    H, KV, d, fused = config.num_attention_heads, config.num_key_value_heads, config.head_dim, io.fused
+    packed = g.linear(x, names.qkv)  # [b, s, (H + 2 KV) d]
+    inputs = [packed, "", "", io.past[0], io.past[1], fused.seqlens_k, fused.total, fused.cos, fused.sin, fused.rows,
+              fused.bias]
+    quantized = {}
+    if io.kv_scales is not None:
+        inputs += ["", *(g.const(f"{name}.scale", f32(scale).reshape(1, KV, 1, d))
+                         for scale, name in zip(io.kv_scales, io.present))]  # head_sink skipped, k_scale, v_scale
+        quantized = dict(k_quant_type="PER_CHANNEL", v_quant_type="PER_CHANNEL", kv_cache_bit_width=8)
+    out, key, value = g.op("GroupQueryAttention", *inputs, domain="com.microsoft",
+                           output_names=[g.fresh("gqa_out"), *io.present], num_heads=H, kv_num_heads=KV,
+                           do_rotary=1, rotary_interleaved=1, scale=float(d ** -0.5), **quantized)  # out [b, s, H d]
+    return g.linear(out, names.out), (key, value)
 
 
 def _keys_by_column(g: GraphBuilder, keys: str) -> str:

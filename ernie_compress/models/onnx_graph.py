@@ -82,17 +82,25 @@ class GraphBuilder:
         return self.const(name, f32(self.weights[name]))
 
     def op(self, op_type: str, *inputs: str, outputs: int = 1, name: str | None = None, domain: str | None = None,
-           **attrs) -> Any:
+           output_names: Sequence[str] | None = None, **attrs) -> Any:
         """Append one node; returns its output name (a list of them for ``outputs`` > 1). ``name``
-        names the output (a graph output, a cache tensor); otherwise one is generated."""
+        names the output (a graph output, a cache tensor), ``output_names`` each of several; otherwise
+        they are generated. An empty input name skips an optional input."""
         from onnx import helper
 
         self.count += 1
         base = name or f"{op_type.lower()}_{self.count}"
         outs = [base] if outputs == 1 else [f"{base}:{i}" for i in range(outputs)]
+        outs = list(output_names) if output_names is not None else outs
+        outputs = len(outs)
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=f"n{self.count}_{op_type}",
                                            domain=domain, **attrs))
         return outs[0] if outputs == 1 else outs
+
+    def fresh(self, stem: str) -> str:
+        """A tensor name no other node has."""
+        self.count += 1
+        return f"{stem}_{self.count}"
 
     def linear(self, x: str, prefix: str, name: str | None = None) -> str:
         """A Paddle ``nn.Linear`` named ``prefix``: ``x @ {prefix}.weight (+ {prefix}.bias where the

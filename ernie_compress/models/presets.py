@@ -55,7 +55,7 @@ PRESETS.update({
                          max_position_embeddings=131072),
     "ernie45-demo": _decoder(4, 128, 8, 2, 16, 384, _ERNIE45_DEMO),  # the teacher of the 4.5 demo
     "ernie45-mini": _decoder(2, 64, 8, 2, 8, 192, _ERNIE45_DEMO),  # 4 query heads per KV group
-    "ernie45-tiny": _decoder(2, 32, 4, 2, 8, 64, _ERNIE45_DEMO),
+    "ernie45-tiny": _decoder(2, 32, 4, 2, 16, 64, _ERNIE45_DEMO),  # head size 16: GroupQueryAttention's least
 })
 # ERNIE 4.5 mixture-of-experts decoders. The published shapes: ERNIE-4.5-21B-A3B as transformers'
 # Ernie4_5_MoeConfig defaults ("similar to baidu/ERNIE-4.5-21B-A3B-PT") with head_dim = 2560 / 20, and

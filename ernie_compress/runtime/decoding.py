@@ -82,7 +82,8 @@ def generate_tokens(decoder: Decoder, ids: list[int], max_new_tokens: int, eos_i
 
 class OnnxDecoder:
     """``onnx/decoder.onnx`` in an ONNX Runtime session: ``prefill`` left-pads the rows (mask 0,
-    positions counted from each row's first real token), ``step`` feeds one token per row.
+    positions counted from each row's first slot, as the decoder's interface says), ``step`` feeds one
+    token per row.
 
     ``cache_on`` ("cuda", "cpu"): keep the KV cache where the session computes, through ONNX
     Runtime's I/O binding (each step's present keys/values become the next step's past without a
@@ -158,7 +159,9 @@ class OnnxDecoder:
         for i, row in enumerate(rows):
             ids[i, width - len(row):] = row
             self.mask[i, width - len(row):] = 1
-        positions = np.maximum(np.cumsum(self.mask, axis=1) - 1, 0)  # [b, s]
+        # every row's positions count from its first slot, padding included: RoPE scores depend on
+        # differences of positions only, and GroupQueryAttention rotates a prompt's tokens by their index
+        positions = np.broadcast_to(np.arange(width, dtype=np.int64), (len(rows), width))  # [b, s]
         self.positions = positions[:, -1]
         self.cache = self._empty_cache(len(rows))
         return self._run(ids, positions)

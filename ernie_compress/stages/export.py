@@ -85,7 +85,10 @@ class ExportConfig(TokenizerOption, ThreadsOption):
         "Runtime's fused MultiHeadAttention and each residual sum before a LayerNormalization as Sum, "
         "which ONNX Runtime leaves to its fast LayerNormalization kernel instead of fusing it into its "
         "slow CPU SkipLayerNormalization; standard keeps the converter's standard ONNX ops (other "
-        "runtimes). FP16 and model_qdq.onnx are standard either way."))
+        "runtimes). FP16 and model_qdq.onnx are standard either way. Decoders (onnx/decoder.onnx): "
+        "onnxruntime writes each layer's attention as ONNX Runtime's GroupQueryAttention (rotary and "
+        "cache inside, the int8 cache too; head sizes a multiple of 16; its CUDA kernel takes float16 only, "
+        "so export GPU decoders with standard), standard in standard ops; the manifest says which."))
     int8_attention: str = option("multihead", choices=onnx_export.INT8_ATTENTION, help=(
         "INT8 encoders with --onnx-ops onnxruntime: qattention writes each layer's q/k/v integer projections and "
         "attention core as ONNX Runtime's QAttention (one [hidden, 3 x hidden] integer GEMM and the attention in "
@@ -314,8 +317,9 @@ def _export_built_onnx(src: Sources, tmp: Path, written: Written) -> None:
     """``onnx/model.onnx`` of a model that does not trace to a static graph: the full-sequence graph
     written from its family's ONNX blocks with the float weights, verified as a traced one is."""
     onnx_path = tmp / "onnx" / "model.onnx"
+    fused, _ = decoder_onnx.attention_kernel(src.ckpt.config, src.cfg.onnx_ops)
     graph = decoder_onnx.build_decoder(src.ckpt.config, decoder_onnx.DecoderWeights(src.ckpt.state, {}),
-                                       full_sequence=True)
+                                       full_sequence=True, fused_attention=fused)
     files = decoder_onnx.save_model(graph, onnx_path)
     written.files["onnx"] = {"model": "onnx/model.onnx", "opset": decoder_onnx.OPSET,
                              "files": [f"onnx/{name}" for name in files],
@@ -437,12 +441,13 @@ def _export_decoder(src: Sources, out: Path) -> tuple[dict, dict]:
         weights = decoder_onnx.DecoderWeights(src.ckpt.state, decoder_onnx.static_int8_weights(
             src.ckpt.state, int8.weight_bits, scales), 0, cfg.moe_experts)
     runtime = RuntimeConfig(device="cpu", threads=cfg.threads)
-    graph = decoder_onnx.build_decoder(config, weights)
+    fused, attention = decoder_onnx.attention_kernel(config, cfg.onnx_ops)
+    graph = decoder_onnx.build_decoder(config, weights, fused_attention=fused)
     written = decoder_onnx.save_model(graph, out / decoder_onnx.DECODER_FILE)
     cache_entry = None
     if cfg.kv_cache == "int8":  # scales from the float cache just written, then the int8 graph in its place
         scales, cache_entry = _calibrate_kv_cache(src, out / decoder_onnx.DECODER_FILE, runtime)
-        graph = decoder_onnx.build_decoder(config, weights, kv_scales=scales)
+        graph = decoder_onnx.build_decoder(config, weights, kv_scales=scales, fused_attention=fused)
         written = decoder_onnx.save_model(graph, out / decoder_onnx.DECODER_FILE)
     exported = OnnxDecoder.open(out / decoder_onnx.DECODER_FILE, runtime, src.tokenizer.pad_id)
     approximate = [what for what, applies in (("int8 KV cache", cache_entry is not None),
@@ -460,7 +465,7 @@ def _export_decoder(src: Sources, out: Path) -> tuple[dict, dict]:
         against += ", its Linears' inputs quantized per tensor as DynamicQuantizeLinear does"
     if src.reference_model is not None:
         against += " (fake-quant)"
-    entry = _decoder_entry(config, [f"onnx/{name}" for name in written], graph, level, cache_entry)
+    entry = _decoder_entry(config, [f"onnx/{name}" for name in written], graph, level, attention, cache_entry)
     return entry, {**check, "compute": cfg.weight_only_compute if weight_only else "fp32", "passed": True,
                    "kv_cache": cfg.kv_cache, "against": against}
 
@@ -484,13 +489,15 @@ def _calibrate_kv_cache(src: Sources, float_decoder: Path, runtime: RuntimeConfi
     return scales, entry
 
 
-def _decoder_entry(config, files: list[str], graph, level: int, cache: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest's entry for ``onnx/decoder.onnx`` (``runtime/decoding.py`` reads it); ``cache``: an
-    int8 KV cache's calibration (absent: float32)."""
+def _decoder_entry(config, files: list[str], graph, level: int, attention: str,
+                   cache: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest's entry for ``onnx/decoder.onnx`` (``runtime/decoding.py`` reads it); ``attention``:
+    how its attention is written (``decoder_onnx.attention_kernel``); ``cache``: an int8 KV cache's
+    calibration (absent: float32)."""
     past, present = decoder_onnx.cache_names(config.num_hidden_layers)
     kernels = decoder_onnx.kernel_counts(graph)
     return {"model": decoder_onnx.DECODER_FILE, "matmul_nbits_accuracy_level": level, "files": files,
-            "kv_cache": cache or {"dtype": "float32"},
+            "kv_cache": cache or {"dtype": "float32"}, "attention": attention,
             "activations": "int8" if kernels.get("DynamicQuantizeMatMul") or kernels.get("MatMulIntegerToFloat")
             else "float",
             "for": "ONNX Runtime (merged decoder: prefill and decode in one graph)",
@@ -644,15 +651,16 @@ def _export_streamed(cfg: ExportConfig, start: float) -> ExportResult:
     prompts = _decoder_prompts(lazy, tokenizer, cfg.decoder_prompts, cfg.decoder_prompt_tokens)
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
         tokenizer.save(tmp)
+        fused, attention = decoder_onnx.attention_kernel(lazy.config, cfg.onnx_ops)
         files, graph = streamed_decoder.write_decoder(lazy, tmp / decoder_onnx.DECODER_FILE, quant, level,
-                                                     cfg.moe_experts)
+                                                     cfg.moe_experts, fused_attention=fused)
         exported = OnnxDecoder.open(tmp / decoder_onnx.DECODER_FILE, RuntimeConfig(device="cpu", threads=cfg.threads),
                                     tokenizer.pad_id)
         runs = [generate_tokens(exported, ids, cfg.decoder_new_tokens, eos_id=-1) for ids in prompts]
         del exported  # the session's weights, before the reference reads the checkpoint's
         check = streamed_decoder.compare_with_reference(lazy, prompts, runs, cfg.decoder_new_tokens)
         _check_decoder(cfg, level, check, quant.get("group_size"), against=numpy_reference.REFERENCE)
-        entry, verification = _streamed_entries(lazy, files, graph, level, check, cfg)
+        entry, verification = _streamed_entries(lazy, files, graph, level, check, cfg, attention)
         manifest = _streamed_manifest(lazy, scheme, entry, verification)
         write_manifest(tmp, manifest)
     return ExportResult(out=str(Path(cfg.out).expanduser().resolve()), format=cfg.format, precision=scheme.precision,
@@ -661,9 +669,9 @@ def _export_streamed(cfg: ExportConfig, start: float) -> ExportResult:
 
 
 def _streamed_entries(lazy: LazyCheckpoint, files: list[str], graph, level: int, check: dict[str, Any],
-                      cfg: ExportConfig) -> tuple[dict, dict]:
+                      cfg: ExportConfig, attention: str) -> tuple[dict, dict]:
     """The manifest's decoder file entry and its verification entry, as :func:`_export_decoder` writes them."""
-    entry = {**_decoder_entry(lazy.config, [f"onnx/{name}" for name in files], graph, level),
+    entry = {**_decoder_entry(lazy.config, [f"onnx/{name}" for name in files], graph, level, attention),
              "written": "group by group (--stream)"}
     return entry, {**check, "compute": cfg.weight_only_compute, "passed": True,
                    "against": numpy_reference.REFERENCE}

@@ -30,8 +30,8 @@ def _session(model) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _decoder(kv_heads: int):
-    keys = dict(resolve_preset("ernie45-tiny"), vocab_size=70, num_key_value_heads=kv_heads,
+def _decoder(kv_heads: int, head_dim: int = 8):
+    keys = dict(resolve_preset("ernie45-tiny"), vocab_size=70, num_key_value_heads=kv_heads, head_dim=head_dim,
                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                 rms_norm_eps=0.1 if kv_heads == 1 else 1e-5)  # MQA: an epsilon a hard-coded one would miss
     paddle.seed(kv_heads)
@@ -40,10 +40,15 @@ def _decoder(kv_heads: int):
     return model
 
 
+ATTENTION = {"standard": dict(), "fused": dict(fused_attention=True)}  # standard ops, GroupQueryAttention
+
+
+@pytest.mark.parametrize("attention", ATTENTION)
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])  # MQA, GQA, MHA (4 query heads)
-def test_decoder_graph_equals_dygraph_at_prefill_and_every_step(kv_heads):
-    model = _decoder(kv_heads)
-    graph = build_decoder(model.config, decoder_weights(model.config, model_state(model), None))
+def test_decoder_graph_equals_dygraph_at_prefill_and_every_step(kv_heads, attention):
+    model = _decoder(kv_heads, head_dim=16)  # GroupQueryAttention's CPU kernel: a multiple of 16
+    graph = build_decoder(model.config, decoder_weights(model.config, model_state(model), None), **ATTENTION[attention])
+    assert decoder_onnx.kernel_counts(graph).get("GroupQueryAttention", 0) == (2 if attention == "fused" else 0)
     onnx_decoder = OnnxDecoder(_session(graph))
     prompt = [1, 7, 9, 23, 5, 41, 2]
     expected = generate_tokens(CachedDecoder(model), prompt, 10, eos_id=-1)
@@ -54,17 +59,26 @@ def test_decoder_graph_equals_dygraph_at_prefill_and_every_step(kv_heads):
     assert [c.shape for c in onnx_decoder.cache] == [(1, kv_heads, len(prompt) + 9, model.config.head_dim)] * 4
 
 
-def test_a_left_padded_batch_gives_each_row_its_own_logits():
-    model = _decoder(2)
-    session = _session(build_decoder(model.config, decoder_weights(model.config, model_state(model), None)))
-    rows = [[1, 7, 9, 23, 5, 41], [1, 30, 12]]
+@pytest.mark.parametrize("attention", ATTENTION)
+@pytest.mark.parametrize("padded_first", [False, True])
+def test_a_left_padded_batch_gives_each_row_its_own_logits(attention, padded_first):
+    """Each row of a left-padded batch, prefilled and then stepped 3 times, equals the row alone (the
+    fused kernel rotates a prompt by index: a row whose positions did not count its padding would get
+    keys rotated by the wrong offset, which the steps after the prefill show)."""
+    model = _decoder(2, head_dim=16)
+    session = _session(build_decoder(model.config, decoder_weights(model.config, model_state(model), None),
+                                     **ATTENTION[attention]))
+    rows = [[1, 7, 9, 23, 5, 41], [1, 30, 12]][::-1 if padded_first else 1]
     batch = OnnxDecoder(session)
-    first = batch.prefill(rows)  # [2, vocab]; the second row is padded on the left
-    nxt = batch.step(first.argmax(axis=1))
+    logits = [batch.prefill(rows)]  # [2, vocab]; the shorter row is padded on the left
+    for _ in range(3):
+        logits.append(batch.step(logits[-1].argmax(axis=1)))
     for i, row in enumerate(rows):
         alone = OnnxDecoder(session)
-        np.testing.assert_allclose(first[i], alone.prefill([row])[0], atol=1e-5)
-        np.testing.assert_allclose(nxt[i], alone.step(np.array([first[i].argmax()]))[0], atol=1e-5)
+        np.testing.assert_allclose(logits[0][i], alone.prefill([row])[0], atol=1e-5)
+        for step in range(3):
+            token = np.array([logits[step][i].argmax()])
+            np.testing.assert_allclose(logits[step + 1][i], alone.step(token)[0], atol=1e-5)
 
 
 def _matmul_nbits(linear: WeightOnlyLinear, block: int) -> ort.InferenceSession:
@@ -113,11 +127,19 @@ def test_export_writes_a_verified_decoder_and_generate_runs_it(tiny_lm, tmp_path
     check = out["verification"]["decoder"]
     assert check["greedy_tokens_equal"] and check["max_abs_diff"] < 1e-4 and check["prompts"] == 4
     assert out["files"]["decoder"]["kv_heads"] == 2 and (tmp_path / "e" / "onnx" / "decoder.onnx").is_file()
+    assert out["files"]["decoder"]["attention"].startswith("GroupQueryAttention")  # --onnx-ops onnxruntime
+    assert out["files"]["decoder"]["kernels"]["GroupQueryAttention"] == 2
+    standard = cli_json(["export", str(tiny_lm), "--format", "decoder", "--onnx-ops", "standard", "--out",
+                         str(tmp_path / "standard")])
+    assert standard["files"]["decoder"]["attention"].startswith("standard ops")
+    assert "GroupQueryAttention" not in standard["files"]["decoder"]["kernels"]
     prompts = ["--prompt", "质量太差", "--prompt", "服务态度很", "--max-new-tokens", "12"]
     from_export = cli_json(["generate", str(tmp_path / "e"), *prompts])
+    from_standard = cli_json(["generate", str(tmp_path / "standard"), *prompts])
     from_checkpoint = cli_json(["generate", str(tiny_lm), *prompts])
     assert from_export["runs_on"].startswith("onnxruntime") and from_checkpoint["runs_on"] == "paddle dygraph"
-    assert [r["tokens"] for r in from_export["results"]] == [r["tokens"] for r in from_checkpoint["results"]]
+    assert ([r["tokens"] for r in from_export["results"]] == [r["tokens"] for r in from_standard["results"]]
+            == [r["tokens"] for r in from_checkpoint["results"]])
     if "CUDAExecutionProvider" not in ort.get_available_providers():  # this machine: a one-line error
         from typer.testing import CliRunner
 
@@ -130,8 +152,8 @@ def test_export_writes_a_verified_decoder_and_generate_runs_it(tiny_lm, tmp_path
 def test_a_wrong_decoder_graph_is_refused_and_nothing_is_written(tiny_lm, tmp_path, monkeypatch):
     real = decoder_onnx.build_decoder
 
-    def wrong_rope(config, weights):  # a planted bug: RoPE at the wrong base frequency
-        return real(config.replace(rope_theta=config.rope_theta * 2), weights)
+    def wrong_rope(config, weights, **kwargs):  # a planted bug: RoPE at the wrong base frequency
+        return real(config.replace(rope_theta=config.rope_theta * 2), weights, **kwargs)
 
     monkeypatch.setattr(decoder_onnx, "build_decoder", wrong_rope)
     from typer.testing import CliRunner

@@ -75,6 +75,23 @@ def test_float_decoder_equals_dygraph_at_prefill_and_every_step(experts, kernel,
     assert got["tokens"] == expected["tokens"]
 
 
+@pytest.mark.parametrize("experts", ["fused", "dispatch"])
+def test_the_fused_attention_decoder_equals_dygraph(experts):
+    """GroupQueryAttention (head size 16) in an MoE decoder, prefill and steps, and the full-sequence graph."""
+    model, state = _moe_model(head_dim=16)
+    weights = decoder_weights(model.config, state, None, experts=experts)
+    graph = build_decoder(model.config, weights, fused_attention=True)
+    assert kernel_counts(graph)["GroupQueryAttention"] == model.config.num_hidden_layers
+    expected, got = _dygraph(model), generate_tokens(OnnxDecoder(_session(graph)), PROMPT, 10, eos_id=-1)
+    np.testing.assert_allclose(got["logits"], expected["logits"], atol=1e-5)
+    assert got["tokens"] == expected["tokens"]
+    ids = np.array([PROMPT], np.int64)
+    full = _session(build_decoder(model.config, weights, full_sequence=True, fused_attention=True)).run(
+        None, {"input_ids": ids})[0]  # [1, s, vocab]
+    with paddle.no_grad():
+        np.testing.assert_allclose(full, model(paddle.to_tensor(ids)).numpy(), atol=1e-5)
+
+
 def test_full_sequence_graph_equals_the_forward_on_a_right_padded_batch():
     model, state = _moe_model()
     graph = build_decoder(model.config, decoder_weights(model.config, state, None), full_sequence=True)

@@ -26,9 +26,9 @@ def test_evaluate_reports_ttft_per_prompt_length_and_decode_per_batch(lm_export)
     assert g["skipped"] == ["prompt 600: longer than the context of 512"]
     assert all(row["ttft_ms"]["min"] > 0 for row in g["time_to_first_token"])
     by_batch = {row["batch_size"]: row for row in g["decode"]}
-    # the cache after 32 prompt tokens and 8 steps: batch x layers 2 x (k, v) x kv heads 2 x 40 x head_dim 8 x 4 bytes
+    # the cache after 32 prompt tokens and 8 steps: batch x layers 2 x (k, v) x kv heads 2 x 40 x head_dim 16 x 4 bytes
     for batch in (1, 4):
-        assert by_batch[batch]["kv_cache_mib"] == round(batch * 2 * 2 * 2 * 40 * 8 * 4 / 2**20, 2)
+        assert by_batch[batch]["kv_cache_mib"] == round(batch * 2 * 2 * 2 * 40 * 16 * 4 / 2**20, 2)
         assert by_batch[batch]["tokens_per_s"] == pytest.approx(batch * 1000 / by_batch[batch]["ms_per_step"]["median"],
                                                                 rel=0.02)
     assert g["peak_rss_mib"] > 0
