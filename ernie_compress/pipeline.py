@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,10 @@ def run_recipe(recipe_path: str | Path, out: str | Path | None = None, force: bo
     return run_parsed_recipe(recipe, Path(out) if out else Path("runs") / recipe.name, force)
 
 
-def run_parsed_recipe(recipe: Recipe, run_dir: Path, force: bool = False) -> RunResult:
+def run_parsed_recipe(recipe: Recipe, run_dir: Path, force: bool = False,
+                      after_stage: Callable[[StageSpec, dict[str, Any]], None] | None = None) -> RunResult:
+    """Run (or resume) every stage of ``recipe`` in ``run_dir``; ``after_stage(stage, result)`` follows
+    each stage and may raise to stop the run there (a search stops a trial that shows no promise)."""
     run_dir = run_dir.expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     stored = run_dir / RECIPE_FILE
@@ -54,6 +58,8 @@ def run_parsed_recipe(recipe: Recipe, run_dir: Path, force: bool = False) -> Run
     start = time.perf_counter()
     for stage in recipe.stages:
         results[stage.name] = _run_or_resume(run_dir, recipe, stage, force)
+        if after_stage is not None:
+            after_stage(stage, results[stage.name])
     report = next((s.name for s in reversed(recipe.stages) if STAGES[s.kind].reports_run), "")
     return RunResult(run_dir=str(run_dir), recipe=recipe.name, stages=results,
                      seconds=round(time.perf_counter() - start, 1), report=results.get(report, None))

@@ -275,6 +275,27 @@ def render_run(result: dict[str, Any]) -> None:
     console.print(f"run finished in {result['seconds']:.0f} s: {result['run_dir']}")
 
 
+@renders("search")
+def render_search(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    metric = result["metric"]
+    table = Table(title=f"Pareto frontier ({', '.join(result['objectives'])}; teacher dev {metric} "
+                        f"{result['teacher_dev']:.2f})")
+    for col in ("trial", "values", f"dev {metric}", "p50 ms", "MB"):
+        table.add_column(col, justify="left" if col == "values" else "right")
+    chosen = (result.get("chosen") or {}).get("number")
+    for row in result["frontier"]:
+        table.add_row(f"{row['number']}{' *' if row['number'] == chosen else ''}", row["values"],
+                      f"{row['accuracy']:.2f}", f"{row['latency']:.2f}", f"{row['size']:.1f}")
+    console.print(table)
+    console.print("trials: " + ", ".join(f"{n} {state}" for state, n in result["trials"].items() if n))
+    if chosen is not None:
+        console.print(f"chosen (*): trial {chosen} in {result['chosen'].get('chosen_dir', '')}")
+    console.print(f"report: [bold]{result['report']}[/bold] ({result['seconds']:.0f} s)")
+
+
 @renders("export")
 def render_export(result: dict[str, Any]) -> None:
     console = _console()

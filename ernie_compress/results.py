@@ -163,6 +163,24 @@ class ExportEvaluation(Result):
 
 
 @dataclass(kw_only=True)
+class SearchResult(Result):
+    """``search``: the study, its Pareto frontier and the point chosen inside the budget."""
+
+    out: str
+    study: str
+    storage: str
+    objectives: list[str]
+    metric: str
+    teacher_dev: float
+    trials: dict[str, int]  # by state: complete, pruned (stopped at the first rung), fail, running
+    frontier: list[dict[str, Any]]
+    chosen: dict[str, Any] | None
+    report: str
+    seconds: float
+    stage: str = "search"
+
+
+@dataclass(kw_only=True)
 class _ServedLoad(Result):
     """What both kinds of ``bench`` report of the load they served."""
 

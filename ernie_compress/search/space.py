@@ -4,7 +4,9 @@ value is always one the stage accepts from the command line or a recipe.
 
 A :class:`Dimension` names (stage, option) and narrows it; :class:`SearchSpace` suggests one value per
 dimension for an Optuna trial (parameter ``"{stage}.{option}"``) and refuses, before any trial, a
-dimension the stage does not declare or whose range leaves the declared one.
+dimension the stage does not declare or whose range leaves the declared one. A choice of ``None``
+leaves the stage out of the trial (no pruning), and ``quantize.precision`` chooses among quantize's
+methods (:data:`PRECISIONS`: each a set of quantize's own options; ``fp32`` leaves quantize out).
 """
 
 from __future__ import annotations
@@ -14,6 +16,16 @@ from typing import Any
 
 from ..errors import UserError
 from ..options import Option
+
+
+PRECISION = "precision"  # quantize's searched method: a choice among PRECISIONS, not one declared option
+PRECISIONS: dict[str, dict[str, Any] | None] = {
+    "fp32": None,  # no quantize stage
+    "int8-ptq": {"ptq": "int8"},
+    "int8-qat": {"qat": "int8"},
+    "w8": {"weight_only": "int8"},  # decoders: weight-only
+    "w4": {"weight_only": "int4", "group_size": 32},
+}
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,21 @@ class Dimension:
                 raise UserError(f"search dimension {self.name}: {value} is outside what "
                                 f"--{self.option.replace('_', '-')} accepts")
 
-    def suggest(self, trial, declared: Option) -> Any:
+    def check_precision(self) -> None:
+        """``quantize.precision``: choices among :data:`PRECISIONS`, each made of options quantize declares."""
+        from ..stages.registry import stage_options
+
+        unknown = [c for c in self.choices or () if c not in PRECISIONS]
+        if self.choices is None or not self.choices or unknown:
+            raise UserError(f"search dimension {self.name}: choose among {', '.join(PRECISIONS)}"
+                            + (f" ({', '.join(map(str, unknown))} unknown)" if unknown else ""))
+        declared = stage_options("quantize")
+        for choice in self.choices:
+            missing = [o for o in (PRECISIONS[choice] or {}) if o not in declared]
+            if missing:
+                raise AssertionError(f"PRECISIONS[{choice!r}] names options quantize does not declare: {missing}")
+
+    def suggest(self, trial, declared: Option | None) -> Any:
         """This dimension's value for ``trial`` (an ``optuna.Trial``), of the option's type."""
         if self.choices is not None:
             return trial.suggest_categorical(self.name, list(self.choices))
@@ -83,7 +109,10 @@ class SearchSpace:
         if len(set(names)) != len(names):
             raise UserError(f"search space: a dimension is given twice ({', '.join(sorted(names))})")
         for dimension in self.dimensions:
-            dimension.check(self.declared(dimension))
+            if (dimension.stage, dimension.option) == ("quantize", PRECISION):
+                dimension.check_precision()
+            else:
+                dimension.check(self.declared(dimension))
 
     @staticmethod
     def declared(dimension: Dimension) -> Option:
@@ -102,5 +131,6 @@ class SearchSpace:
         """One value per dimension for ``trial``: {stage: {option: value}}."""
         values: dict[str, dict[str, Any]] = {}
         for dimension in self.dimensions:
-            values.setdefault(dimension.stage, {})[dimension.option] = dimension.suggest(trial, self.declared(dimension))
+            declared = None if dimension.choices is not None else self.declared(dimension)
+            values.setdefault(dimension.stage, {})[dimension.option] = dimension.suggest(trial, declared)
         return values

@@ -5,15 +5,20 @@ The study lives in an Optuna RDB storage: a SQLite file by default, or any URL O
 (``postgresql://...``), so that workers on several machines running the same search share one study.
 Each trial asks the :class:`~.space.SearchSpace` for values, runs ``measure`` on them and returns its
 objectives; a trial whose ``measure`` raises is recorded as failed with its error (user attribute
-``error``) and the study goes on. ``trials`` counts finished trials (complete or failed) across every
-worker: each stops when the study holds that many, so K trials run once each however many workers
-share the storage. A worker killed mid-trial leaves that trial running in the storage; the heartbeat
-marks it failed after :data:`GRACE_SECONDS` and it is retried once, so an interrupted search resumes
-by running the same command.
+``error``) and the study goes on; one that raises :class:`StopTrial` is stopped early (Optuna's
+``PRUNED``, the reason kept as ``stopped``). ``trials`` counts finished trials (complete, stopped or
+failed) across every worker: each stops when the study holds that many, so K trials run once each
+however many workers share the storage. A worker interrupted mid-trial (SIGTERM, Ctrl-C:
+:class:`Interrupted`) records that trial as failed and ``interrupted``, which does not count; the next
+run of the same command runs it again with the same values. Workers that start trials at the same
+moment may open more than K: a trial numbered after K others that count is ``surplus`` and runs
+nothing (the storage numbers trials atomically). A worker killed outright leaves its trial
+running in the storage; the heartbeat marks it failed after :data:`GRACE_SECONDS` and it is retried once.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +27,7 @@ from ..errors import UserError
 from .space import SearchSpace
 
 DIRECTIONS = {"accuracy": "maximize", "latency": "minimize", "size": "minimize"}  # what --objective names
+SCHEMA_RACE_RETRIES = 5  # opening a new storage again after another worker created its tables first
 HEARTBEAT_SECONDS = 30  # a running trial's worker writes its heartbeat this often
 GRACE_SECONDS = 90  # a trial without a heartbeat for this long is failed (and retried once)
 SAMPLERS = ("nsga2", "tpe")
@@ -53,6 +59,17 @@ class StudySettings:
         return [DIRECTIONS[o] for o in self.objectives]
 
 
+class StopTrial(Exception):
+    """Raised by a trial's measurement to stop it early (a poor first rung): recorded as ``PRUNED``."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The worker was asked to stop (SIGTERM): the running trial is recorded to be run again."""
+
+
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")  # trial states that count, a FAIL only when not interrupted
+
+
 def _quiet_optuna():
     import optuna
 
@@ -67,16 +84,22 @@ def open_study(settings: StudySettings):
     optuna = _quiet_optuna()
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
-    try:
-        storage = RDBStorage(settings.storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                             heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=1))
-    except Exception as exc:  # noqa: BLE001 - the driver's own errors (sqlalchemy, psycopg) vary
-        raise UserError(f"cannot open the study storage {settings.storage}: {_first_line(exc)}") from None
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            storage = RDBStorage(settings.storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                                 heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=1))
+            break
+        except Exception as exc:  # noqa: BLE001 - the driver's own errors (sqlalchemy, psycopg) vary
+            # workers started together race to create the storage's tables: the loser's insert
+            # collides with the winner's (an integrity error); once the tables exist it opens
+            if attempt < SCHEMA_RACE_RETRIES and type(exc).__name__ in ("IntegrityError", "ProgrammingError"):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise UserError(f"cannot open the study storage {settings.storage}: {_first_line(exc)}") from None
     sampler = (optuna.samplers.NSGAIISampler(seed=settings.seed) if settings.sampler == "nsga2"
                else optuna.samplers.TPESampler(seed=settings.seed, multivariate=True))
     try:
-        study = optuna.create_study(storage=storage, study_name=settings.name, directions=settings.directions,
-                                    sampler=sampler, load_if_exists=True)
+        study = _create_or_load(optuna, storage, settings, sampler)
     except ValueError as exc:  # a stored study of that name with other directions
         raise UserError(f"study '{settings.name}' in {settings.storage}: {_first_line(exc)}; use another --study "
                         f"name") from None
@@ -89,19 +112,40 @@ def open_study(settings: StudySettings):
     return study
 
 
+def _create_or_load(optuna, storage, settings: StudySettings, sampler):
+    """The study, created by whichever worker comes first (the others, racing, load it)."""
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            return optuna.create_study(storage=storage, study_name=settings.name, directions=settings.directions,
+                                       sampler=sampler, load_if_exists=True)
+        except Exception as exc:  # noqa: BLE001 - a concurrent insert of the same study name
+            if attempt == SCHEMA_RACE_RETRIES or type(exc).__name__ != "IntegrityError":
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def run_study(study, space: SearchSpace, measure: Callable[[dict[str, dict[str, Any]], Any], dict[str, float]],
               settings: StudySettings, after_trial: Callable[[Any, Any], None] | None = None) -> None:
     """Run trials in ``study`` until it holds ``settings.trials`` finished ones or this worker's
     ``timeout_s`` is spent. ``measure(values, trial)`` returns every objective by name (more keys are
     kept as the trial's user attributes); ``after_trial(study, frozen_trial)`` follows each trial."""
-    _quiet_optuna()
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
+    optuna = _quiet_optuna()
 
     def objective(trial):
+        if settings.trials is not None and _ahead_of(study, trial.number) >= settings.trials:
+            trial.set_user_attr("surplus", True)  # other workers already hold K trials: run nothing
+            study.stop()
+            raise optuna.TrialPruned("surplus")
         values = space.suggest(trial)
         try:
             measured = measure(values, trial)
+        except StopTrial as exc:
+            trial.set_user_attr("stopped", _first_line(exc))
+            raise optuna.TrialPruned(_first_line(exc)) from None
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as Paddle's import and ours make it unwind
+            trial.set_user_attr("interrupted", True)
+            raise
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {_first_line(exc)}")
             raise
@@ -112,21 +156,43 @@ def run_study(study, space: SearchSpace, measure: Callable[[dict[str, dict[str, 
             trial.set_user_attr(key, value)
         return [measured[o] for o in settings.objectives]
 
-    callbacks = []
-    if settings.trials is not None:
-        callbacks.append(MaxTrialsCallback(settings.trials, states=(TrialState.COMPLETE, TrialState.FAIL)))
-    if after_trial is not None:
-        callbacks.append(after_trial)
-    if settings.trials is not None and _finished(study) >= settings.trials:
+    def stop_at_count(study, trial) -> None:
+        if settings.trials is not None and finished(study) >= settings.trials:
+            study.stop()
+
+    callbacks = [stop_at_count] + ([after_trial] if after_trial is not None else [])
+    _retry_interrupted(study)
+    if settings.trials is not None and finished(study) >= settings.trials:
         return  # a resumed search that was already done
     study.optimize(objective, timeout=settings.timeout_s, catch=(Exception,), callbacks=callbacks,
                    gc_after_trial=True)
 
 
-def _finished(study) -> int:
-    from optuna.trial import TrialState
+def _counts(trial) -> bool:
+    return trial.state.name in FINISHED and not trial.user_attrs.get("interrupted") and not trial.user_attrs.get("surplus")
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+
+def _ahead_of(study, number: int) -> int:
+    """Trials numbered before ``number`` (the storage numbers them atomically) that run or will count:
+    when they are K already, trial ``number`` is surplus, however the workers raced to start it."""
+    return sum(t.number < number and not t.user_attrs.get("interrupted") and not t.user_attrs.get("surplus")
+               for t in study.get_trials(deepcopy=False))
+
+
+def finished(study) -> int:
+    """Trials that count towards ``trials``: complete, stopped early, or failed (not interrupted)."""
+    return sum(_counts(t) for t in study.get_trials(deepcopy=False))
+
+
+def _retry_interrupted(study) -> None:
+    """Queue once more, with the same values, each trial an interrupted worker left (the study
+    records which it queued, so a second resume does not queue them again)."""
+    done = set(study.user_attrs.get("requeued", []))
+    again = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("interrupted") and t.number not in done]
+    for trial in again:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+    if again:
+        study.set_user_attr("requeued", sorted(done | {t.number for t in again}))
 
 
 def frontier(study) -> list:

@@ -376,6 +376,8 @@ def _finish(cfg: QuantizeConfig, start: Start, made: Quantized, started: float) 
     delta = metric_delta(metric, metrics[metric], start.metrics[metric])
     config = parent.config.replace(extra=dict(parent.config.extra))
     config.extra["quantization"] = made.scheme
+    if not parent.task:  # a parent without a task (random weights, a base model) records the one given here
+        config.extra["ernie_compress"] = {**config.extra.get("ernie_compress", {}), "task": task.spec.to_dict()}
     trained = made.training
     steps = trained.steps if trained else 0
     out = finish(cfg, config, made.state, start.tokenizer, {

@@ -55,10 +55,11 @@ class StageDef:
     rounds: bool = False  # a run of it continued only by the same kind is one training: compare the last
     reports_run: bool = False  # in a recipe: measures every variant and writes the report; no folder, runs each time
     latency: LatencyPair | None = None  # the two models ``--latency`` times after the stage (a CLI flag)
+    implementation: str | None = None  # its module where not stages/<kind>.py (a stage that drives recipes)
 
     @property
     def module(self) -> str:
-        return f"{__package__}.{self.kind}"
+        return self.implementation or f"{__package__}.{self.kind}"
 
     @property
     def configs(self) -> tuple[type, ...]:
@@ -98,6 +99,9 @@ DECLARED: tuple[StageDef, ...] = (
              writes_checkpoint=False, needs_fp32=False),
     StageDef("evaluate", "Measure the task metric on held-out data; for an export also latency p50/p95/p99 and QPS.",
              writes_checkpoint=False, needs_fp32=False, reports_run=True),
+    StageDef("search", "Search distillation, pruning and precision for the best model inside a latency / size / "
+                       "accuracy budget: a Pareto frontier with every point's recipe.",
+             writes_checkpoint=False, implementation="ernie_compress.search.stage"),
 )
 STAGES: dict[str, StageDef] = {stage.kind: stage for stage in DECLARED}
 

@@ -128,3 +128,24 @@ def test_a_mixture_of_experts_decoder_takes_the_int8_cache(tiny_lm, tmp_path):
                          "--out", str(tmp_path / "e")])
     check = exported["verification"]["decoder"]
     assert exported["files"]["decoder"]["kv_cache"]["dtype"] == "int8" and check["max_relative_diff"] < 0.01
+
+
+def test_a_checkpoint_without_a_task_quantized_for_one_records_it_for_the_cache(tiny_lm, tmp_path):
+    """A base model (no task recorded, as a random-weight benchmark checkpoint) quantized with --task: the
+    quantized checkpoint records that task, so export --kv-cache int8 has texts to calibrate on."""
+    import json
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_lm, base)
+    config = json.loads((base / "config.json").read_text())
+    config["ernie_compress"].pop("task")
+    (base / "config.json").write_text(json.dumps(config))
+    assert load_checkpoint(base).task is None
+    data = str(tiny_lm.parent / "data")
+    cli_json(["quantize", str(base), "--weight-only", "int8", "--task", "lm", "--data", data, "--out", str(tmp_path / "q")])
+    assert load_checkpoint(tmp_path / "q").task == {"name": "lm", "data": data}
+    exported = cli_json(["export", str(tmp_path / "q"), "--format", "decoder", "--kv-cache", "int8",
+                         "--out", str(tmp_path / "e")])
+    assert exported["files"]["decoder"]["kv_cache"]["dtype"] == "int8"
+
