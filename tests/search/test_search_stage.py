@@ -165,3 +165,21 @@ def test_bad_search_requests_are_one_line_and_exit_2(teacher, tmp_path):
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     report = json.loads((tmp_path / "bad4" / "report.json").read_text())  # the budget case still reports
     assert report["closest"]["number"] == 0 and "closest is trial 0" in res.stderr
+
+
+def test_search_is_a_recipe_stage_reading_the_teacher_the_recipe_trained(teacher, tmp_path):
+    data = teacher.parent / "data"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""name: searched
+task: text
+data: {data}
+stages:
+  - train: {{name: teacher, preset: demo-mini, epochs: 2, lr: 0.003, batch_size: 8}}
+  - search: {{students: [tiny], epochs: [1], prune_params: [0], precisions: [fp32, int8-ptq], trials: 2,
+              iterations: 2, seq_len: 16, threads: 1}}
+""", encoding="utf-8")
+    result = cli_json(["run", str(recipe), "--out", str(tmp_path / "run")])
+    searched = result["stages"]["search"]
+    assert searched["trials"]["complete"] == 2 and searched["chosen"] is not None
+    report = json.loads((tmp_path / "run" / "search" / "report.json").read_text())
+    assert report["teacher"] == str((tmp_path / "run" / "teacher").resolve())
