@@ -174,26 +174,35 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> None:
 
 
 def plot_pareto(report: dict[str, Any], path: Path) -> None:
+    """Held-out metric against batch-1 latency: each variant a point named in the legend (labels on the
+    axes overlapped), the axes fitted to the variants, each non-ERNIE context row a level drawn where
+    it falls inside and named at the edge where not (``plotting.py``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for row in report["rows"]:
-        ax.scatter(row["p50_b1_ms"], row["score"], s=40)
-        ax.annotate(row["variant"], (row["p50_b1_ms"], row["score"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+    from .plotting import figure_height, fitted_limits, legend_below, reference_level, set_latency_axis
+
+    rows = report["rows"]
+    metric = rows[0]["metric"] if rows else "score"
+    fig, ax = plt.subplots(figsize=(7, figure_height(len(rows))), dpi=120)
+    colors = plt.get_cmap("tab10")
+    for i, row in enumerate(rows):
+        ax.scatter(row["p50_b1_ms"], row["score"], s=60, color=colors(i % 10), edgecolor="black", zorder=3,
+                   label=f"{row['variant']}: {row['score']:.4g} {metric}, {row['p50_b1_ms']:.2f} ms")
+    if rows:
+        set_latency_axis(ax, [r["p50_b1_ms"] for r in rows])
+        ax.set_ylim(*fitted_limits([r["score"] for r in rows]))
     for row in report.get("context_rows", []):  # not ERNIE: no latency, a reference level
-        ax.axhline(row["score"], color="grey", linestyle=":", linewidth=1)
-        ax.annotate(row["variant"], (0, row["score"]), xycoords=("axes fraction", "data"), fontsize=6,
-                    color="grey", xytext=(2, 2), textcoords="offset points")
-    metric = report["rows"][0]["metric"] if report.get("rows") else "score"
+        reference_level(ax, row["score"], f"{row['variant']} {row['score']:.4g}")
     better = "down" if metric in LOWER_IS_BETTER else "up"
     ax.set_xlabel("latency p50, batch 1 (ms)")
     ax.set_ylabel(f"held-out {metric}")
     ax.set_title(f"{metric} vs latency ({better} and left is better)")
     ax.grid(alpha=0.3)
+    if rows:
+        legend_below(ax)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -250,19 +250,21 @@ def plot(data: dict[str, Any], path: Path) -> None:
     """Accuracy against latency: the frontier's points each in the legend (no label can overlap another),
     dominated trials grey, marker area by size; the axes fitted to the trials, the teacher and the
     budget drawn where they fall inside and named at the edge where not; latency on a log axis when
-    it spans more than a decade."""
+    it spans more than a decade (``plotting.py``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..plotting import figure_height, fitted_limits, legend_below, reference_level, set_latency_axis
+
     metric = data["metric"]
     complete = [r for r in data["trials"] if "accuracy" in r]
     frontier = data["frontier"]
     sizes = [r["size"] for r in complete]
-    area = (lambda mb: 40 + 260 * (mb - min(sizes)) / (max(sizes) - min(sizes))) if max(sizes) > min(sizes) else (
-        lambda mb: 120)
-    fig, ax = plt.subplots(figsize=(8, 4.6 + 0.22 * (len(frontier) + 1)))
+    span = max(sizes) - min(sizes)
+    area = lambda mb: 40 + 260 * (mb - min(sizes)) / span if span else 120  # noqa: E731
+    fig, ax = plt.subplots(figsize=(8, figure_height(len(frontier))))
     dominated = [r for r in complete if r["number"] not in {f["number"] for f in frontier}]
     if dominated:
         ax.scatter([r["latency"] for r in dominated], [r["accuracy"] for r in dominated],
@@ -274,20 +276,13 @@ def plot(data: dict[str, Any], path: Path) -> None:
         mark = " (chosen)" if data["chosen"] is not None and r["number"] == data["chosen"]["number"] else ""
         ax.scatter([r["latency"]], [r["accuracy"]], s=area(r["size"]), color=colors(i % 10), edgecolor="black",
                    zorder=4, label=f"#{r['number']}{mark}: {r['short']} ({r['size']:.1f} MB)")
-    lat = [r["latency"] for r in complete]
-    acc = [r["accuracy"] for r in complete]
-    if max(lat) / max(min(lat), 1e-9) > 10:
-        ax.set_xscale("log")
-    pad_x = 0.08 * (max(lat) - min(lat) or max(lat))
-    ax.set_xlim(max(min(lat) - pad_x, min(lat) / 1.5), max(lat) + pad_x)
-    pad_y = 0.12 * (max(acc) - min(acc) or 1.0)
-    low, high = min(acc) - pad_y, max(acc) + pad_y
-    ax.set_ylim(low, high)
-    _level(ax, data["teacher_dev"], low, high, f"teacher {data['teacher_dev']:.2f}", "tab:blue", "--")
+    set_latency_axis(ax, [r["latency"] for r in complete])
+    ax.set_ylim(*fitted_limits([r["accuracy"] for r in complete]))
+    reference_level(ax, data["teacher_dev"], f"teacher {data['teacher_dev']:.2f}", "tab:blue", "--")
     limits = data["budget_limits"]
     if limits["min_accuracy"] is not None:
-        _level(ax, limits["min_accuracy"], low, high, f"budget: dev {metric} >= {limits['min_accuracy']:.2f}",
-               "tab:red", ":")
+        reference_level(ax, limits["min_accuracy"], f"budget: dev {metric} >= {limits['min_accuracy']:.2f}",
+                        "tab:red", ":")
     if limits["latency_ms"] is not None:
         ax.axvline(limits["latency_ms"], color="tab:red", ls=":", lw=1, zorder=1)
         ax.annotate(f"budget {limits['latency_ms']:g} ms", xy=(limits["latency_ms"], 0.0),
@@ -298,21 +293,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     ax.set_title(f"Compression search on {data['task']}: {len(complete)} trials, {len(frontier)} on the frontier "
                  f"(marker area: MB)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), fontsize=8, frameon=False, ncol=1)
+    legend_below(ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _level(ax, value: float, low: float, high: float, label: str, color: str, style: str) -> None:
-    """A horizontal reference line, or where it falls outside the axis its label at the nearer edge."""
-    if low <= value <= high:
-        ax.axhline(value, color=color, ls=style, lw=1, zorder=1)
-        ax.annotate(label, xy=(1.0, value), xycoords=("axes fraction", "data"), xytext=(-4, 3),
-                    textcoords="offset points", ha="right", va="bottom", fontsize=8, color=color)
-        return
-    above = value > high
-    ax.annotate(f"{label} ({'above' if above else 'below'} the axis)", xy=(1.0, 1.0 if above else 0.0),
-                xycoords="axes fraction", xytext=(-4, -4 if above else 4), textcoords="offset points", ha="right",
-                va="top" if above else "bottom", fontsize=8, color=color)
-
