@@ -24,8 +24,10 @@ python benchmarks/sentiment_baselines.py --markdown "$R/sentiment-baselines.md"
 python benchmarks/decoding.py --rounds 3 --new-tokens 32 --markdown "$R/decoding.md"
 python benchmarks/weight_only_quality.py --markdown "$R/weight-only-quality.md"
 python benchmarks/kv_cache_quality.py --markdown "$R/kv-cache-quality.md"
-python benchmarks/decoder_peers.py --rounds 3 --markdown "$R/decoder-peers.md"   # needs make_reference_venvs.sh
+python benchmarks/decoder_peers.py --rounds 3 --prompts 128,512,2048 --markdown "$R/decoder-peers.md"   # needs make_reference_venvs.sh
 python benchmarks/fused_decoder_ops.py --rounds 5 --markdown "$R/fused-decoder-ops.md"
+python benchmarks/search_demo.py --minutes 60 --markdown "$R/search-demo.md"   # about 75 minutes
+python benchmarks/search_demo.py --recipe recipes/ner-demo.yaml --minutes 60 --markdown "$R/search-ner.md"   # about 3 hours
 # ERNIE 4.5 mixture of experts: one trained ernie45-moe-demo for the quality tables (about 1.5 hours in all)
 ernie-compress --quiet train --preset ernie45-moe-demo --task demo:lm --epochs 3 --lr 3e-3 --out runs/moe-demo --overwrite
 python benchmarks/weight_only_quality.py --checkpoint runs/moe-demo --variants w8-rtn,w8-gptq,w4-g32-rtn,w4-g32-gptq \
