@@ -193,6 +193,8 @@ def run_search(cfg: SearchConfig) -> SearchResult:
                 "recipe": outcome.recipe, "recipe_text": Path(outcome.recipe).read_text(encoding="utf-8")}
 
     def after_trial(study, trial) -> None:
+        if trial.user_attrs.get("surplus"):
+            return  # started as another worker's K-th trial ended: ran nothing
         best = search_report.best_inside(study, budget)
         where = (f"best inside the budget: trial {best.number} ({search_report.point_text(best, metric)})"
                  if best is not None else "none inside the budget yet")
