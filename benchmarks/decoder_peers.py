@@ -153,7 +153,7 @@ def unverified_export(quantized: Path, out: Path, float_cache_export: Path | Non
         scales = kv_cache.calibrate(decoder, prompts, config.num_hidden_layers)
         del decoder
     weights = decoder_onnx.decoder_weights(config, ckpt.state, quantization_info(config), 4)
-    fused, _ = decoder_onnx.attention_kernel(config, "onnxruntime")
+    fused, _ = decoder_onnx.attention_kernel(config, "onnxruntime", int8_cache=scales is not None)
     graph = decoder_onnx.build_decoder(config, weights, kv_scales=scales, fused_attention=fused)
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)

@@ -215,13 +215,15 @@ def attention(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames,
 def _fused_attention(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames,
                      io: AttentionIO) -> tuple[str, tuple[str, str]]:
     """:func:`attention` as one ``com.microsoft.GroupQueryAttention`` node (ONNX Runtime contrib
-    operator: the fused q/k/v projection read packed, as ERNIE 4.5 lays it out; rotary inside,
+    operator: q, k and v split from the fused projection, which decodes faster than the kernel's
+    packed input here (1.10x against 1.02x of the standard graph, one interleaved run); rotary inside,
     interleaved pairs; the grown cache [b, kv, past + s, d] out, past and present apart). An int8
     cache: the kernel's per-channel quantized cache with the static scales [1, kv, 1, d] (codes
     ``round(x / scale)``, read back as codes x scale: what the standard-op graph computes)."""
     H, KV, d, fused = config.num_attention_heads, config.num_key_value_heads, config.head_dim, io.fused
-    packed = g.linear(x, names.qkv)  # [b, s, (H + 2 KV) d]
-    inputs = [packed, "", "", io.past[0], io.past[1], fused.seqlens_k, fused.total, fused.cos, fused.sin, fused.rows,
+    q, k, v = g.op("Split", g.linear(x, names.qkv), g.const("gqa.split", i64([H * d, KV * d, KV * d])),
+                   outputs=3, axis=2)  # [b, s, H d], [b, s, KV d] x 2
+    inputs = [q, k, v, io.past[0], io.past[1], fused.seqlens_k, fused.total, fused.cos, fused.sin, fused.rows,
               fused.bias]
     quantized = {}
     if io.kv_scales is not None:

@@ -87,8 +87,9 @@ class ExportConfig(TokenizerOption, ThreadsOption):
         "slow CPU SkipLayerNormalization; standard keeps the converter's standard ONNX ops (other "
         "runtimes). FP16 and model_qdq.onnx are standard either way. Decoders (onnx/decoder.onnx): "
         "onnxruntime writes each layer's attention as ONNX Runtime's GroupQueryAttention (rotary and "
-        "cache inside, the int8 cache too; head sizes a multiple of 16; its CUDA kernel takes float16 only, "
-        "so export GPU decoders with standard), standard in standard ops; the manifest says which."))
+        "cache inside; head sizes a multiple of 16; the int8 cache stays in standard ops, which prefill it "
+        "faster; its CUDA kernel takes float16 only, so export GPU decoders with standard), standard in standard "
+        "ops; the manifest says which."))
     int8_attention: str = option("multihead", choices=onnx_export.INT8_ATTENTION, help=(
         "INT8 encoders with --onnx-ops onnxruntime: qattention writes each layer's q/k/v integer projections and "
         "attention core as ONNX Runtime's QAttention (one [hidden, 3 x hidden] integer GEMM and the attention in "
@@ -447,6 +448,7 @@ def _export_decoder(src: Sources, out: Path) -> tuple[dict, dict]:
     cache_entry = None
     if cfg.kv_cache == "int8":  # scales from the float cache just written, then the int8 graph in its place
         scales, cache_entry = _calibrate_kv_cache(src, out / decoder_onnx.DECODER_FILE, runtime)
+        fused, attention = decoder_onnx.attention_kernel(config, cfg.onnx_ops, int8_cache=True)
         graph = decoder_onnx.build_decoder(config, weights, kv_scales=scales, fused_attention=fused)
         written = decoder_onnx.save_model(graph, out / decoder_onnx.DECODER_FILE)
     exported = OnnxDecoder.open(out / decoder_onnx.DECODER_FILE, runtime, src.tokenizer.pad_id)
