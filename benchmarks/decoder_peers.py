@@ -140,14 +140,14 @@ def unverified_export(quantized: Path, out: Path, float_cache_export: Path | Non
     from ernie_compress.quantize.scheme import quantization_info
     from ernie_compress.runtime.backends import RuntimeConfig
     from ernie_compress.runtime.decoding import OnnxDecoder
+    from ernie_compress.stages.export import ExportConfig
 
     ckpt = load_checkpoint(quantized)
     config, tokenizer = ckpt.config, ckpt.tokenizer()
     scales = None
     if float_cache_export is not None:
-        texts = [e.text_a for e in load_task(TaskSpec.from_dict(ckpt.task)).split("train")[:32]]
-        rows = tokenizer.encode_batch(texts, None, max_length=ckpt.max_seq_length).input_ids
-        prompts = [[int(i) for i in row if i != tokenizer.pad_id] for row in rows]
+        prompts = kv_cache.calibration_prompts(load_task(TaskSpec.from_dict(ckpt.task)), tokenizer,
+                                               ckpt.max_seq_length, ExportConfig.kv_calibration_texts)
         decoder = OnnxDecoder.open(float_cache_export / decoder_onnx.DECODER_FILE, RuntimeConfig(threads=2),
                                    tokenizer.pad_id)
         scales = kv_cache.calibrate(decoder, prompts, config.num_hidden_layers)

@@ -10,7 +10,8 @@ owns the interface, the mask, the integer-weight encoding and the file. The inte
     inputs   input_ids [batch, seq] int64            the new positions (the whole prompt, or one token)
              attention_mask [batch, past + seq] int64 1 = a real token, 0 = padding (pad on the left)
              position_ids [batch, seq] int64          RoPE positions of the new tokens: a prompt's 0 .. s-1
-                                                      from its row's first slot, padding included; then on
+                                                      from its row's first slot, padding included; each
+                                                      later token its row's next
              past_key_values.{i}.key|value [batch, kv_heads, past, head_dim] float32 (past = 0 at first)
     outputs  logits [batch, vocab] float32            of the last position only: what generation reads
              present.{i}.key|value [batch, kv_heads, past + seq, head_dim]

@@ -53,6 +53,14 @@ def scales_from_amax(amax: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np
     return [tuple(np.maximum(a / QMAX, SMALLEST_SCALE).astype(np.float32) for a in pair) for pair in amax]
 
 
+def calibration_prompts(task, tokenizer, max_length: int, count: int) -> list[list[int]]:
+    """The first ``count`` train texts of ``task`` (a loaded task) as token ids, as training feeds them
+    (end-of-text included, cut to ``max_length``), padding removed: what :func:`calibrate` prefills."""
+    texts = [e.text_a for e in task.split("train")[:count]]
+    rows = tokenizer.encode_batch(texts, None, max_length=max_length).input_ids
+    return [[int(i) for i in row if i != tokenizer.pad_id] for row in rows]
+
+
 def calibrate(decoder, prompts: list[list[int]], layers: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Static scales (key, value [kv, d]) per layer from ``decoder`` (a float-cache ``OnnxDecoder``)
     prefilling each prompt alone (no padding enters the maxima)."""

@@ -100,7 +100,7 @@ class AttentionIO:
 
 @dataclass(frozen=True)
 class FusedAttentionInputs:
-    """What ``com.microsoft.GroupQueryAttention`` reads besides the packed q/k/v and the cache, made
+    """What ``com.microsoft.GroupQueryAttention`` reads besides q, k, v and the cache, made
     once per graph from the positions and the mask (:func:`fused_attention_inputs`)."""
 
     seqlens_k: str  # [b] int32: every row's total length - 1 (the padding a batch puts first counts: it is masked)
@@ -145,12 +145,14 @@ def _inverse_frequencies(config: Ernie45Config) -> np.ndarray:
 def fused_attention_inputs(g: GraphBuilder, position_ids: str, bias: str, config: Ernie45Config) -> FusedAttentionInputs:
     """GroupQueryAttention's extra inputs from the positions [b, s] and the mask [b, 1, 1, s, T].
 
-    The kernel rotates token i of row b with row ``rows[b, 0] + i`` of its cos / sin caches (in a first
-    prompt; ``rows[b, i]`` otherwise: the same row here). Those caches are therefore built per call with
-    one row per new token, of that token's own position: ``rows`` numbers the tokens 0 .. b * s - 1. A
-    left-padded prompt then rotates every token at its own position (the kernel alone would count from
-    the row's first, padded slot), and no table of every position up to the context length is stored.
-    Every row is ``T`` long for the kernel (``seqlens_k``): the padding is hidden by the mask."""
+    The cos / sin caches are built per call with one row per new token, of that token's own position,
+    and ``rows`` numbers the tokens 0 .. b * s - 1: after the first call the kernel rotates token i of
+    row b with its row ``rows[b, i]``, so each row of a batch turns at its own position (continuous
+    batching) and no table of every position up to the context length is stored. In a first prompt the
+    kernel rotates token i of every row with cache row i, the first row's positions: the interface's
+    prompt positions are therefore the same in every row, 0 .. s-1 from the first slot, padding
+    included (``decoder_onnx``'s docstring). Every row is ``T`` long for the kernel (``seqlens_k``): the
+    padding is hidden by the mask."""
     flat = g.op("Reshape", position_ids, g.const("flat", i64([-1])))  # [b * s]
     angles = g.op("Mul", g.op("Unsqueeze", g.op("Cast", flat, to=ONNX_FLOAT), g.const("axis_last", i64([-1]))),
                   g.const("gqa.inv_freq", f32(_inverse_frequencies(config))))  # [b * s, d / 2]

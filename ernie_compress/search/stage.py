@@ -14,7 +14,6 @@ inside the budget) exported and verified under ``chosen/``.
 
 from __future__ import annotations
 
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from ..runtime.backends import RuntimeConfig, RuntimeOptions
 from ..runtime.latency import LatencyConfig
 from ..stages.registry import register
 from .space import PRECISION, PRECISIONS, Dimension, SearchSpace
-from .study import DIRECTIONS, SAMPLERS, Interrupted, StopTrial, StudySettings
+from .study import DIRECTIONS, SAMPLERS, StopTrial, StudySettings
 
 NO_PRUNING = 0.0  # in --prune-params: this trial keeps every head and neuron
 
@@ -203,18 +202,12 @@ def run_search(cfg: SearchConfig) -> SearchResult:
         note(f"trial {trial.number} {trial.state.name.lower()}: {search_report.trial_text(trial, metric)}; {where} "
              f"[{search_report.count_text(study, settings.trials)}{left}]")
 
-    def interrupt(signum, frame):
-        raise Interrupted()
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         run_study(study, space, measure, settings, after_trial)
-    except (Interrupted, KeyboardInterrupt):
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the command line makes it unwind (sigterm_as_interrupt)
         search_report.write(out, study, target, teacher_dev, budget, settings)
         raise UserError(f"interrupted: {search_report.count_text(study, settings.trials)}; run the same command to "
                         f"resume (the interrupted trial runs again)") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     written = search_report.write(out, study, target, teacher_dev, budget, settings, finish=True)
     if budget.given and written["chosen"] is None:
         closest = written["closest"]

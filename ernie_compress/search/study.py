@@ -8,8 +8,9 @@ objectives; a trial whose ``measure`` raises is recorded as failed with its erro
 ``error``) and the study goes on; one that raises :class:`StopTrial` is stopped early (Optuna's
 ``PRUNED``, the reason kept as ``stopped``). ``trials`` counts finished trials (complete, stopped or
 failed) across every worker: each stops when the study holds that many, so K trials run once each
-however many workers share the storage. A worker interrupted mid-trial (SIGTERM, Ctrl-C:
-:class:`Interrupted`) records that trial as failed and ``interrupted``, which does not count; the next
+however many workers share the storage. A worker interrupted mid-trial (Ctrl-C, or SIGTERM, which the
+command line makes unwind as Ctrl-C: ``paddle_env.sigterm_as_interrupt``) records that trial as failed
+and ``interrupted``, which does not count; the next
 run of the same command runs it again with the same values. Workers that start trials at the same
 moment may open more than K: a trial numbered after K others that count is ``surplus`` and runs
 nothing (the storage numbers trials atomically). A worker killed outright leaves its trial
@@ -61,10 +62,6 @@ class StudySettings:
 
 class StopTrial(Exception):
     """Raised by a trial's measurement to stop it early (a poor first rung): recorded as ``PRUNED``."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """The worker was asked to stop (SIGTERM): the running trial is recorded to be run again."""
 
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")  # trial states that count, a FAIL only when not interrupted
@@ -143,7 +140,7 @@ def run_study(study, space: SearchSpace, measure: Callable[[dict[str, dict[str, 
         except StopTrial as exc:
             trial.set_user_attr("stopped", _first_line(exc))
             raise optuna.TrialPruned(_first_line(exc)) from None
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as Paddle's import and ours make it unwind
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (sigterm_as_interrupt)
             trial.set_user_attr("interrupted", True)
             raise
         except Exception as exc:
@@ -168,20 +165,20 @@ def run_study(study, space: SearchSpace, measure: Callable[[dict[str, dict[str, 
                    gc_after_trial=True)
 
 
-def _counts(trial) -> bool:
-    return trial.state.name in FINISHED and not trial.user_attrs.get("interrupted") and not trial.user_attrs.get("surplus")
+def _left_out(trial) -> bool:
+    """A trial that never counts: interrupted (it runs again as another trial) or surplus (ran nothing)."""
+    return bool(trial.user_attrs.get("interrupted") or trial.user_attrs.get("surplus"))
 
 
 def _ahead_of(study, number: int) -> int:
     """Trials numbered before ``number`` (the storage numbers them atomically) that run or will count:
     when they are K already, trial ``number`` is surplus, however the workers raced to start it."""
-    return sum(t.number < number and not t.user_attrs.get("interrupted") and not t.user_attrs.get("surplus")
-               for t in study.get_trials(deepcopy=False))
+    return sum(t.number < number and not _left_out(t) for t in study.get_trials(deepcopy=False))
 
 
 def finished(study) -> int:
     """Trials that count towards ``trials``: complete, stopped early, or failed (not interrupted)."""
-    return sum(_counts(t) for t in study.get_trials(deepcopy=False))
+    return sum(t.state.name in FINISHED and not _left_out(t) for t in study.get_trials(deepcopy=False))
 
 
 def _retry_interrupted(study) -> None:

@@ -478,10 +478,8 @@ def _calibrate_kv_cache(src: Sources, float_decoder: Path, runtime: RuntimeConfi
     (``kv_cache.py``), and the manifest's entry for them."""
     cfg, config = src.cfg, src.ckpt.config
     task = load_task(TaskSpec.from_dict(src.ckpt.task))
-    texts = [e.text_a for e in task.split("train")[:cfg.kv_calibration_texts]]
     length = src.ckpt.max_seq_length
-    rows = src.tokenizer.encode_batch(texts, None, max_length=length).input_ids
-    prompts = [[int(i) for i in row if i != src.tokenizer.pad_id] for row in rows]
+    prompts = kv_cache.calibration_prompts(task, src.tokenizer, length, cfg.kv_calibration_texts)
     decoder = OnnxDecoder.open(float_decoder, runtime, src.tokenizer.pad_id)
     scales = kv_cache.calibrate(decoder, prompts, config.num_hidden_layers)
     del decoder
