@@ -149,7 +149,7 @@ def run_search(cfg: SearchConfig) -> SearchResult:
     from ..evaluate import evaluate_checkpoint
     from ..metrics import PRIMARY_METRIC
     from . import report as search_report
-    from .study import open_study, run_study
+    from .study import open_study, run_study, wait_for_workers
     from .trial import RungStopped, SearchTarget, describe, run_trial
 
     start = time.perf_counter()
@@ -204,6 +204,8 @@ def run_search(cfg: SearchConfig) -> SearchResult:
 
     try:
         run_study(study, space, measure, settings, after_trial)
+        if settings.trials is not None:  # the study ends at K trials: the report holds all of them
+            wait_for_workers(study, lambda n: note(f"waiting for {n} trial(s) other workers are running"))
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the command line makes it unwind (sigterm_as_interrupt)
         search_report.write(out, study, target, teacher_dev, budget, settings)
         raise UserError(f"interrupted: {search_report.count_text(study, settings.trials)}; run the same command to "

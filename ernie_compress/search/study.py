@@ -15,6 +15,8 @@ run of the same command runs it again with the same values. Workers that start t
 moment may open more than K: a trial numbered after K others that count is ``surplus`` and runs
 nothing (the storage numbers trials atomically). A worker killed outright leaves its trial
 running in the storage; the heartbeat marks it failed after :data:`GRACE_SECONDS` and it is retried once.
+A worker that ends a K-trial search while others still run trials waits for them
+(:func:`wait_for_workers`), so that every worker's report holds the same K trials.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .space import SearchSpace
 
 DIRECTIONS = {"accuracy": "maximize", "latency": "minimize", "size": "minimize"}  # what --objective names
 SCHEMA_RACE_RETRIES = 5  # opening a new storage again after another worker created its tables first
+WAIT_POLL_SECONDS = 2.0  # how often a finished worker looks at the trials other workers still run
 HEARTBEAT_SECONDS = 30  # a running trial's worker writes its heartbeat this often
 GRACE_SECONDS = 90  # a trial without a heartbeat for this long is failed (and retried once)
 SAMPLERS = ("nsga2", "tpe")
@@ -163,6 +166,27 @@ def run_study(study, space: SearchSpace, measure: Callable[[dict[str, dict[str, 
         return  # a resumed search that was already done
     study.optimize(objective, timeout=settings.timeout_s, catch=(Exception,), callbacks=callbacks,
                    gc_after_trial=True)
+
+
+def wait_for_workers(study, on_wait: Callable[[int], None] | None = None,
+                     poll_s: float = WAIT_POLL_SECONDS) -> None:
+    """Return once no counted trial of ``study`` is running: the trials other workers still run when
+    this one has seen K started. A worker that died stops its heartbeat and its trial is failed
+    after :data:`GRACE_SECONDS` (``fail_stale_trials``), so the wait ends. ``on_wait(n)`` is told
+    once how many trials it waits for."""
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    told = False
+    while True:
+        fail_stale_trials(study)
+        running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if not _left_out(t)]
+        if not running:
+            return
+        if on_wait is not None and not told:
+            on_wait(len(running))
+            told = True
+        time.sleep(poll_s)
 
 
 def _left_out(trial) -> bool:

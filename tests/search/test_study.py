@@ -103,3 +103,20 @@ def test_two_workers_on_one_storage_finish_k_trials_once_each(tmp_path):
     assert len(numbers) == len(set(numbers)) and len(counted) == 10 and len(trials) <= 11
     assert all(t.state.name in ("COMPLETE", "FAIL") for t in counted)
     assert all(t.state.name == "PRUNED" and "accuracy" not in t.user_attrs for t in trials if t not in counted)
+
+
+def test_a_finished_worker_waits_for_the_trials_another_worker_still_runs(tmp_path):
+    import threading
+
+    from ernie_compress.search.study import wait_for_workers
+
+    study = open_study(_settings(tmp_path, 2))
+    other = study.ask()  # another worker's trial, running in the storage
+    told: list[int] = []
+    finisher = threading.Timer(1.0, lambda: study.tell(other, [0.5, 1.0]))
+    finisher.start()
+    wait_for_workers(study, told.append, poll_s=0.05)
+    finisher.join()
+    assert told == [1] and study.trials[0].state.name == "COMPLETE"  # returned only after the tell
+    wait_for_workers(study, told.append, poll_s=0.05)  # nothing running: returns at once, says nothing
+    assert told == [1]
