@@ -3,7 +3,8 @@ ERNIE-4.5-0.3B size: file size, KV-cache bytes per token, time to first token an
 (batch 1 and 8), measured in one run, interleaved, a fresh process per measurement.
 
     python benchmarks/decoder_peers.py [--rounds 3] [--threads 2] [--prompts 128,512] [--batches 1,8]
-        [--new-tokens 32] [--workdir DIR] [--markdown benchmarks/results/decoder-peers.md] [--json out.json]
+        [--new-tokens 32] [--variants w4,w4-int4-head,peer-int4,...] [--workdir DIR]
+        [--markdown benchmarks/results/decoder-peers.md] [--json out.json]
 
 The checkpoint: ``random_checkpoint.py --preset ernie45-0.3b --dtype float32`` (random weights: speed
 and size do not depend on their values; no model can be downloaded here), in the Hugging Face layout
@@ -11,7 +12,7 @@ PaddleFormers saves, which both tools read. Ours: ``ernie-compress export --form
 and of ``quantize --weight-only int8`` and ``int4``, both ``--group-size 32 --method rtn`` (W8, W4), as
 export writes them by default (MatMulNBits ``accuracy_level`` 4; the tied table int8 per vocabulary
 entry, stored once and read by the head and ``GatherBlockQuantized``), W4 again with
-``--kv-cache int8``, and ``quantize --w8a8 rtn`` (int8 weights and activations: DynamicQuantizeMatMul;
+``--kv-cache int8``, W4 with ``quantize --head int4`` (the table int4 in groups of 32, as the builder's), and ``quantize --w8a8 rtn`` (int8 weights and activations: DynamicQuantizeMatMul;
 SmoothQuant's scales would not change its speed). The peer: onnxruntime-genai's
 builder (``python -m onnxruntime_genai.models.builder -p fp32|int4 -e cpu``, in the reference venv
 ``tests/interop/make_reference_venvs.sh`` builds) with its documented defaults (INT4: block 32,
@@ -45,12 +46,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 OURS_FP32, OURS_W8, OURS_W4 = "ours FP32", "ours W8 (int8 g32 RTN, int8 head)", "ours W4 (int4 g32 RTN, int8 head)"
+OURS_W4_H4 = "ours W4 (int4 g32 RTN, int4 head: quantize --head int4)"
 OURS_W4_KV8 = "ours W4, int8 KV cache"
 OURS_W8A8 = "ours W8A8 (int8 activations per tensor, DynamicQuantizeMatMul)"
 PEER_FP32, PEER_INT4 = "onnxruntime-genai FP32", "onnxruntime-genai INT4 (its defaults: int4 head)"
 PEER_INT8_HEAD = "onnxruntime-genai INT4, int8 head (last_matmul:int8)"
 PEER_PRUNED = "onnxruntime-genai INT4, int8 head, prune_lm_head"
 INT8_HEAD = ["matmul_mixed_precision=last_matmul:int8", "shared_embeddings=false"]  # shared: an invalid model (0.18)
+VARIANT_KEYS = {"fp32": OURS_FP32, "w8": OURS_W8, "w4": OURS_W4, "w4-int4-head": OURS_W4_H4, "w4-kv8": OURS_W4_KV8,
+                "w8a8": OURS_W8A8, "peer-fp32": PEER_FP32, "peer-int4": PEER_INT4, "peer-int8-head": PEER_INT8_HEAD,
+                "peer-pruned": PEER_PRUNED}  # --variants
 PEERS = {PEER_FP32: ["-p", "fp32"], PEER_INT4: ["-p", "int4"],
          PEER_INT8_HEAD: ["-p", "int4", "--extra_options", *INT8_HEAD],
          PEER_PRUNED: ["-p", "int4", "--extra_options", *INT8_HEAD, "prune_lm_head=true"]}
@@ -94,19 +99,22 @@ def small_lm_task(work: Path) -> Path:
     return folder
 
 
-def build_ours(ckpt: Path, work: Path) -> dict[str, Path]:
-    """Our exports (kept from an earlier run with the same --workdir). The quantized checkpoints carry the
-    small lm task of :func:`small_lm_task`, on whose train texts the int8 KV cache's scales are calibrated."""
+def build_ours(ckpt: Path, work: Path, wanted_names: set[str]) -> dict[str, Path]:
+    """Our exports named in ``wanted_names`` (kept from an earlier run with the same --workdir). The quantized
+    checkpoints carry the small lm task of :func:`small_lm_task`, on whose train texts the int8 KV cache's
+    scales are calibrated."""
     exports = {OURS_FP32: work / "fp32"}
-    if not exports[OURS_FP32].exists():
+    if OURS_FP32 in wanted_names and not exports[OURS_FP32].exists():
         print("ours: FP32 export ...", file=sys.stderr)
         cli("export", ckpt, "--format", "decoder", "--out", work / "fp32")
     for method, wanted in ((["--weight-only", "int8", "--group-size", "32", "--method", "rtn"], ((OURS_W8, "e-int8", []),)),
                            (["--weight-only", "int4", "--group-size", "32", "--method", "rtn"],
                             ((OURS_W4, "e-int4", []), (OURS_W4_KV8, "e-int4-kv8", ["--kv-cache", "int8"]))),
+                           (["--weight-only", "int4", "--group-size", "32", "--method", "rtn", "--head", "int4"],
+                            ((OURS_W4_H4, "e-int4-h4", []),)),
                            (["--w8a8", "rtn"], ((OURS_W8A8, "e-w8a8", []),))):  # speed: smoothing changes no kernel
         exports.update({name: work / folder for name, folder, _ in wanted})
-        missing = [(name, flags) for name, _, flags in wanted if not exports[name].exists()]
+        missing = [(name, flags) for name, _, flags in wanted if name in wanted_names and not exports[name].exists()]
         if not missing:
             continue
         quantized = work / f"q-{wanted[0][1]}"  # kept: a changed export re-runs without quantizing again
@@ -123,7 +131,7 @@ def build_ours(ckpt: Path, work: Path) -> dict[str, Path]:
                 print(f"{refused}\n-> built without the check (random weights): see unverified_export",
                       file=sys.stderr)
                 unverified_export(quantized, exports[name], exports[OURS_W4] if name == OURS_W4_KV8 else None)
-    return exports
+    return {name: path for name, path in exports.items() if name in wanted_names}
 
 
 def unverified_export(quantized: Path, out: Path, float_cache_export: Path | None = None) -> None:
@@ -181,10 +189,12 @@ def builder_input(ckpt: Path, scratch: Path) -> Path:
     return scratch
 
 
-def build_peers(source: Path, work: Path, python: Path) -> dict[str, Path]:
+def build_peers(source: Path, work: Path, python: Path, wanted_names: set[str]) -> dict[str, Path]:
     folders = {}
-    for name, flags in PEERS.items():
-        out = folders[name] = work / f"og-{len(folders)}"
+    for number, (name, flags) in enumerate(PEERS.items()):
+        if name not in wanted_names:
+            continue
+        out = folders[name] = work / f"og-{number}"
         if (out / "genai_config.json").exists():
             continue
         print(f"peer: {name} ...", file=sys.stderr)
@@ -231,6 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the models here (default: a temporary folder)")
     parser.add_argument("--build-only", action="store_true", help="make the models in --workdir and stop (time them "
                         "later, on a quiet machine, with the same --workdir)")
+    parser.add_argument("--variants", default=None, help="comma-separated keys of the variants to build and time "
+                        f"(default: all): {', '.join(VARIANT_KEYS)}")
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -253,8 +265,13 @@ def main(argv: list[str] | None = None) -> dict:
         config = json.loads((ckpt / "config.json").read_text())
         vocab = config["vocab_size"]
         head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-        ours = build_ours(ckpt, work)
-        peers = build_peers(builder_input(ckpt, work / "og-input"), work, python)
+        keys = list(VARIANT_KEYS) if args.variants is None else args.variants.split(",")
+        unknown = [k for k in keys if k not in VARIANT_KEYS]
+        if unknown:
+            sys.exit(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANT_KEYS)}")
+        wanted = {VARIANT_KEYS[k] for k in keys}
+        ours = build_ours(ckpt, work, wanted)
+        peers = build_peers(builder_input(ckpt, work / "og-input"), work, python, wanted) if wanted & set(PEERS) else {}
         if args.build_only:
             print(f"built in {work}", file=sys.stderr)
             return {}
@@ -298,17 +315,24 @@ def main(argv: list[str] | None = None) -> dict:
         row["peak RSS MiB"] = f"{statistics.median(t['peak_rss_mib'] for t in times[name]):.0f}"
         rows.append(row)
         result["variants"][name] = {**info[name], "runs": times[name]}
-    ratios = {"w4_file_vs_peer_int4": info[OURS_W4]["file_bytes"] / info[PEER_INT4]["file_bytes"]}
-    for b in batches:
-        ratios[f"w4_decode_vs_peer_int4_batch{b}"] = _ratio(series(OURS_W4, "decode_tokens_per_s", b),
-                                                            series(PEER_INT4, "decode_tokens_per_s", b))
-    for p in prompts:
-        ratios[f"w4_ttft_vs_peer_int4_prompt{p}"] = _ratio(series(OURS_W4, "ttft_ms", p), series(PEER_INT4, "ttft_ms", p))
-        ratios[f"w4_ttft_vs_peer_pruned_prompt{p}"] = _ratio(series(OURS_W4, "ttft_ms", p),
-                                                             series(PEER_PRUNED, "ttft_ms", p))
-    for p in prompts:
-        ratios[f"w8a8_ttft_vs_ours_fp32_prompt{p}"] = _ratio(series(OURS_FP32, "ttft_ms", p),
-                                                             series(OURS_W8A8, "ttft_ms", p))  # > 1: W8A8 faster
+    ratios: dict = {}
+    for ours_name, tag in ((OURS_W4, "w4"), (OURS_W4_H4, "w4_int4_head")):
+        if ours_name not in variants or PEER_INT4 not in variants:
+            continue
+        ratios[f"{tag}_file_vs_peer_int4"] = info[ours_name]["file_bytes"] / info[PEER_INT4]["file_bytes"]
+        for b in batches:
+            ratios[f"{tag}_decode_vs_peer_int4_batch{b}"] = _ratio(series(ours_name, "decode_tokens_per_s", b),
+                                                                   series(PEER_INT4, "decode_tokens_per_s", b))
+        for p in prompts:
+            ratios[f"{tag}_ttft_vs_peer_int4_prompt{p}"] = _ratio(series(ours_name, "ttft_ms", p),
+                                                                  series(PEER_INT4, "ttft_ms", p))
+            if PEER_PRUNED in variants:
+                ratios[f"{tag}_ttft_vs_peer_pruned_prompt{p}"] = _ratio(series(ours_name, "ttft_ms", p),
+                                                                        series(PEER_PRUNED, "ttft_ms", p))
+    if OURS_FP32 in variants and OURS_W8A8 in variants:
+        for p in prompts:
+            ratios[f"w8a8_ttft_vs_ours_fp32_prompt{p}"] = _ratio(series(OURS_FP32, "ttft_ms", p),
+                                                                 series(OURS_W8A8, "ttft_ms", p))  # > 1: W8A8 faster
     result["ratios"] = ratios
     title = (f"Decoder exports, {args.preset} (random weights, FP32 checkpoint), ours vs onnxruntime-genai "
              f"{og_version}'s model builder, ONNX Runtime {onnxruntime.__version__} CPU, {args.threads} threads; "

@@ -65,16 +65,16 @@ def tiny_lm(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm_int4(tiny_lm, tmp_path_factory):
-    """``tiny_lm`` quantized weight-only int4 (RTN) with a given group size, made once per session:
-    ``tiny_lm_int4(16)`` is the folder."""
-    made: dict[int, Path] = {}
+    """``tiny_lm`` quantized weight-only int4 (RTN) with a given group size (and output head grid), made
+    once per session: ``tiny_lm_int4(16)`` is the folder."""
+    made: dict[tuple[int, str], Path] = {}
 
-    def quantized(group_size: int) -> Path:
-        if group_size not in made:
-            out = tmp_path_factory.mktemp("w4") / f"w4-g{group_size}"
+    def quantized(group_size: int, head: str = "int8") -> Path:
+        if (group_size, head) not in made:
+            out = tmp_path_factory.mktemp("w4") / f"w4-g{group_size}-{head}-head"
             cli_json(["quantize", str(tiny_lm), "--weight-only", "int4", "--group-size", str(group_size),
-                      "--out", str(out)])
-            made[group_size] = out
-        return made[group_size]
+                      "--head", head, "--out", str(out)])
+            made[group_size, head] = out
+        return made[group_size, head]
 
     return quantized

@@ -1,7 +1,8 @@
 """Weight-only GPTQ, streamed: llm-compressor's sequential pipeline, one decoder layer in memory at a time.
 
 The calibration batches are embedded with the checkpoint's embedding (the "rest" group, whose output
-head is then rounded to int8 per vocabulary entry and written as the streamed RTN does). Then, for each
+head is then rounded to nearest on its grid, int8 per vocabulary entry by default, and written as the
+streamed RTN does). Then, for each
 decoder layer in order: its tensors are read (``lazy_checkpoint.py``) into one decoder layer built by
 the family (``models.layer_from_state``), the calibration hidden states are run through it while
 :func:`~.gptq.observe_hessians` sums each Linear's Hessian (a routed expert's from the non-padding
@@ -51,7 +52,7 @@ from ..progress import progress_bar
 from .calibration_ranks import solve_divided
 from .gptq import gptq_roundings, observe_hessians
 from .streaming import GIB, ROUNDING_FIXED, WRITE_FACTOR, MemoryNeed, group_bytes
-from .weight_only import round_head_, round_linears_, store_codes_
+from .weight_only import INT8_HEAD, HeadGrid, round_head_, round_linears_, store_codes_
 
 FLOAT64 = 8
 # bytes of one GPTQ solve per float64 element of H [in, in] (H's copy, its inverse, the Cholesky factor
@@ -67,6 +68,7 @@ class GPTQSettings:
     bits: int
     group_size: int | None
     min_expert_tokens: int | None
+    head: HeadGrid = INT8_HEAD  # the output head's grid (rounded to nearest)
 
 
 @dataclass
@@ -215,7 +217,7 @@ def _propagate(layer, calibration: Calibration) -> None:
 def stream_gptq(lazy: LazyCheckpoint, names: list[str], batches, pad_id: int, settings: GPTQSettings,
                 record: SequentialRecord, saved: SavedWalk | None = None, start: int = 0,
                 store: dict[str, dict] | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Each group's tensors in our layout, the rest first (its head rounded to int8), then each decoder
+    """Each group's tensors in our layout, the rest first (its head rounded to ``settings.head``), then each decoder
     layer with its Linears (``names``) rounded by GPTQ on the quantized model's hidden states (module
     docstring): one group in memory at a time. ``record`` is filled as the layers are done. With ``saved``
     the walk's state is kept for a resume; ``start`` > 0 continues a walk from group ``start`` with the
@@ -226,7 +228,7 @@ def stream_gptq(lazy: LazyCheckpoint, names: list[str], batches, pad_id: int, se
         rest = lazy.load_group(REST)
         calibration = embed(lazy, rest, batches, pad_id)
         kept = {} if store is not None else None
-        round_head_(rest, lazy.config, kept)
+        round_head_(rest, lazy.config, kept, settings.head)
         if saved is not None:
             saved.save(1, calibration.hidden, None)
         yield rest if store is None else store_codes_(rest, kept, store)

@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..lazy_checkpoint import LazyCheckpoint
 from ..models.families import family_of
 from .scheme import QUANTIZED_ROLES
-from .weight_only import (COLUMN_BLOCK_BYTES, HEAD_BITS, check_group_sizes, lm_head_weight, round_head_,
+from .weight_only import (COLUMN_BLOCK_BYTES, INT8_HEAD, HeadGrid, check_group_sizes, lm_head_weight, round_head_,
                           round_linears_, store_codes_)
 
 GIB = 1 << 30
@@ -98,26 +98,28 @@ def memory_need(lazy: LazyCheckpoint, names: list[str]) -> MemoryNeed:
 
 
 def stream_rtn(lazy: LazyCheckpoint, names: list[str], rounding, bits: int, group_size: int | None,
-               start: int = 0, store: dict[str, dict] | None = None) -> Iterator[dict[str, np.ndarray]]:
+               start: int = 0, store: dict[str, dict] | None = None,
+               head: HeadGrid = INT8_HEAD) -> Iterator[dict[str, np.ndarray]]:
     """Each group's tensors in our layout from group ``start`` on (a resumed run), its Linears (``names``)
-    rounded by ``rounding`` (weight [in, out] -> codes, scales) and the output head to int8, stored
+    rounded by ``rounding`` (weight [in, out] -> codes, scales) and the output head to ``head``, stored
     dequantized, or with ``store`` (the scheme's weights) as their codes: one group at a time."""
     roundings = dict.fromkeys(names, rounding)
     for group in list(lazy.groups)[start:]:
         state = lazy.load_group(group)
         kept = {} if store is not None else None
         round_linears_(state, roundings, bits, group_size, kept)
-        round_head_(state, lazy.config, kept)
+        round_head_(state, lazy.config, kept, head)
         yield state if store is None else store_codes_(state, kept, store)
 
 
-def scheme_weights(lazy: LazyCheckpoint, names: list[str], bits: int, group_size: int | None) -> dict[str, dict]:
+def scheme_weights(lazy: LazyCheckpoint, names: list[str], bits: int, group_size: int | None,
+                   head_grid: HeadGrid = INT8_HEAD) -> dict[str, dict]:
     """The scheme's entry per quantized weight, as :func:`stream_rtn` will write them (known up front,
     so config.json can be written before the weights)."""
     weights = {f"{name}.weight": {"bits": bits, "group_size": group_size} for name in names}
     head = lm_head_weight(lazy.config)
     key, transposed = head
-    weights[key] = {"bits": HEAD_BITS, "group_size": None, "transposed": transposed}
+    weights[key] = head_grid.entry(transposed)
     return weights
 
 

@@ -8,8 +8,11 @@ group of ``group_size`` consecutive input rows of a column shares one scale ``ab
 Runtime's ``MatMulNBits`` stores 4-bit weights in the same blocks of input rows per column.
 
 A causal LM's output head (the tied embedding table included) is as many bytes per token as a
-dozen layers of a small decoder, so it is quantized too, to int8 per vocabulary entry (RTN, as
-weight-only LLM deployments keep the head at 8 bits).
+dozen layers of a small decoder, so it is quantized too (RTN): to int8 per vocabulary entry by
+default, as weight-only LLM deployments keep the head at 8 bits, or (``--head int4``) to int4 in
+groups of :data:`HEAD_INT4_GROUP` hidden units, as onnxruntime-genai's builder quantizes it by default
+(at ERNIE-4.5-0.3B size the head is a third of the weights: 4.6 of 13.8 ms per decode step in int8,
+``benchmarks/decode_profile.py``).
 
 The checkpoint keeps the dequantized weights (``codes * scale``, exactly representable), so any
 loader runs it and the codes are recovered from them: each group's largest magnitude is exactly
@@ -20,6 +23,7 @@ loader runs it and the codes are recovered from them: each group's largest magni
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,7 +32,36 @@ from ..models.families import family_of
 from ..models.stored_codes import dequantize, stored_tensors  # noqa: F401  (dequantize: re-exported)
 
 BITS = {"int8": 8, "int4": 4}
-HEAD_BITS = 8  # a causal LM's output head: int8 per vocabulary entry, whatever the Linears get
+HEAD_BITS = 8  # a causal LM's output head by default: int8 per vocabulary entry, whatever the Linears get
+HEAD_INT4_GROUP = 32  # --head int4: hidden units per scale (MatMulNBits' and GGUF Q4_0's block)
+
+
+@dataclass(frozen=True)
+class HeadGrid:
+    """The output head's grid: ``bits`` with a scale per ``group_size`` hidden units (None: one per
+    vocabulary entry)."""
+
+    bits: int = HEAD_BITS
+    group_size: int | None = None
+
+    @classmethod
+    def named(cls, head: str) -> HeadGrid:
+        """``--head int8|int4``'s grid."""
+        return cls(BITS[head], None if BITS[head] == 8 else HEAD_INT4_GROUP)
+
+    def entry(self, transposed: bool) -> dict:
+        """The scheme's entry for the head weight."""
+        return {"bits": self.bits, "group_size": self.group_size, "transposed": transposed}
+
+
+INT8_HEAD = HeadGrid()
+
+
+def check_head(config, grid: HeadGrid) -> None:
+    """Refuse a head grid whose groups do not divide a causal LM's hidden size (other models have no head)."""
+    if grid.group_size and lm_head_weight(config) is not None and config.hidden_size % grid.group_size:
+        raise UserError(f"--head int{grid.bits} rounds the output head in groups of {grid.group_size} hidden units; "
+                        f"this model's hidden size {config.hidden_size} is not a multiple: use --head int8")
 
 
 def lm_head_weight(config) -> tuple[str, bool] | None:
@@ -109,21 +142,22 @@ def round_linears_(state: dict[str, np.ndarray], roundings: dict, bits: int,
     return weights
 
 
-def round_head_(state: dict[str, np.ndarray], config, kept: dict | None = None) -> dict[str, dict]:
-    """In place: a causal LM's output head, when ``state`` holds it, to int8 per vocabulary entry (RTN,
-    the module docstring), stored dequantized; returns its scheme entry (none for other models).
+def round_head_(state: dict[str, np.ndarray], config, kept: dict | None = None,
+                grid: HeadGrid = INT8_HEAD) -> dict[str, dict]:
+    """In place: a causal LM's output head, when ``state`` holds it, to ``grid`` (RTN, the module
+    docstring), stored dequantized; returns its scheme entry (none for other models).
     ``kept`` as for :func:`round_linears_` (the codes of the head [hidden, vocab], however it is held)."""
     head = lm_head_weight(config)
     if head is None or head[0] not in state:
         return {}
     key, transposed = head
     matrix = state[key].T if transposed else state[key]  # [hidden, vocab]
-    codes, scales = quantize_rtn(matrix, HEAD_BITS, None)
-    matrix = dequantize(codes, scales, None)
+    codes, scales = quantize_rtn(matrix, grid.bits, grid.group_size)
+    matrix = dequantize(codes, scales, grid.group_size)
     state[key] = np.ascontiguousarray(matrix.T if transposed else matrix)
     if kept is not None:
         kept[key] = (codes, scales)
-    return {key: {"bits": HEAD_BITS, "group_size": None, "transposed": transposed}}
+    return {key: grid.entry(transposed)}
 
 
 def store_codes_(state: dict[str, np.ndarray], kept: dict, weights: dict[str, dict]) -> dict[str, np.ndarray]:

@@ -57,7 +57,8 @@ from ..quantize.sequential import (GPTQSettings, SavedWalk, SequentialRecord, gp
                                   stream_gptq)
 from ..quantize.streaming import (check_disk, check_streamable, memory_need, quantized_linears, scheme_weights,
                                   stream_rtn)
-from ..quantize.weight_only import BITS, check_group_sizes, quantize_rtn, round_head_, round_linears_, store_codes_
+from ..quantize.weight_only import (BITS, HeadGrid, check_group_sizes, check_head, quantize_rtn, round_head_,
+                                   round_linears_, store_codes_)
 from ..training_loop import LoopConfig, TrainResult, clear_train_state, evaluate_split, resumable
 from ..results import QuantizeResult
 from .common import (CheckpointOutput, ParentKDOptions, ProcessOptions, ResumeOption, RunOptions, TokenizerOption,
@@ -226,8 +227,12 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions, ProcessOptions, Resu
 
     weight_only: str = option("int4", selects=True, choices=tuple(BITS), help=(
         "Weight-only quantization to int8 (per output channel) or int4 (groups of --group-size input rows) "
-        "by --method; activations stay float; a causal LM's output head gets int8 per vocabulary entry; the "
-        "checkpoint holds the dequantized weights (or their codes: --store)."))
+        "by --method; activations stay float; a causal LM's output head is rounded to nearest as --head says; "
+        "the checkpoint holds the dequantized weights (or their codes: --store)."))
+    head: str = option("int8", choices=tuple(BITS), help=(
+        "Weight-only: a causal LM's output head (the tied embedding table included) in int8 per vocabulary "
+        "entry, or int4 in groups of 32 hidden units (onnxruntime-genai's default: a smaller file and a "
+        "faster decode step; the head is a third of ERNIE-4.5-0.3B's weights). Always rounded to nearest."))
     group_size: int | None = option(None, at_least=1, help=(
         "Weight-only: input rows per scale (default: the whole column for int8, 32 for int4); must divide "
         "every quantized Linear's input width."))
@@ -280,6 +285,10 @@ class WeightOnlyConfig(QuantizeOptions, CalibrationOptions, ProcessOptions, Resu
     @property
     def groups(self) -> int | None:
         return self.group_size or (None if self.weight_only == "int8" else 32)
+
+    @property
+    def head_grid(self) -> HeadGrid:
+        return HeadGrid.named(self.head)
 
 
 W8A8_METHODS = ("smoothquant", "rtn")
@@ -521,11 +530,12 @@ def _weight_only_state(cfg: WeightOnlyConfig, start: Start, kept: dict | None = 
     state = dict(start.parent.state)
     names = quantized_linear_names(start.model)
     check_group_sizes({name: state[f"{name}.weight"].shape[0] for name in names}, group)
+    check_head(start.parent.config, cfg.head_grid)
     plan = ROUNDINGS[cfg.method].prepare(cfg, start, names)
     state.update(plan.replaced or {})  # AWQ's scales folded in: the norms change, the Linears round scaled
     weights = round_linears_(state, {name: rounding for name, (_, rounding) in plan.roundings.items()}, bits, group,
                              kept)
-    weights.update(round_head_(state, start.parent.config, kept))  # int8 per vocabulary entry
+    weights.update(round_head_(state, start.parent.config, kept, cfg.head_grid))
     return state, weight_only_scheme(cfg, start.model.config, plan, weights)
 
 
@@ -570,7 +580,8 @@ def _streamed(cfg: WeightOnlyConfig, started: float) -> QuantizeResult | None:
     check_layout(lazy.config, cfg.layout)
     names = quantized_linears(lazy)
     check_streamable(lazy, names, cfg.groups)
-    weights = scheme_weights(lazy, names, BITS[cfg.weight_only], cfg.groups)
+    check_head(lazy.config, cfg.head_grid)
+    weights = scheme_weights(lazy, names, BITS[cfg.weight_only], cfg.groups, cfg.head_grid)
     check_disk(lazy, cfg.out, {k: w["bits"] for k, w in weights.items()} if cfg.store == "codes" else None)
     config = lazy.config.replace(extra=dict(lazy.config.extra))
     here = world()
@@ -624,7 +635,7 @@ def _streamed_rtn(cfg: WeightOnlyConfig, lazy, names: list[str], config, weights
     config.extra["quantization"] = weight_only_scheme(cfg, config, plan, weights)
     rounding = plan.roundings[names[0]][1] if names else None
     groups = stream_rtn(lazy, names, rounding, BITS[cfg.weight_only], cfg.groups, start=done,
-                        store=weights if cfg.store == "codes" else None)
+                        store=weights if cfg.store == "codes" else None, head=cfg.head_grid)
     return groups, str((lazy.task or {}).get("name", "")), lambda: ""
 
 
@@ -648,7 +659,7 @@ def _streamed_gptq(cfg: WeightOnlyConfig, lazy, names: list[str], config, weight
         if missing:
             raise UserError(f"cannot resume: the calibration hidden states after shard {done} are missing on "
                             f"{missing} process(es) (in {saved.directory}); start again without --resume")
-    settings = GPTQSettings(BITS[cfg.weight_only], cfg.groups, cfg.min_expert_tokens)
+    settings = GPTQSettings(BITS[cfg.weight_only], cfg.groups, cfg.min_expert_tokens, cfg.head_grid)
     record = SequentialRecord()
     scheme = config.extra["quantization"] = {}
 

@@ -192,10 +192,11 @@ def test_weight_only_decoder_int8_compute_is_verified_and_a_wrong_scale_is_refus
     assert not (tmp_path / "bad").exists()
 
 
-def test_a_tied_quantized_table_is_stored_once_and_read_by_the_gather_and_the_head(tiny_lm_int4, tmp_path):
+@pytest.mark.parametrize("head_grid", ["int8", "int4"])
+def test_a_tied_quantized_table_is_stored_once_and_read_by_the_gather_and_the_head(tiny_lm_int4, tmp_path, head_grid):
     import onnx
 
-    out = cli_json(["export", str(tiny_lm_int4(16)), "--format", "onnx", "--weight-only-compute", "fp32",
+    out = cli_json(["export", str(tiny_lm_int4(16, head_grid)), "--format", "onnx", "--weight-only-compute", "fp32",
                     "--out", str(tmp_path / "e")])
     assert out["verification"]["decoder"]["greedy_tokens_equal"]
     graph = onnx.load(str(tmp_path / "e" / "onnx" / "decoder.onnx")).graph
@@ -207,6 +208,11 @@ def test_a_tied_quantized_table_is_stored_once_and_read_by_the_gather_and_the_he
     (head,) = [n for n in graph.node if n.op_type == "MatMulNBits" and n.output[0] == "logits"]
     codes, scales = (nodes[name].input[0] for name in (gather.input[0], gather.input[2]))  # through the Reshapes
     assert (codes, scales) == tuple(head.input[1:3]) and initializers[codes].data_type == onnx.TensorProto.UINT8
+    bits = {"int8": 8, "int4": 4}[head_grid]
+    attributes = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in (gather, head)]
+    assert [a["bits"] for a in attributes] == [bits, bits]  # the grid --head asked for, read by both
+    if bits == 4:
+        assert attributes[1]["block_size"] == 32  # --head int4's groups
     # the rows it gathers are the checkpoint's (dequantized) table
     model = onnx.helper.make_model(onnx.helper.make_graph(
         [nodes[gather.input[0]], nodes[gather.input[2]], gather], "g",
@@ -218,7 +224,7 @@ def test_a_tied_quantized_table_is_stored_once_and_read_by_the_gather_and_the_he
     ids = np.arange(60, dtype=np.int64)[None]
     from ernie_compress.checkpoint import load_checkpoint
 
-    expected = load_checkpoint(tiny_lm_int4(16)).state[table][ids]
+    expected = load_checkpoint(tiny_lm_int4(16, head_grid)).state[table][ids]
     np.testing.assert_array_equal(_session(model).run(None, {"input_ids": ids})[0], expected)  # bit for bit
 
 

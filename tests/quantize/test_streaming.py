@@ -39,7 +39,7 @@ def parents(tiny_lm, tmp_path_factory):
 
 
 @pytest.mark.parametrize("model", ["tied", "untied", "moe"])
-@pytest.mark.parametrize("grid", [["int4", "--group-size", "16"], ["int8"]])
+@pytest.mark.parametrize("grid", [["int4", "--group-size", "16"], ["int8"], ["int8", "--head", "int4"]])
 def test_streamed_rtn_writes_the_in_memory_tensors_byte_for_byte(parents, tmp_path, model, grid):
     parent = parents[model]
     memory = cli_json(["quantize", str(parent), "--weight-only", *grid, "--out", str(tmp_path / "memory")])

@@ -59,8 +59,33 @@ def test_weight_only_on_a_small_decoder(tiny_lm, tmp_path):
     assert exported["verification"]["decoder"]["greedy_tokens_equal"]
 
 
+def test_an_int4_head_is_rounded_in_groups_of_32_and_exported_as_4_bit_kernels(tiny_lm, tmp_path):
+    from ernie_compress.checkpoint import load_checkpoint
+
+    result = cli_json(["quantize", str(tiny_lm), "--weight-only", "int8", "--head", "int4", "--out", str(tmp_path / "q")])
+    table = "ernie.embed_tokens.weight"
+    assert result["scheme"]["weights"][table] == {"bits": 4, "group_size": 32, "transposed": True}
+    head = load_checkpoint(tmp_path / "q").state[table].T  # [hidden, vocab], stored dequantized
+    codes, scales = quantize_rtn(head, 4, 32)
+    np.testing.assert_array_equal(dequantize(codes, scales, 32), head)  # on the int4 grid, exactly
+    assert result["metrics"]["test"]["perplexity"] <= result["parent_metrics"]["test"]["perplexity"] * 1.05
+    exported = cli_json(["export", str(tmp_path / "q"), "--format", "onnx", "--out", str(tmp_path / "x")])
+    assert exported["verification"]["decoder"]["greedy_tokens_equal"]
+
+
+def test_an_int4_head_whose_groups_do_not_divide_the_hidden_size_is_refused(tiny_lm, tmp_path, monkeypatch):
+    from ernie_compress.quantize import weight_only
+
+    monkeypatch.setattr(weight_only, "HEAD_INT4_GROUP", 64)  # the tiny model's hidden size is 32
+    res = CliRunner().invoke(app, ["--quiet", "quantize", str(tiny_lm), "--weight-only", "int4", "--head", "int4",
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "hidden size 32 is not a multiple" in res.stderr, res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--weight-only", "int4", "--group-size", "48"], "--group-size 48 does not divide the input width 32"),
+    (["--weight-only", "int4", "--head", "int2"], "--head must be one of int8, int4"),
     (["--weight-only", "int2"], "--weight-only must be one of int8, int4"),
     (["--weight-only", "int8", "--qat", "int8"], "pass exactly one of"),
     (["--weight-only", "int8", "--observer", "mse"], "--observer does not apply to --weight-only"),
