@@ -88,7 +88,8 @@ def attention_kernel(config, onnx_ops: str, int8_cache: bool = False) -> tuple[b
         return False, (f"standard ops: GroupQueryAttention's CPU kernel takes head sizes that are multiples of "
                        f"{FUSED_HEAD_DIM}, this model's is {config.head_dim}")
     if int8_cache:
-        return False, "standard ops: GroupQueryAttention's int8 cache prefills slower (measured; decoder_onnx.attention_kernel)"
+        return True, ("GroupQueryAttention (com.microsoft) over the int8 cache read back as codes x scale; rotary and "
+                      "the cache's rounding in standard ops")
     return True, "GroupQueryAttention (com.microsoft: rotary inside, interleaved)"
 
 

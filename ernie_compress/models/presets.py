@@ -100,3 +100,33 @@ def resolve_preset(name: str) -> dict:
 
 def is_preset(name: str) -> bool:
     return ALIASES.get(name, name) in PRESETS
+
+
+def resize_preset(keys: dict, name: str, layers: int | None = None, hidden: int | None = None) -> dict:
+    """Preset ``name``'s ``keys`` at another depth and/or width (a student between the presets): ``layers``
+    decoder or encoder layers; a ``hidden`` size whose attention heads keep the preset's head size (their
+    count follows the width, and for grouped-query attention the KV heads keep the group size) and whose
+    FFN keeps the preset's ratio to the hidden size. Mixture-of-experts presets are not resized."""
+    if layers is None and hidden is None:
+        return keys
+    if keys.get("moe_num_experts"):
+        raise UserError(f"preset '{name}' is a mixture of experts: --student-layers / --student-hidden resize dense "
+                        f"presets")
+    keys = dict(keys)
+    if layers is not None:
+        keys["num_hidden_layers"] = layers
+    if hidden is not None and hidden != keys["hidden_size"]:
+        heads = keys["num_attention_heads"]
+        head_size = keys.get("head_dim") or keys["hidden_size"] // heads
+        if hidden % head_size:
+            raise UserError(f"--student-hidden {hidden} is not a multiple of preset '{name}''s head size {head_size}")
+        new_heads = hidden // head_size
+        if "num_key_value_heads" in keys:
+            group = heads // keys["num_key_value_heads"]
+            if new_heads % group:
+                raise UserError(f"--student-hidden {hidden} gives {new_heads} heads, not a multiple of preset "
+                                f"'{name}''s {group} query heads per KV head")
+            keys["num_key_value_heads"] = new_heads // group
+        keys["intermediate_size"] = max(1, round(keys["intermediate_size"] * hidden / keys["hidden_size"]))
+        keys.update(hidden_size=hidden, num_attention_heads=new_heads)
+    return keys

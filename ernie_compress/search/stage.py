@@ -3,7 +3,8 @@ drives): the best compressed model inside a latency / size / accuracy budget, fo
 a multi-objective search over the other stages' own options (``search/``), reported as a Pareto
 frontier with the recipe of every point.
 
-Each trial distils the teacher into a student preset, optionally prunes and quantizes it and exports
+Each trial distils the teacher into a student preset (resized between the presets where ``--depths`` /
+``--widths`` say), optionally prunes and quantizes it and exports
 ONNX (``search/trial.py``: one recipe per trial, run by the recipe runner); its dev metric, batch-B
 latency on the target runtime and file size are the objectives of an Optuna study (``search/study.py``)
 kept in ``--storage`` (a SQLite file in ``--out`` unless a URL is given), so the same command resumes
@@ -22,7 +23,7 @@ from ..checkpoint import load_checkpoint
 from ..data.task_options import TaskOptions
 from ..errors import UserError
 from ..models.families import config_from_dict, family_of
-from ..models.presets import PRESETS
+from ..models.presets import PRESETS, resize_preset, resolve_preset
 from ..options import check_options, fail, option
 from ..progress import note
 from ..results import SearchResult
@@ -33,6 +34,8 @@ from .space import PRECISION, PRECISIONS, Dimension, SearchSpace
 from .study import DIRECTIONS, SAMPLERS, StopTrial, StudySettings
 
 NO_PRUNING = 0.0  # in --prune-params: this trial keeps every head and neuron
+STUDENT_SHAPE = ("student", "student_layers", "student_hidden")  # distill options that make a student's shape:
+# the median rule compares a trial's student with earlier students of the same shape
 
 
 def _strings(text: str) -> tuple[str, ...]:
@@ -80,6 +83,12 @@ class SearchConfig(TaskOptions, RuntimeOptions):
     students: tuple[str, ...] = option((), parse=_strings, cli_default="", help=(
         "Student presets to choose from, comma-separated (default: the teacher's family's presets no deeper "
         "and no wider than the teacher)."))
+    depths: tuple[int, ...] = option((), at_least=1, parse=_ints, cli_default="", help=(
+        "Student depths to choose from (distill --student-layers), comma-separated: depths between the presets "
+        "(default: each preset's own)."))
+    widths: tuple[int, ...] = option((), at_least=1, parse=_ints, cli_default="", help=(
+        "Student hidden sizes to choose from (distill --student-hidden), comma-separated; each must fit every "
+        "student preset's head size (default: each preset's own)."))
     epochs: tuple[int, ...] = option((1, 2, 3), at_least=1, parse=_ints, cli_default="1,2,3", help=(
         "Distillation epochs to choose from."))
     prune_params: tuple[float, ...] = option((0.0, 0.15, 0.3), at_least=0, below=1, parse=_floats,
@@ -137,7 +146,12 @@ def default_students(teacher_config) -> tuple[str, ...]:
 def search_space(cfg: SearchConfig, students: tuple[str, ...]) -> SearchSpace:
     """The dimensions the options above name, checked against the stages' declarations."""
     prune = tuple(None if p == NO_PRUNING else p for p in cfg.prune_params)
-    return SearchSpace((Dimension("distill", "student", choices=students),
+    for student in students:  # every width must fit every preset: refused here, not as failed trials
+        for width in cfg.widths:
+            resize_preset(resolve_preset(student), student, hidden=width)
+    shape = tuple(Dimension("distill", option, choices=tuple(values))
+                  for option, values in (("student_layers", cfg.depths), ("student_hidden", cfg.widths)) if values)
+    return SearchSpace((Dimension("distill", "student", choices=students), *shape,
                         Dimension("distill", "epochs", choices=tuple(cfg.epochs)),
                         Dimension("prune", "params", choices=prune),
                         Dimension("quantize", PRECISION, choices=tuple(cfg.precisions))))
@@ -177,10 +191,10 @@ def run_search(cfg: SearchConfig) -> SearchResult:
                                   min_accuracy=None if cfg.max_loss is None else teacher_dev - cfg.max_loss)
 
     def measure(values, trial) -> dict[str, float]:
-        student = values["distill"]["student"]
+        shape = {f"distill.{o}": values["distill"].get(o) for o in STUDENT_SHAPE}
         peers = [t.user_attrs["student_dev"] for t in study.get_trials(deepcopy=False)
                  if t.number != trial.number and "student_dev" in t.user_attrs
-                 and t.params.get("distill.student") == student]
+                 and all(t.params.get(name) == value for name, value in shape.items())]
         trial.set_user_attr("values", describe(values))
         run_dir = out / "trials" / f"{trial.number:04d}"
         try:

@@ -34,7 +34,7 @@ from ..models.config import ErnieConfig
 from ..models.families import (ModelFamily, config_from_dict, family_of, family_of_keys, require_distillation,
                                require_teachable)
 from ..models.layouts import check_layout
-from ..models.presets import is_preset, resolve_preset
+from ..models.presets import is_preset, resize_preset, resolve_preset
 from ..options import check_options, fail, option
 from ..paddle_env import import_paddle, seed_everything
 from ..progress import note
@@ -56,6 +56,11 @@ class DistillConfig(CheckpointOutput, TaskOptions, TrainingOptions):
                                                  "--models-dir / $ERNIE_COMPRESS_MODELS.")
     student: str = option(help="Student: a preset (mini, micro, nano, demo-mini, tiny, ...) or a checkpoint "
                                "directory sharing the teacher's vocabulary.")
+    student_layers: int | None = option(None, at_least=1, help=(
+        "With a preset --student: this many layers instead of the preset's (a depth between presets)."))
+    student_hidden: int | None = option(None, at_least=1, help=(
+        "With a preset --student: this hidden size instead of the preset's; the attention heads keep the "
+        "preset's head size (their count follows) and the FFN its ratio to the hidden size."))
     models_dir: Path | None = option(None, help="Where teacher names resolve.")
     init_from_teacher: bool = option(False, help="Initialise the student from the teacher's embeddings and "
                                                  "every k-th layer (equal widths).")
@@ -79,6 +84,9 @@ class DistillConfig(CheckpointOutput, TaskOptions, TrainingOptions):
     def __post_init__(self) -> None:
         check_options(self)
         self.check_accelerator()
+        if (self.student_layers or self.student_hidden) and not is_preset(self.student):
+            fail("{student_layers} and {student_hidden} resize a preset --student, not a checkpoint",
+                 "student_layers", "student_hidden")
         if self.ce_weight + self.kd_weight + self.hidden_weight + self.attention_weight == 0:
             fail("every loss weight is 0 ({ce_weight}, {kd_weight}, {hidden_weight}, {attention_weight}): "
                  "nothing to train on", "ce_weight", "kd_weight", "hidden_weight", "attention_weight")
@@ -111,7 +119,7 @@ def _student_architecture(teacher_config, student: ModelFamily) -> list[str]:
 def _student(cfg: DistillConfig, teacher: Checkpoint) -> tuple[ErnieConfig, dict | None, str]:
     """(student config, initial state or None, description)."""
     if is_preset(cfg.student):
-        keys = resolve_preset(cfg.student)
+        keys = resize_preset(resolve_preset(cfg.student), cfg.student, cfg.student_layers, cfg.student_hidden)
         family = family_of_keys(keys)
         require_teachable(teacher.config, family, f"preset '{cfg.student}'")
         keys.update(vocab_size=teacher.config.vocab_size, architectures=_student_architecture(teacher.config, family),
@@ -120,7 +128,9 @@ def _student(cfg: DistillConfig, teacher: Checkpoint) -> tuple[ErnieConfig, dict
         family.student_keys(keys, teacher.config)
         config = config_from_dict(keys)
         config.extra["ernie_compress"] = dict(teacher.config.extra.get("ernie_compress", {}))
-        return config, None, f"preset {cfg.student}"
+        resized = (f" at {config.num_hidden_layers} layers x {config.hidden_size}"
+                   if cfg.student_layers or cfg.student_hidden else "")
+        return config, None, f"preset {cfg.student}{resized}"
     path = Path(cfg.student).expanduser()
     if not path.exists():
         raise UserError(f"student '{cfg.student}' is neither a preset nor a checkpoint directory")

@@ -130,6 +130,35 @@ def test_init_from_teacher_needs_equal_widths(teacher_ckpt, tmp_path):
     assert res.exit_code == 0, res.output
 
 
+def test_a_preset_student_is_resized_between_the_presets(teacher_ckpt, tmp_path):
+    from ernie_compress.checkpoint import load_checkpoint
+
+    teacher, _ = teacher_ckpt
+    res = runner.invoke(app, ["--quiet", "--json", "distill", "--teacher", str(teacher), "--student", "tiny",
+                              "--student-layers", "1", "--student-hidden", "48", "--out", str(tmp_path / "s"),
+                              "--max-steps", "2", "--batch-size", "8", "--no-latency"])
+    assert res.exit_code == 0, res.output
+    config = load_checkpoint(tmp_path / "s").config  # tiny: 2 layers x 32, 4 heads of 8, FFN 2x
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size) == \
+        (1, 48, 6, 96)
+
+
+def test_resized_presets_keep_head_size_kv_groups_and_ffn_ratio():
+    from ernie_compress.models.presets import resize_preset, resolve_preset
+
+    keys = resize_preset(resolve_preset("ernie45-mini"), "ernie45-mini", layers=3, hidden=96)  # 8 heads of 8, 2 KV
+    assert {k: keys[k] for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
+                                 "head_dim", "intermediate_size")} == {
+        "num_hidden_layers": 3, "hidden_size": 96, "num_attention_heads": 12, "num_key_value_heads": 3,
+        "head_dim": 8, "intermediate_size": 288}
+    assert resize_preset(resolve_preset("tiny"), "tiny") == resolve_preset("tiny")  # nothing asked: unchanged
+    for name, hidden, message in (("demo-mini", 48, "not a multiple of preset 'demo-mini''s head size 32"),
+                                  ("ernie45-mini", 72, "9 heads, not a multiple"),
+                                  ("ernie45-moe-tiny", 64, "mixture of experts")):
+        with pytest.raises(UserError, match=message):
+            resize_preset(resolve_preset(name), name, hidden=hidden)
+
+
 def test_larger_student_warns(teacher_ckpt, tmp_path):
     teacher, _ = teacher_ckpt
     res = runner.invoke(app, ["distill", "--teacher", str(teacher), "--student", "demo-mini",
@@ -145,6 +174,8 @@ def test_bad_distill_inputs(teacher_ckpt, tmp_path):
         (["--teacher", str(teacher), "--student", "gigantic"], "neither a preset nor a checkpoint"),
         (["--teacher", str(teacher), "--student", "tiny", "--kd-weight", "0", "--ce-weight", "0"], "nothing to train"),
         (["--teacher", str(teacher), "--student", "tiny", "--layer-map", "0:7", "--hidden-weight", "1"], "outside"),
+        (["--teacher", str(teacher), "--student", "tiny", "--student-hidden", "36"], "not a multiple"),
+        (["--teacher", str(teacher), "--student", str(teacher), "--student-layers", "1"], "resize a preset"),
     ]
     # a student checkpoint with another vocabulary
     other = tmp_path / "other"

@@ -35,7 +35,7 @@ def test_channel_amax_is_per_layer_key_and_value_channel():
     assert scales[0][0].min() == kv_cache.SMALLEST_SCALE and np.all(scales[0][1] == 1.0)
 
 
-@pytest.mark.parametrize("fused", [False, True])  # standard ops, GroupQueryAttention's quantized cache
+@pytest.mark.parametrize("fused", [False, True])  # standard ops, GroupQueryAttention over the codes read back
 def test_cache_codes_dequantize_to_the_float_cache_within_half_a_scale(tiny_lm, fused):
     ckpt = load_checkpoint(tiny_lm)
     config = ckpt.config

@@ -158,12 +158,13 @@ def test_bad_search_requests_are_one_line_and_exit_2(teacher, tmp_path):
              (["--precisions", "int3", "--trials", "1"], "precisions"),
              (["--trials", "1", "--storage", "postgresql+psycopg://nobody@127.0.0.1:9/none"],
               "cannot open the study storage"),
+             (["--widths", "36", "--trials", "1"], "not a multiple of preset 'tiny''s head size 8"),
              (["--trials", "1", "--latency-ms", "0.000001"], "no candidate meets the budget")]
     for i, (extra, message) in enumerate(cases):
         res = runner.invoke(app, ["--quiet", *_search(teacher, tmp_path / f"bad{i}", *extra)])
         assert res.exit_code == 2 and message in res.stderr, (extra, res.output)
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-    report = json.loads((tmp_path / "bad4" / "report.json").read_text())  # the budget case still reports
+    report = json.loads((tmp_path / "bad5" / "report.json").read_text())  # the budget case still reports
     assert report["closest"]["number"] == 0 and "closest is trial 0" in res.stderr
 
 
@@ -175,11 +176,16 @@ task: text
 data: {data}
 stages:
   - train: {{name: teacher, preset: demo-mini, epochs: 2, lr: 0.003, batch_size: 8}}
-  - search: {{students: [tiny], epochs: [1], prune_params: [0], precisions: [fp32, int8-ptq], trials: 2,
-              iterations: 2, seq_len: 16, threads: 1}}
+  - search: {{students: [tiny], depths: [1], widths: [48], epochs: [1], prune_params: [0],
+              precisions: [fp32, int8-ptq], trials: 2, iterations: 2, seq_len: 16, threads: 1}}
 """, encoding="utf-8")
     result = cli_json(["run", str(recipe), "--out", str(tmp_path / "run")])
     searched = result["stages"]["search"]
     assert searched["trials"]["complete"] == 2 and searched["chosen"] is not None
     report = json.loads((tmp_path / "run" / "search" / "report.json").read_text())
     assert report["teacher"] == str((tmp_path / "run" / "teacher").resolve())
+    # students between the presets: tiny resized to 1 layer x 48 (depths, widths)
+    assert all(t["params"]["distill.student_layers"] == 1 and t["params"]["distill.student_hidden"] == 48
+               for t in report["trials"])
+    student = json.loads((tmp_path / "run" / "search" / "trials" / "0000" / "student" / "config.json").read_text())
+    assert (student["num_hidden_layers"], student["hidden_size"]) == (1, 48)
