@@ -4,7 +4,9 @@ onnxruntime-genai's builder output: ``past_key_values.{i}.key|value`` in, ``pres
 fed the same shapes through plain ``InferenceSession.run``:
 
     python benchmarks/decode_profile.py NAME=MODEL.onnx NAME=MODEL.onnx ... [--past 64] [--batch 1]
-        [--steps 40] [--rounds 3] [--threads 2] [--markdown benchmarks/results/decode-profile.md]
+        [--seq 1] [--steps 40] [--rounds 3] [--threads 2] [--markdown benchmarks/results/decode-profile.md]
+
+(``--seq 512 --past 0``: a prefill of a 512-token prompt instead of a decode step.)
 
 Each model gets a session with profiling (``enable_profiling``: one ``*_kernel_time`` event per node
 run, summed by operator type, ``runtime/op_profile.py``) and one without; the step time is the
@@ -43,21 +45,23 @@ def cache_shape(spec, model: Path) -> tuple[int, int]:
     return heads, dim
 
 
-def step_inputs(session, model: Path, batch: int, past: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """One decode step's feeds for whatever the graph declares: a token per row, the mask over
-    past + 1 positions, the position (when the graph takes positions) and a random cache."""
+def step_inputs(session, model: Path, batch: int, past: int, seq: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """One call's feeds for whatever the graph declares: ``seq`` tokens per row (1: a decode step; a
+    prompt's length with ``past`` 0: a prefill), the mask over past + seq positions, the positions (when
+    the graph takes them) and a random cache."""
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for spec in session.get_inputs():
         if spec.name == "input_ids":
-            feeds[spec.name] = rng.integers(3, 1000, (batch, 1), dtype=np.int64)
+            feeds[spec.name] = rng.integers(3, 1000, (batch, seq), dtype=np.int64)
         elif spec.name == "attention_mask":
-            feeds[spec.name] = np.ones((batch, past + 1), np.int64)
+            feeds[spec.name] = np.ones((batch, past + seq), np.int64)
         elif spec.name == "position_ids":
-            feeds[spec.name] = np.full((batch, 1), past, np.int64)
+            feeds[spec.name] = np.tile(np.arange(past, past + seq, dtype=np.int64), (batch, 1))
         elif spec.name.startswith("past_key_values."):
             heads, dim = cache_shape(spec, model)
-            feeds[spec.name] = rng.standard_normal((batch, heads, past, dim)).astype(np.float32)
+            dtype = np.int8 if spec.type == "tensor(int8)" else np.float32  # an int8 cache: codes
+            feeds[spec.name] = (rng.standard_normal((batch, heads, past, dim)) * (40 if dtype == np.int8 else 1)).astype(dtype)
         else:
             raise SystemExit(f"{spec.name}: an input this profile does not know how to feed")
     return feeds
@@ -86,6 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("models", nargs="+", help="NAME=path/to/model.onnx")
     parser.add_argument("--past", type=int, default=64)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--seq", type=int, default=1, help="tokens per call: 1 (a decode step), or a prompt's "
+                        "length with --past 0 (a prefill)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     ops: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {name: open_sessions(Path(path), args.threads, Path(tmp)) for name, path in models.items()}
-        feeds = {name: step_inputs(plain, Path(models[name]), args.batch, args.past)
+        feeds = {name: step_inputs(plain, Path(models[name]), args.batch, args.past, args.seq)
                  for name, (plain, _) in sessions.items()}
         for name, (plain, profiled) in sessions.items():
             for _ in range(WARMUP):
@@ -130,9 +136,11 @@ def main(argv: list[str] | None = None) -> dict:
     rows.append({"operator": "step, unprofiled (median of rounds)",
                  **{f"{n} ms/step": f"{statistics.median(step_ms[n]):.3f} ({min(step_ms[n]):.3f}-{max(step_ms[n]):.3f})"
                     for n in names}})
-    result = {"past": args.past, "batch": args.batch, "steps": args.steps, "models": models,
+    result = {"past": args.past, "seq": args.seq, "batch": args.batch, "steps": args.steps, "models": models,
               "ops_ms_per_step": ops, "step_ms": step_ms}
-    title = (f"One decode step (batch {args.batch}, {args.past} cached positions) per operator type, ONNX Runtime's "
+    call = (f"One decode step (batch {args.batch}, {args.past} cached positions)" if args.seq == 1 else
+            f"One call of {args.seq} tokens per row (batch {args.batch}, {args.past} cached positions)")
+    title = (f"{call} per operator type, ONNX Runtime's "
              f"profiler ({args.steps} steps), and the unprofiled step time (median (min-max) of {args.rounds} "
              f"interleaved rounds of {args.steps} steps), {args.threads} threads: "
              + ", ".join(f"{n} = {p}" for n, p in models.items()))

@@ -28,7 +28,9 @@ VARIANTS = (("W8, RTN", ["int8", "--method", "rtn"]), ("W8, GPTQ", ["int8", "--m
             ("W4 g32, AWQ", ["int4", "--group-size", "32", "--method", "awq"]),
             ("W4 g64, RTN", ["int4", "--group-size", "64", "--method", "rtn"]),
             ("W4 g64, GPTQ", ["int4", "--group-size", "64", "--method", "gptq"]),
-            ("W4 g64, AWQ", ["int4", "--group-size", "64", "--method", "awq"]))
+            ("W4 g64, AWQ", ["int4", "--group-size", "64", "--method", "awq"]),
+            ("W4 g32, RTN, int4 head", ["int4", "--group-size", "32", "--method", "rtn", "--head", "int4"]),
+            ("W4 g32, GPTQ, int4 head", ["int4", "--group-size", "32", "--method", "gptq", "--head", "int4"]))
 
 
 def _why(refusal: str) -> str:
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
                          f" (fp32 compute; int8 compute refused: {_why(refused)})" if refused else ""),
                      "teacher-forced picks equal": f"{check['teacher_forced_agreement']:.0%}"})
     title = (f"Weight-only quantization of {trained_as}: held-out "
-             f"perplexity against the FP32 parent (the LM head int8 per vocabulary entry in every variant), and "
+             f"perplexity against the FP32 parent (the LM head int8 per vocabulary entry, or int4 in groups of 32 "
+             f"where the row says int4 head: quantize --head int4), and "
              f"the export's decoder (int8 compute) against the checkpoint on "
              f"{check['prompts']} held-out prompts x {check['new_tokens']} greedy tokens")
     emit(title, rows, list(rows[0]), result, args.json, markdown_path=args.markdown, threads=args.threads)
