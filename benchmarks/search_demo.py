@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
             and teacher_metric is not None and v["metric"] >= teacher_metric - MAX_LOSS}
     result["q2_faster_within_a_point_of_the_teacher"] = sorted(fast)
     title = (f"Search vs the recipe ({args.recipe.name}): a {args.minutes:g}-minute search from the recipe's teacher "
-             f"({searched['trials']}), every model timed again after it, interleaved ({ROUNDS} rounds, batch 1, "
+             f"({', '.join(f'{n} {state}' for state, n in searched['trials'].items() if n)} trials), every model timed again after it, interleaved ({ROUNDS} rounds, batch 1, "
              f"sequence 128, {args.threads} threads); held-out {metric} with paired bootstrap intervals against the "
              f"recipe's {final}. (1) the most accurate frontier point no slower than {final}: "
              + ("none" if best is None else f"{best[0]}, {best[1]['delta'][0]:+.2f} ({best[1]['delta'][1]:+.2f} to "
