@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     ops: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, folder in folders.items():
-            session = open_session(name, folder, args.threads, Path(tmp) / name.replace(" ", "_"))
+            profile_dir = Path(tmp) / name.replace(" ", "_").replace(",", "")
+            profile_dir.mkdir()
+            session = open_session(name, folder, args.threads, profile_dir)
             for _ in range(WARMUP + args.runs):
                 session.run(ids, types)
             rows = onnxruntime_op_profile(session.end_profiling(), top_n=10_000)

@@ -79,17 +79,20 @@ FUSED_HEAD_DIM = 16  # GroupQueryAttention's CPU kernel takes head sizes that ar
 def attention_kernel(config, onnx_ops: str, int8_cache: bool = False) -> tuple[bool, str]:
     """Whether the decoder's attention is ONNX Runtime's fused ``GroupQueryAttention`` (``--onnx-ops
     onnxruntime``), and the manifest's words for what it is (and why standard ops, where fused was asked).
-    An int8 cache stays in standard ops: the kernel's quantized cache prefills a 512-token prompt 1.42x
-    slower than the standard graph's int8 cache (decode 1.10x against 1.06x; ERNIE-4.5-0.3B W4, 2 threads,
-    one interleaved run), and the time to the first token is the deployment's headline number."""
+    An int8 cache stays in standard ops, which decode fastest over a long cache: at 512 cached positions
+    (ERNIE-4.5-0.3B W4, 2 threads, one interleaved run, ``benchmarks/results/kv-decode-512.md``) a step
+    takes 11.5 ms against 14.4 ms with GroupQueryAttention over the codes read back
+    (``ernie4_5_onnx._fused_attention_over_int8_cache``), although that graph prefills 2048 tokens in
+    0.79x the standard graph's time (``int8-kv-prefill.md``); the kernel's own quantized cache prefilled
+    512 tokens 1.42x slower still. An int8 cache is chosen for long contexts, where decoding dominates."""
     if onnx_ops != "onnxruntime":
         return False, "standard ops (--onnx-ops standard)"
     if config.head_dim % FUSED_HEAD_DIM:
         return False, (f"standard ops: GroupQueryAttention's CPU kernel takes head sizes that are multiples of "
                        f"{FUSED_HEAD_DIM}, this model's is {config.head_dim}")
     if int8_cache:
-        return True, ("GroupQueryAttention (com.microsoft) over the int8 cache read back as codes x scale; rotary and "
-                      "the cache's rounding in standard ops")
+        return False, ("standard ops: an int8 cache decodes faster over a long cache in standard ops than in "
+                       "GroupQueryAttention (measured; decoder_onnx.attention_kernel)")
     return True, "GroupQueryAttention (com.microsoft: rotary inside, interleaved)"
 
 

@@ -87,8 +87,8 @@ class ExportConfig(TokenizerOption, ThreadsOption):
         "slow CPU SkipLayerNormalization; standard keeps the converter's standard ONNX ops (other "
         "runtimes). FP16 and model_qdq.onnx are standard either way. Decoders (onnx/decoder.onnx): "
         "onnxruntime writes each layer's attention as ONNX Runtime's GroupQueryAttention (rotary and "
-        "cache inside; head sizes a multiple of 16; the int8 cache stays in standard ops, which prefill it "
-        "faster; its CUDA kernel takes float16 only, so export GPU decoders with standard), standard in standard "
+        "cache inside; head sizes a multiple of 16; the int8 cache stays in standard ops, which decode it "
+        "faster over a long cache; its CUDA kernel takes float16 only, so export GPU decoders with standard), standard in standard "
         "ops; the manifest says which."))
     int8_attention: str = option("multihead", choices=onnx_export.INT8_ATTENTION, help=(
         "INT8 encoders with --onnx-ops onnxruntime: qattention writes each layer's q/k/v integer projections and "
