@@ -29,3 +29,22 @@ def emit(title: str, rows: list[dict], cols: list[str], result: dict, json_path:
         json_path.write_text(json.dumps(result, indent=2))
     if markdown_path:
         markdown_path.write_text(table + "\n")
+
+
+def operator_rows(ops: dict[str, dict[str, float]], top: int, unit: str, digits: int) -> list[dict]:
+    """A per-operator table from ``ops`` (model -> operator type -> ms): the ``top`` operator types by
+    their largest time in any model, the rest summed in one row, and all operators' total; one
+    column per model (``"{model} {unit}"``)."""
+    names = list(ops)
+    ranked = sorted({op for n in names for op in ops[n]}, key=lambda op: -max(ops[n].get(op, 0.0) for n in names))
+    shown, rest = ranked[:top], ranked[top:]
+
+    def row(label: str, kinds: list[str]) -> dict:
+        return {"operator": label, **{f"{n} {unit}": f"{sum(ops[n].get(op, 0.0) for op in kinds):.{digits}f}"
+                                      for n in names}}
+
+    rows = [row(op, [op]) for op in shown]
+    if rest:
+        rows.append(row(f"{len(rest)} other types", rest))
+    rows.append(row("all operators (profiled)", ranked))
+    return rows

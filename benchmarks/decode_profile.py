@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from _tables import emit
+    from _tables import emit, operator_rows
     from ernie_compress.runtime.op_profile import onnxruntime_op_profile
 
     models = dict(m.split("=", 1) for m in args.models)
@@ -125,14 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
                 step_ms[name].append(1000 * (time.perf_counter() - started) / args.steps)
 
     names = list(models)
-    ranked = sorted({op for name in names for op in ops[name]}, key=lambda op: -max(ops[n].get(op, 0) for n in names))
-    shown, rest = ranked[:args.top], ranked[args.top:]
-    rows = [{"operator": op, **{f"{n} ms/step": f"{ops[n].get(op, 0.0):.3f}" for n in names}} for op in shown]
-    if rest:
-        rows.append({"operator": f"{len(rest)} other types",
-                     **{f"{n} ms/step": f"{sum(ops[n].get(op, 0.0) for op in rest):.3f}" for n in names}})
-    rows.append({"operator": "all operators (profiled)",
-                 **{f"{n} ms/step": f"{sum(ops[n].values()):.3f}" for n in names}})
+    rows = operator_rows(ops, args.top, "ms/step", 3)
     rows.append({"operator": "step, unprofiled (median of rounds)",
                  **{f"{n} ms/step": f"{statistics.median(step_ms[n]):.3f} ({min(step_ms[n]):.3f}-{max(step_ms[n]):.3f})"
                     for n in names}})

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from _tables import emit
+    from _tables import emit, operator_rows
     from ernie_compress.data.sp_tokenizer import load_tokenizer
     from ernie_compress.data.tasks import TaskSpec, load_task
     from ernie_compress.runtime.evaluate_export import latency_inputs
@@ -92,13 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
             wall[name].append(1000 * (time.perf_counter() - started))
 
     names = list(folders)
-    ranked = sorted({op for n in names for op in ops[n]}, key=lambda op: -max(ops[n].get(op, 0) for n in names))
-    shown, rest = ranked[:args.top], ranked[args.top:]
-    rows = [{"operator": op, **{f"{n} ms": f"{ops[n].get(op, 0.0):.1f}" for n in names}} for op in shown]
-    if rest:
-        rows.append({"operator": f"{len(rest)} other types",
-                     **{f"{n} ms": f"{sum(ops[n].get(op, 0.0) for op in rest):.1f}" for n in names}})
-    rows.append({"operator": "all operators (profiled)", **{f"{n} ms": f"{sum(ops[n].values()):.1f}" for n in names}})
+    rows = operator_rows(ops, args.top, "ms", 1)
     rows.append({"operator": "batch, unprofiled (median of runs)",
                  **{f"{n} ms": f"{statistics.median(wall[n]):.1f} ({min(wall[n]):.1f}-{max(wall[n]):.1f})"
                     for n in names}})
