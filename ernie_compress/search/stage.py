@@ -221,9 +221,13 @@ def run_search(cfg: SearchConfig) -> SearchResult:
         if settings.trials is not None:  # the study ends at K trials: the report holds all of them
             wait_for_workers(study, lambda n: note(f"waiting for {n} trial(s) other workers are running"))
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the command line makes it unwind (sigterm_as_interrupt)
-        search_report.write(out, study, target, teacher_dev, budget, settings)
+        try:
+            search_report.write(out, study, target, teacher_dev, budget, settings)
+            written = ""
+        except Exception:  # noqa: BLE001 - an interrupt inside a module's first import (e.g. matplotlib's)
+            written = "; the report is written when it resumes"  # leaves it half-made: the study is what counts
         raise UserError(f"interrupted: {search_report.count_text(study, settings.trials)}; run the same command to "
-                        f"resume (the interrupted trial runs again)") from None
+                        f"resume (the interrupted trial runs again){written}") from None
     written = search_report.write(out, study, target, teacher_dev, budget, settings, finish=True)
     if budget.given and written["chosen"] is None:
         closest = written["closest"]

@@ -73,7 +73,7 @@ FINISHED = ("COMPLETE", "PRUNED", "FAIL")  # trial states that count, a FAIL onl
 def _quiet_optuna():
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed or interrupted trial: our own one line says it
     return optuna
 
 

@@ -134,6 +134,24 @@ def test_an_interrupted_search_resumes_and_runs_the_interrupted_trial_again(teac
     assert len(counted) == 3
 
 
+def test_an_interrupt_that_leaves_the_report_unwritable_is_still_one_line_and_exit_2(teacher, tmp_path, monkeypatch):
+    """SIGTERM can land inside a module's first import (CI saw it in matplotlib's, under paddleslim's): the
+    half-imported module then breaks the interrupted search's report; the search still says how to resume."""
+    from ernie_compress.search import report, trial
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def half_imported(*args, **kwargs):
+        raise AttributeError("module 'matplotlib' has no attribute 'get_data_path'")
+
+    monkeypatch.setattr(trial, "run_trial", interrupted)
+    monkeypatch.setattr(report, "write", half_imported)
+    res = runner.invoke(app, ["--quiet", *_search(teacher, tmp_path / "s", "--trials", "1")])
+    assert res.exit_code == 2 and "interrupted" in res.stderr and "resume" in res.stderr, res.output
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
 def test_two_workers_share_a_postgresql_study(teacher, tmp_path, postgres_url):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     workers = [subprocess.Popen([sys.executable, "-m", "ernie_compress", "--quiet", "--json",
