@@ -190,13 +190,7 @@ def attention(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames,
     if io.fused is not None:
         return _fused_attention(g, x, config, names, io)
     H, KV, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-    mix = g.op("Reshape", g.linear(x, names.qkv), g.const("qkv.shape", i64([0, 0, H + 2 * KV, d])))
-    q, k, v = g.op("Split", mix, g.const("qkv.split", i64([H, KV, KV])), outputs=3, axis=2)  # [b, s, h|kv, d]
-    q, k = _rope(g, q, H, d, io.cos, io.sin), _rope(g, k, KV, d, io.cos, io.sin)
-    if io.kv_scales is not None:  # int8 codes of the new keys and values, [b, s, kv, d]
-        k, v = (_cache_codes(g, new, scale, f"{name}.scale") for new, scale, name in zip((k, v), io.kv_scales, io.present))
-    k = g.op("Concat", io.past[0], g.op("Transpose", k, perm=[0, 2, 1, 3]), axis=2, name=io.present[0])  # [b, kv, T, d]
-    v = g.op("Concat", io.past[1], g.op("Transpose", v, perm=[0, 2, 1, 3]), axis=2, name=io.present[1])
+    q, _, (k, v) = _queries_and_grown_cache(g, x, config, names, io)
     q = g.op("Transpose", g.op("Reshape", q, g.const("q.groups", i64([0, 0, KV, H // KV, d]))),
              perm=[0, 2, 3, 1, 4])  # [b, kv, g, s, d]
     keys, values = k, v  # [b, kv, T, d]: the cache itself, or its int8 codes read as float below
@@ -212,6 +206,22 @@ def attention(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames,
         out = g.op("Mul", out, g.const(f"{io.present[1]}.out_scale", f32(io.kv_scales[1]).reshape(1, KV, 1, 1, d)))
     out = g.op("Reshape", g.op("Transpose", out, perm=[0, 3, 1, 2, 4]), g.const("attn.flat", i64([0, 0, H * d])))
     return g.linear(out, names.out), (k, v)
+
+
+def _queries_and_grown_cache(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames,
+                             io: AttentionIO) -> tuple[str, tuple[str, str], tuple[str, str]]:
+    """The standard-op front of attention: the rotated queries [b, s, H, d], the new keys and values
+    [b, s, kv, d] (with an int8 cache, their int8 codes: :func:`_cache_codes`), and the grown cache
+    (key, value) [b, kv, T, d] named ``io.present``."""
+    H, KV, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    mix = g.op("Reshape", g.linear(x, names.qkv), g.const("qkv.shape", i64([0, 0, H + 2 * KV, d])))
+    q, k, v = g.op("Split", mix, g.const("qkv.split", i64([H, KV, KV])), outputs=3, axis=2)  # [b, s, h|kv, d]
+    q, k = _rope(g, q, H, d, io.cos, io.sin), _rope(g, k, KV, d, io.cos, io.sin)
+    if io.kv_scales is not None:  # int8 codes of the new keys and values, [b, s, kv, d]
+        k, v = (_cache_codes(g, new, scale, f"{name}.scale") for new, scale, name in zip((k, v), io.kv_scales, io.present))
+    grown = tuple(g.op("Concat", past, g.op("Transpose", new, perm=[0, 2, 1, 3]), axis=2, name=name)
+                  for past, new, name in zip(io.past, (k, v), io.present))  # [b, kv, T, d]
+    return q, (k, v), grown
 
 
 def _fused_attention(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames,
@@ -245,12 +255,7 @@ def _fused_attention_over_int8_cache(g: GraphBuilder, x: str, config: Ernie45Con
     the kernel's own quantized cache (``k_quant_type`` PER_CHANNEL) prefilled a 512-token prompt 1.42x
     slower than the standard-op graph (ERNIE-4.5-0.3B W4, 2 threads)."""
     H, KV, d, fused = config.num_attention_heads, config.num_key_value_heads, config.head_dim, io.fused
-    mix = g.op("Reshape", g.linear(x, names.qkv), g.const("qkv.shape", i64([0, 0, H + 2 * KV, d])))
-    q, k, v = g.op("Split", mix, g.const("qkv.split", i64([H, KV, KV])), outputs=3, axis=2)  # [b, s, h|kv, d]
-    q, k = _rope(g, q, H, d, io.cos, io.sin), _rope(g, k, KV, d, io.cos, io.sin)
-    codes = [_cache_codes(g, new, scale, f"{name}.scale") for new, scale, name in zip((k, v), io.kv_scales, io.present)]
-    present = [g.op("Concat", past, g.op("Transpose", new, perm=[0, 2, 1, 3]), axis=2, name=name)
-               for past, new, name in zip(io.past, codes, io.present)]  # [b, kv, T, d] int8
+    q, codes, present = _queries_and_grown_cache(g, x, config, names, io)  # present: [b, kv, T, d] int8
     new_floats, past_floats = [], []
     for past, new, scale, name in zip(io.past, codes, io.kv_scales, io.present):
         step = g.const(f"{name}.step", f32(scale))  # [kv, d]: codes x scale = the cached value
@@ -263,7 +268,7 @@ def _fused_attention_over_int8_cache(g: GraphBuilder, x: str, config: Ernie45Con
                      "", fused.bias, domain="com.microsoft", output_names=[g.fresh("gqa_out"), g.fresh("gqa_key"),
                                                                           g.fresh("gqa_value")],
                      num_heads=H, kv_num_heads=KV, do_rotary=0, scale=float(d ** -0.5))  # out [b, s, H d]
-    return g.linear(out, names.out), (present[0], present[1])
+    return g.linear(out, names.out), present
 
 
 def _keys_by_column(g: GraphBuilder, keys: str) -> str:

@@ -217,8 +217,8 @@ def _propagate(layer, calibration: Calibration) -> None:
 def stream_gptq(lazy: LazyCheckpoint, names: list[str], batches, pad_id: int, settings: GPTQSettings,
                 record: SequentialRecord, saved: SavedWalk | None = None, start: int = 0,
                 store: dict[str, dict] | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Each group's tensors in our layout, the rest first (its head rounded to ``settings.head``), then each decoder
-    layer with its Linears (``names``) rounded by GPTQ on the quantized model's hidden states (module
+    """Each group's tensors in our layout, the rest first (its head rounded to ``settings.head``), then each
+    decoder layer with its Linears (``names``) rounded by GPTQ on the quantized model's hidden states (module
     docstring): one group in memory at a time. ``record`` is filled as the layers are done. With ``saved``
     the walk's state is kept for a resume; ``start`` > 0 continues a walk from group ``start`` with the
     hidden states and records ``saved`` holds. With ``store`` (the scheme's weights) each group is handed

@@ -88,8 +88,8 @@ class ExportConfig(TokenizerOption, ThreadsOption):
         "runtimes). FP16 and model_qdq.onnx are standard either way. Decoders (onnx/decoder.onnx): "
         "onnxruntime writes each layer's attention as ONNX Runtime's GroupQueryAttention (rotary and "
         "cache inside; head sizes a multiple of 16; the int8 cache stays in standard ops, which decode it "
-        "faster over a long cache; its CUDA kernel takes float16 only, so export GPU decoders with standard), standard in standard "
-        "ops; the manifest says which."))
+        "faster over a long cache; its CUDA kernel takes float16 only, so export GPU decoders with standard), "
+        "standard in standard ops; the manifest says which."))
     int8_attention: str = option("multihead", choices=onnx_export.INT8_ATTENTION, help=(
         "INT8 encoders with --onnx-ops onnxruntime: qattention writes each layer's q/k/v integer projections and "
         "attention core as ONNX Runtime's QAttention (one [hidden, 3 x hidden] integer GEMM and the attention in "
