@@ -8,7 +8,7 @@ models that benchmark leaves in its work folder, each in the session the table t
 ``WORKDIR``: ``quantization.py``'s folder (``ptq``: ours; ``ptq-qattention``: ours with
 ``--int8-attention qattention``; ``ort-8-linears``: ONNX Runtime's tools' dynamic 8-bit model, timed
 with ``SkipLayerNormFusion`` disabled, the tuned session; ``ort-8-linears-our-graph``: the same
-quantization of our FP32 graph). Every model runs ``--runs`` batches of held-out texts padded to
+quantization of our FP32 graph), each opened by ``quantization.open_variant``. Every model runs ``--runs`` batches of held-out texts padded to
 ``--seq-len`` after two warm-up batches; times are kernel times summed by operator type, per batch,
 and the batch's wall time (median of the runs, unprofiled sessions, interleaved).
 """
@@ -26,19 +26,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-VARIANTS = {"ours INT8": "ptq", "ours INT8, qattention": "ptq-qattention",
-            "ORT tools 8-bit, SkipLayerNormFusion off": "ort-8-linears",
-            "ORT tools 8-bit on our FP32 graph": "ort-8-linears-our-graph"}
-TUNED = "ORT tools 8-bit, SkipLayerNormFusion off"
+from quantization import OURS, QATTENTION, SESSION_TUNED, open_variant  # noqa: E402
+
+# the table's rows (quantization.py's names) and the folders it leaves them in
+VARIANTS = {OURS: "ptq", QATTENTION: "ptq-qattention", SESSION_TUNED: "ort-8-linears",
+            "ORT dynamic 8-bit, encoder Linears, on our FP32 graph": "ort-8-linears-our-graph"}
 WARMUP = 2
 
 
 def open_session(name: str, folder: Path, threads: int, profile_dir: Path | None):
-    from ernie_compress.runtime.backends import OnnxRuntimeSession, RuntimeConfig
+    """``name``'s session as quantization.py times it, profiled when ``profile_dir`` is given."""
+    from ernie_compress.runtime.backends import RuntimeConfig
 
-    config = RuntimeConfig(threads=threads, profile=profile_dir is not None)
-    disabled = ("SkipLayerNormFusion",) if name == TUNED else ()
-    return OnnxRuntimeSession(folder / "onnx" / "model.onnx", config, profile_dir, disabled_optimizers=disabled)
+    runtime = RuntimeConfig("cpu", "onnxruntime", threads, profile=profile_dir is not None)  # as quantization.py
+    return open_variant(name, folder, runtime, profile_dir)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -127,15 +127,16 @@ QATTENTION = "PTQ int8 (ours, --int8-attention qattention)"
 SESSION_TUNED = "ORT dynamic 8-bit, encoder Linears, SkipLayerNormFusion off"
 
 
-def open_variant(name: str, path: Path, runtime):
-    """The session a variant is measured in (the tuned-session row: its own; the rest: ours)."""
+def open_variant(name: str, path: Path, runtime, profile_dir: Path | None = None):
+    """The session a variant is measured in (the tuned-session row: its own; the rest: ours);
+    ``profile_dir``: with ``runtime.profile``, where ONNX Runtime writes its profile."""
     from ernie_compress.runtime.backends import OnnxRuntimeSession, open_session
     from ernie_compress.runtime.manifest import load_manifest
 
     if name == SESSION_TUNED:
-        return OnnxRuntimeSession(path / "onnx" / "model.onnx", runtime,
+        return OnnxRuntimeSession(path / "onnx" / "model.onnx", runtime, profile_dir,
                                   disabled_optimizers=("SkipLayerNormFusion",))
-    return open_session(path, load_manifest(path), runtime)
+    return open_session(path, load_manifest(path), runtime, profile_dir)
 
 
 def held_out_correct(name: str, export_dir: Path, runtime) -> np.ndarray:
