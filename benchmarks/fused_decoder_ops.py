@@ -1,7 +1,9 @@
 """Do ONNX Runtime's fused decoder operators pay on this CPU? Our ERNIE-4.5-0.3B W4 decoder as ``export``
 writes it (each layer's attention one ``com.microsoft.GroupQueryAttention``: rotary inside, interleaved as
 ERNIE 4.5's) against the same graph with attention in standard ops (``--onnx-ops standard``), and each with
-the post-attention residual and RMSNorm as ``SkipSimplifiedLayerNormalization``; batch 1. One run, interleaved:
+the post-attention residual and RMSNorm as ``SkipSimplifiedLayerNormalization``; and export's graph with
+separate q/k/v and gate/up projections (one MatMulNBits per part over its columns, no Split:
+``GraphBuilder.separate_projections``, as onnxruntime-genai's builder writes them); batch 1. One run, interleaved:
 
     python benchmarks/fused_decoder_ops.py [--rounds 5] [--prompts 128,512] [--new-tokens 32] [--threads 2]
         [--preset ernie45-0.3b] [--markdown benchmarks/results/fused-decoder-ops.md]
@@ -17,6 +19,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from ernie_compress.models.onnx_graph import GraphBuilder  # noqa: E402
+
 STANDARD, GQA, SKIP, BOTH = ("standard ops (--onnx-ops standard)", "GroupQueryAttention (export's default)",
                              "SkipSimplifiedLayerNormalization", "GroupQueryAttention + SkipSimplifiedLayerNormalization")
+SEPARATE = "GroupQueryAttention, separate q/k/v and gate/up projections"
+VARIANTS = (STANDARD, GQA, SKIP, BOTH, SEPARATE)
 
 
 def skip_decoder_layer(attention):
@@ -44,19 +51,29 @@ def skip_decoder_layer(attention):
     return layer
 
 
+@dataclass
+class SeparateProjections(GraphBuilder):
+    """The export's graph builder with each fused projection's parts as their own MatMuls."""
+
+    separate_projections: bool = True
+
+
 def build(config, weights, variant: str):
     """The decoder graph of ``variant``: export's (standard or GroupQueryAttention attention), the
-    family's decoder layer patched for SkipSimplifiedLayerNormalization where named."""
-    from ernie_compress.export.decoder_onnx import build_decoder
+    family's decoder layer patched for SkipSimplifiedLayerNormalization where named, the graph
+    builder for separate projections where named."""
+    from ernie_compress.export import decoder_onnx
     from ernie_compress.models import ernie4_5_onnx as blocks
 
     layer = blocks.decoder_layer
     try:
         if variant in (SKIP, BOTH):
             blocks.decoder_layer = skip_decoder_layer(blocks.attention)
-        return build_decoder(config, weights, fused_attention=variant in (GQA, BOTH))
+        if variant == SEPARATE:
+            decoder_onnx.GraphBuilder = SeparateProjections
+        return decoder_onnx.build_decoder(config, weights, fused_attention=variant in (GQA, BOTH, SEPARATE))
     finally:
-        blocks.decoder_layer = layer
+        blocks.decoder_layer, decoder_onnx.GraphBuilder = layer, GraphBuilder
 
 
 def check_equivalence(keys: dict, threads: int) -> dict[str, dict]:
@@ -78,7 +95,7 @@ def check_equivalence(keys: dict, threads: int) -> dict[str, dict]:
     options.intra_op_num_threads, options.log_severity_level = threads, 3
     decoders = {v: OnnxDecoder(ort.InferenceSession(build(config, DecoderWeights(state, {}), v).SerializeToString(),
                                                     options, providers=["CPUExecutionProvider"]))
-                for v in (STANDARD, GQA, SKIP, BOTH)}
+                for v in VARIANTS}
     prompt = [1, *np.random.default_rng(0).integers(5, 1000, 40).tolist()]
     reference = generate_tokens(decoders[STANDARD], prompt, 12, eos_id=-1)
     scale = float(np.abs(reference["logits"]).max())
@@ -121,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = [1, *rng.integers(5, config.vocab_size, max(prompts) - 1).tolist()]
     sessions, checks = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, variant in enumerate((STANDARD, GQA, SKIP, BOTH)):
+        for i, variant in enumerate(VARIANTS):
             print(f"writing {variant} ...", file=sys.stderr)
             path = Path(tmp) / f"{i}.onnx"
             save_model(build(config, weights, variant), path)

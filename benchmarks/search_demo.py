@@ -3,7 +3,10 @@ the search's teacher), then ``ernie-compress search`` for a fixed time on this m
 model is timed again in one process with the same settings and scored on the held-out split:
 
     python benchmarks/search_demo.py [--recipe recipes/demo.yaml] [--minutes 60] [--threads 2]
-        [--workdir DIR] [--markdown benchmarks/results/search-demo.md] [--json out.json]
+        [--depths 1,2] [--widths 32,64] [--workdir DIR] [--markdown benchmarks/results/search-demo.md]
+        [--json out.json]
+
+(``--depths`` / ``--widths``: the search's own options, students between the presets.)
 
 (``--recipe recipes/ner-demo.yaml`` for demo:ner: about two hours to build before the search.)
 
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "demo.yaml")
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--depths", default=None, help="search --depths (default: the presets' own)")
+    parser.add_argument("--widths", default=None, help="search --widths (default: the presets' own)")
     parser.add_argument("--workdir", type=Path, default=Path("runs") / "search-demo")
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
@@ -86,10 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
     exports = {name: run_dir / name for name, result in ran["stages"].items() if result.get("stage") == "export"}
     final = list(exports)[-1]  # the recipe's last export: its compressed model
     teacher = run_dir / "teacher"
+    shapes = [arg for flag, value in (("--depths", args.depths), ("--widths", args.widths)) if value
+              for arg in (flag, value)]
     started = time.perf_counter()
     searched = cli("search", teacher, "--out", work / "search", "--budget-minutes", args.minutes,
                    "--objective", "accuracy,latency", "--batch-size", 1, "--seq-len", 128,
-                   "--threads", args.threads, "--max-loss", MAX_LOSS, timeout=args.minutes * 60 + 4 * 3600)
+                   "--threads", args.threads, "--max-loss", MAX_LOSS, *shapes, timeout=args.minutes * 60 + 4 * 3600)
     search_minutes = (time.perf_counter() - started) / 60
     frontier = {f"search trial {p['number']} ({p['short']})": Path(p["export"]) for p in searched["frontier"]}
     measured = measure({**exports, **frontier}, args.threads, recipe.task, recipe.data)
@@ -97,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     reference = measured[final]["evaluation"]
     metric = reference.primary_metric
     rows, result = [], {"recipe": str(args.recipe), "minutes": args.minutes, "search_minutes": round(search_minutes, 1),
-                        "trials": searched["trials"], "metric": metric, "models": {}}
+                        "trials": searched["trials"], "metric": metric, "depths": args.depths, "widths": args.widths,
+                        "models": {}}
     for name, m in measured.items():
         evaluation = m["evaluation"]
         stats = evaluation.example_stats
@@ -123,7 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
             and teacher_metric is not None and v["metric"] >= teacher_metric - MAX_LOSS}
     result["q2_faster_within_a_point_of_the_teacher"] = sorted(fast)
     title = (f"Search vs the recipe ({args.recipe.name}): a {args.minutes:g}-minute search from the recipe's teacher "
-             f"({', '.join(f'{n} {state}' for state, n in searched['trials'].items() if n)} trials), every model timed again after it, interleaved ({ROUNDS} rounds, batch 1, "
+             + (f"over students of depths {args.depths or 'as the presets'} and widths {args.widths or 'as the presets'} "
+                if shapes else "")
+             + f"({', '.join(f'{n} {state}' for state, n in searched['trials'].items() if n)} trials), every model timed again after it, interleaved ({ROUNDS} rounds, batch 1, "
              f"sequence 128, {args.threads} threads); held-out {metric} with paired bootstrap intervals against the "
              f"recipe's {final}. (1) the most accurate frontier point no slower than {final}: "
              + ("none" if best is None else f"{best[0]}, {best[1]['delta'][0]:+.2f} ({best[1]['delta'][1]:+.2f} to "

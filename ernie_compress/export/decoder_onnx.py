@@ -200,35 +200,44 @@ def _integer_kernels(weights: DecoderWeights) -> tuple[MatMul, Gather]:
     where a Linear's weight has integer codes the kernel can hold, and ``GatherBlockQuantized`` for
     an embedding table with codes (a tied table quantized as the head): both read the same packed
     codes and scales, written once; else a float MatMul (or Gemm) and Gather."""
-    kernels: dict[str, tuple[int, int, int, int]] = {}  # weight -> (K, N, bits, block) of initializers written
+    kernels: dict[str, tuple[int, int, int, int]] = {}  # initializer stem -> (K, N, bits, block) written
 
-    def packed(g: GraphBuilder, weight: str) -> tuple[int, int, int, int] | None:
-        """Write ``weight``'s packed codes [N, blocks, block * bits / 8] and scales [N * blocks] (once)."""
-        if weight not in kernels:
+    def packed(g: GraphBuilder, weight: str, columns: tuple[int, int] | None = None) -> tuple[str, tuple[int, int, int, int]] | None:
+        """Write ``weight``'s packed codes [N, blocks, block * bits / 8] and scales [N * blocks] (once), of
+        its output columns [start, stop) only where ``columns`` says (columns are independent: the
+        same bytes as the whole weight's rows N); returns the initializers' stem and (K, N, bits, block)."""
+        stem = weight if columns is None else f"{weight}[{columns[0]}:{columns[1]}]"
+        if stem not in kernels:
             block = _kernel_block(weights, weight)
             if block is None:
                 return None
             q = weights.integer[weight]  # codes [in, out] even for a tied table: decoder_weights transposed it
+            if columns is not None:
+                cut = slice(*columns)
+                q = WeightOnlyLinear(q.codes[:, cut], q.scales[:, cut], q.bits, q.group_size)
             codes, scales = pack_matmul_nbits(q, block)
-            g.const(f"{weight}.q{q.bits}", codes)
-            g.const(f"{weight}.scales", scales)
-            kernels[weight] = (*q.codes.shape, q.bits, block)
-        return kernels[weight]
+            g.const(f"{stem}.q{q.bits}", codes)
+            g.const(f"{stem}.scales", scales)
+            kernels[stem] = (*q.codes.shape, q.bits, block)
+        return stem, kernels[stem]
 
-    def matmul(g: GraphBuilder, x: str, weight: str, transposed: bool = False, name: str | None = None) -> str:
+    def matmul(g: GraphBuilder, x: str, weight: str, transposed: bool = False, name: str | None = None,
+               columns: tuple[int, int] | None = None) -> str:
         q = weights.integer.get(weight)
+        if q is not None and q.activations != "float" and columns is not None:
+            raise ValueError(f"{weight}: a kernel that quantizes its input runs the whole weight (GraphBuilder.linear_parts)")
         if q is not None and q.activations == "int8":
             return dynamic_quantize_matmul(g, x, weight, q, name)
         if q is not None and q.activations == "int8-static":
             return static_quantize_matmul(g, x, weight, q, name)
-        kernel = packed(g, weight)
+        kernel = packed(g, weight, columns)
         if kernel is None:
-            return float_matmul(g, x, weight, transposed, name)
-        k, n, bits, block = kernel
+            return float_matmul(g, x, weight, transposed, name, columns)
+        stem, (k, n, bits, block) = kernel
         attrs = {"K": k, "N": n, "bits": bits, "block_size": block}
         if weights.accuracy_level:
             attrs["accuracy_level"] = weights.accuracy_level
-        return g.op("MatMulNBits", x, f"{weight}.q{bits}", f"{weight}.scales", domain="com.microsoft", name=name,
+        return g.op("MatMulNBits", x, f"{stem}.q{bits}", f"{stem}.scales", domain="com.microsoft", name=name,
                     **attrs)
 
     def gather(g: GraphBuilder, ids: str, table: str) -> str:
@@ -240,7 +249,7 @@ def _integer_kernels(weights: DecoderWeights) -> tuple[MatMul, Gather]:
         kernel = packed(g, table)
         if kernel is None:
             return float_gather(g, ids, table)
-        hidden, vocab, bits, block = kernel
+        _, (hidden, vocab, bits, block) = kernel
         rows = g.const("table_rows", i64([vocab, -1]))
         codes = g.op("Reshape", f"{table}.q{bits}", rows)  # [vocab, hidden * bits / 8] uint8
         scales = g.op("Reshape", f"{table}.scales", rows)  # [vocab, hidden / block]

@@ -214,8 +214,8 @@ def _queries_and_grown_cache(g: GraphBuilder, x: str, config: Ernie45Config, nam
     [b, s, kv, d] (with an int8 cache, their int8 codes: :func:`_cache_codes`), and the grown cache
     (key, value) [b, kv, T, d] named ``io.present``."""
     H, KV, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-    mix = g.op("Reshape", g.linear(x, names.qkv), g.const("qkv.shape", i64([0, 0, H + 2 * KV, d])))
-    q, k, v = g.op("Split", mix, g.const("qkv.split", i64([H, KV, KV])), outputs=3, axis=2)  # [b, s, h|kv, d]
+    q, k, v = (g.op("Reshape", part, g.const(f"qkv.shape.{heads}", i64([0, 0, heads, d])))
+               for part, heads in zip(g.linear_parts(x, names.qkv, [H * d, KV * d, KV * d]), (H, KV, KV)))  # [b, s, h|kv, d]
     q, k = _rope(g, q, H, d, io.cos, io.sin), _rope(g, k, KV, d, io.cos, io.sin)
     if io.kv_scales is not None:  # int8 codes of the new keys and values, [b, s, kv, d]
         k, v = (_cache_codes(g, new, scale, f"{name}.scale") for new, scale, name in zip((k, v), io.kv_scales, io.present))
@@ -227,15 +227,14 @@ def _queries_and_grown_cache(g: GraphBuilder, x: str, config: Ernie45Config, nam
 def _fused_attention(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames,
                      io: AttentionIO) -> tuple[str, tuple[str, str]]:
     """:func:`attention` as one ``com.microsoft.GroupQueryAttention`` node (ONNX Runtime contrib
-    operator: q, k and v split from the fused projection, which decodes faster than the kernel's
+    operator: q, k and v apart (``GraphBuilder.linear_parts``), which decoded faster than the kernel's
     packed input here (1.10x against 1.02x of the standard graph, one interleaved run); rotary inside,
     interleaved pairs; the grown cache [b, kv, past + s, d] out, past and present apart). An int8
     cache: :func:`_fused_attention_over_int8_cache`."""
     if io.kv_scales is not None:
         return _fused_attention_over_int8_cache(g, x, config, names, io)
     H, KV, d, fused = config.num_attention_heads, config.num_key_value_heads, config.head_dim, io.fused
-    q, k, v = g.op("Split", g.linear(x, names.qkv), g.const("gqa.split", i64([H * d, KV * d, KV * d])),
-                   outputs=3, axis=2)  # [b, s, H d], [b, s, KV d] x 2
+    q, k, v = g.linear_parts(x, names.qkv, [H * d, KV * d, KV * d])  # [b, s, H d], [b, s, KV d] x 2
     inputs = [q, k, v, io.past[0], io.past[1], fused.seqlens_k, fused.total, fused.cos, fused.sin, fused.rows,
               fused.bias]
     out, key, value = g.op("GroupQueryAttention", *inputs, domain="com.microsoft",
@@ -286,8 +285,7 @@ def _cache_codes(g: GraphBuilder, x: str, scale: np.ndarray, name: str) -> str:
 
 def mlp(g: GraphBuilder, x: str, config: Ernie45Config, names: LayerNames) -> str:
     """``Ernie45MLP``: ``down_proj(silu(gate) * up)``, gate and up from the fused ``up_gate_proj``."""
-    gate, up = g.op("Split", g.linear(x, names.up_gate), g.const("ffn.split", i64([config.intermediate_size] * 2)),
-                    outputs=2, axis=-1)  # [b, s, ffn] each
+    gate, up = g.linear_parts(x, names.up_gate, [config.intermediate_size] * 2)  # [b, s, ffn] each
     act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)  # SiLU(gate) * up
     return g.linear(act, names.down)
 

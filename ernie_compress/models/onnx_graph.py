@@ -31,15 +31,20 @@ def i64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.int64)
 
 
-def float_matmul(g: GraphBuilder, x: str, weight: str, transposed: bool = False, name: str | None = None) -> str:
+def float_matmul(g: GraphBuilder, x: str, weight: str, transposed: bool = False, name: str | None = None,
+                 columns: tuple[int, int] | None = None) -> str:
     """``x @ W`` for a Paddle weight W [in, out]; ``transposed``: W is stored [out, in] (a tied
-    embedding table [vocab, hidden] read as the head), one Gemm with ``transB``."""
+    embedding table [vocab, hidden] read as the head), one Gemm with ``transB``; ``columns``: only
+    the output columns [start, stop) of W (an initializer of their own)."""
     if transposed:
         return g.op("Gemm", x, g.weight(weight), transB=1, name=name)
+    if columns is not None:
+        start, stop = columns
+        return g.op("MatMul", x, g.const(f"{weight}[{start}:{stop}]", f32(g.weights[weight][:, start:stop])), name=name)
     return g.op("MatMul", x, g.weight(weight), name=name)
 
 
-MatMul = Callable[..., str]  # (g, x, weight name, transposed=False, name=None) -> output name
+MatMul = Callable[..., str]  # (g, x, weight name, transposed=False, name=None, columns=None) -> output name
 
 
 def float_gather(g: GraphBuilder, ids: str, table: str) -> str:
@@ -63,6 +68,9 @@ class GraphBuilder:
     integer: Mapping[str, Any] = field(default_factory=dict)
     accuracy_level: int = 0
     experts: str = "auto"
+    # a fused projection's parts (q/k/v, gate/up) as one MatMul each over its columns rather than the
+    # fused MatMul and a Split (``linear_parts``): off, as measured (``benchmarks/fused_decoder_ops.py``)
+    separate_projections: bool = False
     nodes: list = field(default_factory=list)
     initializers: list = field(default_factory=list)
     names: set = field(default_factory=set)
@@ -109,6 +117,28 @@ class GraphBuilder:
         if bias not in self.weights:
             return self.matmul(self, x, f"{prefix}.weight", name=name)
         return self.op("Add", self.matmul(self, x, f"{prefix}.weight"), self.weight(bias), name=name)
+
+    def linear_parts(self, x: str, prefix: str, sizes: Sequence[int]) -> list[str]:
+        """A Linear whose output columns are several tensors (a fused q/k/v or gate/up projection):
+        x [..., in] -> [..., size] for each of ``sizes``. The fused Linear and a Split of its output;
+        with ``separate_projections``, one MatMul per part over its columns of the weight instead (no
+        Split copies the output, but the narrower integer GEMMs cost as much: no faster at ERNIE-4.5-0.3B
+        W4's shape, ``benchmarks/fused_decoder_ops.py``), except where the kernel quantizes its input
+        (W8A8, static INT8): that input is quantized once."""
+        weight, bias = f"{prefix}.weight", f"{prefix}.bias"
+        q = self.integer.get(weight)
+        if not self.separate_projections or (q is not None and getattr(q, "activations", "float") != "float"):
+            return self.op("Split", self.linear(x, prefix), self.const(f"split.{'.'.join(map(str, sizes))}", i64(sizes)),
+                           outputs=len(sizes), axis=-1)
+        parts, start = [], 0
+        for size in sizes:
+            part = self.matmul(self, x, weight, columns=(start, start + size))
+            if bias in self.weights:
+                part = self.op("Add", part, self.const(f"{bias}[{start}:{start + size}]",
+                                                        f32(self.weights[bias][start:start + size])))
+            parts.append(part)
+            start += size
+        return parts
 
     def model(self, graph_name: str, inputs: Sequence, outputs: Sequence) -> Any:
         """The ONNX model of the nodes so far; ``inputs``/``outputs`` are ``make_tensor_value_info``s.
