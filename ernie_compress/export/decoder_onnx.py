@@ -46,8 +46,8 @@ import numpy as np
 from ..errors import UserError
 from ..models.families import family_of
 # IR_VERSION is re-exported: the export's contract (tests pin it)
-from ..models.onnx_graph import (IR_VERSION, OPSET, Gather, GraphBuilder, MatMul, f32, float_gather,  # noqa: F401
-                                 float_matmul, i64, pack_codes)
+from ..models.onnx_graph import (IR_VERSION, OPSET, SHARED_BUFFER_KEY, Gather, GraphBuilder, MatMul, f32,  # noqa: F401
+                                 float_gather, float_matmul, i64, pack_codes)
 
 MASKED = -1e4  # the additive mask value of models/ernie4_5.py
 DECODER_FILE = "onnx/decoder.onnx"
@@ -395,7 +395,12 @@ def build_decoder(config, weights: DecoderWeights, full_sequence: bool = False,
         last = blocks.rms_norm(g, last, names.final_norm, config.rms_norm_eps)
         blocks.head(g, last, config, names, name="logits")  # [b, vocab]
     enter(g, None)
-    return g.model(blocks.GRAPH_NAME, *_interface(config, full_sequence, int8_cache=kv_scales is not None))
+    model = g.model(blocks.GRAPH_NAME, *_interface(config, full_sequence, int8_cache=kv_scales is not None))
+    if fused_attention and kv_scales is None and not full_sequence:  # every present is GroupQueryAttention's
+        from onnx import helper
+
+        helper.set_model_props(model, {SHARED_BUFFER_KEY: "shared"})  # past and present may be one buffer
+    return model
 
 
 def save_model(model, path: Path) -> list[str]:

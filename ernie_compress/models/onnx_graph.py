@@ -21,6 +21,9 @@ import numpy as np
 
 OPSET = 17
 IR_VERSION = 8  # ONNX 1.12, the release that brought opset 17
+# a decoder graph's metadata key: "shared" where GroupQueryAttention computes every present key/value,
+# so a runtime may bind past and present to one buffer (``runtime/decoding.OnnxDecoder``)
+SHARED_BUFFER_KEY = "ernie_compress.kv_buffer"
 
 
 def f32(x) -> np.ndarray:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..models.onnx_graph import SHARED_BUFFER_KEY
 from .session import DECODER
 
 
@@ -80,6 +81,9 @@ def generate_tokens(decoder: Decoder, ids: list[int], max_new_tokens: int, eos_i
             "decode_tokens_per_s": decoded / decode_seconds if decoded and decode_seconds > 0 else None}
 
 
+BUFFER_ROOM = 128  # positions a shared buffer holds beyond the prompt before it grows (doubling)
+
+
 class OnnxDecoder:
     """``onnx/decoder.onnx`` in an ONNX Runtime session: ``prefill`` left-pads the rows (mask 0,
     positions counted from each row's first slot, as the decoder's interface says), ``step`` feeds one
@@ -87,12 +91,17 @@ class OnnxDecoder:
 
     ``cache_on`` ("cuda", "cpu"): keep the KV cache where the session computes, through ONNX
     Runtime's I/O binding (each step's present keys/values become the next step's past without a
-    copy to the host; only the logits come back). None: plain numpy inputs and outputs."""
+    copy to the host; only the logits come back). None: plain numpy inputs and outputs. On "cpu",
+    a graph whose metadata says its cache may be shared (``SHARED_BUFFER_KEY``: GroupQueryAttention)
+    gets one buffer per cache tensor [b, kv, capacity, d], bound as both past and present: the kernel
+    then appends the new positions in place instead of copying the whole cache into a new present
+    each step (as onnxruntime-genai's ``past_present_share_buffer``); the buffer doubles when full
+    (``share_buffer`` False: I/O binding without it)."""
 
     backend = "onnxruntime"
     kind = DECODER
 
-    def __init__(self, session, pad_id: int = 0, cache_on: str | None = None):
+    def __init__(self, session, pad_id: int = 0, cache_on: str | None = None, share_buffer: bool = True):
         from .onnxruntime_backend import device_of
 
         self.session = session  # onnxruntime.InferenceSession
@@ -105,7 +114,9 @@ class OnnxDecoder:
         self.cache_dtype = CACHE_DTYPES[inputs[self.past_names[0]].type]  # float32, or int8 codes (export --kv-cache)
         self.pad_id = pad_id
         self.cache_on = cache_on
-        self.cache: list = []  # numpy arrays, or OrtValues where cache_on is set
+        metadata = session.get_modelmeta().custom_metadata_map
+        self.shared = share_buffer and cache_on == "cpu" and metadata.get(SHARED_BUFFER_KEY) == "shared"
+        self.cache: list = []  # numpy arrays, or OrtValues where cache_on is set (shared: [b, kv, capacity, d])
         self.mask = self.positions = None
 
     @classmethod
@@ -117,9 +128,14 @@ class OnnxDecoder:
         cache_on = "cuda" if runtime_cfg.device == "gpu" and not host_cache else None
         return cls(OnnxRuntimeSession(Path(path), runtime_cfg).session, pad_id, cache_on)
 
+    @property
+    def length(self) -> int:
+        """Cached positions per row (the mask's width)."""
+        return 0 if self.mask is None else self.mask.shape[1]
+
     def fork(self) -> "OnnxDecoder":
         """A decoder over the same session with its own, empty cache (where this one keeps its cache)."""
-        return type(self)(self.session, self.pad_id, self.cache_on)
+        return type(self)(self.session, self.pad_id, self.cache_on, self.shared)
 
     def run(self, input_ids: np.ndarray, token_type_ids: np.ndarray | None = None) -> np.ndarray:
         """Logits [batch, vocab] at the last position of rows of equal length [batch, seq], every
@@ -138,19 +154,41 @@ class OnnxDecoder:
         for name, value in zip(self.past_names, self.cache):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
-        for name in self.present_names:
-            binding.bind_output(name, self.cache_on)
+        for name, value in zip(self.present_names, self.cache):
+            if self.shared:  # the kernel writes the new positions into the past buffer itself
+                binding.bind_ortvalue_output(name, value)
+            else:
+                binding.bind_output(name, self.cache_on)
         self.session.run_with_iobinding(binding)
+        if self.shared:
+            return binding.get_outputs()[0].numpy()
         logits, *self.cache = binding.get_outputs()
         return logits.numpy()
 
-    def _empty_cache(self, batch: int) -> list:
+    def _empty_cache(self, batch: int, width: int) -> list:
+        from onnxruntime import OrtValue
+
+        if self.shared:  # a buffer with room for the prompt and BUFFER_ROOM more positions
+            return [OrtValue.ortvalue_from_numpy(np.zeros((batch, self.kv_heads, width + BUFFER_ROOM, self.head_dim),
+                                                          self.cache_dtype), "cpu", 0) for _ in self.past_names]
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), self.cache_dtype)
         if self.cache_on is None:
             return [empty for _ in self.past_names]
+        return [OrtValue.ortvalue_from_numpy(empty, self.cache_on, 0) for _ in self.past_names]
+
+    def _make_room(self) -> None:
+        """A shared buffer full before a step: copied into one of twice its capacity."""
         from onnxruntime import OrtValue
 
-        return [OrtValue.ortvalue_from_numpy(empty, self.cache_on, 0) for _ in self.past_names]
+        if not self.shared or self.length < (capacity := self.cache[0].shape()[2]):
+            return
+        grown = []
+        for value in self.cache:
+            old = value.numpy()  # [b, kv, capacity, d]
+            new = np.zeros((*old.shape[:2], 2 * capacity, old.shape[3]), old.dtype)
+            new[:, :, :capacity] = old
+            grown.append(OrtValue.ortvalue_from_numpy(new, "cpu", 0))
+        self.cache = grown
 
     def prefill(self, rows: list[list[int]]) -> np.ndarray:
         width = max(len(r) for r in rows)
@@ -163,14 +201,18 @@ class OnnxDecoder:
         # differences of positions only, and GroupQueryAttention rotates a prompt's tokens by their index
         positions = np.broadcast_to(np.arange(width, dtype=np.int64), (len(rows), width))  # [b, s]
         self.positions = positions[:, -1]
-        self.cache = self._empty_cache(len(rows))
+        self.cache = self._empty_cache(len(rows), width)
         return self._run(ids, positions)
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
+        self._make_room()
         self.positions = self.positions + 1
         self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), np.int64)], axis=1)
         return self._run(np.asarray(tokens, np.int64).reshape(-1, 1), self.positions.reshape(-1, 1))
 
     def cache_bytes(self) -> int:
+        """Bytes of the cached positions (of a shared buffer, the positions in use, not its capacity)."""
         item = np.dtype(self.cache_dtype).itemsize
+        if self.shared:
+            return int(sum(item * np.prod(c.shape()[:2]) * self.length * c.shape()[3] for c in self.cache))
         return int(sum(item * np.prod(c.shape() if callable(c.shape) else c.shape) for c in self.cache))
