@@ -25,7 +25,8 @@ a BertTokenizer over the sentencepiece pieces (the reference venv has no sentenc
 feed token ids).
 
 Each round starts one process per variant in turn (``decoder_timing_worker.py``: ours through
-``runtime/decoding.OnnxDecoder``, the peer through onnxruntime-genai's generator); each process warms
+``runtime/decoding.OnnxDecoder`` as ``OnnxDecoder.open`` runs it on a CPU (one shared past/present buffer where
+the graph has GroupQueryAttention), the peer through onnxruntime-genai's generator); each process warms
 up once at each measured shape and times it once. Reported: median (min-max) over the rounds.
 """
 
@@ -157,7 +158,7 @@ def unverified_export(quantized: Path, out: Path, float_cache_export: Path | Non
         prompts = kv_cache.calibration_prompts(load_task(TaskSpec.from_dict(ckpt.task)), tokenizer,
                                                ckpt.max_seq_length, ExportConfig.kv_calibration_texts)
         decoder = OnnxDecoder.open(float_cache_export / decoder_onnx.DECODER_FILE, RuntimeConfig(threads=2),
-                                   tokenizer.pad_id)
+                                   tokenizer.pad_id, host_cache=True)
         scales = kv_cache.calibrate(decoder, prompts, config.num_hidden_layers)
         del decoder
     weights = decoder_onnx.decoder_weights(config, ckpt.state, quantization_info(config), 4)

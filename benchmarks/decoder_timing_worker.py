@@ -49,14 +49,15 @@ class Ours:
         import onnxruntime as ort
 
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from ernie_compress.runtime.decoding import OnnxDecoder
+        from ernie_compress.runtime.decoding import OnnxDecoder, shares_buffer
 
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.log_severity_level = 3
         session = ort.InferenceSession(str(export / "onnx" / "decoder.onnx"), options,
                                        providers=["CPUExecutionProvider"])
-        self.decoder = OnnxDecoder(session)
+        # as OnnxDecoder.open on a CPU: one shared past/present buffer where the graph allows it
+        self.decoder = OnnxDecoder(session, cache_on="cpu" if shares_buffer(session) else None)
 
     def first_token(self, prompt: np.ndarray) -> float:
         decoder = self.decoder.fork()

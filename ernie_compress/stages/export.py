@@ -480,7 +480,7 @@ def _calibrate_kv_cache(src: Sources, float_decoder: Path, runtime: RuntimeConfi
     task = load_task(TaskSpec.from_dict(src.ckpt.task))
     length = src.ckpt.max_seq_length
     prompts = kv_cache.calibration_prompts(task, src.tokenizer, length, cfg.kv_calibration_texts)
-    decoder = OnnxDecoder.open(float_decoder, runtime, src.tokenizer.pad_id)
+    decoder = OnnxDecoder.open(float_decoder, runtime, src.tokenizer.pad_id, host_cache=True)  # the cache as numpy
     scales = kv_cache.calibrate(decoder, prompts, config.num_hidden_layers)
     del decoder
     entry = {"dtype": "int8", "scales": "static, one per channel of keys and of values ([kv_heads, head_dim] a layer)",

@@ -52,3 +52,21 @@ def test_only_a_graph_whose_every_present_is_the_fused_kernels_may_share_its_buf
               "full sequence": build_decoder(model.config, weights, full_sequence=True, fused_attention=True)}
     shared = {name: {p.key: p.value for p in g.metadata_props}.get(SHARED_BUFFER_KEY) for name, g in graphs.items()}
     assert shared == {"fused": "shared", "standard": None, "fused over an int8 cache": None, "full sequence": None}
+
+
+def test_open_on_a_cpu_shares_the_buffer_where_the_graph_allows_it(tmp_path):
+    """The measured default (benchmarks/decode_loop.py): a shared buffer for GroupQueryAttention's graph,
+    numpy feeds for the standard graph and wherever the caller asks for the cache in host memory."""
+    import onnx
+
+    from ernie_compress.runtime.backends import RuntimeConfig
+
+    opened = {}
+    for fused in (True, False):
+        path = tmp_path / f"{fused}.onnx"
+        onnx.save(_graph(fused), str(path))
+        opened[fused] = OnnxDecoder.open(path, RuntimeConfig(threads=1))
+        assert OnnxDecoder.open(path, RuntimeConfig(threads=1), host_cache=True).cache_on is None
+    assert opened[True].shared and opened[True].cache_on == "cpu"
+    assert not opened[False].shared and opened[False].cache_on is None
+    assert opened[True].fork().shared  # a fork keeps the shared buffer
