@@ -127,8 +127,8 @@ class OnnxDecoder:
     @classmethod
     def open(cls, path: Path, runtime_cfg, pad_id: int = 0, host_cache: bool = False) -> "OnnxDecoder":
         """A session for ``runtime_cfg``; on a GPU the cache stays there, on a CPU it is one shared
-        past/present buffer where the graph allows it (1.06x / 1.12x the numpy loop's decode tokens/s
-        at batch 1 / 8, ERNIE-4.5-0.3B W4, 2 threads: ``benchmarks/decode_loop.py``; the cache in
+        past/present buffer where the graph allows it (1.03-1.06x / 1.12x the numpy loop's decode
+        tokens/s at batch 1 / 8, ERNIE-4.5-0.3B W4, 2 threads: ``benchmarks/decode_loop.py``; the cache in
         OrtValues without sharing gained nothing, so other graphs keep numpy feeds), unless
         ``host_cache`` (for callers that rearrange it with numpy, as continuous batching does)."""
         from .onnxruntime_backend import OnnxRuntimeSession
