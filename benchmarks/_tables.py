@@ -4,6 +4,7 @@ JSON result (also to a file); ``markdown_path`` keeps the table for ``readme_tab
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 
@@ -48,3 +49,8 @@ def operator_rows(ops: dict[str, dict[str, float]], top: int, unit: str, digits:
         rows.append(row(f"{len(rest)} other types", rest))
     rows.append(row("all operators (profiled)", ranked))
     return rows
+
+
+def median_interval(values: list[float], digits: int) -> str:
+    """``median (min-max)`` of a measurement's rounds, thousands separated."""
+    return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import onnxruntime as ort
 
-    from _tables import emit
+    from _tables import emit, median_interval
     from ernie_compress.runtime.decoding import OnnxDecoder
 
     path = args.export / "onnx" / "decoder.onnx"
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
             t = times[name][b]
             rows_out.append({
                 "loop": name, "batch": str(b),
-                f"TTFT ms (prompt {args.prompt})": _interval(t["ttft"], 0),
-                "decode tok/s": _interval(t["decode"], 1),
+                f"TTFT ms (prompt {args.prompt})": median_interval(t["ttft"], 0),
+                "decode tok/s": median_interval(t["decode"], 1),
                 "decode vs numpy feeds": f"{statistics.median(np.divide(t['decode'], times[numpy_loop][b]['decode'])):.3f}x"})
     title = (f"The generation loop around one decoder graph ({args.export.name}/onnx/decoder.onnx): numpy feeds, "
              f"I/O binding and a shared past/present buffer, one process, {args.rounds} interleaved rounds, prompt {args.prompt}, {args.new_tokens} greedy "
@@ -112,10 +112,6 @@ def main(argv: list[str] | None = None) -> dict:
     emit(title, rows_out, list(rows_out[0]), result, args.json, markdown_path=args.markdown, threads=args.threads,
          summary={"loops": list(decoders)})
     return result
-
-
-def _interval(values: list[float], digits: int) -> str:
-    return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
 if __name__ == "__main__":

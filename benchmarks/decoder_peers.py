@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import onnxruntime
 
-    from _tables import emit
+    from _tables import emit, median_interval
 
     python = genai_python()
     if not python.exists():
@@ -310,9 +310,9 @@ def main(argv: list[str] | None = None) -> dict:
                "file MB": f"{info[name]['file_bytes'] / 1e6:.0f}",
                "KV bytes / token": f"{info[name]['kv_bytes_per_token']:,}"}
         for p in prompts:
-            row[f"TTFT ms (prompt {p})"] = _interval(series(name, "ttft_ms", p), 0)
+            row[f"TTFT ms (prompt {p})"] = median_interval(series(name, "ttft_ms", p), 0)
         for b in batches:
-            row[f"decode tok/s (batch {b})"] = _interval(series(name, "decode_tokens_per_s", b), 1)
+            row[f"decode tok/s (batch {b})"] = median_interval(series(name, "decode_tokens_per_s", b), 1)
         row["peak RSS MiB"] = f"{statistics.median(t['peak_rss_mib'] for t in times[name]):.0f}"
         rows.append(row)
         result["variants"][name] = {**info[name], "runs": times[name]}
@@ -346,10 +346,6 @@ def main(argv: list[str] | None = None) -> dict:
     emit(title, rows, list(rows[0]), result, args.json, markdown_path=args.markdown, threads=args.threads,
          summary={k: v for k, v in result.items() if k != "variants"})
     return result
-
-
-def _interval(values: list[float], digits: int) -> str:
-    return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
 def _ratio(ours: list[float], peer: list[float]) -> dict:

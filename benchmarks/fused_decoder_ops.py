@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import onnxruntime as ort
 
-    from _tables import emit
+    from _tables import emit, median_interval
     from decoding import integer_weights, random_state
     from ernie_compress.export.decoder_onnx import DecoderWeights, save_model
     from ernie_compress.models.families import config_from_dict
@@ -166,9 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
     for variant, x in times.items():
         row = {"variant": variant}
         for p in prompts:
-            row[f"TTFT ms (prompt {p})"] = _interval(x["ttft"][p], 0)
+            row[f"TTFT ms (prompt {p})"] = median_interval(x["ttft"][p], 0)
             row[f"vs standard ({p})"] = f"{statistics.median(np.divide(x['ttft'][p], base['ttft'][p])):.2f}x"
-        row[f"decode tok/s (batch 1, after {prompts[0]})"] = _interval(x["decode"], 1)
+        row[f"decode tok/s (batch 1, after {prompts[0]})"] = median_interval(x["decode"], 1)
         row["decode vs standard"] = f"{statistics.median(np.divide(x['decode'], base['decode'])):.2f}x"
         row["check: max logit diff / scale"] = f"{checks[variant]['max_relative_diff']:.1e}"
         rows.append(row)
@@ -179,10 +179,6 @@ def main(argv: list[str] | None = None) -> dict:
     emit(title, rows, list(rows[0]), result, args.json, markdown_path=args.markdown, threads=args.threads,
          summary={"checks": checks})
     return result
-
-
-def _interval(values: list[float], digits: int) -> str:
-    return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
 if __name__ == "__main__":

@@ -190,10 +190,10 @@ class OnnxDecoder:
 
     def _make_room(self) -> None:
         """A shared buffer full before a step: copied into one of twice its capacity."""
-        from onnxruntime import OrtValue
-
         if not self.shared or self.length < (capacity := self.cache[0].shape()[2]):
             return
+        from onnxruntime import OrtValue
+
         grown = []
         for value in self.cache:
             old = value.numpy()  # [b, kv, capacity, d]
